@@ -1,0 +1,236 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// Outcome is the verdict of a decision as the CLI and the scenario runner report it.
+type Outcome string
+
+const (
+	OutcomeAllowed       Outcome = "allowed"
+	OutcomeDefaultDenied Outcome = "default-denied"
+	OutcomeDenied        Outcome = "denied"
+	OutcomeL7            Outcome = "l7"
+)
+
+// DirectionDecision is the verdict of one side of a flow: the source's egress or the
+// destination's ingress.
+type DirectionDecision struct {
+	Outcome  Outcome
+	Enforced bool
+	Peer     ID
+	Match    Match
+}
+
+// Decision is the verdict for a new flow from one address to another. Replies are not
+// policy-checked: the datapath's connection tracking passes them, and this engine only decides
+// the original direction.
+type Decision struct {
+	Outcome Outcome
+	// Direction is the side that decided: the side that dropped, or ingress when both allowed.
+	Direction Direction
+	// Rule is the deciding rule; nil for a default-deny drop and for traffic no policy enforces.
+	Rule *RuleInfo
+	// EnforcedBy are the policy sections that switched default deny on, for default-deny drops.
+	EnforcedBy []*RuleInfo
+	L7         *L7Policy
+	Egress     *DirectionDecision
+	Ingress    *DirectionDecision
+}
+
+// Reason explains the decision in a sentence.
+func (d Decision) Reason() string {
+	switch d.Outcome {
+	case OutcomeDefaultDenied:
+		if len(d.EnforcedBy) > 0 {
+			return fmt.Sprintf("default deny on %s (no rule allows it; enforced by %s)", d.Direction, d.EnforcedBy[0].Policy)
+		}
+		return fmt.Sprintf("default deny on %s (no rule allows it; enforcement mode always)", d.Direction)
+	case OutcomeDenied:
+		return fmt.Sprintf("denied on %s by %s", d.Direction, d.Rule)
+	case OutcomeL7:
+		return fmt.Sprintf("handed to the L7 proxy on %s by %s", d.Direction, d.Rule)
+	}
+	if d.Rule == nil {
+		return "allowed: no policy enforces this traffic"
+	}
+	return fmt.Sprintf("allowed on %s by %s", d.Direction, d.Rule)
+}
+
+// State is a compiled snapshot: every endpoint's map state plus the address cache used to decide.
+type State struct {
+	u         *universe
+	endpoints map[EndpointKey]*EndpointState
+	hosts     map[string]*EndpointState
+	rules     map[RuleID]*RuleInfo
+	policies  map[Key]*Policy
+}
+
+// Endpoint returns the state of a pod.
+func (s *State) Endpoint(k EndpointKey) (*EndpointState, bool) {
+	st, ok := s.endpoints[k]
+	return st, ok
+}
+
+// Host returns the state of a node's host endpoint.
+func (s *State) Host(node string) (*EndpointState, bool) {
+	st, ok := s.hosts[node]
+	return st, ok
+}
+
+// Endpoints lists the pods in name order.
+func (s *State) Endpoints() []EndpointKey {
+	out := make([]EndpointKey, 0, len(s.endpoints))
+	for k := range s.endpoints {
+		out = append(out, k)
+	}
+	sortKeys(out)
+	return out
+}
+
+// Rule returns a rule's origin.
+func (s *State) Rule(id RuleID) *RuleInfo { return s.rules[id] }
+
+// Identity returns the identity a pod has.
+func (s *State) Identity(k EndpointKey) (*Identity, bool) {
+	ep, ok := s.u.endpoints[k]
+	if !ok || len(ep.IPs) == 0 {
+		return nil, false
+	}
+	_, ent := s.u.resolve(ep.Node, ep.IPs[0])
+	return ent.identity, ent.identity != nil
+}
+
+// IdentityOf returns an identity by number.
+func (s *State) IdentityOf(id ID) (*Identity, bool) {
+	ident, ok := s.u.ids[id]
+	return ident, ok
+}
+
+// Identities lists every identity in number order.
+func (s *State) Identities() []*Identity {
+	out := make([]*Identity, 0, len(s.u.ids))
+	for _, ident := range s.u.ids {
+		out = append(out, ident)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Resolve returns the identity of an address as seen from a node.
+func (s *State) Resolve(node string, ip netip.Addr) ID {
+	id, _ := s.u.resolve(node, ip)
+	return id
+}
+
+// Addr returns a pod's first address of the requested family.
+func (s *State) Addr(k EndpointKey, v6 bool) (netip.Addr, bool) {
+	ep, ok := s.u.endpoints[k]
+	if !ok {
+		return netip.Addr{}, false
+	}
+	for _, ip := range ep.IPs {
+		if ip.Is6() == v6 {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Decide returns the verdict for a new flow from src to dst with a protocol and destination
+// port (the ICMP type for ICMP). The source's egress is checked first, then the destination's
+// ingress; both must allow.
+func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
+	src, dst = src.Unmap(), dst.Unmap()
+	_, srcEnt := s.u.resolve("", src)
+	_, dstEnt := s.u.resolve("", dst)
+	var d Decision
+
+	if st, node := s.sideState(srcEnt); st != nil {
+		peer, _ := s.u.resolve(node, dst)
+		d.Egress = s.check(&st.Egress, peer, dst, proto, port)
+	}
+	if st, node := s.sideState(dstEnt); st != nil {
+		peer, _ := s.u.resolve(node, src)
+		d.Ingress = s.check(&st.Ingress, peer, src, proto, port)
+	}
+	for _, side := range []struct {
+		dir Direction
+		dd  *DirectionDecision
+		st  *DirectionState
+	}{{Egress, d.Egress, s.stateOf(srcEnt, Egress)}, {Ingress, d.Ingress, s.stateOf(dstEnt, Ingress)}} {
+		if side.dd == nil {
+			continue
+		}
+		switch side.dd.Outcome {
+		case OutcomeDenied:
+			d.Outcome, d.Direction, d.Rule = OutcomeDenied, side.dir, s.rules[side.dd.Match.Entry.Rules[0]]
+			return d
+		case OutcomeDefaultDenied:
+			d.Outcome, d.Direction = OutcomeDefaultDenied, side.dir
+			for _, id := range side.st.EnforcedBy {
+				d.EnforcedBy = append(d.EnforcedBy, s.rules[id])
+			}
+			return d
+		}
+	}
+	d.Outcome, d.Direction = OutcomeAllowed, Ingress
+	for _, side := range []struct {
+		dir Direction
+		dd  *DirectionDecision
+	}{{Ingress, d.Ingress}, {Egress, d.Egress}} {
+		if side.dd == nil || side.dd.Match.Entry == nil {
+			continue
+		}
+		if side.dd.Outcome == OutcomeL7 {
+			d.Outcome, d.Direction, d.Rule, d.L7 = OutcomeL7, side.dir, s.rules[side.dd.Match.Entry.Rules[0]], side.dd.Match.Entry.L7
+			return d
+		}
+		if d.Rule == nil {
+			d.Direction, d.Rule = side.dir, s.rules[side.dd.Match.Entry.Rules[0]]
+		}
+	}
+	return d
+}
+
+// sideState returns the policy state governing an address and the node whose view applies.
+func (s *State) sideState(ent ipEntry) (*EndpointState, string) {
+	switch {
+	case ent.endpoint != nil:
+		return s.endpoints[ent.endpoint.Key()], ent.endpoint.Node
+	case ent.node != nil:
+		return s.hosts[ent.node.Name], ent.node.Name
+	}
+	return nil, ""
+}
+
+func (s *State) stateOf(ent ipEntry, d Direction) *DirectionState {
+	st, _ := s.sideState(ent)
+	if st == nil {
+		return nil
+	}
+	return st.Dir(d)
+}
+
+func (s *State) check(ds *DirectionState, peer ID, addr netip.Addr, proto Proto, port uint16) *DirectionDecision {
+	m := ds.Lookup(peer, addr, proto, port)
+	dd := &DirectionDecision{Enforced: ds.Enforced, Peer: peer, Match: m}
+	switch m.Verdict {
+	case VerdictDeny:
+		dd.Outcome = OutcomeDenied
+	case VerdictProxy:
+		dd.Outcome = OutcomeL7
+	case VerdictAllow:
+		dd.Outcome = OutcomeAllowed
+	default:
+		if ds.Enforced {
+			dd.Outcome = OutcomeDefaultDenied
+		} else {
+			dd.Outcome = OutcomeAllowed
+		}
+	}
+	return dd
+}

@@ -1,0 +1,437 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// EnforcementMode is Cilium's policy enforcement mode.
+type EnforcementMode string
+
+const (
+	// ModeDefault enforces a direction of an endpoint once a policy with rules for that direction
+	// selects it.
+	ModeDefault EnforcementMode = "default"
+	// ModeAlways enforces every endpoint in both directions, with or without policies.
+	ModeAlways EnforcementMode = "always"
+	// ModeNever enforces nothing.
+	ModeNever EnforcementMode = "never"
+)
+
+// ParseMode reads an enforcement mode name.
+func ParseMode(s string) (EnforcementMode, error) {
+	switch m := EnforcementMode(s); m {
+	case ModeDefault, ModeAlways, ModeNever:
+		return m, nil
+	case "":
+		return ModeDefault, nil
+	}
+	return "", fmt.Errorf("unknown policy enforcement mode %q: use default, always or never", s)
+}
+
+// Options are the engine's settings.
+type Options struct {
+	Mode EnforcementMode
+	// EnforceHost stops the implicit allow of the local host to local endpoints (Cilium's
+	// allow-localhost=policy). By default the host may reach its endpoints, so kubelet probes work.
+	EnforceHost bool
+}
+
+// Engine compiles policies over a cluster into per-endpoint map state. It recomputes the state
+// of the endpoints a change can affect and leaves the others untouched; a full recompute happens
+// when the cluster or the set of policy CIDRs changes.
+type Engine struct {
+	opts     Options
+	alloc    *allocator
+	cluster  *Cluster
+	u        *universe
+	policies map[Key]*normPolicy
+	sources  map[Key]*Policy
+	rules    map[RuleID]*RuleInfo
+	nextRule RuleID
+	selCache map[string][]ID
+}
+
+// NewEngine returns an engine with an empty cluster and no policies.
+func NewEngine(opts Options) *Engine {
+	if opts.Mode == "" {
+		opts.Mode = ModeDefault
+	}
+	e := &Engine{
+		opts: opts, alloc: newAllocator(), cluster: &Cluster{},
+		policies: map[Key]*normPolicy{}, sources: map[Key]*Policy{},
+		rules: map[RuleID]*RuleInfo{RuleAllowLocalhost: localhostRule}, nextRule: firstPolicyRule,
+	}
+	e.rebuild()
+	return e
+}
+
+// Compile is the one-shot form: the state of a cluster under a bundle.
+func Compile(c *Cluster, b *Bundle, opts Options) (*State, error) {
+	e := NewEngine(opts)
+	if err := e.SetCluster(c); err != nil {
+		return nil, err
+	}
+	e.SetPolicies(b.Policies)
+	return e.State(), nil
+}
+
+func (e *Engine) newRuleID() RuleID {
+	id := e.nextRule
+	e.nextRule++
+	return id
+}
+
+func (e *Engine) policyCIDRs() map[netip.Prefix]bool {
+	set := map[netip.Prefix]bool{}
+	for _, np := range e.policies {
+		for _, c := range np.cidrs {
+			set[c] = true
+		}
+	}
+	return set
+}
+
+// rebuild derives the universe again and recompiles every endpoint.
+func (e *Engine) rebuild() {
+	e.u = newUniverse(e.cluster, e.alloc, e.policyCIDRs())
+	e.selCache = map[string][]ID{}
+	for _, np := range e.policies {
+		e.index(np)
+	}
+	for _, g := range e.allGroups() {
+		g.state = e.compileGroup(g)
+	}
+}
+
+func (e *Engine) allGroups() []*group {
+	out := make([]*group, 0, len(e.u.groups)+len(e.u.hostGroup))
+	for _, g := range e.u.groups {
+		out = append(out, g)
+	}
+	for _, g := range e.u.hostGroup {
+		out = append(out, g)
+	}
+	return out
+}
+
+// SetCluster replaces the cluster (namespaces, nodes, pods) and recompiles everything.
+func (e *Engine) SetCluster(c *Cluster) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	e.cluster = c
+	e.rebuild()
+	return nil
+}
+
+// SetPolicies replaces every policy with the given ones.
+func (e *Engine) SetPolicies(ps []*Policy) {
+	for k, np := range e.policies {
+		e.forget(np)
+		delete(e.policies, k)
+		delete(e.sources, k)
+	}
+	for _, p := range ps {
+		np := normalize(p, e.newRuleID)
+		e.policies[p.Key] = np
+		e.sources[p.Key] = p
+		for _, ri := range np.infos {
+			e.rules[ri.ID] = ri
+		}
+	}
+	e.rebuild()
+}
+
+// Upsert adds or replaces one policy and returns the endpoints whose state changed.
+func (e *Engine) Upsert(p *Policy) []EndpointKey {
+	before := e.policyCIDRs()
+	old := e.policies[p.Key]
+	np := normalize(p, e.newRuleID)
+	affected := map[*group]bool{}
+	if old != nil {
+		for _, g := range e.groupsOf(old) {
+			affected[g] = true
+		}
+		e.forget(old)
+	}
+	e.policies[p.Key] = np
+	e.sources[p.Key] = p
+	for _, ri := range np.infos {
+		e.rules[ri.ID] = ri
+	}
+	return e.refresh(before, np, affected)
+}
+
+// Delete removes one policy and returns the endpoints whose state changed.
+func (e *Engine) Delete(k Key) []EndpointKey {
+	old, ok := e.policies[k]
+	if !ok {
+		return nil
+	}
+	before := e.policyCIDRs()
+	affected := map[*group]bool{}
+	for _, g := range e.groupsOf(old) {
+		affected[g] = true
+	}
+	e.forget(old)
+	delete(e.policies, k)
+	delete(e.sources, k)
+	return e.refresh(before, nil, affected)
+}
+
+func (e *Engine) refresh(cidrsBefore map[netip.Prefix]bool, np *normPolicy, affected map[*group]bool) []EndpointKey {
+	if !sameCIDRs(cidrsBefore, e.policyCIDRs()) {
+		e.rebuild()
+		var changed []EndpointKey
+		for _, g := range e.allGroups() {
+			changed = append(changed, g.endpoints...)
+		}
+		sortKeys(changed)
+		return changed
+	}
+	if np != nil {
+		for _, g := range e.index(np) {
+			affected[g] = true
+		}
+	}
+	var changed []EndpointKey
+	for g := range affected {
+		g.state = e.compileGroup(g)
+		changed = append(changed, g.endpoints...)
+	}
+	sortKeys(changed)
+	return changed
+}
+
+func sortKeys(ks []EndpointKey) {
+	sort.Slice(ks, func(i, j int) bool { return ks[i].String() < ks[j].String() })
+}
+
+func sameCIDRs(a, b map[netip.Prefix]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// index records which groups a policy's sections select.
+func (e *Engine) index(np *normPolicy) []*group {
+	var out []*group
+	for _, sec := range np.sections {
+		for _, g := range e.u.subjectGroups(sec.subject) {
+			if _, dup := g.policies[np.key]; !dup {
+				g.policies[np.key] = struct{}{}
+				out = append(out, g)
+			}
+		}
+	}
+	return out
+}
+
+func (e *Engine) groupsOf(np *normPolicy) []*group {
+	var out []*group
+	for _, sec := range np.sections {
+		out = append(out, e.u.subjectGroups(sec.subject)...)
+	}
+	return out
+}
+
+func (e *Engine) forget(np *normPolicy) {
+	for _, g := range e.groupsOf(np) {
+		delete(g.policies, np.key)
+	}
+	for _, ri := range np.infos {
+		delete(e.rules, ri.ID)
+	}
+}
+
+func (e *Engine) selectCached(s *selector) []ID {
+	if ids, ok := e.selCache[s.str]; ok {
+		return ids
+	}
+	ids := e.u.selectIdentities(s)
+	e.selCache[s.str] = ids
+	return ids
+}
+
+// peerSet is a resolved peer specification.
+type peerSet struct {
+	all      bool
+	ids      []ID
+	prefixes []netip.Prefix
+}
+
+func (e *Engine) resolvePeers(ps *peerSpec) peerSet {
+	out := peerSet{all: ps.all, prefixes: ps.blocks}
+	for _, s := range ps.selectors {
+		out.ids = append(out.ids, e.selectCached(s)...)
+	}
+	for _, ent := range ps.entities {
+		ids, all := e.u.entityIdentities(ent)
+		out.all = out.all || all
+		out.ids = append(out.ids, ids...)
+	}
+	for _, c := range ps.cidrs {
+		out.ids = append(out.ids, e.u.cidrIdentitiesFor(c)...)
+	}
+	return out
+}
+
+// compileGroup computes the state of one group from every policy selecting it.
+func (e *Engine) compileGroup(g *group) *EndpointState {
+	st := newEndpointState()
+	if e.opts.Mode == ModeNever {
+		return st
+	}
+	keys := make([]Key, 0, len(g.policies))
+	for k := range g.policies {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, k := range keys {
+		np := e.policies[k]
+		for _, sec := range np.sections {
+			if !e.sectionSelects(sec, g) {
+				continue
+			}
+			for d := range sec.enforce {
+				if sec.enforce[d] {
+					ds := st.Dir(Direction(d))
+					ds.Enforced = true
+					ds.EnforcedBy = append(ds.EnforcedBy, sec.enforceRule[d].ID)
+				}
+			}
+			for _, r := range sec.rules {
+				e.addRule(st, g, r)
+			}
+		}
+	}
+	if e.opts.Mode == ModeAlways {
+		st.Ingress.Enforced, st.Egress.Enforced = true, true
+	}
+	if st.Ingress.Enforced && !e.opts.EnforceHost && g.node == nil {
+		st.Ingress.add(MapKey{Identity: IDHost, Proto: ProtoAny, PortLo: 0, PortHi: 65535}, VerdictAllow, nil, RuleAllowLocalhost)
+	}
+	return st
+}
+
+func (e *Engine) sectionSelects(sec *section, g *group) bool {
+	if sec.subject.host != (g.node != nil) {
+		return false
+	}
+	if g.node != nil {
+		ls := labelSet{}
+		for k, v := range g.node.Labels {
+			ls[k] = labelValue{sourceK8s, v}
+		}
+		return sec.subject.sel.matches(ls)
+	}
+	return sec.subject.sel.matches(g.identity.labels)
+}
+
+func (e *Engine) addRule(st *EndpointState, g *group, r *normRule) {
+	if r.none {
+		return
+	}
+	ds := st.Dir(r.dir)
+	peers := e.resolvePeers(&r.peers)
+	verdict := VerdictAllow
+	if r.deny {
+		verdict = VerdictDeny
+	}
+	for _, ps := range r.ports {
+		v := verdict
+		if ps.l7 != nil && !r.deny {
+			v = VerdictProxy
+		}
+		if ps.name == "" {
+			e.addPeers(ds, peers, ps.proto, ps.lo, ps.hi, v, ps.l7, r.info.ID)
+			continue
+		}
+		if r.dir == Ingress {
+			// Named ports of ingress rules resolve on the endpoint itself.
+			for _, np := range resolveNamed(g.ports, ps) {
+				e.addPeers(ds, peers, np.Protocol, np.Port, np.Port, v, ps.l7, r.info.ID)
+			}
+			continue
+		}
+		// Named ports of egress rules resolve on the destination: on the pods of each peer
+		// identity, on every pod for a wildcard peer, and on the pods inside an ipBlock.
+		if peers.all {
+			for _, np := range resolveNamed(e.u.allPorts, ps) {
+				ds.add(MapKey{Proto: np.Protocol, PortLo: np.Port, PortHi: np.Port}, v, ps.l7, r.info.ID)
+			}
+		}
+		for _, id := range peers.ids {
+			for _, np := range resolveNamed(e.u.namedPorts[id], ps) {
+				ds.add(MapKey{Identity: id, Proto: np.Protocol, PortLo: np.Port, PortHi: np.Port}, v, ps.l7, r.info.ID)
+			}
+		}
+		for _, pfx := range peers.prefixes {
+			for _, ip := range e.u.podIPs {
+				if !pfx.Contains(ip) {
+					continue
+				}
+				ent := e.u.ipcache[ip]
+				for _, np := range resolveNamed(ent.endpoint.Ports, ps) {
+					host := netip.PrefixFrom(ip, ip.BitLen())
+					ds.add(MapKey{Prefix: host, Proto: np.Protocol, PortLo: np.Port, PortHi: np.Port}, v, ps.l7, r.info.ID)
+				}
+			}
+		}
+	}
+}
+
+func resolveNamed(ports []NamedPort, ps portSpec) []NamedPort {
+	var out []NamedPort
+	for _, p := range ports {
+		if p.Name == ps.name && (ps.proto == ProtoAny || ps.proto == p.Protocol) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (e *Engine) addPeers(ds *DirectionState, peers peerSet, proto Proto, lo, hi uint16, v Verdict, l7 *L7Policy, rule RuleID) {
+	if peers.all {
+		ds.add(MapKey{Proto: proto, PortLo: lo, PortHi: hi}, v, l7, rule)
+	}
+	for _, id := range peers.ids {
+		ds.add(MapKey{Identity: id, Proto: proto, PortLo: lo, PortHi: hi}, v, l7, rule)
+	}
+	for _, p := range peers.prefixes {
+		ds.add(MapKey{Prefix: p, Proto: proto, PortLo: lo, PortHi: hi}, v, l7, rule)
+	}
+}
+
+// State returns a snapshot of the compiled state. Snapshots are immutable: later changes to the
+// engine produce new endpoint states and leave the snapshot as it was.
+func (e *Engine) State() *State {
+	s := &State{
+		u:         e.u,
+		endpoints: make(map[EndpointKey]*EndpointState, len(e.u.epGroup)),
+		hosts:     make(map[string]*EndpointState, len(e.u.hostGroup)),
+		rules:     make(map[RuleID]*RuleInfo, len(e.rules)),
+		policies:  make(map[Key]*Policy, len(e.sources)),
+	}
+	for k, g := range e.u.epGroup {
+		s.endpoints[k] = g.state
+	}
+	for n, g := range e.u.hostGroup {
+		s.hosts[n] = g.state
+	}
+	for id, ri := range e.rules {
+		s.rules[id] = ri
+	}
+	for k, p := range e.sources {
+		s.policies[k] = p
+	}
+	return s
+}

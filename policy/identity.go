@@ -1,0 +1,136 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// ID is a numeric security identity, as in Cilium.
+type ID uint32
+
+// Reserved identities, numbered as Cilium numbers them.
+const (
+	IDUnknown       ID = 0
+	IDHost          ID = 1
+	IDWorld         ID = 2
+	IDUnmanaged     ID = 3
+	IDHealth        ID = 4
+	IDInit          ID = 5
+	IDRemoteNode    ID = 6
+	IDKubeAPIServer ID = 7
+	IDIngress       ID = 8
+	IDWorldIPv4     ID = 9
+	IDWorldIPv6     ID = 10
+
+	// FirstClusterID is the first identity given to a pod label set.
+	FirstClusterID ID = 256
+	// FirstLocalID is the first identity given to a CIDR (node-local scope, as in Cilium).
+	FirstLocalID ID = 1 << 24
+)
+
+var reservedNames = map[ID]string{
+	IDHost: "host", IDWorld: "world", IDUnmanaged: "unmanaged", IDHealth: "health", IDInit: "init",
+	IDRemoteNode: "remote-node", IDKubeAPIServer: "kube-apiserver", IDIngress: "ingress",
+	IDWorldIPv4: "world-ipv4", IDWorldIPv6: "world-ipv6",
+}
+
+// IdentityKind says what an identity stands for.
+type IdentityKind uint8
+
+const (
+	IdentityReserved IdentityKind = iota
+	IdentityPod
+	IdentityCIDR
+)
+
+// Identity is a security identity and the labels it stands for.
+type Identity struct {
+	ID   ID
+	Kind IdentityKind
+	// Namespace is the namespace of a pod identity.
+	Namespace string
+	// Prefix is the CIDR of a CIDR identity, and 0.0.0.0/0 or ::/0 for world-ipv4/world-ipv6.
+	Prefix netip.Prefix
+	labels labelSet
+}
+
+// Labels returns the identity's labels as sorted "source:key=value" strings.
+func (id *Identity) Labels() []string { return id.labels.Sorted() }
+
+func (id *Identity) String() string {
+	if name, ok := reservedNames[id.ID]; ok {
+		return fmt.Sprintf("%d (reserved:%s)", id.ID, name)
+	}
+	if id.Kind == IdentityCIDR {
+		return fmt.Sprintf("%d (cidr:%s)", id.ID, id.Prefix)
+	}
+	return fmt.Sprintf("%d", id.ID)
+}
+
+// allocator hands out identity numbers and keeps them stable for a label set for as long as the
+// engine lives, so that the datapath does not churn when unrelated pods come and go.
+type allocator struct {
+	byLabels  map[string]ID
+	nextPod   ID
+	nextLocal ID
+}
+
+func newAllocator() *allocator {
+	return &allocator{byLabels: map[string]ID{}, nextPod: FirstClusterID, nextLocal: FirstLocalID}
+}
+
+func (a *allocator) pod(ls labelSet) ID {
+	k := ls.String()
+	if id, ok := a.byLabels[k]; ok {
+		return id
+	}
+	id := a.nextPod
+	a.nextPod++
+	a.byLabels[k] = id
+	return id
+}
+
+func (a *allocator) cidr(p netip.Prefix) ID {
+	k := "cidr:" + p.String()
+	if id, ok := a.byLabels[k]; ok {
+		return id
+	}
+	id := a.nextLocal
+	a.nextLocal++
+	a.byLabels[k] = id
+	return id
+}
+
+func reservedIdentity(id ID) *Identity {
+	ident := &Identity{ID: id, Kind: IdentityReserved, labels: labelSet{reservedNames[id]: {sourceReserved, ""}}}
+	switch id {
+	case IDWorldIPv4:
+		ident.Prefix = netip.MustParsePrefix("0.0.0.0/0")
+		ident.labels["world"] = labelValue{sourceReserved, ""}
+	case IDWorldIPv6:
+		ident.Prefix = netip.MustParsePrefix("::/0")
+		ident.labels["world"] = labelValue{sourceReserved, ""}
+	}
+	return ident
+}
+
+// cidrIdentities allocates an identity for each CIDR named by a policy, sorted longest prefix
+// first so that an address resolves to the most specific one.
+func cidrIdentities(a *allocator, prefixes map[netip.Prefix]bool) []*Identity {
+	out := make([]*Identity, 0, len(prefixes))
+	for p := range prefixes {
+		if p.Bits() == 0 {
+			continue // the whole address family is world-ipv4 / world-ipv6
+		}
+		out = append(out, &Identity{ID: a.cidr(p), Kind: IdentityCIDR, Prefix: p,
+			labels: labelSet{"cidr:" + p.String(): {sourceCIDR, ""}, "world": {sourceReserved, ""}}})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Prefix.Bits() != out[j].Prefix.Bits() {
+			return out[i].Prefix.Bits() > out[j].Prefix.Bits()
+		}
+		return out[i].Prefix.Addr().Less(out[j].Prefix.Addr())
+	})
+	return out
+}

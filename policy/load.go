@@ -1,0 +1,491 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/netpact/netpact/api/ciliumv2"
+)
+
+// Kind is the kind of a policy object.
+type Kind string
+
+const (
+	KindCNP  Kind = ciliumv2.KindCiliumNetworkPolicy
+	KindCCNP Kind = ciliumv2.KindCiliumClusterwideNetworkPolicy
+	KindKNP  Kind = "NetworkPolicy"
+)
+
+// Source is where an object or rule was read from.
+type Source struct {
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Column int    `json:"column"`
+}
+
+func (s Source) String() string { return fmt.Sprintf("%s:%d:%d", s.File, s.Line, s.Column) }
+
+// Key identifies a policy object within a bundle.
+type Key struct {
+	Kind      Kind
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string {
+	if k.Namespace == "" {
+		return fmt.Sprintf("%s %s", k.Kind, k.Name)
+	}
+	return fmt.Sprintf("%s %s/%s", k.Kind, k.Namespace, k.Name)
+}
+
+// Policy is one policy object read from a bundle, defaulted and validated.
+type Policy struct {
+	Key
+	Source Source
+	// Cilium holds the rules of a CNP or CCNP (spec first, then specs).
+	Cilium []ciliumv2.Rule
+	// KNP is the Kubernetes NetworkPolicy, with Kubernetes' defaults applied.
+	KNP *networkingv1.NetworkPolicy
+
+	index docIndex
+}
+
+// position returns where a field of this policy was written.
+func (p *Policy) position(path string) Source {
+	at := p.index.lookup(path)
+	return Source{File: p.Source.File, Line: at.line, Column: at.col}
+}
+
+// Bundle is a validated set of policies: the unit the engine compiles and the reconciler applies.
+type Bundle struct {
+	Policies []*Policy
+	Notices  []Notice
+}
+
+// LoadOptions adjusts how files are read.
+type LoadOptions struct {
+	// DefaultNamespace is given to namespaced objects that name none, as `kubectl apply -n` does.
+	// Empty means "default".
+	DefaultNamespace string
+}
+
+// maxFileSize bounds a single policy file; policy bundles are text written by people.
+const maxFileSize = 16 << 20
+
+// Load reads files and folders of multi-document YAML or JSON. Folders are read recursively in
+// name order (hidden entries skipped); a folder holding a kustomization.yaml is read through it.
+// When anything is wrong, the returned error is an ErrorList with every problem of the bundle.
+func Load(paths []string, opts LoadOptions) (*Bundle, error) {
+	l := &loader{opts: opts, bundle: &Bundle{}, seen: map[Key]Source{}}
+	for _, p := range paths {
+		l.loadPath(p, "")
+	}
+	return l.finish()
+}
+
+// LoadBytes reads one document stream as if it were the file name.
+func LoadBytes(name string, data []byte, opts LoadOptions) (*Bundle, error) {
+	l := &loader{opts: opts, bundle: &Bundle{}, seen: map[Key]Source{}}
+	l.loadData(name, data, "")
+	return l.finish()
+}
+
+type loader struct {
+	opts   LoadOptions
+	bundle *Bundle
+	errs   ErrorList
+	seen   map[Key]Source
+}
+
+func (l *loader) finish() (*Bundle, error) {
+	if len(l.errs) > 0 {
+		l.errs.Sort()
+		return nil, l.errs
+	}
+	sort.SliceStable(l.bundle.Policies, func(i, j int) bool {
+		return l.bundle.Policies[i].Key.String() < l.bundle.Policies[j].Key.String()
+	})
+	return l.bundle, nil
+}
+
+func (l *loader) fail(file string, line, col int, object, field, format string, args ...any) {
+	l.errs = append(l.errs, &Error{File: file, Line: line, Column: col, Object: object, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func isPolicyFile(name string) bool {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+var kustomizationNames = []string{"kustomization.yaml", "kustomization.yml", "Kustomization"}
+
+func (l *loader) loadPath(path, nsOverride string) {
+	info, err := os.Stat(path)
+	if err != nil {
+		l.fail(path, 0, 0, "", "", "cannot read: %v", unwrapPathError(err))
+		return
+	}
+	if !info.IsDir() {
+		data, err := readLimited(path)
+		if err != nil {
+			l.fail(path, 0, 0, "", "", "%v", err)
+			return
+		}
+		l.loadData(path, data, nsOverride)
+		return
+	}
+	for _, k := range kustomizationNames {
+		kp := filepath.Join(path, k)
+		if _, err := os.Stat(kp); err == nil {
+			l.loadKustomization(kp, nsOverride)
+			return
+		}
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		l.fail(path, 0, 0, "", "", "cannot read folder: %v", unwrapPathError(err))
+		return
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		full := filepath.Join(path, e.Name())
+		if e.IsDir() || (e.Type()&fs.ModeSymlink != 0) {
+			if st, err := os.Stat(full); err == nil && st.IsDir() {
+				l.loadPath(full, nsOverride)
+				continue
+			}
+		}
+		if isPolicyFile(e.Name()) {
+			l.loadPath(full, nsOverride)
+		}
+	}
+}
+
+func unwrapPathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func readLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %w", unwrapPathError(err))
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %w", unwrapPathError(err))
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("file is larger than %d MiB", maxFileSize>>20)
+	}
+	return data, nil
+}
+
+// kustomization is the part of kustomize's file netpact understands: the resources to read and
+// the namespace to set on them. Anything else would change the objects in ways netpact cannot
+// reproduce, so it is refused.
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Namespace  string   `json:"namespace"`
+	Resources  []string `json:"resources"`
+}
+
+func (l *loader) loadKustomization(path, nsOverride string) {
+	data, err := readLimited(path)
+	if err != nil {
+		l.fail(path, 0, 0, "", "", "%v", err)
+		return
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		line, msg := yamlErrorLine(err)
+		l.fail(path, line, 1, "", "", "%s", msg)
+		return
+	}
+	w := &walker{index: docIndex{}}
+	if len(doc.Content) == 0 {
+		return
+	}
+	w.walk(doc.Content[0], reflect.TypeFor[kustomization](), "")
+	for _, is := range w.issues {
+		l.fail(path, is.pos.line, is.pos.col, "Kustomization", is.path, "%s (netpact reads only resources and namespace of a kustomization)", is.msg)
+	}
+	if len(w.issues) > 0 {
+		return
+	}
+	var k kustomization
+	v, _ := nodeValue(&doc, 0)
+	raw, _ := json.Marshal(v)
+	if err := json.Unmarshal(raw, &k); err != nil {
+		l.fail(path, 1, 1, "Kustomization", "", "%v", err)
+		return
+	}
+	ns := k.Namespace
+	if nsOverride != "" {
+		ns = nsOverride
+	}
+	dir := filepath.Dir(path)
+	for i, r := range k.Resources {
+		if strings.Contains(r, "://") || filepath.IsAbs(r) {
+			at := w.index.lookup(fmt.Sprintf("resources[%d]", i))
+			l.fail(path, at.line, at.col, "Kustomization", fmt.Sprintf("resources[%d]", i), "only relative paths inside the bundle are supported, not %q", r)
+			continue
+		}
+		l.loadPath(filepath.Join(dir, r), ns)
+	}
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func yamlErrorLine(err error) (int, string) {
+	msg := err.Error()
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n, "invalid YAML: " + m[2]
+	}
+	return 1, "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")
+}
+
+func (l *loader) loadData(file string, data []byte, nsOverride string) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			line, msg := yamlErrorLine(err)
+			l.fail(file, line, 1, "", "", "%s", msg)
+			return
+		}
+		if len(doc.Content) == 0 {
+			continue
+		}
+		l.loadObject(file, doc.Content[0], nsOverride, 0)
+	}
+}
+
+// scalarField returns the value of a top-level scalar field of a mapping node.
+func scalarField(n *yaml.Node, name string) (string, *yaml.Node) {
+	if n.Kind != yaml.MappingNode {
+		return "", nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == name {
+			v := n.Content[i+1]
+			if v.Kind == yaml.ScalarNode {
+				return v.Value, n.Content[i]
+			}
+			return "", n.Content[i]
+		}
+	}
+	return "", nil
+}
+
+func childNode(n *yaml.Node, name string) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == name {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth int) {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		l.fail(file, n.Line, n.Column, "", "", "a document must be an object with apiVersion and kind, not %s", describe(n))
+		return
+	}
+	apiVersion, _ := scalarField(n, "apiVersion")
+	kind, kindKey := scalarField(n, "kind")
+	if kind == "" {
+		l.fail(file, n.Line, n.Column, "", "kind", "missing kind: every object needs apiVersion and kind")
+		return
+	}
+	if apiVersion == "" {
+		l.fail(file, kindKey.Line, kindKey.Column, kind, "apiVersion", "missing apiVersion")
+		return
+	}
+	if strings.HasSuffix(kind, "List") && apiVersion == "v1" {
+		if items := childNode(n, "items"); items != nil && items.Kind == yaml.SequenceNode && depth < 4 {
+			for _, it := range items.Content {
+				l.loadObject(file, it, nsOverride, depth+1)
+			}
+			return
+		}
+	}
+	var target any
+	var pk Kind
+	switch {
+	case kind == string(KindCNP) || kind == string(KindCCNP):
+		if apiVersion != ciliumv2.GroupVersion {
+			l.fail(file, n.Line, n.Column, kind, "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
+			return
+		}
+		pk = Kind(kind)
+		if pk == KindCNP {
+			target = &ciliumv2.CiliumNetworkPolicy{}
+		} else {
+			target = &ciliumv2.CiliumClusterwideNetworkPolicy{}
+		}
+	case kind == string(KindKNP) && strings.HasPrefix(apiVersion, "networking.k8s.io/"):
+		if apiVersion != "networking.k8s.io/v1" {
+			l.fail(file, n.Line, n.Column, kind, "apiVersion", "apiVersion %q is not served for NetworkPolicy; use networking.k8s.io/v1", apiVersion)
+			return
+		}
+		pk = KindKNP
+		target = &networkingv1.NetworkPolicy{}
+	default:
+		name := ""
+		if md := childNode(n, "metadata"); md != nil {
+			name, _ = scalarField(md, "name")
+		}
+		l.bundle.Notices = append(l.bundle.Notices, Notice{File: file, Line: n.Line,
+			Message: fmt.Sprintf("skipped %s %s %q: not a network policy", apiVersion, kind, name)})
+		return
+	}
+
+	w := &walker{index: docIndex{}}
+	w.walk(n, reflect.TypeOf(target).Elem(), "")
+	object := describeObject(pk, n, nsOverride, l.defaultNamespace())
+	for _, is := range w.issues {
+		l.fail(file, is.pos.line, is.pos.col, object, is.path, "%s", is.msg)
+	}
+	if len(w.issues) > 0 {
+		return
+	}
+	v, err := nodeValue(n, 0)
+	if err != nil {
+		l.fail(file, n.Line, n.Column, object, "", "%v", err)
+		return
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		l.fail(file, n.Line, n.Column, object, "", "cannot convert document: %v", err)
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(target); err != nil {
+		l.fail(file, n.Line, n.Column, object, "", "cannot decode: %v", err)
+		return
+	}
+	p := &Policy{Key: Key{Kind: pk}, Source: Source{File: file, Line: n.Line, Column: n.Column}, index: w.index}
+	switch obj := target.(type) {
+	case *ciliumv2.CiliumNetworkPolicy:
+		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace, nsOverride)
+		p.Cilium = ciliumRules(obj.Spec, obj.Specs)
+	case *ciliumv2.CiliumClusterwideNetworkPolicy:
+		p.Name = obj.Name
+		if obj.Namespace != "" {
+			l.fail(file, p.position("metadata.namespace").Line, p.position("metadata.namespace").Column, object, "metadata.namespace",
+				"a CiliumClusterwideNetworkPolicy is cluster-scoped and takes no namespace")
+		}
+		p.Cilium = ciliumRules(obj.Spec, obj.Specs)
+	case *networkingv1.NetworkPolicy:
+		obj.Namespace = l.namespaceFor(obj.Namespace, nsOverride)
+		p.Name, p.Namespace = obj.Name, obj.Namespace
+		p.KNP = obj
+	}
+	errs := validatePolicy(p)
+	for _, e := range errs {
+		at := p.position(e.path)
+		l.fail(file, at.Line, at.Column, p.Key.String(), e.path, "%s", e.msg)
+	}
+	if len(errs) > 0 {
+		return
+	}
+	if prev, dup := l.seen[p.Key]; dup {
+		l.fail(file, n.Line, n.Column, p.Key.String(), "metadata.name", "%s is defined twice; the first is at %s", p.Key, prev)
+		return
+	}
+	l.seen[p.Key] = p.Source
+	defaultPolicy(p)
+	l.bundle.Policies = append(l.bundle.Policies, p)
+}
+
+func (l *loader) defaultNamespace() string {
+	if l.opts.DefaultNamespace != "" {
+		return l.opts.DefaultNamespace
+	}
+	return "default"
+}
+
+func (l *loader) namespaceFor(ns, override string) string {
+	if override != "" {
+		return override
+	}
+	if ns == "" {
+		return l.defaultNamespace()
+	}
+	return ns
+}
+
+func describeObject(kind Kind, n *yaml.Node, nsOverride, defaultNS string) string {
+	name, ns := "", ""
+	if md := childNode(n, "metadata"); md != nil {
+		name, _ = scalarField(md, "name")
+		ns, _ = scalarField(md, "namespace")
+	}
+	if kind == KindCCNP {
+		return Key{Kind: kind, Name: name}.String()
+	}
+	if nsOverride != "" {
+		ns = nsOverride
+	}
+	if ns == "" {
+		ns = defaultNS
+	}
+	return Key{Kind: kind, Namespace: ns, Name: name}.String()
+}
+
+func ciliumRules(spec *ciliumv2.Rule, specs []ciliumv2.Rule) []ciliumv2.Rule {
+	var out []ciliumv2.Rule
+	if spec != nil {
+		out = append(out, *spec)
+	}
+	return append(out, specs...)
+}
+
+// rulePath is the field path of the i-th Cilium rule: spec first, then specs[n].
+func (p *Policy) rulePath(i int) string {
+	if _, hasSpec := p.index["spec"]; hasSpec {
+		if i == 0 {
+			return "spec"
+		}
+		return fmt.Sprintf("specs[%d]", i-1)
+	}
+	return fmt.Sprintf("specs[%d]", i)
+}

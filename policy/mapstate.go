@@ -1,0 +1,234 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+)
+
+// Verdict is what a map-state entry or a decision does with traffic.
+type Verdict uint8
+
+const (
+	// VerdictAllow lets the traffic through.
+	VerdictAllow Verdict = iota + 1
+	// VerdictDeny drops it because a deny rule matched; deny beats every allow.
+	VerdictDeny
+	// VerdictProxy hands it to the L7 proxy, which applies the entry's L7 rules.
+	VerdictProxy
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case VerdictAllow:
+		return "allow"
+	case VerdictDeny:
+		return "deny"
+	case VerdictProxy:
+		return "proxy"
+	}
+	return "none"
+}
+
+// MapKey is a map-state key: a peer, a protocol and an inclusive port range. Identity 0 with no
+// prefix is every peer; a valid Prefix matches the peer's address whatever its identity (Kubernetes
+// ipBlock); ProtoAny is every protocol with every port (ICMP types count as ports).
+type MapKey struct {
+	Identity ID
+	Prefix   netip.Prefix
+	Proto    Proto
+	PortLo   uint16
+	PortHi   uint16
+}
+
+func (k MapKey) String() string {
+	peer := fmt.Sprintf("identity %d", k.Identity)
+	switch {
+	case k.Prefix.IsValid():
+		peer = "prefix " + k.Prefix.String()
+	case k.Identity == 0:
+		peer = "any peer"
+	}
+	ports := fmt.Sprintf("%d-%d", k.PortLo, k.PortHi)
+	if k.PortLo == k.PortHi {
+		ports = fmt.Sprint(k.PortLo)
+	} else if k.PortLo == 0 && k.PortHi == 65535 {
+		ports = "any port"
+	}
+	return fmt.Sprintf("%s %s %s", peer, k.Proto, ports)
+}
+
+// Entry is a map-state value. Rules lists every rule that produced it, deciding rule first.
+type Entry struct {
+	Verdict Verdict
+	L7      *L7Policy
+	Rules   []RuleID
+}
+
+// Equal reports whether two entries program the datapath identically.
+func (e *Entry) Equal(o *Entry) bool {
+	return e.Verdict == o.Verdict && slices.Equal(e.Rules, o.Rules) && l7Equal(e.L7, o.L7)
+}
+
+func l7Equal(a, b *L7Policy) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return fmt.Sprint(*a) == fmt.Sprint(*b)
+}
+
+// DirectionState is the compiled policy of one endpoint in one direction.
+type DirectionState struct {
+	// Enforced means default deny: traffic no entry allows is dropped.
+	Enforced bool
+	// EnforcedBy lists the rules (policy sections) that switched default deny on.
+	EnforcedBy []RuleID
+	Entries    map[MapKey]*Entry
+
+	once  sync.Once
+	index *lookupIndex
+}
+
+// EndpointState is the compiled policy of one endpoint.
+type EndpointState struct {
+	Ingress DirectionState
+	Egress  DirectionState
+}
+
+// Dir returns the state of one direction.
+func (s *EndpointState) Dir(d Direction) *DirectionState {
+	if d == Egress {
+		return &s.Egress
+	}
+	return &s.Ingress
+}
+
+func newEndpointState() *EndpointState {
+	return &EndpointState{
+		Ingress: DirectionState{Entries: map[MapKey]*Entry{}},
+		Egress:  DirectionState{Entries: map[MapKey]*Entry{}},
+	}
+}
+
+// add merges a verdict into the state: deny beats allow and proxy, allow beats proxy (a plain
+// allow lets every request through, so the proxy's rules could only allow it too), and two proxy
+// entries merge their L7 rules.
+func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
+	e, ok := ds.Entries[k]
+	if !ok {
+		ds.Entries[k] = &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
+		return
+	}
+	switch {
+	case e.Verdict == v:
+		if !slices.Contains(e.Rules, rule) {
+			e.Rules = append(e.Rules, rule)
+		}
+		if v == VerdictProxy && l7 != e.L7 {
+			e.L7 = e.L7.merge(l7)
+		}
+	case v == VerdictDeny, e.Verdict == VerdictProxy && v == VerdictAllow:
+		e.Verdict, e.L7, e.Rules = v, nil, []RuleID{rule}
+	}
+}
+
+// Diff returns what turns the old state into the new one: entries to write (new or changed) and
+// keys to delete. Writing before deleting never drops traffic that stays allowed.
+func Diff(old, cur *DirectionState) (upserts map[MapKey]*Entry, deletes []MapKey) {
+	upserts = map[MapKey]*Entry{}
+	for k, e := range cur.Entries {
+		if o, ok := old.Entries[k]; !ok || !o.Equal(e) {
+			upserts[k] = e
+		}
+	}
+	for k := range old.Entries {
+		if _, ok := cur.Entries[k]; !ok {
+			deletes = append(deletes, k)
+		}
+	}
+	sort.Slice(deletes, func(i, j int) bool { return deletes[i].String() < deletes[j].String() })
+	return upserts, deletes
+}
+
+// lookupIndex finds the entries a packet can match without scanning the whole state.
+type lookupIndex struct {
+	byIdentity map[ID][]keyed
+	wildcard   []keyed
+	prefixes   []keyed
+}
+
+type keyed struct {
+	key   MapKey
+	entry *Entry
+}
+
+func (ds *DirectionState) lookupIndex() *lookupIndex {
+	ds.once.Do(func() {
+		ix := &lookupIndex{byIdentity: map[ID][]keyed{}}
+		for k, e := range ds.Entries {
+			switch {
+			case k.Prefix.IsValid():
+				ix.prefixes = append(ix.prefixes, keyed{k, e})
+			case k.Identity == 0:
+				ix.wildcard = append(ix.wildcard, keyed{k, e})
+			default:
+				ix.byIdentity[k.Identity] = append(ix.byIdentity[k.Identity], keyed{k, e})
+			}
+		}
+		ds.index = ix
+	})
+	return ds.index
+}
+
+// Match is the result of looking a packet up in one direction's state.
+type Match struct {
+	Verdict Verdict
+	Key     MapKey
+	Entry   *Entry
+}
+
+// Lookup finds the verdict for a peer (identity and address), protocol and port: a matching deny
+// wins; otherwise a plain allow; otherwise a proxy entry; otherwise no entry matched (Verdict 0).
+// Among entries of the same verdict, the one with the lowest deciding rule id is reported.
+func (ds *DirectionState) Lookup(peer ID, addr netip.Addr, proto Proto, port uint16) Match {
+	ix := ds.lookupIndex()
+	var best Match
+	consider := func(list []keyed) {
+		for _, c := range list {
+			k := c.key
+			if k.Prefix.IsValid() && !k.Prefix.Contains(addr) {
+				continue
+			}
+			if k.Proto != ProtoAny && k.Proto != proto {
+				continue
+			}
+			if port < k.PortLo || port > k.PortHi {
+				continue
+			}
+			if best.Entry == nil || rank(c.entry.Verdict) > rank(best.Verdict) ||
+				(c.entry.Verdict == best.Verdict && c.entry.Rules[0] < best.Entry.Rules[0]) {
+				best = Match{Verdict: c.entry.Verdict, Key: k, Entry: c.entry}
+			}
+		}
+	}
+	consider(ix.byIdentity[peer])
+	consider(ix.wildcard)
+	if addr.IsValid() {
+		consider(ix.prefixes)
+	}
+	return best
+}
+
+func rank(v Verdict) int {
+	switch v {
+	case VerdictDeny:
+		return 3
+	case VerdictAllow:
+		return 2
+	case VerdictProxy:
+		return 1
+	}
+	return 0
+}
