@@ -37,6 +37,19 @@ func (p Proto) String() string {
 	return fmt.Sprintf("proto-%d", uint8(p))
 }
 
+// MarshalText writes the protocol's name.
+func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads a protocol name.
+func (p *Proto) UnmarshalText(b []byte) error {
+	v, err := ParseProto(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
 // ParseProto reads a protocol name as Kubernetes and Cilium write it.
 func ParseProto(s string) (Proto, error) {
 	switch strings.ToUpper(s) {

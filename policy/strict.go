@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -42,6 +43,7 @@ func (ix docIndex) lookup(path string) pos {
 
 var (
 	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 	intOrStringType = reflect.TypeFor[intstr.IntOrString]()
 )
 
@@ -83,6 +85,17 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 		return
 	}
 	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return
+	}
+	if reflect.PointerTo(t).Implements(textUnmarshaler) {
+		if n.Kind != yaml.ScalarNode {
+			w.issue(path, n, "must be a string, not %s", describe(n))
+			return
+		}
+		v := reflect.New(t).Interface().(encoding.TextUnmarshaler)
+		if err := v.UnmarshalText([]byte(n.Value)); err != nil {
+			w.issue(path, n, "%v", err)
+		}
 		return
 	}
 	switch t.Kind() {

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// probeResult is one cell of the predicted matrix.
+type probeResult struct {
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	Port     uint16  `json:"port"`
+	Protocol string  `json:"protocol"`
+	Verdict  string  `json:"verdict"`
+	Rule     *string `json:"rule"`
+	Reason   string  `json:"reason"`
+}
+
+// host is a probe source or destination: a pod or an external address.
+type host struct {
+	name  string
+	ips   []netip.Addr
+	ports []policy.NamedPort
+}
+
+func (h host) addr(v6 bool) (netip.Addr, bool) {
+	for _, ip := range h.ips {
+		if ip.Is6() == v6 {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func newPredictCommand() *cobra.Command {
+	var clusterPath, output, namespace, mode string
+	var ports []string
+	var ipv6, enforceHost, verbose bool
+	cmd := &cobra.Command{
+		Use:   "predict --cluster CLUSTER.yaml PATH...",
+		Short: "Print the connectivity matrix the policies give a described cluster",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(clusterPath)
+			if err != nil {
+				return fmt.Errorf("read cluster file: %w", err)
+			}
+			cf, err := policy.LoadClusterFile(clusterPath, data)
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				return exitError{1}
+			}
+			b, err := policy.Load(args, policy.LoadOptions{DefaultNamespace: namespace})
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				return exitError{1}
+			}
+			m, err := policy.ParseMode(mode)
+			if err != nil {
+				return err
+			}
+			state, err := policy.Compile(&cf.Cluster, b, policy.Options{Mode: m, EnforceHost: enforceHost})
+			if err != nil {
+				return err
+			}
+			override, err := parsePorts(ports)
+			if err != nil {
+				return err
+			}
+			results := predict(state, cf, override, ipv6)
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(results)
+			case "text", "":
+				printMatrix(cmd.OutOrStdout(), results, verbose)
+				return nil
+			}
+			return fmt.Errorf("unknown output format %q: use text or json", output)
+		},
+	}
+	cmd.Flags().StringVar(&clusterPath, "cluster", "", "cluster description file (see docs/cluster-file.md)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for policies that name none (default \"default\")")
+	cmd.Flags().StringVar(&mode, "mode", "default", "policy enforcement mode: default, always or never")
+	cmd.Flags().StringSliceVar(&ports, "port", nil, "probe these ports on every destination instead of its declared ports (80, 53/UDP, ...)")
+	cmd.Flags().BoolVar(&ipv6, "ipv6", false, "probe IPv6 addresses instead of IPv4")
+	cmd.Flags().BoolVar(&enforceHost, "enforce-host", false, "do not implicitly allow the local host to reach its pods")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every probe with the rule that decided it")
+	_ = cmd.MarkFlagRequired("cluster")
+	return cmd
+}
+
+func parsePorts(specs []string) ([]policy.NamedPort, error) {
+	var out []policy.NamedPort
+	for _, s := range specs {
+		num, proto, _ := strings.Cut(s, "/")
+		n, err := strconv.ParseUint(num, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --port %q: want PORT or PORT/PROTOCOL", s)
+		}
+		p, err := policy.ParseProto(proto)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --port %q: %w", s, err)
+		}
+		out = append(out, policy.NamedPort{Port: uint16(n), Protocol: p})
+	}
+	return out, nil
+}
+
+func predict(state *policy.State, cf *policy.ClusterFile, override []policy.NamedPort, ipv6 bool) []probeResult {
+	var hosts []host
+	for _, ep := range cf.Endpoints {
+		hosts = append(hosts, host{name: ep.Namespace + "/" + ep.Name, ips: ep.IPs, ports: ep.Ports})
+	}
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].name < hosts[j].name })
+	for _, ex := range cf.External {
+		hosts = append(hosts, host{name: ex.Name, ips: []netip.Addr{ex.IP}, ports: ex.Ports})
+	}
+	results := []probeResult{}
+	for _, src := range hosts {
+		for _, dst := range hosts {
+			ports := dst.ports
+			if override != nil {
+				ports = override
+			}
+			for _, p := range ports {
+				sa, ok1 := src.addr(ipv6)
+				da, ok2 := dst.addr(ipv6)
+				if !ok1 || !ok2 {
+					continue
+				}
+				d := state.Decide(sa, da, p.Protocol, p.Port)
+				r := probeResult{From: src.name, To: dst.name, Port: p.Port, Protocol: p.Protocol.String(),
+					Verdict: string(d.Outcome), Reason: d.Reason()}
+				if d.Rule != nil {
+					s := d.Rule.String()
+					r.Rule = &s
+				}
+				results = append(results, r)
+			}
+		}
+	}
+	return results
+}
+
+// printMatrix prints one table per port and protocol: sources down, destinations across;
+// "." allowed, "X" dropped, "L" handed to the L7 proxy.
+func printMatrix(w io.Writer, results []probeResult, verbose bool) {
+	type pp struct {
+		port  uint16
+		proto string
+	}
+	byPort := map[pp][]probeResult{}
+	var order []pp
+	for _, r := range results {
+		k := pp{r.Port, r.Protocol}
+		if _, ok := byPort[k]; !ok {
+			order = append(order, k)
+		}
+		byPort[k] = append(byPort[k], r)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		if order[i].port != order[j].port {
+			return order[i].port < order[j].port
+		}
+		return order[i].proto < order[j].proto
+	})
+	for _, k := range order {
+		fmt.Fprintf(w, "%d/%s\n", k.port, k.proto)
+		var froms, tos []string
+		cell := map[[2]string]string{}
+		for _, r := range byPort[k] {
+			if !contains(froms, r.From) {
+				froms = append(froms, r.From)
+			}
+			if !contains(tos, r.To) {
+				tos = append(tos, r.To)
+			}
+			cell[[2]string{r.From, r.To}] = verdictMark(r.Verdict)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+		fmt.Fprint(tw, "from \\ to")
+		for _, t := range tos {
+			fmt.Fprintf(tw, "\t%s", t)
+		}
+		fmt.Fprintln(tw)
+		for _, f := range froms {
+			fmt.Fprint(tw, f)
+			for _, t := range tos {
+				mark, ok := cell[[2]string{f, t}]
+				if !ok {
+					mark = "-"
+				}
+				fmt.Fprintf(tw, "\t%s", mark)
+			}
+			fmt.Fprintln(tw)
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, `"." allowed   "X" dropped   "L" handed to the L7 proxy   "-" not probed`)
+	if verbose {
+		fmt.Fprintln(w)
+		for _, r := range results {
+			fmt.Fprintf(w, "%s -> %s %d/%s: %s\n", r.From, r.To, r.Port, r.Protocol, r.Reason)
+		}
+	}
+}
+
+func verdictMark(v string) string {
+	switch policy.Outcome(v) {
+	case policy.OutcomeAllowed:
+		return "."
+	case policy.OutcomeL7:
+		return "L"
+	}
+	return "X"
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netpact/netpact/policy"
+)
+
+type validateResult struct {
+	Valid    bool            `json:"valid"`
+	Policies []string        `json:"policies"`
+	Errors   []*policy.Error `json:"errors"`
+	Notices  []policy.Notice `json:"notices"`
+}
+
+func newValidateCommand() *cobra.Command {
+	var output, namespace string
+	cmd := &cobra.Command{
+		Use:   "validate PATH...",
+		Short: "Check policy files and folders strictly; exit 1 with file:line:column errors when invalid",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := policy.Load(args, policy.LoadOptions{DefaultNamespace: namespace})
+			res := validateResult{Valid: err == nil, Policies: []string{}, Errors: []*policy.Error{}, Notices: []policy.Notice{}}
+			var list policy.ErrorList
+			switch {
+			case errors.As(err, &list):
+				res.Errors = list
+			case err != nil:
+				return err
+			default:
+				res.Notices = append(res.Notices, b.Notices...)
+				for _, p := range b.Policies {
+					res.Policies = append(res.Policies, p.Key.String())
+				}
+			}
+			return writeValidate(cmd.OutOrStdout(), cmd.ErrOrStderr(), output, res)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for objects that name none (default \"default\")")
+	return cmd
+}
+
+func writeValidate(stdout, stderr io.Writer, output string, res validateResult) error {
+	switch output {
+	case "json":
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	case "text", "":
+		for _, n := range res.Notices {
+			fmt.Fprintln(stderr, "notice:", n)
+		}
+		for _, e := range res.Errors {
+			fmt.Fprintln(stderr, e)
+		}
+		if res.Valid {
+			fmt.Fprintf(stdout, "%d policies valid\n", len(res.Policies))
+		} else {
+			fmt.Fprintf(stderr, "%d errors\n", len(res.Errors))
+		}
+	default:
+		return fmt.Errorf("unknown output format %q: use text or json", output)
+	}
+	if !res.Valid {
+		return exitError{1}
+	}
+	return nil
+}

@@ -1,0 +1,87 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ClusterFile is the cluster description `netpact predict` reads: a cluster plus addresses
+// outside it to probe. See docs/cluster-file.md.
+type ClusterFile struct {
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+	Cluster    `json:",inline"`
+	External   []ExternalHost `json:"external,omitempty"`
+}
+
+// ExternalHost is an address outside the cluster, used as a probe source and destination.
+type ExternalHost struct {
+	Name  string      `json:"name"`
+	IP    netip.Addr  `json:"ip"`
+	Ports []NamedPort `json:"ports,omitempty"`
+}
+
+// ClusterFileKind is the kind of a cluster description.
+const ClusterFileKind = "Cluster"
+
+// LoadClusterFile reads a cluster description strictly: unknown fields and wrong types are
+// errors with file, line and column.
+func LoadClusterFile(name string, data []byte) (*ClusterFile, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		line, msg := yamlErrorLine(err)
+		return nil, ErrorList{{File: name, Line: line, Column: 1, Message: msg}}
+	}
+	if len(doc.Content) == 0 {
+		return nil, ErrorList{{File: name, Line: 1, Column: 1, Message: "empty cluster file"}}
+	}
+	w := &walker{index: docIndex{}}
+	w.walk(doc.Content[0], reflect.TypeFor[ClusterFile](), "")
+	var errs ErrorList
+	for _, is := range w.issues {
+		errs = append(errs, &Error{File: name, Line: is.pos.line, Column: is.pos.col, Field: is.path, Message: is.msg})
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	v, err := nodeValue(&doc, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	var cf ClusterFile
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cf); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if cf.Kind != "" && cf.Kind != ClusterFileKind {
+		at := w.index.lookup("kind")
+		return nil, ErrorList{{File: name, Line: at.line, Column: at.col, Field: "kind", Message: fmt.Sprintf("kind %q is not a cluster description; use kind: Cluster", cf.Kind)}}
+	}
+	for i, p := range cf.Endpoints {
+		if len(p.IPs) == 0 {
+			at := w.index.lookup(fmt.Sprintf("pods[%d]", i))
+			errs = append(errs, &Error{File: name, Line: at.line, Column: at.col, Field: fmt.Sprintf("pods[%d].ips", i), Message: fmt.Sprintf("pod %s/%s needs at least one address", p.Namespace, p.Name)})
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	if err := cf.Cluster.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &cf, nil
+}
+
+// ErrNoAddress is returned when a probe has no address of the family it needs.
+var ErrNoAddress = errors.New("no address")
