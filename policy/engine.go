@@ -313,7 +313,8 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 			}
 		}
 	}
-	if e.opts.Mode == ModeAlways {
+	// Mode always covers pods; the host is only enforced by host policies (Cilium's host firewall).
+	if e.opts.Mode == ModeAlways && g.node == nil {
 		st.Ingress.Enforced, st.Egress.Enforced = true, true
 	}
 	if st.Ingress.Enforced && !e.opts.EnforceHost && g.node == nil {
