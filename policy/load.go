@@ -266,6 +266,11 @@ func yamlErrorLine(err error) (int, string) {
 	msg := err.Error()
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
 		n, _ := strconv.Atoi(m[1])
+		// yaml.v3 reports parser errors ("did not find expected ...") with a zero-based line and
+		// scanner errors with a one-based one.
+		if strings.HasPrefix(m[2], "did not find expected") {
+			n++
+		}
 		return n, "invalid YAML: " + m[2]
 	}
 	return 1, "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")
@@ -328,7 +333,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		l.fail(file, n.Line, n.Column, "", "", "a document must be an object with apiVersion and kind, not %s", describe(n))
 		return
 	}
-	apiVersion, _ := scalarField(n, "apiVersion")
+	apiVersion, apiKey := scalarField(n, "apiVersion")
 	kind, kindKey := scalarField(n, "kind")
 	if kind == "" {
 		l.fail(file, n.Line, n.Column, "", "kind", "missing kind: every object needs apiVersion and kind")
@@ -351,7 +356,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 	switch {
 	case kind == string(KindCNP) || kind == string(KindCCNP):
 		if apiVersion != ciliumv2.GroupVersion {
-			l.fail(file, n.Line, n.Column, kind, "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
+			l.fail(file, apiKey.Line, apiKey.Column, describeObject(Kind(kind), n, nsOverride, l.defaultNamespace()), "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
 			return
 		}
 		pk = Kind(kind)
@@ -362,7 +367,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		}
 	case kind == string(KindKNP) && strings.HasPrefix(apiVersion, "networking.k8s.io/"):
 		if apiVersion != "networking.k8s.io/v1" {
-			l.fail(file, n.Line, n.Column, kind, "apiVersion", "apiVersion %q is not served for NetworkPolicy; use networking.k8s.io/v1", apiVersion)
+			l.fail(file, apiKey.Line, apiKey.Column, kind, "apiVersion", "apiVersion %q is not served for NetworkPolicy; use networking.k8s.io/v1", apiVersion)
 			return
 		}
 		pk = KindKNP
