@@ -51,6 +51,8 @@ type Engine struct {
 	rules    map[RuleID]*RuleInfo
 	nextRule RuleID
 	selCache map[string][]ID
+	// gen counts universe rebuilds; a rule's resolved peers are valid for one generation.
+	gen uint64
 }
 
 // NewEngine returns an engine with an empty cluster and no policies.
@@ -97,6 +99,7 @@ func (e *Engine) policyCIDRs() map[netip.Prefix]bool {
 func (e *Engine) rebuild() {
 	e.u = newUniverse(e.cluster, e.alloc, e.policyCIDRs())
 	e.selCache = map[string][]ID{}
+	e.gen++
 	for _, np := range e.policies {
 		e.index(np)
 	}
@@ -205,6 +208,16 @@ func (e *Engine) refresh(cidrsBefore map[netip.Prefix]bool, np *normPolicy, affe
 	return changed
 }
 
+func keyLess(a, b Key) bool {
+	if a.Kind != b.Kind {
+		return a.Kind < b.Kind
+	}
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
+}
+
 func sortKeys(ks []EndpointKey) {
 	sort.Slice(ks, func(i, j int) bool { return ks[i].String() < ks[j].String() })
 }
@@ -294,7 +307,7 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 	for k := range g.policies {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	sort.Slice(keys, func(i, j int) bool { return keyLess(keys[i], keys[j]) })
 	for _, k := range keys {
 		np := e.policies[k]
 		for _, sec := range np.sections {
@@ -342,7 +355,10 @@ func (e *Engine) addRule(st *EndpointState, g *group, r *normRule) {
 		return
 	}
 	ds := st.Dir(r.dir)
-	peers := e.resolvePeers(&r.peers)
+	if r.resolvedGen != e.gen {
+		r.resolved, r.resolvedGen = e.resolvePeers(&r.peers), e.gen
+	}
+	peers := r.resolved
 	verdict := VerdictAllow
 	if r.deny {
 		verdict = VerdictDeny
@@ -383,7 +399,7 @@ func (e *Engine) addRule(st *EndpointState, g *group, r *normRule) {
 				ent := e.u.ipcache[ip]
 				for _, np := range resolveNamed(ent.endpoint.Ports, ps) {
 					host := netip.PrefixFrom(ip, ip.BitLen())
-					ds.add(MapKey{Prefix: host, Proto: np.Protocol, PortLo: np.Port, PortHi: np.Port}, v, ps.l7, r.info.ID)
+					ds.add(PrefixKey(host, np.Protocol, np.Port, np.Port), v, ps.l7, r.info.ID)
 				}
 			}
 		}
@@ -408,7 +424,7 @@ func (e *Engine) addPeers(ds *DirectionState, peers peerSet, proto Proto, lo, hi
 		ds.add(MapKey{Identity: id, Proto: proto, PortLo: lo, PortHi: hi}, v, l7, rule)
 	}
 	for _, p := range peers.prefixes {
-		ds.add(MapKey{Prefix: p, Proto: proto, PortLo: lo, PortHi: hi}, v, l7, rule)
+		ds.add(PrefixKey(p, proto, lo, hi), v, l7, rule)
 	}
 }
 

@@ -33,21 +33,47 @@ func (v Verdict) String() string {
 }
 
 // MapKey is a map-state key: a peer, a protocol and an inclusive port range. Identity 0 with no
-// prefix is every peer; a valid Prefix matches the peer's address whatever its identity (Kubernetes
-// ipBlock); ProtoAny is every protocol with every port (ICMP types count as ports).
+// prefix is every peer; a key with a prefix (PrefixKey) matches the peer's address whatever its
+// identity (Kubernetes ipBlock); ProtoAny is every protocol with every port (ICMP types count as
+// ports). The layout is flat and free of pointers and padding so that hashing it is cheap.
 type MapKey struct {
 	Identity ID
-	Prefix   netip.Prefix
-	Proto    Proto
 	PortLo   uint16
 	PortHi   uint16
+	Proto    Proto
+	// pfxLen is the prefix length plus one; 0 means the key has no prefix.
+	pfxLen uint8
+	is4    uint16
+	addr   [16]byte
+}
+
+// PrefixKey returns a key that matches peers by address.
+func PrefixKey(p netip.Prefix, proto Proto, lo, hi uint16) MapKey {
+	k := MapKey{Proto: proto, PortLo: lo, PortHi: hi, pfxLen: uint8(p.Bits() + 1), addr: p.Addr().As16()}
+	if p.Addr().Is4() {
+		k.is4 = 1
+	}
+	return k
+}
+
+// Prefix returns the key's address prefix, if it has one.
+func (k MapKey) Prefix() (netip.Prefix, bool) {
+	if k.pfxLen == 0 {
+		return netip.Prefix{}, false
+	}
+	a := netip.AddrFrom16(k.addr)
+	if k.is4 == 1 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(k.pfxLen)-1), true
 }
 
 func (k MapKey) String() string {
 	peer := fmt.Sprintf("identity %d", k.Identity)
+	p, hasPrefix := k.Prefix()
 	switch {
-	case k.Prefix.IsValid():
-		peer = "prefix " + k.Prefix.String()
+	case hasPrefix:
+		peer = "prefix " + p.String()
 	case k.Identity == 0:
 		peer = "any peer"
 	}
@@ -169,7 +195,7 @@ func (ds *DirectionState) lookupIndex() *lookupIndex {
 		ix := &lookupIndex{byIdentity: map[ID][]keyed{}}
 		for k, e := range ds.Entries {
 			switch {
-			case k.Prefix.IsValid():
+			case k.pfxLen != 0:
 				ix.prefixes = append(ix.prefixes, keyed{k, e})
 			case k.Identity == 0:
 				ix.wildcard = append(ix.wildcard, keyed{k, e})
@@ -198,7 +224,7 @@ func (ds *DirectionState) Lookup(peer ID, addr netip.Addr, proto Proto, port uin
 	consider := func(list []keyed) {
 		for _, c := range list {
 			k := c.key
-			if k.Prefix.IsValid() && !k.Prefix.Contains(addr) {
+			if p, ok := k.Prefix(); ok && !p.Contains(addr) {
 				continue
 			}
 			if k.Proto != ProtoAny && k.Proto != proto {

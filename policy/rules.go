@@ -115,6 +115,9 @@ type normRule struct {
 	ports []portSpec
 	// none marks a rule that selects nothing, such as CNP's `ingress: [{}]`.
 	none bool
+
+	resolved    peerSet
+	resolvedGen uint64
 }
 
 // subject selects the endpoints a section applies to: pods, or nodes for host policies.
