@@ -177,6 +177,7 @@ func BenchmarkDecide(b *testing.B) {
 		b.Fatal(err)
 	}
 	src, dst := netip.MustParseAddr("10.0.7.3"), netip.MustParseAddr("10.0.7.1")
+	st.Decide(src, dst, policy.ProtoTCP, 8000) // builds the lookup indexes once
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -1,0 +1,44 @@
+# netpact: see README.md. Every target works on a fresh Debian machine with Go 1.26.
+GO        ?= go
+BIN       := bin/netpact
+FUZZTIME  ?= 2m
+BENCHTIME ?= 1s
+
+.PHONY: all build test bench fuzz generate check-generate lint demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/netpact
+
+# Every test: unit, semantic tables, cyclonus conformance, CLI. CI=true turns missing
+# prerequisites into failures.
+test:
+	$(GO) test -count=1 ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/
+
+# Regenerates generated code (bpf2go output once the datapath lands); check-generate fails when
+# the committed output differs from what generate produces.
+generate:
+	$(GO) generate ./...
+
+check-generate: generate
+	@git diff --exit-code --stat -- . || (echo "generated files drifted: run make generate and commit" && exit 1)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# The product on this machine: validate the example policies, then print the connectivity
+# matrix they give the seed articles' cluster.
+demo: build
+	./$(BIN) validate policies/
+	./$(BIN) predict --cluster docs/examples/cluster.yaml policies/
+
+clean:
+	rm -rf bin
