@@ -15,6 +15,7 @@ build:
 # prerequisites into failures.
 test:
 	$(GO) test -count=1 ./...
+	@$(GO) test -count=1 -run '^TestCyclonusConformance$$' -v ./policy/ | grep -E '^(cyclonus conformance|--- FAIL)'
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/
