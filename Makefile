@@ -2,6 +2,10 @@
 GO        ?= go
 BIN       := bin/netpact
 FUZZTIME  ?= 2m
+# bpf2go's compiler and flags, pinned: Debian's clang 14 (apt-get install clang-14 llvm-14
+# libbpf-dev linux-libc-dev).
+export BPF_CLANG  := clang-14
+export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
 .PHONY: all build test bench fuzz generate check-generate lint demo clean

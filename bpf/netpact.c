@@ -1,0 +1,798 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// netpact's datapath: one program per direction on the host side of each pod's veth.
+// tc_from_pod (tcx ingress of the host veth) sees what the pod sends: the pod's egress.
+// tc_to_pod (tcx egress of the host veth) sees what the pod receives: the pod's ingress.
+//
+// Every packet in a flow's original direction is checked against the endpoint's policy, so
+// revoking an allow cuts open connections; replies and related ICMP errors pass by conntrack.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+#define FAMILY_V4 4
+#define FAMILY_V6 6
+
+#define PROTO_ICMP 1
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define PROTO_ICMPV6 58
+#define PROTO_SCTP 132
+
+#define EP_ENFORCE_INGRESS 1
+#define EP_ENFORCE_EGRESS 2
+
+#define VERDICT_ALLOW 1
+#define VERDICT_DENY 2
+#define VERDICT_PROXY 3
+
+#define CFG_DENY_ICMP 1
+
+#define CT_SEEN_REPLY 1
+#define CT_CLOSING 2
+
+#define NS_PER_SEC 1000000000ULL
+
+// Reasons index the counters and label flow events.
+enum reason {
+	REASON_FORWARD_POLICY = 0,     // allowed by a policy entry
+	REASON_FORWARD_REPLY = 1,      // reply of a tracked flow
+	REASON_FORWARD_RELATED = 2,    // ICMP error about a tracked flow
+	REASON_FORWARD_UNENFORCED = 3, // no entry, direction not enforced
+	REASON_FORWARD_NON_IP = 4,     // ARP and other non-IP frames
+	REASON_FORWARD_ND = 5,         // IPv6 neighbour discovery and MLD
+	REASON_DROP_DENY = 6,          // a deny rule matched
+	REASON_DROP_DEFAULT_DENY = 7,  // no rule allows it
+	REASON_DROP_SPOOF = 8,         // source address is not the pod's
+	REASON_DROP_NOT_ENDPOINT = 9,  // interface is not a known endpoint
+	REASON_DROP_MALFORMED = 10,    // truncated or invalid headers
+	REASON_DROP_FRAG_NO_FIRST = 11, // later fragment without an allowed first fragment
+	REASON_DROP_NO_PROXY = 12,     // an L7 rule applies but no proxy is available
+	REASON_MAX = 13,
+};
+
+struct endpoint_info {
+	__u32 ep_id;
+	__u32 identity;
+	__u32 flags;
+	__u8 ipv4[4];
+	__u8 ipv6[16];
+};
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 family;
+	__u8 addr[16];
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 pad;
+};
+
+// policy_key is matched by longest prefix: everything up to and including proto exactly, the
+// port (network byte order) by prefix, so that a port range is a few entries.
+struct policy_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	__u32 identity;
+	__u8 direction;
+	__u8 proto;
+	__be16 port;
+};
+
+struct policy_value {
+	__u32 rule_id;
+	__u8 verdict;
+	__u8 pad;
+	__u16 proxy_port;
+};
+
+// prefix_policy_key matches peers by address (Kubernetes ipBlock): exact endpoint, direction,
+// protocol and port, then the address by prefix.
+struct prefix_policy_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	__u8 direction;
+	__u8 proto;
+	__be16 port;
+	__u32 family;
+	__u8 addr[16];
+};
+
+struct ct_key {
+	__u32 ep_id;
+	__u8 direction;
+	__u8 family;
+	__u8 proto;
+	__u8 pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+};
+
+struct ct_value {
+	__u64 last_seen;
+	__u32 rule_id;
+	__u32 flags;
+};
+
+struct frag_key {
+	__u8 family;
+	__u8 proto;
+	__u16 pad;
+	__u32 id;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+	__u32 pad;
+};
+
+struct flow_event {
+	__u64 timestamp;
+	__u32 ifindex;
+	__u32 ep_id;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u8 direction;
+	__u8 verdict;
+	__u8 reason;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[3];
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+};
+
+struct config {
+	__u64 events_per_sec;
+	__u32 flags;
+	__u32 pad;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct ratelimit {
+	__u64 last_ns;
+	__u64 tokens;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); // ifindex of the host-side veth
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct prefix_policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} prefix_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fragments SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, REASON_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ratelimit);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_ratelimit SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} settings SEC(".maps");
+
+// Unused values that make bpf2go emit Go mirrors of the event and key types.
+const struct flow_event *unused_flow_event __attribute__((unused));
+
+// pkt is what the parser learns about a packet.
+struct pkt {
+	__u8 family;
+	__u8 proto;
+	__u8 is_frag;    // part of a fragmented datagram
+	__u8 later_frag; // a fragment other than the first
+	__u32 frag_id;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport; // ICMP: type in the high byte's place, see icmp_port
+	__u8 icmp_type;
+	__u8 icmp_error; // ICMP error carrying an inner header
+	__u8 tcp_flags;
+	__u8 pad;
+	// The flow an ICMP error is about, as the inner header gives it.
+	__u8 inner_saddr[16];
+	__u8 inner_daddr[16];
+	__u8 inner_proto;
+	__be16 inner_sport;
+	__be16 inner_dport;
+	__u32 l4_off;
+};
+
+static __always_inline void count(__u32 reason, __u32 len)
+{
+	struct counter *c = bpf_map_lookup_elem(&counters, &reason);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline int event_allowed(void)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	struct ratelimit *rl = bpf_map_lookup_elem(&event_ratelimit, &zero);
+	if (!cfg || !rl)
+		return 0;
+	__u64 rate = cfg->events_per_sec;
+	if (rate == 0)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 elapsed = now - rl->last_ns;
+	__u64 refill = elapsed >= NS_PER_SEC ? rate : elapsed * rate / NS_PER_SEC;
+	if (refill > 0) {
+		rl->tokens += refill;
+		if (rl->tokens > rate)
+			rl->tokens = rate;
+		rl->last_ns = now;
+	}
+	if (rl->tokens == 0)
+		return 0;
+	rl->tokens--;
+	return 1;
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir,
+				 __u8 verdict, __u8 reason, __u32 peer_id, __u32 rule_id)
+{
+	if (!event_allowed())
+		return;
+	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->timestamp = bpf_ktime_get_ns();
+	e->ifindex = skb->ifindex;
+	e->ep_id = ep ? ep->ep_id : 0;
+	__u32 own = ep ? ep->identity : 0;
+	e->src_identity = dir == DIR_EGRESS ? own : peer_id;
+	e->dst_identity = dir == DIR_EGRESS ? peer_id : own;
+	e->rule_id = rule_id;
+	e->direction = dir;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->proto = p->proto;
+	e->family = p->family;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	e->pad[2] = 0;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	bpf_ringbuf_submit(e, 0);
+}
+
+// parse_l4 reads ports (or the ICMP type) at off. Returns 0, or -1 for a truncated header.
+static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 off)
+{
+	p->l4_off = off;
+	if (p->later_frag)
+		return 0;
+	switch (p->proto) {
+	case PROTO_TCP: {
+		__u8 hdr[14];
+		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return -1;
+		__builtin_memcpy(&p->sport, &hdr[0], 2);
+		__builtin_memcpy(&p->dport, &hdr[2], 2);
+		p->tcp_flags = hdr[13];
+		return 0;
+	}
+	case PROTO_UDP:
+	case PROTO_SCTP: {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return -1;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		return 0;
+	}
+	case PROTO_ICMP:
+	case PROTO_ICMPV6: {
+		__u8 type;
+		if (bpf_skb_load_bytes(skb, off, &type, 1) < 0)
+			return -1;
+		p->icmp_type = type;
+		// Policy keys carry the ICMP type as the port.
+		p->dport = bpf_htons(type);
+		p->sport = 0;
+		if (p->proto == PROTO_ICMP)
+			p->icmp_error = type == 3 || type == 11 || type == 12;
+		else
+			p->icmp_error = type >= 1 && type <= 4;
+		return 0;
+	}
+	}
+	return 0;
+}
+
+// parse_inner reads the header an ICMP error carries: the flow it is about.
+static __always_inline int parse_inner(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 off = p->l4_off + 8;
+	__u32 l4;
+	if (p->family == FAMILY_V4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return -1;
+		if (ip.ihl < 5)
+			return -1;
+		__builtin_memset(p->inner_saddr, 0, 16);
+		__builtin_memset(p->inner_daddr, 0, 16);
+		__builtin_memcpy(p->inner_saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->inner_daddr, &ip.daddr, 4);
+		p->inner_proto = ip.protocol;
+		l4 = off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		__builtin_memcpy(p->inner_saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->inner_daddr, &ip6.daddr, 16);
+		p->inner_proto = ip6.nexthdr;
+		l4 = off + sizeof(ip6);
+	}
+	if (p->inner_proto == PROTO_TCP || p->inner_proto == PROTO_UDP || p->inner_proto == PROTO_SCTP) {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+			return -1;
+		p->inner_sport = ports[0];
+		p->inner_dport = ports[1];
+	} else if (p->inner_proto == PROTO_ICMP || p->inner_proto == PROTO_ICMPV6) {
+		__u8 type;
+		if (bpf_skb_load_bytes(skb, l4, &type, 1) < 0)
+			return -1;
+		p->inner_sport = 0;
+		p->inner_dport = bpf_htons(type);
+	} else {
+		p->inner_sport = 0;
+		p->inner_dport = 0;
+	}
+	return 0;
+}
+
+#define IPV6_MAX_EXT 6
+
+// parse returns 1 for an IP packet, 0 for a non-IP frame, -1 for a malformed one.
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ethhdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return -1;
+	__builtin_memset(p->saddr, 0, 16);
+	__builtin_memset(p->daddr, 0, 16);
+	if (eth.h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+			return -1;
+		if (ip.version != 4 || ip.ihl < 5)
+			return -1;
+		p->family = FAMILY_V4;
+		p->proto = ip.protocol;
+		__builtin_memcpy(p->saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->daddr, &ip.daddr, 4);
+		__u16 frag = bpf_ntohs(ip.frag_off);
+		p->is_frag = (frag & 0x3fff) != 0; // MF or an offset
+		p->later_frag = (frag & 0x1fff) != 0;
+		p->frag_id = bpf_ntohs(ip.id);
+		return parse_l4(skb, p, ETH_HLEN + ip.ihl * 4) < 0 ? -1 : 1;
+	}
+	if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		if (ip6.version != 6)
+			return -1;
+		p->family = FAMILY_V6;
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		__u8 next = ip6.nexthdr;
+		__u32 off = ETH_HLEN + sizeof(ip6);
+#pragma unroll
+		for (int i = 0; i < IPV6_MAX_EXT; i++) {
+			if (next == 0 || next == 43 || next == 60) { // hop-by-hop, routing, destination options
+				__u8 ext[2];
+				if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+					return -1;
+				next = ext[0];
+				off += (ext[1] + 1) * 8;
+			} else if (next == 44) { // fragment
+				__u8 fh[8];
+				if (bpf_skb_load_bytes(skb, off, fh, 8) < 0)
+					return -1;
+				next = fh[0];
+				__u16 offmf = ((__u16)fh[2] << 8) | fh[3];
+				p->is_frag = 1;
+				p->later_frag = (offmf & 0xfff8) != 0;
+				p->frag_id = ((__u32)fh[4] << 24) | ((__u32)fh[5] << 16) | ((__u32)fh[6] << 8) | fh[7];
+				off += 8;
+			} else {
+				break;
+			}
+		}
+		if (next == 0 || next == 43 || next == 60 || next == 44)
+			return -1; // more extension headers than the datapath walks: refuse rather than guess
+		p->proto = next;
+		return parse_l4(skb, p, off) < 0 ? -1 : 1;
+	}
+	return 0;
+}
+
+static __always_inline void ct_fill(struct ct_key *k, __u32 ep_id, __u8 dir, __u8 family, __u8 proto,
+				    const __u8 *saddr, const __u8 *daddr, __be16 sport, __be16 dport)
+{
+	k->ep_id = ep_id;
+	k->direction = dir;
+	k->family = family;
+	k->proto = proto;
+	k->pad = 0;
+	__builtin_memcpy(k->saddr, saddr, 16);
+	__builtin_memcpy(k->daddr, daddr, 16);
+	k->sport = sport;
+	k->dport = dport;
+}
+
+static __always_inline __u64 ct_timeout(__u8 proto, __u32 flags)
+{
+	if (proto == PROTO_TCP) {
+		if (flags & CT_CLOSING)
+			return 10 * NS_PER_SEC;
+		if (flags & CT_SEEN_REPLY)
+			return 21600 * NS_PER_SEC;
+		return 60 * NS_PER_SEC;
+	}
+	return 60 * NS_PER_SEC;
+}
+
+// ct_live returns the entry for k if it exists and has not timed out.
+static __always_inline struct ct_value *ct_live(struct ct_key *k, __u64 now)
+{
+	struct ct_value *v = bpf_map_lookup_elem(&conntrack, k);
+	if (!v)
+		return 0;
+	if (now - v->last_seen > ct_timeout(k->proto, v->flags)) {
+		bpf_map_delete_elem(&conntrack, k);
+		return 0;
+	}
+	return v;
+}
+
+static __always_inline int rank(__u8 verdict)
+{
+	if (verdict == VERDICT_DENY)
+		return 3;
+	if (verdict == VERDICT_ALLOW)
+		return 2;
+	if (verdict == VERDICT_PROXY)
+		return 1;
+	return 0;
+}
+
+static __always_inline void consider(struct policy_value *v, struct policy_value *best)
+{
+	if (!v)
+		return;
+	if (rank(v->verdict) > rank(best->verdict) ||
+	    (v->verdict == best->verdict && v->rule_id < best->rule_id))
+		*best = *v;
+}
+
+// policy_lookup finds the strongest entry for a peer: deny beats allow beats proxy, ties go to
+// the lowest rule id; the same order the engine's Lookup uses.
+static __always_inline void policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, struct pkt *p, const __u8 *peer_addr,
+					  struct policy_value *best)
+{
+	struct policy_key k = {};
+	k.ep_id = ep_id;
+	k.direction = dir;
+	k.prefixlen = 8 * (sizeof(k) - sizeof(k.prefixlen));
+	k.port = p->dport;
+
+	k.identity = peer_id;
+	k.proto = p->proto;
+	consider(bpf_map_lookup_elem(&policy, &k), best);
+	k.proto = 0;
+	k.port = 0;
+	consider(bpf_map_lookup_elem(&policy, &k), best);
+	k.identity = 0;
+	consider(bpf_map_lookup_elem(&policy, &k), best);
+	k.proto = p->proto;
+	k.port = p->dport;
+	consider(bpf_map_lookup_elem(&policy, &k), best);
+
+	struct prefix_policy_key pk = {};
+	pk.prefixlen = 8 * (sizeof(pk) - sizeof(pk.prefixlen));
+	pk.ep_id = ep_id;
+	pk.direction = dir;
+	pk.family = p->family;
+	__builtin_memcpy(pk.addr, peer_addr, 16);
+	pk.proto = p->proto;
+	pk.port = p->dport;
+	consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
+	pk.port = 0;
+	consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
+	pk.proto = 0;
+	consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
+}
+
+static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
+{
+	struct ipcache_key k = {};
+	k.family = family;
+	__builtin_memcpy(k.addr, addr, 16);
+	k.prefixlen = family == FAMILY_V4 ? 32 + 32 : 32 + 128;
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	if (v)
+		return v->identity;
+	return family == FAMILY_V4 ? 9 : 10; // world-ipv4, world-ipv6
+}
+
+static __always_inline int is_nd(struct pkt *p)
+{
+	if (p->proto != PROTO_ICMPV6)
+		return 0;
+	__u8 t = p->icmp_type;
+	return (t >= 130 && t <= 137) || t == 143;
+}
+
+static __always_inline int bytes_equal(const __u8 *a, const __u8 *b, int n)
+{
+	__u8 diff = 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (i < n)
+			diff |= a[i] ^ b[i];
+	}
+	return diff == 0;
+}
+
+static __always_inline int source_is_pod(struct endpoint_info *ep, struct pkt *p)
+{
+	if (p->family == FAMILY_V4)
+		return bytes_equal(p->saddr, ep->ipv4, 4);
+	if (bytes_equal(p->saddr, ep->ipv6, 16))
+		return 1;
+	// Neighbour discovery uses link-local and unspecified sources.
+	if (is_nd(p)) {
+		__u8 unspec[16] = {};
+		if (bytes_equal(p->saddr, unspec, 16))
+			return 1;
+		return p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80;
+	}
+	return 0;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir, __u8 reason,
+				__u32 peer_id, __u32 rule_id)
+{
+	count(reason, skb->len);
+	emit(skb, ep, p, dir, VERDICT_DENY, reason, peer_id, rule_id);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct pkt p = {};
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	int kind = parse(skb, &p);
+	if (!ep)
+		return drop(skb, 0, &p, dir, REASON_DROP_NOT_ENDPOINT, 0, 0);
+	if (kind == 0) {
+		count(REASON_FORWARD_NON_IP, skb->len);
+		return TC_ACT_OK;
+	}
+	if (kind < 0)
+		return drop(skb, ep, &p, dir, REASON_DROP_MALFORMED, 0, 0);
+	if (dir == DIR_EGRESS && !source_is_pod(ep, &p))
+		return drop(skb, ep, &p, dir, REASON_DROP_SPOOF, 0, 0);
+	if (is_nd(&p)) {
+		count(REASON_FORWARD_ND, skb->len);
+		return TC_ACT_OK;
+	}
+
+	const __u8 *peer_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
+	__u32 peer_id = ipcache_identity(p.family, peer_addr);
+
+	// Later fragments carry no ports: take them from the first fragment, if it was allowed.
+	if (p.later_frag) {
+		struct frag_key fk = {};
+		fk.family = p.family;
+		fk.proto = p.proto;
+		fk.id = p.frag_id;
+		__builtin_memcpy(fk.saddr, p.saddr, 16);
+		__builtin_memcpy(fk.daddr, p.daddr, 16);
+		struct frag_value *fv = bpf_map_lookup_elem(&fragments, &fk);
+		if (!fv)
+			return drop(skb, ep, &p, dir, REASON_DROP_FRAG_NO_FIRST, peer_id, 0);
+		p.sport = fv->sport;
+		p.dport = fv->dport;
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key k;
+	// A reply: the flow was opened in the other direction of this endpoint.
+	ct_fill(&k, ep->ep_id, dir ^ 1, p.family, p.proto, p.daddr, p.saddr, p.dport, p.sport);
+	if (p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6) {
+		// ICMP echo replies answer requests tracked with type 8/128 and the echo id; errors
+		// are related to the flow whose header they carry.
+		if (p.icmp_error) {
+			if (parse_inner(skb, &p) < 0)
+				return drop(skb, ep, &p, dir, REASON_DROP_MALFORMED, peer_id, 0);
+			ct_fill(&k, ep->ep_id, dir ^ 1, p.family, p.inner_proto, p.inner_saddr, p.inner_daddr,
+				p.inner_sport, p.inner_dport);
+			if (ct_live(&k, now)) {
+				count(REASON_FORWARD_RELATED, skb->len);
+				return TC_ACT_OK;
+			}
+		} else if (p.icmp_type == 0 || p.icmp_type == 129) {
+			__be16 req = bpf_htons(p.icmp_type == 0 ? 8 : 128);
+			ct_fill(&k, ep->ep_id, dir ^ 1, p.family, p.proto, p.daddr, p.saddr, 0, req);
+			struct ct_value *cv = ct_live(&k, now);
+			if (cv) {
+				cv->last_seen = now;
+				count(REASON_FORWARD_REPLY, skb->len);
+				return TC_ACT_OK;
+			}
+		}
+	} else {
+		struct ct_value *cv = ct_live(&k, now);
+		if (cv) {
+			cv->last_seen = now;
+			cv->flags |= CT_SEEN_REPLY;
+			if (p.tcp_flags & 0x05) // FIN or RST
+				cv->flags |= CT_CLOSING;
+			count(REASON_FORWARD_REPLY, skb->len);
+			return TC_ACT_OK;
+		}
+	}
+
+	// Original direction: always checked, so a revoked allow cuts an open flow.
+	struct policy_value best = {};
+	best.rule_id = 0xffffffff;
+	policy_lookup(ep->ep_id, dir, peer_id, &p, peer_addr, &best);
+	__u32 rule = best.verdict ? best.rule_id : 0;
+	ct_fill(&k, ep->ep_id, dir, p.family, p.proto, p.saddr, p.daddr, p.sport, p.dport);
+	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
+	if (best.verdict == VERDICT_DENY) {
+		bpf_map_delete_elem(&conntrack, &k);
+		return drop(skb, ep, &p, dir, REASON_DROP_DENY, peer_id, rule);
+	}
+	if (best.verdict == VERDICT_PROXY) {
+		bpf_map_delete_elem(&conntrack, &k);
+		return drop(skb, ep, &p, dir, REASON_DROP_NO_PROXY, peer_id, rule);
+	}
+	if (best.verdict == 0 && enforced) {
+		bpf_map_delete_elem(&conntrack, &k);
+		return drop(skb, ep, &p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
+	}
+
+	if (p.is_frag && !p.later_frag) {
+		struct frag_key fk = {};
+		fk.family = p.family;
+		fk.proto = p.proto;
+		fk.id = p.frag_id;
+		__builtin_memcpy(fk.saddr, p.saddr, 16);
+		__builtin_memcpy(fk.daddr, p.daddr, 16);
+		struct frag_value fv = {.sport = p.sport, .dport = p.dport};
+		bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
+	}
+
+	__u8 reason = best.verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
+	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &k);
+	if (cv) {
+		cv->last_seen = now;
+		cv->rule_id = rule;
+		if (p.tcp_flags & 0x05)
+			cv->flags |= CT_CLOSING;
+	} else {
+		struct ct_value nv = {.last_seen = now, .rule_id = rule};
+		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+		emit(skb, ep, &p, dir, VERDICT_ALLOW, reason, peer_id, rule);
+	}
+	count(reason, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int tc_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
