@@ -234,3 +234,18 @@ func (s *State) check(ds *DirectionState, peer ID, addr netip.Addr, proto Proto,
 	}
 	return dd
 }
+
+// IPCache returns what the datapath of a node resolves addresses to: each pod address, each node
+// address (host on the node itself, remote-node elsewhere) and each policy CIDR, with its identity.
+// Addresses in none of them are world-ipv4 or world-ipv6.
+func (s *State) IPCache(node string) map[netip.Prefix]ID {
+	out := make(map[netip.Prefix]ID, len(s.u.ipcache)+len(s.u.cidrs))
+	for _, ci := range s.u.cidrs {
+		out[ci.Prefix] = ci.ID
+	}
+	for ip := range s.u.ipcache {
+		id, _ := s.u.resolve(node, ip)
+		out[netip.PrefixFrom(ip, ip.BitLen())] = id
+	}
+	return out
+}

@@ -1,0 +1,238 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/netpact/netpact/bpf"
+	"github.com/netpact/netpact/policy"
+)
+
+// UpsertEndpoint writes an endpoint's policy and attaches the programs to its veth. The policy
+// is written as a diff against what the maps hold: new and changed entries first, then the
+// endpoint's enforcement flags, then deletions, so entries that stay allowed never drop.
+func (d *Datapath) UpsertEndpoint(ep Endpoint, st *policy.EndpointState) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want, err := ToBPF(ep.ID, st)
+	if err != nil {
+		return fmt.Errorf("endpoint %s: convert policy: %w", ep.Ifname, err)
+	}
+	have := d.entriesOf(ep.ID)
+	if err := d.writeAdds(have, want); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+	}
+	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: want.Flags}
+	if ep.IPv4.IsValid() {
+		info.Ipv4 = ep.IPv4.As4()
+	}
+	if ep.IPv6.IsValid() {
+		info.Ipv6 = ep.IPv6.As16()
+	}
+	if err := d.objs.Endpoints.Put(uint32(ep.Ifindex), info); err != nil {
+		return fmt.Errorf("endpoint %s: write endpoint entry: %w", ep.Ifname, err)
+	}
+	if err := d.writeDeletes(have, want); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+	}
+	d.applied[ep.ID] = want
+	if err := d.attach.attach(ep.Ifindex, ep.Ifname); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (d *Datapath) writeAdds(have, want Entries) error {
+	for k, v := range want.Policy {
+		if old, ok := have.Policy[k]; ok && old == v {
+			continue
+		}
+		if err := d.objs.Policy.Put(k, v); err != nil {
+			return fmt.Errorf("write policy entry: %w", err)
+		}
+		have.Policy[k] = v
+	}
+	for k, v := range want.Prefix {
+		if old, ok := have.Prefix[k]; ok && old == v {
+			continue
+		}
+		if err := d.objs.PrefixPolicy.Put(k, v); err != nil {
+			return fmt.Errorf("write prefix policy entry: %w", err)
+		}
+		have.Prefix[k] = v
+	}
+	return nil
+}
+
+func (d *Datapath) writeDeletes(have, want Entries) error {
+	for k := range have.Policy {
+		if _, ok := want.Policy[k]; ok {
+			continue
+		}
+		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete policy entry: %w", err)
+		}
+		delete(have.Policy, k)
+	}
+	for k := range have.Prefix {
+		if _, ok := want.Prefix[k]; ok {
+			continue
+		}
+		if err := d.objs.PrefixPolicy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete prefix policy entry: %w", err)
+		}
+		delete(have.Prefix, k)
+	}
+	return nil
+}
+
+// RemoveEndpoint detaches from a veth and deletes the endpoint's entries.
+func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	errs := []error{d.attach.detach(ep.Ifindex)}
+	if err := d.objs.Endpoints.Delete(uint32(ep.Ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("delete endpoint entry: %w", err))
+	}
+	if have, ok := d.applied[ep.ID]; ok {
+		errs = append(errs, d.writeDeletes(have, newEntries()))
+		delete(d.applied, ep.ID)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove endpoint %s: %w", ep.Ifname, err)
+	}
+	return nil
+}
+
+func ipcacheKey(p netip.Prefix) bpf.NetpactIpcacheKey {
+	return bpf.NetpactIpcacheKey{Prefixlen: uint32(32 + p.Bits()), Family: family(p.Addr()), Addr: addr16(p.Masked().Addr())}
+}
+
+func ipcachePrefix(k bpf.NetpactIpcacheKey) netip.Prefix {
+	var a netip.Addr
+	if k.Family == familyV4 {
+		a = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		a = netip.AddrFrom16(k.Addr)
+	}
+	return netip.PrefixFrom(a, int(k.Prefixlen)-32)
+}
+
+// SetIPCache makes the ipcache map hold exactly the given prefixes (policy.State.IPCache).
+func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for p, id := range want {
+		if old, ok := d.ipcache[p]; ok && old == id {
+			continue
+		}
+		if err := d.objs.Ipcache.Put(ipcacheKey(p), bpf.NetpactIpcacheValue{Identity: uint32(id)}); err != nil {
+			return fmt.Errorf("write ipcache %s: %w", p, err)
+		}
+		d.ipcache[p] = id
+	}
+	for p := range d.ipcache {
+		if _, ok := want[p]; ok {
+			continue
+		}
+		if err := d.objs.Ipcache.Delete(ipcacheKey(p)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete ipcache %s: %w", p, err)
+		}
+		delete(d.ipcache, p)
+	}
+	return nil
+}
+
+// Resync compares the policy maps with what was last applied and repairs any drift (entries
+// changed or removed behind netpact's back, or left over). It returns how many entries it fixed.
+func (d *Datapath) Resync() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fixed := 0
+	actual := map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue{}
+	var k bpf.NetpactPolicyKey
+	var v bpf.NetpactPolicyValue
+	it := d.objs.Policy.Iterate()
+	for it.Next(&k, &v) {
+		actual[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("resync: read policy map: %w", err)
+	}
+	for _, e := range d.applied {
+		for k, v := range e.Policy {
+			if got, ok := actual[k]; !ok || got != v {
+				if err := d.objs.Policy.Put(k, v); err != nil {
+					return fixed, fmt.Errorf("resync: write policy entry: %w", err)
+				}
+				fixed++
+			}
+			delete(actual, k)
+		}
+	}
+	for k := range actual {
+		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fixed, fmt.Errorf("resync: delete policy entry: %w", err)
+		}
+		fixed++
+	}
+	actualPrefix := map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue{}
+	var pk bpf.NetpactPrefixPolicyKey
+	pit := d.objs.PrefixPolicy.Iterate()
+	for pit.Next(&pk, &v) {
+		actualPrefix[pk] = v
+	}
+	if err := pit.Err(); err != nil {
+		return fixed, fmt.Errorf("resync: read prefix policy map: %w", err)
+	}
+	for _, e := range d.applied {
+		for k, v := range e.Prefix {
+			if got, ok := actualPrefix[k]; !ok || got != v {
+				if err := d.objs.PrefixPolicy.Put(k, v); err != nil {
+					return fixed, fmt.Errorf("resync: write prefix policy entry: %w", err)
+				}
+				fixed++
+			}
+			delete(actualPrefix, k)
+		}
+	}
+	for k := range actualPrefix {
+		if err := d.objs.PrefixPolicy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fixed, fmt.Errorf("resync: delete prefix policy entry: %w", err)
+		}
+		fixed++
+	}
+	return fixed, nil
+}
+
+// Dump reads an endpoint's entries from the maps and returns them in the engine's terms.
+func (d *Datapath) Dump(epID uint32) ([]DumpEntry, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e := newEntries()
+	var k bpf.NetpactPolicyKey
+	var v bpf.NetpactPolicyValue
+	it := d.objs.Policy.Iterate()
+	for it.Next(&k, &v) {
+		if k.EpId == epID {
+			e.Policy[k] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump policy map: %w", err)
+	}
+	var pk bpf.NetpactPrefixPolicyKey
+	pit := d.objs.PrefixPolicy.Iterate()
+	for pit.Next(&pk, &v) {
+		if pk.EpId == epID {
+			e.Prefix[pk] = v
+		}
+	}
+	if err := pit.Err(); err != nil {
+		return nil, fmt.Errorf("dump prefix policy map: %w", err)
+	}
+	return FromBPF(e), nil
+}

@@ -1,0 +1,193 @@
+// Package datapath owns netpact's eBPF programs, maps and links on one node: it loads the
+// programs from package bpf, pins everything under a bpffs directory so enforcement survives the
+// process, attaches to pod veths (tcx, or legacy tc where tcx is missing), and writes the policy
+// engine's compiled state into the maps as diffs.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/netpact/netpact/bpf"
+	"github.com/netpact/netpact/policy"
+)
+
+// DefaultPinPath is where maps, programs and links are pinned.
+const DefaultPinPath = "/sys/fs/bpf/netpact"
+
+// Options configure a datapath.
+type Options struct {
+	// PinPath is the bpffs directory for pins; DefaultPinPath when empty.
+	PinPath string
+	// EventsPerSecond bounds flow events per CPU so a flood cannot starve the reader; 0 means
+	// 10,000.
+	EventsPerSecond uint64
+	// ForceLegacyTC attaches with tc clsact filters even where tcx works.
+	ForceLegacyTC bool
+}
+
+// Endpoint is a pod as the datapath sees it: its host-side veth and its addresses.
+type Endpoint struct {
+	Ifindex  int
+	Ifname   string
+	ID       uint32
+	Identity policy.ID
+	IPv4     netip.Addr
+	IPv6     netip.Addr
+}
+
+// Datapath is an open datapath. Close releases this process's handles and leaves enforcement
+// running; Teardown removes it.
+type Datapath struct {
+	mu      sync.Mutex
+	opts    Options
+	objs    bpf.NetpactObjects
+	attach  *attacher
+	applied map[uint32]Entries // per endpoint id, what the maps hold
+	ipcache map[netip.Prefix]policy.ID
+}
+
+// Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
+// the programs of every pinned link to the ones just loaded.
+func Open(opts Options) (*Datapath, error) {
+	if opts.PinPath == "" {
+		opts.PinPath = DefaultPinPath
+	}
+	if opts.EventsPerSecond == 0 {
+		opts.EventsPerSecond = 10000
+	}
+	if err := ensureBPFFS(filepath.Dir(opts.PinPath)); err != nil {
+		return nil, err
+	}
+	for _, dir := range []string{opts.PinPath, filepath.Join(opts.PinPath, "links"), filepath.Join(opts.PinPath, "progs")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
+		}
+	}
+	d := &Datapath{opts: opts, applied: map[uint32]Entries{}}
+	err := bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load programs: verifier: %+v", ve)
+		}
+		return nil, fmt.Errorf("load programs (pinned maps in %s may be from an incompatible version; Teardown removes them): %w", opts.PinPath, err)
+	}
+	cfg := bpf.NetpactConfig{EventsPerSec: opts.EventsPerSecond}
+	if err := d.objs.Settings.Put(uint32(0), cfg); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("write settings: %w", err)
+	}
+	if err := d.pinPrograms(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	d.attach = &attacher{pinDir: filepath.Join(opts.PinPath, "links"), forceLegacy: opts.ForceLegacyTC,
+		fromPod: d.objs.TcFromPod, toPod: d.objs.TcToPod}
+	if err := d.attach.adopt(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	if err := d.loadApplied(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// pinPrograms replaces the program pins with the programs of this process.
+func (d *Datapath) pinPrograms() error {
+	for name, p := range map[string]*ebpf.Program{"tc_from_pod": d.objs.TcFromPod, "tc_to_pod": d.objs.TcToPod} {
+		path := filepath.Join(d.opts.PinPath, "progs", name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("replace program pin %s: %w", path, err)
+		}
+		if err := p.Pin(path); err != nil {
+			return fmt.Errorf("pin program %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// loadApplied reads what the policy maps hold, so that the first update after a restart is a
+// diff against the real state and entries that stay the same are never touched.
+func (d *Datapath) loadApplied() error {
+	var k bpf.NetpactPolicyKey
+	var v bpf.NetpactPolicyValue
+	it := d.objs.Policy.Iterate()
+	for it.Next(&k, &v) {
+		e := d.entriesOf(k.EpId)
+		e.Policy[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read policy map: %w", err)
+	}
+	var pk bpf.NetpactPrefixPolicyKey
+	pit := d.objs.PrefixPolicy.Iterate()
+	for pit.Next(&pk, &v) {
+		e := d.entriesOf(pk.EpId)
+		e.Prefix[pk] = v
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("read prefix policy map: %w", err)
+	}
+	var ik bpf.NetpactIpcacheKey
+	var iv bpf.NetpactIpcacheValue
+	d.ipcache = map[netip.Prefix]policy.ID{}
+	iit := d.objs.Ipcache.Iterate()
+	for iit.Next(&ik, &iv) {
+		d.ipcache[ipcachePrefix(ik)] = policy.ID(iv.Identity)
+	}
+	return iit.Err()
+}
+
+func (d *Datapath) entriesOf(id uint32) Entries {
+	e, ok := d.applied[id]
+	if !ok {
+		e = newEntries()
+		d.applied[id] = e
+	}
+	return e
+}
+
+// Mode says how programs are attached: "tcx" or "tc" (legacy clsact).
+func (d *Datapath) Mode() string { return d.attach.mode() }
+
+// Close releases this process's handles. Pinned maps, programs and links keep enforcing.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.attach.close()
+	return d.objs.Close()
+}
+
+// Teardown detaches from every endpoint and removes all pins.
+func (d *Datapath) Teardown() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	errs := []error{d.attach.detachAll()}
+	errs = append(errs, d.objs.Close(), os.RemoveAll(d.opts.PinPath))
+	return errors.Join(errs...)
+}
+
+// ensureBPFFS mounts bpffs at dir when nothing is mounted there (this machine boots without it).
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs at %s (needs root): %w", dir, err)
+	}
+	return nil
+}

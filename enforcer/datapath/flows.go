@@ -1,0 +1,149 @@
+package datapath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/netpact/netpact/bpf"
+	"github.com/netpact/netpact/policy"
+)
+
+// Reason is why the datapath forwarded or dropped a packet; it indexes the counters.
+type Reason uint8
+
+// Reasons, numbered as in bpf/netpact.c.
+const (
+	ReasonForwardPolicy Reason = iota
+	ReasonForwardReply
+	ReasonForwardRelated
+	ReasonForwardUnenforced
+	ReasonForwardNonIP
+	ReasonForwardND
+	ReasonDropDeny
+	ReasonDropDefaultDeny
+	ReasonDropSpoof
+	ReasonDropNotEndpoint
+	ReasonDropMalformed
+	ReasonDropFragNoFirst
+	ReasonDropNoProxy
+	reasonMax
+)
+
+var reasonNames = [...]string{
+	"forwarded: allowed by policy", "forwarded: reply", "forwarded: related ICMP", "forwarded: not enforced",
+	"forwarded: not IP", "forwarded: neighbour discovery", "dropped: denied by rule", "dropped: default deny, no rule",
+	"dropped: spoofed source", "dropped: not an endpoint", "dropped: malformed", "dropped: fragment without first fragment",
+	"dropped: L7 proxy unavailable",
+}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason %d", uint8(r))
+}
+
+// Dropped reports whether the reason is a drop.
+func (r Reason) Dropped() bool { return r >= ReasonDropDeny }
+
+// Flow is a flow event: a new flow the policy allowed, or a dropped packet.
+type Flow struct {
+	Time        time.Duration // since boot (CLOCK_MONOTONIC)
+	Ifindex     int
+	EndpointID  uint32
+	Direction   policy.Direction
+	Reason      Reason
+	Proto       policy.Proto
+	Src, Dst    netip.Addr
+	SrcPort     uint16
+	DstPort     uint16
+	SrcIdentity policy.ID
+	DstIdentity policy.ID
+	Rule        policy.RuleID
+}
+
+func (f Flow) String() string {
+	return fmt.Sprintf("%s %s %s:%d (id %d) -> %s:%d (id %d) %s rule %d", f.Direction, f.Proto, f.Src, f.SrcPort, f.SrcIdentity,
+		f.Dst, f.DstPort, f.DstIdentity, f.Reason, f.Rule)
+}
+
+func eventAddr(fam uint8, b [16]uint8) netip.Addr {
+	if fam == familyV4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+func flowFromEvent(e *bpf.NetpactFlowEvent) Flow {
+	dir := policy.Ingress
+	if e.Direction == dirEgress {
+		dir = policy.Egress
+	}
+	return Flow{
+		Time: time.Duration(e.Timestamp), Ifindex: int(e.Ifindex), EndpointID: e.EpId, Direction: dir,
+		Reason: Reason(e.Reason), Proto: policy.Proto(e.Proto),
+		Src: eventAddr(e.Family, e.Saddr), Dst: eventAddr(e.Family, e.Daddr),
+		SrcPort: htons(e.Sport), DstPort: htons(e.Dport),
+		SrcIdentity: policy.ID(e.SrcIdentity), DstIdentity: policy.ID(e.DstIdentity), Rule: policy.RuleID(e.RuleId),
+	}
+}
+
+// FlowReader reads flow events from the ring buffer.
+type FlowReader struct{ rd *ringbuf.Reader }
+
+// Flows opens a reader on the flow event ring buffer.
+func (d *Datapath) Flows() (*FlowReader, error) {
+	rd, err := ringbuf.NewReader(d.objs.Events)
+	if err != nil {
+		return nil, fmt.Errorf("open flow events: %w", err)
+	}
+	return &FlowReader{rd: rd}, nil
+}
+
+// Read blocks until a flow event arrives, the deadline passes (os.ErrDeadlineExceeded) or the
+// reader is closed (ringbuf.ErrClosed).
+func (r *FlowReader) Read(deadline time.Time) (Flow, error) {
+	r.rd.SetDeadline(deadline)
+	rec, err := r.rd.Read()
+	if err != nil {
+		return Flow{}, err
+	}
+	var e bpf.NetpactFlowEvent
+	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.LittleEndian, &e); err != nil {
+		return Flow{}, fmt.Errorf("decode flow event: %w", err)
+	}
+	return flowFromEvent(&e), nil
+}
+
+// Close stops the reader.
+func (r *FlowReader) Close() error { return r.rd.Close() }
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = ringbuf.ErrClosed
+
+// Counter is packets and bytes for one reason, summed over CPUs.
+type Counter struct{ Packets, Bytes uint64 }
+
+// Counters returns the per-reason counters summed over CPUs.
+func (d *Datapath) Counters() (map[Reason]Counter, error) {
+	out := map[Reason]Counter{}
+	for r := Reason(0); r < reasonMax; r++ {
+		var per []bpf.NetpactCounter
+		if err := d.objs.Counters.Lookup(uint32(r), &per); err != nil {
+			return nil, fmt.Errorf("read counter %s: %w", r, err)
+		}
+		var c Counter
+		for _, p := range per {
+			c.Packets += p.Packets
+			c.Bytes += p.Bytes
+		}
+		out[r] = c
+	}
+	return out, nil
+}
+
