@@ -146,4 +146,3 @@ func (d *Datapath) Counters() (map[Reason]Counter, error) {
 	}
 	return out, nil
 }
-
