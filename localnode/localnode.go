@@ -1,0 +1,147 @@
+// Package localnode builds a node out of network namespaces: each pod is a named network
+// namespace (under /run/netns, so other processes can enter it) joined to the host by a veth
+// pair, with a /32 and /128 address routed through the host the way Cilium routes pods.
+package localnode
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Gateway addresses every pod routes through; the host answers for them by proxy ARP and a
+// host-side link-local address.
+const (
+	gatewayV4 = "169.254.1.1"
+	gatewayV6 = "fe80::1"
+)
+
+// Pod is one pod of the local node.
+type Pod struct {
+	Name       string
+	Netns      string // name under /run/netns
+	HostIfname string
+	Ifindex    int // of the host-side veth
+	IPv4       netip.Addr
+	IPv6       netip.Addr
+}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// PrepareHost turns on forwarding, which routing between pods needs.
+func PrepareHost() error {
+	for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable forwarding (%s): %w", f, err)
+		}
+	}
+	return nil
+}
+
+// CreatePod makes a namespace, a veth pair named hostIfname on the host and eth0 inside, and
+// the addresses and routes. Whatever it created is removed again when a step fails.
+func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, err error) {
+	p = &Pod{Name: name, Netns: netnsName, HostIfname: hostIfname, IPv4: v4, IPv6: v6}
+	defer func() {
+		if err != nil {
+			p.Delete()
+			p = nil
+		}
+	}()
+	ns := func(args ...string) error { return run(append([]string{"ip", "netns", "exec", netnsName}, args...)...) }
+	steps := [][]string{
+		{"ip", "netns", "add", netnsName},
+		{"ip", "link", "add", hostIfname, "type", "veth", "peer", "name", "eth0", "netns", netnsName},
+		{"ip", "link", "set", hostIfname, "up"},
+		{"sysctl", "-qw", "net.ipv4.conf." + hostIfname + ".proxy_arp=1"},
+		{"sysctl", "-qw", "net.ipv6.conf." + hostIfname + ".disable_ipv6=0"},
+		{"ip", "addr", "add", gatewayV6 + "/64", "dev", hostIfname},
+	}
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			return p, fmt.Errorf("create pod %s: %w", name, err)
+		}
+	}
+	inside := [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "link", "set", "eth0", "up"},
+	}
+	if v4.IsValid() {
+		inside = append(inside,
+			[]string{"ip", "addr", "add", v4.String() + "/32", "dev", "eth0"},
+			[]string{"ip", "route", "add", gatewayV4, "dev", "eth0", "scope", "link"},
+			[]string{"ip", "route", "add", "default", "via", gatewayV4, "dev", "eth0"})
+	}
+	if v6.IsValid() {
+		inside = append(inside,
+			[]string{"sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"},
+			[]string{"ip", "-6", "addr", "add", v6.String() + "/128", "dev", "eth0", "nodad"},
+			[]string{"ip", "-6", "route", "add", "default", "via", gatewayV6, "dev", "eth0"})
+	}
+	for _, s := range inside {
+		if err := ns(s...); err != nil {
+			return p, fmt.Errorf("create pod %s: %w", name, err)
+		}
+	}
+	if v4.IsValid() {
+		if err := run("ip", "route", "replace", v4.String()+"/32", "dev", hostIfname); err != nil {
+			return p, fmt.Errorf("create pod %s: %w", name, err)
+		}
+	}
+	if v6.IsValid() {
+		if err := run("ip", "-6", "route", "replace", v6.String()+"/128", "dev", hostIfname); err != nil {
+			return p, fmt.Errorf("create pod %s: %w", name, err)
+		}
+	}
+	l, err := netlink.LinkByName(hostIfname)
+	if err != nil {
+		return p, fmt.Errorf("create pod %s: %w", name, err)
+	}
+	p.Ifindex = l.Attrs().Index
+	return p, nil
+}
+
+// Delete removes the pod's namespace and veth; missing pieces are not an error.
+func (p *Pod) Delete() error {
+	if l, err := netlink.LinkByName(p.HostIfname); err == nil {
+		netlink.LinkDel(l)
+	}
+	if _, err := os.Stat("/run/netns/" + p.Netns); err == nil {
+		return run("ip", "netns", "delete", p.Netns)
+	}
+	return nil
+}
+
+// Do runs f with the calling goroutine's thread inside the pod's namespace. Sockets created in
+// f stay in the pod's namespace after Do returns.
+func (p *Pod) Do(f func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("enter pod %s: %w", p.Name, err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(p.Netns)
+	if err != nil {
+		return fmt.Errorf("enter pod %s: %w", p.Name, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return fmt.Errorf("enter pod %s: %w", p.Name, err)
+	}
+	defer netns.Set(orig)
+	return f()
+}
