@@ -262,9 +262,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } settings SEC(".maps");
 
-// Unused values that make bpf2go emit Go mirrors of the event and key types.
-const struct flow_event *unused_flow_event __attribute__((unused));
-
 // pkt is what the parser learns about a packet.
 struct pkt {
 	__u8 family;
@@ -288,6 +285,18 @@ struct pkt {
 	__be16 inner_dport;
 	__u32 l4_off;
 };
+
+// scratch holds the packet being parsed: too large for the 512-byte stack with everything else.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct pkt);
+	__uint(max_entries, 1);
+} scratch SEC(".maps");
+
+// Unused values that make bpf2go emit Go mirrors of the event and key types.
+const struct flow_event *unused_flow_event __attribute__((unused));
+
 
 static __always_inline void count(__u32 reason, __u32 len)
 {
@@ -653,72 +662,145 @@ static __always_inline int source_is_pod(struct endpoint_info *ep, struct pkt *p
 	return 0;
 }
 
+// Packets the datapath wrote itself (ICMP deny responses) carry this mark and pass once.
+#define MARK_NETPACT_RESPONSE 0x6e700001
+
+static __always_inline __u16 csum_fold(__u32 csum)
+{
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	return (__u16)~csum;
+}
+
+// deny_response_v4 rewrites a dropped IPv4 packet into an ICMP "destination unreachable,
+// communication administratively prohibited" to its sender, and sends it back the way it came.
+static __attribute__((noinline)) int deny_response_v4(struct __sk_buff *skb, __u8 dir)
+{
+	struct ethhdr eth;
+	struct iphdr orig;
+	__u8 quote[28]; // the original IP header and the first 8 bytes of its payload
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN, &orig, sizeof(orig)) < 0)
+		return -1;
+	if (orig.ihl != 5 || orig.protocol == PROTO_ICMP)
+		return -1; // no responses to options-bearing packets or to ICMP itself
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, quote, sizeof(quote)) < 0)
+		return -1;
+	if (bpf_skb_change_tail(skb, ETH_HLEN + 20 + 8 + sizeof(quote), 0) < 0)
+		return -1;
+	struct ethhdr neth = {};
+	__builtin_memcpy(neth.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(neth.h_source, eth.h_dest, ETH_ALEN);
+	neth.h_proto = bpf_htons(ETH_P_IP);
+	struct iphdr ip = {};
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.ttl = 64;
+	ip.protocol = PROTO_ICMP;
+	ip.tot_len = bpf_htons(20 + 8 + sizeof(quote));
+	ip.saddr = orig.daddr;
+	ip.daddr = orig.saddr;
+	ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0));
+	struct {
+		__u8 type;
+		__u8 code;
+		__u16 check;
+		__u32 unused;
+		__u8 quote[28];
+	} icmp = {.type = 3, .code = 13};
+	__builtin_memcpy(icmp.quote, quote, sizeof(quote));
+	icmp.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&icmp, sizeof(icmp), 0));
+	if (bpf_skb_store_bytes(skb, 0, &neth, sizeof(neth), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + 20, &icmp, sizeof(icmp), 0) < 0)
+		return -1;
+	skb->mark = MARK_NETPACT_RESPONSE;
+	// What the pod sent goes back into the pod; what came for the pod goes back to the host.
+	return bpf_redirect(skb->ifindex, dir == DIR_EGRESS ? 0 : BPF_F_INGRESS);
+}
+
 static __always_inline int drop(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir, __u8 reason,
 				__u32 peer_id, __u32 rule_id)
 {
 	count(reason, skb->len);
 	emit(skb, ep, p, dir, VERDICT_DENY, reason, peer_id, rule_id);
+	if ((reason == REASON_DROP_DENY || reason == REASON_DROP_DEFAULT_DENY) && p->family == FAMILY_V4 && !p->is_frag) {
+		__u32 zero = 0;
+		struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+		if (cfg && (cfg->flags & CFG_DENY_ICMP)) {
+			int ret = deny_response_v4(skb, dir);
+			if (ret >= 0)
+				return ret;
+		}
+	}
 	return TC_ACT_SHOT;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
-	struct pkt p = {};
+	__u32 zero = 0;
+	struct pkt *p = bpf_map_lookup_elem(&scratch, &zero);
+	if (!p)
+		return TC_ACT_SHOT;
+	__builtin_memset(p, 0, sizeof(*p));
 	__u32 ifindex = skb->ifindex;
+	if (skb->mark == MARK_NETPACT_RESPONSE) {
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
-	int kind = parse(skb, &p);
+	int kind = parse(skb, p);
 	if (!ep)
-		return drop(skb, 0, &p, dir, REASON_DROP_NOT_ENDPOINT, 0, 0);
+		return drop(skb, 0, p, dir, REASON_DROP_NOT_ENDPOINT, 0, 0);
 	if (kind == 0) {
 		count(REASON_FORWARD_NON_IP, skb->len);
 		return TC_ACT_OK;
 	}
 	if (kind < 0)
-		return drop(skb, ep, &p, dir, REASON_DROP_MALFORMED, 0, 0);
-	if (dir == DIR_EGRESS && !source_is_pod(ep, &p))
-		return drop(skb, ep, &p, dir, REASON_DROP_SPOOF, 0, 0);
-	if (is_nd(&p)) {
+		return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, 0, 0);
+	if (dir == DIR_EGRESS && !source_is_pod(ep, p))
+		return drop(skb, ep, p, dir, REASON_DROP_SPOOF, 0, 0);
+	if (is_nd(p)) {
 		count(REASON_FORWARD_ND, skb->len);
 		return TC_ACT_OK;
 	}
 
-	const __u8 *peer_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
-	__u32 peer_id = ipcache_identity(p.family, peer_addr);
+	const __u8 *peer_addr = dir == DIR_EGRESS ? p->daddr : p->saddr;
+	__u32 peer_id = ipcache_identity(p->family, peer_addr);
 
 	// Later fragments carry no ports: take them from the first fragment, if it was allowed.
-	if (p.later_frag) {
+	if (p->later_frag) {
 		struct frag_key fk = {};
-		fk.family = p.family;
-		fk.proto = p.proto;
-		fk.id = p.frag_id;
-		__builtin_memcpy(fk.saddr, p.saddr, 16);
-		__builtin_memcpy(fk.daddr, p.daddr, 16);
+		fk.family = p->family;
+		fk.proto = p->proto;
+		fk.id = p->frag_id;
+		__builtin_memcpy(fk.saddr, p->saddr, 16);
+		__builtin_memcpy(fk.daddr, p->daddr, 16);
 		struct frag_value *fv = bpf_map_lookup_elem(&fragments, &fk);
 		if (!fv)
-			return drop(skb, ep, &p, dir, REASON_DROP_FRAG_NO_FIRST, peer_id, 0);
-		p.sport = fv->sport;
-		p.dport = fv->dport;
+			return drop(skb, ep, p, dir, REASON_DROP_FRAG_NO_FIRST, peer_id, 0);
+		p->sport = fv->sport;
+		p->dport = fv->dport;
 	}
 
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key k;
 	// A reply: the flow was opened in the other direction of this endpoint.
-	ct_fill(&k, ep->ep_id, dir ^ 1, p.family, p.proto, p.daddr, p.saddr, p.dport, p.sport);
-	if (p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6) {
+	ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->dport, p->sport);
+	if (p->proto == PROTO_ICMP || p->proto == PROTO_ICMPV6) {
 		// ICMP echo replies answer requests tracked with type 8/128 and the echo id; errors
 		// are related to the flow whose header they carry.
-		if (p.icmp_error) {
-			if (parse_inner(skb, &p) < 0)
-				return drop(skb, ep, &p, dir, REASON_DROP_MALFORMED, peer_id, 0);
-			ct_fill(&k, ep->ep_id, dir ^ 1, p.family, p.inner_proto, p.inner_saddr, p.inner_daddr,
-				p.inner_sport, p.inner_dport);
+		if (p->icmp_error) {
+			if (parse_inner(skb, p) < 0)
+				return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, peer_id, 0);
+			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->inner_proto, p->inner_saddr, p->inner_daddr,
+				p->inner_sport, p->inner_dport);
 			if (ct_live(&k, now)) {
 				count(REASON_FORWARD_RELATED, skb->len);
 				return TC_ACT_OK;
 			}
-		} else if (p.icmp_type == 0 || p.icmp_type == 129) {
-			__be16 req = bpf_htons(p.icmp_type == 0 ? 8 : 128);
-			ct_fill(&k, ep->ep_id, dir ^ 1, p.family, p.proto, p.daddr, p.saddr, 0, req);
+		} else if (p->icmp_type == 0 || p->icmp_type == 129) {
+			__be16 req = bpf_htons(p->icmp_type == 0 ? 8 : 128);
+			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, 0, req);
 			struct ct_value *cv = ct_live(&k, now);
 			if (cv) {
 				cv->last_seen = now;
@@ -731,7 +813,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (cv) {
 			cv->last_seen = now;
 			cv->flags |= CT_SEEN_REPLY;
-			if (p.tcp_flags & 0x05) // FIN or RST
+			if (p->tcp_flags & 0x05) // FIN or RST
 				cv->flags |= CT_CLOSING;
 			count(REASON_FORWARD_REPLY, skb->len);
 			return TC_ACT_OK;
@@ -741,31 +823,31 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	// Original direction: always checked, so a revoked allow cuts an open flow.
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
-	policy_lookup(ep->ep_id, dir, peer_id, &p, peer_addr, &best);
+	policy_lookup(ep->ep_id, dir, peer_id, p, peer_addr, &best);
 	__u32 rule = best.verdict ? best.rule_id : 0;
-	ct_fill(&k, ep->ep_id, dir, p.family, p.proto, p.saddr, p.daddr, p.sport, p.dport);
+	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
 	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
 	if (best.verdict == VERDICT_DENY) {
 		bpf_map_delete_elem(&conntrack, &k);
-		return drop(skb, ep, &p, dir, REASON_DROP_DENY, peer_id, rule);
+		return drop(skb, ep, p, dir, REASON_DROP_DENY, peer_id, rule);
 	}
 	if (best.verdict == VERDICT_PROXY) {
 		bpf_map_delete_elem(&conntrack, &k);
-		return drop(skb, ep, &p, dir, REASON_DROP_NO_PROXY, peer_id, rule);
+		return drop(skb, ep, p, dir, REASON_DROP_NO_PROXY, peer_id, rule);
 	}
 	if (best.verdict == 0 && enforced) {
 		bpf_map_delete_elem(&conntrack, &k);
-		return drop(skb, ep, &p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
+		return drop(skb, ep, p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
 	}
 
-	if (p.is_frag && !p.later_frag) {
+	if (p->is_frag && !p->later_frag) {
 		struct frag_key fk = {};
-		fk.family = p.family;
-		fk.proto = p.proto;
-		fk.id = p.frag_id;
-		__builtin_memcpy(fk.saddr, p.saddr, 16);
-		__builtin_memcpy(fk.daddr, p.daddr, 16);
-		struct frag_value fv = {.sport = p.sport, .dport = p.dport};
+		fk.family = p->family;
+		fk.proto = p->proto;
+		fk.id = p->frag_id;
+		__builtin_memcpy(fk.saddr, p->saddr, 16);
+		__builtin_memcpy(fk.daddr, p->daddr, 16);
+		struct frag_value fv = {.sport = p->sport, .dport = p->dport};
 		bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
 	}
 
@@ -774,12 +856,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (cv) {
 		cv->last_seen = now;
 		cv->rule_id = rule;
-		if (p.tcp_flags & 0x05)
+		if (p->tcp_flags & 0x05)
 			cv->flags |= CT_CLOSING;
 	} else {
 		struct ct_value nv = {.last_seen = now, .rule_id = rule};
 		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
-		emit(skb, ep, &p, dir, VERDICT_ALLOW, reason, peer_id, rule);
+		emit(skb, ep, p, dir, VERDICT_ALLOW, reason, peer_id, rule);
 	}
 	count(reason, skb->len);
 	return TC_ACT_OK;

@@ -105,6 +105,31 @@ type NetpactIpcacheValue struct {
 	Pad      uint32
 }
 
+type NetpactPkt struct {
+	_          structs.HostLayout
+	Family     uint8
+	Proto      uint8
+	IsFrag     uint8
+	LaterFrag  uint8
+	FragId     uint32
+	Saddr      [16]uint8
+	Daddr      [16]uint8
+	Sport      uint16
+	Dport      uint16
+	IcmpType   uint8
+	IcmpError  uint8
+	TcpFlags   uint8
+	Pad        uint8
+	InnerSaddr [16]uint8
+	InnerDaddr [16]uint8
+	InnerProto uint8
+	_          [1]byte
+	InnerSport uint16
+	InnerDport uint16
+	_          [2]byte
+	L4Off      uint32
+}
+
 type NetpactPolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -199,6 +224,7 @@ type NetpactMapSpecs struct {
 	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy         *ebpf.MapSpec `ebpf:"policy"`
 	PrefixPolicy   *ebpf.MapSpec `ebpf:"prefix_policy"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Settings       *ebpf.MapSpec `ebpf:"settings"`
 }
 
@@ -238,6 +264,7 @@ type NetpactMaps struct {
 	Ipcache        *ebpf.Map `ebpf:"ipcache"`
 	Policy         *ebpf.Map `ebpf:"policy"`
 	PrefixPolicy   *ebpf.Map `ebpf:"prefix_policy"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Settings       *ebpf.Map `ebpf:"settings"`
 }
 
@@ -252,6 +279,7 @@ func (m *NetpactMaps) Close() error {
 		m.Ipcache,
 		m.Policy,
 		m.PrefixPolicy,
+		m.Scratch,
 		m.Settings,
 	)
 }

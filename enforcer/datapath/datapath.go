@@ -19,6 +19,8 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
+const cfgDenyICMP = 1 // CFG_DENY_ICMP in bpf/netpact.c
+
 // DefaultPinPath is where maps, programs and links are pinned.
 const DefaultPinPath = "/sys/fs/bpf/netpact"
 
@@ -31,6 +33,10 @@ type Options struct {
 	EventsPerSecond uint64
 	// ForceLegacyTC attaches with tc clsact filters even where tcx works.
 	ForceLegacyTC bool
+	// DenyResponseICMP answers a packet dropped by policy with ICMP destination unreachable
+	// (administratively prohibited) instead of dropping it silently, as Cilium's
+	// policy-deny-response=icmp does. IPv4 only.
+	DenyResponseICMP bool
 }
 
 // Endpoint is a pod as the datapath sees it: its host-side veth and its addresses.
@@ -81,6 +87,9 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load programs (pinned maps in %s may be from an incompatible version; Teardown removes them): %w", opts.PinPath, err)
 	}
 	cfg := bpf.NetpactConfig{EventsPerSec: opts.EventsPerSecond}
+	if opts.DenyResponseICMP {
+		cfg.Flags |= cfgDenyICMP
+	}
 	if err := d.objs.Settings.Put(uint32(0), cfg); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("write settings: %w", err)

@@ -511,3 +511,36 @@ func TestFlattenAndBlocks(t *testing.T) {
 func valueOf(v policy.Verdict, rule uint32) bpf.NetpactPolicyValue {
 	return bpf.NetpactPolicyValue{RuleId: rule, Verdict: uint8(v)}
 }
+
+// TestFlowEventsRateLimited floods drops and checks that events stay within the configured rate
+// while the counters still see every packet.
+func TestFlowEventsRateLimited(t *testing.T) {
+	d := openTest(t, Options{EventsPerSecond: 5})
+	ifindex := testLink(t, fmt.Sprintf("npr%d", os.Getpid()%100000))
+	ep := programA(t, d, compileYAML(t, unitCluster(), unitPolicies), ifindex)
+	flows, err := d.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flows.Close()
+	before, _ := d.Counters()
+	frame := pkt{src: "8.8.8.8", dst: "10.0.0.1", proto: policy.ProtoTCP, sport: 1, dport: 80, syn: true}.build(t)
+	for i := 0; i < 200; i++ {
+		runProg(t, d.objs.TcToPod, ep.Ifindex, frame)
+	}
+	after, _ := d.Counters()
+	if got := after[ReasonDropDefaultDeny].Packets - before[ReasonDropDefaultDeny].Packets; got != 200 {
+		t.Errorf("counted %d drops, want 200", got)
+	}
+	events := 0
+	for {
+		if _, err := flows.Read(time.Now().Add(300 * time.Millisecond)); err != nil {
+			break
+		}
+		events++
+	}
+	// prog.Run may run on either CPU; each has its own bucket of 5 per second.
+	if events == 0 || events > 2*5+2 {
+		t.Errorf("%d flow events for 200 drops at 5 per second per CPU", events)
+	}
+}

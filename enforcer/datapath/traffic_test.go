@@ -209,9 +209,20 @@ spec:
 `
 
 func TestRealTraffic(t *testing.T) {
+	for _, mode := range []struct {
+		name   string
+		legacy bool
+	}{{"tcx", false}, {"tc", true}} {
+		t.Run(mode.name, func(t *testing.T) { realTraffic(t, Options{ForceLegacyTC: mode.legacy}, mode.name) })
+	}
+}
+
+func realTraffic(t *testing.T, opts Options, wantMode string) {
 	n := newTrafficNode(t)
-	d := openTest(t, Options{})
-	t.Logf("attach mode: %s", d.Mode())
+	d := openTest(t, opts)
+	if d.Mode() != wantMode {
+		t.Fatalf("attach mode %s, want %s", d.Mode(), wantMode)
+	}
 	n.serve(t, "a", 8080)
 	n.serve(t, "a", 5353)
 	n.apply(t, d, trafficPolicyV1)
@@ -264,7 +275,7 @@ func TestSurvivesKillAndAdoptsOnRestart(t *testing.T) {
 	os.RemoveAll(pinPath)
 	t.Cleanup(func() { os.RemoveAll(pinPath) })
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHoldDatapath$")
+	cmd := exec.Command(os.Args[0])
 	var pods []string
 	for _, name := range []string{"a", "b", "c"} {
 		p := n.pods[name]
@@ -351,12 +362,18 @@ func snapshotPolicy(t testing.TB, d *Datapath) string {
 	return strings.Join(sortStrings(lines), "\n")
 }
 
-// TestHelperHoldDatapath is the child process of TestSurvivesKillAndAdoptsOnRestart: it loads
-// and programs the datapath, says "ready" and waits to be killed.
-func TestHelperHoldDatapath(t *testing.T) {
-	if os.Getenv("NETPACT_HELPER") != "hold" {
-		t.Skip("helper process for TestSurvivesKillAndAdoptsOnRestart")
+func TestMain(m *testing.M) {
+	if os.Getenv("NETPACT_HELPER") == "hold" {
+		holdDatapath()
+		return
 	}
+	os.Exit(m.Run())
+}
+
+// holdDatapath is the child process of TestSurvivesKillAndAdoptsOnRestart: it loads and
+// programs the datapath, says "ready" and waits to be killed.
+func holdDatapath() {
+	t := &testing.T{}
 	d, err := Open(Options{PinPath: os.Getenv("NETPACT_HELPER_PIN")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -373,6 +390,9 @@ func TestHelperHoldDatapath(t *testing.T) {
 			Labels: map[string]string{"app": f[0]}, IPs: []netip.Addr{p.IPv4, p.IPv6}})
 	}
 	n.apply(t, d, os.Getenv("NETPACT_HELPER_POLICY"))
+	if t.Failed() {
+		os.Exit(1)
+	}
 	fmt.Println("ready")
 	time.Sleep(time.Hour)
 }
@@ -383,3 +403,34 @@ type (
 )
 
 func sortStrings(s []string) []string { sort.Strings(s); return s }
+
+func TestDenyResponseICMP(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{DenyResponseICMP: true})
+	n.serve(t, "a", 8080)
+	n.serve(t, "b", 8080)
+	n.apply(t, d, trafficPolicyV1+`---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: c, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: c}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+`)
+	for _, tc := range []struct{ what, from, to string }{
+		{"ingress drop at a", "c", "a"}, // c's egress allows a; a's ingress drops c
+		{"egress drop at c", "c", "b"},  // c's egress drops towards b
+	} {
+		start := time.Now()
+		err := n.tcpProbe(tc.from, tc.to, 8080)
+		if err == nil {
+			t.Errorf("%s: connection went through", tc.what)
+			continue
+		}
+		if !errors.Is(err, syscall.EHOSTUNREACH) {
+			t.Errorf("%s: want EHOSTUNREACH from the ICMP response, got %v after %s", tc.what, err, time.Since(start))
+		}
+	}
+	expect(t, "b -> a still allowed", true, func() error { return n.tcpProbe("b", "a", 8080) })
+}
