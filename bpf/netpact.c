@@ -34,6 +34,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define EP_ENFORCE_INGRESS 1
 #define EP_ENFORCE_EGRESS 2
+#define EP_HAS_PREFIX_POLICY 4 // the endpoint has address-matched (ipBlock) entries
 
 #define VERDICT_ALLOW 1
 #define VERDICT_DENY 2
@@ -580,7 +581,7 @@ static __always_inline void consider(struct policy_value *v, struct policy_value
 // policy_lookup finds the strongest entry for a peer: deny beats allow beats proxy, ties go to
 // the lowest rule id; the same order the engine's Lookup uses.
 static __always_inline void policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, struct pkt *p, const __u8 *peer_addr,
-					  struct policy_value *best)
+					  struct policy_value *best, int prefixes)
 {
 	struct policy_key k = {};
 	k.ep_id = ep_id;
@@ -599,6 +600,8 @@ static __always_inline void policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, 
 	k.proto = p->proto;
 	k.port = p->dport;
 	consider(bpf_map_lookup_elem(&policy, &k), best);
+	if (!prefixes)
+		return;
 
 	struct prefix_policy_key pk = {};
 	pk.prefixlen = 8 * (sizeof(pk) - sizeof(pk.prefixlen));
@@ -823,7 +826,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	// Original direction: always checked, so a revoked allow cuts an open flow.
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
-	policy_lookup(ep->ep_id, dir, peer_id, p, peer_addr, &best);
+	policy_lookup(ep->ep_id, dir, peer_id, p, peer_addr, &best, ep->flags & EP_HAS_PREFIX_POLICY);
 	__u32 rule = best.verdict ? best.rule_id : 0;
 	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
 	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);

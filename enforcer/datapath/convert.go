@@ -17,6 +17,7 @@ const (
 
 	flagEnforceIngress = 1
 	flagEnforceEgress  = 2
+	flagHasPrefix      = 4
 
 	familyV4 = 4
 	familyV6 = 6
@@ -170,6 +171,9 @@ func ToBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 				}
 			}
 		}
+	}
+	if len(out.Prefix) > 0 {
+		out.Flags |= flagHasPrefix
 	}
 	return out, nil
 }

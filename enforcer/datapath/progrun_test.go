@@ -544,3 +544,71 @@ func TestFlowEventsRateLimited(t *testing.T) {
 		t.Errorf("%d flow events for 200 drops at 5 per second per CPU", events)
 	}
 }
+
+const ipBlockPolicies = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a, namespace: app}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.3/32]}}]
+    ports: [{port: 80, protocol: TCP}, {port: 6000, endPort: 6003, protocol: UDP}]
+  - from: [{ipBlock: {cidr: 8.8.0.0/16}}]
+  egress:
+  - to: [{ipBlock: {cidr: "fd00::/120"}}]
+    ports: [{port: 443}]
+`
+
+// TestEngineAndDatapathAgree sends random flows through the programs and compares every verdict
+// and rule with the engine's Decide, for Cilium and Kubernetes (ipBlock) policies.
+func TestEngineAndDatapathAgree(t *testing.T) {
+	for _, tc := range []struct{ name, yaml string }{{"cilium", unitPolicies}, {"ipblock", ipBlockPolicies}} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, st, ep := unitSetup(t, tc.yaml)
+			peers4 := []string{"10.0.0.2", "10.0.0.3", "8.8.8.8", "8.8.4.4", "9.9.9.9", "192.168.100.1", "10.0.0.200"}
+			peers6 := []string{"fd00::2", "fd00::3", "2001:db8::1", "fd00::77"}
+			protos := []policy.Proto{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoSCTP, policy.ProtoICMP}
+			ports := []uint16{22, 53, 79, 80, 81, 443, 5000, 5999, 6000, 6003, 6004, 7999, 8000, 8005, 8010, 8011, 9090, 40000}
+			rnd := uint32(12345)
+			next := func(n int) int { rnd = rnd*1664525 + 1013904223; return int(rnd>>8) % n }
+			for i := 0; i < 1500; i++ {
+				v6 := next(3) == 0
+				peer := peers4[next(len(peers4))]
+				self := "10.0.0.1"
+				proto := protos[next(len(protos))]
+				if v6 {
+					peer, self = peers6[next(len(peers6))], "fd00::1"
+					if proto == policy.ProtoICMP {
+						proto = policy.ProtoICMPv6
+					}
+				}
+				p := pkt{proto: proto, sport: uint16(20000 + i), dport: ports[next(len(ports))], syn: true}
+				if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
+					p.icmpType = []uint8{8, 13, 128}[next(3)]
+					if proto == policy.ProtoICMP && p.icmpType == 128 {
+						p.icmpType = 8
+					}
+				}
+				dir := policy.Ingress
+				prog := d.objs.TcToPod
+				p.src, p.dst = peer, self
+				if next(2) == 0 {
+					dir, prog = policy.Egress, d.objs.TcFromPod
+					p.src, p.dst = self, peer
+				}
+				got := runProg(t, prog, ep.Ifindex, p.build(t))
+				dec := st.Decide(netip.MustParseAddr(p.src), netip.MustParseAddr(p.dst), p.proto, portOf(p))
+				side := dec.Ingress
+				if dir == policy.Egress {
+					side = dec.Egress
+				}
+				engineAllows := side == nil || side.Outcome == policy.OutcomeAllowed
+				if engineAllows != (got == tcOK) {
+					t.Errorf("%s %s %s:%d -> %s:%d: engine %s (%s), datapath %d", dir, proto, p.src, p.sport, p.dst, portOf(p), dec.Outcome, dec.Reason(), got)
+				}
+			}
+		})
+	}
+}
