@@ -5,6 +5,7 @@ FUZZTIME  ?= 2m
 # bpf2go's compiler and flags, pinned: Debian's clang 14 (apt-get install clang-14 llvm-14
 # libbpf-dev linux-libc-dev).
 export BPF_CLANG  := clang-14
+export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
@@ -15,14 +16,17 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/netpact
 
-# Every test: unit, semantic tables, cyclonus conformance, CLI. CI=true turns missing
-# prerequisites into failures.
+# Every test: unit, semantic tables, cyclonus conformance, CLI, and (as root) the eBPF datapath
+# with prog.Run and real traffic in network namespaces. CI=true turns missing prerequisites into
+# failures.
 test:
 	$(GO) test -count=1 ./...
 	@$(GO) test -count=1 -run '^TestCyclonusConformance$$' -v ./policy/ | grep -E '^(cyclonus conformance|--- FAIL)'
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/
+	$(GO) test -run '^$$' -bench 'Verdict' -benchtime $(BENCHTIME) ./enforcer/datapath/
+	$(GO) test -run '^$$' -bench 'Traffic' -benchtime 1x ./enforcer/datapath/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/

@@ -1,9 +1,11 @@
 package datapath
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -235,4 +237,21 @@ func (d *Datapath) Dump(epID uint32) ([]DumpEntry, error) {
 		return nil, fmt.Errorf("dump prefix policy map: %w", err)
 	}
 	return FromBPF(e), nil
+}
+
+// ResyncEvery runs Resync every interval until ctx is done. report gets each result that fixed
+// something or failed.
+func (d *Datapath) ResyncEvery(ctx context.Context, interval time.Duration, report func(fixed int, err error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if fixed, err := d.Resync(); (fixed > 0 || err != nil) && report != nil {
+				report(fixed, err)
+			}
+		}
+	}
 }

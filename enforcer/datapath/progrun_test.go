@@ -612,3 +612,31 @@ func TestEngineAndDatapathAgree(t *testing.T) {
 		})
 	}
 }
+
+// TestRelatedICMPError checks that an ICMP error about a tracked flow passes by conntrack while
+// one about an unknown flow is policy-checked (and here dropped).
+func TestRelatedICMPError(t *testing.T) {
+	d, _, ep := unitSetup(t, unitPolicies)
+	// a opens a connection to b:443 (egress allowed).
+	if v := runProg(t, d.objs.TcFromPod, ep.Ifindex, pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: policy.ProtoTCP, sport: 42000, dport: 443, syn: true}.build(t)); v != tcOK {
+		t.Fatalf("SYN: %d", v)
+	}
+	icmpError := func(innerSport uint16) []byte {
+		inner := pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: policy.ProtoTCP, sport: innerSport, dport: 443, syn: true}.build(t)[14:]
+		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+		ip := &layers.IPv4{Version: 4, TTL: 64, SrcIP: net.IP{10, 0, 0, 2}, DstIP: net.IP{10, 0, 0, 1}, Protocol: layers.IPProtocolICMPv4}
+		icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)} // port unreachable
+		return serialize(t, []gopacket.SerializableLayer{eth, ip, icmp, gopacket.Payload(inner[:28])})
+	}
+	before, _ := d.Counters()
+	if v := runProg(t, d.objs.TcToPod, ep.Ifindex, icmpError(42000)); v != tcOK {
+		t.Errorf("ICMP error about a tracked flow dropped: %d", v)
+	}
+	if v := runProg(t, d.objs.TcToPod, ep.Ifindex, icmpError(42001)); v != tcShot {
+		t.Errorf("ICMP error about an unknown flow passed: %d", v)
+	}
+	after, _ := d.Counters()
+	if after[ReasonForwardRelated].Packets != before[ReasonForwardRelated].Packets+1 {
+		t.Errorf("related counter did not move")
+	}
+}

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -343,8 +344,28 @@ func TestSurvivesKillAndAdoptsOnRestart(t *testing.T) {
 	it := d.objs.Policy.Iterate()
 	it.Next(&k, &v)
 	d.objs.Policy.Delete(k)
-	if fixed, err := d.Resync(); err != nil || fixed != 1 {
-		t.Errorf("resync repaired %d entries (err %v), want 1", fixed, err)
+	repaired := make(chan int, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.ResyncEvery(ctx, 50*time.Millisecond, func(fixed int, err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		select {
+		case repaired <- fixed:
+		default:
+		}
+	})
+	select {
+	case fixed := <-repaired:
+		if fixed != 1 {
+			t.Errorf("periodic resync repaired %d entries, want 1", fixed)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("periodic resync did not repair the deleted entry")
+	}
+	if after := snapshotPolicy(t, d); after != before {
+		t.Errorf("maps after repair differ from before")
 	}
 }
 
