@@ -66,6 +66,8 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 		{"ip", "link", "add", hostIfname, "type", "veth", "peer", "name", "eth0", "netns", netnsName},
 		{"ip", "link", "set", hostIfname, "up"},
 		{"sysctl", "-qw", "net.ipv4.conf." + hostIfname + ".proxy_arp=1"},
+		// Proxy ARP answers are delayed by up to 0.8 s by default, longer than a probe's timeout.
+		{"sysctl", "-qw", "net.ipv4.neigh." + hostIfname + ".proxy_delay=0"},
 		{"sysctl", "-qw", "net.ipv6.conf." + hostIfname + ".disable_ipv6=0"},
 		{"ip", "addr", "add", gatewayV6 + "/64", "dev", hostIfname},
 	}
