@@ -130,6 +130,8 @@ struct ct_value {
 	__u64 last_seen;
 	__u32 rule_id;
 	__u32 flags;
+	__u32 policy_rev; // the policy revision the flow was last checked against
+	__u32 pad;
 };
 
 struct frag_key {
@@ -169,7 +171,9 @@ struct flow_event {
 struct config {
 	__u64 events_per_sec;
 	__u32 flags;
-	__u32 pad;
+	// policy_rev changes whenever the policy or ipcache maps change; a tracked flow checked at
+	// the current revision needs no new lookup.
+	__u32 policy_rev;
 };
 
 struct counter {
@@ -823,12 +827,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
-	// Original direction: always checked, so a revoked allow cuts an open flow.
+	// Original direction: checked against every policy revision, so a revoked allow cuts an open
+	// flow at its next packet. A flow already checked at the current revision skips the lookups.
+	__u32 rev = 0;
+	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (cfg)
+		rev = cfg->policy_rev;
+	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
+	if (!p->is_frag) {
+		struct ct_value *fast = ct_live(&k, now);
+		if (fast && fast->policy_rev == rev) {
+			fast->last_seen = now;
+			if (p->tcp_flags & 0x05)
+				fast->flags |= CT_CLOSING;
+			count(fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
+			return TC_ACT_OK;
+		}
+	}
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
 	policy_lookup(ep->ep_id, dir, peer_id, p, peer_addr, &best, ep->flags & EP_HAS_PREFIX_POLICY);
 	__u32 rule = best.verdict ? best.rule_id : 0;
-	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
 	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
 	if (best.verdict == VERDICT_DENY) {
 		bpf_map_delete_elem(&conntrack, &k);
@@ -859,10 +878,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (cv) {
 		cv->last_seen = now;
 		cv->rule_id = rule;
+		cv->policy_rev = rev;
 		if (p->tcp_flags & 0x05)
 			cv->flags |= CT_CLOSING;
 	} else {
-		struct ct_value nv = {.last_seen = now, .rule_id = rule};
+		struct ct_value nv = {.last_seen = now, .rule_id = rule, .policy_rev = rev};
 		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 		emit(skb, ep, p, dir, VERDICT_ALLOW, reason, peer_id, rule);
 	}

@@ -17,7 +17,7 @@ type NetpactConfig struct {
 	_            structs.HostLayout
 	EventsPerSec uint64
 	Flags        uint32
-	Pad          uint32
+	PolicyRev    uint32
 }
 
 type NetpactCounter struct {
@@ -40,10 +40,12 @@ type NetpactCtKey struct {
 }
 
 type NetpactCtValue struct {
-	_        structs.HostLayout
-	LastSeen uint64
-	RuleId   uint32
-	Flags    uint32
+	_         structs.HostLayout
+	LastSeen  uint64
+	RuleId    uint32
+	Flags     uint32
+	PolicyRev uint32
+	Pad       uint32
 }
 
 type NetpactEndpointInfo struct {

@@ -41,6 +41,9 @@ func (d *Datapath) UpsertEndpoint(ep Endpoint, st *policy.EndpointState) error {
 		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
 	}
 	d.applied[ep.ID] = want
+	if err := d.bumpRevision(); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+	}
 	if err := d.attach.attach(ep.Ifindex, ep.Ifname); err != nil {
 		return err
 	}
@@ -103,6 +106,7 @@ func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
 		errs = append(errs, d.writeDeletes(have, newEntries()))
 		delete(d.applied, ep.ID)
 	}
+	errs = append(errs, d.bumpRevision())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove endpoint %s: %w", ep.Ifname, err)
 	}
@@ -127,6 +131,7 @@ func ipcachePrefix(k bpf.NetpactIpcacheKey) netip.Prefix {
 func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	changed := false
 	for p, id := range want {
 		if old, ok := d.ipcache[p]; ok && old == id {
 			continue
@@ -135,6 +140,7 @@ func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
 			return fmt.Errorf("write ipcache %s: %w", p, err)
 		}
 		d.ipcache[p] = id
+		changed = true
 	}
 	for p := range d.ipcache {
 		if _, ok := want[p]; ok {
@@ -144,6 +150,10 @@ func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
 			return fmt.Errorf("delete ipcache %s: %w", p, err)
 		}
 		delete(d.ipcache, p)
+		changed = true
+	}
+	if changed {
+		return d.bumpRevision()
 	}
 	return nil
 }
@@ -206,6 +216,9 @@ func (d *Datapath) Resync() (int, error) {
 			return fixed, fmt.Errorf("resync: delete prefix policy entry: %w", err)
 		}
 		fixed++
+	}
+	if fixed > 0 {
+		return fixed, d.bumpRevision()
 	}
 	return fixed, nil
 }

@@ -58,6 +58,7 @@ type Datapath struct {
 	attach  *attacher
 	applied map[uint32]Entries // per endpoint id, what the maps hold
 	ipcache map[netip.Prefix]policy.ID
+	cfg     bpf.NetpactConfig
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -86,13 +87,18 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load programs (pinned maps in %s may be from an incompatible version; Teardown removes them): %w", opts.PinPath, err)
 	}
-	cfg := bpf.NetpactConfig{EventsPerSec: opts.EventsPerSecond}
-	if opts.DenyResponseICMP {
-		cfg.Flags |= cfgDenyICMP
-	}
-	if err := d.objs.Settings.Put(uint32(0), cfg); err != nil {
+	// Continue the policy revision of an earlier process: tracked flows are checked again once.
+	if err := d.objs.Settings.Lookup(uint32(0), &d.cfg); err != nil {
 		d.objs.Close()
-		return nil, fmt.Errorf("write settings: %w", err)
+		return nil, fmt.Errorf("read settings: %w", err)
+	}
+	d.cfg.EventsPerSec, d.cfg.Flags = opts.EventsPerSecond, 0
+	if opts.DenyResponseICMP {
+		d.cfg.Flags |= cfgDenyICMP
+	}
+	if err := d.bumpRevision(); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
 	if err := d.pinPrograms(); err != nil {
 		d.objs.Close()
@@ -109,6 +115,16 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// bumpRevision tells the programs that policy changed: every tracked flow is checked against
+// the maps again at its next packet in its original direction.
+func (d *Datapath) bumpRevision() error {
+	d.cfg.PolicyRev++
+	if err := d.objs.Settings.Put(uint32(0), d.cfg); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
 }
 
 // pinPrograms replaces the program pins with the programs of this process.
