@@ -725,16 +725,65 @@ static __attribute__((noinline)) int deny_response_v4(struct __sk_buff *skb, __u
 	return bpf_redirect(skb->ifindex, dir == DIR_EGRESS ? 0 : BPF_F_INGRESS);
 }
 
+// deny_response_v6 is deny_response_v4 for IPv6: ICMPv6 destination unreachable, code 1
+// (communication with destination administratively prohibited).
+static __attribute__((noinline)) int deny_response_v6(struct __sk_buff *skb, __u8 dir)
+{
+	struct ethhdr eth;
+	struct ipv6hdr orig;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN, &orig, sizeof(orig)) < 0)
+		return -1;
+	if (orig.nexthdr == PROTO_ICMPV6)
+		return -1;
+	struct {
+		__u8 type;
+		__u8 code;
+		__u16 check;
+		__u32 unused;
+		__u8 quote[48]; // the original IPv6 header and 8 bytes after it
+	} icmp = {.type = 1, .code = 1};
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, icmp.quote, sizeof(icmp.quote)) < 0)
+		return -1;
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(struct ipv6hdr) + sizeof(icmp), 0) < 0)
+		return -1;
+	struct ethhdr neth = {};
+	__builtin_memcpy(neth.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(neth.h_source, eth.h_dest, ETH_ALEN);
+	neth.h_proto = bpf_htons(ETH_P_IPV6);
+	struct ipv6hdr ip = {};
+	ip.version = 6;
+	ip.payload_len = bpf_htons(sizeof(icmp));
+	ip.nexthdr = PROTO_ICMPV6;
+	ip.hop_limit = 64;
+	ip.saddr = orig.daddr;
+	ip.daddr = orig.saddr;
+	struct {
+		struct in6_addr saddr;
+		struct in6_addr daddr;
+		__be32 len;
+		__be32 next;
+	} pseudo = {.saddr = ip.saddr, .daddr = ip.daddr, .len = bpf_htonl(sizeof(icmp)), .next = bpf_htonl(PROTO_ICMPV6)};
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&icmp, sizeof(icmp), (__u32)sum);
+	icmp.check = csum_fold((__u32)sum);
+	if (bpf_skb_store_bytes(skb, 0, &neth, sizeof(neth), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &icmp, sizeof(icmp), 0) < 0)
+		return -1;
+	skb->mark = MARK_NETPACT_RESPONSE;
+	return bpf_redirect(skb->ifindex, dir == DIR_EGRESS ? 0 : BPF_F_INGRESS);
+}
+
 static __always_inline int drop(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir, __u8 reason,
 				__u32 peer_id, __u32 rule_id)
 {
 	count(reason, skb->len);
 	emit(skb, ep, p, dir, VERDICT_DENY, reason, peer_id, rule_id);
-	if ((reason == REASON_DROP_DENY || reason == REASON_DROP_DEFAULT_DENY) && p->family == FAMILY_V4 && !p->is_frag) {
+	if ((reason == REASON_DROP_DENY || reason == REASON_DROP_DEFAULT_DENY) && !p->is_frag) {
 		__u32 zero = 0;
 		struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
 		if (cfg && (cfg->flags & CFG_DENY_ICMP)) {
-			int ret = deny_response_v4(skb, dir);
+			int ret = p->family == FAMILY_V4 ? deny_response_v4(skb, dir) : deny_response_v6(skb, dir);
 			if (ret >= 0)
 				return ret;
 		}

@@ -69,7 +69,7 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 		// Proxy ARP answers are delayed by up to 0.8 s by default, longer than a probe's timeout.
 		{"sysctl", "-qw", "net.ipv4.neigh." + hostIfname + ".proxy_delay=0"},
 		{"sysctl", "-qw", "net.ipv6.conf." + hostIfname + ".disable_ipv6=0"},
-		{"ip", "addr", "add", gatewayV6 + "/64", "dev", hostIfname},
+		{"ip", "addr", "add", gatewayV6 + "/64", "dev", hostIfname, "nodad"},
 	}
 	for _, s := range steps {
 		if err := run(s...); err != nil {

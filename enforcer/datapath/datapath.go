@@ -33,9 +33,9 @@ type Options struct {
 	EventsPerSecond uint64
 	// ForceLegacyTC attaches with tc clsact filters even where tcx works.
 	ForceLegacyTC bool
-	// DenyResponseICMP answers a packet dropped by policy with ICMP destination unreachable
-	// (administratively prohibited) instead of dropping it silently, as Cilium's
-	// policy-deny-response=icmp does. IPv4 only.
+	// DenyResponseICMP answers a packet dropped by policy with ICMP or ICMPv6 destination
+	// unreachable (administratively prohibited) instead of dropping it silently, as Cilium's
+	// policy-deny-response=icmp does.
 	DenyResponseICMP bool
 }
 
