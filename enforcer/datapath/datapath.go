@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -70,7 +71,7 @@ func Open(opts Options) (*Datapath, error) {
 	if opts.EventsPerSecond == 0 {
 		opts.EventsPerSecond = 10000
 	}
-	if err := ensureBPFFS(filepath.Dir(opts.PinPath)); err != nil {
+	if err := ensureBPFFS(bpffsRoot(opts.PinPath)); err != nil {
 		return nil, err
 	}
 	for _, dir := range []string{opts.PinPath, filepath.Join(opts.PinPath, "links"), filepath.Join(opts.PinPath, "progs")} {
@@ -200,6 +201,16 @@ func (d *Datapath) Teardown() error {
 	errs := []error{d.attach.detachAll()}
 	errs = append(errs, d.objs.Close(), os.RemoveAll(d.opts.PinPath))
 	return errors.Join(errs...)
+}
+
+// bpffsRoot is where bpffs must be mounted for a pin path: /sys/fs/bpf for anything under it,
+// else the pin path's parent.
+func bpffsRoot(pinPath string) string {
+	const standard = "/sys/fs/bpf"
+	if pinPath == standard || strings.HasPrefix(pinPath, standard+"/") {
+		return standard
+	}
+	return filepath.Dir(pinPath)
 }
 
 // ensureBPFFS mounts bpffs at dir when nothing is mounted there (this machine boots without it).
