@@ -21,7 +21,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newValidateCommand(), newPredictCommand())
+	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand())
 	return root
 }
 

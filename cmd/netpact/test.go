@@ -1,0 +1,94 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netpact/netpact/scenarios"
+)
+
+func newTestCommand() *cobra.Command {
+	var junit, output string
+	var retain bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "test FILE|DIR...",
+		Short: "Run scenario files on a local node of network namespaces; exit 1 on any mismatch",
+		Long: `test runs each scenario on a node made of network namespaces on this host, enforced by
+netpact's eBPF datapath (it needs root). For every step it compares the connectivity the file
+expects, the matrix the policy engine predicts, and what real probes observe, and prints the three
+tables side by side with the flow events of the failing probes. See docs/scenarios.md.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			scs, err := scenarios.Load(args)
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				return exitError{1}
+			}
+			var results []*scenarios.Result
+			for _, sc := range scs {
+				node := scenarios.NewLocal(scenarios.LocalOptions{ProbeTimeout: timeout, Retain: retain})
+				stop := onInterrupt(func() {
+					fmt.Fprintln(cmd.ErrOrStderr(), "interrupted: tearing down the local node")
+					node.Stop()
+				})
+				r := (&scenarios.Runner{Backend: node}).Run(sc)
+				stop()
+				results = append(results, r)
+			}
+			if junit != "" {
+				if err := scenarios.WriteJUnit(junit, results); err != nil {
+					return err
+				}
+			}
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(results); err != nil {
+					return err
+				}
+			case "text", "":
+				scenarios.Print(cmd.OutOrStdout(), results, false)
+			default:
+				return fmt.Errorf("unknown output format %q: use text or json", output)
+			}
+			for _, r := range results {
+				if r.Failed() {
+					return exitError{1}
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging")
+	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out")
+	return cmd
+}
+
+// onInterrupt runs f once on SIGINT or SIGTERM, then exits 130; the returned func disarms it.
+func onInterrupt(f func()) func() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ch:
+			f()
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(ch)
+		close(done)
+	}
+}

@@ -1,0 +1,135 @@
+// Package enforcer is netpact's node agent: it keeps the policy engine's view of the cluster and
+// the policies, and programs the node's datapath with the state of the pods on that node.
+package enforcer
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/policy"
+)
+
+// LocalPod ties a pod of the cluster to its veth on this node.
+type LocalPod struct {
+	Key        policy.EndpointKey
+	Ifindex    int
+	HostIfname string
+}
+
+// Enforcer programs one node.
+type Enforcer struct {
+	mu      sync.Mutex
+	node    string
+	engine  *policy.Engine
+	dp      *datapath.Datapath
+	local   map[policy.EndpointKey]LocalPod
+	ids     map[policy.EndpointKey]uint32
+	nextID  uint32
+	state   *policy.State
+	applied map[policy.EndpointKey]datapath.Endpoint
+}
+
+// New returns an enforcer for node that programs dp.
+func New(node string, dp *datapath.Datapath, opts policy.Options) *Enforcer {
+	return &Enforcer{node: node, engine: policy.NewEngine(opts), dp: dp, local: map[policy.EndpointKey]LocalPod{},
+		ids: map[policy.EndpointKey]uint32{}, nextID: 1, applied: map[policy.EndpointKey]datapath.Endpoint{}}
+}
+
+// State is the last compiled state.
+func (e *Enforcer) State() *policy.State {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.state
+}
+
+// EndpointID is the datapath id of a local pod (0 when unknown).
+func (e *Enforcer) EndpointID(k policy.EndpointKey) uint32 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ids[k]
+}
+
+// Sync makes the datapath enforce the policies over the cluster for the given local pods: the
+// engine recompiles, the ipcache and every local pod's entries are written as diffs, and pods no
+// longer present are removed.
+func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []LocalPod) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.engine.SetCluster(c); err != nil {
+		return fmt.Errorf("enforcer: %w", err)
+	}
+	e.engine.SetPolicies(policies)
+	st := e.engine.State()
+	if err := e.dp.SetIPCache(st.IPCache(e.node)); err != nil {
+		return fmt.Errorf("enforcer: %w", err)
+	}
+	want := map[policy.EndpointKey]LocalPod{}
+	for _, lp := range local {
+		want[lp.Key] = lp
+	}
+	keys := make([]policy.EndpointKey, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, k := range keys {
+		lp := want[k]
+		es, ok := st.Endpoint(k)
+		if !ok {
+			return fmt.Errorf("enforcer: local pod %s is not in the cluster", k)
+		}
+		ident, _ := st.Identity(k)
+		id, ok := e.ids[k]
+		if !ok {
+			id = e.nextID
+			e.nextID++
+			e.ids[k] = id
+		}
+		ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname, ID: id}
+		if ident != nil {
+			ep.Identity = ident.ID
+		}
+		if a, ok := st.Addr(k, false); ok {
+			ep.IPv4 = a
+		}
+		if a, ok := st.Addr(k, true); ok {
+			ep.IPv6 = a
+		}
+		if err := e.dp.UpsertEndpoint(ep, es); err != nil {
+			return fmt.Errorf("enforcer: %w", err)
+		}
+		e.applied[k] = ep
+	}
+	for k, ep := range e.applied {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := e.dp.RemoveEndpoint(ep); err != nil {
+			return fmt.Errorf("enforcer: %w", err)
+		}
+		delete(e.applied, k)
+		delete(e.ids, k)
+	}
+	e.state = st
+	return nil
+}
+
+// Resolve maps an address to the pod that owns it, for flow output.
+func (e *Enforcer) Resolve(a netip.Addr) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state == nil {
+		return a.String()
+	}
+	for _, k := range e.state.Endpoints() {
+		for _, v6 := range []bool{false, true} {
+			if ip, ok := e.state.Addr(k, v6); ok && ip == a {
+				return k.String()
+			}
+		}
+	}
+	return a.String()
+}

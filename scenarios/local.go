@@ -1,0 +1,216 @@
+package scenarios
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/localnode"
+	"github.com/netpact/netpact/policy"
+)
+
+// LocalOptions configure a local node.
+type LocalOptions struct {
+	// ProbeTimeout bounds each probe; 400 ms when zero (everything is on one host).
+	ProbeTimeout time.Duration
+	// Retain keeps namespaces, veths and pins after the run, for debugging.
+	Retain bool
+	// Policy are the engine options the enforcer uses.
+	Policy policy.Options
+}
+
+// LocalNode is a Backend made of network namespaces on this host, enforced by netpact's
+// datapath.
+type LocalNode struct {
+	opts    LocalOptions
+	id      int
+	dp      *datapath.Datapath
+	enf     *enforcer.Enforcer
+	pods    map[string]*localnode.Pod
+	servers []*servers
+	prober  *prober
+	sc      *Scenario
+
+	mu    sync.Mutex
+	flows []datapath.Flow
+	fr    *datapath.FlowReader
+}
+
+var localRuns int
+
+// NewLocal returns a local node backend; it needs root.
+func NewLocal(opts LocalOptions) *LocalNode {
+	if opts.ProbeTimeout == 0 {
+		opts.ProbeTimeout = 400 * time.Millisecond
+	}
+	localRuns++
+	return &LocalNode{opts: opts, id: (os.Getpid()*7 + localRuns) % 200}
+}
+
+func (n *LocalNode) pinPath() string {
+	return filepath.Join(datapath.DefaultPinPath+"-run", fmt.Sprintf("%d-%d", os.Getpid(), n.id))
+}
+
+// Start creates the pods, starts their workloads and opens the datapath.
+func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
+	n.sc = sc
+	n.pods = map[string]*localnode.Pod{}
+	if err := localnode.PrepareHost(); err != nil {
+		return nil, err
+	}
+	dp, err := datapath.Open(datapath.Options{PinPath: n.pinPath()})
+	if err != nil {
+		return nil, err
+	}
+	n.dp = dp
+	n.enf = enforcer.New("local", dp, n.opts.Policy)
+	n.prober = &prober{timeout: n.opts.ProbeTimeout, sctp: newSCTPListeners()}
+	c := &policy.Cluster{Nodes: []policy.Node{{Name: "local"}}}
+	for _, ns := range sc.Namespaces {
+		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
+	}
+	for i, p := range sc.Pods {
+		v4 := netip.AddrFrom4([4]byte{10, 250, byte(n.id), byte(i + 1)})
+		v6 := netip.MustParseAddr(fmt.Sprintf("fd00:250:%x::%x", n.id, i+1))
+		lp, err := localnode.CreatePod(p.Key(), fmt.Sprintf("np%d-%d", n.id, i), fmt.Sprintf("np%dh%d", n.id, i), v4, v6)
+		if err != nil {
+			return nil, err
+		}
+		n.pods[p.Key()] = lp
+		srv, err := startServers(lp, p.Workload, p.Ports)
+		if err != nil {
+			return nil, err
+		}
+		n.servers = append(n.servers, srv)
+		if err := n.prober.sctp.listen(lp); err != nil {
+			return nil, err
+		}
+		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
+			Node: "local", IPs: []netip.Addr{v4, v6}}
+		for _, port := range p.Ports {
+			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+		}
+		c.Endpoints = append(c.Endpoints, ep)
+	}
+	fr, err := dp.Flows()
+	if err != nil {
+		return nil, err
+	}
+	n.fr = fr
+	go n.collectFlows()
+	return c, nil
+}
+
+func (n *LocalNode) collectFlows() {
+	for {
+		f, err := n.fr.Read(time.Time{})
+		if err != nil {
+			if errors.Is(err, datapath.ErrClosed) {
+				return
+			}
+			continue
+		}
+		n.mu.Lock()
+		if len(n.flows) < 100000 {
+			n.flows = append(n.flows, f)
+		}
+		n.mu.Unlock()
+	}
+}
+
+// Enforce programs every pod of the node.
+func (n *LocalNode) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
+	var local []enforcer.LocalPod
+	for _, p := range n.sc.Pods {
+		lp := n.pods[p.Key()]
+		local = append(local, enforcer.LocalPod{Key: policy.EndpointKey{Namespace: p.Namespace, Name: p.Name}, Ifindex: lp.Ifindex, HostIfname: lp.HostIfname})
+	}
+	return n.enf.Sync(c, policies, local)
+}
+
+// BeginStep forgets the flows of earlier steps.
+func (n *LocalNode) BeginStep() {
+	n.mu.Lock()
+	n.flows = nil
+	n.mu.Unlock()
+}
+
+// Probe runs one probe from the source pod.
+func (n *LocalNode) Probe(c Cell) Outcome {
+	from, to := n.pods[c.From], n.pods[c.To]
+	if from == nil || to == nil {
+		return Timeout
+	}
+	switch {
+	case c.HTTP:
+		return n.prober.http(from, to.IPv4, c.Port.Port, c.method(), c.path())
+	case c.Port.Protocol == policy.ProtoTCP:
+		return n.prober.tcp(from, to.IPv4, c.Port.Port)
+	case c.Port.Protocol == policy.ProtoUDP:
+		return n.prober.udp(from, to.IPv4, c.Port.Port)
+	case c.Port.Protocol == policy.ProtoSCTP:
+		return n.prober.sctpInit(from, from.IPv4, to.IPv4, c.Port.Port)
+	}
+	return Timeout
+}
+
+// Flows returns the datapath's flow events between the cells' pods, with the deciding rule.
+func (n *LocalNode) Flows(cells []Cell) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	want := map[[2]netip.Addr]bool{}
+	for _, c := range cells {
+		from, to := n.pods[c.From], n.pods[c.To]
+		if from != nil && to != nil {
+			want[[2]netip.Addr{from.IPv4, to.IPv4}] = true
+		}
+	}
+	var out []string
+	for _, f := range n.flows {
+		if !want[[2]netip.Addr{f.Src, f.Dst}] {
+			continue
+		}
+		rule := "no rule"
+		if st := n.enf.State(); st != nil && f.Rule != 0 {
+			if ri := st.Rule(f.Rule); ri != nil {
+				rule = ri.String()
+			}
+		}
+		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d %s (%s)", f.Direction, f.Proto, n.enf.Resolve(f.Src), f.SrcPort,
+			n.enf.Resolve(f.Dst), f.DstPort, f.Reason, rule))
+		if len(out) >= 50 {
+			break
+		}
+	}
+	return out
+}
+
+// Stop tears the node down unless it is retained.
+func (n *LocalNode) Stop() error {
+	var errs []error
+	if n.fr != nil {
+		n.fr.Close()
+	}
+	for _, s := range n.servers {
+		s.Close()
+	}
+	if n.prober != nil {
+		n.prober.sctp.Close()
+	}
+	if n.opts.Retain {
+		return nil
+	}
+	for _, p := range n.pods {
+		errs = append(errs, p.Delete())
+	}
+	if n.dp != nil {
+		errs = append(errs, n.dp.Teardown())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,340 @@
+package scenarios
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/netpact/netpact/localnode"
+	"github.com/netpact/netpact/policy"
+)
+
+// classify turns a dial or read error into an outcome: refused when the peer's stack answered,
+// timeout for anything that never came back (a policy drop, or an ICMP deny response).
+func classify(err error) Outcome {
+	switch {
+	case err == nil:
+		return Allow
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Refused
+	}
+	return Timeout
+}
+
+// servers are the built-in workloads of one pod, running as goroutines whose sockets live in the
+// pod's network namespace.
+type servers struct {
+	closers []io.Closer
+}
+
+func (s *servers) Close() {
+	for _, c := range s.closers {
+		c.Close()
+	}
+}
+
+// startServers starts, inside the pod, a TCP server on each TCP port (echo, or HTTP for the http
+// workload) and a UDP echo server on each UDP port.
+func startServers(p *localnode.Pod, workload string, ports []Port) (*servers, error) {
+	s := &servers{}
+	for _, port := range ports {
+		addr := fmt.Sprintf(":%d", port.Port)
+		switch port.Protocol {
+		case policy.ProtoTCP:
+			var l net.Listener
+			if err := p.Do(func() error {
+				var err error
+				l, err = net.Listen("tcp", addr)
+				return err
+			}); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("pod %s: listen %s: %w", p.Name, port, err)
+			}
+			s.closers = append(s.closers, l)
+			if workload == "http" {
+				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					fmt.Fprintf(w, "%s %s from %s\n", r.Method, r.URL.Path, p.Name)
+				}), ReadHeaderTimeout: 5 * time.Second}
+				go srv.Serve(l)
+				continue
+			}
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						c.SetDeadline(time.Now().Add(10 * time.Second))
+						io.Copy(c, c)
+					}()
+				}
+			}()
+		case policy.ProtoUDP:
+			var pc net.PacketConn
+			if err := p.Do(func() error {
+				var err error
+				pc, err = net.ListenPacket("udp", addr)
+				return err
+			}); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("pod %s: listen %s: %w", p.Name, port, err)
+			}
+			s.closers = append(s.closers, pc)
+			go func() {
+				buf := make([]byte, 1500)
+				for {
+					n, from, err := pc.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					pc.WriteTo(buf[:n], from)
+				}
+			}()
+		}
+	}
+	return s, nil
+}
+
+// prober runs probes from pods of a local node.
+type prober struct {
+	timeout time.Duration
+	sctp    *sctpListeners
+}
+
+func hostPort(a netip.Addr, port uint16) string { return net.JoinHostPort(a.String(), fmt.Sprint(port)) }
+
+func (pr *prober) tcp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
+	var c net.Conn
+	err := from.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", hostPort(to, port), pr.timeout)
+		return err
+	})
+	if err != nil {
+		return classify(err)
+	}
+	defer c.Close()
+	// The connection is only allowed if data goes through too: revoked flows drop mid-stream.
+	c.SetDeadline(time.Now().Add(pr.timeout))
+	if _, err := c.Write([]byte("probe\n")); err != nil {
+		return classify(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Allow // an HTTP server may close on garbage; it answered
+		}
+		return classify(err)
+	}
+	return Allow
+}
+
+func (pr *prober) udp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
+	var c net.Conn
+	if err := from.Do(func() error {
+		var err error
+		c, err = net.Dial("udp", hostPort(to, port))
+		return err
+	}); err != nil {
+		return classify(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(pr.timeout))
+	if _, err := c.Write([]byte("probe")); err != nil {
+		return classify(err)
+	}
+	buf := make([]byte, 16)
+	_, err := c.Read(buf)
+	return classify(err)
+}
+
+func (pr *prober) http(from *localnode.Pod, to netip.Addr, port uint16, method, urlPath string) Outcome {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := from.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 2 * pr.timeout}
+	if method == "" {
+		method = http.MethodGet
+	}
+	if urlPath == "" {
+		urlPath = "/"
+	}
+	req, err := http.NewRequest(method, "http://"+hostPort(to, port)+urlPath, nil)
+	if err != nil {
+		return Timeout
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return classify(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return Outcome(fmt.Sprintf("http-%d", resp.StatusCode))
+}
+
+// sctp sends a crafted SCTP INIT from the source pod on a raw socket (this kernel has no SCTP
+// sockets) and asks the destination pod's raw listener whether it arrived.
+func (pr *prober) sctpInit(from *localnode.Pod, fromAddr, to netip.Addr, port uint16) Outcome {
+	tag := rand.Uint32() | 1
+	sport := uint16(30000 + rand.IntN(30000))
+	pkt := sctpInitPacket(sport, port, tag)
+	wait := pr.sctp.expect(tag)
+	defer pr.sctp.forget(tag)
+	err := from.Do(func() error {
+		family := syscall.AF_INET
+		if to.Is6() {
+			family = syscall.AF_INET6
+		}
+		fd, err := syscall.Socket(family, syscall.SOCK_RAW, syscall.IPPROTO_SCTP)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		var sa syscall.Sockaddr
+		if to.Is4() {
+			sa = &syscall.SockaddrInet4{Addr: to.As4()}
+		} else {
+			sa = &syscall.SockaddrInet6{Addr: to.As16()}
+		}
+		return syscall.Sendto(fd, pkt, 0, sa)
+	})
+	if err != nil {
+		return classify(err)
+	}
+	select {
+	case <-wait:
+		return Allow
+	case <-time.After(pr.timeout):
+		return Timeout
+	}
+}
+
+func sctpInitPacket(sport, dport uint16, tag uint32) []byte {
+	b := make([]byte, 12+20)
+	binary.BigEndian.PutUint16(b[0:], sport)
+	binary.BigEndian.PutUint16(b[2:], dport)
+	// verification tag 0 in an INIT; the chunk carries the initiate tag
+	b[12] = 1 // INIT
+	binary.BigEndian.PutUint16(b[14:], 20)
+	binary.BigEndian.PutUint32(b[16:], tag)
+	binary.BigEndian.PutUint32(b[20:], 65536) // a_rwnd
+	binary.BigEndian.PutUint16(b[24:], 1)     // outbound streams
+	binary.BigEndian.PutUint16(b[26:], 1)     // inbound streams
+	binary.BigEndian.PutUint32(b[28:], 1)     // initial TSN
+	sum := crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli))
+	binary.LittleEndian.PutUint32(b[8:], sum)
+	return b
+}
+
+// sctpListeners are raw SCTP sockets in every pod, reporting INIT chunks by initiate tag.
+type sctpListeners struct {
+	mu      sync.Mutex
+	waiting map[uint32]chan struct{}
+	fds     []int
+	closed  bool
+}
+
+func newSCTPListeners() *sctpListeners {
+	return &sctpListeners{waiting: map[uint32]chan struct{}{}}
+}
+
+func (l *sctpListeners) expect(tag uint32) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch := make(chan struct{})
+	l.waiting[tag] = ch
+	return ch
+}
+
+func (l *sctpListeners) forget(tag uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.waiting, tag)
+}
+
+func (l *sctpListeners) arrived(tag uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ch, ok := l.waiting[tag]; ok {
+		close(ch)
+		delete(l.waiting, tag)
+	}
+}
+
+// listen opens raw SCTP sockets (IPv4 and IPv6) in a pod.
+func (l *sctpListeners) listen(p *localnode.Pod) error {
+	for _, family := range []int{syscall.AF_INET, syscall.AF_INET6} {
+		var fd int
+		err := p.Do(func() error {
+			var err error
+			fd, err = syscall.Socket(family, syscall.SOCK_RAW, syscall.IPPROTO_SCTP)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("pod %s: raw SCTP listener: %w", p.Name, err)
+		}
+		// Wake up now and then to notice Close: closing a socket does not end a blocked read.
+		tv := syscall.NsecToTimeval(int64(200 * time.Millisecond))
+		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+		l.mu.Lock()
+		l.fds = append(l.fds, fd)
+		l.mu.Unlock()
+		go func(fd, family int) {
+			buf := make([]byte, 2048)
+			for {
+				n, _, err := syscall.Recvfrom(fd, buf, 0)
+				l.mu.Lock()
+				closed := l.closed
+				l.mu.Unlock()
+				if closed {
+					syscall.Close(fd)
+					return
+				}
+				if err != nil {
+					if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
+						continue
+					}
+					return
+				}
+				b := buf[:n]
+				if family == syscall.AF_INET { // IPv4 raw sockets deliver the IP header
+					if len(b) < 20 {
+						continue
+					}
+					b = b[int(b[0]&0x0f)*4:]
+				}
+				if len(b) >= 20 && b[12] == 1 {
+					l.arrived(binary.BigEndian.Uint32(b[16:]))
+				}
+			}
+		}(fd, family)
+	}
+	return nil
+}
+
+// Close stops the listeners; each closes its socket at its next wake-up.
+func (l *sctpListeners) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	l.fds = nil
+}

@@ -1,0 +1,395 @@
+package scenarios
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// Cell is one probe: from a pod to a pod on a port, optionally an HTTP request.
+type Cell struct {
+	From, To string
+	Port     Port
+	HTTP     bool
+	Method   string
+	Path     string
+}
+
+func (c Cell) String() string {
+	s := fmt.Sprintf("%s -> %s %s", c.From, c.To, c.Port)
+	if c.HTTP {
+		s += " " + c.method() + " " + c.path()
+	}
+	return s
+}
+
+func (c Cell) method() string {
+	if c.Method == "" {
+		return "GET"
+	}
+	return c.Method
+}
+
+func (c Cell) path() string {
+	if c.Path == "" {
+		return "/"
+	}
+	return c.Path
+}
+
+// Backend is where a scenario runs: it makes pods, enforces policies, and probes.
+type Backend interface {
+	// Start makes the scenario's namespaces and pods and returns the cluster with addresses.
+	Start(sc *Scenario) (*policy.Cluster, error)
+	// Enforce makes the backend enforce the policies over the cluster (labels may have changed).
+	Enforce(c *policy.Cluster, policies []*policy.Policy) error
+	// Probe opens a fresh connection for the cell and reports what happened.
+	Probe(c Cell) Outcome
+	// Flows returns what the datapath reported for the given cells since the step began.
+	Flows(cells []Cell) []string
+	// BeginStep marks the start of a step for Flows.
+	BeginStep()
+	// Stop tears everything down.
+	Stop() error
+}
+
+// CellResult is a cell's three answers.
+type CellResult struct {
+	Cell      Cell    `json:"-"`
+	From      string  `json:"from"`
+	To        string  `json:"to"`
+	Port      string  `json:"port"`
+	Expected  Outcome `json:"expected"`
+	Predicted Outcome `json:"predicted"`
+	Observed  Outcome `json:"observed"`
+	Rule      string  `json:"rule,omitempty"`
+	// Loopback cells are shown but never compared: the traffic does not leave the pod.
+	Loopback bool `json:"loopback,omitempty"`
+	OK       bool `json:"ok"`
+}
+
+// StepResult is one step.
+type StepResult struct {
+	Name    string       `json:"name"`
+	Pending string       `json:"pending,omitempty"`
+	Cells   []CellResult `json:"cells,omitempty"`
+	Failed  bool         `json:"failed"`
+	Error   string       `json:"error,omitempty"`
+	Flows   []string     `json:"flows,omitempty"`
+	ports   []Port
+}
+
+// Result is one scenario.
+type Result struct {
+	Scenario string       `json:"scenario"`
+	File     string       `json:"file"`
+	Steps    []StepResult `json:"steps"`
+	Error    string       `json:"error,omitempty"`
+}
+
+// Failed reports whether any step failed or the scenario could not run.
+func (r *Result) Failed() bool {
+	if r.Error != "" {
+		return true
+	}
+	for _, s := range r.Steps {
+		if s.Failed {
+			return true
+		}
+	}
+	return false
+}
+
+// Runner runs scenarios on a backend.
+type Runner struct {
+	Backend Backend
+	// Parallel probes at once; 32 when zero.
+	Parallel int
+	// Options are the policy engine's, for predictions; they must match the backend's.
+	Options policy.Options
+}
+
+// Run runs one scenario: start, then each step, then stop.
+func (r *Runner) Run(sc *Scenario) *Result {
+	res := &Result{Scenario: sc.Name, File: sc.file}
+	cluster, err := r.Backend.Start(sc)
+	if err != nil {
+		res.Error = err.Error()
+		r.Backend.Stop()
+		return res
+	}
+	defer r.Backend.Stop()
+	policies := map[policy.Key]*policy.Policy{}
+	for i := range sc.Steps {
+		st := &sc.Steps[i]
+		sr := StepResult{Name: st.Name, Pending: st.Pending}
+		if err := r.change(sc, st, cluster, policies); err != nil {
+			sr.Failed, sr.Error = true, err.Error()
+			res.Steps = append(res.Steps, sr)
+			continue
+		}
+		if st.Pending != "" {
+			res.Steps = append(res.Steps, sr)
+			continue
+		}
+		list := make([]*policy.Policy, 0, len(policies))
+		for _, p := range policies {
+			list = append(list, p)
+		}
+		state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, r.Options)
+		if err == nil {
+			err = r.Backend.Enforce(cluster, list)
+		}
+		if err != nil {
+			sr.Failed, sr.Error = true, err.Error()
+			res.Steps = append(res.Steps, sr)
+			continue
+		}
+		r.Backend.BeginStep()
+		cells, expected, ports, err := expectations(sc, st)
+		if err != nil {
+			sr.Failed, sr.Error = true, err.Error()
+			res.Steps = append(res.Steps, sr)
+			continue
+		}
+		sr.ports = ports
+		sr.Cells = r.probe(sc, state, cells, expected)
+		var failing []Cell
+		for _, c := range sr.Cells {
+			if !c.OK {
+				sr.Failed = true
+				failing = append(failing, c.Cell)
+			}
+		}
+		if sr.Failed {
+			sr.Flows = r.Backend.Flows(failing)
+		}
+		res.Steps = append(res.Steps, sr)
+	}
+	return res
+}
+
+// change applies a step's policy and label changes to the running state.
+func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policies map[policy.Key]*policy.Policy) error {
+	for _, src := range st.Apply {
+		var b *policy.Bundle
+		var err error
+		if src.File != "" {
+			b, err = policy.Load([]string{filepath.Join(sc.dir, src.File)}, policy.LoadOptions{})
+		} else {
+			b, err = policy.LoadBytes(sc.file+" (inline policy of step "+st.Name+")", []byte(src.Inline), policy.LoadOptions{})
+		}
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		for _, p := range b.Policies {
+			policies[p.Key] = p
+		}
+	}
+	for _, d := range st.Delete {
+		found := false
+		for k := range policies {
+			if k.String() == d {
+				delete(policies, k)
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("delete: no policy %q is applied", d)
+		}
+	}
+	for _, pl := range st.SetPodLabels {
+		for i := range cluster.Endpoints {
+			if cluster.Endpoints[i].Key().String() == pl.Pod {
+				cluster.Endpoints[i].Labels = pl.Labels
+			}
+		}
+	}
+	for _, nl := range st.SetNamespaceLabels {
+		for i := range cluster.Namespaces {
+			if cluster.Namespaces[i].Name == nl.Namespace {
+				cluster.Namespaces[i].Labels = nl.Labels
+			}
+		}
+	}
+	return nil
+}
+
+// expectations lists a step's cells with what the file expects for each.
+func expectations(sc *Scenario, st *Step) ([]Cell, map[string]Outcome, []Port, error) {
+	expected := map[string]Outcome{}
+	var cells []Cell
+	var ports []Port
+	if m := st.Expect.Matrix; m != nil {
+		def, _ := parseOutcome(m.Default)
+		ports = m.Ports
+		for _, port := range m.Ports {
+			for _, from := range sc.Pods {
+				for _, to := range sc.Pods {
+					if !serves(to, port) {
+						continue
+					}
+					c := Cell{From: from.Key(), To: to.Key(), Port: port}
+					want := def
+					for _, ex := range m.Exceptions {
+						fm, tm := globMatch(ex.From, c.From), globMatch(ex.To, c.To)
+						if fm && tm && (ex.Port == "" || ex.Port == port.String() || ex.Port == fmt.Sprint(port.Port)) {
+							want, _ = parseOutcome(ex.Expect)
+						}
+					}
+					if want == HTTP200 || want == HTTP403 {
+						c.HTTP = true
+					}
+					cells = append(cells, c)
+					expected[c.String()] = want
+				}
+			}
+		}
+	}
+	for _, p := range st.Expect.Probes {
+		proto, _ := policy.ParseProto(p.Protocol)
+		want, _ := parseOutcome(p.Expect)
+		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
+			HTTP: want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != ""}
+		if _, dup := expected[c.String()]; !dup {
+			cells = append(cells, c)
+		}
+		expected[c.String()] = want
+	}
+	return cells, expected, ports, nil
+}
+
+// globMatch matches namespace/name against a pattern where * matches any run of characters,
+// slashes included ("*", "prod/*", "*/debug").
+func globMatch(pattern, s string) bool {
+	re := "^" + strings.ReplaceAll(regexp.QuoteMeta(pattern), `\*`, ".*") + "$"
+	m, err := regexp.MatchString(re, s)
+	return err == nil && m
+}
+
+func serves(p Pod, port Port) bool {
+	for _, q := range p.Ports {
+		if q.Port == port.Port && q.Protocol == port.Protocol {
+			return true
+		}
+	}
+	return false
+}
+
+// probe fills the three answers of every cell, probing in parallel and retrying a wrong cell once.
+func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected map[string]Outcome) []CellResult {
+	out := make([]CellResult, len(cells))
+	parallel := r.Parallel
+	if parallel == 0 {
+		parallel = 32
+	}
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, c := range cells {
+		pred, rule := predict(sc, state, c)
+		out[i] = CellResult{Cell: c, From: c.From, To: c.To, Port: c.Port.String(), Expected: expected[c.String()],
+			Predicted: pred, Rule: rule, Loopback: c.From == c.To}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cr := &out[i]
+			cr.Observed = r.Backend.Probe(cr.Cell)
+			if cr.Observed != cr.Expected && !cr.Loopback {
+				cr.Observed = r.Backend.Probe(cr.Cell)
+			}
+			cr.OK = cr.Loopback || (cr.Expected == cr.Predicted && cr.Predicted == cr.Observed)
+		}(i)
+	}
+	wg.Wait()
+	return out
+}
+
+// predict is the engine's answer for a cell, in probe outcomes.
+func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
+	from, _ := sc.pod(c.From)
+	to, _ := sc.pod(c.To)
+	src, dst, ok := addrs(state, from, to)
+	if !ok {
+		return Timeout, "no address"
+	}
+	d := state.Decide(src, dst, c.Port.Protocol, c.Port.Port)
+	rule := ""
+	if d.Rule != nil {
+		rule = d.Rule.String()
+	}
+	switch d.Outcome {
+	case policy.OutcomeDenied, policy.OutcomeDefaultDenied:
+		return Timeout, d.Reason()
+	case policy.OutcomeL7:
+		if !c.HTTP {
+			return Allow, rule
+		}
+		if httpAllowed(d.L7, c.method(), c.path()) {
+			return HTTP200, rule
+		}
+		return HTTP403, rule
+	}
+	if !serves(*to, c.Port) {
+		return Refused, rule
+	}
+	if c.HTTP {
+		return HTTP200, rule
+	}
+	return Allow, rule
+}
+
+func addrs(state *policy.State, from, to *Pod) (netip.Addr, netip.Addr, bool) {
+	fk := policy.EndpointKey{Namespace: from.Namespace, Name: from.Name}
+	tk := policy.EndpointKey{Namespace: to.Namespace, Name: to.Name}
+	s, ok1 := state.Addr(fk, false)
+	d, ok2 := state.Addr(tk, false)
+	return s, d, ok1 && ok2
+}
+
+// httpAllowed applies Cilium's HTTP rules: a request passes when any rule's method and path
+// regular expressions match it whole (an empty field matches anything).
+func httpAllowed(l7 *policy.L7Policy, method, urlPath string) bool {
+	if l7 == nil {
+		return true
+	}
+	full := func(re, s string) bool {
+		if re == "" {
+			return true
+		}
+		m, err := regexp.MatchString("^(?:"+re+")$", s)
+		return err == nil && m
+	}
+	for _, h := range l7.HTTP {
+		if full(h.Method, method) && full(h.Path, urlPath) {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrFailed is returned by RunAll when any scenario failed.
+var ErrFailed = errors.New("scenarios failed")
+
+// portsOf lists the distinct ports of a step's cells in order, for tables.
+func portsOf(cells []CellResult) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range cells {
+		if !seen[c.Port] {
+			seen[c.Port] = true
+			out = append(out, c.Port)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+

@@ -1,0 +1,345 @@
+// Package scenarios reads scenario files and runs them: for each step it compares the
+// connectivity the file expects, the matrix the policy engine predicts and what real probes
+// observe through a backend (a local node of network namespaces, or a cluster).
+package scenarios
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// Outcome is what a probe sees.
+type Outcome string
+
+const (
+	Allow   Outcome = "allow"
+	Timeout Outcome = "timeout"
+	Refused Outcome = "refused"
+	HTTP200 Outcome = "http-200"
+	HTTP403 Outcome = "http-403"
+)
+
+func parseOutcome(s string) (Outcome, error) {
+	switch o := Outcome(s); o {
+	case Allow, Timeout, Refused, HTTP200, HTTP403:
+		return o, nil
+	}
+	return "", fmt.Errorf("unknown expectation %q: use allow, timeout, refused, http-200 or http-403", s)
+}
+
+// Mark is the one-character form of an outcome in tables.
+func (o Outcome) Mark() string {
+	switch o {
+	case Allow, HTTP200:
+		return "."
+	case Timeout:
+		return "X"
+	case Refused:
+		return "R"
+	case HTTP403:
+		return "4"
+	}
+	return "?"
+}
+
+// Scenario is one scenario file.
+type Scenario struct {
+	Name        string      `yaml:"name"`
+	Description string      `yaml:"description"`
+	Namespaces  []Namespace `yaml:"namespaces"`
+	Pods        []Pod       `yaml:"pods"`
+	Steps       []Step      `yaml:"steps"`
+
+	file string
+	dir  string
+}
+
+// File is where the scenario was read from.
+func (s *Scenario) File() string { return s.file }
+
+// Namespace is a namespace and its labels.
+type Namespace struct {
+	Name   string            `yaml:"name"`
+	Labels map[string]string `yaml:"labels"`
+}
+
+// Pod is a pod: where it lives, its labels, what runs in it and the ports it serves.
+type Pod struct {
+	Name           string            `yaml:"name"`
+	Namespace      string            `yaml:"namespace"`
+	Labels         map[string]string `yaml:"labels"`
+	ServiceAccount string            `yaml:"serviceAccount"`
+	// Workload is "probe" (the built-in TCP/UDP/SCTP server, the default) or "http" (an HTTP
+	// app answering 200 on every path, for L7 rules).
+	Workload string `yaml:"workload"`
+	Ports    []Port `yaml:"ports"`
+}
+
+// Key is "namespace/name".
+func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// Port is "80", "80/TCP" or "http:80/TCP" in a file.
+type Port struct {
+	Name     string
+	Port     uint16
+	Protocol policy.Proto
+}
+
+func (p Port) String() string { return fmt.Sprintf("%d/%s", p.Port, p.Protocol) }
+
+// UnmarshalYAML reads "[name:]port[/protocol]".
+func (p *Port) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: a port is written 80, 80/UDP or http:80/TCP", n.Line)
+	}
+	v, err := parsePort(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*p = v
+	return nil
+}
+
+func parsePort(s string) (Port, error) {
+	var p Port
+	rest := s
+	if name, r, ok := strings.Cut(s, ":"); ok {
+		p.Name, rest = name, r
+	}
+	num, proto, _ := strings.Cut(rest, "/")
+	n, err := strconv.ParseUint(num, 10, 16)
+	if err != nil || n == 0 {
+		return p, fmt.Errorf("invalid port %q: write 80, 80/UDP or http:80/TCP", s)
+	}
+	p.Port = uint16(n)
+	p.Protocol, err = policy.ParseProto(proto)
+	if err != nil {
+		return p, fmt.Errorf("invalid port %q: %w", s, err)
+	}
+	return p, nil
+}
+
+// Step changes the cluster, then states what connectivity must be.
+type Step struct {
+	Name   string        `yaml:"name"`
+	Apply  []PolicySource `yaml:"apply"`
+	Delete []string      `yaml:"delete"`
+	// SetPodLabels and SetNamespaceLabels replace labels.
+	SetPodLabels       []PodLabels       `yaml:"setPodLabels"`
+	SetNamespaceLabels []NamespaceLabels `yaml:"setNamespaceLabels"`
+	Expect             Expectation       `yaml:"expect"`
+	// Pending names why a step cannot be checked yet; it is reported, not run.
+	Pending string `yaml:"pending"`
+}
+
+// PolicySource is a policy file (relative to the scenario file) or inline YAML.
+type PolicySource struct {
+	File   string `yaml:"file"`
+	Inline string `yaml:"inline"`
+}
+
+// PodLabels sets a pod's labels.
+type PodLabels struct {
+	Pod    string            `yaml:"pod"`
+	Labels map[string]string `yaml:"labels"`
+}
+
+// NamespaceLabels sets a namespace's labels.
+type NamespaceLabels struct {
+	Namespace string            `yaml:"namespace"`
+	Labels    map[string]string `yaml:"labels"`
+}
+
+// Expectation is a whole matrix (a default plus exceptions) and explicit probes.
+type Expectation struct {
+	Matrix *Matrix      `yaml:"matrix"`
+	Probes []ProbeSpec `yaml:"probes"`
+}
+
+// Matrix expects every pod to every pod serving each of Ports to have Default, except where an
+// exception (from and to are namespace/name patterns with * wildcards) says otherwise.
+type Matrix struct {
+	Ports      []Port      `yaml:"ports"`
+	Default    string      `yaml:"default"`
+	Exceptions []Exception `yaml:"exceptions"`
+}
+
+// Exception overrides the matrix default for matching cells.
+type Exception struct {
+	From   string `yaml:"from"`
+	To     string `yaml:"to"`
+	Port   string `yaml:"port"`
+	Expect string `yaml:"expect"`
+}
+
+// ProbeSpec is one explicit probe.
+type ProbeSpec struct {
+	From     string `yaml:"from"`
+	To       string `yaml:"to"`
+	Port     uint16 `yaml:"port"`
+	Protocol string `yaml:"protocol"`
+	// Method and Path make an HTTP request (default GET /) for http-* expectations.
+	Method string `yaml:"method"`
+	Path   string `yaml:"path"`
+	Expect string `yaml:"expect"`
+}
+
+// Load reads scenario files and folders (*.yaml, recursively, in name order).
+func Load(paths []string) ([]*Scenario, error) {
+	var files []string
+	for _, p := range paths {
+		info, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("read scenarios: %w", err)
+		}
+		if !info.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() && (strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".yml")) {
+				files = append(files, path)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read scenarios: %w", err)
+		}
+	}
+	sort.Strings(files)
+	var out []*Scenario
+	var errs []error
+	for _, f := range files {
+		sc, err := LoadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, sc)
+	}
+	return out, errors.Join(errs...)
+}
+
+// LoadFile reads one scenario strictly: unknown fields are errors with their line.
+func LoadFile(file string) (*Scenario, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read scenario: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var sc Scenario
+	if err := dec.Decode(&sc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	sc.file, sc.dir = file, filepath.Dir(file)
+	if err := sc.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return &sc, nil
+}
+
+func (s *Scenario) pod(key string) (*Pod, bool) {
+	for i := range s.Pods {
+		if s.Pods[i].Key() == key {
+			return &s.Pods[i], true
+		}
+	}
+	return nil, false
+}
+
+func (s *Scenario) validate() error {
+	var problems []string
+	if s.Name == "" {
+		problems = append(problems, "missing name")
+	}
+	nss := map[string]bool{}
+	for _, ns := range s.Namespaces {
+		nss[ns.Name] = true
+	}
+	seen := map[string]bool{}
+	for _, p := range s.Pods {
+		if !nss[p.Namespace] {
+			problems = append(problems, fmt.Sprintf("pod %s: namespace %q is not listed", p.Key(), p.Namespace))
+		}
+		if seen[p.Key()] {
+			problems = append(problems, fmt.Sprintf("pod %s is listed twice", p.Key()))
+		}
+		seen[p.Key()] = true
+		switch p.Workload {
+		case "", "probe", "http":
+		default:
+			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe or http", p.Key(), p.Workload))
+		}
+	}
+	if len(s.Steps) == 0 {
+		problems = append(problems, "no steps")
+	}
+	for i, st := range s.Steps {
+		where := fmt.Sprintf("steps[%d] %q", i, st.Name)
+		for _, a := range st.Apply {
+			if (a.File == "") == (a.Inline == "") {
+				problems = append(problems, where+": each apply entry needs exactly one of file and inline")
+			}
+		}
+		for _, pl := range st.SetPodLabels {
+			if _, ok := s.pod(pl.Pod); !ok {
+				problems = append(problems, fmt.Sprintf("%s: setPodLabels: unknown pod %q", where, pl.Pod))
+			}
+		}
+		for _, nl := range st.SetNamespaceLabels {
+			if !nss[nl.Namespace] {
+				problems = append(problems, fmt.Sprintf("%s: setNamespaceLabels: unknown namespace %q", where, nl.Namespace))
+			}
+		}
+		if m := st.Expect.Matrix; m != nil {
+			if len(m.Ports) == 0 {
+				problems = append(problems, where+": matrix needs ports")
+			}
+			if _, err := parseOutcome(m.Default); err != nil {
+				problems = append(problems, where+": matrix default: "+err.Error())
+			}
+			for _, ex := range m.Exceptions {
+				if _, err := parseOutcome(ex.Expect); err != nil {
+					problems = append(problems, where+": exception: "+err.Error())
+				}
+			}
+		}
+		for _, p := range st.Expect.Probes {
+			if _, ok := s.pod(p.From); !ok {
+				problems = append(problems, fmt.Sprintf("%s: probe from unknown pod %q", where, p.From))
+			}
+			if _, ok := s.pod(p.To); !ok {
+				problems = append(problems, fmt.Sprintf("%s: probe to unknown pod %q", where, p.To))
+			}
+			if _, err := parseOutcome(p.Expect); err != nil {
+				problems = append(problems, where+": probe: "+err.Error())
+			}
+			if _, err := policy.ParseProto(p.Protocol); err != nil {
+				problems = append(problems, where+": probe: "+err.Error())
+			}
+		}
+		if st.Expect.Matrix == nil && len(st.Expect.Probes) == 0 && st.Pending == "" {
+			problems = append(problems, where+": expects nothing: give a matrix or probes")
+		}
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
