@@ -113,7 +113,9 @@ type prober struct {
 	sctp    *sctpListeners
 }
 
-func hostPort(a netip.Addr, port uint16) string { return net.JoinHostPort(a.String(), fmt.Sprint(port)) }
+func hostPort(a netip.Addr, port uint16) string {
+	return net.JoinHostPort(a.String(), fmt.Sprint(port))
+}
 
 func (pr *prober) tcp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
 	var c net.Conn

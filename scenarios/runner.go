@@ -392,4 +392,3 @@ func portsOf(cells []CellResult) []string {
 	sort.Strings(out)
 	return out
 }
-

@@ -133,9 +133,9 @@ func parsePort(s string) (Port, error) {
 
 // Step changes the cluster, then states what connectivity must be.
 type Step struct {
-	Name   string        `yaml:"name"`
+	Name   string         `yaml:"name"`
 	Apply  []PolicySource `yaml:"apply"`
-	Delete []string      `yaml:"delete"`
+	Delete []string       `yaml:"delete"`
 	// SetPodLabels and SetNamespaceLabels replace labels.
 	SetPodLabels       []PodLabels       `yaml:"setPodLabels"`
 	SetNamespaceLabels []NamespaceLabels `yaml:"setNamespaceLabels"`
@@ -164,7 +164,7 @@ type NamespaceLabels struct {
 
 // Expectation is a whole matrix (a default plus exceptions) and explicit probes.
 type Expectation struct {
-	Matrix *Matrix      `yaml:"matrix"`
+	Matrix *Matrix     `yaml:"matrix"`
 	Probes []ProbeSpec `yaml:"probes"`
 }
 
