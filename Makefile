@@ -43,11 +43,14 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# The product on this machine: validate the example policies, then print the connectivity
-# matrix they give the seed articles' cluster.
+# The product on this machine (as root): validate the example policies, print the matrix the
+# engine predicts for the seed articles' cluster, then run every seed scenario on a local node of
+# network namespaces through the eBPF datapath: the matrices before and after each policy, with
+# flow lines naming the rule that decided; the node is torn down afterwards.
 demo: build
 	./$(BIN) validate policies/
 	./$(BIN) predict --cluster docs/examples/cluster.yaml policies/
+	./$(BIN) test -v scenarios/seeds/
 
 clean:
 	rm -rf bin

@@ -171,11 +171,20 @@ func (n *LocalNode) Flows(cells []Cell) []string {
 			want[[2]netip.Addr{from.IPv4, to.IPv4}] = true
 		}
 	}
-	var out []string
+	// Flows a rule decided first, then the rest.
+	flows := make([]datapath.Flow, 0, len(n.flows))
 	for _, f := range n.flows {
-		if !want[[2]netip.Addr{f.Src, f.Dst}] {
-			continue
+		if want[[2]netip.Addr{f.Src, f.Dst}] && (f.Rule != 0 || f.Reason.Dropped()) {
+			flows = append(flows, f)
 		}
+	}
+	for _, f := range n.flows {
+		if want[[2]netip.Addr{f.Src, f.Dst}] && !(f.Rule != 0 || f.Reason.Dropped()) {
+			flows = append(flows, f)
+		}
+	}
+	var out []string
+	for _, f := range flows {
 		rule := "no rule"
 		if st := n.enf.State(); st != nil && f.Rule != 0 {
 			if ri := st.Rule(f.Rule); ri != nil {

@@ -12,22 +12,28 @@ import (
 // side: "." allowed, "X" blocked (timed out), "R" refused, "4" HTTP 403, "-" not probed; a cell
 // that disagrees is marked with "!" in the observed table, loopback cells with "~" (not compared).
 func Tables(w io.Writer, sr *StepResult) {
+	// Rows and columns are the pods in the scenario's order (cells list sources in that order).
+	var pods []string
+	seen := map[string]bool{}
+	for _, pass := range []bool{true, false} {
+		for _, c := range sr.Cells {
+			p := c.To
+			if pass {
+				p = c.From
+			}
+			if !seen[p] {
+				seen[p] = true
+				pods = append(pods, p)
+			}
+		}
+	}
 	for _, port := range portsOf(sr.Cells) {
-		var pods []string
-		seen := map[string]bool{}
 		cell := map[[2]string]*CellResult{}
 		for i := range sr.Cells {
 			c := &sr.Cells[i]
-			if c.Port != port {
-				continue
+			if c.Port == port {
+				cell[[2]string{c.From, c.To}] = c
 			}
-			for _, p := range []string{c.From, c.To} {
-				if !seen[p] {
-					seen[p] = true
-					pods = append(pods, p)
-				}
-			}
-			cell[[2]string{c.From, c.To}] = c
 		}
 		width := 0
 		for _, p := range pods {
@@ -108,6 +114,12 @@ func Print(w io.Writer, results []*Result, verbose bool) {
 				}
 			}
 			Tables(w, s)
+			if !s.Failed {
+				for _, f := range s.Flows {
+					fmt.Fprintf(w, "  flow: %s\n", f)
+				}
+				continue
+			}
 			for _, c := range s.Cells {
 				if !c.OK {
 					fmt.Fprintf(w, "  wrong: %s %s: expected %s, predicted %s, observed %s", c.From+" -> "+c.To, c.Port, c.Expected, c.Predicted, c.Observed)

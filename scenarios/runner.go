@@ -114,6 +114,8 @@ type Runner struct {
 	Parallel int
 	// Options are the policy engine's, for predictions; they must match the backend's.
 	Options policy.Options
+	// Verbose keeps a few flow events of every step, not only of failing ones.
+	Verbose bool
 }
 
 // Run runs one scenario: start, then each step, then stop.
@@ -168,8 +170,14 @@ func (r *Runner) Run(sc *Scenario) *Result {
 				failing = append(failing, c.Cell)
 			}
 		}
-		if sr.Failed {
+		switch {
+		case sr.Failed:
 			sr.Flows = r.Backend.Flows(failing)
+		case r.Verbose:
+			all := make([]Cell, len(cells))
+			copy(all, cells)
+			flows := r.Backend.Flows(all)
+			sr.Flows = flows[:min(len(flows), 6)]
 		}
 		res.Steps = append(res.Steps, sr)
 	}

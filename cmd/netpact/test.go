@@ -15,7 +15,7 @@ import (
 
 func newTestCommand() *cobra.Command {
 	var junit, output string
-	var retain bool
+	var retain, verbose bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "test FILE|DIR...",
@@ -38,7 +38,7 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 					fmt.Fprintln(cmd.ErrOrStderr(), "interrupted: tearing down the local node")
 					node.Stop()
 				})
-				r := (&scenarios.Runner{Backend: node}).Run(sc)
+				r := (&scenarios.Runner{Backend: node, Verbose: verbose}).Run(sc)
 				stop()
 				results = append(results, r)
 			}
@@ -55,7 +55,7 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 					return err
 				}
 			case "text", "":
-				scenarios.Print(cmd.OutOrStdout(), results, false)
+				scenarios.Print(cmd.OutOrStdout(), results, verbose)
 			default:
 				return fmt.Errorf("unknown output format %q: use text or json", output)
 			}
@@ -69,6 +69,7 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 	}
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's tables and a few flow events, not only failing ones")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging")
 	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out")
 	return cmd
