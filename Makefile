@@ -9,7 +9,7 @@ export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
-.PHONY: all build test bench fuzz generate check-generate lint demo clean
+.PHONY: all build test e2e-local bench fuzz generate check-generate lint demo clean
 
 all: build
 
@@ -22,6 +22,10 @@ build:
 test:
 	$(GO) test -count=1 ./...
 	@$(GO) test -count=1 -run '^TestCyclonusConformance$$' -v ./policy/ | grep -E '^(cyclonus conformance|--- FAIL)'
+
+# The Ginkgo suite's local-node specs, in parallel processes (make test runs them too).
+e2e-local:
+	$(GO) tool ginkgo -p --label-filter=local ./e2e/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/

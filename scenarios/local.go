@@ -23,6 +23,10 @@ type LocalOptions struct {
 	Retain bool
 	// Policy are the engine options the enforcer uses.
 	Policy policy.Options
+	// Pods, when set, are pods made beforehand (keyed namespace/name, for example by another
+	// process of a parallel test suite); the node uses them instead of creating its own and
+	// leaves them in place when it stops.
+	Pods map[string]*localnode.Pod
 }
 
 // LocalNode is a Backend made of network namespaces on this host, enforced by netpact's
@@ -36,6 +40,7 @@ type LocalNode struct {
 	servers []*servers
 	prober  *prober
 	sc      *Scenario
+	owned   []*localnode.Pod
 
 	mu    sync.Mutex
 	flows []datapath.Flow
@@ -76,12 +81,16 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
 	}
 	for i, p := range sc.Pods {
-		v4 := netip.AddrFrom4([4]byte{10, 250, byte(n.id), byte(i + 1)})
-		v6 := netip.MustParseAddr(fmt.Sprintf("fd00:250:%x::%x", n.id, i+1))
-		lp, err := localnode.CreatePod(p.Key(), fmt.Sprintf("np%d-%d", n.id, i), fmt.Sprintf("np%dh%d", n.id, i), v4, v6)
-		if err != nil {
-			return nil, err
+		lp, ok := n.opts.Pods[p.Key()]
+		if !ok {
+			var err error
+			lp, err = MakePod(p.Key(), n.id, i)
+			if err != nil {
+				return nil, err
+			}
+			n.owned = append(n.owned, lp)
 		}
+		v4, v6 := lp.IPv4, lp.IPv6
 		n.pods[p.Key()] = lp
 		srv, err := startServers(lp, p.Workload, p.Ports)
 		if err != nil {
@@ -122,6 +131,14 @@ func (n *LocalNode) collectFlows() {
 		}
 		n.mu.Unlock()
 	}
+}
+
+// MakePod creates the i-th pod of run id: namespace np<id>-<i>, host veth np<id>h<i>, addresses
+// 10.250.<id>.<i+1> and fd00:250:<id>::<i+1>.
+func MakePod(key string, id, i int) (*localnode.Pod, error) {
+	v4 := netip.AddrFrom4([4]byte{10, 250, byte(id), byte(i + 1)})
+	v6 := netip.MustParseAddr(fmt.Sprintf("fd00:250:%x::%x", id, i+1))
+	return localnode.CreatePod(key, fmt.Sprintf("np%d-%d", id, i), fmt.Sprintf("np%dh%d", id, i), v4, v6)
 }
 
 // Enforce programs every pod of the node.
@@ -215,7 +232,7 @@ func (n *LocalNode) Stop() error {
 	if n.opts.Retain {
 		return nil
 	}
-	for _, p := range n.pods {
+	for _, p := range n.owned {
 		errs = append(errs, p.Delete())
 	}
 	if n.dp != nil {

@@ -26,21 +26,6 @@ func runFiles(t *testing.T, paths ...string) []*Result {
 	return out
 }
 
-// TestSeedScenarios runs every seed article's scenario on a local node.
-func TestSeedScenarios(t *testing.T) {
-	results := runFiles(t, "seeds")
-	if len(results) != 4 {
-		t.Fatalf("%d seed scenarios, want 4", len(results))
-	}
-	for _, r := range results {
-		if r.Failed() {
-			var b bytes.Buffer
-			Print(&b, []*Result{r}, false)
-			t.Errorf("%s failed:\n%s", r.Scenario, b.String())
-		}
-	}
-}
-
 // TestWrongExpectationFails checks that a wrong expectation fails with the side-by-side tables
 // and the flow events, and that the JUnit report names the failing cell.
 func TestWrongExpectationFails(t *testing.T) {

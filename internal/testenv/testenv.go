@@ -5,16 +5,22 @@ package testenv
 import (
 	"os"
 	"os/exec"
-	"testing"
 
 	"golang.org/x/sys/unix"
 )
+
+// TB is what the checks need of a test: testing.TB and Ginkgo's GinkgoT() both have it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+}
 
 // InCI reports whether the tests run under CI (CI=true).
 func InCI() bool { return os.Getenv("CI") == "true" }
 
 // Missing skips, or fails in CI, naming what is missing and how to get it.
-func Missing(t testing.TB, what, how string) {
+func Missing(t TB, what, how string) {
 	t.Helper()
 	if InCI() {
 		t.Fatalf("missing prerequisite: %s (%s)", what, how)
@@ -23,7 +29,7 @@ func Missing(t testing.TB, what, how string) {
 }
 
 // RequireRoot needs uid 0, for BPF, network namespaces and bpffs.
-func RequireRoot(t testing.TB) {
+func RequireRoot(t TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		Missing(t, "root", "run the tests as root: sudo make test")
@@ -31,7 +37,7 @@ func RequireRoot(t testing.TB) {
 }
 
 // RequireBPF needs root and a kernel that loads BPF programs.
-func RequireBPF(t testing.TB) {
+func RequireBPF(t TB) {
 	t.Helper()
 	RequireRoot(t)
 	var st unix.Statfs_t
@@ -41,7 +47,7 @@ func RequireBPF(t testing.TB) {
 }
 
 // RequireCommand needs a program on PATH.
-func RequireCommand(t testing.TB, name, pkg string) string {
+func RequireCommand(t TB, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {

@@ -1,0 +1,90 @@
+// Package e2e holds netpact's Ginkgo suites: Label("local") runs every scenario file on local
+// nodes of network namespaces through the eBPF datapath; Label("kind") will run them on kind
+// clusters.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/netpact/netpact/internal/testenv"
+	"github.com/netpact/netpact/localnode"
+	"github.com/netpact/netpact/scenarios"
+)
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "netpact e2e")
+}
+
+// scenarioFiles are the scenario files the local suite runs, one table entry each.
+var scenarioFiles = func() []string {
+	files, _ := filepath.Glob(filepath.Join("..", "scenarios", "seeds", "*.yaml"))
+	sort.Strings(files)
+	return files
+}()
+
+// suiteNode is what process 1 makes once and hands to every process: the pods of every scenario,
+// in named network namespaces (under /run/netns) so that any process can enter them.
+type suiteNode struct {
+	// Pods maps scenario file -> namespace/name -> pod.
+	Pods map[string]map[string]*localnode.Pod
+}
+
+var node suiteNode
+
+var _ = SynchronizedBeforeSuite(func() []byte {
+	testenv.RequireBPF(GinkgoT())
+	testenv.RequireCommand(GinkgoT(), "ip", "iproute2")
+	Expect(localnode.PrepareHost()).To(Succeed())
+	made := suiteNode{Pods: map[string]map[string]*localnode.Pod{}}
+	id := os.Getpid() % 200
+	for _, f := range scenarioFiles {
+		sc, err := scenarios.LoadFile(f)
+		Expect(err).NotTo(HaveOccurred())
+		made.Pods[f] = map[string]*localnode.Pod{}
+		for _, p := range sc.Pods {
+			n := len(made.Pods[f]) + 10*len(made.Pods)
+			pod, err := scenarios.MakePod(p.Key(), id, n)
+			Expect(err).NotTo(HaveOccurred(), "make pod %s of %s", p.Key(), f)
+			made.Pods[f][p.Key()] = pod
+		}
+	}
+	data, err := json.Marshal(made)
+	Expect(err).NotTo(HaveOccurred())
+	return data
+}, func(data []byte) {
+	Expect(json.Unmarshal(data, &node)).To(Succeed())
+})
+
+var _ = SynchronizedAfterSuite(func() {}, func() {
+	for _, pods := range node.Pods {
+		for _, p := range pods {
+			p.Delete()
+		}
+	}
+})
+
+var _ = Describe("scenarios on a local node", Label("local"), func() {
+	entries := []TableEntry{}
+	for _, f := range scenarioFiles {
+		entries = append(entries, Entry(filepath.Base(f), f))
+	}
+	DescribeTable("scenario file", func(file string) {
+		sc, err := scenarios.LoadFile(file)
+		Expect(err).NotTo(HaveOccurred())
+		backend := scenarios.NewLocal(scenarios.LocalOptions{Pods: node.Pods[file]})
+		res := (&scenarios.Runner{Backend: backend}).Run(sc)
+		var report bytes.Buffer
+		scenarios.Print(&report, []*scenarios.Result{res}, false)
+		GinkgoWriter.Print(report.String())
+		Expect(res.Failed()).To(BeFalse(), "scenario %s failed:\n%s", sc.Name, report.String())
+	}, entries)
+})
