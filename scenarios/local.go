@@ -42,6 +42,8 @@ type LocalNode struct {
 	sc      *Scenario
 	owned   []*localnode.Pod
 
+	podServers map[string]*servers
+
 	mu    sync.Mutex
 	flows []datapath.Flow
 	fr    *datapath.FlowReader
@@ -66,6 +68,7 @@ func (n *LocalNode) pinPath() string {
 func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 	n.sc = sc
 	n.pods = map[string]*localnode.Pod{}
+	n.podServers = map[string]*servers{}
 	if err := localnode.PrepareHost(); err != nil {
 		return nil, err
 	}
@@ -81,29 +84,9 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
 	}
 	for i, p := range sc.Pods {
-		lp, ok := n.opts.Pods[p.Key()]
-		if !ok {
-			var err error
-			lp, err = MakePod(p.Key(), n.id, i)
-			if err != nil {
-				return nil, err
-			}
-			n.owned = append(n.owned, lp)
-		}
-		v4, v6 := lp.IPv4, lp.IPv6
-		n.pods[p.Key()] = lp
-		srv, err := startServers(lp, p.Workload, p.Ports)
+		ep, err := n.addPod(p, i)
 		if err != nil {
 			return nil, err
-		}
-		n.servers = append(n.servers, srv)
-		if err := n.prober.sctp.listen(lp); err != nil {
-			return nil, err
-		}
-		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
-			Node: "local", IPs: []netip.Addr{v4, v6}}
-		for _, port := range p.Ports {
-			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
 		}
 		c.Endpoints = append(c.Endpoints, ep)
 	}
@@ -114,6 +97,61 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 	n.fr = fr
 	go n.collectFlows()
 	return c, nil
+}
+
+// addPod makes (or adopts) the i-th pod, starts its workloads and returns it as an endpoint.
+func (n *LocalNode) addPod(p Pod, i int) (policy.Endpoint, error) {
+	lp, ok := n.opts.Pods[p.Key()]
+	if !ok {
+		var err error
+		lp, err = MakePod(p.Key(), n.id, i)
+		if err != nil {
+			return policy.Endpoint{}, err
+		}
+		n.owned = append(n.owned, lp)
+	}
+	n.pods[p.Key()] = lp
+	srv, err := startServers(lp, p.Workload, p.Ports)
+	if err != nil {
+		return policy.Endpoint{}, err
+	}
+	n.servers = append(n.servers, srv)
+	n.podServers[p.Key()] = srv
+	if err := n.prober.sctp.listen(lp); err != nil {
+		return policy.Endpoint{}, err
+	}
+	ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
+		Node: "local", IPs: []netip.Addr{lp.IPv4, lp.IPv6}}
+	for _, port := range p.Ports {
+		ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+	}
+	return ep, nil
+}
+
+// AddPod adds a pod to the running node (the i-th of the run; i picks its addresses) and returns
+// it as an endpoint for the cluster. Enforce must follow to program it.
+func (n *LocalNode) AddPod(p Pod, i int) (policy.Endpoint, error) {
+	return n.addPod(p, i)
+}
+
+// RemovePod deletes a pod the node made (pods handed in through LocalOptions.Pods stay).
+func (n *LocalNode) RemovePod(key string) error {
+	lp, ok := n.pods[key]
+	if !ok {
+		return fmt.Errorf("remove pod %s: no such pod", key)
+	}
+	if srv := n.podServers[key]; srv != nil {
+		srv.Close()
+		delete(n.podServers, key)
+	}
+	delete(n.pods, key)
+	for i, o := range n.owned {
+		if o == lp {
+			n.owned = append(n.owned[:i], n.owned[i+1:]...)
+			return lp.Delete()
+		}
+	}
+	return nil
 }
 
 func (n *LocalNode) collectFlows() {
@@ -144,9 +182,12 @@ func MakePod(key string, id, i int) (*localnode.Pod, error) {
 // Enforce programs every pod of the node.
 func (n *LocalNode) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
 	var local []enforcer.LocalPod
-	for _, p := range n.sc.Pods {
-		lp := n.pods[p.Key()]
-		local = append(local, enforcer.LocalPod{Key: policy.EndpointKey{Namespace: p.Namespace, Name: p.Name}, Ifindex: lp.Ifindex, HostIfname: lp.HostIfname})
+	for _, ep := range c.Endpoints {
+		lp := n.pods[ep.Key().String()]
+		if lp == nil {
+			return fmt.Errorf("pod %s is in the cluster but not on the local node", ep.Key())
+		}
+		local = append(local, enforcer.LocalPod{Key: ep.Key(), Ifindex: lp.Ifindex, HostIfname: lp.HostIfname})
 	}
 	return n.enf.Sync(c, policies, local)
 }
