@@ -1,4 +1,5 @@
 # netpact: see README.md. Every target works on a fresh Debian machine with Go 1.26.
+SHELL     := /bin/bash
 GO        ?= go
 BIN       := bin/netpact
 FUZZTIME  ?= 2m
@@ -19,9 +20,11 @@ build:
 # Every test: unit, semantic tables, cyclonus conformance, CLI, and (as root) the eBPF datapath
 # with prog.Run and real traffic in network namespaces. CI=true turns missing prerequisites into
 # failures.
+# The full verbose log goes to test.log; the terminal gets package results, the cyclonus counts
+# and every failure line.
 test:
-	$(GO) test -count=1 ./...
-	@$(GO) test -count=1 -run '^TestCyclonusConformance$$' -v ./policy/ | grep -E '^(cyclonus conformance|--- FAIL)'
+	set -o pipefail; $(GO) test -count=1 -v -timeout 25m ./... 2>&1 | tee test.log | \
+		grep -E '^(ok|FAIL|--- FAIL|--- SKIP|cyclonus|panic|\?)|^\s+[a-z0-9_]+_test\.go:[0-9]+:'
 
 # The Ginkgo suite's local-node specs, in parallel processes (make test runs them too).
 e2e-local:
@@ -31,6 +34,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/
 	$(GO) test -run '^$$' -bench 'Verdict' -benchtime $(BENCHTIME) ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Traffic' -benchtime 1x ./enforcer/datapath/
+	$(GO) test -run '^$$' -bench 'Matrix486' -benchtime 3x ./scenarios/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/

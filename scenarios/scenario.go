@@ -212,6 +212,9 @@ func Load(paths []string) ([]*Scenario, error) {
 			if err != nil {
 				return err
 			}
+			if d.IsDir() && path != p && (d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) {
+				return filepath.SkipDir
+			}
 			if !d.IsDir() && (strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".yml")) {
 				files = append(files, path)
 			}
