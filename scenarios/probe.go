@@ -43,14 +43,25 @@ func (s *servers) Close() {
 	}
 }
 
-// startServers starts, inside the pod, a TCP server on each TCP port (echo, or HTTP for the http
-// workload) and a UDP echo server on each UDP port.
+// startServers starts the pod's workload: nginx or PostgreSQL from Debian on the TCP ports, or a
+// built-in TCP server (echo, or HTTP answering every path for the http workload); and a UDP echo
+// server on each UDP port.
 func startServers(p *localnode.Pod, workload string, ports []Port) (*servers, error) {
 	s := &servers{}
+	if workload == "nginx" || workload == "postgres" {
+		proc, err := startWorkload(p, workload, ports)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, proc)
+	}
 	for _, port := range ports {
 		addr := fmt.Sprintf(":%d", port.Port)
 		switch port.Protocol {
 		case policy.ProtoTCP:
+			if workload == "nginx" || workload == "postgres" {
+				continue // served by the program, see startWorkload
+			}
 			var l net.Listener
 			if err := p.Do(func() error {
 				var err error

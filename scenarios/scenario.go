@@ -80,8 +80,10 @@ type Pod struct {
 	Namespace      string            `yaml:"namespace"`
 	Labels         map[string]string `yaml:"labels"`
 	ServiceAccount string            `yaml:"serviceAccount"`
-	// Workload is "probe" (the built-in TCP/UDP/SCTP server, the default) or "http" (an HTTP
-	// app answering 200 on every path, for L7 rules).
+	// Workload is what serves the pod's TCP ports: "probe" (the built-in echo server, the
+	// default), "http" (a small HTTP app answering 200 on every path, like the seed's Flask app
+	// with / and /metrics), "nginx" or "postgres" (Debian's programs). UDP ports always get the
+	// built-in echo server, SCTP ports a raw-socket listener.
 	Workload string `yaml:"workload"`
 	Ports    []Port `yaml:"ports"`
 }
@@ -285,9 +287,9 @@ func (s *Scenario) validate() error {
 		}
 		seen[p.Key()] = true
 		switch p.Workload {
-		case "", "probe", "http":
+		case "", "probe", "http", "nginx", "postgres":
 		default:
-			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe or http", p.Key(), p.Workload))
+			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, nginx or postgres", p.Key(), p.Workload))
 		}
 	}
 	if len(s.Steps) == 0 {
