@@ -133,3 +133,31 @@ func (e *Enforcer) Resolve(a netip.Addr) string {
 	}
 	return a.String()
 }
+
+// Verify reads every local pod's entries back from the datapath maps and checks that they are
+// exactly the compiled state: this is what "enforced" means.
+func (e *Enforcer) Verify() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state == nil {
+		return fmt.Errorf("verify: nothing applied yet")
+	}
+	for k, ep := range e.applied {
+		es, ok := e.state.Endpoint(k)
+		if !ok {
+			return fmt.Errorf("verify %s: not in the compiled state", k)
+		}
+		want, err := datapath.ToBPF(ep.ID, es)
+		if err != nil {
+			return fmt.Errorf("verify %s: %w", k, err)
+		}
+		got, err := e.dp.Dump(ep.ID)
+		if err != nil {
+			return fmt.Errorf("verify %s: %w", k, err)
+		}
+		if a, b := fmt.Sprint(datapath.FromBPF(want)), fmt.Sprint(got); a != b {
+			return fmt.Errorf("verify %s: the datapath maps differ from the compiled state", k)
+		}
+	}
+	return nil
+}

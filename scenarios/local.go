@@ -281,3 +281,6 @@ func (n *LocalNode) Stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Verify checks that the datapath maps hold exactly the last enforced state.
+func (n *LocalNode) Verify() error { return n.enf.Verify() }

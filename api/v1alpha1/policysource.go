@@ -1,0 +1,119 @@
+// Package v1alpha1 holds netpact's own API types (group netpact.io, version v1alpha1). The
+// reconciler keeps its status in them with Flux's condition helpers; the API-server target will
+// serve the same types.
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// GroupVersion is netpact.io/v1alpha1.
+var GroupVersion = schema.GroupVersion{Group: "netpact.io", Version: "v1alpha1"}
+
+// Condition types netpact adds to Flux's Ready, Reconciling and Stalled.
+const (
+	// EnforcedCondition is true when every target's datapath holds the last applied revision.
+	EnforcedCondition = "Enforced"
+)
+
+// Reasons netpact adds to Flux's meta reasons.
+const (
+	// GitOperationFailedReason: listing or cloning the repository failed (unreachable, timeout,
+	// deleted ref, authentication).
+	GitOperationFailedReason = "GitOperationFailed"
+	// ValidationFailedReason: the bundle at the revision has errors; nothing of it was applied.
+	ValidationFailedReason = "ValidationFailed"
+	// VerificationFailedReason: the commit is unsigned or not signed by a trusted key.
+	VerificationFailedReason = "VerificationFailed"
+	// ApplyFailedReason: a target refused or failed to apply the bundle.
+	ApplyFailedReason = "ApplyFailed"
+	// EnforcedReason: the targets' datapaths hold the revision.
+	EnforcedReason = "Enforced"
+)
+
+// PolicySource is a Git repository path whose policy bundle netpact enforces.
+type PolicySource struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PolicySourceSpec   `json:"spec,omitempty"`
+	Status            PolicySourceStatus `json:"status,omitempty"`
+}
+
+// GitRef selects a revision: one of branch, tag, semver (a range over tags), name (a full ref
+// such as refs/heads/main) or commit.
+type GitRef struct {
+	Branch string `json:"branch,omitempty"`
+	Tag    string `json:"tag,omitempty"`
+	SemVer string `json:"semver,omitempty"`
+	Name   string `json:"name,omitempty"`
+	Commit string `json:"commit,omitempty"`
+}
+
+// PolicySourceSpec says where the bundle lives and how often to look.
+type PolicySourceSpec struct {
+	URL      string          `json:"url"`
+	Ref      GitRef          `json:"ref,omitempty"`
+	Path     string          `json:"path,omitempty"`
+	Interval metav1.Duration `json:"interval"`
+	Timeout  metav1.Duration `json:"timeout,omitempty"`
+	// Verify, when set, applies only commits signed by a key of this armored OpenPGP keyring.
+	VerifyKeyring string `json:"verifyKeyring,omitempty"`
+	Suspend       bool   `json:"suspend,omitempty"`
+}
+
+// PolicySourceStatus is what the reconciler reports.
+type PolicySourceStatus struct {
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	// LastAttemptedRevision is the newest revision seen, whatever became of it.
+	LastAttemptedRevision string `json:"lastAttemptedRevision,omitempty"`
+	// LastAppliedRevision is the newest revision handed to the targets.
+	LastAppliedRevision string `json:"lastAppliedRevision,omitempty"`
+	// LastEnforcedRevision is the revision the targets' datapaths hold, and since when.
+	LastEnforcedRevision string       `json:"lastEnforcedRevision,omitempty"`
+	LastEnforcedAt       *metav1.Time `json:"lastEnforcedAt,omitempty"`
+	// Errors are the problems of the last failed revision, each with file:line.
+	Errors []string `json:"errors,omitempty"`
+}
+
+// GetConditions returns the status conditions (Flux's conditions.Getter).
+func (in *PolicySource) GetConditions() []metav1.Condition { return in.Status.Conditions }
+
+// SetConditions replaces the status conditions (Flux's conditions.Setter).
+func (in *PolicySource) SetConditions(c []metav1.Condition) { in.Status.Conditions = c }
+
+// DeepCopyInto copies the object into out.
+func (in *PolicySource) DeepCopyInto(out *PolicySource) {
+	*out = *in
+	out.TypeMeta = in.TypeMeta
+	in.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	out.Spec = in.Spec
+	out.Status = in.Status
+	if in.Status.Conditions != nil {
+		out.Status.Conditions = make([]metav1.Condition, len(in.Status.Conditions))
+		for i := range in.Status.Conditions {
+			in.Status.Conditions[i].DeepCopyInto(&out.Status.Conditions[i])
+		}
+	}
+	if in.Status.LastEnforcedAt != nil {
+		out.Status.LastEnforcedAt = in.Status.LastEnforcedAt.DeepCopy()
+	}
+	if in.Status.Errors != nil {
+		out.Status.Errors = append([]string(nil), in.Status.Errors...)
+	}
+}
+
+// DeepCopy returns a copy.
+func (in *PolicySource) DeepCopy() *PolicySource {
+	if in == nil {
+		return nil
+	}
+	out := new(PolicySource)
+	in.DeepCopyInto(out)
+	return out
+}
+
+// DeepCopyObject implements runtime.Object.
+func (in *PolicySource) DeepCopyObject() runtime.Object { return in.DeepCopy() }

@@ -1,0 +1,245 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/policy"
+)
+
+// Target is where a bundle is enforced: the local node's enforcer now, the API server later.
+type Target interface {
+	Name() string
+	// Apply makes the target enforce the bundle and returns once it does (or fails).
+	Apply(ctx context.Context, revision string, b *policy.Bundle) error
+	// Enforced is the revision the target's datapath holds.
+	Enforced() string
+}
+
+// Node is what a NodeTarget drives: the local node's enforcer.
+type Node interface {
+	Enforce(c *policy.Cluster, policies []*policy.Policy) error
+	// Verify reads the datapath maps back and checks they hold the enforced state.
+	Verify() error
+}
+
+// NodeTarget enforces bundles on one node; a revision counts as enforced once the node's
+// datapath maps are read back and hold it.
+type NodeTarget struct {
+	NodeName string
+	Node     Node
+	Cluster  func() *policy.Cluster
+
+	mu       sync.Mutex
+	enforced string
+}
+
+func (t *NodeTarget) Name() string { return "node/" + t.NodeName }
+
+func (t *NodeTarget) Apply(ctx context.Context, revision string, b *policy.Bundle) error {
+	if err := t.Node.Enforce(t.Cluster(), b.Policies); err != nil {
+		return fmt.Errorf("%s: %w", t.Name(), err)
+	}
+	if err := t.Node.Verify(); err != nil {
+		return fmt.Errorf("%s: %w", t.Name(), err)
+	}
+	t.mu.Lock()
+	t.enforced = revision
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *NodeTarget) Enforced() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.enforced
+}
+
+// Reconciler keeps one PolicySource enforced on its targets.
+type Reconciler struct {
+	Source  *Source
+	Targets []Target
+	// WorkDir holds fresh checkouts; os.TempDir() when empty.
+	WorkDir string
+	Load    policy.LoadOptions
+	Now     func() time.Time
+
+	mu  sync.Mutex
+	obj *v1alpha1.PolicySource
+	// Trigger asks for a reconcile now (the webhook receiver sends on it).
+	trigger chan struct{}
+	// stalledAt is a revision that failed in a way retrying cannot fix; it is not fetched again.
+	stalledAt  string
+	stalledErr error
+}
+
+// New returns a reconciler for obj.
+func New(obj *v1alpha1.PolicySource, src *Source, targets ...Target) *Reconciler {
+	return &Reconciler{Source: src, Targets: targets, obj: obj, Now: time.Now, trigger: make(chan struct{}, 1)}
+}
+
+// Status returns a copy of the object with its status.
+func (r *Reconciler) Status() *v1alpha1.PolicySource {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.obj.DeepCopy()
+}
+
+// Trigger asks for a reconcile as soon as possible.
+func (r *Reconciler) Trigger() {
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles at once, then every interval and on every trigger, until ctx is done.
+func (r *Reconciler) Run(ctx context.Context, onResult func(*v1alpha1.PolicySource, error)) {
+	interval := r.obj.Spec.Interval.Duration
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		err := r.Reconcile(ctx)
+		if onResult != nil {
+			onResult(r.Status(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.trigger:
+		}
+	}
+}
+
+// Reconcile does one pass: resolve the ref; if it moved, fetch, verify, validate the whole
+// bundle, apply it to every target and record what is enforced. Any failure leaves the targets
+// on the last good revision.
+func (r *Reconciler) Reconcile(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	obj := r.obj
+	if obj.Spec.Suspend {
+		conditions.MarkFalse(obj, meta.ReadyCondition, meta.SuspendedReason, "reconciliation is suspended")
+		return nil
+	}
+	conditions.MarkReconciling(obj, meta.ProgressingReason, "checking %s", r.Source.URL)
+	rev, err := r.Source.Resolve(ctx)
+	if err != nil {
+		return r.fail(v1alpha1.GitOperationFailedReason, false, err)
+	}
+	revision := rev.String()
+	obj.Status.LastAttemptedRevision = revision
+	if revision == r.stalledAt {
+		return r.stalledErr
+	}
+	if revision == obj.Status.LastEnforcedRevision && r.allEnforce(revision) {
+		r.succeed(revision)
+		return nil
+	}
+	parent := r.WorkDir
+	if parent == "" {
+		parent = os.TempDir()
+	}
+	dir, commit, err := r.Source.Fetch(ctx, parent, rev)
+	if err != nil {
+		return r.fail(v1alpha1.GitOperationFailedReason, false, err)
+	}
+	defer os.RemoveAll(dir)
+	if kr := obj.Spec.VerifyKeyring; kr != "" {
+		if err := VerifyCommit(commit, kr); err != nil {
+			return r.fail(v1alpha1.VerificationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
+		}
+	}
+	bundle, err := r.load(dir, revision)
+	if err != nil {
+		return err
+	}
+	for _, t := range r.Targets {
+		if err := t.Apply(ctx, revision, bundle); err != nil {
+			return r.fail(v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s: %w", revision, err))
+		}
+	}
+	obj.Status.LastAppliedRevision = revision
+	if !r.allEnforce(revision) {
+		return r.fail(v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s applied but not enforced by every target", revision))
+	}
+	now := metav1.NewTime(r.Now())
+	obj.Status.LastEnforcedRevision, obj.Status.LastEnforcedAt = revision, &now
+	r.succeed(revision)
+	return nil
+}
+
+// load reads the bundle at the source path inside the checkout; errors name files relative to
+// the repository root.
+func (r *Reconciler) load(dir, revision string) (*policy.Bundle, error) {
+	rel := filepath.Clean("/" + r.obj.Spec.Path)[1:]
+	root := filepath.Join(dir, rel)
+	if _, err := os.Stat(root); err != nil {
+		return nil, r.fail(meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q does not exist", revision, r.obj.Spec.Path))
+	}
+	bundle, err := policy.Load([]string{root}, r.Load)
+	var list policy.ErrorList
+	if errors.As(err, &list) {
+		r.obj.Status.Errors = nil
+		for _, e := range list {
+			e.File = strings.TrimPrefix(e.File, dir+string(filepath.Separator))
+			r.obj.Status.Errors = append(r.obj.Status.Errors, e.Error())
+		}
+		return nil, r.fail(v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s has %d errors; nothing of it was applied: %s", revision, len(list), r.obj.Status.Errors[0]))
+	}
+	if err != nil {
+		return nil, r.fail(v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
+	}
+	return bundle, nil
+}
+
+func (r *Reconciler) allEnforce(revision string) bool {
+	for _, t := range r.Targets {
+		if t.Enforced() != revision {
+			return false
+		}
+	}
+	return len(r.Targets) > 0
+}
+
+// fail records a failed reconcile; stalled means retrying the same revision cannot help.
+func (r *Reconciler) fail(reason string, stalled bool, err error) error {
+	obj := r.obj
+	msg := err.Error()
+	if enf := obj.Status.LastEnforcedRevision; enf != "" {
+		msg += "; still enforcing " + enf
+	}
+	conditions.MarkFalse(obj, meta.ReadyCondition, reason, "%s", msg)
+	conditions.Delete(obj, meta.ReconcilingCondition)
+	if stalled {
+		conditions.MarkStalled(obj, reason, "%s", err.Error())
+		r.stalledAt, r.stalledErr = obj.Status.LastAttemptedRevision, err
+	} else {
+		conditions.Delete(obj, meta.StalledCondition)
+	}
+	return err
+}
+
+func (r *Reconciler) succeed(revision string) {
+	obj := r.obj
+	obj.Status.Errors = nil
+	conditions.MarkTrue(obj, v1alpha1.EnforcedCondition, v1alpha1.EnforcedReason, "revision %s is enforced by %d target(s)", revision, len(r.Targets))
+	conditions.MarkTrue(obj, meta.ReadyCondition, meta.SucceededReason, "enforced revision %s", revision)
+	conditions.Delete(obj, meta.ReconcilingCondition)
+	conditions.Delete(obj, meta.StalledCondition)
+}
