@@ -59,6 +59,13 @@ demo: build
 	./$(BIN) validate policies/
 	./$(BIN) predict --cluster docs/examples/cluster.yaml policies/
 	./$(BIN) test -v scenarios/seeds/
+	@echo "== GitOps: a Git repository made from policies/, reconciled onto a local node"
+	set -e; tmp=$$(mktemp -d); cp -r policies "$$tmp/repo"; \
+	git -C "$$tmp/repo" init -q -b main; git -C "$$tmp/repo" add -A; \
+	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies"; \
+	./$(BIN) reconciler --once --source "file://$$tmp/repo" --branch main --path . \
+		--node scenarios/seeds/000-namespace-default-deny.yaml --status-file "$$tmp/status.json" >/dev/null; \
+	./$(BIN) status --status-file "$$tmp/status.json"; rm -rf "$$tmp"
 
 clean:
 	rm -rf bin

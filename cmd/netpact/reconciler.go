@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/reconciler"
+	"github.com/netpact/netpact/scenarios"
+)
+
+const defaultStatusFile = "/run/netpact/status.json"
+
+func newReconcilerCommand() *cobra.Command {
+	var (
+		src                                      reconciler.Source
+		path, nodeFile, listen, statusFile       string
+		passwordFile, sshKeyFile, knownHostsFile string
+		keyringFile, secretFile                  string
+		interval                                 time.Duration
+		once                                     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "reconciler --source URL --branch main --path policies --node NODE.yaml",
+		Short: "Enforce the policy bundle of a Git revision on a local node, and report what is enforced",
+		Long: `reconciler follows a Git ref, validates the bundle at --path as one unit, enforces it on a local
+node made of the namespaces and pods of --node (a scenario file; its steps are ignored), and writes
+its status (Flux-style conditions and the attempted, applied and enforced revisions) to
+--status-file. A push triggers a reconcile at once through the webhook receiver on --listen
+(/hook/github, /hook/gitlab, /hook/generic-hmac); GET /status returns the status. Needs root.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			read := func(f string) ([]byte, error) {
+				if f == "" {
+					return nil, nil
+				}
+				return os.ReadFile(f)
+			}
+			var err error
+			pw, err := read(passwordFile)
+			if err != nil {
+				return err
+			}
+			src.Auth.Password = string(pw)
+			if src.Auth.SSHKey, err = read(sshKeyFile); err != nil {
+				return err
+			}
+			if src.Auth.KnownHosts, err = read(knownHostsFile); err != nil {
+				return err
+			}
+			keyring, err := read(keyringFile)
+			if err != nil {
+				return err
+			}
+			if nodeFile == "" {
+				return errors.New("--node is required: the namespaces and pods of the local node")
+			}
+			sc, err := scenarios.LoadFile(nodeFile)
+			if err != nil {
+				return err
+			}
+			node := scenarios.NewLocal(scenarios.LocalOptions{})
+			cluster, err := node.Start(sc)
+			if err != nil {
+				node.Stop()
+				return err
+			}
+			defer node.Stop()
+			target := &reconciler.NodeTarget{NodeName: "local", Node: node, Cluster: func() *policy.Cluster { return cluster }}
+			obj := &v1alpha1.PolicySource{
+				TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "PolicySource"},
+				ObjectMeta: metav1.ObjectMeta{Name: "policies"},
+				Spec: v1alpha1.PolicySourceSpec{URL: src.URL, Ref: src.Ref, Path: path, Interval: metav1.Duration{Duration: interval},
+					Timeout: metav1.Duration{Duration: src.Timeout}, VerifyKeyring: string(keyring)},
+			}
+			r := reconciler.New(obj, &src, target)
+			write := func(st *v1alpha1.PolicySource, err error) {
+				if werr := writeStatus(statusFile, st); werr != nil {
+					fmt.Fprintln(cmd.ErrOrStderr(), "write status:", werr)
+				}
+				printStatus(cmd.OutOrStdout(), st)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if once {
+				err := r.Reconcile(ctx)
+				write(r.Status(), err)
+				if err != nil {
+					return exitError{1}
+				}
+				return nil
+			}
+			if listen != "" {
+				secret, err := read(secretFile)
+				if err != nil {
+					return err
+				}
+				mux := http.NewServeMux()
+				mux.Handle("/hook/", &reconciler.Receiver{Secret: secret, Trigger: r.Trigger})
+				mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+					w.Header().Set("Content-Type", "application/json")
+					json.NewEncoder(w).Encode(r.Status())
+				})
+				hs := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+				go hs.ListenAndServe()
+				defer hs.Close()
+			}
+			r.Run(ctx, write)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&src.URL, "source", "", "Git URL: file://, http(s)://, ssh:// or git://")
+	f.StringVar(&src.Ref.Branch, "branch", "", "branch to follow (default main)")
+	f.StringVar(&src.Ref.Tag, "tag", "", "tag to follow")
+	f.StringVar(&src.Ref.SemVer, "semver", "", "semver range over tags, such as ~1.2")
+	f.StringVar(&src.Ref.Name, "ref-name", "", "full ref name, such as refs/heads/main")
+	f.StringVar(&src.Ref.Commit, "commit", "", "a commit SHA-1")
+	f.StringVar(&path, "path", ".", "path of the bundle inside the repository")
+	f.DurationVar(&interval, "interval", time.Minute, "how often to poll the ref")
+	f.DurationVar(&src.Timeout, "timeout", 60*time.Second, "timeout of each Git operation")
+	f.StringVar(&src.Auth.Username, "username", "", "HTTPS basic-auth user")
+	f.StringVar(&passwordFile, "password-file", "", "file holding the HTTPS password or token")
+	f.StringVar(&sshKeyFile, "ssh-key", "", "SSH private key file")
+	f.StringVar(&knownHostsFile, "known-hosts", "", "known_hosts file (required with --ssh-key)")
+	f.StringVar(&keyringFile, "verify-keyring", "", "armored OpenPGP keyring: apply only commits signed by its keys")
+	f.StringVar(&nodeFile, "node", "", "scenario file whose namespaces and pods make the local node")
+	f.StringVar(&listen, "listen", "", "address of the webhook receiver and /status, such as :9292")
+	f.StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook secret")
+	f.StringVar(&statusFile, "status-file", defaultStatusFile, "where to write the status")
+	f.BoolVar(&once, "once", false, "reconcile once and exit (1 when it failed)")
+	_ = cmd.MarkFlagRequired("source")
+	return cmd
+}
+
+func writeStatus(file string, st *v1alpha1.PolicySource) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}
+
+func printStatus(w io.Writer, st *v1alpha1.PolicySource) {
+	ready := conditions.Get(st, meta.ReadyCondition)
+	fmt.Fprintf(w, "source:    %s (path %s)\n", st.Spec.URL, st.Spec.Path)
+	if ready != nil {
+		fmt.Fprintf(w, "ready:     %s (%s) %s\n", ready.Status, ready.Reason, ready.Message)
+	}
+	for _, c := range st.Status.Conditions {
+		if c.Type != meta.ReadyCondition {
+			fmt.Fprintf(w, "%-10s %s (%s) %s\n", c.Type+":", c.Status, c.Reason, c.Message)
+		}
+	}
+	fmt.Fprintf(w, "attempted: %s\napplied:   %s\nenforced:  %s", st.Status.LastAttemptedRevision, st.Status.LastAppliedRevision, st.Status.LastEnforcedRevision)
+	if st.Status.LastEnforcedAt != nil {
+		fmt.Fprintf(w, " (since %s)", st.Status.LastEnforcedAt.Format(time.RFC3339))
+	}
+	fmt.Fprintln(w)
+	for _, e := range st.Status.Errors {
+		fmt.Fprintf(w, "error:     %s\n", e)
+	}
+}
+
+func newStatusCommand() *cobra.Command {
+	var statusFile, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Print the reconciler's conditions and revisions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(statusFile)
+			if err != nil {
+				return fmt.Errorf("read status (is the reconciler running?): %w", err)
+			}
+			var st v1alpha1.PolicySource
+			if err := json.Unmarshal(data, &st); err != nil {
+				return fmt.Errorf("read status %s: %w", statusFile, err)
+			}
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(&st)
+			case "text", "":
+				printStatus(cmd.OutOrStdout(), &st)
+				if !conditions.IsReady(&st) {
+					return exitError{1}
+				}
+				return nil
+			}
+			return fmt.Errorf("unknown output format %q: use text or json", output)
+		},
+	}
+	cmd.Flags().StringVar(&statusFile, "status-file", defaultStatusFile, "the reconciler's status file")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}

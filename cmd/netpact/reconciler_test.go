@@ -1,0 +1,52 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/internal/testenv"
+)
+
+// TestReconcilerOnceAndStatus reconciles a Git repository made from policies/ onto a local node
+// through the CLI and reads the status back.
+func TestReconcilerOnceAndStatus(t *testing.T) {
+	testenv.RequireBPF(t)
+	testenv.RequireCommand(t, "git", "git")
+	tmp := t.TempDir()
+	repo := filepath.Join(tmp, "repo")
+	if out, err := exec.Command("cp", "-r", filepath.Join("..", "..", "policies"), repo).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"add", "-A"}, {"-c", "user.name=t", "-c", "user.email=t@netpact.io", "commit", "-q", "-m", "seed"}} {
+		if out, err := exec.Command("git", append([]string{"-C", repo}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v: %s", args, err, out)
+		}
+	}
+	head, _ := exec.Command("git", "-C", repo, "rev-parse", "HEAD").Output()
+	status := filepath.Join(tmp, "status.json")
+	_, stderr, code := run(t, "reconciler", "--once", "--source", "file://"+repo, "--path", ".",
+		"--node", filepath.Join("..", "..", "scenarios", "seeds", "000-namespace-default-deny.yaml"), "--status-file", status)
+	if code != 0 {
+		t.Fatalf("reconciler exit %d: %s", code, stderr)
+	}
+	stdout, _, code := run(t, "status", "--status-file", status, "-o", "json")
+	if code != 0 {
+		t.Fatalf("status exit %d", code)
+	}
+	var st v1alpha1.PolicySource
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+		t.Fatal(err)
+	}
+	want := "main@sha1:" + strings.TrimSpace(string(head))
+	if st.Status.LastEnforcedRevision != want {
+		t.Errorf("enforced %q, want %q", st.Status.LastEnforcedRevision, want)
+	}
+	if _, err := os.Stat(status); err != nil {
+		t.Error(err)
+	}
+}
