@@ -42,6 +42,9 @@ type Source struct {
 	Ref     v1alpha1.GitRef
 	Auth    Auth
 	Timeout time.Duration
+
+	// Clones counts the clones made; polling an unchanged ref makes none.
+	Clones int
 }
 
 // Revision is a resolved ref: the name Flux puts before the hash, and the commit.
@@ -219,6 +222,7 @@ func (s *Source) Fetch(ctx context.Context, parent string, rev Revision) (string
 	if err != nil {
 		return "", nil, err
 	}
+	s.Clones++
 	dir, err := os.MkdirTemp(parent, "checkout-")
 	if err != nil {
 		return "", nil, fmt.Errorf("make checkout directory: %w", err)

@@ -497,3 +497,51 @@ func hmacSHA256(key, body []byte) string {
 	m.Write(body)
 	return hex.EncodeToString(m.Sum(nil))
 }
+
+// TestPollingAndBasicAuth checks that an unchanged ref makes no clone, and that HTTPS basic or
+// token authentication is sent and required.
+func TestPollingAndBasicAuth(t *testing.T) {
+	srv := newGitServer(t)
+	w := srv.clone(t)
+	w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
+	w.push("main")
+	// The same repository behind basic authentication.
+	authed := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "bot" || p != "token-123" {
+			rw.Header().Set("WWW-Authenticate", `Basic realm="git"`)
+			http.Error(rw, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		srv.http.Config.Handler.ServeHTTP(rw, r)
+	}))
+	defer authed.Close()
+	ctx := context.Background()
+	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second}).Resolve(ctx); err == nil || !strings.Contains(err.Error(), "authentication required") {
+		t.Errorf("no credentials: %v", err)
+	}
+	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "wrong"}}).Resolve(ctx); err == nil {
+		t.Error("wrong credentials accepted")
+	}
+
+	target, _ := localNode(t)
+	obj := newObj(authed.URL + "/policies.git")
+	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "token-123"}}
+	r := New(obj, src, target)
+	r.WorkDir = t.TempDir()
+	for i := 0; i < 3; i++ {
+		if err := r.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if src.Clones != 1 {
+		t.Errorf("three polls of an unchanged ref made %d clones, want 1", src.Clones)
+	}
+	w.commit("allow c", map[string]string{"policies/a.yaml": allowC})
+	w.push("main")
+	if err := r.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if src.Clones != 2 {
+		t.Errorf("a new revision made %d clones in all, want 2", src.Clones)
+	}
+}
