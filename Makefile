@@ -35,6 +35,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'Verdict' -benchtime $(BENCHTIME) ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Traffic' -benchtime 1x ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Matrix486' -benchtime 3x ./scenarios/
+	$(GO) test -run '^$$' -bench 'PushToEnforced' -benchtime 20x ./reconciler/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/

@@ -40,7 +40,7 @@ type gitServer struct {
 	gitPort int
 }
 
-func run(t *testing.T, dir string, args ...string) string {
+func run(t testing.TB, dir string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = dir
@@ -53,7 +53,7 @@ func run(t *testing.T, dir string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-func newGitServer(t *testing.T) *gitServer {
+func newGitServer(t testing.TB) *gitServer {
 	t.Helper()
 	testenv.RequireCommand(t, "git", "git")
 	backend := "/usr/lib/git-core/git-http-backend"
@@ -72,7 +72,7 @@ func newGitServer(t *testing.T) *gitServer {
 func (s *gitServer) httpURL() string { return s.http.URL + "/policies.git" }
 
 // startDaemon serves the same repository with git daemon on a free port.
-func (s *gitServer) startDaemon(t *testing.T) string {
+func (s *gitServer) startDaemon(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -99,11 +99,11 @@ func (s *gitServer) startDaemon(t *testing.T) string {
 
 // workTree is a clone to commit and push from.
 type workTree struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 }
 
-func (s *gitServer) clone(t *testing.T) *workTree {
+func (s *gitServer) clone(t testing.TB) *workTree {
 	dir := filepath.Join(t.TempDir(), "work")
 	run(t, filepath.Dir(dir), "git", "clone", "-q", s.httpURL(), dir)
 	run(t, dir, "git", "checkout", "-q", "-B", "main")
@@ -158,7 +158,7 @@ spec:
 
 // localNode starts three pods (a serves 8080) on a local node and returns a target for it and a
 // probe function.
-func localNode(t *testing.T) (*NodeTarget, func(from string) scenarios.Outcome) {
+func localNode(t testing.TB) (*NodeTarget, func(from string) scenarios.Outcome) {
 	testenv.RequireBPF(t)
 	sc := &scenarios.Scenario{Name: "reconciler", Namespaces: []scenarios.Namespace{{Name: "app"}}}
 	node := scenarios.NewLocal(scenarios.LocalOptions{})
