@@ -545,3 +545,89 @@ func TestPollingAndBasicAuth(t *testing.T) {
 		t.Errorf("a new revision made %d clones in all, want 2", src.Clones)
 	}
 }
+
+// TestSSHSource reads the repository over SSH from Debian's sshd, with a key and known_hosts;
+// a host key that does not match known_hosts is refused.
+func TestSSHSource(t *testing.T) {
+	sshd := "/usr/sbin/sshd"
+	if _, err := os.Stat(sshd); err != nil {
+		testenv.Missing(t, sshd, "apt-get install openssh-server")
+	}
+	testenv.RequireCommand(t, "ssh-keygen", "openssh-client")
+	testenv.RequireRoot(t)
+	srv := newGitServer(t)
+	w := srv.clone(t)
+	head := w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
+	w.push("main")
+
+	dir := t.TempDir()
+	for _, k := range []string{"host", "user", "other"} {
+		run(t, dir, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k))
+	}
+	userPub, _ := os.ReadFile(filepath.Join(dir, "user.pub"))
+	os.WriteFile(filepath.Join(dir, "authorized_keys"), userPub, 0o600)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	conf := fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %s/host
+AuthorizedKeysFile %s/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile %s/sshd.pid
+`, port, dir, dir, dir)
+	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
+	os.MkdirAll("/run/sshd", 0o755)
+	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
+	var out strings.Builder
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	hostPub, _ := os.ReadFile(filepath.Join(dir, "host.pub"))
+	otherPub, _ := os.ReadFile(filepath.Join(dir, "other.pub"))
+	userKey, _ := os.ReadFile(filepath.Join(dir, "user"))
+	known := func(pub []byte) []byte { return []byte(fmt.Sprintf("[127.0.0.1]:%d %s", port, pub)) }
+	url := fmt.Sprintf("ssh://root@127.0.0.1:%d%s/policies.git", port, srv.root)
+	ctx := context.Background()
+
+	src := &Source{URL: url, Ref: v1alpha1.GitRef{Branch: "main"}, Timeout: 10 * time.Second, Auth: Auth{SSHKey: userKey, KnownHosts: known(hostPub)}}
+	rev, err := src.Resolve(ctx)
+	if err != nil {
+		t.Fatalf("resolve over ssh: %v\nsshd: %s", err, out.String())
+	}
+	if rev.String() != "main@sha1:"+head {
+		t.Errorf("revision %s", rev)
+	}
+	checkout, _, err := src.Fetch(ctx, t.TempDir(), rev)
+	if err != nil {
+		t.Fatalf("clone over ssh: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(checkout, "policies", "a.yaml")); err != nil {
+		t.Error(err)
+	}
+	wrong := &Source{URL: url, Ref: v1alpha1.GitRef{Branch: "main"}, Timeout: 10 * time.Second, Auth: Auth{SSHKey: userKey, KnownHosts: known(otherPub)}}
+	if _, err := wrong.Resolve(ctx); err == nil || !strings.Contains(err.Error(), "key mismatch") {
+		t.Errorf("a host key missing from known_hosts: %v", err)
+	}
+	noKnown := &Source{URL: url, Timeout: 10 * time.Second, Auth: Auth{SSHKey: userKey}}
+	if _, err := noKnown.Resolve(ctx); err == nil || !strings.Contains(err.Error(), "known_hosts") {
+		t.Errorf("an SSH key without known_hosts: %v", err)
+	}
+}
