@@ -6,7 +6,6 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -40,12 +39,17 @@ type suiteNode struct {
 
 var node suiteNode
 
+// releaseID frees process 1's run id after the suite.
+var releaseID = func() {}
+
 var _ = SynchronizedBeforeSuite(func() []byte {
 	testenv.RequireBPF(GinkgoT())
 	testenv.RequireCommand(GinkgoT(), "ip", "iproute2")
 	Expect(localnode.PrepareHost()).To(Succeed())
 	made := suiteNode{Pods: map[string]map[string]*localnode.Pod{}}
-	id := os.Getpid() % 200
+	id, release, err := localnode.ClaimRunID()
+	Expect(err).NotTo(HaveOccurred())
+	releaseID = release
 	for _, f := range scenarioFiles {
 		sc, err := scenarios.LoadFile(f)
 		Expect(err).NotTo(HaveOccurred())
@@ -70,6 +74,7 @@ var _ = SynchronizedAfterSuite(func() {}, func() {
 			p.Delete()
 		}
 	}
+	releaseID()
 })
 
 var _ = Describe("scenarios on a local node", Label("local"), func() {

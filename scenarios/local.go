@@ -42,6 +42,8 @@ type LocalNode struct {
 	sc      *Scenario
 	owned   []*localnode.Pod
 
+	releaseID func()
+
 	podServers map[string]*servers
 
 	mu    sync.Mutex
@@ -49,15 +51,12 @@ type LocalNode struct {
 	fr    *datapath.FlowReader
 }
 
-var localRuns int
-
 // NewLocal returns a local node backend; it needs root.
 func NewLocal(opts LocalOptions) *LocalNode {
 	if opts.ProbeTimeout == 0 {
 		opts.ProbeTimeout = 400 * time.Millisecond
 	}
-	localRuns++
-	return &LocalNode{opts: opts, id: (os.Getpid()*7 + localRuns) % 200}
+	return &LocalNode{opts: opts}
 }
 
 func (n *LocalNode) pinPath() string {
@@ -66,6 +65,11 @@ func (n *LocalNode) pinPath() string {
 
 // Start creates the pods, starts their workloads and opens the datapath.
 func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
+	id, release, err := localnode.ClaimRunID()
+	if err != nil {
+		return nil, err
+	}
+	n.id, n.releaseID = id, release
 	n.sc = sc
 	n.pods = map[string]*localnode.Pod{}
 	n.podServers = map[string]*servers{}
@@ -272,6 +276,9 @@ func (n *LocalNode) Stop() error {
 	}
 	if n.opts.Retain {
 		return nil
+	}
+	if n.releaseID != nil {
+		defer n.releaseID()
 	}
 	for _, p := range n.owned {
 		errs = append(errs, p.Delete())
