@@ -3,7 +3,6 @@ package policy
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -82,6 +81,3 @@ func LoadClusterFile(name string, data []byte) (*ClusterFile, error) {
 	}
 	return &cf, nil
 }
-
-// ErrNoAddress is returned when a probe has no address of the family it needs.
-var ErrNoAddress = errors.New("no address")

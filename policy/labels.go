@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"sort"
 	"strings"
 
@@ -133,11 +134,11 @@ func (s *selector) matches(ls labelSet) bool {
 		}
 		switch r.op {
 		case opIn:
-			if !ok || !contains(r.values, lv.value) {
+			if !ok || !slices.Contains(r.values, lv.value) {
 				return false
 			}
 		case opNotIn:
-			if ok && contains(r.values, lv.value) {
+			if ok && slices.Contains(r.values, lv.value) {
 				return false
 			}
 		case opExists:
@@ -151,15 +152,6 @@ func (s *selector) matches(ls labelSet) bool {
 		}
 	}
 	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // hasKey reports whether the selector constrains a key (any source), or a key with a prefix.

@@ -337,10 +337,6 @@ func (v *validator) fqdn(name, pattern, path string) {
 		v.add(path+".matchName", "invalid DNS name %q: only letters, digits, '-', '_' and '.' are allowed", name)
 	case pattern != "" && !dnsPatternRE.MatchString(pattern):
 		v.add(path+".matchPattern", "invalid DNS pattern %q: only letters, digits, '-', '_', '.' and '*' are allowed", pattern)
-	case pattern != "" && strings.Contains(pattern, "**") && pattern != "**.":
-		if _, err := regexp.Compile(strings.ReplaceAll(pattern, "*", ".*")); err != nil {
-			v.add(path+".matchPattern", "invalid DNS pattern %q: %v", pattern, err)
-		}
 	}
 }
 

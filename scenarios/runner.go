@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -383,9 +382,6 @@ func httpAllowed(l7 *policy.L7Policy, method, urlPath string) bool {
 	}
 	return false
 }
-
-// ErrFailed is returned by RunAll when any scenario failed.
-var ErrFailed = errors.New("scenarios failed")
 
 // portsOf lists the distinct ports of a step's cells in order, for tables.
 func portsOf(cells []CellResult) []string {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -183,10 +184,10 @@ func printMatrix(w io.Writer, results []probeResult, verbose bool) {
 		var froms, tos []string
 		cell := map[[2]string]string{}
 		for _, r := range byPort[k] {
-			if !contains(froms, r.From) {
+			if !slices.Contains(froms, r.From) {
 				froms = append(froms, r.From)
 			}
-			if !contains(tos, r.To) {
+			if !slices.Contains(tos, r.To) {
 				tos = append(tos, r.To)
 			}
 			cell[[2]string{r.From, r.To}] = verdictMark(r.Verdict)
@@ -228,13 +229,4 @@ func verdictMark(v string) string {
 		return "L"
 	}
 	return "X"
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

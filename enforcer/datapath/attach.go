@@ -15,9 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNotSupported is returned when neither tcx nor legacy tc can attach.
-var ErrNotSupported = errors.New("attaching to the interface is not supported")
-
 // attacher attaches both programs to each endpoint's host veth: tc_from_pod where the veth
 // receives (what the pod sends), tc_to_pod where it transmits (what the pod receives).
 type attacher struct {
