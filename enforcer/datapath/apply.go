@@ -24,7 +24,8 @@ func (d *Datapath) UpsertEndpoint(ep Endpoint, st *policy.EndpointState) error {
 		return fmt.Errorf("endpoint %s: convert policy: %w", ep.Ifname, err)
 	}
 	have := d.entriesOf(ep.ID)
-	if err := d.writeAdds(have, want); err != nil {
+	added, err := d.writeAdds(have, want)
+	if err != nil {
 		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
 	}
 	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: want.Flags}
@@ -34,15 +35,23 @@ func (d *Datapath) UpsertEndpoint(ep Endpoint, st *policy.EndpointState) error {
 	if ep.IPv6.IsValid() {
 		info.Ipv6 = ep.IPv6.As16()
 	}
-	if err := d.objs.Endpoints.Put(uint32(ep.Ifindex), info); err != nil {
-		return fmt.Errorf("endpoint %s: write endpoint entry: %w", ep.Ifname, err)
+	infoChanged := d.endpointInfo[ep.Ifindex] != info
+	if infoChanged {
+		if err := d.objs.Endpoints.Put(uint32(ep.Ifindex), info); err != nil {
+			return fmt.Errorf("endpoint %s: write endpoint entry: %w", ep.Ifname, err)
+		}
+		d.endpointInfo[ep.Ifindex] = info
 	}
-	if err := d.writeDeletes(have, want); err != nil {
+	deleted, err := d.writeDeletes(have, want)
+	if err != nil {
 		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
 	}
 	d.applied[ep.ID] = want
-	if err := d.bumpRevision(); err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+	// Tracked flows are checked again only when something they depend on changed.
+	if added > 0 || deleted > 0 || infoChanged {
+		if err := d.bumpRevision(); err != nil {
+			return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+		}
 	}
 	if err := d.attach.attach(ep.Ifindex, ep.Ifname); err != nil {
 		return err
@@ -50,48 +59,54 @@ func (d *Datapath) UpsertEndpoint(ep Endpoint, st *policy.EndpointState) error {
 	return nil
 }
 
-func (d *Datapath) writeAdds(have, want Entries) error {
+func (d *Datapath) writeAdds(have, want Entries) (int, error) {
+	n := 0
 	for k, v := range want.Policy {
 		if old, ok := have.Policy[k]; ok && old == v {
 			continue
 		}
 		if err := d.objs.Policy.Put(k, v); err != nil {
-			return fmt.Errorf("write policy entry: %w", err)
+			return n, fmt.Errorf("write policy entry: %w", err)
 		}
 		have.Policy[k] = v
+		n++
 	}
 	for k, v := range want.Prefix {
 		if old, ok := have.Prefix[k]; ok && old == v {
 			continue
 		}
 		if err := d.objs.PrefixPolicy.Put(k, v); err != nil {
-			return fmt.Errorf("write prefix policy entry: %w", err)
+			return n, fmt.Errorf("write prefix policy entry: %w", err)
 		}
 		have.Prefix[k] = v
+		n++
 	}
-	return nil
+	return n, nil
 }
 
-func (d *Datapath) writeDeletes(have, want Entries) error {
+func (d *Datapath) writeDeletes(have, want Entries) (int, error) {
+	n := 0
 	for k := range have.Policy {
 		if _, ok := want.Policy[k]; ok {
 			continue
 		}
 		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete policy entry: %w", err)
+			return n, fmt.Errorf("delete policy entry: %w", err)
 		}
 		delete(have.Policy, k)
+		n++
 	}
 	for k := range have.Prefix {
 		if _, ok := want.Prefix[k]; ok {
 			continue
 		}
 		if err := d.objs.PrefixPolicy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete prefix policy entry: %w", err)
+			return n, fmt.Errorf("delete prefix policy entry: %w", err)
 		}
 		delete(have.Prefix, k)
+		n++
 	}
-	return nil
+	return n, nil
 }
 
 // RemoveEndpoint detaches from a veth and deletes the endpoint's entries.
@@ -102,8 +117,10 @@ func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
 	if err := d.objs.Endpoints.Delete(uint32(ep.Ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("delete endpoint entry: %w", err))
 	}
+	delete(d.endpointInfo, ep.Ifindex)
 	if have, ok := d.applied[ep.ID]; ok {
-		errs = append(errs, d.writeDeletes(have, newEntries()))
+		_, err := d.writeDeletes(have, newEntries())
+		errs = append(errs, err)
 		delete(d.applied, ep.ID)
 	}
 	errs = append(errs, d.bumpRevision())

@@ -60,6 +60,8 @@ type Datapath struct {
 	applied map[uint32]Entries // per endpoint id, what the maps hold
 	ipcache map[netip.Prefix]policy.ID
 	cfg     bpf.NetpactConfig
+	// endpointInfo is what the endpoints map holds, by ifindex.
+	endpointInfo map[int]bpf.NetpactEndpointInfo
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -79,7 +81,7 @@ func Open(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
 		}
 	}
-	d := &Datapath{opts: opts, applied: map[uint32]Entries{}}
+	d := &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}}
 	err := bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -163,6 +165,15 @@ func (d *Datapath) loadApplied() error {
 	}
 	if err := pit.Err(); err != nil {
 		return fmt.Errorf("read prefix policy map: %w", err)
+	}
+	var ifindex uint32
+	var info bpf.NetpactEndpointInfo
+	eit := d.objs.Endpoints.Iterate()
+	for eit.Next(&ifindex, &info) {
+		d.endpointInfo[int(ifindex)] = info
+	}
+	if err := eit.Err(); err != nil {
+		return fmt.Errorf("read endpoints map: %w", err)
 	}
 	var ik bpf.NetpactIpcacheKey
 	var iv bpf.NetpactIpcacheValue

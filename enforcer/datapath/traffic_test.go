@@ -338,10 +338,13 @@ func TestSurvivesKillAndAdoptsOnRestart(t *testing.T) {
 	}
 	expect(t, "after restart: b -> a", true, func() error { return n.tcpProbe("b", "a", 8080) })
 	expect(t, "after restart: c -> a", false, func() error { return n.tcpProbe("c", "a", 8080) })
-	before := snapshotPolicy(t, d)
+	before, rev := snapshotPolicy(t, d), d.cfg.PolicyRev
 	n.apply(t, d, trafficPolicyV1)
 	if after := snapshotPolicy(t, d); after != before {
 		t.Errorf("applying the same policy after a restart changed the maps")
+	}
+	if d.cfg.PolicyRev != rev {
+		t.Errorf("applying the same policy bumped the policy revision %d -> %d: every tracked flow would be checked again", rev, d.cfg.PolicyRev)
 	}
 	if fixed, err := d.Resync(); err != nil || fixed != 0 {
 		t.Errorf("resync after adoption fixed %d entries (err %v), want 0", fixed, err)
