@@ -32,18 +32,31 @@ write_wrapper() {
 	mkdir -p "$STATE"
 	cat >"$WRAPPER" <<'WRAP'
 #!/bin/sh
-# runc, minus CAP_SYS_RESOURCE in every capability set of the bundle this sandbox cannot grant.
+# runc, minus CAP_SYS_RESOURCE, which this sandbox cannot grant: removed from every capability set
+# of the bundle's config.json (create/run) and of the process spec (exec --process).
 bundle=""
+process=""
 prev=""
 for a in "$@"; do
-	case "$prev" in --bundle|-b) bundle="$a" ;; esac
-	case "$a" in --bundle=*) bundle="${a#--bundle=}" ;; esac
+	case "$prev" in
+	--bundle | -b) bundle="$a" ;;
+	--process | -p) process="$a" ;;
+	esac
+	case "$a" in
+	--bundle=*) bundle="${a#--bundle=}" ;;
+	--process=*) process="${a#--process=}" ;;
+	esac
 	prev="$a"
 done
+strip() {
+	tmp="$1.netpact"
+	jq "$2"' |= ((. // {}) | with_entries(.value |= map(select(. != "CAP_SYS_RESOURCE"))))' "$1" >"$tmp" && mv "$tmp" "$1"
+}
 if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
-	tmp="$bundle/config.json.netpact"
-	jq '(.process.capabilities // {}) |= with_entries(.value |= map(select(. != "CAP_SYS_RESOURCE")))' \
-		"$bundle/config.json" >"$tmp" && mv "$tmp" "$bundle/config.json"
+	strip "$bundle/config.json" .process.capabilities
+fi
+if [ -n "$process" ] && [ -f "$process" ]; then
+	strip "$process" .capabilities
 fi
 exec /usr/sbin/runc "$@"
 WRAP
@@ -52,11 +65,11 @@ WRAP
 
 start() {
 	install
+	write_wrapper # always current, even for an engine already running
 	if running; then
 		echo "export DOCKER_HOST=unix://$SOCK"
 		return
 	fi
-	write_wrapper
 	mkdir -p "$RUN" "$STATE/root" "$STATE/exec"
 	cat >"$STATE/daemon.json" <<JSON
 {

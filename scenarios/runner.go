@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -12,17 +13,25 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
-// Cell is one probe: from a pod to a pod on a port, optionally an HTTP request.
+// Cell is one probe: from a pod to a pod on a port, optionally an HTTP request. A cell through a
+// service names it: To and Port are then the backend pod and target port the prediction uses.
 type Cell struct {
 	From, To string
 	Port     Port
 	HTTP     bool
 	Method   string
 	Path     string
+	// Service (namespace/name), its port and how it is reached (clusterIP, nodePort, dns).
+	Service     string
+	ServicePort ServicePort
+	Via         string
 }
 
 func (c Cell) String() string {
 	s := fmt.Sprintf("%s -> %s %s", c.From, c.To, c.Port)
+	if c.Service != "" {
+		s = fmt.Sprintf("%s -> service %s:%d via %s (%s %s)", c.From, c.Service, c.ServicePort.Port, c.Via, c.To, c.Port)
+	}
 	if c.HTTP {
 		s += " " + c.method() + " " + c.path()
 	}
@@ -148,6 +157,11 @@ func (r *Runner) Run(sc *Scenario) *Result {
 		if err == nil {
 			err = r.Backend.Enforce(cluster, list)
 		}
+		if errors.Is(err, ErrNotEnforced) {
+			sr.Pending = err.Error()
+			res.Steps = append(res.Steps, sr)
+			continue
+		}
 		if err != nil {
 			sr.Failed, sr.Error = true, err.Error()
 			res.Steps = append(res.Steps, sr)
@@ -265,6 +279,15 @@ func expectations(sc *Scenario, st *Step) ([]Cell, map[string]Outcome, []Port, e
 		want, _ := parseOutcome(p.Expect)
 		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
 			HTTP: want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != ""}
+		if p.Service != "" {
+			svc, _ := sc.service(p.Service)
+			sp, _ := svc.port(p.Port)
+			to, tp, _ := sc.backend(svc, sp)
+			c.To, c.Port, c.Service, c.ServicePort, c.Via = to.Key(), tp, p.Service, sp, p.Via
+			if c.Via == "" {
+				c.Via = "clusterIP"
+			}
+		}
 		if _, dup := expected[c.String()]; !dup {
 			cells = append(cells, c)
 		}

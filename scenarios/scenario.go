@@ -59,6 +59,7 @@ type Scenario struct {
 	Description string      `yaml:"description"`
 	Namespaces  []Namespace `yaml:"namespaces"`
 	Pods        []Pod       `yaml:"pods"`
+	Services    []Service   `yaml:"services"`
 	Steps       []Step      `yaml:"steps"`
 
 	file string
@@ -90,6 +91,65 @@ type Pod struct {
 
 // Key is "namespace/name".
 func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// Service is a Kubernetes Service over the scenario's pods. On a cluster, probes reach it through
+// kube-proxy (its ClusterIP, a NodePort of another node, or its DNS name); the local node has
+// neither kube-proxy nor DNS, so there a service probe goes straight to the first backend pod on
+// the target port, which is what policy sees after service translation.
+type Service struct {
+	Name      string            `yaml:"name"`
+	Namespace string            `yaml:"namespace"`
+	Selector  map[string]string `yaml:"selector"`
+	// Type is ClusterIP (the default), NodePort or Headless (clusterIP: None).
+	Type  string        `yaml:"type"`
+	Ports []ServicePort `yaml:"ports"`
+}
+
+// Key is "namespace/name".
+func (s Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// ServicePort maps a service port to the pods' target port.
+type ServicePort struct {
+	Port       uint16 `yaml:"port"`
+	TargetPort uint16 `yaml:"targetPort"`
+	NodePort   uint16 `yaml:"nodePort"`
+	Protocol   string `yaml:"protocol"`
+}
+
+func (s *Scenario) service(key string) (*Service, bool) {
+	for i := range s.Services {
+		if s.Services[i].Key() == key {
+			return &s.Services[i], true
+		}
+	}
+	return nil, false
+}
+
+// backend is the first pod (in file order) the service selects that serves the target port.
+func (s *Scenario) backend(svc *Service, port ServicePort) (*Pod, Port, bool) {
+	target := port.TargetPort
+	if target == 0 {
+		target = port.Port
+	}
+	proto, _ := policy.ParseProto(port.Protocol)
+	tp := Port{Port: target, Protocol: proto}
+	for i := range s.Pods {
+		p := &s.Pods[i]
+		if p.Namespace != svc.Namespace || len(svc.Selector) == 0 {
+			continue
+		}
+		match := true
+		for k, v := range svc.Selector {
+			if p.Labels[k] != v {
+				match = false
+			}
+		}
+		if match && serves(*p, tp) {
+			return p, tp, true
+		}
+	}
+	return nil, tp, false
+}
 
 // Port is "80", "80/TCP" or "http:80/TCP" in a file.
 type Port struct {
@@ -186,16 +246,54 @@ type Exception struct {
 	Expect string `yaml:"expect"`
 }
 
-// ProbeSpec is one explicit probe.
+// ProbeSpec is one explicit probe, to a pod or to a service.
 type ProbeSpec struct {
-	From     string `yaml:"from"`
-	To       string `yaml:"to"`
+	From string `yaml:"from"`
+	To   string `yaml:"to"`
+	// Service (namespace/name) is probed instead of a pod, on the service port Port, through Via:
+	// clusterIP (the default), nodePort (another node's address) or dns (the service's name).
+	Service  string `yaml:"service"`
+	Via      string `yaml:"via"`
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"`
 	// Method and Path make an HTTP request (default GET /) for http-* expectations.
 	Method string `yaml:"method"`
 	Path   string `yaml:"path"`
 	Expect string `yaml:"expect"`
+}
+
+func (s *Scenario) checkServiceProbe(where string, p ProbeSpec) []string {
+	svc, ok := s.service(p.Service)
+	if !ok {
+		return []string{fmt.Sprintf("%s: probe to unknown service %q", where, p.Service)}
+	}
+	var problems []string
+	if _, ok := svc.port(p.Port); !ok {
+		problems = append(problems, fmt.Sprintf("%s: service %s has no port %d", where, p.Service, p.Port))
+	}
+	switch p.Via {
+	case "", "clusterIP":
+		if svc.Type == "Headless" {
+			problems = append(problems, fmt.Sprintf("%s: service %s is headless: probe it via dns", where, p.Service))
+		}
+	case "nodePort":
+		if svc.Type != "NodePort" {
+			problems = append(problems, fmt.Sprintf("%s: service %s is not a NodePort service", where, p.Service))
+		}
+	case "dns":
+	default:
+		problems = append(problems, fmt.Sprintf("%s: unknown via %q: use clusterIP, nodePort or dns", where, p.Via))
+	}
+	return problems
+}
+
+func (svc *Service) port(port uint16) (ServicePort, bool) {
+	for _, sp := range svc.Ports {
+		if sp.Port == port {
+			return sp, true
+		}
+	}
+	return ServicePort{}, false
 }
 
 // Load reads scenario files and folders (*.yaml, recursively, in name order).
@@ -292,6 +390,30 @@ func (s *Scenario) validate() error {
 			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, nginx or postgres", p.Key(), p.Workload))
 		}
 	}
+	for _, svc := range s.Services {
+		if !nss[svc.Namespace] {
+			problems = append(problems, fmt.Sprintf("service %s: namespace %q is not listed", svc.Key(), svc.Namespace))
+		}
+		switch svc.Type {
+		case "", "ClusterIP", "NodePort", "Headless":
+		default:
+			problems = append(problems, fmt.Sprintf("service %s: unknown type %q: use ClusterIP, NodePort or Headless", svc.Key(), svc.Type))
+		}
+		if len(svc.Ports) == 0 {
+			problems = append(problems, fmt.Sprintf("service %s: no ports", svc.Key()))
+		}
+		for _, sp := range svc.Ports {
+			if _, err := policy.ParseProto(sp.Protocol); err != nil {
+				problems = append(problems, fmt.Sprintf("service %s: %v", svc.Key(), err))
+			}
+			if sp.NodePort != 0 && svc.Type != "NodePort" {
+				problems = append(problems, fmt.Sprintf("service %s: nodePort on a %s service", svc.Key(), svc.Type))
+			}
+			if _, _, ok := s.backend(&svc, sp); !ok {
+				problems = append(problems, fmt.Sprintf("service %s: no pod it selects serves port %d", svc.Key(), sp.Port))
+			}
+		}
+	}
 	if len(s.Steps) == 0 {
 		problems = append(problems, "no steps")
 	}
@@ -329,8 +451,18 @@ func (s *Scenario) validate() error {
 			if _, ok := s.pod(p.From); !ok {
 				problems = append(problems, fmt.Sprintf("%s: probe from unknown pod %q", where, p.From))
 			}
-			if _, ok := s.pod(p.To); !ok {
-				problems = append(problems, fmt.Sprintf("%s: probe to unknown pod %q", where, p.To))
+			switch {
+			case (p.To == "") == (p.Service == ""):
+				problems = append(problems, where+": a probe needs exactly one of to and service")
+			case p.To != "":
+				if _, ok := s.pod(p.To); !ok {
+					problems = append(problems, fmt.Sprintf("%s: probe to unknown pod %q", where, p.To))
+				}
+				if p.Via != "" {
+					problems = append(problems, where+": via is for service probes")
+				}
+			default:
+				problems = append(problems, s.checkServiceProbe(where, p)...)
 			}
 			if _, err := parseOutcome(p.Expect); err != nil {
 				problems = append(problems, where+": probe: "+err.Error())

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/netpact/netpact/cniplugin"
 )
 
 // exitError carries an exit code for failures that have already been reported.
@@ -21,11 +23,17 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newStatusCommand())
+	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newStatusCommand(),
+		newEnforcerCommand(), newKindCommand())
 	return root
 }
 
 func main() {
+	// A container runtime runs the binary as the node's CNI plugin with CNI_COMMAND set.
+	if os.Getenv("CNI_COMMAND") != "" {
+		cniplugin.Main()
+		return
+	}
 	err := newRootCommand().Execute()
 	var ee exitError
 	switch {

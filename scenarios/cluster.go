@@ -1,0 +1,387 @@
+package scenarios
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/remotecommand"
+	utilexec "k8s.io/client-go/util/exec"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// ErrNotEnforced is what a backend answers to policies it cannot enforce yet; the runner reports
+// such a step as pending, with the reason.
+var ErrNotEnforced = errors.New("this backend does not enforce policies yet")
+
+// ClusterOptions configure a Kubernetes cluster backend.
+type ClusterOptions struct {
+	Config *rest.Config
+	Client kubernetes.Interface
+	// ProbeTimeout bounds each probe's connection attempt; 3 s when zero.
+	ProbeTimeout time.Duration
+}
+
+// Cluster is a Backend on a running Kubernetes cluster (kind): the scenario's pods are pods of the
+// cluster (by name, or by their labels, every replica), and probes run curl, nc and psql inside
+// the source pod through the API server's exec (client-go remotecommand), as kubectl exec does.
+// Its workloads come from manifests applied beforehand; policies are not enforced yet.
+type Cluster struct {
+	opts  ClusterOptions
+	sc    *Scenario
+	pods  map[string][]corev1.Pod
+	nodes []corev1.Node
+
+	mu   sync.Mutex
+	last map[string]string // cell -> what the last probe printed, for failing cells
+}
+
+// NewCluster returns a cluster backend.
+func NewCluster(opts ClusterOptions) *Cluster {
+	if opts.ProbeTimeout == 0 {
+		opts.ProbeTimeout = 3 * time.Second
+	}
+	return &Cluster{opts: opts, last: map[string]string{}}
+}
+
+// Start finds the scenario's pods in the cluster and returns the cluster as the engine sees it.
+func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
+	ctx := context.Background()
+	c.sc = sc
+	c.pods = map[string][]corev1.Pod{}
+	nodes, err := c.opts.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	c.nodes = nodes.Items
+	pc := &policy.Cluster{}
+	for _, n := range c.nodes {
+		pn := policy.Node{Name: n.Name, Labels: n.Labels}
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil && a.Type == corev1.NodeInternalIP {
+				pn.IPs = append(pn.IPs, ip)
+			}
+		}
+		pc.Nodes = append(pc.Nodes, pn)
+	}
+	for _, ns := range sc.Namespaces {
+		pc.Namespaces = append(pc.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
+	}
+	for _, p := range sc.Pods {
+		found, err := c.findPods(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		c.pods[p.Key()] = found
+		first := found[0]
+		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
+			Node: first.Spec.NodeName}
+		for _, ip := range first.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				ep.IPs = append(ep.IPs, a)
+			}
+		}
+		for _, port := range p.Ports {
+			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+		}
+		pc.Endpoints = append(pc.Endpoints, ep)
+	}
+	return pc, nil
+}
+
+// findPods is the pod of that name, or else every ready pod carrying the scenario pod's labels.
+// The pods must carry those labels: the prediction is made from them.
+func (c *Cluster) findPods(ctx context.Context, p Pod) ([]corev1.Pod, error) {
+	api := c.opts.Client.CoreV1().Pods(p.Namespace)
+	var found []corev1.Pod
+	if pod, err := api.Get(ctx, p.Name, metav1.GetOptions{}); err == nil {
+		found = []corev1.Pod{*pod}
+	} else if len(p.Labels) > 0 {
+		list, err := api.List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(p.Labels).String()})
+		if err != nil {
+			return nil, fmt.Errorf("pod %s: %w", p.Key(), err)
+		}
+		found = list.Items
+	}
+	var ready []corev1.Pod
+	for _, pod := range found {
+		if pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning && podIsReady(&pod) {
+			ready = append(ready, pod)
+		}
+	}
+	if len(ready) == 0 {
+		return nil, fmt.Errorf("scenario pod %s: no ready pod named %s or labeled %s in namespace %s", p.Key(), p.Name,
+			labels.SelectorFromSet(p.Labels), p.Namespace)
+	}
+	for _, pod := range ready {
+		for k, v := range p.Labels {
+			if pod.Labels[k] != v {
+				return nil, fmt.Errorf("scenario pod %s: cluster pod %s lacks label %s=%s", p.Key(), pod.Name, k, v)
+			}
+		}
+	}
+	sort.Slice(ready, func(i, j int) bool { return ready[i].Name < ready[j].Name })
+	return ready, nil
+}
+
+func podIsReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// Pods are the cluster pods a scenario pod stands for.
+func (c *Cluster) Pods(key string) []corev1.Pod { return c.pods[key] }
+
+// Enforce accepts the empty policy set only: the enforcer does not enforce on a cluster yet.
+func (c *Cluster) Enforce(_ *policy.Cluster, policies []*policy.Policy) error {
+	if len(policies) > 0 {
+		return fmt.Errorf("%w: the netpact enforcer on kind wires pods and routes, the eBPF datapath is not attached there yet",
+			ErrNotEnforced)
+	}
+	return nil
+}
+
+// BeginStep forgets the previous step's probe output.
+func (c *Cluster) BeginStep() {
+	c.mu.Lock()
+	c.last = map[string]string{}
+	c.mu.Unlock()
+}
+
+// Flows are, for a cluster, what the probe commands of the given cells printed.
+func (c *Cluster) Flows(cells []Cell) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, cell := range cells {
+		if s, ok := c.last[cell.String()]; ok {
+			out = append(out, cell.String()+": "+s)
+		}
+	}
+	return out
+}
+
+// Stop leaves the cluster as it is: its workloads belong to whoever applied them.
+func (c *Cluster) Stop() error { return nil }
+
+// target is where a probe connects and what it calls the destination.
+type target struct {
+	host string
+	port uint16
+}
+
+// Probe runs the cell's probe from the first pod of the source to every pod of the destination
+// (or once through the service); replicas that disagree make a "mixed" outcome.
+func (c *Cluster) Probe(cell Cell) Outcome {
+	from := c.pods[cell.From]
+	if len(from) == 0 {
+		return "error"
+	}
+	src := from[0]
+	targets, err := c.targets(cell, src)
+	if err != nil {
+		c.record(cell, err.Error())
+		return "error"
+	}
+	var outcomes []Outcome
+	var notes []string
+	for _, t := range targets {
+		o, note := c.probeOne(src, cell, t)
+		outcomes = append(outcomes, o)
+		notes = append(notes, fmt.Sprintf("%s from %s (%s) to %s: %s", o, src.Name, src.Spec.NodeName,
+			t, note))
+	}
+	c.record(cell, strings.Join(notes, "; "))
+	for _, o := range outcomes[1:] {
+		if o != outcomes[0] {
+			var s []string
+			for _, o := range outcomes {
+				s = append(s, string(o))
+			}
+			return Outcome("mixed(" + strings.Join(s, ",") + ")")
+		}
+	}
+	return outcomes[0]
+}
+
+func (t target) String() string {
+	if strings.Contains(t.host, ":") {
+		return "[" + t.host + "]:" + strconv.Itoa(int(t.port))
+	}
+	return t.host + ":" + strconv.Itoa(int(t.port))
+}
+
+func (c *Cluster) record(cell Cell, s string) {
+	c.mu.Lock()
+	c.last[cell.String()] = s
+	c.mu.Unlock()
+}
+
+// targets lists the addresses a cell's probe connects to: each destination pod's IPv4 address,
+// or the service's ClusterIP, another node's address with the NodePort, or the service's DNS name.
+func (c *Cluster) targets(cell Cell, src corev1.Pod) ([]target, error) {
+	if cell.Service == "" {
+		var out []target
+		for _, p := range c.pods[cell.To] {
+			out = append(out, target{host: p.Status.PodIP, port: cell.Port.Port})
+		}
+		return out, nil
+	}
+	ns, name, _ := strings.Cut(cell.Service, "/")
+	svc, err := c.opts.Client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", cell.Service, err)
+	}
+	var sp *corev1.ServicePort
+	for i := range svc.Spec.Ports {
+		if uint16(svc.Spec.Ports[i].Port) == cell.ServicePort.Port {
+			sp = &svc.Spec.Ports[i]
+		}
+	}
+	if sp == nil {
+		return nil, fmt.Errorf("service %s has no port %d", cell.Service, cell.ServicePort.Port)
+	}
+	switch cell.Via {
+	case "nodePort":
+		if sp.NodePort == 0 {
+			return nil, fmt.Errorf("service %s port %d has no nodePort", cell.Service, sp.Port)
+		}
+		// Another node than the source's, so the NodePort is reached across nodes.
+		for _, n := range c.nodes {
+			if n.Name == src.Spec.NodeName {
+				continue
+			}
+			for _, a := range n.Status.Addresses {
+				if ip, err := netip.ParseAddr(a.Address); err == nil && a.Type == corev1.NodeInternalIP && ip.Is4() {
+					return []target{{host: ip.String(), port: uint16(sp.NodePort)}}, nil
+				}
+			}
+		}
+		return nil, errors.New("no other node with an IPv4 InternalIP")
+	case "dns":
+		port := uint16(sp.Port)
+		if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+			port = uint16(sp.TargetPort.IntValue())
+			if port == 0 {
+				port = uint16(sp.Port)
+			}
+		}
+		return []target{{host: name + "." + ns + ".svc.cluster.local", port: port}}, nil
+	default:
+		if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+			return nil, fmt.Errorf("service %s has no cluster IP", cell.Service)
+		}
+		return []target{{host: svc.Spec.ClusterIP, port: uint16(sp.Port)}}, nil
+	}
+}
+
+// probeOne runs one command in the source pod: curl for HTTP, psql towards PostgreSQL, nc for
+// other TCP. It returns the outcome and a short note of what the command printed.
+func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string) {
+	secs := strconv.Itoa(max(1, int(c.opts.ProbeTimeout.Round(time.Second).Seconds())))
+	to, _ := c.sc.pod(cell.To)
+	var cmd []string
+	var kind string
+	switch {
+	case cell.Port.Protocol != policy.ProtoTCP:
+		return "unsupported", "cluster probes are TCP only (curl, nc, psql)"
+	case cell.HTTP:
+		kind = "curl"
+		host := t.host
+		if strings.Contains(host, ":") {
+			host = "[" + host + "]"
+		}
+		cmd = []string{"curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--connect-timeout", secs,
+			"-m", strconv.Itoa(2 * (int(c.opts.ProbeTimeout.Seconds()) + 1)), "-X", cell.method(),
+			fmt.Sprintf("http://%s:%d%s", host, t.port, cell.path())}
+	case to != nil && to.Workload == "postgres":
+		kind = "psql"
+		cmd = []string{"psql", fmt.Sprintf("host=%s port=%d connect_timeout=%s", t.host, t.port, secs),
+			"-tAc", "select 1"}
+	default:
+		kind = "nc"
+		cmd = []string{"nc", "-z", "-v", "-w", secs, t.host, strconv.Itoa(int(t.port))}
+	}
+	stdout, stderr, code, err := c.exec(src, cmd)
+	out := strings.TrimSpace(stdout + " " + stderr)
+	note := fmt.Sprintf("%s exit %d %q", strings.Join(cmd, " "), code, out)
+	if err != nil {
+		return "error", note + ": " + err.Error()
+	}
+	lower := strings.ToLower(out)
+	switch kind {
+	case "curl":
+		switch code {
+		case 0:
+			return Outcome("http-" + strings.TrimSpace(stdout)), note
+		case 28:
+			return Timeout, note
+		case 7:
+			if strings.Contains(lower, "refused") {
+				return Refused, note
+			}
+			return Timeout, note
+		}
+	case "psql":
+		switch {
+		case code == 0 && strings.TrimSpace(stdout) == "1":
+			return Allow, note
+		case strings.Contains(lower, "timeout expired"):
+			return Timeout, note
+		case strings.Contains(lower, "refused"):
+			return Refused, note
+		}
+	case "nc":
+		switch {
+		case code == 0:
+			return Allow, note
+		case strings.Contains(lower, "refused"):
+			return Refused, note
+		case strings.Contains(lower, "timed out"):
+			return Timeout, note
+		}
+	}
+	return "error", note
+}
+
+// exec runs a command in the pod's first container and returns its output and exit code.
+func (c *Cluster) exec(pod corev1.Pod, cmd []string) (string, string, int, error) {
+	req := c.opts.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).
+		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
+		Container: pod.Spec.Containers[0].Name, Command: cmd, Stdout: true, Stderr: true,
+	}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewSPDYExecutor(c.opts.Config, "POST", req.URL())
+	if err != nil {
+		return "", "", -1, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*c.opts.ProbeTimeout+10*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
+	var exitErr utilexec.CodeExitError
+	if errors.As(err, &exitErr) {
+		return stdout.String(), stderr.String(), exitErr.Code, nil
+	}
+	if err != nil {
+		return stdout.String(), stderr.String(), -1, err
+	}
+	return stdout.String(), stderr.String(), 0, nil
+}
