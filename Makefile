@@ -10,7 +10,7 @@ export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
-.PHONY: all build test e2e-local bench fuzz generate check-generate lint demo clean
+.PHONY: all build test e2e-local images e2e bench fuzz generate check-generate lint demo clean
 
 all: build
 
@@ -29,6 +29,30 @@ test:
 # The Ginkgo suite's local-node specs, in parallel processes (make test runs them too).
 e2e-local:
 	$(GO) tool ginkgo -p --label-filter=local ./e2e/
+
+# Every image a kind cluster needs, built offline on this machine (kind/images.sh): reused when
+# their inputs have not changed. bin/images.list names them for netpact kind create and the suite.
+images:
+	@mkdir -p bin
+	@eval "$$(kind/dockerd.sh start)" && kind/images.sh build > bin/images.list.tmp && mv bin/images.list.tmp bin/images.list
+	@cat bin/images.list
+
+# The Ginkgo suite's kind specs: build missing images, create a 3-node kind cluster with netpact
+# as the CNI, run seed 002 on it, delete the cluster and kind's network, and stop the private
+# dockerd if this target started it. E2E_RETAIN=1 keeps cluster and dockerd (and reuses them).
+E2E_RETAIN ?= 0
+e2e:
+	@set -uo pipefail; start=$$(date +%s); mkdir -p bin; \
+	if kind/dockerd.sh status; then own=0; else own=1; fi; \
+	eval "$$(kind/dockerd.sh start)" || exit 1; \
+	kind/images.sh build > bin/images.list.tmp && mv bin/images.list.tmp bin/images.list && \
+	E2E_RETAIN=$(E2E_RETAIN) $(GO) tool ginkgo -v --label-filter=kind --junit-report=e2e-kind.xml --output-dir=bin ./e2e/; \
+	rc=$$?; \
+	if [ "$(E2E_RETAIN)" != 1 ]; then \
+		$(GO) run ./cmd/netpact kind delete --name netpact-e2e --kubeconfig bin/kind-netpact-e2e.kubeconfig || rc=1; \
+		if [ $$own = 1 ]; then kind/dockerd.sh stop; fi; \
+	fi; \
+	echo "make e2e: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/

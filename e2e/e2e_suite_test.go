@@ -1,6 +1,7 @@
 // Package e2e holds netpact's Ginkgo suites: Label("local") runs every scenario file on local
-// nodes of network namespaces through the eBPF datapath; Label("kind") will run them on kind
-// clusters.
+// nodes of network namespaces through the eBPF datapath; Label("kind") brings up one kind cluster
+// with netpact as the CNI and runs the seed 002 workloads and scenario on it (make e2e). The kind
+// specs run only when the label filter names kind.
 package e2e
 
 import (
@@ -39,10 +40,34 @@ type suiteNode struct {
 
 var node suiteNode
 
+// suiteData is what process 1 hands to every process.
+type suiteData struct {
+	Local suiteNode
+	Kind  *kindSuite
+}
+
 // releaseID frees process 1's run id after the suite.
 var releaseID = func() {}
 
 var _ = SynchronizedBeforeSuite(func() []byte {
+	data := suiteData{}
+	if kindSelected() {
+		data.Kind = setUpKind()
+	}
+	if Label("local").MatchesLabelFilter(GinkgoLabelFilter()) {
+		data.Local = setUpLocal()
+	}
+	raw, err := json.Marshal(data)
+	Expect(err).NotTo(HaveOccurred())
+	return raw
+}, func(raw []byte) {
+	var data suiteData
+	Expect(json.Unmarshal(raw, &data)).To(Succeed())
+	node, kindData = data.Local, data.Kind
+})
+
+// setUpLocal makes the pods of every scenario file once.
+func setUpLocal() suiteNode {
 	testenv.RequireBPF(GinkgoT())
 	testenv.RequireCommand(GinkgoT(), "ip", "iproute2")
 	Expect(localnode.PrepareHost()).To(Succeed())
@@ -61,12 +86,8 @@ var _ = SynchronizedBeforeSuite(func() []byte {
 			made.Pods[f][p.Key()] = pod
 		}
 	}
-	data, err := json.Marshal(made)
-	Expect(err).NotTo(HaveOccurred())
-	return data
-}, func(data []byte) {
-	Expect(json.Unmarshal(data, &node)).To(Succeed())
-})
+	return made
+}
 
 var _ = SynchronizedAfterSuite(func() {}, func() {
 	for _, pods := range node.Pods {
@@ -75,6 +96,7 @@ var _ = SynchronizedAfterSuite(func() {}, func() {
 		}
 	}
 	releaseID()
+	tearDownKind()
 })
 
 var _ = Describe("scenarios on a local node", Label("local"), func() {

@@ -4,6 +4,7 @@
 #   kind/dockerd.sh start   installs Debian's docker.io when missing, starts the private dockerd
 #                           (unless it already runs) and prints the DOCKER_HOST to use
 #   kind/dockerd.sh stop    stops it again, only if this script started it
+#   kind/dockerd.sh status  exits 0 when the private dockerd runs
 #   kind/dockerd.sh env     prints export DOCKER_HOST=...
 #
 # The sandbox's processes lack CAP_SYS_RESOURCE in their bounding set, so `docker run --privileged`
@@ -111,5 +112,6 @@ case "${1:-}" in
 start) start ;;
 stop) stop ;;
 env) echo "export DOCKER_HOST=unix://$SOCK" ;;
-*) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+status) running ;;
+*) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

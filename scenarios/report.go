@@ -15,8 +15,14 @@ func Tables(w io.Writer, sr *StepResult) {
 	// Rows and columns are the pods in the scenario's order (cells list sources in that order).
 	var pods []string
 	seen := map[string]bool{}
+	var matrix []CellResult
+	for _, c := range sr.Cells {
+		if !c.Cell.Explicit {
+			matrix = append(matrix, c)
+		}
+	}
 	for _, pass := range []bool{true, false} {
-		for _, c := range sr.Cells {
+		for _, c := range matrix {
 			p := c.To
 			if pass {
 				p = c.From
@@ -27,10 +33,10 @@ func Tables(w io.Writer, sr *StepResult) {
 			}
 		}
 	}
-	for _, port := range portsOf(sr.Cells) {
+	for _, port := range portsOf(matrix) {
 		cell := map[[2]string]*CellResult{}
-		for i := range sr.Cells {
-			c := &sr.Cells[i]
+		for i := range matrix {
+			c := &matrix[i]
 			if c.Port == port {
 				cell[[2]string{c.From, c.To}] = c
 			}
@@ -74,7 +80,18 @@ func Tables(w io.Writer, sr *StepResult) {
 			fmt.Fprintf(w, "  %-*s  %s  %s  %s  %d\n", width, from, pad(e.String(), len(pods)*2+1), pad(p.String(), len(pods)*2+1), o.String(), i)
 		}
 	}
-	fmt.Fprintln(w, `  "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`)
+	if len(matrix) > 0 {
+		fmt.Fprintln(w, `  "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`)
+	}
+	for _, c := range sr.Cells {
+		if c.Cell.Explicit {
+			mark := "ok   "
+			if !c.OK {
+				mark = "WRONG"
+			}
+			fmt.Fprintf(w, "  probe %s %s: expected %s, predicted %s, observed %s\n", mark, c.Cell, c.Expected, c.Predicted, c.Observed)
+		}
+	}
 }
 
 func pad(s string, n int) string {
@@ -122,7 +139,7 @@ func Print(w io.Writer, results []*Result, verbose bool) {
 			}
 			for _, c := range s.Cells {
 				if !c.OK {
-					fmt.Fprintf(w, "  wrong: %s %s: expected %s, predicted %s, observed %s", c.From+" -> "+c.To, c.Port, c.Expected, c.Predicted, c.Observed)
+					fmt.Fprintf(w, "  wrong: %s: expected %s, predicted %s, observed %s", c.Cell, c.Expected, c.Predicted, c.Observed)
 					if c.Rule != "" {
 						fmt.Fprintf(w, " (engine: %s)", c.Rule)
 					}

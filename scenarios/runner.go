@@ -25,6 +25,8 @@ type Cell struct {
 	Service     string
 	ServicePort ServicePort
 	Via         string
+	// Explicit cells come from a step's probes list; the matrix tables leave them out.
+	Explicit bool
 }
 
 func (c Cell) String() string {
@@ -278,7 +280,7 @@ func expectations(sc *Scenario, st *Step) ([]Cell, map[string]Outcome, []Port, e
 		proto, _ := policy.ParseProto(p.Protocol)
 		want, _ := parseOutcome(p.Expect)
 		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
-			HTTP: want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != ""}
+			HTTP: want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", Explicit: true}
 		if p.Service != "" {
 			svc, _ := sc.service(p.Service)
 			sp, _ := svc.port(p.Port)

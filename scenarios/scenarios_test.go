@@ -93,3 +93,73 @@ steps:
 		}
 	}
 }
+
+func TestLoadRejectsBadServiceProbes(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte(`name: x
+namespaces: [{name: a}]
+pods:
+  - {name: web, namespace: a, labels: {app: web}, ports: ["8080/TCP"]}
+  - {name: c, namespace: a}
+services:
+  - {name: web, namespace: a, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+  - {name: db, namespace: a, selector: {app: db}, type: Headless, ports: [{port: 5432, nodePort: 30001}]}
+steps:
+- name: s
+  expect:
+    probes:
+      - {from: a/c, service: a/web, port: 81, expect: allow}
+      - {from: a/c, service: a/web, via: nodePort, port: 80, expect: allow}
+      - {from: a/c, service: a/nope, port: 80, expect: allow}
+      - {from: a/c, to: a/web, service: a/web, port: 80, expect: allow}
+      - {from: a/c, service: a/web, via: carrier-pigeon, port: 80, expect: allow}
+`), 0o644)
+	_, err := Load([]string{bad})
+	for _, want := range []string{
+		"service a/web has no port 81",
+		"service a/web is not a NodePort service",
+		`probe to unknown service "a/nope"`,
+		"a probe needs exactly one of to and service",
+		`unknown via "carrier-pigeon"`,
+		"service a/db: nodePort on a Headless service",
+		"service a/db: no pod it selects serves port 5432",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}
+
+// A service probe is predicted, and probed on the local node, as its first backend pod on the
+// target port.
+func TestServiceProbeResolvesToBackend(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(f, []byte(`name: x
+namespaces: [{name: a}]
+pods:
+  - {name: c, namespace: a}
+  - {name: web-1, namespace: a, labels: {app: web}, ports: ["8080/TCP"]}
+services:
+  - {name: web, namespace: a, selector: {app: web}, type: NodePort, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
+steps:
+- name: s
+  expect:
+    probes:
+      - {from: a/c, service: a/web, via: nodePort, port: 80, path: /x, expect: http-200}
+`), 0o644)
+	sc, err := LoadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cells, expected, _, err := expectations(sc, &sc.Steps[0])
+	if err != nil || len(cells) != 1 {
+		t.Fatalf("cells %v, %v", cells, err)
+	}
+	c := cells[0]
+	if c.To != "a/web-1" || c.Port.Port != 8080 || c.Service != "a/web" || c.Via != "nodePort" || !c.HTTP || !c.Explicit {
+		t.Fatalf("cell %+v", c)
+	}
+	if want := "a/c -> service a/web:80 via nodePort (a/web-1 8080/TCP) GET /x"; c.String() != want || expected[want] != HTTP200 {
+		t.Fatalf("cell %q, want %q", c.String(), want)
+	}
+}

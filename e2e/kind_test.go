@@ -1,0 +1,273 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/netpact/netpact/enforcer/kubenode"
+	"github.com/netpact/netpact/internal/testenv"
+	"github.com/netpact/netpact/kindcluster"
+	"github.com/netpact/netpact/kubeapply"
+	"github.com/netpact/netpact/scenarios"
+)
+
+// kindSuite is the cluster process 1 brought up (or found retained) for every process.
+type kindSuite struct {
+	Name       string
+	Kubeconfig string
+	Created    bool
+}
+
+var kindData *kindSuite
+
+const root = ".."
+
+// kindSelected: the kind specs run only when asked for by label (make e2e), never as part of a
+// plain `go test ./...`.
+func kindSelected() bool {
+	f := GinkgoLabelFilter()
+	return strings.Contains(f, "kind") && Label("kind").MatchesLabelFilter(f)
+}
+
+// seedManifests are seed 002's workloads, applied once per suite.
+var seedManifests = filepath.Join(root, "kind", "manifests", "seed-002")
+
+// setUpKind creates the suite's cluster (or reuses one kept with E2E_RETAIN=1) and applies the
+// seed 002 workloads.
+func setUpKind() *kindSuite {
+	testenv.RequireCommand(GinkgoT(), "docker", "docker.io (kind/dockerd.sh start installs it)")
+	kindcluster.UsePrivateDocker()
+	if os.Getenv("DOCKER_HOST") == "" {
+		testenv.Missing(GinkgoT(), "a Docker engine for kind", "kind/dockerd.sh start, or make e2e")
+	}
+	imagesFile := os.Getenv("NETPACT_IMAGES")
+	if imagesFile == "" {
+		imagesFile = filepath.Join(root, "bin", "images.list")
+	}
+	images, err := kindcluster.ReadImages(imagesFile)
+	if err != nil {
+		testenv.Missing(GinkgoT(), "the kind images ("+err.Error()+")", "make images")
+	}
+	ks := &kindSuite{Name: "netpact-e2e", Kubeconfig: filepath.Join(root, "bin", "kind-netpact-e2e.kubeconfig")}
+	exists, err := kindcluster.Exists(ks.Name)
+	Expect(err).NotTo(HaveOccurred())
+	if _, statErr := os.Stat(ks.Kubeconfig); exists && statErr == nil {
+		fmt.Fprintf(GinkgoWriter, "reusing the retained cluster %s\n", ks.Name)
+	} else {
+		if exists {
+			Expect(kindcluster.Delete(ks.Name, ks.Kubeconfig)).To(Succeed())
+		}
+		start := time.Now()
+		_, err := kindcluster.Create(context.Background(), kindcluster.Options{
+			Name: ks.Name, Config: filepath.Join(root, "kind", "cluster.yaml"),
+			Manifest: filepath.Join(root, "kind", "manifests", "netpact.yaml"), Images: images,
+			Kubeconfig: ks.Kubeconfig, Retain: os.Getenv("E2E_RETAIN") == "1",
+			LogsDir: filepath.Join(root, "bin", "kind-logs"), Out: GinkgoWriter,
+		})
+		Expect(err).NotTo(HaveOccurred(), "create the kind cluster")
+		ks.Created = true
+		AddReportEntry("cluster create", time.Since(start).Round(100*time.Millisecond).String())
+	}
+	cfg, client := kindClient(ks)
+	start := time.Now()
+	objs := seedObjects(images)
+	applier, err := kubeapply.New(cfg)
+	Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	Expect(applier.Apply(ctx, objs)).To(Succeed())
+	Expect(kubeapply.WaitWorkloads(ctx, client, objs)).To(Succeed())
+	Expect(kubeapply.WaitPodsReady(ctx, client, "db")).To(Succeed())
+	Expect(kubeapply.WaitPodsReady(ctx, client, "dummy")).To(Succeed())
+	AddReportEntry("seed 002 workloads Ready", time.Since(start).Round(100*time.Millisecond).String())
+	return ks
+}
+
+// seedObjects are the seed 002 manifests with the images built here.
+func seedObjects(images kindcluster.Images) []*unstructured.Unstructured {
+	files, err := filepath.Glob(filepath.Join(seedManifests, "*.yaml"))
+	Expect(err).NotTo(HaveOccurred())
+	sort.Strings(files)
+	byName := map[string]string{}
+	for _, ref := range images.Workloads {
+		repo := ref[:strings.LastIndex(ref, ":")]
+		byName[strings.ToUpper(filepath.Base(repo))+"_IMAGE"] = ref
+	}
+	var out []*unstructured.Unstructured
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		Expect(err).NotTo(HaveOccurred())
+		for placeholder, ref := range byName {
+			raw = bytes.ReplaceAll(raw, []byte(placeholder), []byte(ref))
+		}
+		Expect(string(raw)).NotTo(MatchRegexp(`[A-Z]+_IMAGE`), "%s names an image the images file lacks", f)
+		objs, err := kubeapply.Decode(f, raw)
+		Expect(err).NotTo(HaveOccurred())
+		out = append(out, objs...)
+	}
+	return out
+}
+
+func tearDownKind() {
+	if kindData == nil || !kindData.Created || os.Getenv("E2E_RETAIN") == "1" {
+		return
+	}
+	Expect(kindcluster.Delete(kindData.Name, kindData.Kubeconfig)).To(Succeed())
+	_ = os.Remove(kindData.Kubeconfig)
+}
+
+func kindClient(ks *kindSuite) (*rest.Config, kubernetes.Interface) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", ks.Kubeconfig)
+	Expect(err).NotTo(HaveOccurred())
+	client, err := kubernetes.NewForConfig(cfg)
+	Expect(err).NotTo(HaveOccurred())
+	return cfg, client
+}
+
+var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"), func() {
+	var (
+		cfg    *rest.Config
+		client kubernetes.Interface
+		ctx    = context.Background()
+	)
+	BeforeAll(func() {
+		if kindData == nil {
+			Skip("the kind specs run with make e2e (ginkgo --label-filter=kind)")
+		}
+		cfg, client = kindClient(kindData)
+	})
+
+	It("has 3 nodes Ready, each with IPv4 and IPv6 pod CIDRs, and every kube-system pod Ready", func() {
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(nodes.Items).To(HaveLen(3))
+		for _, n := range nodes.Items {
+			Expect(n.Spec.PodCIDRs).To(HaveLen(2), "node %s pod CIDRs", n.Name)
+			ready := false
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady {
+					ready = c.Status == corev1.ConditionTrue
+				}
+			}
+			Expect(ready).To(BeTrue(), "node %s Ready", n.Name)
+		}
+		pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods.Items).NotTo(BeEmpty())
+		for _, p := range pods.Items {
+			Expect(kubeapply.PodReady(&p)).To(BeTrue(), "kube-system pod %s Ready", p.Name)
+		}
+	})
+
+	It("runs the enforcer on every node, routing every other node's IPv4 and IPv6 pod CIDRs", func() {
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		pods, err := client.CoreV1().Pods("kube-system").List(ctx,
+			metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods.Items).To(HaveLen(len(nodes.Items)))
+		for _, p := range pods.Items {
+			raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").
+				Name(p.Name + ":9879").SubResource("proxy").Suffix("routes").DoRaw(ctx)
+			Expect(err).NotTo(HaveOccurred(), "routes of %s", p.Name)
+			var routes []kubenode.Route
+			Expect(json.Unmarshal(raw, &routes)).To(Succeed())
+			want := 0
+			for _, n := range nodes.Items {
+				if n.Name != p.Spec.NodeName {
+					want += len(n.Spec.PodCIDRs)
+					for _, c := range n.Spec.PodCIDRs {
+						Expect(routes).To(ContainElement(HaveField("Dst.String()", c)), "%s routes %s", p.Spec.NodeName, c)
+					}
+				}
+			}
+			Expect(routes).To(HaveLen(want), "routes on %s: %s", p.Spec.NodeName, raw)
+		}
+	})
+
+	It("runs the seed 002 workloads Ready, spread over both workers", func() {
+		flask, err := client.CoreV1().Pods("db").List(ctx, metav1.ListOptions{LabelSelector: "app=flask-app"})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(flask.Items).To(HaveLen(3))
+		nodesOf := map[string]bool{}
+		for _, p := range flask.Items {
+			Expect(kubeapply.PodReady(&p)).To(BeTrue(), "%s Ready", p.Name)
+			nodesOf[p.Spec.NodeName] = true
+		}
+		Expect(nodesOf).To(HaveLen(2), "flask-app replicas on both workers")
+		pg, err := client.CoreV1().Pods("db").Get(ctx, "postgres-0", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kubeapply.PodReady(pg)).To(BeTrue())
+		d1, err := client.CoreV1().Pods("db").Get(ctx, "debug", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		d2, err := client.CoreV1().Pods("dummy").Get(ctx, "debug", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(d1.Spec.NodeName).NotTo(Equal(d2.Spec.NodeName), "the debug pods are on different nodes")
+	})
+
+	It("observes the seed's open matrix (steps 4-5) with curl, nc and psql, across nodes and through services", func() {
+		sc, err := scenarios.LoadFile(filepath.Join(root, "scenarios", "seeds", "002-flask-postgres.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client})
+		start := time.Now()
+		res := (&scenarios.Runner{Backend: backend, Parallel: 8}).Run(sc)
+		AddReportEntry("seed 002 scenario on kind", time.Since(start).Round(100*time.Millisecond).String())
+		var report bytes.Buffer
+		scenarios.Print(&report, []*scenarios.Result{res}, true)
+		GinkgoWriter.Print(report.String())
+		Expect(res.Error).To(BeEmpty())
+		Expect(res.Steps).To(HaveLen(3))
+		open := res.Steps[0]
+		Expect(open.Pending).To(BeEmpty())
+		Expect(open.Failed).To(BeFalse(), "the open matrix:\n%s", report.String())
+		// Every tool ran, the services were reached every way, and cells crossed nodes.
+		var curl, nc, psql, cross, viaService int
+		for _, c := range open.Cells {
+			if c.Loopback {
+				continue
+			}
+			switch {
+			case c.Cell.HTTP:
+				curl++
+			case c.To == "db/postgres-0":
+				psql++
+			default:
+				nc++
+			}
+			if c.Cell.Service != "" {
+				viaService++
+			}
+			from, to := backend.Pods(c.From), backend.Pods(c.To)
+			for _, t := range to {
+				if t.Spec.NodeName != from[0].Spec.NodeName {
+					cross++
+					break
+				}
+			}
+		}
+		Expect(curl).To(BeNumerically(">=", 6))
+		Expect(nc).To(BeNumerically(">=", 3))
+		Expect(psql).To(BeNumerically(">=", 3))
+		Expect(viaService).To(BeNumerically(">=", 6))
+		Expect(cross).To(BeNumerically(">=", 4))
+		// The policy steps wait for the enforcer on kind.
+		Expect(res.Steps[1].Pending).To(ContainSubstring("does not enforce policies yet"))
+		Expect(res.Steps[2].Pending).NotTo(BeEmpty())
+	})
+})
