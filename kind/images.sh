@@ -32,13 +32,14 @@ KIND_VERSION=$(awk '$1 == "sigs.k8s.io/kind" {print $2}' "$ROOT/go.mod")
 
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# stage NAME CMD...: runs a stage and says how long it took.
+# stage NAME CMD...: runs a stage and says how long it took; its output goes to stderr (stdout is
+# the image list).
 stage() {
 	local name=$1 start end
 	shift
 	log "$name ..."
 	start=$EPOCHREALTIME
-	"$@"
+	"$@" >&2
 	end=$EPOCHREALTIME
 	log "$name done in $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')s"
 }
@@ -84,10 +85,10 @@ ctx_hash() { (cd "$ROOT" && { echo "$BASE"; find "$1" -type f | sort | xargs sha
 FLASK=netpact/flask:$(ctx_hash kind/images/flask)
 POSTGRES=netpact/postgres:$(ctx_hash kind/images/postgres)
 DEBUG=netpact/debug:$(ctx_hash kind/images/debug)
-# The netpact image follows the Go sources of the binary.
+# The netpact image follows the Go sources of the binary (tests left out).
 netpact_hash() {
 	(cd "$ROOT" && git ls-files -co --exclude-standard -- '*.go' go.mod go.sum '*.o' kind/images/netpact/Dockerfile |
-		grep -v '^kind/images/' | sort | xargs sha256sum; echo "$BASE"; sha256sum kind/images/netpact/Dockerfile) |
+		grep -v -e '^kind/images/' -e '_test\.go$' | sort | xargs sha256sum; echo "$BASE"; sha256sum kind/images/netpact/Dockerfile) |
 		sha256sum | cut -c1-12
 }
 NETPACT=netpact/netpact:$(netpact_hash)

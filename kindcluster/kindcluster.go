@@ -153,15 +153,13 @@ func Create(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	err = stage(fmt.Sprintf("create cluster %q (%d nodes) from %s", o.Name, nodes, o.Images.Node), func() error {
-		return p.Create(o.Name, cluster.CreateWithConfigFile(o.Config), cluster.CreateWithNodeImage(o.Images.Node),
-			cluster.CreateWithRetain(o.Retain), cluster.CreateWithKubeconfigPath(o.Kubeconfig),
-			cluster.CreateWithDisplayUsage(false), cluster.CreateWithDisplaySalutation(false))
-	})
-	if err != nil {
-		// kind deletes a failed cluster itself unless retained.
-		return nil, err
+	if exists, err := Exists(o.Name); err != nil {
+		return nil, fmt.Errorf("list clusters: %w", err)
+	} else if exists {
+		return nil, fmt.Errorf("a kind cluster named %s exists already (netpact kind delete --name %s)", o.Name, o.Name)
 	}
+	// kind keeps the nodes of a failed create (so their logs can be collected first); they are
+	// deleted below unless Retain.
 	defer func() {
 		if err == nil {
 			return
@@ -173,8 +171,18 @@ func Create(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 		if !o.Retain {
 			_ = Delete(o.Name, o.Kubeconfig)
+		} else {
+			err = fmt.Errorf("%w (nodes kept: netpact kind delete --name %s)", err, o.Name)
 		}
 	}()
+	err = stage(fmt.Sprintf("create cluster %q (%d nodes) from %s", o.Name, nodes, o.Images.Node), func() error {
+		return p.Create(o.Name, cluster.CreateWithConfigFile(o.Config), cluster.CreateWithNodeImage(o.Images.Node),
+			cluster.CreateWithRetain(true), cluster.CreateWithKubeconfigPath(o.Kubeconfig),
+			cluster.CreateWithDisplayUsage(false), cluster.CreateWithDisplaySalutation(false))
+	})
+	if err != nil {
+		return nil, err
+	}
 	images := append([]string{o.Images.Netpact}, o.Images.Workloads...)
 	if err := stage(fmt.Sprintf("load %d images into every node", len(images)), func() error {
 		return LoadImages(o.Name, images)
