@@ -102,8 +102,10 @@ JSON
 
 stop() {
 	if [ -f "$RUN/started-by-netpact" ] && running; then
-		kill "$(cat "$PIDFILE")"
-		for _ in $(seq 1 100); do running || break; sleep 0.1; done
+		local pid
+		pid=$(cat "$PIDFILE")
+		kill "$pid"
+		for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 	fi
 	rm -f "$RUN/started-by-netpact"
 }

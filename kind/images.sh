@@ -273,7 +273,20 @@ build() {
 	have_image "$POSTGRES" || stage "image $POSTGRES" docker_build "$POSTGRES" "$ROOT/kind/images/postgres"
 	have_image "$DEBUG" || stage "image $DEBUG" docker_build "$DEBUG" "$ROOT/kind/images/debug"
 	have_image "$NETPACT" || stage "image $NETPACT" build_netpact
+	prune
 	list
+}
+
+# prune removes the images of earlier inputs (other tags of the same repositories).
+prune() {
+	local keep=" $BASE $NODE $FLASK $POSTGRES $DEBUG $NETPACT " old
+	for old in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^netpact/(debian|kind-node|flask|postgres|debug|netpact):'); do
+		case "$keep" in *" $old "*) ;; *)
+			log "remove $old (inputs changed)"
+			docker rmi "$old" >/dev/null 2>&1 || true
+			;;
+		esac
+	done
 }
 
 case "${1:-}" in

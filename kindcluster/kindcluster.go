@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/kind/pkg/cluster"
+	"sigs.k8s.io/kind/pkg/cluster/nodes"
 	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 	kindcmd "sigs.k8s.io/kind/pkg/cmd"
 
@@ -38,7 +39,7 @@ type Images struct {
 	Node string
 	// Netpact is the enforcer DaemonSet's image.
 	Netpact string
-	// Workloads are loaded into every node as well (the seed's flask, postgres, debug images).
+	// Workloads are loaded into the workers as well (the seed's flask, postgres, debug images).
 	Workloads []string
 }
 
@@ -149,7 +150,7 @@ func Create(ctx context.Context, o Options) (c *Cluster, err error) {
 		fmt.Fprintf(o.Out, "kind: %s done in %.1fs\n", what, time.Since(start).Seconds())
 		return nil
 	}
-	nodes, err := nodeCount(o.Config)
+	count, err := nodeCount(o.Config)
 	if err != nil {
 		return nil, err
 	}
@@ -175,20 +176,28 @@ func Create(ctx context.Context, o Options) (c *Cluster, err error) {
 			err = fmt.Errorf("%w (nodes kept: netpact kind delete --name %s)", err, o.Name)
 		}
 	}()
-	err = stage(fmt.Sprintf("create cluster %q (%d nodes) from %s", o.Name, nodes, o.Images.Node), func() error {
+	// The images go into each node's containerd while kind is still running kubeadm there: they
+	// are saved meanwhile, and each node is loaded as soon as its containerd answers. Workload
+	// images go to the workers only (the control plane is tainted), netpact's to every node.
+	loadCtx, stopLoading := context.WithTimeout(ctx, o.Wait)
+	defer stopLoading()
+	loaded := make(chan error, 1)
+	loadStart := time.Now()
+	go func() { loaded <- loadWhenUp(loadCtx, p, o.Name, count, o.Images) }()
+	err = stage(fmt.Sprintf("create cluster %q (%d nodes) from %s", o.Name, count, o.Images.Node), func() error {
 		return p.Create(o.Name, cluster.CreateWithConfigFile(o.Config), cluster.CreateWithNodeImage(o.Images.Node),
 			cluster.CreateWithRetain(true), cluster.CreateWithKubeconfigPath(o.Kubeconfig),
 			cluster.CreateWithDisplayUsage(false), cluster.CreateWithDisplaySalutation(false))
 	})
 	if err != nil {
+		stopLoading()
+		<-loaded
 		return nil, err
 	}
-	images := append([]string{o.Images.Netpact}, o.Images.Workloads...)
-	if err := stage(fmt.Sprintf("load %d images into every node", len(images)), func() error {
-		return LoadImages(o.Name, images)
-	}); err != nil {
+	if err := stage("finish loading the images into the nodes", func() error { return <-loaded }); err != nil {
 		return nil, err
 	}
+	fmt.Fprintf(o.Out, "kind: images saved and loaded %.1fs after create began\n", time.Since(loadStart).Seconds())
 	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
@@ -216,8 +225,8 @@ func Create(ctx context.Context, o Options) (c *Cluster, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := stage(fmt.Sprintf("wait for %d nodes Ready", nodes), func() error {
-		return kubeapply.WaitNodesReady(ctx, client, nodes)
+	if err := stage(fmt.Sprintf("wait for %d nodes Ready", count), func() error {
+		return kubeapply.WaitNodesReady(ctx, client, count)
 	}); err != nil {
 		return nil, err
 	}
@@ -250,41 +259,112 @@ func nodeCount(config string) (int, error) {
 	return n, nil
 }
 
-// LoadImages loads images from the Docker engine into every node's containerd, as `kind load
-// docker-image` does: one `docker save` stream, imported on each node.
-func LoadImages(name string, images []string) error {
-	UsePrivateDocker()
-	nodes, err := provider().ListInternalNodes(name)
-	if err != nil {
-		return fmt.Errorf("list nodes: %w", err)
-	}
-	if len(nodes) == 0 {
-		return fmt.Errorf("cluster %q has no nodes", name)
-	}
+// saveImages writes one `docker save` archive of the images into a new temporary directory.
+func saveImages(images []string) (string, error) {
 	dir, err := os.MkdirTemp("", "netpact-images")
+	if err != nil {
+		return "", err
+	}
+	archive := filepath.Join(dir, "images.tar")
+	if out, err := exec.Command("docker", append([]string{"save", "-o", archive}, images...)...).CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("docker save: %w: %s", err, out)
+	}
+	return archive, nil
+}
+
+// loadWhenUp saves the images, waits for the cluster's n node containers and loads each node as
+// soon as its containerd answers: every image into workers, netpact's into control planes (and
+// everything into a cluster without workers).
+func loadWhenUp(ctx context.Context, p *cluster.Provider, name string, n int, im Images) error {
+	all, err := saveImages(append([]string{im.Netpact}, im.Workloads...))
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	archive := filepath.Join(dir, "images.tar")
-	if out, err := exec.Command("docker", append([]string{"save", "-o", archive}, images...)...).CombinedOutput(); err != nil {
-		return fmt.Errorf("docker save: %w: %s", err, out)
+	defer os.RemoveAll(filepath.Dir(all))
+	onlyNetpact, err := saveImages([]string{im.Netpact})
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(filepath.Dir(onlyNetpact))
+	var list []nodes.Node
+	for {
+		list, _ = p.ListInternalNodes(name)
+		if len(list) >= n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("load images: %d of %d nodes started: %w", len(list), n, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	workers := false
+	for _, node := range list {
+		if role, _ := node.Role(); role == "worker" {
+			workers = true
+		}
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, len(nodes))
-	for i, n := range nodes {
+	errs := make([]error, len(list))
+	for i, node := range list {
+		archive := all
+		if role, _ := node.Role(); workers && role != "worker" {
+			archive = onlyNetpact
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f, err := os.Open(archive)
-			if err != nil {
-				errs[i] = err
-				return
+			for node.CommandContext(ctx, "ctr", "version").Run() != nil {
+				select {
+				case <-ctx.Done():
+					errs[i] = fmt.Errorf("node %s: containerd never answered: %w", node.String(), ctx.Err())
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
 			}
-			defer f.Close()
-			if err := nodeutils.LoadImageArchive(n, f); err != nil {
-				errs[i] = fmt.Errorf("node %s: %w", n.String(), err)
-			}
+			errs[i] = loadArchive(node, archive)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func loadArchive(node nodes.Node, archive string) error {
+	f, err := os.Open(archive)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := nodeutils.LoadImageArchive(node, f); err != nil {
+		return fmt.Errorf("node %s: %w", node.String(), err)
+	}
+	return nil
+}
+
+// LoadImages loads images from the Docker engine into every node of a running cluster, as `kind
+// load docker-image` does: one `docker save` archive, imported on each node.
+func LoadImages(name string, images []string) error {
+	UsePrivateDocker()
+	list, err := provider().ListInternalNodes(name)
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	if len(list) == 0 {
+		return fmt.Errorf("cluster %q has no nodes", name)
+	}
+	archive, err := saveImages(images)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(filepath.Dir(archive))
+	var wg sync.WaitGroup
+	errs := make([]error, len(list))
+	for i, node := range list {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = loadArchive(node, archive)
 		}()
 	}
 	wg.Wait()
