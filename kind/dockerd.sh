@@ -106,6 +106,8 @@ stop() {
 		pid=$(cat "$PIDFILE")
 		kill "$pid"
 		for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		# dockerd leaves its bind mount of the host network namespace behind.
+		umount "$STATE/exec/netns/default" 2>/dev/null || true
 	fi
 	rm -f "$RUN/started-by-netpact"
 }
