@@ -1,7 +1,6 @@
 // Package cniplugin is netpact's CNI plugin (CNI spec 1.0): for each pod it makes a veth pair,
 // takes addresses from an IPAM plugin (host-local over the node's IPv4 and IPv6 pod CIDRs), and
-// routes the way Cilium does: the pod gets /32 and /128 addresses and a default route through
-// link-local gateways that the host answers for, and the host routes each pod address to its veth.
+// routes the way Cilium does (package podnet, which wires the local node's pods too).
 //
 // The netpact binary becomes this plugin when the container runtime runs it with CNI_COMMAND
 // set. Every pod it wires is also recorded as an Endpoint under EndpointDir: that record is the
@@ -15,7 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
+	"net/netip"
 	"runtime"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -26,14 +25,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-)
 
-// Gateways every pod routes through; the host veth answers for them (proxy ARP for IPv4, the
-// link-local address on the host veth for IPv6).
-var (
-	GatewayV4 = net.IPv4(169, 254, 1, 1)
-	GatewayV6 = net.ParseIP("fe80::1")
+	"github.com/netpact/netpact/podnet"
 )
 
 // NetConf is the plugin's network configuration.
@@ -125,6 +118,14 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if len(res.IPs) == 0 {
 		return errors.New("ipam returned no address")
 	}
+	var addrs []netip.Addr
+	for _, ipc := range res.IPs {
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok {
+			return fmt.Errorf("ipam returned an invalid address %v", ipc.Address.IP)
+		}
+		addrs = append(addrs, a.Unmap())
+	}
 
 	hostName := HostVethName(args.ContainerID)
 	hostNS, err := ns.GetCurrentNS()
@@ -139,12 +140,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 		if err != nil {
 			return err
 		}
-		return configurePod(args.IfName, res.IPs)
+		return podnet.ConfigurePod(args.IfName, addrs)
 	})
 	if err != nil {
 		return fmt.Errorf("pod interface: %w", err)
 	}
-	if err := configureHost(hostName, res.IPs); err != nil {
+	if err := podnet.ConfigureHost(hostName, addrs); err != nil {
 		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
 		return fmt.Errorf("host side of %s: %w", hostName, err)
 	}
@@ -156,9 +157,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	for _, ipc := range res.IPs {
 		ipc.Interface = current.Int(1)
 		if ipc.Address.IP.To4() != nil {
-			ipc.Gateway = GatewayV4
+			ipc.Gateway = net.IP(podnet.GatewayV4.AsSlice())
 		} else {
-			ipc.Gateway = GatewayV6
+			ipc.Gateway = net.IP(podnet.GatewayV6.AsSlice())
 		}
 	}
 	res.Routes = nil
@@ -177,89 +178,6 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	success = true
 	return types.PrintResult(res, conf.CNIVersion)
-}
-
-// configurePod addresses the pod's interface with host routes only and routes everything through
-// the gateways. It runs inside the pod's netns.
-func configurePod(ifName string, ips []*current.IPConfig) error {
-	link, err := netlink.LinkByName(ifName)
-	if err != nil {
-		return err
-	}
-	has4, has6 := false, false
-	for _, ipc := range ips {
-		addr := &netlink.Addr{IPNet: hostMask(ipc.Address.IP)}
-		if ipc.Address.IP.To4() == nil {
-			has6 = true
-			addr.Flags = unix.IFA_F_NODAD
-		} else {
-			has4 = true
-		}
-		if err := netlink.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("address %s: %w", addr.IPNet, err)
-		}
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return err
-	}
-	if has4 {
-		gw := &net.IPNet{IP: GatewayV4, Mask: net.CIDRMask(32, 32)}
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: gw, Scope: netlink.SCOPE_LINK}); err != nil {
-			return fmt.Errorf("route to gateway %s: %w", GatewayV4, err)
-		}
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: GatewayV4,
-			Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}); err != nil {
-			return fmt.Errorf("default route: %w", err)
-		}
-	}
-	if has6 {
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: GatewayV6,
-			Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}}); err != nil {
-			return fmt.Errorf("default IPv6 route: %w", err)
-		}
-	}
-	return nil
-}
-
-// configureHost makes the host veth answer for the gateways and routes the pod's addresses to it.
-func configureHost(hostName string, ips []*current.IPConfig) error {
-	link, err := netlink.LinkByName(hostName)
-	if err != nil {
-		return err
-	}
-	for _, kv := range [][2]string{
-		{"/proc/sys/net/ipv4/conf/" + hostName + "/proxy_arp", "1"},
-		{"/proc/sys/net/ipv4/neigh/" + hostName + "/proxy_delay", "0"},
-		{"/proc/sys/net/ipv4/conf/" + hostName + "/forwarding", "1"},
-		{"/proc/sys/net/ipv6/conf/" + hostName + "/forwarding", "1"},
-	} {
-		if err := os.WriteFile(kv[0], []byte(kv[1]), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("sysctl %s: %w", kv[0], err)
-		}
-	}
-	gw6 := &netlink.Addr{IPNet: &net.IPNet{IP: GatewayV6, Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
-	if err := netlink.AddrAdd(link, gw6); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("gateway address %s: %w", GatewayV6, err)
-	}
-	for _, ipc := range ips {
-		rt := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostMask(ipc.Address.IP), Scope: netlink.SCOPE_LINK,
-			Protocol: RouteProtocol}
-		if err := netlink.RouteReplace(rt); err != nil {
-			return fmt.Errorf("route %s: %w", rt.Dst, err)
-		}
-	}
-	return nil
-}
-
-// RouteProtocol marks the routes netpact owns (pod routes here, other nodes' pod CIDRs in the
-// enforcer), so they can be told from everyone else's.
-const RouteProtocol netlink.RouteProtocol = 0x6e // 'n'
-
-func hostMask(a net.IP) *net.IPNet {
-	if v4 := a.To4(); v4 != nil {
-		return &net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}
-	}
-	return &net.IPNet{IP: a, Mask: net.CIDRMask(128, 128)}
 }
 
 // defaultMTU is the MTU of the interface the host's default route uses, 1500 without one.

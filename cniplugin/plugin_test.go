@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netpact/netpact/internal/testenv"
+	"github.com/netpact/netpact/podnet"
 )
 
 // The test binary is the plugin when a runtime-like caller sets NETPACT_CNI_HELPER, the way the
@@ -252,12 +253,12 @@ func TestAddConnectCheckDel(t *testing.T) {
 		var gw4, gw6 bool
 		for _, r := range routes {
 			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				gw4 = gw4 || r.Gw.Equal(GatewayV4)
-				gw6 = gw6 || r.Gw.Equal(GatewayV6)
+				gw4 = gw4 || r.Gw.Equal(net.IP(podnet.GatewayV4.AsSlice()))
+				gw6 = gw6 || r.Gw.Equal(net.IP(podnet.GatewayV6.AsSlice()))
 			}
 		}
 		if !gw4 || !gw6 {
-			return fmt.Errorf("default routes via %s and %s missing: %v", GatewayV4, GatewayV6, routes)
+			return fmt.Errorf("default routes via %s and %s missing: %v", podnet.GatewayV4, podnet.GatewayV6, routes)
 		}
 		return nil
 	})
@@ -290,7 +291,7 @@ func TestAddConnectCheckDel(t *testing.T) {
 	}
 	_ = a.ns.Do(func(ns.NetNS) error {
 		l, _ := netlink.LinkByName("eth0")
-		return netlink.AddrDel(l, &netlink.Addr{IPNet: hostMask(a.addr(false))})
+		return netlink.AddrDel(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.addr(false), Mask: net.CIDRMask(32, 32)}})
 	})
 	if _, err := n.call("CHECK", a.id, a.ns.Path(), withPrev(a)); err == nil || !strings.Contains(err.Error(), "lacks") {
 		t.Fatalf("CHECK after the address was removed: %v", err)

@@ -171,7 +171,7 @@ static_image() {
 # --- node -----------------------------------------------------------------------------------------
 
 build_node() {
-	local work bin kindsrc images etcd_tag coredns_tag pause_tag tmp cid
+	local work bin kindsrc images pause_tag tmp cid
 	work=$(mktemp -d "$CACHE/node.XXXXXX")
 	bin="$work/bin"
 	mkdir -p "$bin"
@@ -191,8 +191,8 @@ build_node() {
 			name=${name%%:*}
 			stage "image $ref" static_image "$ref" "$bin/$name" "[\"/usr/local/bin/$name\"]"
 			;;
-		*/etcd:*) etcd_tag=$ref; stage "image $ref" static_image "$ref" "$bin/etcd" '["/usr/local/bin/etcd"]' ;;
-		*/coredns:*) coredns_tag=$ref; stage "image $ref" static_image "$ref" "$bin/coredns" '["/usr/local/bin/coredns"]' ;;
+		*/etcd:*) stage "image $ref" static_image "$ref" "$bin/etcd" '["/usr/local/bin/etcd"]' ;;
+		*/coredns:*) stage "image $ref" static_image "$ref" "$bin/coredns" '["/usr/local/bin/coredns"]' ;;
 		*/pause:*) pause_tag=$ref; stage "image $ref" static_image "$ref" "$bin/pause" '["/usr/local/bin/pause"]' ;;
 		*) echo "kubeadm asks for an image this script does not know: $ref" >&2; exit 1 ;;
 		esac

@@ -13,13 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-)
 
-// Gateway addresses every pod routes through; the host answers for them by proxy ARP and a
-// host-side link-local address.
-const (
-	gatewayV4 = "169.254.1.1"
-	gatewayV6 = "fe80::1"
+	"github.com/netpact/netpact/podnet"
 )
 
 // Pod is one pod of the local node.
@@ -62,52 +57,26 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 			p = nil
 		}
 	}()
-	ns := func(args ...string) error { return run(append([]string{"ip", "netns", "exec", netnsName}, args...)...) }
-	steps := [][]string{
+	for _, step := range [][]string{
 		{"ip", "netns", "add", netnsName},
 		{"ip", "link", "add", hostIfname, "type", "veth", "peer", "name", "eth0", "netns", netnsName},
-		{"ip", "link", "set", hostIfname, "up"},
-		{"sysctl", "-qw", "net.ipv4.conf." + hostIfname + ".proxy_arp=1"},
-		// Proxy ARP answers are delayed by up to 0.8 s by default, longer than a probe's timeout.
-		{"sysctl", "-qw", "net.ipv4.neigh." + hostIfname + ".proxy_delay=0"},
-		{"sysctl", "-qw", "net.ipv6.conf." + hostIfname + ".disable_ipv6=0"},
-		{"ip", "addr", "add", gatewayV6 + "/64", "dev", hostIfname, "nodad"},
-	}
-	for _, s := range steps {
-		if err := run(s...); err != nil {
+	} {
+		if err := run(step...); err != nil {
 			return p, fmt.Errorf("create pod %s: %w", name, err)
 		}
 	}
-	inside := [][]string{
-		{"ip", "link", "set", "lo", "up"},
-		{"ip", "link", "set", "eth0", "up"},
-	}
-	if v4.IsValid() {
-		inside = append(inside,
-			[]string{"ip", "addr", "add", v4.String() + "/32", "dev", "eth0"},
-			[]string{"ip", "route", "add", gatewayV4, "dev", "eth0", "scope", "link"},
-			[]string{"ip", "route", "add", "default", "via", gatewayV4, "dev", "eth0"})
-	}
-	if v6.IsValid() {
-		inside = append(inside,
-			[]string{"sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"},
-			[]string{"ip", "-6", "addr", "add", v6.String() + "/128", "dev", "eth0", "nodad"},
-			[]string{"ip", "-6", "route", "add", "default", "via", gatewayV6, "dev", "eth0"})
-	}
-	for _, s := range inside {
-		if err := ns(s...); err != nil {
-			return p, fmt.Errorf("create pod %s: %w", name, err)
+	// The same wiring the CNI plugin gives a Kubernetes pod.
+	var addrs []netip.Addr
+	for _, a := range []netip.Addr{v4, v6} {
+		if a.IsValid() {
+			addrs = append(addrs, a)
 		}
 	}
-	if v4.IsValid() {
-		if err := run("ip", "route", "replace", v4.String()+"/32", "dev", hostIfname); err != nil {
-			return p, fmt.Errorf("create pod %s: %w", name, err)
-		}
+	if err := p.Do(func() error { return podnet.ConfigurePod("eth0", addrs) }); err != nil {
+		return p, fmt.Errorf("create pod %s: %w", name, err)
 	}
-	if v6.IsValid() {
-		if err := run("ip", "-6", "route", "replace", v6.String()+"/128", "dev", hostIfname); err != nil {
-			return p, fmt.Errorf("create pod %s: %w", name, err)
-		}
+	if err := podnet.ConfigureHost(hostIfname, addrs); err != nil {
+		return p, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	l, err := netlink.LinkByName(hostIfname)
 	if err != nil {

@@ -32,6 +32,7 @@ import (
 
 	"github.com/netpact/netpact/cniplugin"
 	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/podnet"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -229,13 +230,13 @@ func DesiredRoutes(self string, nodes []*corev1.Node) []Route {
 func ReplaceRoutes(want []Route) error {
 	keep := map[string]bool{}
 	for _, r := range want {
-		nr := &netlink.Route{Dst: prefixNet(r.Dst), Gw: net.IP(r.Via.AsSlice()), Protocol: cniplugin.RouteProtocol}
+		nr := &netlink.Route{Dst: prefixNet(r.Dst), Gw: net.IP(r.Via.AsSlice()), Protocol: podnet.RouteProtocol}
 		if err := netlink.RouteReplace(nr); err != nil {
 			return fmt.Errorf("route %s via %s (node %s): %w", r.Dst, r.Via, r.Node, err)
 		}
 		keep[r.Dst.String()] = true
 	}
-	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: cniplugin.RouteProtocol},
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: podnet.RouteProtocol},
 		netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)

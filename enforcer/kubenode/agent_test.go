@@ -15,8 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/netpact/netpact/cniplugin"
 	"github.com/netpact/netpact/internal/testenv"
+	"github.com/netpact/netpact/podnet"
 )
 
 func kubeNode(name string, cidrs []string, ips ...string) *corev1.Node {
@@ -138,7 +138,7 @@ func TestSyncInNodeNetns(t *testing.T) {
 		}
 		// A route deleted behind the agent's back comes back on the next sync.
 		_ = netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: net.ParseIP("10.244.1.0"), Mask: net.CIDRMask(24, 32)},
-			Gw: net.ParseIP("172.18.0.3"), Protocol: cniplugin.RouteProtocol})
+			Gw: net.ParseIP("172.18.0.3"), Protocol: podnet.RouteProtocol})
 		if err := a.Sync(nodes[:2]); err != nil {
 			return err
 		}
