@@ -10,7 +10,15 @@ export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
-.PHONY: all build test e2e-local images e2e bench fuzz generate check-generate lint demo clean
+.PHONY: all build test e2e-local images e2e bench fuzz generate check-generate lint demo clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
+
+# The Debian packages each target needs, from the one list in internal/host/deps.sh: installed when
+# missing (root and apt-get), one line per package installed; `make deps` installs everything CI uses.
+HOSTDEPS := internal/host/deps.sh
+deps:
+	@$(HOSTDEPS) ci
+deps-demo deps-test deps-bench deps-generate deps-e2e:
+	@$(HOSTDEPS) $(@:deps-%=%)
 
 all: build
 
@@ -21,10 +29,14 @@ build:
 # with prog.Run and real traffic in network namespaces. CI=true turns missing prerequisites into
 # failures.
 # The full verbose log goes to test.log; the terminal gets package results, the cyclonus counts
-# and every failure line.
-test:
-	set -o pipefail; $(GO) test -count=1 -v -timeout 25m ./... 2>&1 | tee test.log | \
-		grep -E '^(ok|FAIL|--- FAIL|--- SKIP|cyclonus|panic|\?)|^\s+[a-z0-9_]+_test\.go:[0-9]+:'
+# and every failure line. The run fails when it leaves a network namespace, a host veth or a pin
+# under /sys/fs/bpf that was not there before (internal/host/leftovers.sh).
+test: deps-test
+	@set -o pipefail; before=$$(mktemp); internal/host/leftovers.sh snapshot $$before || exit 1; \
+	$(GO) test -count=1 -v -timeout 25m ./... 2>&1 | tee test.log | \
+		grep -E '^(ok|FAIL|--- FAIL|--- SKIP|cyclonus|panic|\?)|^\s+[a-z0-9_]+_test\.go:[0-9]+:'; rc=$$?; \
+	internal/host/leftovers.sh check $$before || rc=1; rm -f $$before; \
+	skips=$$(grep -c -- '--- SKIP' test.log); echo "make test: exit $$rc, $$skips skipped (test.log)"; exit $$rc
 
 # The Ginkgo suite's local-node specs, in parallel processes (make test runs them too).
 e2e-local:
@@ -54,7 +66,7 @@ e2e:
 	fi; \
 	echo "make e2e: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 
-bench:
+bench: deps-bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/
 	$(GO) test -run '^$$' -bench 'Verdict' -benchtime $(BENCHTIME) ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Traffic' -benchtime 1x ./enforcer/datapath/
@@ -66,7 +78,7 @@ fuzz:
 
 # Regenerates generated code (bpf2go output once the datapath lands); check-generate fails when
 # the committed output differs from what generate produces.
-generate:
+generate: deps-generate
 	$(GO) generate ./...
 
 check-generate: generate
@@ -80,17 +92,20 @@ lint:
 # engine predicts for the seed articles' cluster, then run every seed scenario on a local node of
 # network namespaces through the eBPF datapath: the matrices before and after each policy, with
 # flow lines naming the rule that decided; the node is torn down afterwards.
-demo: build
+demo: deps-demo build
 	./$(BIN) validate policies/
 	./$(BIN) predict --cluster docs/examples/cluster.yaml policies/
-	./$(BIN) test -v scenarios/seeds/
-	@echo "== GitOps: a Git repository made from policies/, reconciled onto a local node"
-	set -e; tmp=$$(mktemp -d); cp -r policies "$$tmp/repo"; \
-	git -C "$$tmp/repo" init -q -b main; git -C "$$tmp/repo" add -A; \
-	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies"; \
+	@set -uo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; rc=0; \
+	./$(BIN) test -v --summary "$$tmp/summary" scenarios/seeds/ || rc=1; \
+	echo "== GitOps: a Git repository made from policies/, reconciled onto a local node"; \
+	cp -r policies "$$tmp/repo" && git -C "$$tmp/repo" init -q -b main && git -C "$$tmp/repo" add -A && \
+	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies" && \
 	./$(BIN) reconciler --once --source "file://$$tmp/repo" --branch main --path . \
-		--node scenarios/seeds/000-namespace-default-deny.yaml --status-file "$$tmp/status.json" >/dev/null; \
-	./$(BIN) status --status-file "$$tmp/status.json"; rm -rf "$$tmp"
+		--node scenarios/seeds/000-namespace-default-deny.yaml --status-file "$$tmp/status.json" >/dev/null || rc=1; \
+	echo; echo "== summary: the seed scenarios on a local node (tables above)"; \
+	cat "$$tmp/summary" 2>/dev/null || echo "no summary: netpact test did not finish"; \
+	echo "== the reconciler's status"; ./$(BIN) status --status-file "$$tmp/status.json" || rc=1; \
+	echo "make demo: exit $$rc"; exit $$rc
 
 clean:
 	rm -rf bin

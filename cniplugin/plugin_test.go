@@ -14,7 +14,6 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
 	"github.com/netpact/netpact/internal/testenv"
@@ -50,16 +49,8 @@ func newNode(t *testing.T) *node {
 	if _, err := os.Stat(filepath.Join(hostLocalDir, "host-local")); err != nil {
 		testenv.Missing(t, "the host-local IPAM plugin", "apt-get install containernetworking-plugins")
 	}
-	nodeNS, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	peerNS, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = testutils.UnmountNS(nodeNS); _ = testutils.UnmountNS(peerNS) })
-	err = nodeNS.Do(func(ns.NetNS) error {
+	nodeNS, peerNS := testenv.NetNS(t), testenv.NetNS(t)
+	err := nodeNS.Do(func(ns.NetNS) error {
 		for _, kv := range [][2]string{{"/proc/sys/net/ipv4/ip_forward", "1"}, {"/proc/sys/net/ipv6/conf/all/forwarding", "1"}} {
 			if err := os.WriteFile(kv[0], []byte(kv[1]), 0o644); err != nil {
 				return err
@@ -146,11 +137,7 @@ type pod struct {
 
 func (n *node) add(id string) *pod {
 	n.t.Helper()
-	pns, err := testutils.NewNS()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	n.t.Cleanup(func() { _ = testutils.UnmountNS(pns) })
+	pns := testenv.NetNS(n.t)
 	out, err := n.call("ADD", id, pns.Path(), n.conf)
 	if err != nil {
 		n.t.Fatal(err)
@@ -325,8 +312,14 @@ func TestAddConnectCheckDel(t *testing.T) {
 	if _, err := os.Stat(lease(b.addr(false))); err != nil {
 		t.Fatalf("lease of pod-b: %v", err)
 	}
-	// DEL after the netns is gone still cleans up.
-	_ = testutils.UnmountNS(b.ns)
+	// DEL after the netns is gone still cleans up: the handle closed and the bind mount removed
+	// first, as a runtime does for a pod that is already gone, so the namespace no longer exists.
+	if err := testenv.RemoveNetNS(b.ns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b.ns.Path()); !os.IsNotExist(err) {
+		t.Fatalf("netns %s still there before DEL: %v", b.ns.Path(), err)
+	}
 	if _, err := n.call("DEL", b.id, b.ns.Path(), n.conf); err != nil {
 		t.Fatalf("DEL without netns: %v", err)
 	}
@@ -340,12 +333,8 @@ func TestAddConnectCheckDel(t *testing.T) {
 
 func TestAddRejectsConfigWithoutIPAM(t *testing.T) {
 	n := newNode(t)
-	pns, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer testutils.UnmountNS(pns)
-	_, err = n.call("ADD", "x", pns.Path(), []byte(`{"cniVersion": "1.0.0", "name": "netpact", "type": "netpact"}`))
+	pns := testenv.NetNS(t)
+	_, err := n.call("ADD", "x", pns.Path(), []byte(`{"cniVersion": "1.0.0", "name": "netpact", "type": "netpact"}`))
 	if err == nil || !strings.Contains(err.Error(), "ipam.type is required") {
 		t.Fatalf("want the missing ipam named, got %v", err)
 	}

@@ -22,11 +22,9 @@ WRAPPER="$STATE/runc-nosysresource"
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
+# docker.io and jq from the project's one list; its lines go to stderr (stdout is the env).
 install() {
-	if ! command -v dockerd >/dev/null || ! command -v runc >/dev/null || ! command -v jq >/dev/null; then
-		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io jq >/dev/null
-	fi
+	"$(dirname "$0")/../internal/host/deps.sh" e2e >&2
 }
 
 write_wrapper() {

@@ -258,9 +258,7 @@ build_netpact() {
 
 build() {
 	mkdir -p "$CACHE"
-	command -v debootstrap >/dev/null || {
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-	}
+	"$ROOT/internal/host/deps.sh" e2e >&2
 	local need=0
 	for img in "$NODE" "$FLASK" "$POSTGRES" "$DEBUG" "$NETPACT"; do
 		if have_image "$img"; then log "reuse $img"; else need=1; fi

@@ -285,6 +285,8 @@ func (n *LocalNode) Stop() error {
 	}
 	if n.dp != nil {
 		errs = append(errs, n.dp.Teardown())
+		// The runs' common parent goes with the last run (another run's pins keep it).
+		_ = os.Remove(filepath.Dir(n.pinPath()))
 	}
 	return errors.Join(errs...)
 }

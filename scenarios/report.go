@@ -231,3 +231,47 @@ func WriteJUnit(file string, results []*Result) error {
 	}
 	return nil
 }
+
+// Summary writes what a person reads first: a line per scenario and per step, ok, pending or
+// FAIL with the probes behind it, then the totals.
+func Summary(w io.Writer, results []*Result) {
+	var steps, ok, pending, failed, probes, wrong int
+	for _, r := range results {
+		status := "ok"
+		if r.Failed() {
+			status = "FAIL"
+		}
+		fmt.Fprintf(w, "%-4s  %s (%s)\n", status, r.Scenario, r.File)
+		if r.Error != "" {
+			fmt.Fprintf(w, "      error: %s\n", r.Error)
+		}
+		for i := range r.Steps {
+			s := &r.Steps[i]
+			steps++
+			bad := 0
+			for _, c := range s.Cells {
+				if !c.OK {
+					bad++
+				}
+			}
+			probes += len(s.Cells)
+			wrong += bad
+			switch {
+			case s.Pending != "":
+				pending++
+				fmt.Fprintf(w, "  pending  %s: %s\n", s.Name, s.Pending)
+			case s.Error != "":
+				failed++
+				fmt.Fprintf(w, "  FAIL     %s: %s\n", s.Name, s.Error)
+			case s.Failed:
+				failed++
+				fmt.Fprintf(w, "  FAIL     %s: %d of %d probes wrong\n", s.Name, bad, len(s.Cells))
+			default:
+				ok++
+				fmt.Fprintf(w, "  ok       %s: %d probes\n", s.Name, len(s.Cells))
+			}
+		}
+	}
+	fmt.Fprintf(w, "%d scenarios, %d steps: %d ok, %d pending, %d failed; %d probes, %d wrong\n",
+		len(results), steps, ok, pending, failed, probes, wrong)
+}

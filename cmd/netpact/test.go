@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 )
 
 func newTestCommand() *cobra.Command {
-	var junit, output string
+	var junit, output, summary string
 	var retain, verbose bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
@@ -47,6 +48,13 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 					return err
 				}
 			}
+			if summary != "" {
+				var b strings.Builder
+				scenarios.Summary(&b, results)
+				if err := os.WriteFile(summary, []byte(b.String()), 0o644); err != nil {
+					return fmt.Errorf("write summary: %w", err)
+				}
+			}
 			switch output {
 			case "json":
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -68,6 +76,7 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 		},
 	}
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
+	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts) to this file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's tables and a few flow events, not only failing ones")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging")

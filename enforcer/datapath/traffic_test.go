@@ -399,7 +399,11 @@ func TestMain(m *testing.M) {
 		holdDatapath()
 		return
 	}
-	os.Exit(m.Run())
+	rc := m.Run()
+	// Each test removes its own pin directory; the tests' common parent goes last (left in
+	// place when another process's tests still pin there).
+	_ = os.Remove(DefaultPinPath + "-test")
+	os.Exit(rc)
 }
 
 // holdDatapath is the child process of TestSurvivesKillAndAdoptsOnRestart: it loads and

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,11 +55,7 @@ func TestDesiredRoutesPairFamilies(t *testing.T) {
 // addresses, a node that goes away loses its routes, and routes that are not netpact's stay.
 func TestSyncInNodeNetns(t *testing.T) {
 	testenv.RequireRoot(t)
-	nodeNS, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer testutils.UnmountNS(nodeNS)
+	nodeNS := testenv.NetNS(t)
 	dir := t.TempDir()
 	self, _ := os.Executable()
 	a := New(Config{NodeName: "cp", CNIBinDir: filepath.Join(dir, "bin"), CNIConfDir: filepath.Join(dir, "net.d"),
@@ -83,7 +78,7 @@ func TestSyncInNodeNetns(t *testing.T) {
 		}
 		return out
 	}
-	err = nodeNS.Do(func(ns.NetNS) error {
+	err := nodeNS.Do(func(ns.NetNS) error {
 		up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}
 		if err := netlink.LinkAdd(up); err != nil {
 			return err
