@@ -101,7 +101,7 @@ demo: deps-demo build
 	cp -r policies "$$tmp/repo" && git -C "$$tmp/repo" init -q -b main && git -C "$$tmp/repo" add -A && \
 	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies" && \
 	./$(BIN) reconciler --once --source "file://$$tmp/repo" --branch main --path . \
-		--node scenarios/seeds/000-namespace-default-deny.yaml --status-file "$$tmp/status.json" >/dev/null || rc=1; \
+		--node docs/examples/cluster.yaml --status-file "$$tmp/status.json" >/dev/null || rc=1; \
 	echo; echo "== summary: the seed scenarios on a local node (tables above)"; \
 	cat "$$tmp/summary" 2>/dev/null || echo "no summary: netpact test did not finish"; \
 	echo "== the reconciler's status"; ./$(BIN) status --status-file "$$tmp/status.json" || rc=1; \

@@ -14,8 +14,9 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/netpact/netpact/enforcer/localnode"
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/localnode"
 	"github.com/netpact/netpact/scenarios"
 )
 
@@ -35,7 +36,7 @@ var scenarioFiles = func() []string {
 // in named network namespaces (under /run/netns) so that any process can enter them.
 type suiteNode struct {
 	// Pods maps scenario file -> namespace/name -> pod.
-	Pods map[string]map[string]*localnode.Pod
+	Pods map[string]map[string]*podnet.Pod
 }
 
 var node suiteNode
@@ -70,18 +71,18 @@ var _ = SynchronizedBeforeSuite(func() []byte {
 func setUpLocal() suiteNode {
 	testenv.RequireBPF(GinkgoT())
 	testenv.RequireCommand(GinkgoT(), "ip", "iproute2")
-	Expect(localnode.PrepareHost()).To(Succeed())
-	made := suiteNode{Pods: map[string]map[string]*localnode.Pod{}}
+	Expect(podnet.PrepareHost()).To(Succeed())
+	made := suiteNode{Pods: map[string]map[string]*podnet.Pod{}}
 	id, release, err := localnode.ClaimRunID()
 	Expect(err).NotTo(HaveOccurred())
 	releaseID = release
 	for _, f := range scenarioFiles {
 		sc, err := scenarios.LoadFile(f)
 		Expect(err).NotTo(HaveOccurred())
-		made.Pods[f] = map[string]*localnode.Pod{}
+		made.Pods[f] = map[string]*podnet.Pod{}
 		for _, p := range sc.Pods {
 			n := len(made.Pods[f]) + 10*len(made.Pods)
-			pod, err := scenarios.MakePod(p.Key(), id, n)
+			pod, err := localnode.MakePod(p.Key(), id, n)
 			Expect(err).NotTo(HaveOccurred(), "make pod %s of %s", p.Key(), f)
 			made.Pods[f][p.Key()] = pod
 		}

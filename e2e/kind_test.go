@@ -21,9 +21,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/netpact/netpact/enforcer/kubenode"
+	"github.com/netpact/netpact/internal/kubeapply"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/kindcluster"
-	"github.com/netpact/netpact/kubeapply"
+	"github.com/netpact/netpact/kind"
 	"github.com/netpact/netpact/scenarios"
 )
 
@@ -52,7 +52,7 @@ var seedManifests = filepath.Join(root, "kind", "manifests", "seed-002")
 // seed 002 workloads.
 func setUpKind() *kindSuite {
 	testenv.RequireCommand(GinkgoT(), "docker", "docker.io (kind/dockerd.sh start installs it)")
-	kindcluster.UsePrivateDocker()
+	kind.UsePrivateDocker()
 	if os.Getenv("DOCKER_HOST") == "" {
 		testenv.Missing(GinkgoT(), "a Docker engine for kind", "kind/dockerd.sh start, or make e2e")
 	}
@@ -60,23 +60,23 @@ func setUpKind() *kindSuite {
 	if imagesFile == "" {
 		imagesFile = filepath.Join(root, "bin", "images.list")
 	}
-	images, err := kindcluster.ReadImages(imagesFile)
+	images, err := kind.ReadImages(imagesFile)
 	if err != nil {
 		testenv.Missing(GinkgoT(), "the kind images ("+err.Error()+")", "make images")
 	}
 	ks := &kindSuite{Name: "netpact-e2e", Kubeconfig: filepath.Join(root, "bin", "kind-netpact-e2e.kubeconfig")}
-	exists, err := kindcluster.Exists(ks.Name)
+	exists, err := kind.Exists(ks.Name)
 	Expect(err).NotTo(HaveOccurred())
 	if _, statErr := os.Stat(ks.Kubeconfig); exists && statErr == nil {
 		fmt.Fprintf(GinkgoWriter, "reusing the retained cluster %s\n", ks.Name)
 	} else {
 		if exists {
-			Expect(kindcluster.Delete(ks.Name, ks.Kubeconfig)).To(Succeed())
+			Expect(kind.Delete(ks.Name, ks.Kubeconfig)).To(Succeed())
 		}
 		start := time.Now()
-		_, err := kindcluster.Create(context.Background(), kindcluster.Options{
+		_, err := kind.Create(context.Background(), kind.Options{
 			Name: ks.Name, Config: filepath.Join(root, "kind", "cluster.yaml"),
-			Manifest: filepath.Join(root, "kind", "manifests", "netpact.yaml"), Images: images,
+			Manifest: filepath.Join(root, "deploy", "netpact.yaml"), Images: images,
 			Kubeconfig: ks.Kubeconfig, Retain: os.Getenv("E2E_RETAIN") == "1",
 			LogsDir: filepath.Join(root, "bin", "kind-logs"), Out: GinkgoWriter,
 		})
@@ -100,7 +100,7 @@ func setUpKind() *kindSuite {
 }
 
 // seedObjects are the seed 002 manifests with the images built here.
-func seedObjects(images kindcluster.Images) []*unstructured.Unstructured {
+func seedObjects(images kind.Images) []*unstructured.Unstructured {
 	files, err := filepath.Glob(filepath.Join(seedManifests, "*.yaml"))
 	Expect(err).NotTo(HaveOccurred())
 	sort.Strings(files)
@@ -128,7 +128,7 @@ func tearDownKind() {
 	if kindData == nil || !kindData.Created || os.Getenv("E2E_RETAIN") == "1" {
 		return
 	}
-	Expect(kindcluster.Delete(kindData.Name, kindData.Kubeconfig)).To(Succeed())
+	Expect(kind.Delete(kindData.Name, kindData.Kubeconfig)).To(Succeed())
 	_ = os.Remove(kindData.Kubeconfig)
 }
 

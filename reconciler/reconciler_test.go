@@ -27,8 +27,6 @@ import (
 
 	"github.com/netpact/netpact/api/v1alpha1"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/policy"
-	"github.com/netpact/netpact/scenarios"
 )
 
 // gitServer is a bare repository served by Debian's git over HTTP (git http-backend behind a
@@ -156,39 +154,6 @@ spec:
   - fromEndpoint: [{matchLabels: {app: c}}]
 `
 
-// localNode starts three pods (a serves 8080) on a local node and returns a target for it and a
-// probe function.
-func localNode(t testing.TB) (*NodeTarget, func(from string) scenarios.Outcome) {
-	testenv.RequireBPF(t)
-	sc := &scenarios.Scenario{Name: "reconciler", Namespaces: []scenarios.Namespace{{Name: "app"}}}
-	node := scenarios.NewLocal(scenarios.LocalOptions{})
-	cluster, err := node.Start(sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { node.Stop() })
-	for i, name := range []string{"a", "b", "c"} {
-		p := scenarios.Pod{Name: name, Namespace: "app", Labels: map[string]string{"app": name}}
-		if name == "a" {
-			p.Ports = []scenarios.Port{{Port: 8080, Protocol: policy.ProtoTCP}}
-		}
-		ep, err := node.AddPod(p, i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cluster.Endpoints = append(cluster.Endpoints, ep)
-	}
-	target := &NodeTarget{NodeName: "local", Node: node, Cluster: func() *policy.Cluster { return cluster }}
-	probe := func(from string) scenarios.Outcome {
-		c := scenarios.Cell{From: "app/" + from, To: "app/a", Port: scenarios.Port{Port: 8080, Protocol: policy.ProtoTCP}}
-		if o := node.Probe(c); o == scenarios.Allow {
-			return o
-		}
-		return node.Probe(c)
-	}
-	return target, probe
-}
-
 func newObj(url string) *v1alpha1.PolicySource {
 	return &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Name: "policies", Namespace: "netpact-system"},
 		Spec: v1alpha1.PolicySourceSpec{URL: url, Ref: v1alpha1.GitRef{Branch: "main"}, Path: "policies",
@@ -229,7 +194,7 @@ func TestPushToEnforced(t *testing.T) {
 	if ok, _, msg := ready(st); !ok || !conditions.IsTrue(st, v1alpha1.EnforcedCondition) {
 		t.Fatalf("not ready: %s", msg)
 	}
-	if probe("b") != scenarios.Allow || probe("c") != scenarios.Timeout {
+	if probe("b") != allowed || probe("c") != timedOut {
 		t.Fatalf("first revision not enforced: b %s, c %s", probe("b"), probe("c"))
 	}
 
@@ -249,7 +214,7 @@ func TestPushToEnforced(t *testing.T) {
 	if !conditions.IsTrue(st, meta.StalledCondition) || st.Status.LastEnforcedRevision != "main@sha1:"+first || st.Status.LastAttemptedRevision != "main@sha1:"+bad {
 		t.Fatalf("revisions after a broken push: %+v", st.Status)
 	}
-	if probe("b") != scenarios.Allow || probe("c") != scenarios.Timeout {
+	if probe("b") != allowed || probe("c") != timedOut {
 		t.Fatal("the previous revision is no longer enforced after a broken push")
 	}
 
@@ -262,7 +227,7 @@ func TestPushToEnforced(t *testing.T) {
 	if st = r.Status(); st.Status.LastEnforcedRevision != "main@sha1:"+fix || conditions.Has(st, meta.StalledCondition) {
 		t.Fatalf("fix not enforced: %+v", st.Status)
 	}
-	if probe("b") != scenarios.Timeout || probe("c") != scenarios.Allow {
+	if probe("b") != timedOut || probe("c") != allowed {
 		t.Fatal("the fix is not what the datapath enforces")
 	}
 
@@ -276,7 +241,7 @@ func TestPushToEnforced(t *testing.T) {
 	if st = r.Status(); st.Status.LastEnforcedRevision != "main@sha1:"+rewritten {
 		t.Fatalf("force-pushed revision not enforced: %+v", st.Status)
 	}
-	if probe("b") != scenarios.Allow || probe("c") != scenarios.Timeout {
+	if probe("b") != allowed || probe("c") != timedOut {
 		t.Fatal("force-pushed revision not what the datapath enforces")
 	}
 	good := "main@sha1:" + rewritten
@@ -291,7 +256,7 @@ func TestPushToEnforced(t *testing.T) {
 		if st.Status.LastEnforcedRevision != good {
 			t.Errorf("%s: enforced revision changed to %s", what, st.Status.LastEnforcedRevision)
 		}
-		if probe("b") != scenarios.Allow || probe("c") != scenarios.Timeout {
+		if probe("b") != allowed || probe("c") != timedOut {
 			t.Errorf("%s: the last good revision is no longer enforced", what)
 		}
 	}

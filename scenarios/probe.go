@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/netpact/netpact/localnode"
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -46,7 +46,7 @@ func (s *servers) Close() {
 // startServers starts the pod's workload: nginx or PostgreSQL from Debian on the TCP ports, or a
 // built-in TCP server (echo, or HTTP answering every path for the http workload); and a UDP echo
 // server on each UDP port.
-func startServers(p *localnode.Pod, workload string, ports []Port) (*servers, error) {
+func startServers(p *podnet.Pod, workload string, ports []Port) (*servers, error) {
 	s := &servers{}
 	if workload == "nginx" || workload == "postgres" {
 		proc, err := startWorkload(p, workload, ports)
@@ -128,7 +128,7 @@ func hostPort(a netip.Addr, port uint16) string {
 	return net.JoinHostPort(a.String(), fmt.Sprint(port))
 }
 
-func (pr *prober) tcp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
+func (pr *prober) tcp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	var c net.Conn
 	err := from.Do(func() error {
 		var err error
@@ -154,7 +154,7 @@ func (pr *prober) tcp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
 	return Allow
 }
 
-func (pr *prober) udp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
+func (pr *prober) udp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	var c net.Conn
 	if err := from.Do(func() error {
 		var err error
@@ -173,7 +173,7 @@ func (pr *prober) udp(from *localnode.Pod, to netip.Addr, port uint16) Outcome {
 	return classify(err)
 }
 
-func (pr *prober) http(from *localnode.Pod, to netip.Addr, port uint16, method, urlPath string) Outcome {
+func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, method, urlPath string) Outcome {
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := from.Do(func() error {
@@ -206,7 +206,7 @@ func (pr *prober) http(from *localnode.Pod, to netip.Addr, port uint16, method, 
 
 // sctp sends a crafted SCTP INIT from the source pod on a raw socket (this kernel has no SCTP
 // sockets) and asks the destination pod's raw listener whether it arrived.
-func (pr *prober) sctpInit(from *localnode.Pod, fromAddr, to netip.Addr, port uint16) Outcome {
+func (pr *prober) sctpInit(from *podnet.Pod, fromAddr, to netip.Addr, port uint16) Outcome {
 	tag := rand.Uint32() | 1
 	sport := uint16(30000 + rand.IntN(30000))
 	pkt := sctpInitPacket(sport, port, tag)
@@ -294,7 +294,7 @@ func (l *sctpListeners) arrived(tag uint32) {
 }
 
 // listen opens raw SCTP sockets (IPv4 and IPv6) in a pod.
-func (l *sctpListeners) listen(p *localnode.Pod) error {
+func (l *sctpListeners) listen(p *podnet.Pod) error {
 	for _, family := range []int{syscall.AF_INET, syscall.AF_INET6} {
 		var fd int
 		err := p.Do(func() error {

@@ -365,7 +365,7 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		if !c.HTTP {
 			return Allow, rule
 		}
-		if httpAllowed(d.L7, c.method(), c.path()) {
+		if d.L7.AllowsHTTP(c.method(), c.path()) {
 			return HTTP200, rule
 		}
 		return HTTP403, rule
@@ -385,27 +385,6 @@ func addrs(state *policy.State, from, to *Pod) (netip.Addr, netip.Addr, bool) {
 	s, ok1 := state.Addr(fk, false)
 	d, ok2 := state.Addr(tk, false)
 	return s, d, ok1 && ok2
-}
-
-// httpAllowed applies Cilium's HTTP rules: a request passes when any rule's method and path
-// regular expressions match it whole (an empty field matches anything).
-func httpAllowed(l7 *policy.L7Policy, method, urlPath string) bool {
-	if l7 == nil {
-		return true
-	}
-	full := func(re, s string) bool {
-		if re == "" {
-			return true
-		}
-		m, err := regexp.MatchString("^(?:"+re+")$", s)
-		return err == nil && m
-	}
-	for _, h := range l7.HTTP {
-		if full(h.Method, method) && full(h.Path, urlPath) {
-			return true
-		}
-	}
-	return false
 }
 
 // portsOf lists the distinct ports of a step's cells in order, for tables.

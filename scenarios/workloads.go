@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/netpact/netpact/localnode"
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -33,7 +33,7 @@ func (p *process) Close() error {
 
 // startWorkload starts a Debian program in the pod: nginx serving every TCP port of the pod, or
 // PostgreSQL on its TCP port. It returns once the first port accepts connections.
-func startWorkload(p *localnode.Pod, workload string, ports []Port) (*process, error) {
+func startWorkload(p *podnet.Pod, workload string, ports []Port) (*process, error) {
 	var tcp []uint16
 	for _, port := range ports {
 		if port.Protocol == policy.ProtoTCP {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/netpact/netpact/kindcluster"
+	"github.com/netpact/netpact/kind"
 )
 
 func newKindCommand() *cobra.Command {
@@ -32,7 +32,7 @@ and waits until every node and every kube-system pod is Ready. The images file h
 unless DOCKER_HOST says otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			im, err := kindcluster.ReadImages(images)
+			im, err := kind.ReadImages(images)
 			if err != nil {
 				return err
 			}
@@ -40,7 +40,7 @@ unless DOCKER_HOST says otherwise.`,
 				kubeconfig = defaultKubeconfig(name)
 			}
 			start := time.Now()
-			c, err := kindcluster.Create(cmd.Context(), kindcluster.Options{Name: name, Config: config, Manifest: manifest,
+			c, err := kind.Create(cmd.Context(), kind.Options{Name: name, Config: config, Manifest: manifest,
 				Images: im, Kubeconfig: kubeconfig, Retain: retain, LogsDir: logs, Wait: wait, Out: cmd.OutOrStdout()})
 			if err != nil {
 				return err
@@ -50,7 +50,7 @@ unless DOCKER_HOST says otherwise.`,
 		},
 	}
 	create.Flags().StringVar(&config, "config", "kind/cluster.yaml", "kind cluster configuration")
-	create.Flags().StringVar(&manifest, "manifest", "kind/manifests/netpact.yaml", "netpact's DaemonSet manifest")
+	create.Flags().StringVar(&manifest, "manifest", "deploy/netpact.yaml", "netpact's DaemonSet manifest")
 	create.Flags().StringVar(&images, "images", "bin/images.list", `images file ("kind/images.sh list" output)`)
 	create.Flags().BoolVar(&retain, "retain", false, "keep the nodes of a cluster that fails to come up")
 	create.Flags().StringVar(&logs, "logs", "bin/kind-logs", "where node logs go when creation fails")
@@ -64,7 +64,7 @@ unless DOCKER_HOST says otherwise.`,
 			if kubeconfig == "" {
 				kubeconfig = defaultKubeconfig(name)
 			}
-			if err := kindcluster.Delete(name, kubeconfig); err != nil {
+			if err := kind.Delete(name, kubeconfig); err != nil {
 				return err
 			}
 			if err := os.Remove(kubeconfig); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -75,7 +75,7 @@ unless DOCKER_HOST says otherwise.`,
 		},
 	}
 	for _, c := range []*cobra.Command{create, del} {
-		c.Flags().StringVar(&name, "name", kindcluster.DefaultName, "cluster name")
+		c.Flags().StringVar(&name, "name", kind.DefaultName, "cluster name")
 		c.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (bin/kind-NAME.kubeconfig when empty)")
 	}
 	cmd.AddCommand(create, del)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/netpact/netpact/cniplugin"
+	"github.com/netpact/netpact/enforcer/cniplugin"
 )
 
 // exitError carries an exit code for failures that have already been reported.

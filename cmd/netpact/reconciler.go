@@ -19,9 +19,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/enforcer/localnode"
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/reconciler"
-	"github.com/netpact/netpact/scenarios"
 )
 
 const defaultStatusFile = "/run/netpact/status.json"
@@ -39,7 +39,8 @@ func newReconcilerCommand() *cobra.Command {
 		Use:   "reconciler --source URL --branch main --path policies --node NODE.yaml",
 		Short: "Enforce the policy bundle of a Git revision on a local node, and report what is enforced",
 		Long: `reconciler follows a Git ref, validates the bundle at --path as one unit, enforces it on a local
-node made of the namespaces and pods of --node (a scenario file; its steps are ignored), and writes
+node made of the namespaces and pods of --node (a cluster file, as netpact predict reads: each pod
+becomes a network namespace of this host at an address of the local node's), and writes
 its status (Flux-style conditions and the attempted, applied and enforced revisions) to
 --status-file. A push triggers a reconcile at once through the webhook receiver on --listen
 (/hook/github, /hook/gitlab, /hook/generic-hmac); GET /status returns the status. Needs root.`,
@@ -70,17 +71,24 @@ its status (Flux-style conditions and the attempted, applied and enforced revisi
 			if nodeFile == "" {
 				return errors.New("--node is required: the namespaces and pods of the local node")
 			}
-			sc, err := scenarios.LoadFile(nodeFile)
+			data, err := os.ReadFile(nodeFile)
 			if err != nil {
-				return err
+				return fmt.Errorf("read node file: %w", err)
 			}
-			node := scenarios.NewLocal(scenarios.LocalOptions{})
-			cluster, err := node.Start(sc)
+			cf, err := policy.LoadClusterFile(nodeFile, data)
 			if err != nil {
-				node.Stop()
-				return err
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				return exitError{1}
 			}
+			node := localnode.NewNode(localnode.Options{})
 			defer node.Stop()
+			if err := node.Start(); err != nil {
+				return fmt.Errorf("start local node: %w", err)
+			}
+			cluster, err := node.AddCluster(&cf.Cluster)
+			if err != nil {
+				return fmt.Errorf("start local node: %w", err)
+			}
 			target := &reconciler.NodeTarget{NodeName: "local", Node: node, Cluster: func() *policy.Cluster { return cluster }}
 			obj := &v1alpha1.PolicySource{
 				TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "PolicySource"},
@@ -139,7 +147,7 @@ its status (Flux-style conditions and the attempted, applied and enforced revisi
 	f.StringVar(&sshKeyFile, "ssh-key", "", "SSH private key file")
 	f.StringVar(&knownHostsFile, "known-hosts", "", "known_hosts file (required with --ssh-key)")
 	f.StringVar(&keyringFile, "verify-keyring", "", "armored OpenPGP keyring: apply only commits signed by its keys")
-	f.StringVar(&nodeFile, "node", "", "scenario file whose namespaces and pods make the local node")
+	f.StringVar(&nodeFile, "node", "", "cluster file (as netpact predict reads) whose namespaces and pods make the local node")
 	f.StringVar(&listen, "listen", "", "address of the webhook receiver and /status, such as :9292")
 	f.StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook secret")
 	f.StringVar(&statusFile, "status-file", defaultStatusFile, "where to write the status")

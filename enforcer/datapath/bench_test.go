@@ -15,8 +15,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/localnode"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -71,15 +71,15 @@ func BenchmarkTraffic(b *testing.B) {
 	testenv.RequireBPF(b)
 	iperf := testenv.RequireCommand(b, "iperf3", "iperf3")
 	testenv.RequireCommand(b, "iptables-restore", "iptables")
-	if err := localnode.PrepareHost(); err != nil {
+	if err := podnet.PrepareHost(); err != nil {
 		b.Fatal(err)
 	}
 	id := os.Getpid() % 10000
 	cluster := &policy.Cluster{Nodes: []policy.Node{{Name: "node-1"}}, Namespaces: []policy.Namespace{{Name: "bench"}}}
-	pods := map[string]*localnode.Pod{}
+	pods := map[string]*podnet.Pod{}
 	for i, name := range []string{"client", "server"} {
 		v4 := netip.AddrFrom4([4]byte{10, 201, byte(id % 200), byte(i + 1)})
-		p, err := localnode.CreatePod(name, fmt.Sprintf("npb-%d-%s", id, name), fmt.Sprintf("npb%d%c", id, name[0]), v4, netip.Addr{})
+		p, err := podnet.CreatePod(name, fmt.Sprintf("npb-%d-%s", id, name), fmt.Sprintf("npb%d%c", id, name[0]), v4, netip.Addr{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -160,7 +160,7 @@ spec:
 `, strings.Join(ports, ", "))
 }
 
-func protect(b *testing.B, cfg trafficConfig, cluster *policy.Cluster, pods map[string]*localnode.Pod) func() {
+func protect(b *testing.B, cfg trafficConfig, cluster *policy.Cluster, pods map[string]*podnet.Pod) func() {
 	switch {
 	case cfg.ebpf:
 		d, err := Open(Options{PinPath: filepath.Join(DefaultPinPath+"-test", fmt.Sprintf("bench-%d", os.Getpid()))})
@@ -212,7 +212,7 @@ func protect(b *testing.B, cfg trafficConfig, cluster *policy.Cluster, pods map[
 	return func() {}
 }
 
-func iperfStream(b *testing.B, iperf string, server, client *localnode.Pod) float64 {
+func iperfStream(b *testing.B, iperf string, server, client *podnet.Pod) float64 {
 	srv := exec.Command("ip", "netns", "exec", server.Netns, iperf, "-s", "-1")
 	if err := srv.Start(); err != nil {
 		b.Fatal(err)
@@ -254,7 +254,7 @@ func iperfStream(b *testing.B, iperf string, server, client *localnode.Pod) floa
 	return res.End.SumReceived.BitsPerSecond / 1e9
 }
 
-func startRRServer(b *testing.B, server *localnode.Pod, port int) net.Listener {
+func startRRServer(b *testing.B, server *podnet.Pod, port int) net.Listener {
 	var l net.Listener
 	if err := server.Do(func() error {
 		var err error
@@ -289,7 +289,7 @@ func startRRServer(b *testing.B, server *localnode.Pod, port int) net.Listener {
 const loadDuration = 2 * time.Second
 
 // requestResponse ping-pongs one byte over one connection and returns the mean round trip in µs.
-func requestResponse(b *testing.B, client *localnode.Pod, server netip.Addr, port int) float64 {
+func requestResponse(b *testing.B, client *podnet.Pod, server netip.Addr, port int) float64 {
 	var c net.Conn
 	if err := client.Do(func() error {
 		var err error
@@ -316,7 +316,7 @@ func requestResponse(b *testing.B, client *localnode.Pod, server netip.Addr, por
 }
 
 // connectRequestResponse opens a fresh connection per transaction and returns transactions/s.
-func connectRequestResponse(b *testing.B, client *localnode.Pod, server netip.Addr, port int) float64 {
+func connectRequestResponse(b *testing.B, client *podnet.Pod, server netip.Addr, port int) float64 {
 	addr := net.JoinHostPort(server.String(), fmt.Sprint(port))
 	n := 0
 	start := time.Now()

@@ -18,14 +18,14 @@ import (
 	"time"
 
 	"github.com/netpact/netpact/bpf"
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/localnode"
 	"github.com/netpact/netpact/policy"
 )
 
 // trafficPods are three pods on a node of network namespaces.
 type trafficNode struct {
-	pods    map[string]*localnode.Pod
+	pods    map[string]*podnet.Pod
 	cluster *policy.Cluster
 }
 
@@ -33,10 +33,10 @@ func newTrafficNode(t *testing.T) *trafficNode {
 	t.Helper()
 	testenv.RequireBPF(t)
 	testenv.RequireCommand(t, "ip", "iproute2")
-	if err := localnode.PrepareHost(); err != nil {
+	if err := podnet.PrepareHost(); err != nil {
 		t.Fatal(err)
 	}
-	n := &trafficNode{pods: map[string]*localnode.Pod{}, cluster: &policy.Cluster{
+	n := &trafficNode{pods: map[string]*podnet.Pod{}, cluster: &policy.Cluster{
 		Nodes:      []policy.Node{{Name: "node-1"}},
 		Namespaces: []policy.Namespace{{Name: "app"}},
 	}}
@@ -44,7 +44,7 @@ func newTrafficNode(t *testing.T) *trafficNode {
 	for i, name := range []string{"a", "b", "c"} {
 		v4 := netip.AddrFrom4([4]byte{10, 200, byte(id % 200), byte(i + 1)})
 		v6 := netip.MustParseAddr(fmt.Sprintf("fd00:200:%x::%d", id, i+1))
-		p, err := localnode.CreatePod(name, fmt.Sprintf("np-%d-%s", id, name), fmt.Sprintf("np%d%s", id, name), v4, v6)
+		p, err := podnet.CreatePod(name, fmt.Sprintf("np-%d-%s", id, name), fmt.Sprintf("np%d%s", id, name), v4, v6)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -415,12 +415,12 @@ func holdDatapath() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	n := &trafficNode{pods: map[string]*localnode.Pod{}, cluster: &policy.Cluster{Nodes: []policy.Node{{Name: "node-1"}}, Namespaces: []policy.Namespace{{Name: "app"}}}}
+	n := &trafficNode{pods: map[string]*podnet.Pod{}, cluster: &policy.Cluster{Nodes: []policy.Node{{Name: "node-1"}}, Namespaces: []policy.Namespace{{Name: "app"}}}}
 	for _, spec := range strings.Split(os.Getenv("NETPACT_HELPER_PODS"), ";") {
 		f := strings.Split(spec, ",")
 		var idx int
 		fmt.Sscan(f[1], &idx)
-		p := &localnode.Pod{Name: f[0], HostIfname: f[2], Ifindex: idx, IPv4: netip.MustParseAddr(f[3]), IPv6: netip.MustParseAddr(f[4])}
+		p := &podnet.Pod{Name: f[0], HostIfname: f[2], Ifindex: idx, IPv4: netip.MustParseAddr(f[3]), IPv6: netip.MustParseAddr(f[4])}
 		n.pods[f[0]] = p
 		n.cluster.Endpoints = append(n.cluster.Endpoints, policy.Endpoint{Namespace: "app", Name: f[0], Node: "node-1",
 			Labels: map[string]string{"app": f[0]}, IPs: []netip.Addr{p.IPv4, p.IPv6}})

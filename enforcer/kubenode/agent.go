@@ -30,9 +30,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/netpact/netpact/cniplugin"
 	"github.com/netpact/netpact/enforcer"
-	"github.com/netpact/netpact/podnet"
+	"github.com/netpact/netpact/enforcer/cniplugin"
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
 )
 

@@ -14,8 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/podnet"
 )
 
 func kubeNode(name string, cidrs []string, ips ...string) *corev1.Node {

@@ -3,9 +3,9 @@
 #
 #   internal/host/deps.sh demo|test|bench|generate|e2e|ci ...
 #
-# Checks each package with dpkg -s; runs apt-get update and apt-get install only for what is
-# missing; stops the host-wide services a fresh install starts (the scenarios run their own nginx,
-# PostgreSQL and sshd inside pods and tests); prints one line per package it installed. Without
+# Checks each package's installed state with dpkg-query; runs apt-get update and apt-get install
+# only for what is missing; stops the host-wide services a fresh install starts (the scenarios run
+# their own nginx, PostgreSQL and sshd inside pods and tests); prints one line per package it installed. Without
 # root or apt-get it stops with one sentence naming what is missing and how to get it.
 set -euo pipefail
 
@@ -56,7 +56,9 @@ declare -A seen=()
 for p in "${wanted[@]}"; do
 	[ -n "${seen[$p]+x}" ] && continue
 	seen[$p]=1
-	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	# dpkg -s succeeds for a removed package whose configuration files remain ("rc"): ask for
+	# the installed state itself.
+	[ "$(dpkg-query -W -f '${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

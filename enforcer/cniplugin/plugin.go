@@ -26,7 +26,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/netpact/netpact/podnet"
+	"github.com/netpact/netpact/enforcer/podnet"
 )
 
 // NetConf is the plugin's network configuration.

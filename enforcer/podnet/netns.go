@@ -1,7 +1,8 @@
-// Package localnode builds a node out of network namespaces: each pod is a named network
-// namespace (under /run/netns, so other processes can enter it) joined to the host by a veth
-// pair, with a /32 and /128 address routed through the host the way Cilium routes pods.
-package localnode
+package podnet
+
+// A pod of a node made of network namespaces: a named network namespace (under /run/netns, so
+// other processes can enter it) joined to the host by a veth pair, with a /32 and /128 address
+// routed through the host the way Cilium routes pods (ConfigurePod, ConfigureHost).
 
 import (
 	"fmt"
@@ -13,11 +14,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-
-	"github.com/netpact/netpact/podnet"
 )
 
-// Pod is one pod of the local node.
+// Pod is a pod in a named network namespace of this host.
 type Pod struct {
 	Name       string
 	Netns      string // name under /run/netns
@@ -72,10 +71,10 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 			addrs = append(addrs, a)
 		}
 	}
-	if err := p.Do(func() error { return podnet.ConfigurePod("eth0", addrs) }); err != nil {
+	if err := p.Do(func() error { return ConfigurePod("eth0", addrs) }); err != nil {
 		return p, fmt.Errorf("create pod %s: %w", name, err)
 	}
-	if err := podnet.ConfigureHost(hostIfname, addrs); err != nil {
+	if err := ConfigureHost(hostIfname, addrs); err != nil {
 		return p, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	l, err := netlink.LinkByName(hostIfname)
@@ -84,44 +83,6 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 	}
 	p.Ifindex = l.Attrs().Index
 	return p, nil
-}
-
-// idDir holds one directory per run id in use on this host, with the owner's pid inside.
-const idDir = "/run/netpact/run-ids"
-
-// ClaimRunID reserves a run id in [0, 200) for this process across every process on the host
-// (a directory per id, created atomically), so that parallel test packages and suites never
-// share namespace or interface names. Ids whose owner is gone are reclaimed. release frees it.
-func ClaimRunID() (id int, release func(), err error) {
-	if err := os.MkdirAll(idDir, 0o755); err != nil {
-		return 0, nil, fmt.Errorf("claim run id: %w", err)
-	}
-	start := os.Getpid() % 200
-	for pass := 0; pass < 2; pass++ {
-		for i := 0; i < 200; i++ {
-			id := (start + i) % 200
-			dir := fmt.Sprintf("%s/%d", idDir, id)
-			if err := os.Mkdir(dir, 0o755); err == nil {
-				os.WriteFile(dir+"/pid", []byte(fmt.Sprint(os.Getpid())), 0o644)
-				return id, func() { os.RemoveAll(dir) }, nil
-			}
-			if pass == 1 {
-				continue
-			}
-			// Reclaim the id of a process that is gone.
-			data, err := os.ReadFile(dir + "/pid")
-			var pid int
-			if _, scanErr := fmt.Sscan(string(data), &pid); err == nil && scanErr == nil && pid > 0 {
-				if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-					continue
-				}
-			} else if err == nil || !os.IsNotExist(err) {
-				continue
-			}
-			os.RemoveAll(dir)
-		}
-	}
-	return 0, nil, fmt.Errorf("claim run id: all 200 ids are in use under %s", idDir)
 }
 
 // Delete removes the pod's namespace and veth; missing pieces are not an error.

@@ -1,6 +1,6 @@
-// Package kindcluster brings up and tears down kind clusters with netpact as the CNI, through the
+// Package kind brings up and tears down kind clusters with netpact as the CNI, through the
 // sigs.k8s.io/kind Go API, from images built on this machine (kind/images.sh): nothing is pulled.
-package kindcluster
+package kind
 
 import (
 	"bufio"
@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 	kindcmd "sigs.k8s.io/kind/pkg/cmd"
 
-	"github.com/netpact/netpact/kubeapply"
+	"github.com/netpact/netpact/internal/kubeapply"
 )
 
 // DefaultName is the cluster's name unless told otherwise.
@@ -84,7 +84,7 @@ type Options struct {
 	Name string
 	// Config is the kind cluster configuration file (kind/cluster.yaml).
 	Config string
-	// Manifest is netpact's DaemonSet manifest (kind/manifests/netpact.yaml); NETPACT_IMAGE in it
+	// Manifest is netpact's DaemonSet manifest (deploy/netpact.yaml); NETPACT_IMAGE in it
 	// is replaced by Images.Netpact.
 	Manifest string
 	Images   Images

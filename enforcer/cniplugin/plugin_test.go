@@ -16,8 +16,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
-	"github.com/netpact/netpact/podnet"
 )
 
 // The test binary is the plugin when a runtime-like caller sets NETPACT_CNI_HELPER, the way the

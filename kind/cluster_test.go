@@ -1,4 +1,4 @@
-package kindcluster
+package kind
 
 import (
 	"os"

@@ -1,0 +1,253 @@
+// Package localnode is the enforcer on a node of network namespaces on this host: pods are named
+// network namespaces on veths (podnet), netpact's datapath enforces on their host veths, and run
+// ids keep parallel nodes on one host apart.
+package localnode
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/enforcer/podnet"
+	"github.com/netpact/netpact/policy"
+)
+
+// Options configure a local node.
+type Options struct {
+	// Retain keeps namespaces, veths and pins after Stop, for debugging.
+	Retain bool
+	// Policy are the engine options the enforcer uses.
+	Policy policy.Options
+	// Pods, when set, are pods made beforehand (keyed namespace/name, for example by another
+	// process of a parallel test suite); AddPod adopts them instead of creating its own, and Stop
+	// leaves them in place.
+	Pods map[string]*podnet.Pod
+}
+
+// Node is the enforcer on a node of network namespaces: pods on veths of this host, netpact's
+// datapath attached to them, the enforcer programming them, and the datapath's flow events. It is
+// the local counterpart of enforcer/kubenode: what the reconciler's node target and the scenario
+// harness drive.
+type Node struct {
+	opts      Options
+	id        int
+	releaseID func()
+	dp        *datapath.Datapath
+	enf       *enforcer.Enforcer
+	pods      map[string]*podnet.Pod
+	owned     []*podnet.Pod
+
+	mu    sync.Mutex
+	flows []datapath.Flow
+	fr    *datapath.FlowReader
+}
+
+// maxFlows bounds the flow events a node keeps between two ResetFlows.
+const maxFlows = 100000
+
+// NewNode returns a local node; Start brings it up (it needs root).
+func NewNode(opts Options) *Node {
+	return &Node{opts: opts, pods: map[string]*podnet.Pod{}}
+}
+
+// runPinRoot is the bpffs directory under which each local node pins its datapath.
+const runPinRoot = datapath.DefaultPinPath + "-run"
+
+func (n *Node) pinPath() string {
+	return filepath.Join(runPinRoot, fmt.Sprintf("%d-%d", os.Getpid(), n.id))
+}
+
+// Start claims a run id, turns on forwarding, opens the datapath and starts reading its flows.
+// After an error, Stop releases what Start made.
+func (n *Node) Start() error {
+	id, release, err := ClaimRunID()
+	if err != nil {
+		return err
+	}
+	n.id, n.releaseID = id, release
+	if err := podnet.PrepareHost(); err != nil {
+		return err
+	}
+	dp, err := datapath.Open(datapath.Options{PinPath: n.pinPath()})
+	if err != nil {
+		return fmt.Errorf("open datapath: %w", err)
+	}
+	n.dp = dp
+	n.enf = enforcer.New("local", dp, n.opts.Policy)
+	fr, err := dp.Flows()
+	if err != nil {
+		return fmt.Errorf("open flow events: %w", err)
+	}
+	n.fr = fr
+	go n.collectFlows()
+	return nil
+}
+
+// MakePod creates the i-th pod of run id: namespace np<id>-<i>, host veth np<id>h<i>, addresses
+// 10.250.<id>.<i+1> and fd00:250:<id>::<i+1>.
+func MakePod(key string, id, i int) (*podnet.Pod, error) {
+	v4 := netip.AddrFrom4([4]byte{10, 250, byte(id), byte(i + 1)})
+	v6 := netip.MustParseAddr(fmt.Sprintf("fd00:250:%x::%x", id, i+1))
+	return podnet.CreatePod(key, fmt.Sprintf("np%d-%d", id, i), fmt.Sprintf("np%dh%d", id, i), v4, v6)
+}
+
+// AddPod adopts the pod key from Options.Pods or makes it as the i-th pod of the run (i picks
+// its names and addresses). Enforce must follow to program it.
+func (n *Node) AddPod(key string, i int) (*podnet.Pod, error) {
+	if p, ok := n.pods[key]; ok {
+		return p, nil
+	}
+	p, ok := n.opts.Pods[key]
+	if !ok {
+		var err error
+		if p, err = MakePod(key, n.id, i); err != nil {
+			return nil, err
+		}
+		n.owned = append(n.owned, p)
+	}
+	n.pods[key] = p
+	return p, nil
+}
+
+// AddCluster makes a pod for every endpoint of c, in order, and returns c with each endpoint on
+// node "local" at its pod's addresses (the addresses c gives are not used).
+func (n *Node) AddCluster(c *policy.Cluster) (*policy.Cluster, error) {
+	out := *c
+	out.Nodes = []policy.Node{{Name: "local"}}
+	out.Endpoints = make([]policy.Endpoint, len(c.Endpoints))
+	for i, ep := range c.Endpoints {
+		p, err := n.AddPod(ep.Key().String(), i)
+		if err != nil {
+			return nil, err
+		}
+		ep.Node, ep.IPs = "local", []netip.Addr{p.IPv4, p.IPv6}
+		out.Endpoints[i] = ep
+	}
+	return &out, nil
+}
+
+// Pod returns the pod key, or nil.
+func (n *Node) Pod(key string) *podnet.Pod { return n.pods[key] }
+
+// RemovePod deletes a pod the node made (adopted pods stay) and forgets it.
+func (n *Node) RemovePod(key string) error {
+	p, ok := n.pods[key]
+	if !ok {
+		return fmt.Errorf("remove pod %s: no such pod", key)
+	}
+	delete(n.pods, key)
+	for i, o := range n.owned {
+		if o == p {
+			n.owned = append(n.owned[:i], n.owned[i+1:]...)
+			return p.Delete()
+		}
+	}
+	return nil
+}
+
+// Enforce programs every pod of the node with the policies' state for cluster c; every endpoint
+// of c must be a pod of the node.
+func (n *Node) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
+	local := make([]enforcer.LocalPod, 0, len(c.Endpoints))
+	for _, ep := range c.Endpoints {
+		p := n.pods[ep.Key().String()]
+		if p == nil {
+			return fmt.Errorf("enforce: pod %s is in the cluster but not on the local node", ep.Key())
+		}
+		local = append(local, enforcer.LocalPod{Key: ep.Key(), Ifindex: p.Ifindex, HostIfname: p.HostIfname})
+	}
+	return n.enf.Sync(c, policies, local)
+}
+
+// Verify checks that the datapath maps hold exactly the last enforced state.
+func (n *Node) Verify() error { return n.enf.Verify() }
+
+func (n *Node) collectFlows() {
+	for {
+		f, err := n.fr.Read(time.Time{})
+		if err != nil {
+			if errors.Is(err, datapath.ErrClosed) {
+				return
+			}
+			continue
+		}
+		n.mu.Lock()
+		if len(n.flows) < maxFlows {
+			n.flows = append(n.flows, f)
+		}
+		n.mu.Unlock()
+	}
+}
+
+// ResetFlows forgets the flow events read so far.
+func (n *Node) ResetFlows() {
+	n.mu.Lock()
+	n.flows = nil
+	n.mu.Unlock()
+}
+
+// Flows renders up to limit flow events between the given (source, destination) address pairs
+// since the last ResetFlows, with pods named and the deciding rule: events a rule decided, or
+// drops, first.
+func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	decided := func(f datapath.Flow) bool { return f.Rule != 0 || f.Reason.Dropped() }
+	flows := make([]datapath.Flow, 0, len(n.flows))
+	for _, first := range []bool{true, false} {
+		for _, f := range n.flows {
+			if pairs[[2]netip.Addr{f.Src, f.Dst}] && decided(f) == first {
+				flows = append(flows, f)
+			}
+		}
+	}
+	var out []string
+	st := n.enf.State()
+	for _, f := range flows {
+		if len(out) >= limit {
+			break
+		}
+		rule := "no rule"
+		if st != nil && f.Rule != 0 {
+			if ri := st.Rule(f.Rule); ri != nil {
+				rule = ri.String()
+			}
+		}
+		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d %s (%s)", f.Direction, f.Proto, n.enf.Resolve(f.Src), f.SrcPort,
+			n.enf.Resolve(f.Dst), f.DstPort, f.Reason, rule))
+	}
+	return out
+}
+
+// Stop stops reading flows and, unless retained, deletes the pods the node made, tears the
+// datapath down (programs, links and pins) and releases the run id.
+func (n *Node) Stop() error {
+	if n.fr != nil {
+		n.fr.Close()
+	}
+	if n.opts.Retain {
+		return nil
+	}
+	var errs []error
+	for _, p := range n.owned {
+		errs = append(errs, p.Delete())
+	}
+	n.owned = nil
+	if n.dp != nil {
+		errs = append(errs, n.dp.Teardown())
+		// The runs' common parent goes with the last run (another run's pins keep it).
+		_ = os.Remove(runPinRoot)
+		n.dp = nil
+	}
+	if n.releaseID != nil {
+		n.releaseID()
+		n.releaseID = nil
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,44 @@
+package localnode
+
+import (
+	"fmt"
+	"os"
+)
+
+// idDir holds one directory per run id in use on this host, with the owner's pid inside.
+const idDir = "/run/netpact/run-ids"
+
+// ClaimRunID reserves a run id in [0, 200) for this process across every process on the host
+// (a directory per id, created atomically), so that parallel test packages and suites never
+// share namespace or interface names. Ids whose owner is gone are reclaimed. release frees it.
+func ClaimRunID() (id int, release func(), err error) {
+	if err := os.MkdirAll(idDir, 0o755); err != nil {
+		return 0, nil, fmt.Errorf("claim run id: %w", err)
+	}
+	start := os.Getpid() % 200
+	for pass := 0; pass < 2; pass++ {
+		for i := 0; i < 200; i++ {
+			id := (start + i) % 200
+			dir := fmt.Sprintf("%s/%d", idDir, id)
+			if err := os.Mkdir(dir, 0o755); err == nil {
+				os.WriteFile(dir+"/pid", []byte(fmt.Sprint(os.Getpid())), 0o644)
+				return id, func() { os.RemoveAll(dir) }, nil
+			}
+			if pass == 1 {
+				continue
+			}
+			// Reclaim the id of a process that is gone.
+			data, err := os.ReadFile(dir + "/pid")
+			var pid int
+			if _, scanErr := fmt.Sscan(string(data), &pid); err == nil && scanErr == nil && pid > 0 {
+				if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+					continue
+				}
+			} else if err == nil || !os.IsNotExist(err) {
+				continue
+			}
+			os.RemoveAll(dir)
+		}
+	}
+	return 0, nil, fmt.Errorf("claim run id: all 200 ids are in use under %s", idDir)
+}
