@@ -53,8 +53,8 @@ enum reason {
 	REASON_FORWARD_REPLY = 1,      // reply of a tracked flow
 	REASON_FORWARD_RELATED = 2,    // ICMP error about a tracked flow
 	REASON_FORWARD_UNENFORCED = 3, // no entry, direction not enforced
-	REASON_FORWARD_NON_IP = 4,     // ARP and other non-IP frames
-	REASON_FORWARD_ND = 5,         // IPv6 neighbour discovery and MLD
+	REASON_FORWARD_ARP = 4,        // ARP (from a pod: with the pod's own sender address)
+	REASON_FORWARD_ND = 5,         // link-scoped IPv6 neighbour discovery and MLD
 	REASON_DROP_DENY = 6,          // a deny rule matched
 	REASON_DROP_DEFAULT_DENY = 7,  // no rule allows it
 	REASON_DROP_SPOOF = 8,         // source address is not the pod's
@@ -62,8 +62,12 @@ enum reason {
 	REASON_DROP_MALFORMED = 10,    // truncated or invalid headers
 	REASON_DROP_FRAG_NO_FIRST = 11, // later fragment without an allowed first fragment
 	REASON_DROP_NO_PROXY = 12,     // an L7 rule applies but no proxy is available
-	REASON_MAX = 13,
+	REASON_DROP_ETHERTYPE = 13,    // VLAN-tagged, or neither IPv4, IPv6 nor ARP
+	REASON_MAX = 14,
 };
+
+// Emits enum reason into BTF, so that bpf2go generates its constants for the Go side.
+const enum reason *unused_reason __attribute__((unused));
 
 struct endpoint_info {
 	__u32 ep_id;
@@ -281,7 +285,7 @@ struct pkt {
 	__u8 icmp_type;
 	__u8 icmp_error; // ICMP error carrying an inner header
 	__u8 tcp_flags;
-	__u8 pad;
+	__u8 hop_limit; // IPv6 hop limit, IPv4 TTL
 	// The flow an ICMP error is about, as the inner header gives it.
 	__u8 inner_saddr[16];
 	__u8 inner_daddr[16];
@@ -458,14 +462,32 @@ static __always_inline int parse_inner(struct __sk_buff *skb, struct pkt *p)
 
 #define IPV6_MAX_EXT 6
 
-// parse returns 1 for an IP packet, 0 for a non-IP frame, -1 for a malformed one.
+#define PARSE_IP 1
+#define PARSE_ARP 2
+#define PARSE_OTHER 0
+#define PARSE_MALFORMED -1
+
+// parse returns PARSE_IP for an IP packet, PARSE_ARP for ARP over IPv4 (its sender protocol
+// address in saddr), PARSE_OTHER for any other frame, PARSE_MALFORMED for a malformed one.
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ethhdr eth;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-		return -1;
+		return PARSE_MALFORMED;
 	__builtin_memset(p->saddr, 0, 16);
 	__builtin_memset(p->daddr, 0, 16);
+	if (eth.h_proto == bpf_htons(ETH_P_ARP)) {
+		// ptype, hlen, plen; then the sender protocol address, 14 bytes into the ARP header
+		// (read straight into the scratch map: the stack has no room left).
+		__u32 types;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 2, &types, 4) < 0)
+			return PARSE_MALFORMED;
+		if (types != bpf_htonl(0x08000604))
+			return PARSE_OTHER; // not Ethernet/IPv4 ARP: nothing a pod needs
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 14, p->saddr, 4) < 0)
+			return PARSE_MALFORMED;
+		return PARSE_ARP;
+	}
 	if (eth.h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
@@ -474,6 +496,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->family = FAMILY_V4;
 		p->proto = ip.protocol;
+		p->hop_limit = ip.ttl;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->daddr, &ip.daddr, 4);
 		__u16 frag = bpf_ntohs(ip.frag_off);
@@ -489,6 +512,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (ip6.version != 6)
 			return -1;
 		p->family = FAMILY_V6;
+		p->hop_limit = ip6.hop_limit;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
 		__u8 next = ip6.nexthdr;
@@ -520,7 +544,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->proto = next;
 		return parse_l4(skb, p, off) < 0 ? -1 : 1;
 	}
-	return 0;
+	return PARSE_OTHER;
 }
 
 static __always_inline void ct_fill(struct ct_key *k, __u32 ep_id, __u8 dir, __u8 family, __u8 proto,
@@ -634,14 +658,6 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	return family == FAMILY_V4 ? 9 : 10; // world-ipv4, world-ipv6
 }
 
-static __always_inline int is_nd(struct pkt *p)
-{
-	if (p->proto != PROTO_ICMPV6)
-		return 0;
-	__u8 t = p->icmp_type;
-	return (t >= 130 && t <= 137) || t == 143;
-}
-
 static __always_inline int bytes_equal(const __u8 *a, const __u8 *b, int n)
 {
 	__u8 diff = 0;
@@ -653,21 +669,74 @@ static __always_inline int bytes_equal(const __u8 *a, const __u8 *b, int n)
 	return diff == 0;
 }
 
+static __always_inline int is_zero(const __u8 *a, int n)
+{
+	__u8 any = 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (i < n)
+			any |= a[i];
+	}
+	return any == 0;
+}
+
+static __always_inline int is_link_local(const __u8 *a)
+{
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+}
+
+// source_is_pod: the packet's source is the pod's own address of its family (a pod without an
+// address of that family has none).
 static __always_inline int source_is_pod(struct endpoint_info *ep, struct pkt *p)
 {
 	if (p->family == FAMILY_V4)
-		return bytes_equal(p->saddr, ep->ipv4, 4);
-	if (bytes_equal(p->saddr, ep->ipv6, 16))
-		return 1;
-	// Neighbour discovery uses link-local and unspecified sources.
-	if (is_nd(p)) {
-		__u8 unspec[16] = {};
-		if (bytes_equal(p->saddr, unspec, 16))
-			return 1;
-		return p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80;
-	}
-	return 0;
+		return !is_zero(ep->ipv4, 4) && bytes_equal(p->saddr, ep->ipv4, 4);
+	return !is_zero(ep->ipv6, 16) && bytes_equal(p->saddr, ep->ipv6, 16);
 }
+
+// nd_link_scoped: IPv6 neighbour discovery (133-137) or MLD (130-132, 143) that stays on the
+// pod's link: hop limit 255 for ND and 1 for MLD (RFC 4861 section 6.1, RFC 3810 section 5),
+// destination link-local or ff02::/16 (towards the pod also its own address: the host's
+// unicast neighbour probes), and from the pod a source that is its own address, link-local, or
+// :: for duplicate address detection and MLDv2 reports. Such packets pass without policy, as the
+// link needs them; every other ICMPv6 message of these types goes through policy.
+static __attribute__((noinline)) int nd_link_scoped(struct endpoint_info *ep, struct pkt *p, __u8 dir)
+{
+	if (p->family != FAMILY_V6 || p->proto != PROTO_ICMPV6 || p->is_frag)
+		return 0;
+	__u8 t = p->icmp_type;
+	int nd = t >= 133 && t <= 137;
+	int mld = (t >= 130 && t <= 132) || t == 143;
+	if (!nd && !mld)
+		return 0;
+	if (p->hop_limit != (nd ? 255 : 1))
+		return 0;
+	const __u8 *d = p->daddr;
+	int dst_ok = is_link_local(d) || (d[0] == 0xff && d[1] == 0x02);
+	if (!dst_ok && dir == DIR_INGRESS)
+		dst_ok = bytes_equal(d, ep->ipv6, 16);
+	if (!dst_ok)
+		return 0;
+	if (dir == DIR_INGRESS)
+		return 1;
+	if (source_is_pod(ep, p) || is_link_local(p->saddr))
+		return 1;
+	return (t == 135 || t == 143) && is_zero(p->saddr, 16);
+}
+
+// arp_ok: ARP towards a pod always passes (the host answers for the gateway and resolves the
+// pod); from a pod only with the pod's own IPv4 address as sender.
+static __always_inline int arp_ok(struct endpoint_info *ep, struct pkt *p, __u8 dir)
+{
+	if (dir == DIR_INGRESS)
+		return 1;
+	return !is_zero(ep->ipv4, 4) && bytes_equal(p->saddr, ep->ipv4, 4);
+}
+
+// Related ICMP errors are at most this long (IP header included): what RFC 1812 and RFC 4443
+// let an error carry, so that a "related" packet cannot be a channel for bulk data.
+#define RELATED_MAX_V4 576
+#define RELATED_MAX_V6 1280
 
 // Packets the datapath wrote itself (ICMP deny responses) carry this mark and pass once.
 #define MARK_NETPACT_RESPONSE 0x6e700001
@@ -807,15 +876,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int kind = parse(skb, p);
 	if (!ep)
 		return drop(skb, 0, p, dir, REASON_DROP_NOT_ENDPOINT, 0, 0);
-	if (kind == 0) {
-		count(REASON_FORWARD_NON_IP, skb->len);
+	// A pod needs IPv4, IPv6 and ARP, untagged. Anything else could be untagged or decapsulated
+	// by the kernel after this program and routed unchecked: dropped, in both directions.
+	if (skb->vlan_present || kind == PARSE_OTHER)
+		return drop(skb, ep, p, dir, REASON_DROP_ETHERTYPE, 0, 0);
+	if (kind == PARSE_MALFORMED)
+		return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, 0, 0);
+	if (kind == PARSE_ARP) {
+		if (!arp_ok(ep, p, dir))
+			return drop(skb, ep, p, dir, REASON_DROP_SPOOF, 0, 0);
+		count(REASON_FORWARD_ARP, skb->len);
 		return TC_ACT_OK;
 	}
-	if (kind < 0)
-		return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, 0, 0);
-	if (dir == DIR_EGRESS && !source_is_pod(ep, p))
+	int nd = nd_link_scoped(ep, p, dir);
+	if (dir == DIR_EGRESS && !nd && !source_is_pod(ep, p))
 		return drop(skb, ep, p, dir, REASON_DROP_SPOOF, 0, 0);
-	if (is_nd(p)) {
+	if (nd) {
 		count(REASON_FORWARD_ND, skb->len);
 		return TC_ACT_OK;
 	}
@@ -848,9 +924,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (p->icmp_error) {
 			if (parse_inner(skb, p) < 0)
 				return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, peer_id, 0);
+			// Related only when it goes back to the quoted packet's source (as Linux conntrack
+			// checks) and, from a pod, which is an end host and not a router, comes from the
+			// quoted packet's destination; and only when small. Anything else is judged by policy.
+			__u32 cap = p->family == FAMILY_V4 ? RELATED_MAX_V4 : RELATED_MAX_V6;
+			int related = skb->len <= ETH_HLEN + cap && bytes_equal(p->daddr, p->inner_saddr, 16);
+			if (dir == DIR_EGRESS)
+				related = related && bytes_equal(p->saddr, p->inner_daddr, 16);
 			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->inner_proto, p->inner_saddr, p->inner_daddr,
 				p->inner_sport, p->inner_dport);
-			if (ct_live(&k, now)) {
+			if (related && ct_live(&k, now)) {
 				count(REASON_FORWARD_RELATED, skb->len);
 				return TC_ACT_OK;
 			}

@@ -121,7 +121,7 @@ type NetpactPkt struct {
 	IcmpType   uint8
 	IcmpError  uint8
 	TcpFlags   uint8
-	Pad        uint8
+	HopLimit   uint8
 	InnerSaddr [16]uint8
 	InnerDaddr [16]uint8
 	InnerProto uint8
@@ -166,6 +166,26 @@ type NetpactRatelimit struct {
 	LastNs uint64
 	Tokens uint64
 }
+
+type NetpactReason uint32
+
+const (
+	NetpactReasonREASON_FORWARD_POLICY     NetpactReason = 0
+	NetpactReasonREASON_FORWARD_REPLY      NetpactReason = 1
+	NetpactReasonREASON_FORWARD_RELATED    NetpactReason = 2
+	NetpactReasonREASON_FORWARD_UNENFORCED NetpactReason = 3
+	NetpactReasonREASON_FORWARD_ARP        NetpactReason = 4
+	NetpactReasonREASON_FORWARD_ND         NetpactReason = 5
+	NetpactReasonREASON_DROP_DENY          NetpactReason = 6
+	NetpactReasonREASON_DROP_DEFAULT_DENY  NetpactReason = 7
+	NetpactReasonREASON_DROP_SPOOF         NetpactReason = 8
+	NetpactReasonREASON_DROP_NOT_ENDPOINT  NetpactReason = 9
+	NetpactReasonREASON_DROP_MALFORMED     NetpactReason = 10
+	NetpactReasonREASON_DROP_FRAG_NO_FIRST NetpactReason = 11
+	NetpactReasonREASON_DROP_NO_PROXY      NetpactReason = 12
+	NetpactReasonREASON_DROP_ETHERTYPE     NetpactReason = 13
+	NetpactReasonREASON_MAX                NetpactReason = 14
+)
 
 // LoadNetpact returns the embedded CollectionSpec for Netpact.
 func LoadNetpact() (*ebpf.CollectionSpec, error) {
@@ -235,6 +255,7 @@ type NetpactMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type NetpactVariableSpecs struct {
 	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
 // NetpactObjects contains all objects after they have been loaded into the kernel.
@@ -291,6 +312,7 @@ func (m *NetpactMaps) Close() error {
 // It can be passed to LoadNetpactObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NetpactVariables struct {
 	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
+	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
 }
 
 // NetpactPrograms contains all programs after they have been loaded into the kernel.

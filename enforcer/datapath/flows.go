@@ -16,29 +16,41 @@ import (
 // Reason is why the datapath forwarded or dropped a packet; it indexes the counters.
 type Reason uint8
 
-// Reasons, numbered as in bpf/netpact.c.
+// Reasons: bpf/netpact.c's enum reason, through the constants bpf2go generates from it.
 const (
-	ReasonForwardPolicy Reason = iota
-	ReasonForwardReply
-	ReasonForwardRelated
-	ReasonForwardUnenforced
-	ReasonForwardNonIP
-	ReasonForwardND
-	ReasonDropDeny
-	ReasonDropDefaultDeny
-	ReasonDropSpoof
-	ReasonDropNotEndpoint
-	ReasonDropMalformed
-	ReasonDropFragNoFirst
-	ReasonDropNoProxy
-	reasonMax
+	ReasonForwardPolicy     = Reason(bpf.NetpactReasonREASON_FORWARD_POLICY)
+	ReasonForwardReply      = Reason(bpf.NetpactReasonREASON_FORWARD_REPLY)
+	ReasonForwardRelated    = Reason(bpf.NetpactReasonREASON_FORWARD_RELATED)
+	ReasonForwardUnenforced = Reason(bpf.NetpactReasonREASON_FORWARD_UNENFORCED)
+	ReasonForwardARP        = Reason(bpf.NetpactReasonREASON_FORWARD_ARP)
+	ReasonForwardND         = Reason(bpf.NetpactReasonREASON_FORWARD_ND)
+	ReasonDropDeny          = Reason(bpf.NetpactReasonREASON_DROP_DENY)
+	ReasonDropDefaultDeny   = Reason(bpf.NetpactReasonREASON_DROP_DEFAULT_DENY)
+	ReasonDropSpoof         = Reason(bpf.NetpactReasonREASON_DROP_SPOOF)
+	ReasonDropNotEndpoint   = Reason(bpf.NetpactReasonREASON_DROP_NOT_ENDPOINT)
+	ReasonDropMalformed     = Reason(bpf.NetpactReasonREASON_DROP_MALFORMED)
+	ReasonDropFragNoFirst   = Reason(bpf.NetpactReasonREASON_DROP_FRAG_NO_FIRST)
+	ReasonDropNoProxy       = Reason(bpf.NetpactReasonREASON_DROP_NO_PROXY)
+	ReasonDropEthertype     = Reason(bpf.NetpactReasonREASON_DROP_ETHERTYPE)
+	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
 )
 
-var reasonNames = [...]string{
-	"forwarded: allowed by policy", "forwarded: reply", "forwarded: related ICMP", "forwarded: not enforced",
-	"forwarded: not IP", "forwarded: neighbour discovery", "dropped: denied by rule", "dropped: default deny, no rule",
-	"dropped: spoofed source", "dropped: not an endpoint", "dropped: malformed", "dropped: fragment without first fragment",
-	"dropped: L7 proxy unavailable",
+// reasonNames names every reason, indexed by it (TestReasonNames checks that none is missing).
+var reasonNames = [reasonMax]string{
+	ReasonForwardPolicy:     "forwarded: allowed by policy",
+	ReasonForwardReply:      "forwarded: reply",
+	ReasonForwardRelated:    "forwarded: related ICMP",
+	ReasonForwardUnenforced: "forwarded: not enforced",
+	ReasonForwardARP:        "forwarded: ARP",
+	ReasonForwardND:         "forwarded: link-scoped neighbour discovery",
+	ReasonDropDeny:          "dropped: denied by rule",
+	ReasonDropDefaultDeny:   "dropped: default deny, no rule",
+	ReasonDropSpoof:         "dropped: spoofed source",
+	ReasonDropNotEndpoint:   "dropped: not an endpoint",
+	ReasonDropMalformed:     "dropped: malformed",
+	ReasonDropFragNoFirst:   "dropped: fragment without first fragment",
+	ReasonDropNoProxy:       "dropped: L7 proxy unavailable",
+	ReasonDropEthertype:     "dropped: tagged frame or not IPv4, IPv6 or ARP",
 }
 
 func (r Reason) String() string {

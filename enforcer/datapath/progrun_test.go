@@ -36,6 +36,7 @@ type pkt struct {
 	fragOffset   uint16 // in 8-byte units
 	ipOptions    bool
 	payload      int
+	hopLimit     uint8 // IPv4 TTL or IPv6 hop limit; 64 when zero
 }
 
 func (p pkt) build(t testing.TB) []byte {
@@ -45,9 +46,13 @@ func (p pkt) build(t testing.TB) []byte {
 	var ls []gopacket.SerializableLayer
 	var netLayer gopacket.NetworkLayer
 	ipProto := layers.IPProtocol(p.proto)
+	hops := p.hopLimit
+	if hops == 0 {
+		hops = 64
+	}
 	if src.Is4() {
 		eth.EthernetType = layers.EthernetTypeIPv4
-		ip := &layers.IPv4{Version: 4, TTL: 64, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), Protocol: ipProto, Id: uint16(p.fragID)}
+		ip := &layers.IPv4{Version: 4, TTL: hops, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), Protocol: ipProto, Id: uint16(p.fragID)}
 		if p.fragMF {
 			ip.Flags = layers.IPv4MoreFragments
 		}
@@ -59,7 +64,7 @@ func (p pkt) build(t testing.TB) []byte {
 		netLayer = ip
 	} else {
 		eth.EthernetType = layers.EthernetTypeIPv6
-		ip := &layers.IPv6{Version: 6, HopLimit: 64, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), NextHeader: ipProto}
+		ip := &layers.IPv6{Version: 6, HopLimit: hops, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), NextHeader: ipProto}
 		ls = append(ls, eth, ip)
 		netLayer = ip
 		if p.fragMF || p.fragOffset > 0 {
@@ -272,7 +277,12 @@ func TestProgramVerdicts(t *testing.T) {
 		{"ipv6 allowed", policy.Ingress, pkt{src: "fd00::2", dst: "fd00::1", proto: tcp, sport: 40007, dport: 80, syn: true}, tcOK, ReasonForwardPolicy},
 		{"ipv6 denied", policy.Ingress, pkt{src: "fd00::2", dst: "fd00::1", proto: tcp, sport: 40007, dport: 81, syn: true}, tcShot, ReasonDropDefaultDeny},
 		{"icmpv6 echo", policy.Ingress, pkt{src: "fd00::2", dst: "fd00::1", proto: icmp6, icmpType: 128}, tcOK, ReasonForwardPolicy},
-		{"icmpv6 neighbour solicitation", policy.Ingress, pkt{src: "fe80::2", dst: "fd00::1", proto: icmp6, icmpType: 135}, tcOK, ReasonForwardND},
+		{"neighbour solicitation to the pod", policy.Ingress, pkt{src: "fe80::2", dst: "fd00::1", proto: icmp6, icmpType: 135, hopLimit: 255}, tcOK, ReasonForwardND},
+		{"neighbour solicitation not hop limit 255", policy.Ingress, pkt{src: "fe80::2", dst: "fd00::1", proto: icmp6, icmpType: 135}, tcShot, ReasonDropDefaultDeny},
+		{"neighbour advertisement from the pod", policy.Egress, pkt{src: "fd00::1", dst: "fe80::1", proto: icmp6, icmpType: 136, hopLimit: 255}, tcOK, ReasonForwardND},
+		{"neighbour solicitation to a global address", policy.Egress, pkt{src: "fd00::1", dst: "fd00::2", proto: icmp6, icmpType: 135, hopLimit: 255}, tcShot, ReasonDropDefaultDeny},
+		{"duplicate address detection from ::", policy.Egress, pkt{src: "::", dst: "ff02::1:ff00:1", proto: icmp6, icmpType: 135, hopLimit: 255}, tcOK, ReasonForwardND},
+		{"MLDv2 report", policy.Egress, pkt{src: "fe80::7", dst: "ff02::16", proto: icmp6, icmpType: 143, hopLimit: 1}, tcOK, ReasonForwardND},
 		{"ipv4 options", policy.Ingress, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: tcp, sport: 40008, dport: 80, syn: true, ipOptions: true}, tcOK, ReasonForwardPolicy},
 		{"ipv4 options denied", policy.Ingress, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: tcp, sport: 40008, dport: 81, syn: true, ipOptions: true}, tcShot, ReasonDropDefaultDeny},
 		{"egress allowed", policy.Egress, pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: tcp, sport: 40009, dport: 443, syn: true}, tcOK, ReasonForwardPolicy},
@@ -280,6 +290,10 @@ func TestProgramVerdicts(t *testing.T) {
 		{"egress to world denied", policy.Egress, pkt{src: "10.0.0.1", dst: "8.8.8.8", proto: udp, sport: 40010, dport: 53}, tcShot, ReasonDropDefaultDeny},
 		{"spoofed source", policy.Egress, pkt{src: "10.0.0.99", dst: "10.0.0.2", proto: tcp, sport: 40011, dport: 443, syn: true}, tcShot, ReasonDropSpoof},
 		{"spoofed ipv6 source", policy.Egress, pkt{src: "fd00::99", dst: "fd00::2", proto: tcp, sport: 40011, dport: 443, syn: true}, tcShot, ReasonDropSpoof},
+		// Drops the engine does not judge (their flow events are not read) stay last.
+		{"link-local source off the link", policy.Egress, pkt{src: "fe80::7", dst: "fd00::2", proto: icmp6, icmpType: 135, hopLimit: 255}, tcShot, ReasonDropSpoof},
+		{"advertisement from :: refused", policy.Egress, pkt{src: "::", dst: "ff02::1", proto: icmp6, icmpType: 136, hopLimit: 255}, tcShot, ReasonDropSpoof},
+		{"MLD report not hop limit 1", policy.Egress, pkt{src: "fe80::7", dst: "ff02::16", proto: icmp6, icmpType: 143, hopLimit: 2}, tcShot, ReasonDropSpoof},
 	}
 	flows, err := d.Flows()
 	if err != nil {
@@ -430,11 +444,11 @@ func TestNotAnEndpointAndMalformed(t *testing.T) {
 		t.Errorf("packet on a non-endpoint interface: %d", v)
 	}
 	// The kernel needs at least an Ethernet header (and refuses an IPv4 ethertype with nothing
-	// after it): a bare header of another type is not IP and passes; an IPv4 header cut short
-	// is malformed.
+	// after it): a bare header of another type is neither IP nor ARP and is dropped; an IPv4
+	// header cut short is malformed.
 	bare := append([]byte(nil), frame[:14]...)
 	bare[12], bare[13] = 0x88, 0xb5 // local experimental ethertype
-	if v := runProg(t, d.objs.TcToPod, ep.Ifindex, bare); v != tcOK {
+	if v := runProg(t, d.objs.TcToPod, ep.Ifindex, bare); v != tcShot {
 		t.Errorf("14-byte non-IP frame: %d", v)
 	}
 	// The kernel also wants a whole IPv4 header; a header claiming 60 bytes of options in a
@@ -455,10 +469,20 @@ func TestNotAnEndpointAndMalformed(t *testing.T) {
 	if after[ReasonDropMalformed].Packets != before[ReasonDropMalformed].Packets+2 {
 		t.Errorf("malformed drops not counted: %d", after[ReasonDropMalformed].Packets-before[ReasonDropMalformed].Packets)
 	}
+	// ARP over Ethernet/IPv4: from the pod only with its own sender address.
 	arp := make([]byte, 42)
 	arp[12], arp[13] = 0x08, 0x06
+	copy(arp[14:22], []byte{0, 1, 8, 0, 6, 4, 0, 1})
+	copy(arp[28:32], []byte{10, 0, 0, 1})
 	if v := runProg(t, d.objs.TcFromPod, ep.Ifindex, arp); v != tcOK {
-		t.Errorf("ARP dropped: %d", v)
+		t.Errorf("the pod's ARP dropped: %d", v)
+	}
+	copy(arp[28:32], []byte{10, 0, 0, 2})
+	if v := runProg(t, d.objs.TcFromPod, ep.Ifindex, arp); v != tcShot {
+		t.Errorf("ARP with another pod's sender address: %d", v)
+	}
+	if v := runProg(t, d.objs.TcToPod, ep.Ifindex, arp); v != tcOK {
+		t.Errorf("ARP towards the pod dropped: %d", v)
 	}
 }
 

@@ -1,0 +1,397 @@
+package datapath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Real frames from pod namespaces that tried to walk around policy: tagged and non-IP frames,
+// ICMP errors that are not about a flow of the addresses they go between, and neighbour
+// discovery that is not link-scoped.
+
+// egressDeniedA puts pod a's egress in default deny (its only allow names a pod that does not
+// exist) and leaves b and c without policy.
+const egressDeniedA = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: nobody}}]
+`
+
+// inboundOnlyB lets a reach b on UDP 5353 and puts b's egress in default deny.
+const inboundOnlyB = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "5353", protocol: UDP}]}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: nobody}}]
+`
+
+// macs returns the MAC of eth0 in pod name and of its host veth.
+func (n *trafficNode) macs(t *testing.T, name string) (pod, host net.HardwareAddr) {
+	t.Helper()
+	p := n.pods[name]
+	if err := p.Do(func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		pod = l.Attrs().HardwareAddr
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := netlink.LinkByName(p.HostIfname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod, l.Attrs().HardwareAddr
+}
+
+// sendFrames writes raw frames on eth0 of pod name through an AF_PACKET socket, as a pod with
+// CAP_NET_RAW can.
+func (n *trafficNode) sendFrames(t *testing.T, name string, frames ...[]byte) {
+	t.Helper()
+	err := n.pods[name].Do(func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		addr := &unix.SockaddrLinklayer{Ifindex: l.Attrs().Index, Protocol: htons(unix.ETH_P_ALL)}
+		for _, f := range frames {
+			if err := unix.Sendto(fd, f, 0, addr); err != nil {
+				return fmt.Errorf("send frame: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rawListener is a raw socket in a pod that collects every packet of one IP protocol it sees.
+type rawListener struct {
+	fd  int
+	got chan []byte
+}
+
+func (n *trafficNode) listenRaw(t *testing.T, name string, family, proto int) *rawListener {
+	t.Helper()
+	r := &rawListener{got: make(chan []byte, 64)}
+	if err := n.pods[name].Do(func() (err error) {
+		r.fd, err = unix.Socket(family, unix.SOCK_RAW, proto)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
+	unix.SetsockoptTimeval(r.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); unix.Close(r.fd) })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			k, _, err := unix.Recvfrom(r.fd, buf, 0)
+			if err == nil {
+				r.got <- bytes.Clone(buf[:k])
+			}
+		}
+	}()
+	return r
+}
+
+// saw reports whether a packet containing marker arrives within the probe timeout.
+func (r *rawListener) saw(marker []byte) bool {
+	deadline := time.After(probeTimeout)
+	for {
+		select {
+		case b := <-r.got:
+			if bytes.Contains(b, marker) {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// udpDatagram builds eth(type) / IPv4 / UDP / payload from src to dst, with the given tags
+// (outer first) in front of the IPv4 ethertype.
+func udpFrame(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, port uint16, payload []byte, tags ...[2]uint16) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), Protocol: layers.IPProtocolUDP}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: layers.UDPPort(port)}
+	udp.SetNetworkLayerForChecksum(ip)
+	body := serialize(t, []gopacket.SerializableLayer{ip, udp, gopacket.Payload(payload)})
+	frame := append(append([]byte{}, dstMAC...), srcMAC...)
+	for _, tag := range tags { // tag = {TPID, VID}
+		frame = binary.BigEndian.AppendUint16(frame, tag[0])
+		frame = binary.BigEndian.AppendUint16(frame, tag[1])
+	}
+	frame = binary.BigEndian.AppendUint16(frame, 0x0800)
+	return append(frame, body...)
+}
+
+// TestTaggedAndNonIPFramesDropped sends UDP to c inside VLAN tags from pod a, whose egress is
+// in default deny: a double tag with VID 0 used to pass the program (not IP) and then be untagged
+// and routed by the kernel. Every tagged frame, and every ethertype a pod does not need, is
+// dropped and counted; the pod's own ARP still passes, another address's ARP does not.
+func TestTaggedAndNonIPFramesDropped(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.apply(t, d, egressDeniedA)
+	podMAC, hostMAC := n.macs(t, "a")
+	a, c := n.pods["a"], n.pods["c"]
+	var got []byte
+	var ul net.PacketConn
+	if err := c.Do(func() (err error) { ul, err = net.ListenPacket("udp4", ":7000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	received := func(marker []byte) bool {
+		buf := make([]byte, 2048)
+		ul.SetReadDeadline(time.Now().Add(probeTimeout))
+		for {
+			k, _, err := ul.ReadFrom(buf)
+			if err != nil {
+				return false
+			}
+			got = buf[:k]
+			if bytes.Equal(got, marker) {
+				return true
+			}
+		}
+	}
+	// Control: a's untagged datagram is dropped by policy, b's (no policy) arrives.
+	n.sendFrames(t, "a", udpFrame(t, podMAC, hostMAC, a.IPv4, c.IPv4, 7000, []byte("untagged-a")))
+	if received([]byte("untagged-a")) {
+		t.Fatal("control: a's untagged datagram passed egress default deny")
+	}
+	bMAC, bHost := n.macs(t, "b")
+	n.sendFrames(t, "b", udpFrame(t, bMAC, bHost, n.pods["b"].IPv4, c.IPv4, 7000, []byte("untagged-b")))
+	if !received([]byte("untagged-b")) {
+		t.Fatal("control: b's untagged datagram (no policy) did not arrive: the frames are not routed")
+	}
+
+	before, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		tags [][2]uint16
+	}{
+		{"802.1Q VID 0", [][2]uint16{{0x8100, 0}}},
+		{"802.1Q VID 5", [][2]uint16{{0x8100, 5}}},
+		{"802.1Q VID 0 / 802.1Q VID 0", [][2]uint16{{0x8100, 0}, {0x8100, 0}}},
+		{"802.1ad VID 0 / 802.1Q VID 0", [][2]uint16{{0x88a8, 0}, {0x8100, 0}}},
+		{"802.1ad VID 7 / 802.1Q VID 0", [][2]uint16{{0x88a8, 7}, {0x8100, 0}}},
+		{"802.1Q VID 0 / 802.1Q VID 9", [][2]uint16{{0x8100, 0}, {0x8100, 9}}},
+	}
+	for _, tc := range cases {
+		// Spoofed as b and as a: neither policy nor anti-spoofing may be skipped.
+		for _, src := range []netip.Addr{a.IPv4, n.pods["b"].IPv4} {
+			marker := []byte(fmt.Sprintf("%s from %s", tc.name, src))
+			n.sendFrames(t, "a", udpFrame(t, podMAC, hostMAC, src, c.IPv4, 7000, marker, tc.tags...))
+			if received(marker) {
+				t.Errorf("%s (source %s): a tagged datagram from a reached c past egress default deny", tc.name, src)
+			}
+		}
+	}
+	// Ethertypes a pod does not need, and ARP that claims another pod's address.
+	other := append(append(append([]byte{}, hostMAC...), podMAC...), 0x88, 0xb5) // local experimental
+	other = append(other, make([]byte, 46)...)
+	arp := func(sender netip.Addr) []byte {
+		l := []gopacket.SerializableLayer{
+			&layers.Ethernet{SrcMAC: podMAC, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
+			&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+				Operation: layers.ARPRequest, SourceHwAddress: podMAC, SourceProtAddress: sender.AsSlice(),
+				DstHwAddress: make([]byte, 6), DstProtAddress: []byte{169, 254, 1, 1}},
+		}
+		return serialize(t, l)
+	}
+	n.sendFrames(t, "a", other, arp(n.pods["b"].IPv4))
+	n.sendFrames(t, "a", arp(a.IPv4))
+	time.Sleep(50 * time.Millisecond)
+	after, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDropped := uint64(len(cases)*2 + 1)
+	if got := after[ReasonDropEthertype].Packets - before[ReasonDropEthertype].Packets; got != wantDropped {
+		t.Errorf("%d frames counted as dropped for their ethertype, want %d", got, wantDropped)
+	}
+	if after[ReasonDropSpoof].Packets == before[ReasonDropSpoof].Packets {
+		t.Error("ARP with b's address as sender was not dropped as spoofed")
+	}
+	if after[ReasonForwardARP].Packets == before[ReasonForwardARP].Packets {
+		t.Error("the pod's own ARP request was not forwarded")
+	}
+	// IPv4 through ARP still works for a pod without policy.
+	n.serve(t, "c", 8080)
+	expect(t, "b -> c tcp/8080", true, func() error { return n.tcpProbe("b", "c", 8080) })
+}
+
+// icmpErrorTo sends, from pod from, an ICMPv4 destination unreachable (port unreachable)
+// quoting a UDP datagram quotedSrc:40000 -> quotedDst:port, to the address to, padded to size
+// bytes of IP packet, with marker in the quoted payload.
+func (n *trafficNode) icmpErrorTo(t *testing.T, from string, to, quotedSrc, quotedDst netip.Addr, port uint16, marker []byte, size int) {
+	t.Helper()
+	inner := &layers.IPv4{Version: 4, TTL: 64, SrcIP: quotedSrc.AsSlice(), DstIP: quotedDst.AsSlice(), Protocol: layers.IPProtocolUDP}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: layers.UDPPort(port)}
+	udp.SetNetworkLayerForChecksum(inner)
+	pad := max(0, size-20-8-20-8-len(marker))
+	quoted := serialize(t, []gopacket.SerializableLayer{inner, udp, gopacket.Payload(append(append([]byte{}, marker...), make([]byte, pad)...))})
+	icmp := serialize(t, []gopacket.SerializableLayer{&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quoted)})
+	err := n.pods[from].Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, icmp, 0, &unix.SockaddrInet4{Addr: to.As4()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRelatedICMPOnlyBetweenTheFlowsAddresses: b has an inbound flow from a and egress default
+// deny. An ICMP error quoting that flow is related only when it goes back to the flow's source
+// (from the flow's destination) and is small; sent to c, or large, it is judged by policy and
+// dropped.
+func TestRelatedICMPOnlyBetweenTheFlowsAddresses(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.serve(t, "b", 5353)
+	n.apply(t, d, inboundOnlyB)
+	a, b, c := n.pods["a"], n.pods["b"], n.pods["c"]
+	atA := n.listenRaw(t, "a", unix.AF_INET, unix.IPPROTO_ICMP)
+	atC := n.listenRaw(t, "c", unix.AF_INET, unix.IPPROTO_ICMP)
+	// The flow a:40000 -> b:5353 (a's datagram from that port makes the conntrack entry).
+	if err := a.Do(func() error {
+		conn, err := net.DialUDP("udp4", &net.UDPAddr{Port: 40000}, &net.UDPAddr{IP: b.IPv4.AsSlice(), Port: 5353})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write([]byte("open"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+
+	n.icmpErrorTo(t, "b", a.IPv4, a.IPv4, b.IPv4, 5353, []byte("related-to-a"), 100)
+	if !atA.saw([]byte("related-to-a")) {
+		t.Error("a small ICMP error back to the flow's source was not passed as related")
+	}
+	n.icmpErrorTo(t, "b", c.IPv4, a.IPv4, b.IPv4, 5353, []byte("related-to-c"), 100)
+	if atC.saw([]byte("related-to-c")) {
+		t.Error("an ICMP error quoting a->b reached c past b's egress default deny")
+	}
+	n.icmpErrorTo(t, "b", a.IPv4, a.IPv4, b.IPv4, 5353, []byte("large-to-a"), 1400)
+	if atA.saw([]byte("large-to-a")) {
+		t.Error("a 1400-byte ICMP error passed as related (the cap is 576 bytes)")
+	}
+	// Quoting a flow c never had, from b to c: not related either.
+	n.icmpErrorTo(t, "b", c.IPv4, c.IPv4, b.IPv4, 5353, []byte("unrelated-to-c"), 100)
+	if atC.saw([]byte("unrelated-to-c")) {
+		t.Error("an ICMP error about no flow reached c")
+	}
+	counters, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters[ReasonForwardRelated].Packets == 0 {
+		t.Error("no ICMP error was counted as related")
+	}
+}
+
+// TestReasonNames: every reason the datapath counts has a name.
+func TestReasonNames(t *testing.T) {
+	for r := Reason(0); r < reasonMax; r++ {
+		if reasonNames[r] == "" {
+			t.Errorf("reason %d has no name in reasonNames", r)
+		}
+	}
+}
+
+// TestNeighbourDiscoveryOnlyLinkScoped: pod a (egress default deny) sends ICMPv6 neighbour
+// solicitations and MLD reports to c's global address; they are not link-scoped, so policy
+// judges them and drops them. IPv6 to the pods that policy allows still works (neighbour
+// discovery with the gateway passes).
+func TestNeighbourDiscoveryOnlyLinkScoped(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.apply(t, d, egressDeniedA)
+	c := n.pods["c"]
+	atC := n.listenRaw(t, "c", unix.AF_INET6, unix.IPPROTO_ICMPV6)
+	send := func(typ uint8, hops int, marker []byte) {
+		t.Helper()
+		msg := append([]byte{typ, 0, 0, 0, 0, 0, 0, 0}, marker...)
+		err := n.pods["a"].Do(func() error {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_ICMPV6)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, hops); err != nil {
+				return err
+			}
+			return unix.Sendto(fd, msg, 0, &unix.SockaddrInet6{Addr: c.IPv6.As16()})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range []struct {
+		typ  uint8
+		hops int
+	}{{135, 255}, {135, 64}, {136, 255}, {134, 255}, {143, 1}, {131, 1}, {130, 64}} {
+		marker := []byte(fmt.Sprintf("nd type %d hop limit %d", m.typ, m.hops))
+		send(m.typ, m.hops, marker)
+		if atC.saw(marker) {
+			t.Errorf("ICMPv6 type %d (hop limit %d) from a reached c's global address past egress default deny", m.typ, m.hops)
+		}
+	}
+	// b has no policy: its IPv6 reaches c, neighbour discovery with the gateway included.
+	n.serve(t, "c", 8080)
+	expect(t, "b -> c tcp/8080 over IPv6", true, func() error { return n.tcpProbeAddr("b", c.IPv6, 8080) })
+	counters, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters[ReasonForwardND].Packets == 0 {
+		t.Error("no neighbour discovery was forwarded as link-scoped")
+	}
+}
