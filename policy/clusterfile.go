@@ -40,6 +40,9 @@ func LoadClusterFile(name string, data []byte) (*ClusterFile, error) {
 	if len(doc.Content) == 0 {
 		return nil, ErrorList{{File: name, Line: 1, Column: 1, Message: "empty cluster file"}}
 	}
+	if line, col, err := aliasBudget(&doc); err != nil {
+		return nil, ErrorList{{File: name, Line: line, Column: col, Message: err.Error()}}
+	}
 	w := &walker{index: docIndex{}}
 	w.walk(doc.Content[0], reflect.TypeFor[ClusterFile](), "")
 	var errs ErrorList

@@ -19,18 +19,20 @@ type Error struct {
 	Message string `json:"message"`
 }
 
+// Error is what a terminal shows: every part with control characters escaped, since names,
+// field paths and messages come from the files.
 func (e *Error) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s:%d:%d: ", e.File, e.Line, e.Column)
+	fmt.Fprintf(&b, "%s:%d:%d: ", printable(e.File, 500), e.Line, e.Column)
 	if e.Object != "" {
-		b.WriteString(e.Object)
+		b.WriteString(printable(e.Object, 300))
 		b.WriteString(": ")
 	}
 	if e.Field != "" {
-		b.WriteString(e.Field)
+		b.WriteString(printable(e.Field, 300))
 		b.WriteString(": ")
 	}
-	b.WriteString(e.Message)
+	b.WriteString(printable(e.Message, 1000))
 	return b.String()
 }
 

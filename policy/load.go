@@ -84,15 +84,26 @@ type LoadOptions struct {
 	DefaultNamespace string
 }
 
-// maxFileSize bounds a single policy file; policy bundles are text written by people.
-const maxFileSize = 16 << 20
-
 // Load reads files and folders of multi-document YAML or JSON. Folders are read recursively in
 // name order (hidden entries skipped); a folder holding a kustomization.yaml is read through it.
 // When anything is wrong, the returned error is an ErrorList with every problem of the bundle.
+//
+// Each argument is the root of what it loads: a symlink or a kustomization resource that leads
+// outside it is refused, and so are files that are not regular files, cycles, and bundles over
+// the bounds in files.go.
 func Load(paths []string, opts LoadOptions) (*Bundle, error) {
-	l := &loader{opts: opts, bundle: &Bundle{}, seen: map[Key]Source{}}
+	l := &loader{opts: opts, bundle: &Bundle{}, seen: map[Key]Source{}, t: newTree()}
 	for _, p := range paths {
+		given, err := filepath.Abs(p)
+		root := given
+		if err == nil {
+			root, err = filepath.EvalSymlinks(given)
+		}
+		if err != nil {
+			l.fail(p, 0, 0, "", "", "cannot read: %v", unwrapPathError(err))
+			continue
+		}
+		l.t.root, l.t.given = root, given
 		l.loadPath(p, "")
 	}
 	return l.finish()
@@ -110,6 +121,7 @@ type loader struct {
 	bundle *Bundle
 	errs   ErrorList
 	seen   map[Key]Source
+	t      *tree // nil for LoadBytes
 }
 
 func (l *loader) finish() (*Bundle, error) {
@@ -138,13 +150,18 @@ func isPolicyFile(name string) bool {
 var kustomizationNames = []string{"kustomization.yaml", "kustomization.yml", "Kustomization"}
 
 func (l *loader) loadPath(path, nsOverride string) {
-	info, err := os.Stat(path)
+	resolved, err := l.t.resolve(path)
+	if err != nil {
+		l.fail(path, 0, 0, "", "", "%v", err)
+		return
+	}
+	info, err := os.Lstat(resolved)
 	if err != nil {
 		l.fail(path, 0, 0, "", "", "cannot read: %v", unwrapPathError(err))
 		return
 	}
 	if !info.IsDir() {
-		data, err := readLimited(path)
+		data, err := l.t.read(resolved)
 		if err != nil {
 			l.fail(path, 0, 0, "", "", "%v", err)
 			return
@@ -152,14 +169,18 @@ func (l *loader) loadPath(path, nsOverride string) {
 		l.loadData(path, data, nsOverride)
 		return
 	}
+	if err := l.t.enter(resolved); err != nil {
+		l.fail(path, 0, 0, "", "", "%v", err)
+		return
+	}
+	defer l.t.leave(resolved)
 	for _, k := range kustomizationNames {
-		kp := filepath.Join(path, k)
-		if _, err := os.Stat(kp); err == nil {
-			l.loadKustomization(kp, nsOverride)
+		if _, err := os.Lstat(filepath.Join(resolved, k)); err == nil {
+			l.loadKustomization(filepath.Join(path, k), nsOverride)
 			return
 		}
 	}
-	entries, err := os.ReadDir(path)
+	entries, err := os.ReadDir(resolved)
 	if err != nil {
 		l.fail(path, 0, 0, "", "", "cannot read folder: %v", unwrapPathError(err))
 		return
@@ -189,22 +210,6 @@ func unwrapPathError(err error) error {
 	return err
 }
 
-func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read: %w", unwrapPathError(err))
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("cannot read: %w", unwrapPathError(err))
-	}
-	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("file is larger than %d MiB", maxFileSize>>20)
-	}
-	return data, nil
-}
-
 // kustomization is the part of kustomize's file netpact understands: the resources to read and
 // the namespace to set on them. Anything else would change the objects in ways netpact cannot
 // reproduce, so it is refused.
@@ -216,7 +221,11 @@ type kustomization struct {
 }
 
 func (l *loader) loadKustomization(path, nsOverride string) {
-	data, err := readLimited(path)
+	resolved, err := l.t.resolve(path)
+	var data []byte
+	if err == nil {
+		data, err = l.t.read(resolved)
+	}
 	if err != nil {
 		l.fail(path, 0, 0, "", "", "%v", err)
 		return
@@ -225,6 +234,10 @@ func (l *loader) loadKustomization(path, nsOverride string) {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		line, msg := yamlErrorLine(err)
 		l.fail(path, line, 1, "", "", "%s", msg)
+		return
+	}
+	if line, col, err := aliasBudget(&doc); err != nil {
+		l.fail(path, line, col, "", "", "%v", err)
 		return
 	}
 	w := &walker{index: docIndex{}}
@@ -292,6 +305,10 @@ func (l *loader) loadData(file string, data []byte, nsOverride string) {
 		if len(doc.Content) == 0 {
 			continue
 		}
+		if line, col, err := aliasBudget(&doc); err != nil {
+			l.fail(file, line, col, "", "", "%v", err)
+			return
+		}
 		l.loadObject(file, doc.Content[0], nsOverride, 0)
 	}
 }
@@ -330,7 +347,9 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		return
 	}
 	if n.Kind != yaml.MappingNode {
-		l.fail(file, n.Line, n.Column, "", "", "a document must be an object with apiVersion and kind, not %s", describe(n))
+		// Only the kind of value: a file that is not YAML at all (a key, a binary) reads as one
+		// long scalar, and its contents must not end up in output or status.
+		l.fail(file, n.Line, n.Column, "", "", "a document must be an object with apiVersion and kind, not %s", kindOf(n))
 		return
 	}
 	apiVersion, apiKey := scalarField(n, "apiVersion")

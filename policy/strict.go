@@ -135,10 +135,18 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 			w.issue(path, n, "must be an object, not %s", describe(n))
 			return
 		}
+		// A key given twice would let the last one win silently (matchLabels {app: web,
+		// app: db} selects db): refused, as the API server's strict field validation does.
+		seen := map[string]bool{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			fp := join(path, k.Value)
 			w.index[fp] = pos{k.Line, k.Column}
+			if seen[k.Value] {
+				w.issue(fp, k, "key %q is given twice", printable(k.Value, 60))
+				continue
+			}
+			seen[k.Value] = true
 			w.walk(v, t.Elem(), fp)
 		}
 	case reflect.Interface:
@@ -147,7 +155,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
 			hint := ""
 			if n.Kind == yaml.ScalarNode {
-				hint = fmt.Sprintf(" (quote it: \"%s\")", n.Value)
+				hint = fmt.Sprintf(" (quote it: \"%s\")", printable(n.Value, 40))
 			}
 			w.issue(path, n, "must be a string, not %s%s", describe(n), hint)
 		}
@@ -187,13 +195,30 @@ func describe(n *yaml.Node) string {
 	case yaml.ScalarNode:
 		switch n.Tag {
 		case "!!str":
-			return fmt.Sprintf("the string %q", n.Value)
+			return fmt.Sprintf("the string %q", printable(n.Value, 40))
 		case "!!int", "!!float":
-			return "the number " + n.Value
+			return "the number " + printable(n.Value, 40)
 		case "!!bool":
-			return "the boolean " + n.Value
+			return "the boolean " + printable(n.Value, 40)
 		}
-		return n.Value
+		return printable(n.Value, 40)
+	}
+	return "an unexpected value"
+}
+
+// kindOf names the kind of a node without its value.
+func kindOf(n *yaml.Node) string {
+	switch {
+	case n.Kind == yaml.MappingNode:
+		return "an object"
+	case n.Kind == yaml.SequenceNode:
+		return "a list"
+	case n.Kind == yaml.ScalarNode && (n.Tag == "!!int" || n.Tag == "!!float"):
+		return "a number"
+	case n.Kind == yaml.ScalarNode && n.Tag == "!!bool":
+		return "a boolean"
+	case n.Kind == yaml.ScalarNode:
+		return "a string"
 	}
 	return "an unexpected value"
 }

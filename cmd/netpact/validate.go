@@ -65,7 +65,11 @@ func writeValidate(stdout, stderr io.Writer, output string, res validateResult) 
 		if res.Valid {
 			fmt.Fprintf(stdout, "%d policies valid\n", len(res.Policies))
 		} else {
-			fmt.Fprintf(stderr, "%d errors\n", len(res.Errors))
+			if len(res.Errors) == 1 {
+				fmt.Fprintln(stderr, "1 error")
+			} else {
+				fmt.Fprintf(stderr, "%d errors\n", len(res.Errors))
+			}
 		}
 	default:
 		return fmt.Errorf("unknown output format %q: use text or json", output)
