@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -75,13 +76,21 @@ type Reconciler struct {
 	Load    policy.LoadOptions
 	Now     func() time.Time
 
+	// mu guards obj, and is held only to read or write it, never over network I/O.
 	mu  sync.Mutex
 	obj *v1alpha1.PolicySource
+	// pass serializes reconciles; what follows is touched only inside one.
+	pass sync.Mutex
 	// Trigger asks for a reconcile now (the webhook receiver sends on it).
 	trigger chan struct{}
 	// stalledAt is a revision that failed in a way retrying cannot fix; it is not fetched again.
 	stalledAt  string
 	stalledErr error
+	// enforcedNamespaces counts the policies per namespace of the last enforced bundle ("" for
+	// cluster-wide ones), for the guard against a revision that removes all of them.
+	enforcedNamespaces map[string]int
+	// afterResolve, when set (tests), runs between resolving the ref and cloning it.
+	afterResolve func()
 }
 
 // New returns a reconciler for obj.
@@ -89,11 +98,20 @@ func New(obj *v1alpha1.PolicySource, src *Source, targets ...Target) *Reconciler
 	return &Reconciler{Source: src, Targets: targets, obj: obj, Now: time.Now, trigger: make(chan struct{}, 1)}
 }
 
-// Status returns a copy of the object with its status.
+// Status returns a copy of the object with its status, credentials of the source redacted.
 func (r *Reconciler) Status() *v1alpha1.PolicySource {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.obj.DeepCopy()
+	obj := r.obj.DeepCopy()
+	r.mu.Unlock()
+	redactStatus(obj, r.Source)
+	return obj
+}
+
+// store publishes the object a pass works on.
+func (r *Reconciler) store(obj *v1alpha1.PolicySource) {
+	r.mu.Lock()
+	r.obj = obj.DeepCopy()
+	r.mu.Unlock()
 }
 
 // Trigger asks for a reconcile as soon as possible.
@@ -128,19 +146,24 @@ func (r *Reconciler) Run(ctx context.Context, onResult func(*v1alpha1.PolicySour
 
 // Reconcile does one pass: resolve the ref; if it moved, fetch, verify, validate the whole
 // bundle, apply it to every target and record what is enforced. Any failure leaves the targets
-// on the last good revision.
+// on the last good revision. The pass works on its own copy of the object and publishes it at
+// each step, so Status never waits for the network.
 func (r *Reconciler) Reconcile(ctx context.Context) error {
+	r.pass.Lock()
+	defer r.pass.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	obj := r.obj
+	obj := r.obj.DeepCopy()
+	r.mu.Unlock()
+	defer func() { r.store(obj) }()
 	if obj.Spec.Suspend {
 		conditions.MarkFalse(obj, meta.ReadyCondition, meta.SuspendedReason, "reconciliation is suspended")
 		return nil
 	}
-	conditions.MarkReconciling(obj, meta.ProgressingReason, "checking %s", r.Source.URL)
+	conditions.MarkReconciling(obj, meta.ProgressingReason, "checking %s", redactURL(r.Source.URL))
+	r.store(obj)
 	rev, err := r.Source.Resolve(ctx)
 	if err != nil {
-		return r.fail(v1alpha1.GitOperationFailedReason, false, err)
+		return r.fail(obj, v1alpha1.GitOperationFailedReason, false, err)
 	}
 	revision := rev.String()
 	obj.Status.LastAttemptedRevision = revision
@@ -148,8 +171,12 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		return r.stalledErr
 	}
 	if revision == obj.Status.LastEnforcedRevision && r.allEnforce(revision) {
-		r.succeed(revision)
+		r.succeed(obj, revision)
 		return nil
+	}
+	r.store(obj)
+	if r.afterResolve != nil {
+		r.afterResolve()
 	}
 	parent := r.WorkDir
 	if parent == "" {
@@ -157,53 +184,103 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 	}
 	dir, commit, err := r.Source.Fetch(ctx, parent, rev)
 	if err != nil {
-		return r.fail(v1alpha1.GitOperationFailedReason, false, err)
+		return r.fail(obj, v1alpha1.GitOperationFailedReason, false, err)
 	}
 	defer os.RemoveAll(dir)
-	if kr := obj.Spec.VerifyKeyring; kr != "" {
-		if err := VerifyCommit(commit, kr); err != nil {
-			return r.fail(v1alpha1.VerificationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
+	// The ref may have moved between listing and cloning: what is recorded, verified and
+	// enforced is the commit actually checked out.
+	if commit.Hash != rev.Hash {
+		rev.Hash = commit.Hash
+		revision = rev.String()
+		obj.Status.LastAttemptedRevision = revision
+		if revision == r.stalledAt {
+			return r.stalledErr
 		}
 	}
-	bundle, err := r.load(dir, revision)
+	if kr := obj.Spec.VerifyKeyring; kr != "" {
+		if err := VerifyCommit(commit, kr); err != nil {
+			return r.fail(obj, v1alpha1.VerificationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
+		}
+	}
+	bundle, err := r.load(obj, dir, revision)
 	if err != nil {
 		return err
 	}
+	if err := r.guardEmpty(obj, bundle); err != nil {
+		return r.fail(obj, v1alpha1.EmptyBundleReason, true, fmt.Errorf("revision %s: %w", revision, err))
+	}
 	for _, t := range r.Targets {
 		if err := t.Apply(ctx, revision, bundle); err != nil {
-			return r.fail(v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s: %w", revision, err))
+			return r.fail(obj, v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s: %w", revision, err))
 		}
 	}
 	obj.Status.LastAppliedRevision = revision
 	if !r.allEnforce(revision) {
-		return r.fail(v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s applied but not enforced by every target", revision))
+		return r.fail(obj, v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s applied but not enforced by every target", revision))
 	}
 	now := metav1.NewTime(r.Now())
 	obj.Status.LastEnforcedRevision, obj.Status.LastEnforcedAt = revision, &now
-	r.succeed(revision)
+	r.enforcedNamespaces = namespacesOf(bundle)
+	r.succeed(obj, revision)
+	return nil
+}
+
+// namespacesOf counts the policies of a bundle per namespace ("" for cluster-wide ones).
+func namespacesOf(b *policy.Bundle) map[string]int {
+	out := map[string]int{}
+	for _, p := range b.Policies {
+		out[p.Namespace]++
+	}
+	return out
+}
+
+// guardEmpty refuses, unless the source allows it, a bundle without any policy, or one that
+// leaves without policy a namespace whose policies the last enforced bundle held: applying it
+// would silently open everything they closed. Flux has no such guard.
+func (r *Reconciler) guardEmpty(obj *v1alpha1.PolicySource, b *policy.Bundle) error {
+	if obj.Spec.AllowEmpty {
+		return nil
+	}
+	if len(b.Policies) == 0 {
+		return errors.New("the bundle has no policy: applying it would remove every policy and open everything; set spec.allowEmpty to allow that")
+	}
+	now := namespacesOf(b)
+	var emptied []string
+	for ns := range r.enforcedNamespaces {
+		if now[ns] == 0 {
+			if ns == "" {
+				ns = "(cluster-wide)"
+			}
+			emptied = append(emptied, ns)
+		}
+	}
+	if len(emptied) > 0 {
+		sort.Strings(emptied)
+		return fmt.Errorf("the bundle removes every policy of namespace %s, which would open everything they closed; set spec.allowEmpty to allow that", strings.Join(emptied, ", "))
+	}
 	return nil
 }
 
 // load reads the bundle at the source path inside the checkout; errors name files relative to
 // the repository root.
-func (r *Reconciler) load(dir, revision string) (*policy.Bundle, error) {
-	rel := filepath.Clean("/" + r.obj.Spec.Path)[1:]
+func (r *Reconciler) load(obj *v1alpha1.PolicySource, dir, revision string) (*policy.Bundle, error) {
+	rel := filepath.Clean("/" + obj.Spec.Path)[1:]
 	root := filepath.Join(dir, rel)
 	if _, err := os.Stat(root); err != nil {
-		return nil, r.fail(meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q does not exist", revision, r.obj.Spec.Path))
+		return nil, r.fail(obj, meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q does not exist", revision, obj.Spec.Path))
 	}
 	bundle, err := policy.Load([]string{root}, r.Load)
 	var list policy.ErrorList
 	if errors.As(err, &list) {
-		r.obj.Status.Errors = nil
+		obj.Status.Errors = nil
 		for _, e := range list {
 			e.File = strings.TrimPrefix(e.File, dir+string(filepath.Separator))
-			r.obj.Status.Errors = append(r.obj.Status.Errors, e.Error())
+			obj.Status.Errors = append(obj.Status.Errors, strings.ReplaceAll(e.Error(), dir+string(filepath.Separator), ""))
 		}
-		return nil, r.fail(v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s has %d errors; nothing of it was applied: %s", revision, len(list), r.obj.Status.Errors[0]))
+		return nil, r.fail(obj, v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s has %d errors; nothing of it was applied: %s", revision, len(list), obj.Status.Errors[0]))
 	}
 	if err != nil {
-		return nil, r.fail(v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
+		return nil, r.fail(obj, v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
 	}
 	return bundle, nil
 }
@@ -218,8 +295,7 @@ func (r *Reconciler) allEnforce(revision string) bool {
 }
 
 // fail records a failed reconcile; stalled means retrying the same revision cannot help.
-func (r *Reconciler) fail(reason string, stalled bool, err error) error {
-	obj := r.obj
+func (r *Reconciler) fail(obj *v1alpha1.PolicySource, reason string, stalled bool, err error) error {
 	msg := err.Error()
 	if enf := obj.Status.LastEnforcedRevision; enf != "" {
 		msg += "; still enforcing " + enf
@@ -235,8 +311,7 @@ func (r *Reconciler) fail(reason string, stalled bool, err error) error {
 	return err
 }
 
-func (r *Reconciler) succeed(revision string) {
-	obj := r.obj
+func (r *Reconciler) succeed(obj *v1alpha1.PolicySource, revision string) {
 	obj.Status.Errors = nil
 	conditions.MarkTrue(obj, v1alpha1.EnforcedCondition, v1alpha1.EnforcedReason, "revision %s is enforced by %d target(s)", revision, len(r.Targets))
 	conditions.MarkTrue(obj, meta.ReadyCondition, meta.SucceededReason, "enforced revision %s", revision)

@@ -31,6 +31,9 @@ const (
 	ApplyFailedReason = "ApplyFailed"
 	// EnforcedReason: the targets' datapaths hold the revision.
 	EnforcedReason = "Enforced"
+	// EmptyBundleReason: the revision has no policy at all, or none left in a namespace that had
+	// some, which would open everything they closed; refused unless spec.allowEmpty is set.
+	EmptyBundleReason = "EmptyBundle"
 )
 
 // PolicySource is a Git repository path whose policy bundle netpact enforces.
@@ -61,6 +64,9 @@ type PolicySourceSpec struct {
 	// Verify, when set, applies only commits signed by a key of this armored OpenPGP keyring.
 	VerifyKeyring string `json:"verifyKeyring,omitempty"`
 	Suspend       bool   `json:"suspend,omitempty"`
+	// AllowEmpty lets a revision remove every policy (of the bundle, or of a namespace that had
+	// some). Without it such a revision is refused and the last good one stays enforced.
+	AllowEmpty bool `json:"allowEmpty,omitempty"`
 }
 
 // PolicySourceStatus is what the reconciler reports.

@@ -30,10 +30,11 @@ func newReconcilerCommand() *cobra.Command {
 	var (
 		src                                      reconciler.Source
 		path, nodeFile, listen, statusFile       string
+		statusListen                             string
 		passwordFile, sshKeyFile, knownHostsFile string
 		keyringFile, secretFile                  string
 		interval                                 time.Duration
-		once                                     bool
+		once, allowEmpty                         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "reconciler --source URL --branch main --path policies --node NODE.yaml",
@@ -43,17 +44,30 @@ node made of the namespaces and pods of --node (a cluster file, as netpact predi
 becomes a network namespace of this host at an address of the local node's), and writes
 its status (Flux-style conditions and the attempted, applied and enforced revisions) to
 --status-file. A push triggers a reconcile at once through the webhook receiver on --listen
-(/hook/github, /hook/gitlab, /hook/generic-hmac); GET /status returns the status. Needs root.`,
+(/hook/github, /hook/gitlab, /hook/generic-hmac); GET /status on --status-listen (an address the
+operator chooses, apart from the webhook's) returns the status, credentials redacted. Needs root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			read := func(f string) ([]byte, error) {
 				if f == "" {
 					return nil, nil
 				}
-				return os.ReadFile(f)
+				data, err := os.ReadFile(f)
+				if err != nil {
+					return nil, fmt.Errorf("read %s: %w", f, err)
+				}
+				return data, nil
+			}
+			// A secret or password file written by an editor or echo ends with a newline
+			// that is not part of the secret.
+			readSecret := func(f string) ([]byte, error) {
+				if f == "" {
+					return nil, nil
+				}
+				return reconciler.ReadSecretFile(f)
 			}
 			var err error
-			pw, err := read(passwordFile)
+			pw, err := readSecret(passwordFile)
 			if err != nil {
 				return err
 			}
@@ -94,7 +108,7 @@ its status (Flux-style conditions and the attempted, applied and enforced revisi
 				TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "PolicySource"},
 				ObjectMeta: metav1.ObjectMeta{Name: "policies"},
 				Spec: v1alpha1.PolicySourceSpec{URL: src.URL, Ref: src.Ref, Path: path, Interval: metav1.Duration{Duration: interval},
-					Timeout: metav1.Duration{Duration: src.Timeout}, VerifyKeyring: string(keyring)},
+					Timeout: metav1.Duration{Duration: src.Timeout}, VerifyKeyring: string(keyring), AllowEmpty: allowEmpty},
 			}
 			r := reconciler.New(obj, &src, target)
 			write := func(st *v1alpha1.PolicySource, err error) {
@@ -114,17 +128,23 @@ its status (Flux-style conditions and the attempted, applied and enforced revisi
 				return nil
 			}
 			if listen != "" {
-				secret, err := read(secretFile)
+				secret, err := readSecret(secretFile)
 				if err != nil {
 					return err
 				}
 				mux := http.NewServeMux()
 				mux.Handle("/hook/", &reconciler.Receiver{Secret: secret, Trigger: r.Trigger})
+				hs := newServer(listen, mux)
+				go hs.ListenAndServe()
+				defer hs.Close()
+			}
+			if statusListen != "" {
+				mux := http.NewServeMux()
 				mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 					w.Header().Set("Content-Type", "application/json")
 					json.NewEncoder(w).Encode(r.Status())
 				})
-				hs := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+				hs := newServer(statusListen, mux)
 				go hs.ListenAndServe()
 				defer hs.Close()
 			}
@@ -148,7 +168,9 @@ its status (Flux-style conditions and the attempted, applied and enforced revisi
 	f.StringVar(&knownHostsFile, "known-hosts", "", "known_hosts file (required with --ssh-key)")
 	f.StringVar(&keyringFile, "verify-keyring", "", "armored OpenPGP keyring: apply only commits signed by its keys")
 	f.StringVar(&nodeFile, "node", "", "cluster file (as netpact predict reads) whose namespaces and pods make the local node")
-	f.StringVar(&listen, "listen", "", "address of the webhook receiver and /status, such as :9292")
+	f.StringVar(&listen, "listen", "", "address of the webhook receiver, such as :9292")
+	f.BoolVar(&allowEmpty, "allow-empty", false, "enforce a revision that removes every policy (of the bundle or of a namespace); refused otherwise")
+	f.StringVar(&statusListen, "status-listen", "", "address serving GET /status, such as 127.0.0.1:9293 (not served when empty)")
 	f.StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook secret")
 	f.StringVar(&statusFile, "status-file", defaultStatusFile, "where to write the status")
 	f.BoolVar(&once, "once", false, "reconcile once and exit (1 when it failed)")
@@ -156,17 +178,30 @@ its status (Flux-style conditions and the attempted, applied and enforced revisi
 	return cmd
 }
 
+// newServer bounds every phase of a request, so that slow or idle clients cannot hold the
+// receiver's connections.
+func newServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		WriteTimeout: 15 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10}
+}
+
+// writeStatus writes the status for root alone (mode 0600): its errors may name files and
+// rules of the repository.
 func writeStatus(file string, st *v1alpha1.PolicySource) error {
-	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-		return err
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return fmt.Errorf("write status: %w", err)
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("write status: %w", err)
 	}
 	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
+	os.Remove(tmp)
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write status: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fmt.Errorf("write status: %w", err)
 	}
 	return os.Rename(tmp, file)
 }

@@ -46,7 +46,10 @@ func TestReconcilerOnceAndStatus(t *testing.T) {
 	if st.Status.LastEnforcedRevision != want {
 		t.Errorf("enforced %q, want %q", st.Status.LastEnforcedRevision, want)
 	}
-	if _, err := os.Stat(status); err != nil {
+	// The status may name files and rules of the repository: root's alone.
+	if fi, err := os.Stat(status); err != nil {
 		t.Error(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("status file mode %v, want 0600", fi.Mode().Perm())
 	}
 }
