@@ -32,9 +32,14 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define PROTO_ICMPV6 58
 #define PROTO_SCTP 132
 
-#define EP_ENFORCE_INGRESS 1
-#define EP_ENFORCE_EGRESS 2
-#define EP_HAS_PREFIX_POLICY 4 // the endpoint has address-matched (ipBlock) entries
+// Flags of an endpoint (endpoint_info.flags); bpf2go generates them for the Go side.
+enum endpoint_flag {
+	EP_ENFORCE_INGRESS = 1,
+	EP_ENFORCE_EGRESS = 2,
+	EP_HAS_PREFIX_POLICY = 4, // the endpoint has address-matched (ipBlock) entries
+	EP_FAIL_CLOSED = 8,       // not programmed (yet, or its policy could not be written): drop all
+};
+const enum endpoint_flag *unused_endpoint_flag __attribute__((unused));
 
 #define VERDICT_ALLOW 1
 #define VERDICT_DENY 2
@@ -63,7 +68,8 @@ enum reason {
 	REASON_DROP_FRAG_NO_FIRST = 11, // later fragment without an allowed first fragment
 	REASON_DROP_NO_PROXY = 12,     // an L7 rule applies but no proxy is available
 	REASON_DROP_ETHERTYPE = 13,    // VLAN-tagged, or neither IPv4, IPv6 nor ARP
-	REASON_MAX = 14,
+	REASON_DROP_FAIL_CLOSED = 14,  // the endpoint is not programmed: closed until it is
+	REASON_MAX = 15,
 };
 
 // Emits enum reason into BTF, so that bpf2go generates its constants for the Go side.
@@ -876,6 +882,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int kind = parse(skb, p);
 	if (!ep)
 		return drop(skb, 0, p, dir, REASON_DROP_NOT_ENDPOINT, 0, 0);
+	if (ep->flags & EP_FAIL_CLOSED)
+		return drop(skb, ep, p, dir, REASON_DROP_FAIL_CLOSED, 0, 0);
 	// A pod needs IPv4, IPv6 and ARP, untagged. Anything else could be untagged or decapsulated
 	// by the kernel after this program and routed unchecked: dropped, in both directions.
 	if (skb->vlan_present || kind == PARSE_OTHER)

@@ -48,6 +48,15 @@ type NetpactCtValue struct {
 	Pad       uint32
 }
 
+type NetpactEndpointFlag uint32
+
+const (
+	NetpactEndpointFlagEP_ENFORCE_INGRESS   NetpactEndpointFlag = 1
+	NetpactEndpointFlagEP_ENFORCE_EGRESS    NetpactEndpointFlag = 2
+	NetpactEndpointFlagEP_HAS_PREFIX_POLICY NetpactEndpointFlag = 4
+	NetpactEndpointFlagEP_FAIL_CLOSED       NetpactEndpointFlag = 8
+)
+
 type NetpactEndpointInfo struct {
 	_        structs.HostLayout
 	EpId     uint32
@@ -184,7 +193,8 @@ const (
 	NetpactReasonREASON_DROP_FRAG_NO_FIRST NetpactReason = 11
 	NetpactReasonREASON_DROP_NO_PROXY      NetpactReason = 12
 	NetpactReasonREASON_DROP_ETHERTYPE     NetpactReason = 13
-	NetpactReasonREASON_MAX                NetpactReason = 14
+	NetpactReasonREASON_DROP_FAIL_CLOSED   NetpactReason = 14
+	NetpactReasonREASON_MAX                NetpactReason = 15
 )
 
 // LoadNetpact returns the embedded CollectionSpec for Netpact.
@@ -254,8 +264,9 @@ type NetpactMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NetpactVariableSpecs struct {
-	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
-	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedEndpointFlag *ebpf.VariableSpec `ebpf:"unused_endpoint_flag"`
+	UnusedFlowEvent    *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
 // NetpactObjects contains all objects after they have been loaded into the kernel.
@@ -311,8 +322,9 @@ func (m *NetpactMaps) Close() error {
 //
 // It can be passed to LoadNetpactObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NetpactVariables struct {
-	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
-	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedEndpointFlag *ebpf.Variable `ebpf:"unused_endpoint_flag"`
+	UnusedFlowEvent    *ebpf.Variable `ebpf:"unused_flow_event"`
+	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
 }
 
 // NetpactPrograms contains all programs after they have been loaded into the kernel.

@@ -3,6 +3,7 @@
 package enforcer
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -30,12 +31,15 @@ type Enforcer struct {
 	nextID  uint32
 	state   *policy.State
 	applied map[policy.EndpointKey]datapath.Endpoint
+	// failed are the local pods whose policy could not be programmed: failed closed.
+	failed map[policy.EndpointKey]error
 }
 
 // New returns an enforcer for node that programs dp.
 func New(node string, dp *datapath.Datapath, opts policy.Options) *Enforcer {
 	return &Enforcer{node: node, engine: policy.NewEngine(opts), dp: dp, local: map[policy.EndpointKey]LocalPod{},
-		ids: map[policy.EndpointKey]uint32{}, nextID: 1, applied: map[policy.EndpointKey]datapath.Endpoint{}}
+		ids: map[policy.EndpointKey]uint32{}, nextID: 1, applied: map[policy.EndpointKey]datapath.Endpoint{},
+		failed: map[policy.EndpointKey]error{}}
 }
 
 // State is the last compiled state.
@@ -54,18 +58,16 @@ func (e *Enforcer) EndpointID(k policy.EndpointKey) uint32 {
 
 // Sync makes the datapath enforce the policies over the cluster for the given local pods: the
 // engine recompiles, the ipcache and every local pod's entries are written as diffs, and pods no
-// longer present are removed.
+// longer present are removed. A pod whose policy cannot be programmed is failed closed (all its
+// traffic dropped) and named in the returned error; the other pods are programmed all the same.
 func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []LocalPod) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.engine.SetCluster(c); err != nil {
-		return fmt.Errorf("enforcer: %w", err)
+		return fmt.Errorf("compile cluster: %w", err)
 	}
 	e.engine.SetPolicies(policies)
 	st := e.engine.State()
-	if err := e.dp.SetIPCache(st.IPCache(e.node)); err != nil {
-		return fmt.Errorf("enforcer: %w", err)
-	}
 	want := map[policy.EndpointKey]LocalPod{}
 	for _, lp := range local {
 		want[lp.Key] = lp
@@ -75,31 +77,29 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	e.state = st
+	e.failed = map[policy.EndpointKey]error{}
+	var errs []error
+	if err := e.dp.SetIPCache(st.IPCache(e.node)); err != nil {
+		// Without a whole ipcache peers may be judged by the wrong identity: every pod closes.
+		for _, k := range keys {
+			e.closeLocked(k, want[k], fmt.Errorf("write ipcache: %w", err))
+		}
+		return fmt.Errorf("write ipcache (every local pod failed closed): %w", err)
+	}
 	for _, k := range keys {
 		lp := want[k]
 		es, ok := st.Endpoint(k)
 		if !ok {
-			return fmt.Errorf("enforcer: local pod %s is not in the cluster", k)
+			errs = append(errs, e.closeLocked(k, lp, errors.New("the pod is not in the cluster")))
+			continue
 		}
-		ident, _ := st.Identity(k)
-		id, ok := e.ids[k]
-		if !ok {
-			id = e.nextID
-			e.nextID++
-			e.ids[k] = id
-		}
-		ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname, ID: id}
-		if ident != nil {
-			ep.Identity = ident.ID
-		}
-		if a, ok := st.Addr(k, false); ok {
-			ep.IPv4 = a
-		}
-		if a, ok := st.Addr(k, true); ok {
-			ep.IPv6 = a
-		}
+		ep := e.endpointLocked(k, lp, st)
 		if err := e.dp.UpsertEndpoint(ep, es); err != nil {
-			return fmt.Errorf("enforcer: %w", err)
+			err = fmt.Errorf("program %s: %w", k, err)
+			e.failed[k] = err
+			errs = append(errs, err)
+			continue
 		}
 		e.applied[k] = ep
 	}
@@ -108,13 +108,45 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 			continue
 		}
 		if err := e.dp.RemoveEndpoint(ep); err != nil {
-			return fmt.Errorf("enforcer: %w", err)
+			errs = append(errs, fmt.Errorf("remove %s: %w", k, err))
+			continue
 		}
 		delete(e.applied, k)
 		delete(e.ids, k)
 	}
-	e.state = st
-	return nil
+	return errors.Join(errs...)
+}
+
+// endpointLocked is the datapath endpoint of a local pod, with its id (assigned on first use).
+func (e *Enforcer) endpointLocked(k policy.EndpointKey, lp LocalPod, st *policy.State) datapath.Endpoint {
+	id, ok := e.ids[k]
+	if !ok {
+		id = e.nextID
+		e.nextID++
+		e.ids[k] = id
+	}
+	ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname, ID: id}
+	if ident, _ := st.Identity(k); ident != nil {
+		ep.Identity = ident.ID
+	}
+	if a, ok := st.Addr(k, false); ok {
+		ep.IPv4 = a
+	}
+	if a, ok := st.Addr(k, true); ok {
+		ep.IPv6 = a
+	}
+	return ep
+}
+
+// closeLocked fails a local pod closed for reason and returns the error that reports it.
+func (e *Enforcer) closeLocked(k policy.EndpointKey, lp LocalPod, reason error) error {
+	err := fmt.Errorf("program %s (failed closed, dropping all its traffic): %w", k, reason)
+	if cerr := e.dp.CloseEndpoint(datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname, ID: e.ids[k]}); cerr != nil {
+		err = fmt.Errorf("program %s: %w; and failing it closed failed too: %w", k, reason, cerr)
+	}
+	e.failed[k] = err
+	delete(e.applied, k)
+	return err
 }
 
 // Resolve maps an address to the pod that owns it, for flow output.
@@ -141,6 +173,13 @@ func (e *Enforcer) Verify() error {
 	defer e.mu.Unlock()
 	if e.state == nil {
 		return fmt.Errorf("verify: nothing applied yet")
+	}
+	var failed []error
+	for _, err := range e.failed {
+		failed = append(failed, err)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("verify: %d local pod(s) failed closed: %w", len(failed), errors.Join(failed...))
 	}
 	for k, ep := range e.applied {
 		es, ok := e.state.Endpoint(k)

@@ -15,48 +15,91 @@ import (
 
 // UpsertEndpoint writes an endpoint's policy and attaches the programs to its veth. The policy
 // is written as a diff against what the maps hold: new and changed entries first, then the
-// endpoint's enforcement flags, then deletions, so entries that stay allowed never drop.
+// endpoint's enforcement flags, then deletions, so entries that stay allowed never drop. When
+// any step fails the endpoint is failed closed (every packet dropped, see CloseEndpoint) and the
+// error says so: old and new entries are never left enforcing together.
 func (d *Datapath) UpsertEndpoint(ep Endpoint, st *policy.EndpointState) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.upsert(ep, st); err != nil {
+		if cerr := d.closeEndpoint(ep); cerr != nil {
+			return fmt.Errorf("endpoint %s: %w; and failing it closed failed too: %w", ep.Ifname, err, cerr)
+		}
+		return fmt.Errorf("endpoint %s (failed closed, dropping all its traffic): %w", ep.Ifname, err)
+	}
+	return nil
+}
+
+func (d *Datapath) upsert(ep Endpoint, st *policy.EndpointState) error {
 	want, err := ToBPF(ep.ID, st)
 	if err != nil {
-		return fmt.Errorf("endpoint %s: convert policy: %w", ep.Ifname, err)
+		return fmt.Errorf("convert policy: %w", err)
 	}
 	have := d.entriesOf(ep.ID)
 	added, err := d.writeAdds(have, want)
 	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+		return err
 	}
-	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: want.Flags}
+	infoChanged, err := d.writeInfo(ep, want.Flags)
+	if err != nil {
+		return err
+	}
+	deleted, err := d.writeDeletes(have, want)
+	if err != nil {
+		return err
+	}
+	d.applied[ep.ID] = want
+	// Tracked flows are checked again only when something they depend on changed.
+	if added > 0 || deleted > 0 || infoChanged {
+		if err := d.bumpRevision(); err != nil {
+			return err
+		}
+	}
+	return d.attach.attach(ep.Ifindex, ep.Ifname)
+}
+
+// writeInfo writes the endpoint's entry (id, identity, addresses, flags) when it changed.
+func (d *Datapath) writeInfo(ep Endpoint, flags uint32) (bool, error) {
+	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: flags}
 	if ep.IPv4.IsValid() {
 		info.Ipv4 = ep.IPv4.As4()
 	}
 	if ep.IPv6.IsValid() {
 		info.Ipv6 = ep.IPv6.As16()
 	}
-	infoChanged := d.endpointInfo[ep.Ifindex] != info
-	if infoChanged {
-		if err := d.objs.Endpoints.Put(uint32(ep.Ifindex), info); err != nil {
-			return fmt.Errorf("endpoint %s: write endpoint entry: %w", ep.Ifname, err)
-		}
-		d.endpointInfo[ep.Ifindex] = info
+	if d.endpointInfo[ep.Ifindex] == info {
+		return false, nil
 	}
-	deleted, err := d.writeDeletes(have, want)
-	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
+	if err := d.objs.Endpoints.Put(uint32(ep.Ifindex), info); err != nil {
+		delete(d.endpointInfo, ep.Ifindex)
+		return false, fmt.Errorf("write endpoint entry: %w", err)
 	}
-	d.applied[ep.ID] = want
-	// Tracked flows are checked again only when something they depend on changed.
-	if added > 0 || deleted > 0 || infoChanged {
-		if err := d.bumpRevision(); err != nil {
-			return fmt.Errorf("endpoint %s: %w", ep.Ifname, err)
-		}
-	}
-	if err := d.attach.attach(ep.Ifindex, ep.Ifname); err != nil {
-		return err
+	d.endpointInfo[ep.Ifindex] = info
+	return true, nil
+}
+
+// CloseEndpoint attaches the programs to an endpoint's veth with the endpoint failed closed:
+// every packet from or to it is dropped (`endpoint closed`) until UpsertEndpoint programs it. A
+// new pod is closed this way before its workload starts, and an endpoint whose policy cannot be
+// written is left so.
+func (d *Datapath) CloseEndpoint(ep Endpoint) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.closeEndpoint(ep); err != nil {
+		return fmt.Errorf("close endpoint %s: %w", ep.Ifname, err)
 	}
 	return nil
+}
+
+func (d *Datapath) closeEndpoint(ep Endpoint) error {
+	if _, err := d.writeInfo(ep, flagFailClosed); err != nil {
+		return err
+	}
+	// Open flows are cut at their next packet: the check comes before conntrack.
+	if err := d.bumpRevision(); err != nil {
+		return err
+	}
+	return d.attach.attach(ep.Ifindex, ep.Ifname)
 }
 
 func (d *Datapath) writeAdds(have, want Entries) (int, error) {

@@ -10,14 +10,15 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
-// Directions and flags as the C program numbers them.
+// Directions as the C program numbers them; endpoint flags from its enum endpoint_flag.
 const (
 	dirIngress = 0
 	dirEgress  = 1
 
-	flagEnforceIngress = 1
-	flagEnforceEgress  = 2
-	flagHasPrefix      = 4
+	flagEnforceIngress = uint32(bpf.NetpactEndpointFlagEP_ENFORCE_INGRESS)
+	flagEnforceEgress  = uint32(bpf.NetpactEndpointFlagEP_ENFORCE_EGRESS)
+	flagHasPrefix      = uint32(bpf.NetpactEndpointFlagEP_HAS_PREFIX_POLICY)
+	flagFailClosed     = uint32(bpf.NetpactEndpointFlagEP_FAIL_CLOSED)
 
 	familyV4 = 4
 	familyV6 = 6

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -65,8 +66,11 @@ type Datapath struct {
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
-// the programs of every pinned link to the ones just loaded.
-func Open(opts Options) (*Datapath, error) {
+// the programs of every pinned link to the ones just loaded. Pin directories must be root's and
+// writable by no one else (bpffs is mounted world-writable): another user's could hold maps
+// that decide what is allowed. When Open fails, a pin directory it created is removed again;
+// one it adopted stays, with the enforcement it holds.
+func Open(opts Options) (d *Datapath, err error) {
 	if opts.PinPath == "" {
 		opts.PinPath = DefaultPinPath
 	}
@@ -76,13 +80,23 @@ func Open(opts Options) (*Datapath, error) {
 	if err := ensureBPFFS(bpffsRoot(opts.PinPath)); err != nil {
 		return nil, err
 	}
+	if _, statErr := os.Lstat(opts.PinPath); errors.Is(statErr, os.ErrNotExist) {
+		defer func() {
+			if err != nil {
+				os.RemoveAll(opts.PinPath)
+			}
+		}()
+	}
 	for _, dir := range []string{opts.PinPath, filepath.Join(opts.PinPath, "links"), filepath.Join(opts.PinPath, "progs")} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
 		}
+		if err := checkOwnership(dir); err != nil {
+			return nil, err
+		}
 	}
-	d := &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}}
-	err := bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
+	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}}
+	err = bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -118,6 +132,25 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkOwnership refuses a pin directory that is a symlink, not root's (not this process's
+// user's), or writable by group or others.
+func checkOwnership(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("check pin directory %s: %w", dir, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("pin directory %s is not a directory (%s): refused", dir, fi.Mode().Type())
+	case !ok || int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("pin directory %s belongs to uid %d, not to this process's uid %d: refused (remove it)", dir, st.Uid, os.Geteuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("pin directory %s is writable by group or others (mode %v): refused (remove it)", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // bumpRevision tells the programs that policy changed: every tracked flow is checked against

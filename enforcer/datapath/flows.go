@@ -32,6 +32,7 @@ const (
 	ReasonDropFragNoFirst   = Reason(bpf.NetpactReasonREASON_DROP_FRAG_NO_FIRST)
 	ReasonDropNoProxy       = Reason(bpf.NetpactReasonREASON_DROP_NO_PROXY)
 	ReasonDropEthertype     = Reason(bpf.NetpactReasonREASON_DROP_ETHERTYPE)
+	ReasonDropFailClosed    = Reason(bpf.NetpactReasonREASON_DROP_FAIL_CLOSED)
 	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
 )
 
@@ -51,6 +52,7 @@ var reasonNames = [reasonMax]string{
 	ReasonDropFragNoFirst:   "dropped: fragment without first fragment",
 	ReasonDropNoProxy:       "dropped: L7 proxy unavailable",
 	ReasonDropEthertype:     "dropped: tagged frame or not IPv4, IPv6 or ARP",
+	ReasonDropFailClosed:    "dropped: endpoint closed (not programmed)",
 }
 
 func (r Reason) String() string {

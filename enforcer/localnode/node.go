@@ -98,7 +98,8 @@ func MakePod(key string, id, i int) (*podnet.Pod, error) {
 }
 
 // AddPod adopts the pod key from Options.Pods or makes it as the i-th pod of the run (i picks
-// its names and addresses). Enforce must follow to program it.
+// its names and addresses). The pod is closed (every packet from or to it dropped) until Enforce
+// programs it, as a new pod is in Cilium: a workload started in it before then reaches nothing.
 func (n *Node) AddPod(key string, i int) (*podnet.Pod, error) {
 	if p, ok := n.pods[key]; ok {
 		return p, nil
@@ -112,6 +113,9 @@ func (n *Node) AddPod(key string, i int) (*podnet.Pod, error) {
 		n.owned = append(n.owned, p)
 	}
 	n.pods[key] = p
+	if err := n.dp.CloseEndpoint(datapath.Endpoint{Ifindex: p.Ifindex, Ifname: p.HostIfname}); err != nil {
+		return nil, fmt.Errorf("add pod %s: %w", key, err)
+	}
 	return p, nil
 }
 
