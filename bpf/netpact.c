@@ -866,6 +866,23 @@ static __always_inline int drop(struct __sk_buff *skb, struct endpoint_info *ep,
 	return TC_ACT_SHOT;
 }
 
+// frag_record remembers the ports of a first fragment that passed, for its later fragments
+// (which carry none). Called for every first fragment that passes: by policy and as a reply.
+static __attribute__((noinline)) int frag_record(struct pkt *p)
+{
+	if (!p->is_frag || p->later_frag)
+		return 0;
+	struct frag_key fk = {};
+	fk.family = p->family;
+	fk.proto = p->proto;
+	fk.id = p->frag_id;
+	__builtin_memcpy(fk.saddr, p->saddr, 16);
+	__builtin_memcpy(fk.daddr, p->daddr, 16);
+	struct frag_value fv = {.sport = p->sport, .dport = p->dport};
+	bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
+	return 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0;
@@ -951,6 +968,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			struct ct_value *cv = ct_live(&k, now);
 			if (cv) {
 				cv->last_seen = now;
+				frag_record(p);
 				count(REASON_FORWARD_REPLY, skb->len);
 				return TC_ACT_OK;
 			}
@@ -962,6 +980,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			cv->flags |= CT_SEEN_REPLY;
 			if (p->tcp_flags & 0x05) // FIN or RST
 				cv->flags |= CT_CLOSING;
+			frag_record(p);
 			count(REASON_FORWARD_REPLY, skb->len);
 			return TC_ACT_OK;
 		}
@@ -1002,16 +1021,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return drop(skb, ep, p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
 	}
 
-	if (p->is_frag && !p->later_frag) {
-		struct frag_key fk = {};
-		fk.family = p->family;
-		fk.proto = p->proto;
-		fk.id = p->frag_id;
-		__builtin_memcpy(fk.saddr, p->saddr, 16);
-		__builtin_memcpy(fk.daddr, p->daddr, 16);
-		struct frag_value fv = {.sport = p->sport, .dport = p->dport};
-		bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
-	}
+	frag_record(p);
 
 	__u8 reason = best.verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &k);

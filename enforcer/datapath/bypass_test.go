@@ -395,3 +395,82 @@ func TestNeighbourDiscoveryOnlyLinkScoped(t *testing.T) {
 		t.Error("no neighbour discovery was forwarded as link-scoped")
 	}
 }
+
+// TestFragmentedReplies: a 3000-byte UDP answer is fragmented; its later fragments carry no
+// ports and pass only when the first was recorded. Replies are recorded too, so a pod without
+// policy, and one whose policy allows the request, get whole answers (large DNS answers).
+func TestFragmentedReplies(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	b := n.pods["b"]
+	var conns []net.PacketConn
+	if err := b.Do(func() error {
+		for _, network := range []string{"udp4", "udp6"} {
+			c, err := net.ListenPacket(network, ":5400")
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		t.Cleanup(func() { c.Close() })
+		go func() {
+			buf := make([]byte, 65536)
+			for {
+				k, addr, err := c.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				c.WriteTo(buf[:k], addr)
+			}
+		}()
+	}
+	big := bytes.Repeat([]byte("fragment"), 375) // 3000 bytes
+	exchange := func(to netip.Addr) error {
+		var c net.Conn
+		if err := n.pods["a"].Do(func() (err error) {
+			c, err = net.Dial("udp", net.JoinHostPort(to.String(), "5400"))
+			return err
+		}); err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(probeTimeout))
+		if _, err := c.Write(big); err != nil {
+			return err
+		}
+		buf := make([]byte, 65536)
+		k, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(buf[:k], big) {
+			return fmt.Errorf("answer of %d bytes, want %d", k, len(big))
+		}
+		return nil
+	}
+	for _, step := range []struct{ name, policy string }{
+		{"no policy", ""},
+		{"b allows a", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "5400", protocol: UDP}]}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: nobody}}]
+`},
+	} {
+		n.apply(t, d, step.policy)
+		for _, to := range []netip.Addr{b.IPv4, b.IPv6} {
+			expect(t, fmt.Sprintf("%s: a -> b %s, 3000-byte UDP answer", step.name, to), true, func() error { return exchange(to) })
+		}
+	}
+}
