@@ -156,7 +156,8 @@ struct frag_key {
 struct frag_value {
 	__be16 sport;
 	__be16 dport;
-	__u32 pad;
+	__u8 proto; // the first fragment's transport protocol (IPv6: after its extension headers)
+	__u8 pad[3];
 };
 
 struct flow_event {
@@ -184,6 +185,11 @@ struct config {
 	// policy_rev changes whenever the policy or ipcache maps change; a tracked flow checked at
 	// the current revision needs no new lookup.
 	__u32 policy_rev;
+	// response_mark marks the ICMP deny responses the programs write (random, set by the
+	// loader): they pass the other program once. Not a constant, so that a host process that
+	// may set SO_MARK but not read BPF maps cannot forge it.
+	__u32 response_mark;
+	__u32 pad;
 };
 
 struct counter {
@@ -283,6 +289,7 @@ struct pkt {
 	__u8 proto;
 	__u8 is_frag;    // part of a fragmented datagram
 	__u8 later_frag; // a fragment other than the first
+	__u8 frag_proto; // IPv4 protocol, or the next header of the IPv6 fragment header: the same in every fragment
 	__u32 frag_id;
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -404,13 +411,20 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 
 	}
 	case PROTO_ICMP:
 	case PROTO_ICMPV6: {
-		__u8 type;
-		if (bpf_skb_load_bytes(skb, off, &type, 1) < 0)
+		__u8 hdr[6]; // type, code, checksum, echo identifier
+		if (bpf_skb_load_bytes(skb, off, hdr, 1) < 0)
 			return -1;
+		__u8 type = hdr[0];
 		p->icmp_type = type;
-		// Policy keys carry the ICMP type as the port.
+		// Policy keys carry the ICMP type as the port; conntrack keys an echo by its identifier
+		// too (in the source port's place), as Linux conntrack does.
 		p->dport = bpf_htons(type);
 		p->sport = 0;
+		if (type == 8 || type == 0 || type == 128 || type == 129) {
+			if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+				return -1;
+			__builtin_memcpy(&p->sport, &hdr[4], 2);
+		}
 		if (p->proto == PROTO_ICMP)
 			p->icmp_error = type == 3 || type == 11 || type == 12;
 		else
@@ -454,11 +468,13 @@ static __always_inline int parse_inner(struct __sk_buff *skb, struct pkt *p)
 		p->inner_sport = ports[0];
 		p->inner_dport = ports[1];
 	} else if (p->inner_proto == PROTO_ICMP || p->inner_proto == PROTO_ICMPV6) {
-		__u8 type;
-		if (bpf_skb_load_bytes(skb, l4, &type, 1) < 0)
+		__u8 hdr[6];
+		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
 			return -1;
 		p->inner_sport = 0;
-		p->inner_dport = bpf_htons(type);
+		p->inner_dport = bpf_htons(hdr[0]);
+		if (hdr[0] == 8 || hdr[0] == 128)
+			__builtin_memcpy(&p->inner_sport, &hdr[4], 2);
 	} else {
 		p->inner_sport = 0;
 		p->inner_dport = 0;
@@ -475,7 +491,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, struct pkt *p)
 
 // parse returns PARSE_IP for an IP packet, PARSE_ARP for ARP over IPv4 (its sender protocol
 // address in saddr), PARSE_OTHER for any other frame, PARSE_MALFORMED for a malformed one.
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+static __attribute__((noinline)) int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ethhdr eth;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
@@ -502,6 +518,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->family = FAMILY_V4;
 		p->proto = ip.protocol;
+		p->frag_proto = ip.protocol;
 		p->hop_limit = ip.ttl;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->daddr, &ip.daddr, 4);
@@ -539,8 +556,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				__u16 offmf = ((__u16)fh[2] << 8) | fh[3];
 				p->is_frag = 1;
 				p->later_frag = (offmf & 0xfff8) != 0;
+				p->frag_proto = next;
 				p->frag_id = ((__u32)fh[4] << 24) | ((__u32)fh[5] << 16) | ((__u32)fh[6] << 8) | fh[7];
 				off += 8;
+				if (p->later_frag) {
+					// What follows is the middle of the datagram, not headers: the
+					// protocol comes from the first fragment's record.
+					p->proto = next;
+					p->l4_off = off;
+					return 1;
+				}
 			} else {
 				break;
 			}
@@ -744,8 +769,14 @@ static __always_inline int arp_ok(struct endpoint_info *ep, struct pkt *p, __u8 
 #define RELATED_MAX_V4 576
 #define RELATED_MAX_V6 1280
 
-// Packets the datapath wrote itself (ICMP deny responses) carry this mark and pass once.
-#define MARK_NETPACT_RESPONSE 0x6e700001
+// Packets the datapath wrote itself (ICMP deny responses) carry config.response_mark and pass
+// the other program once.
+static __always_inline __u32 response_mark(void)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	return cfg ? cfg->response_mark : 0;
+}
 
 static __always_inline __u16 csum_fold(__u32 csum)
 {
@@ -795,7 +826,9 @@ static __attribute__((noinline)) int deny_response_v4(struct __sk_buff *skb, __u
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + 20, &icmp, sizeof(icmp), 0) < 0)
 		return -1;
-	skb->mark = MARK_NETPACT_RESPONSE;
+	skb->mark = response_mark();
+	if (!skb->mark)
+		return -1;
 	// What the pod sent goes back into the pod; what came for the pod goes back to the host.
 	return bpf_redirect(skb->ifindex, dir == DIR_EGRESS ? 0 : BPF_F_INGRESS);
 }
@@ -845,7 +878,9 @@ static __attribute__((noinline)) int deny_response_v6(struct __sk_buff *skb, __u
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &icmp, sizeof(icmp), 0) < 0)
 		return -1;
-	skb->mark = MARK_NETPACT_RESPONSE;
+	skb->mark = response_mark();
+	if (!skb->mark)
+		return -1;
 	return bpf_redirect(skb->ifindex, dir == DIR_EGRESS ? 0 : BPF_F_INGRESS);
 }
 
@@ -874,11 +909,11 @@ static __attribute__((noinline)) int frag_record(struct pkt *p)
 		return 0;
 	struct frag_key fk = {};
 	fk.family = p->family;
-	fk.proto = p->proto;
+	fk.proto = p->frag_proto;
 	fk.id = p->frag_id;
 	__builtin_memcpy(fk.saddr, p->saddr, 16);
 	__builtin_memcpy(fk.daddr, p->daddr, 16);
-	struct frag_value fv = {.sport = p->sport, .dport = p->dport};
+	struct frag_value fv = {.sport = p->sport, .dport = p->dport, .proto = p->proto};
 	bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
 	return 0;
 }
@@ -891,7 +926,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_SHOT;
 	__builtin_memset(p, 0, sizeof(*p));
 	__u32 ifindex = skb->ifindex;
-	if (skb->mark == MARK_NETPACT_RESPONSE) {
+	__u32 mark = response_mark();
+	if (mark && skb->mark == mark) {
 		skb->mark = 0;
 		return TC_ACT_OK;
 	}
@@ -928,7 +964,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (p->later_frag) {
 		struct frag_key fk = {};
 		fk.family = p->family;
-		fk.proto = p->proto;
+		fk.proto = p->frag_proto;
 		fk.id = p->frag_id;
 		__builtin_memcpy(fk.saddr, p->saddr, 16);
 		__builtin_memcpy(fk.daddr, p->daddr, 16);
@@ -937,6 +973,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			return drop(skb, ep, p, dir, REASON_DROP_FRAG_NO_FIRST, peer_id, 0);
 		p->sport = fv->sport;
 		p->dport = fv->dport;
+		p->proto = fv->proto;
 	}
 
 	__u64 now = bpf_ktime_get_ns();
@@ -964,7 +1001,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			}
 		} else if (p->icmp_type == 0 || p->icmp_type == 129) {
 			__be16 req = bpf_htons(p->icmp_type == 0 ? 8 : 128);
-			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, 0, req);
+			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->sport, req);
 			struct ct_value *cv = ct_live(&k, now);
 			if (cv) {
 				cv->last_seen = now;

@@ -18,6 +18,8 @@ type NetpactConfig struct {
 	EventsPerSec uint64
 	Flags        uint32
 	PolicyRev    uint32
+	ResponseMark uint32
+	Pad          uint32
 }
 
 type NetpactCounter struct {
@@ -100,7 +102,8 @@ type NetpactFragValue struct {
 	_     structs.HostLayout
 	Sport uint16
 	Dport uint16
-	Pad   uint32
+	Proto uint8
+	Pad   [3]uint8
 }
 
 type NetpactIpcacheKey struct {
@@ -122,6 +125,8 @@ type NetpactPkt struct {
 	Proto      uint8
 	IsFrag     uint8
 	LaterFrag  uint8
+	FragProto  uint8
+	_          [3]byte
 	FragId     uint32
 	Saddr      [16]uint8
 	Daddr      [16]uint8

@@ -106,7 +106,9 @@ func (a *attacher) attachTCX(ifindex int, ifname string) error {
 		if _, ok := a.links[name]; ok {
 			continue
 		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: d.prog, Attach: d.at})
+		// At the head of the chain: a program that is already there and returns TCX_PASS
+		// would otherwise decide before netpact does.
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: d.prog, Attach: d.at, Anchor: link.Head()})
 		if err != nil {
 			return fmt.Errorf("attach tcx %s to %s: %w", d.suffix, ifname, err)
 		}

@@ -5,6 +5,8 @@
 package datapath
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -110,6 +112,16 @@ func Open(opts Options) (d *Datapath, err error) {
 		return nil, fmt.Errorf("read settings: %w", err)
 	}
 	d.cfg.EventsPerSec, d.cfg.Flags = opts.EventsPerSecond, 0
+	// The mark of the deny responses: random, kept across restarts (responses in flight keep
+	// passing), never 0 (unmarked).
+	for d.cfg.ResponseMark == 0 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("draw the response mark: %w", err)
+		}
+		d.cfg.ResponseMark = binary.LittleEndian.Uint32(b[:])
+	}
 	if opts.DenyResponseICMP {
 		d.cfg.Flags |= cfgDenyICMP
 	}

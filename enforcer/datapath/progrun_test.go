@@ -36,7 +36,8 @@ type pkt struct {
 	fragOffset   uint16 // in 8-byte units
 	ipOptions    bool
 	payload      int
-	hopLimit     uint8 // IPv4 TTL or IPv6 hop limit; 64 when zero
+	hopLimit     uint8  // IPv4 TTL or IPv6 hop limit; 64 when zero
+	icmpID       uint16 // echo identifier; 1 when zero
 }
 
 func (p pkt) build(t testing.TB) []byte {
@@ -89,7 +90,11 @@ func (p pkt) build(t testing.TB) []byte {
 		ls = append(ls, &layers.SCTP{SrcPort: layers.SCTPPort(p.sport), DstPort: layers.SCTPPort(p.dport)},
 			&layers.SCTPInit{SCTPChunk: layers.SCTPChunk{Type: layers.SCTPChunkTypeInit, Length: 20}, InitiateTag: 1, AdvertisedReceiverWindowCredit: 1000, OutboundStreams: 1, InboundStreams: 1, InitialTSN: 1})
 	case policy.ProtoICMP:
-		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(p.icmpType, 0), Id: 1, Seq: 1})
+		id := p.icmpID
+		if id == 0 {
+			id = 1
+		}
+		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(p.icmpType, 0), Id: id, Seq: 1})
 	case policy.ProtoICMPv6:
 		icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(p.icmpType, 0)}
 		icmp.SetNetworkLayerForChecksum(netLayer)
