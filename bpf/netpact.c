@@ -81,6 +81,9 @@ struct endpoint_info {
 	__u32 flags;
 	__u8 ipv4[4];
 	__u8 ipv6[16];
+	// prefix_port_bits has bit b set when a prefix_policy entry of the endpoint wildcards b
+	// low port bits (b = 16: every port).
+	__u32 prefix_port_bits;
 };
 
 struct ipcache_key {
@@ -113,13 +116,18 @@ struct policy_value {
 };
 
 // prefix_policy_key matches peers by address (Kubernetes ipBlock): exact endpoint, direction,
-// protocol and port, then the address by prefix.
+// protocol and an aligned block of ports (port_bits low bits wildcarded, port the block's first
+// port), then the address by prefix. A port range is a few blocks, never one entry per port;
+// the lookup tries each block size the endpoint uses (endpoint_info.prefix_port_bits).
 struct prefix_policy_key {
 	__u32 prefixlen;
 	__u32 ep_id;
 	__u8 direction;
 	__u8 proto;
+	__u8 port_bits;
+	__u8 pad;
 	__be16 port;
+	__u16 pad2;
 	__u32 family;
 	__u8 addr[16];
 };
@@ -639,9 +647,15 @@ static __always_inline void consider(struct policy_value *v, struct policy_value
 
 // policy_lookup finds the strongest entry for a peer: deny beats allow beats proxy, ties go to
 // the lowest rule id; the same order the engine's Lookup uses.
-static __always_inline void policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, struct pkt *p, const __u8 *peer_addr,
-					  struct policy_value *best, int prefixes)
+// policy_lookup finds the strongest entry for the packet (a function of its own: its keys do
+// not fit on handle's stack next to the deny responses').
+static __attribute__((noinline)) int policy_lookup(struct endpoint_info *ep, __u8 dir, __u32 peer_id, struct pkt *p,
+						   struct policy_value *best)
 {
+	__u32 ep_id = ep->ep_id;
+	int prefixes = ep->flags & EP_HAS_PREFIX_POLICY;
+	__u32 port_bits = ep->prefix_port_bits;
+	const __u8 *peer_addr = dir == DIR_EGRESS ? p->daddr : p->saddr;
 	struct policy_key k = {};
 	k.ep_id = ep_id;
 	k.direction = dir;
@@ -660,7 +674,7 @@ static __always_inline void policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, 
 	k.port = p->dport;
 	consider(bpf_map_lookup_elem(&policy, &k), best);
 	if (!prefixes)
-		return;
+		return 0;
 
 	struct prefix_policy_key pk = {};
 	pk.prefixlen = 8 * (sizeof(pk) - sizeof(pk.prefixlen));
@@ -669,12 +683,21 @@ static __always_inline void policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, 
 	pk.family = p->family;
 	__builtin_memcpy(pk.addr, peer_addr, 16);
 	pk.proto = p->proto;
-	pk.port = p->dport;
-	consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
+	__u16 port = bpf_ntohs(p->dport);
+#pragma unroll
+	for (int b = 0; b <= 16; b++) {
+		if (!(port_bits & (1u << b)))
+			continue;
+		pk.port_bits = b;
+		pk.port = bpf_htons(b == 16 ? 0 : port & (__u16)(0xffff << b));
+		consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
+	}
+	// Any protocol: one entry per prefix.
+	pk.proto = 0;
+	pk.port_bits = 16;
 	pk.port = 0;
 	consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
-	pk.proto = 0;
-	consider(bpf_map_lookup_elem(&prefix_policy, &pk), best);
+	return 0;
 }
 
 static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
@@ -1042,7 +1065,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
-	policy_lookup(ep->ep_id, dir, peer_id, p, peer_addr, &best, ep->flags & EP_HAS_PREFIX_POLICY);
+	policy_lookup(ep, dir, peer_id, p, &best);
 	__u32 rule = best.verdict ? best.rule_id : 0;
 	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
 	if (best.verdict == VERDICT_DENY) {

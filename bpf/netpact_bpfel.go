@@ -60,12 +60,13 @@ const (
 )
 
 type NetpactEndpointInfo struct {
-	_        structs.HostLayout
-	EpId     uint32
-	Identity uint32
-	Flags    uint32
-	Ipv4     [4]uint8
-	Ipv6     [16]uint8
+	_              structs.HostLayout
+	EpId           uint32
+	Identity       uint32
+	Flags          uint32
+	Ipv4           [4]uint8
+	Ipv6           [16]uint8
+	PrefixPortBits uint32
 }
 
 type NetpactFlowEvent struct {
@@ -170,7 +171,10 @@ type NetpactPrefixPolicyKey struct {
 	EpId      uint32
 	Direction uint8
 	Proto     uint8
+	PortBits  uint8
+	Pad       uint8
 	Port      uint16
+	Pad2      uint16
 	Family    uint32
 	Addr      [16]uint8
 }

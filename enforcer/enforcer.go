@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/netpact/netpact/enforcer/datapath"
@@ -96,7 +97,7 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 		}
 		ep := e.endpointLocked(k, lp, st)
 		if err := e.dp.UpsertEndpoint(ep, es); err != nil {
-			err = fmt.Errorf("program %s: %w", k, err)
+			err = fmt.Errorf("program %s: %w%s", k, err, blame(err, st))
 			e.failed[k] = err
 			errs = append(errs, err)
 			continue
@@ -136,6 +137,32 @@ func (e *Enforcer) endpointLocked(k policy.EndpointKey, lp LocalPod, st *policy.
 		ep.IPv6 = a
 	}
 	return ep
+}
+
+// blame names the rules a capacity error's entries come from, most entries first.
+func blame(err error, st *policy.State) string {
+	var ce *datapath.CapacityError
+	if !errors.As(err, &ce) {
+		return ""
+	}
+	ids := make([]policy.RuleID, 0, len(ce.EntriesByRule))
+	for id := range ce.EntriesByRule {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ce.EntriesByRule[ids[i]] > ce.EntriesByRule[ids[j]] })
+	var parts []string
+	for i, id := range ids {
+		if i == 3 {
+			parts = append(parts, fmt.Sprintf("and %d more rules", len(ids)-3))
+			break
+		}
+		name := fmt.Sprintf("rule %d", id)
+		if ri := st.Rule(id); ri != nil {
+			name = ri.String()
+		}
+		parts = append(parts, fmt.Sprintf("%s: %d entries", name, ce.EntriesByRule[id]))
+	}
+	return " (" + strings.Join(parts, "; ") + ")"
 }
 
 // closeLocked fails a local pod closed for reason and returns the error that reports it.

@@ -40,7 +40,7 @@ func (d *Datapath) upsert(ep Endpoint, st *policy.EndpointState) error {
 	if err != nil {
 		return err
 	}
-	infoChanged, err := d.writeInfo(ep, want.Flags)
+	infoChanged, err := d.writeInfo(ep, want.Flags, want.PrefixPortBits)
 	if err != nil {
 		return err
 	}
@@ -59,8 +59,8 @@ func (d *Datapath) upsert(ep Endpoint, st *policy.EndpointState) error {
 }
 
 // writeInfo writes the endpoint's entry (id, identity, addresses, flags) when it changed.
-func (d *Datapath) writeInfo(ep Endpoint, flags uint32) (bool, error) {
-	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: flags}
+func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, error) {
+	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: flags, PrefixPortBits: prefixPortBits}
 	if ep.IPv4.IsValid() {
 		info.Ipv4 = ep.IPv4.As4()
 	}
@@ -92,7 +92,7 @@ func (d *Datapath) CloseEndpoint(ep Endpoint) error {
 }
 
 func (d *Datapath) closeEndpoint(ep Endpoint) error {
-	if _, err := d.writeInfo(ep, flagFailClosed); err != nil {
+	if _, err := d.writeInfo(ep, flagFailClosed, 0); err != nil {
 		return err
 	}
 	// Open flows are cut at their next packet: the check comes before conntrack.

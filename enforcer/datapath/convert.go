@@ -24,16 +24,14 @@ const (
 	familyV6 = 6
 )
 
-// maxPrefixPortRange bounds how many exact ports a port range of an address-matched (ipBlock)
-// entry may expand to.
-const maxPrefixPortRange = 4096
-
 // Entries is one endpoint's policy in the datapath's layout.
 type Entries struct {
 	Policy map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue
 	Prefix map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue
 	// Flags are the endpoint's enforcement flags (default deny per direction).
 	Flags uint32
+	// PrefixPortBits has bit b set when a Prefix entry wildcards b low port bits.
+	PrefixPortBits uint32
 }
 
 func newEntries() Entries {
@@ -138,8 +136,51 @@ func addr16(a netip.Addr) [16]uint8 {
 	return a.As16()
 }
 
+// MaxEntriesPerEndpoint bounds the entries one endpoint may have in each policy map, as
+// Cilium's per-endpoint policy map does (bpf-policy-map-max, 16384 by default): the maps are
+// shared by the node's endpoints, and one pod's policy must not fill them for all.
+const MaxEntriesPerEndpoint = 16384
+
+// CapacityError says that an endpoint's state needs more entries than it may have, and which
+// rules the entries come from.
+type CapacityError struct {
+	Map           string // "policy" or "prefix_policy"
+	Need, Limit   int
+	EntriesByRule map[policy.RuleID]int
+}
+
+func (e *CapacityError) Error() string {
+	return fmt.Sprintf("the state needs %d %s entries, more than the %d an endpoint may have", e.Need, e.Map, e.Limit)
+}
+
 // ToBPF is the one conversion from the engine's map state to the datapath's keys and values.
+// A state that needs more than MaxEntriesPerEndpoint entries in a map is refused with a
+// *CapacityError before anything is written.
 func ToBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
+	out, err := toBPF(epID, st)
+	if err != nil {
+		return Entries{}, err
+	}
+	for name, n := range map[string]int{"policy": len(out.Policy), "prefix_policy": len(out.Prefix)} {
+		if n <= MaxEntriesPerEndpoint {
+			continue
+		}
+		ce := &CapacityError{Map: name, Need: n, Limit: MaxEntriesPerEndpoint, EntriesByRule: map[policy.RuleID]int{}}
+		if name == "policy" {
+			for _, v := range out.Policy {
+				ce.EntriesByRule[policy.RuleID(v.RuleId)]++
+			}
+		} else {
+			for _, v := range out.Prefix {
+				ce.EntriesByRule[policy.RuleID(v.RuleId)]++
+			}
+		}
+		return Entries{}, ce
+	}
+	return out, nil
+}
+
+func toBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 	out := newEntries()
 	if st.Ingress.Enforced {
 		out.Flags |= flagEnforceIngress
@@ -155,9 +196,7 @@ func ToBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 		groups := map[group][]interval{}
 		for k, e := range ds.Entries {
 			if p, ok := k.Prefix(); ok {
-				if err := addPrefix(out.Prefix, epID, dir, p, k, value(e)); err != nil {
-					return Entries{}, err
-				}
+				out.PrefixPortBits |= addPrefix(out.Prefix, epID, dir, p, k, value(e))
 				continue
 			}
 			g := group{k.Identity, k.Proto}
@@ -179,29 +218,43 @@ func ToBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 	return out, nil
 }
 
-const prefixKeyBits = 8 * (4 + 1 + 1 + 2 + 4) // ep_id, direction, proto, port, family
+const prefixKeyBits = 8 * (4 + 1 + 1 + 1 + 1 + 2 + 2 + 4) // ep_id, direction, proto, port_bits, pad, port, pad2, family
 
-func addPrefix(into map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue, epID uint32, dir uint8, p netip.Prefix, k policy.MapKey, v bpf.NetpactPolicyValue) error {
-	put := func(proto uint8, port uint16) {
+// addPrefix writes an address-matched entry as aligned port blocks (any protocol: one entry) and
+// returns the block sizes it used, as bits of prefix_port_bits.
+func addPrefix(into map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue, epID uint32, dir uint8, p netip.Prefix, k policy.MapKey, v bpf.NetpactPolicyValue) uint32 {
+	put := func(proto uint8, base uint16, wild int) {
 		key := bpf.NetpactPrefixPolicyKey{Prefixlen: uint32(prefixKeyBits + p.Bits()), EpId: epID, Direction: dir,
-			Proto: proto, Port: htons(port), Family: family(p.Addr()), Addr: addr16(p.Masked().Addr())}
+			Proto: proto, PortBits: uint8(wild), Port: htons(base), Family: family(p.Addr()), Addr: addr16(p.Masked().Addr())}
 		if old, ok := into[key]; !ok || stronger(v, old) {
 			into[key] = v
 		}
 	}
-	switch {
-	case k.Proto == policy.ProtoAny:
-		put(0, 0)
-	case k.PortLo == 0 && k.PortHi == 65535:
-		put(uint8(k.Proto), 0)
-	case int(k.PortHi)-int(k.PortLo) >= maxPrefixPortRange:
-		return fmt.Errorf("port range %d-%d for %s is wider than %d ports; an address-matched rule supports narrower ranges or all ports", k.PortLo, k.PortHi, p, maxPrefixPortRange)
-	default:
-		for port := int(k.PortLo); port <= int(k.PortHi); port++ {
-			put(uint8(k.Proto), uint16(port))
-		}
+	if k.Proto == policy.ProtoAny {
+		put(0, 0, 16)
+		return 0 // looked up on its own, whatever the mask
 	}
-	return nil
+	var used uint32
+	for _, b := range portBlocks(k.PortLo, k.PortHi) {
+		wild := 16 - b[1]
+		put(uint8(k.Proto), uint16(b[0]), wild)
+		used |= 1 << wild
+	}
+	return used
+}
+
+// mergeBlocks sorts port blocks and merges adjacent ones with the same value into ranges.
+func mergeBlocks(ivs []interval) []interval {
+	sort.Slice(ivs, func(i, j int) bool { return ivs[i].lo < ivs[j].lo })
+	var merged []interval
+	for _, iv := range ivs {
+		if n := len(merged); n > 0 && int(merged[n-1].hi)+1 == int(iv.lo) && merged[n-1].val == iv.val {
+			merged[n-1].hi = iv.hi
+			continue
+		}
+		merged = append(merged, iv)
+	}
+	return merged
 }
 
 // DumpEntry is one datapath entry read back in the engine's terms.
@@ -229,21 +282,18 @@ func FromBPF(e Entries) []DumpEntry {
 	}
 	var out []DumpEntry
 	for g, ivs := range blocks {
-		sort.Slice(ivs, func(i, j int) bool { return ivs[i].lo < ivs[j].lo })
-		var merged []interval
-		for _, iv := range ivs {
-			if n := len(merged); n > 0 && int(merged[n-1].hi)+1 == int(iv.lo) && merged[n-1].val == iv.val {
-				merged[n-1].hi = iv.hi
-				continue
-			}
-			merged = append(merged, iv)
-		}
-		for _, iv := range merged {
+		for _, iv := range mergeBlocks(ivs) {
 			out = append(out, DumpEntry{Direction: policy.Direction(g.dir),
 				Key:     policy.MapKey{Identity: policy.ID(g.identity), Proto: policy.Proto(g.proto), PortLo: iv.lo, PortHi: iv.hi},
 				Verdict: policy.Verdict(iv.val.Verdict), Rule: policy.RuleID(iv.val.RuleId)})
 		}
 	}
+	type prefixGroup struct {
+		dir    uint8
+		proto  uint8
+		prefix netip.Prefix
+	}
+	prefixBlocks := map[prefixGroup][]interval{}
 	for k, v := range e.Prefix {
 		var a netip.Addr
 		if k.Family == familyV4 {
@@ -251,13 +301,15 @@ func FromBPF(e Entries) []DumpEntry {
 		} else {
 			a = netip.AddrFrom16(k.Addr)
 		}
-		p := netip.PrefixFrom(a, int(k.Prefixlen)-prefixKeyBits)
-		lo, hi := htons(k.Port), htons(k.Port)
-		if k.Port == 0 {
-			lo, hi = 0, 65535
+		g := prefixGroup{k.Direction, k.Proto, netip.PrefixFrom(a, int(k.Prefixlen)-prefixKeyBits)}
+		lo := int(htons(k.Port))
+		prefixBlocks[g] = append(prefixBlocks[g], interval{uint16(lo), uint16(lo + 1<<k.PortBits - 1), v})
+	}
+	for g, ivs := range prefixBlocks {
+		for _, iv := range mergeBlocks(ivs) {
+			out = append(out, DumpEntry{Direction: policy.Direction(g.dir), Key: policy.PrefixKey(g.prefix, policy.Proto(g.proto), iv.lo, iv.hi),
+				Verdict: policy.Verdict(iv.val.Verdict), Rule: policy.RuleID(iv.val.RuleId)})
 		}
-		out = append(out, DumpEntry{Direction: policy.Direction(k.Direction), Key: policy.PrefixKey(p, policy.Proto(k.Proto), lo, hi),
-			Verdict: policy.Verdict(v.Verdict), Rule: policy.RuleID(v.RuleId)})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Direction != out[j].Direction {

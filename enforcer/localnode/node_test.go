@@ -2,6 +2,7 @@ package localnode
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -116,17 +117,16 @@ func TestNewPodClosedUntilProgrammed(t *testing.T) {
 	}
 }
 
-// unprogrammable validates but cannot be written for pod a (an ipBlock port range wider than
-// the datapath expands); b's policy is ordinary.
-const unprogrammable = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: wide, namespace: app}
-spec:
-  podSelector: {matchLabels: {app: a}}
-  ingress:
-  - from: [{ipBlock: {cidr: 10.0.0.0/8}}]
-    ports: [{port: 1000, endPort: 6000, protocol: TCP}]
----
+// unprogrammable validates but needs more address-matched entries for pod a than an endpoint
+// may have (600 addresses times the port blocks of 1-65534); b's policy is ordinary.
+func unprogrammable() string {
+	var b strings.Builder
+	b.WriteString("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: wide, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from:\n")
+	for i := 0; i < 600; i++ {
+		fmt.Fprintf(&b, "    - ipBlock: {cidr: 10.1.%d.%d/32}\n", i/200, i%200+1)
+	}
+	b.WriteString("    ports: [{port: 1, endPort: 65534, protocol: TCP}]\n")
+	b.WriteString(`---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: b-from-a, namespace: app}
@@ -134,7 +134,9 @@ spec:
   podSelector: {matchLabels: {app: b}}
   ingress:
   - from: [{podSelector: {matchLabels: {app: a}}}]
-`
+`)
+	return b.String()
+}
 
 // TestOneEndpointFailsClosedTheOthersAreProgrammed: a policy that validates but cannot be
 // programmed for one pod closes that pod and is reported; the other pods get their policies.
@@ -143,13 +145,15 @@ func TestOneEndpointFailsClosedTheOthersAreProgrammed(t *testing.T) {
 	if err := n.Enforce(c, nil); err != nil {
 		t.Fatal(err)
 	}
-	b, err := policy.LoadBytes("wide.yaml", []byte(unprogrammable), policy.LoadOptions{})
+	b, err := policy.LoadBytes("wide.yaml", []byte(unprogrammable()), policy.LoadOptions{})
 	if err != nil {
 		t.Fatalf("the policy must validate: %v", err)
 	}
 	err = n.Enforce(c, b.Policies)
-	if err == nil || !strings.Contains(err.Error(), "app/a") || !strings.Contains(err.Error(), "failed closed") {
-		t.Fatalf("want an error naming app/a failed closed, got %v", err)
+	for _, want := range []string{"app/a", "failed closed", "prefix_policy entries", "NetworkPolicy app/wide spec.ingress[0] (wide.yaml:"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("want an error with %q, got %v", want, err)
+		}
 	}
 	if strings.Contains(err.Error(), "app/b") || strings.Contains(err.Error(), "app/c") {
 		t.Errorf("the error names pods that were programmed: %v", err)
