@@ -34,13 +34,24 @@ type Enforcer struct {
 	applied map[policy.EndpointKey]datapath.Endpoint
 	// failed are the local pods whose policy could not be programmed: failed closed.
 	failed map[policy.EndpointKey]error
+	// pinned are the endpoints the datapath held when this enforcer started, by ifindex.
+	pinned map[int]datapath.PinnedEndpoint
 }
 
-// New returns an enforcer for node that programs dp.
+// New returns an enforcer for node that programs dp. What dp's pinned maps already hold (an
+// earlier enforcer's work) is taken over: the same identity numbers and, for a pod on the same
+// interface with the same addresses, the same endpoint id.
 func New(node string, dp *datapath.Datapath, opts policy.Options) *Enforcer {
-	return &Enforcer{node: node, engine: policy.NewEngine(opts), dp: dp, local: map[policy.EndpointKey]LocalPod{},
+	e := &Enforcer{node: node, engine: policy.NewEngine(opts), dp: dp, local: map[policy.EndpointKey]LocalPod{},
 		ids: map[policy.EndpointKey]uint32{}, nextID: 1, applied: map[policy.EndpointKey]datapath.Endpoint{},
 		failed: map[policy.EndpointKey]error{}}
+	pinned, ipcache := dp.Pinned()
+	e.engine.PreferIdentities(ipcache)
+	e.pinned = pinned
+	for _, pe := range pinned {
+		e.nextID = max(e.nextID, pe.ID+1)
+	}
+	return e
 }
 
 // State is the last compiled state.
@@ -115,18 +126,20 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 		delete(e.applied, k)
 		delete(e.ids, k)
 	}
+	// What an earlier enforcer left for pods that are gone.
+	keep := map[uint32]bool{}
+	for _, id := range e.ids {
+		keep[id] = true
+	}
+	if err := e.dp.Prune(keep); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
 // endpointLocked is the datapath endpoint of a local pod, with its id (assigned on first use).
 func (e *Enforcer) endpointLocked(k policy.EndpointKey, lp LocalPod, st *policy.State) datapath.Endpoint {
-	id, ok := e.ids[k]
-	if !ok {
-		id = e.nextID
-		e.nextID++
-		e.ids[k] = id
-	}
-	ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname, ID: id}
+	ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname}
 	if ident, _ := st.Identity(k); ident != nil {
 		ep.Identity = ident.ID
 	}
@@ -136,7 +149,34 @@ func (e *Enforcer) endpointLocked(k policy.EndpointKey, lp LocalPod, st *policy.
 	if a, ok := st.Addr(k, true); ok {
 		ep.IPv6 = a
 	}
+	id, ok := e.ids[k]
+	if !ok {
+		// The id the pinned maps hold for this pod's interface and addresses, if no other pod
+		// has it: its entries are already this pod's.
+		if pe, found := e.pinned[lp.Ifindex]; found && pe.ID != 0 && pe.IPv4 == ep.IPv4 && pe.IPv6 == ep.IPv6 && !e.idTaken(pe.ID) {
+			id = pe.ID
+		} else {
+			// nextID starts above every pinned id: a fresh id is never one whose entries belong
+			// to the pod on another interface.
+			for e.idTaken(e.nextID) {
+				e.nextID++
+			}
+			id = e.nextID
+			e.nextID++
+		}
+		e.ids[k] = id
+	}
+	ep.ID = id
 	return ep
+}
+
+func (e *Enforcer) idTaken(id uint32) bool {
+	for _, v := range e.ids {
+		if v == id {
+			return true
+		}
+	}
+	return false
 }
 
 // blame names the rules a capacity error's entries come from, most entries first.

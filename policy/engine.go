@@ -69,6 +69,27 @@ func NewEngine(opts Options) *Engine {
 	return e
 }
 
+// PreferIdentities asks for the identity numbers a datapath already holds (from an earlier
+// engine, before a restart): the ipcache's entries, host addresses (/32, /128) of pods and
+// CIDR prefixes. A label set or CIDR met for the first time gets its preferred number when no
+// other has it, so that a restarted enforcer does not renumber what the pinned maps hold. Call
+// it before the first SetCluster.
+func (e *Engine) PreferIdentities(ipcache map[netip.Prefix]ID) {
+	a := e.alloc
+	a.preferAddr, a.preferPrefix, a.preferred = map[netip.Addr]ID{}, map[netip.Prefix]ID{}, map[ID]bool{}
+	for p, id := range ipcache {
+		switch {
+		case id >= FirstLocalID:
+			a.preferPrefix[p] = id
+		case id >= FirstClusterID && p.IsSingleIP():
+			a.preferAddr[p.Addr()] = id
+		default:
+			continue
+		}
+		a.preferred[id] = true
+	}
+}
+
 // Compile is the one-shot form: the state of a cluster under a bundle.
 func Compile(c *Cluster, b *Bundle, opts Options) (*State, error) {
 	e := NewEngine(opts)

@@ -69,25 +69,50 @@ func (id *Identity) String() string {
 }
 
 // allocator hands out identity numbers and keeps them stable for a label set for as long as the
-// engine lives, so that the datapath does not churn when unrelated pods come and go.
+// engine lives, so that the datapath does not churn when unrelated pods come and go. Preferred
+// numbers (what a datapath that outlived an earlier engine holds) are given to label sets met
+// for the first time when no other label set has them.
 type allocator struct {
 	byLabels  map[string]ID
+	used      map[ID]bool
 	nextPod   ID
 	nextLocal ID
+	// preferAddr and preferPrefix are the numbers an earlier engine gave the pod at an address
+	// and the CIDR of a prefix.
+	preferAddr   map[netip.Addr]ID
+	preferPrefix map[netip.Prefix]ID
+	// preferred are those numbers: a fresh number is never one of them, so that the label set
+	// that had it still finds it free when it comes.
+	preferred map[ID]bool
 }
 
 func newAllocator() *allocator {
-	return &allocator{byLabels: map[string]ID{}, nextPod: FirstClusterID, nextLocal: FirstLocalID}
+	return &allocator{byLabels: map[string]ID{}, used: map[ID]bool{}, nextPod: FirstClusterID, nextLocal: FirstLocalID}
 }
 
-func (a *allocator) pod(ls labelSet) ID {
+// pod returns the identity of a pod label set; ips are the addresses of a pod that has it, for
+// a preferred number.
+func (a *allocator) pod(ls labelSet, ips []netip.Addr) ID {
 	k := ls.String()
 	if id, ok := a.byLabels[k]; ok {
 		return id
 	}
+	for _, ip := range ips {
+		if id, ok := a.preferAddr[ip]; ok && id >= FirstClusterID && id < FirstLocalID && !a.used[id] {
+			return a.give(k, id)
+		}
+	}
+	for a.used[a.nextPod] || a.preferred[a.nextPod] {
+		a.nextPod++
+	}
 	id := a.nextPod
 	a.nextPod++
+	return a.give(k, id)
+}
+
+func (a *allocator) give(k string, id ID) ID {
 	a.byLabels[k] = id
+	a.used[id] = true
 	return id
 }
 
@@ -96,10 +121,15 @@ func (a *allocator) cidr(p netip.Prefix) ID {
 	if id, ok := a.byLabels[k]; ok {
 		return id
 	}
+	if id, ok := a.preferPrefix[p]; ok && id >= FirstLocalID && !a.used[id] {
+		return a.give(k, id)
+	}
+	for a.used[a.nextLocal] || a.preferred[a.nextLocal] {
+		a.nextLocal++
+	}
 	id := a.nextLocal
 	a.nextLocal++
-	a.byLabels[k] = id
-	return id
+	return a.give(k, id)
 }
 
 func reservedIdentity(id ID) *Identity {

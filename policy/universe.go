@@ -93,7 +93,7 @@ func newUniverse(c *Cluster, alloc *allocator, cidrs map[netip.Prefix]bool) *uni
 	for _, ep := range eps {
 		u.endpoints[ep.Key()] = ep
 		ls := podLabels(name, u.namespaces[ep.Namespace], ep)
-		id := alloc.pod(ls)
+		id := alloc.pod(ls, ep.IPs)
 		ident, ok := u.ids[id]
 		if !ok {
 			ident = &Identity{ID: id, Kind: IdentityPod, Namespace: ep.Namespace, labels: ls}

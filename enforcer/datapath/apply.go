@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/netpact/netpact/bpf"
 	"github.com/netpact/netpact/policy"
@@ -327,4 +328,76 @@ func (d *Datapath) ResyncEvery(ctx context.Context, interval time.Duration, repo
 			}
 		}
 	}
+}
+
+// PinnedEndpoint is what the endpoints map held for an interface when Open adopted it.
+type PinnedEndpoint struct {
+	ID         uint32
+	IPv4, IPv6 netip.Addr
+}
+
+// Pinned returns what the maps held when Open adopted them: the endpoints by ifindex and the
+// ipcache. A restarted enforcer keeps the same endpoint ids and identity numbers, so that no
+// pod is judged by another's entries while it programs the node again.
+func (d *Datapath) Pinned() (map[int]PinnedEndpoint, map[netip.Prefix]policy.ID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	eps := make(map[int]PinnedEndpoint, len(d.pinnedInfo))
+	for ifindex, info := range d.pinnedInfo {
+		pe := PinnedEndpoint{ID: info.EpId}
+		if a := netip.AddrFrom4(info.Ipv4); !a.IsUnspecified() {
+			pe.IPv4 = a
+		}
+		if a := netip.AddrFrom16(info.Ipv6); !a.IsUnspecified() {
+			pe.IPv6 = a
+		}
+		eps[ifindex] = pe
+	}
+	ipc := make(map[netip.Prefix]policy.ID, len(d.pinnedIPCache))
+	for p, id := range d.pinnedIPCache {
+		ipc[p] = id
+	}
+	return eps, ipc
+}
+
+// Prune removes what no endpoint owns any more: the endpoint entry and links of an interface
+// that is gone (a pod deleted while no enforcer ran), and the policy entries of endpoint ids
+// that neither keep names nor an existing interface's entry uses.
+func (d *Datapath) Prune(keep map[uint32]bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	changed := false
+	inUse := map[uint32]bool{}
+	for ifindex, info := range d.endpointInfo {
+		if _, err := netlink.LinkByIndex(ifindex); err == nil {
+			inUse[info.EpId] = true
+			continue
+		}
+		errs = append(errs, d.attach.detach(ifindex))
+		if err := d.objs.Endpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete endpoint entry of gone interface %d: %w", ifindex, err))
+			continue
+		}
+		delete(d.endpointInfo, ifindex)
+		changed = true
+	}
+	for id, have := range d.applied {
+		if keep[id] || inUse[id] {
+			continue
+		}
+		if _, err := d.writeDeletes(have, newEntries()); err != nil {
+			errs = append(errs, fmt.Errorf("delete entries of endpoint id %d: %w", id, err))
+			continue
+		}
+		delete(d.applied, id)
+		changed = true
+	}
+	if changed {
+		errs = append(errs, d.bumpRevision())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	return nil
 }

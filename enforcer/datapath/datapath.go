@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -65,6 +66,9 @@ type Datapath struct {
 	cfg     bpf.NetpactConfig
 	// endpointInfo is what the endpoints map holds, by ifindex.
 	endpointInfo map[int]bpf.NetpactEndpointInfo
+	// pinnedInfo and pinnedIPCache are what the maps held when Open adopted them.
+	pinnedInfo    map[int]bpf.NetpactEndpointInfo
+	pinnedIPCache map[netip.Prefix]policy.ID
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -143,6 +147,8 @@ func Open(opts Options) (d *Datapath, err error) {
 		d.objs.Close()
 		return nil, err
 	}
+	d.pinnedInfo = maps.Clone(d.endpointInfo)
+	d.pinnedIPCache = maps.Clone(d.ipcache)
 	return d, nil
 }
 
