@@ -49,6 +49,7 @@ const enum endpoint_flag *unused_endpoint_flag __attribute__((unused));
 
 #define CT_SEEN_REPLY 1
 #define CT_CLOSING 2
+#define CT_REVOKED 4 // policy dropped the flow: no reply passes, and it is not an evicted flow
 
 #define NS_PER_SEC 1000000000ULL
 
@@ -69,7 +70,8 @@ enum reason {
 	REASON_DROP_NO_PROXY = 12,     // an L7 rule applies but no proxy is available
 	REASON_DROP_ETHERTYPE = 13,    // VLAN-tagged, or neither IPv4, IPv6 nor ARP
 	REASON_DROP_FAIL_CLOSED = 14,  // the endpoint is not programmed: closed until it is
-	REASON_MAX = 15,
+	REASON_FORWARD_REPLY_RECOVERED = 15, // reply of a flow whose entry was evicted: policy re-checked
+	REASON_MAX = 16,
 };
 
 // Emits enum reason into BTF, so that bpf2go generates its constants for the Go side.
@@ -941,6 +943,57 @@ static __attribute__((noinline)) int frag_record(struct pkt *p)
 	return 0;
 }
 
+// ct_revoke marks a tracked flow dropped by policy (kept, not deleted: a flow that vanished
+// from the map can then only have been evicted).
+static __always_inline void ct_revoke(struct ct_key *k)
+{
+	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, k);
+	if (cv)
+		cv->flags |= CT_REVOKED;
+}
+
+// recover_reply: a mid-stream TCP packet (ACK, no SYN) with no conntrack entry may be a reply
+// of a flow whose entry the node's LRU evicted (another pod opened many flows). Rather than drop
+// it (it was about to be dropped by default deny, with no entry of its own, not even a revoked
+// one), check the policy of the flow it would answer (the other direction, ports swapped) as it
+// stands now; if the policy allows that flow, re-create its entry and pass the packet as its
+// reply: the traffic is then what the policy allows for a flow opened the other way. Returns 1
+// when it did; p is swapped back when it did not.
+static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u32 dir, __u32 peer_id, struct pkt *p,
+						   __u32 rev)
+{
+	if (p->proto != PROTO_TCP || !(p->tcp_flags & 0x10) || (p->tcp_flags & 0x02) || p->is_frag)
+		return 0;
+	__u8 tmp[16];
+	__be16 port;
+	__builtin_memcpy(tmp, p->saddr, 16);
+	__builtin_memcpy(p->saddr, p->daddr, 16);
+	__builtin_memcpy(p->daddr, tmp, 16);
+	port = p->sport;
+	p->sport = p->dport;
+	p->dport = port;
+	__u8 odir = dir ^ 1;
+	struct policy_value best = {};
+	best.rule_id = 0xffffffff;
+	policy_lookup(ep, odir, peer_id, p, &best);
+	__u32 enforced = ep->flags & (odir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
+	if (best.verdict == VERDICT_ALLOW || (best.verdict == 0 && !enforced)) {
+		struct ct_key k;
+		ct_fill(&k, ep->ep_id, odir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
+		struct ct_value nv = {.last_seen = bpf_ktime_get_ns(), .rule_id = best.verdict ? best.rule_id : 0,
+				      .flags = CT_SEEN_REPLY, .policy_rev = rev};
+		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+		return 1;
+	}
+	__builtin_memcpy(tmp, p->saddr, 16);
+	__builtin_memcpy(p->saddr, p->daddr, 16);
+	__builtin_memcpy(p->daddr, tmp, 16);
+	port = p->sport;
+	p->sport = p->dport;
+	p->dport = port;
+	return 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0;
@@ -1018,7 +1071,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				related = related && bytes_equal(p->saddr, p->inner_daddr, 16);
 			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->inner_proto, p->inner_saddr, p->inner_daddr,
 				p->inner_sport, p->inner_dport);
-			if (related && ct_live(&k, now)) {
+			struct ct_value *rel = ct_live(&k, now);
+			if (related && rel && !(rel->flags & CT_REVOKED)) {
 				count(REASON_FORWARD_RELATED, skb->len);
 				return TC_ACT_OK;
 			}
@@ -1026,7 +1080,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			__be16 req = bpf_htons(p->icmp_type == 0 ? 8 : 128);
 			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->sport, req);
 			struct ct_value *cv = ct_live(&k, now);
-			if (cv) {
+			if (cv && !(cv->flags & CT_REVOKED)) {
 				cv->last_seen = now;
 				frag_record(p);
 				count(REASON_FORWARD_REPLY, skb->len);
@@ -1035,7 +1089,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	} else {
 		struct ct_value *cv = ct_live(&k, now);
-		if (cv) {
+		if (cv && !(cv->flags & CT_REVOKED)) {
 			cv->last_seen = now;
 			cv->flags |= CT_SEEN_REPLY;
 			if (p->tcp_flags & 0x05) // FIN or RST
@@ -1053,9 +1107,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (cfg)
 		rev = cfg->policy_rev;
 	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
+	int had_entry = 0;
 	if (!p->is_frag) {
 		struct ct_value *fast = ct_live(&k, now);
-		if (fast && fast->policy_rev == rev) {
+		had_entry = fast != 0;
+		if (fast && fast->policy_rev == rev && !(fast->flags & CT_REVOKED)) {
 			fast->last_seen = now;
 			if (p->tcp_flags & 0x05)
 				fast->flags |= CT_CLOSING;
@@ -1069,15 +1125,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 rule = best.verdict ? best.rule_id : 0;
 	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
 	if (best.verdict == VERDICT_DENY) {
-		bpf_map_delete_elem(&conntrack, &k);
+		ct_revoke(&k);
 		return drop(skb, ep, p, dir, REASON_DROP_DENY, peer_id, rule);
 	}
 	if (best.verdict == VERDICT_PROXY) {
-		bpf_map_delete_elem(&conntrack, &k);
+		ct_revoke(&k);
 		return drop(skb, ep, p, dir, REASON_DROP_NO_PROXY, peer_id, rule);
 	}
 	if (best.verdict == 0 && enforced) {
-		bpf_map_delete_elem(&conntrack, &k);
+		// No entry at all, not even a revoked one: this may be a reply whose flow's entry the
+		// LRU evicted.
+		if (!had_entry && !p->is_frag && recover_reply(ep, dir, peer_id, p, rev)) {
+			count(REASON_FORWARD_REPLY_RECOVERED, skb->len);
+			return TC_ACT_OK;
+		}
+		ct_revoke(&k);
 		return drop(skb, ep, p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
 	}
 
@@ -1089,6 +1151,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		cv->last_seen = now;
 		cv->rule_id = rule;
 		cv->policy_rev = rev;
+		cv->flags &= ~CT_REVOKED;
 		if (p->tcp_flags & 0x05)
 			cv->flags |= CT_CLOSING;
 	} else {

@@ -13,6 +13,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netpact/netpact/bpf"
 )
 
 // Real frames from pod namespaces that tried to walk around policy: tagged and non-IP frames,
@@ -472,5 +474,89 @@ spec:
 		for _, to := range []netip.Addr{b.IPv4, b.IPv6} {
 			expect(t, fmt.Sprintf("%s: a -> b %s, 3000-byte UDP answer", step.name, to), true, func() error { return exchange(to) })
 		}
+	}
+}
+
+// TestServerPushAfterConntrackEviction: the node's conntrack is one LRU, so a pod that opens
+// many flows can evict another pod's entries. b holds a connection to a:8080 (a's ingress allows
+// it, a's egress is default deny); its entries are evicted (removed here, as the LRU would);
+// then a pushes data first. The push is the reply of a flow a's policy allows: it arrives, and
+// is counted. A push on a port a's ingress does not allow would not be.
+func TestServerPushAfterConntrackEviction(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.apply(t, d, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: b}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: nobody}}]
+`)
+	a, b := n.pods["a"], n.pods["b"]
+	var ln net.Listener
+	if err := a.Do(func() (err error) { ln, err = net.Listen("tcp", ":8080"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	var client net.Conn
+	if err := b.Do(func() (err error) {
+		client, err = net.DialTimeout("tcp", net.JoinHostPort(a.IPv4.String(), "8080"), probeTimeout)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server := <-accepted
+	defer server.Close()
+	push := func(what string) error {
+		if _, err := server.Write([]byte(what + "\n")); err != nil {
+			return err
+		}
+		client.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 64)
+		k, err := client.Read(buf)
+		if err != nil {
+			return err
+		}
+		if string(buf[:k]) != what+"\n" {
+			return fmt.Errorf("read %q", buf[:k])
+		}
+		return nil
+	}
+	if err := push("before"); err != nil {
+		t.Fatalf("push before the eviction: %v", err)
+	}
+	before, _ := d.Counters()
+	var k bpf.NetpactCtKey
+	var v bpf.NetpactCtValue
+	var keys []bpf.NetpactCtKey
+	it := d.objs.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	for _, key := range keys {
+		d.objs.Conntrack.Delete(key)
+	}
+	if len(keys) == 0 {
+		t.Fatal("no conntrack entries to evict")
+	}
+	if err := push("after"); err != nil {
+		t.Fatalf("a's push on its open connection after the eviction: %v", err)
+	}
+	after, _ := d.Counters()
+	if after[ReasonForwardRecovered].Packets == before[ReasonForwardRecovered].Packets {
+		t.Error("no reply was counted as recovered after the eviction")
 	}
 }

@@ -195,3 +195,20 @@ func TestAttachedAheadOfOtherTCXPrograms(t *testing.T) {
 		t.Errorf("a's datagram %q passed egress default deny: the other tcx program ran first", buf[:k])
 	}
 }
+
+// TestRecoveredRepliesOnlyForAllowedFlows: with no conntrack entry at all, a mid-stream TCP
+// packet from a passes only as the reply of a flow a's ingress allows (b to a:80); a revoked
+// flow's entry is kept, so its packets are never taken for replies of an evicted one.
+func TestRecoveredRepliesOnlyForAllowedFlows(t *testing.T) {
+	d, _, ep := unitSetup(t, unitPolicies)
+	out := func(p pkt) uint32 { return runProg(t, d.objs.TcFromPod, ep.Ifindex, p.build(t)) }
+	if v := out(pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: policy.ProtoTCP, sport: 80, dport: 40200, ack: true}); v != tcOK {
+		t.Errorf("a's mid-stream packet from port 80 (b may reach a:80): %d", v)
+	}
+	if v := out(pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: policy.ProtoTCP, sport: 81, dport: 40201, ack: true}); v != tcShot {
+		t.Errorf("a's mid-stream packet from port 81 (nothing allows b to a:81): %d", v)
+	}
+	if v := out(pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: policy.ProtoTCP, sport: 80, dport: 40202, syn: true}); v != tcShot {
+		t.Errorf("a SYN is never a reply: %d", v)
+	}
+}

@@ -33,6 +33,7 @@ const (
 	ReasonDropNoProxy       = Reason(bpf.NetpactReasonREASON_DROP_NO_PROXY)
 	ReasonDropEthertype     = Reason(bpf.NetpactReasonREASON_DROP_ETHERTYPE)
 	ReasonDropFailClosed    = Reason(bpf.NetpactReasonREASON_DROP_FAIL_CLOSED)
+	ReasonForwardRecovered  = Reason(bpf.NetpactReasonREASON_FORWARD_REPLY_RECOVERED)
 	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
 )
 
@@ -53,6 +54,7 @@ var reasonNames = [reasonMax]string{
 	ReasonDropNoProxy:       "dropped: L7 proxy unavailable",
 	ReasonDropEthertype:     "dropped: tagged frame or not IPv4, IPv6 or ARP",
 	ReasonDropFailClosed:    "dropped: endpoint closed (not programmed)",
+	ReasonForwardRecovered:  "forwarded: reply of an evicted flow, policy checked again",
 }
 
 func (r Reason) String() string {
@@ -63,7 +65,7 @@ func (r Reason) String() string {
 }
 
 // Dropped reports whether the reason is a drop.
-func (r Reason) Dropped() bool { return r >= ReasonDropDeny }
+func (r Reason) Dropped() bool { return r >= ReasonDropDeny && r != ReasonForwardRecovered }
 
 // Flow is a flow event: a new flow the policy allowed, or a dropped packet.
 type Flow struct {
