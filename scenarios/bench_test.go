@@ -39,6 +39,7 @@ func BenchmarkMatrix486(b *testing.B) {
 			pods = append(pods, p)
 		}
 	}
+	sc.Pods = pods
 	var cells []Cell
 	for _, from := range pods {
 		for _, to := range pods {
@@ -66,6 +67,14 @@ spec:
 			if err := node.Enforce(cluster, c.policies); err != nil {
 				b.Fatal(err)
 			}
+			// The case the benchmark names: every probe's outcome is what the engine predicts
+			// (checked on the first round, before it counts), so a broken node cannot look fast.
+			state, err := policy.Compile(cluster, &policy.Bundle{Policies: c.policies}, policy.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var mu sync.Mutex
+			var wrong, blocked int
 			for n := 0; n < b.N; n++ {
 				var wg sync.WaitGroup
 				sem := make(chan struct{}, 96)
@@ -74,11 +83,29 @@ spec:
 					go func() {
 						defer wg.Done()
 						sem <- struct{}{}
-						node.Probe(cell)
+						got := node.Probe(cell)
 						<-sem
+						if n > 0 || cell.From == cell.To {
+							return
+						}
+						want, _ := predict(sc, state, cell)
+						mu.Lock()
+						if got != want {
+							wrong++
+						}
+						if want == Timeout {
+							blocked++
+						}
+						mu.Unlock()
 					}()
 				}
 				wg.Wait()
+				if n == 0 && wrong > 0 {
+					b.Fatalf("%d of %d probes disagree with the engine: the benchmark would measure a broken node", wrong, len(cells))
+				}
+			}
+			if c.policies != nil && blocked == 0 {
+				b.Fatal("the default-deny case blocked nothing")
 			}
 			b.ReportMetric(float64(len(cells)), "probes")
 		})

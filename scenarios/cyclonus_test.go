@@ -57,6 +57,13 @@ func TestCyclonusOnDatapath(t *testing.T) {
 		}
 	}
 	cases := cyclonus.TestCases(ips["z/c"])
+	if len(cases) == 0 {
+		t.Fatal("cyclonus generated no case")
+	}
+	wantSteps := 0
+	for _, tc := range cases {
+		wantSteps += len(tc.Steps)
+	}
 	jobs := &probe.JobBuilder{TimeoutSeconds: 1}
 	nextIndex := 150
 	var probes, steps, failedCases int
@@ -96,11 +103,19 @@ func TestCyclonusOnDatapath(t *testing.T) {
 			var wrong []string
 			var wg sync.WaitGroup
 			sem := make(chan struct{}, 96)
-			for _, job := range jobs.GetJobsForProbeConfig(st.Res, step.Probe).Valid {
+			valid := jobs.GetJobsForProbeConfig(st.Res, step.Probe).Valid
+			wantProbes, stepProbes := 0, 0
+			for _, job := range valid {
+				if job.FromKey != job.ToKey {
+					wantProbes++
+				}
+			}
+			for _, job := range valid {
 				if job.FromKey == job.ToKey {
 					continue // loopback never leaves the pod: ignored, as cyclonus' --ignore-loopback
 				}
 				probes++
+				stepProbes++
 				want := truth.IsTrafficAllowed(job.Traffic()).IsAllowed()
 				proto, _ := policy.ParseProto(string(job.Protocol))
 				cell := Cell{From: job.FromKey, To: job.ToKey, Port: Port{Port: uint16(job.ResolvedPort), Protocol: proto}}
@@ -109,18 +124,28 @@ func TestCyclonusOnDatapath(t *testing.T) {
 					defer wg.Done()
 					sem <- struct{}{}
 					defer func() { <-sem }()
-					got := node.Probe(cell) == Allow
-					if got != want {
-						got = node.Probe(cell) == Allow
+					// Every probed port is served: allowed is a connection, blocked a timeout; a
+					// refusal is neither (something answered for a port that policy blocks, or
+					// the server is missing).
+					expect := Timeout
+					if want {
+						expect = Allow
 					}
-					if got != want {
+					got := node.Probe(cell)
+					if got != expect {
+						got = node.Probe(cell)
+					}
+					if got != expect {
 						mu.Lock()
-						wrong = append(wrong, fmt.Sprintf("%s: cyclonus allowed=%v, observed allowed=%v", cell, want, got))
+						wrong = append(wrong, fmt.Sprintf("%s: cyclonus expects %s, observed %s", cell, expect, got))
 						mu.Unlock()
 					}
 				}()
 			}
 			wg.Wait()
+			if stepProbes != wantProbes || wantProbes == 0 {
+				t.Errorf("case %d step %d: %d probes run, cyclonus has %d", ci+1, si+1, stepProbes, wantProbes)
+			}
 			if len(wrong) > 0 {
 				failed = true
 				t.Errorf("case %d %q step %d: %d probes disagree:\n  %s", ci+1, tc.Description, si+1, len(wrong), strings.Join(wrong[:min(len(wrong), 10)], "\n  "))
@@ -137,4 +162,7 @@ func TestCyclonusOnDatapath(t *testing.T) {
 	}
 	fmt.Printf("cyclonus on the datapath: %d cases, %d steps, %d probes (loopback ignored), %d cases failed, %s\n",
 		len(cases), steps, probes, failedCases, time.Since(start).Round(time.Second))
+	if steps != wantSteps {
+		t.Errorf("%d steps run, cyclonus' %d cases have %d", steps, len(cases), wantSteps)
+	}
 }

@@ -33,18 +33,23 @@ func BenchmarkVerdict(b *testing.B) {
 		name string
 		prog *ebpf.Program
 		p    pkt
+		want uint32
 	}{
-		{"allowed", d.objs.TcToPod, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: tcp, sport: 41000, dport: 80, ack: true}},
-		{"allowed-range", d.objs.TcToPod, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: tcp, sport: 41001, dport: 8005, ack: true}},
-		{"default-denied", d.objs.TcToPod, pkt{src: "8.8.8.8", dst: "10.0.0.1", proto: tcp, sport: 41002, dport: 80, syn: true}},
-		{"denied", d.objs.TcToPod, pkt{src: "10.0.0.3", dst: "10.0.0.1", proto: tcp, sport: 41003, dport: 22, syn: true}},
-		{"reply", d.objs.TcFromPod, pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: tcp, sport: 80, dport: 41000, ack: true}},
-		{"ipv6-allowed", d.objs.TcToPod, pkt{src: "fd00::2", dst: "fd00::1", proto: tcp, sport: 41004, dport: 80, ack: true}},
-		{"icmp-allowed", d.objs.TcToPod, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: policy.ProtoICMP, icmpType: 8}},
-		{"spoofed", d.objs.TcFromPod, pkt{src: "10.9.9.9", dst: "10.0.0.2", proto: tcp, sport: 1, dport: 443, syn: true}},
+		{"allowed", d.objs.TcToPod, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: tcp, sport: 41000, dport: 80, ack: true}, tcOK},
+		{"allowed-range", d.objs.TcToPod, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: tcp, sport: 41001, dport: 8005, ack: true}, tcOK},
+		{"default-denied", d.objs.TcToPod, pkt{src: "8.8.8.8", dst: "10.0.0.1", proto: tcp, sport: 41002, dport: 80, syn: true}, tcShot},
+		{"denied", d.objs.TcToPod, pkt{src: "10.0.0.3", dst: "10.0.0.1", proto: tcp, sport: 41003, dport: 22, syn: true}, tcShot},
+		{"reply", d.objs.TcFromPod, pkt{src: "10.0.0.1", dst: "10.0.0.2", proto: tcp, sport: 80, dport: 41000, ack: true}, tcOK},
+		{"ipv6-allowed", d.objs.TcToPod, pkt{src: "fd00::2", dst: "fd00::1", proto: tcp, sport: 41004, dport: 80, ack: true}, tcOK},
+		{"icmp-allowed", d.objs.TcToPod, pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: policy.ProtoICMP, icmpType: 8}, tcOK},
+		{"spoofed", d.objs.TcFromPod, pkt{src: "10.9.9.9", dst: "10.0.0.2", proto: tcp, sport: 1, dport: 443, syn: true}, tcShot},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			frame := c.p.build(b)
+			// The case the benchmark names, checked before it is timed.
+			if got := runProg(b, c.prog, ifindex, frame); got != c.want {
+				b.Fatalf("verdict %d, want %d: the benchmark would time another case", got, c.want)
+			}
 			ctx := make([]uint32, 11)
 			ctx[10] = uint32(ifindex)
 			// One test run repeating the program b.N times in the kernel: ns/op is per packet.

@@ -212,3 +212,62 @@ func TestRecoveredRepliesOnlyForAllowedFlows(t *testing.T) {
 		t.Errorf("a SYN is never a reply: %d", v)
 	}
 }
+
+// TestEntriesThatStayAllowedNeverDrop: flipping a's policy between 8000-8010 and 8000-8015
+// rewrites the port blocks that cover 8008 (8008-8009 in one, 8000-8015 in the other); a packet
+// to 8008 running on another CPU all the while must never be dropped, which holds only when new
+// entries are written before old ones are deleted.
+func TestEntriesThatStayAllowedNeverDrop(t *testing.T) {
+	policyFor := func(hi int) string {
+		return fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: b}}]
+    toPorts: [{ports: [{port: "8000", endPort: %d, protocol: TCP}]}]
+`, hi)
+	}
+	d, st1, ep := unitSetup(t, policyFor(8010))
+	st2 := compileYAML(t, unitCluster(), policyFor(8015))
+	key := policy.EndpointKey{Namespace: "app", Name: "a"}
+	es1, _ := st1.Endpoint(key)
+	es2, _ := st2.Endpoint(key)
+	frame := pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: policy.ProtoTCP, sport: 40000, dport: 8008, syn: true}.build(t)
+	stop := make(chan struct{})
+	drops := make(chan int, 1)
+	go func() {
+		n := 0
+		ctx := make([]uint32, 11)
+		ctx[10] = uint32(ep.Ifindex)
+		for {
+			select {
+			case <-stop:
+				drops <- n
+				return
+			default:
+			}
+			// A new flow each time: conntrack must not hide the policy lookup.
+			ret, err := d.objs.TcToPod.Run(&ebpf.RunOptions{Data: frame, Context: ctx, Repeat: 1})
+			if err == nil && ret != tcOK {
+				n++
+			}
+			clearConntrack(t, d)
+		}
+	}()
+	for i := 0; i < 300; i++ {
+		es := es1
+		if i%2 == 0 {
+			es = es2
+		}
+		if err := d.UpsertEndpoint(ep, es); err != nil {
+			close(stop)
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if n := <-drops; n > 0 {
+		t.Errorf("a packet to 8008, allowed by both policies, was dropped %d times while they were swapped", n)
+	}
+}
