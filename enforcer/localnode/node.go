@@ -74,6 +74,7 @@ func (n *Node) Start() error {
 	if err := podnet.PrepareHost(); err != nil {
 		return err
 	}
+	sweepDeadRuns()
 	dp, err := datapath.Open(datapath.Options{PinPath: n.pinPath()})
 	if err != nil {
 		return fmt.Errorf("open datapath: %w", err)
@@ -87,6 +88,24 @@ func (n *Node) Start() error {
 	n.fr = fr
 	go n.collectFlows()
 	return nil
+}
+
+// sweepDeadRuns removes the pin directories of local nodes whose process is gone (killed before
+// it could stop them): <pid>-<id> under the runs' pin root.
+func sweepDeadRuns() {
+	entries, err := os.ReadDir(runPinRoot)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		var pid, id int
+		if _, err := fmt.Sscanf(e.Name(), "%d-%d", &pid, &id); err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			os.RemoveAll(filepath.Join(runPinRoot, e.Name()))
+		}
+	}
 }
 
 // MakePod creates the i-th pod of run id: namespace np<id>-<i>, host veth np<id>h<i>, addresses

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -169,5 +171,43 @@ func TestOneEndpointFailsClosedTheOthersAreProgrammed(t *testing.T) {
 	}
 	if !connects(t, n, "b", "c") {
 		t.Error("c (no policy) was not programmed open")
+	}
+}
+
+// TestDeadRunsAreSwept: a local node killed before it stopped leaves its pin directory and run
+// id; the next node removes those whose process is gone, and only those.
+func TestDeadRunsAreSwept(t *testing.T) {
+	testenv.RequireBPF(t)
+	dead := 1 << 22 // above pid_max's default: no such process
+	pins := filepath.Join(runPinRoot, fmt.Sprintf("%d-7", dead))
+	live := filepath.Join(runPinRoot, fmt.Sprintf("%d-8", os.Getppid()))
+	ids := filepath.Join(idDir, "199")
+	for _, d := range []string{pins, live} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { os.RemoveAll(live); os.RemoveAll(pins); os.Remove(runPinRoot) })
+	if err := os.MkdirAll(ids, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ids, "pid"), []byte(fmt.Sprint(dead)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := NewNode(Options{})
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("the pin directory of a dead run is still there: %v", err)
+	}
+	if _, err := os.Stat(ids); !os.IsNotExist(err) {
+		t.Errorf("the run id of a dead process is still claimed: %v", err)
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("the pin directory of a live process was removed: %v", err)
 	}
 }

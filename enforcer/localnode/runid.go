@@ -15,6 +15,7 @@ func ClaimRunID() (id int, release func(), err error) {
 	if err := os.MkdirAll(idDir, 0o755); err != nil {
 		return 0, nil, fmt.Errorf("claim run id: %w", err)
 	}
+	sweepDeadIDs()
 	start := os.Getpid() % 200
 	for pass := 0; pass < 2; pass++ {
 		for i := 0; i < 200; i++ {
@@ -41,4 +42,23 @@ func ClaimRunID() (id int, release func(), err error) {
 		}
 	}
 	return 0, nil, fmt.Errorf("claim run id: all 200 ids are in use under %s", idDir)
+}
+
+// sweepDeadIDs frees the run ids whose owner process is gone.
+func sweepDeadIDs() {
+	entries, err := os.ReadDir(idDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		dir := idDir + "/" + e.Name()
+		data, err := os.ReadFile(dir + "/pid")
+		var pid int
+		if _, scanErr := fmt.Sscan(string(data), &pid); err != nil || scanErr != nil || pid <= 0 {
+			continue // being claimed right now, or not ours
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			os.RemoveAll(dir)
+		}
+	}
 }
