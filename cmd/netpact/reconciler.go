@@ -132,19 +132,12 @@ operator chooses, apart from the webhook's) returns the status, credentials reda
 				if err != nil {
 					return err
 				}
-				mux := http.NewServeMux()
-				mux.Handle("/hook/", &reconciler.Receiver{Secret: secret, Trigger: r.Trigger})
-				hs := newServer(listen, mux)
+				hs := newServer(listen, webhookMux(r, secret))
 				go hs.ListenAndServe()
 				defer hs.Close()
 			}
 			if statusListen != "" {
-				mux := http.NewServeMux()
-				mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-					w.Header().Set("Content-Type", "application/json")
-					json.NewEncoder(w).Encode(r.Status())
-				})
-				hs := newServer(statusListen, mux)
+				hs := newServer(statusListen, statusMux(r))
 				go hs.ListenAndServe()
 				defer hs.Close()
 			}
@@ -176,6 +169,23 @@ operator chooses, apart from the webhook's) returns the status, credentials reda
 	f.BoolVar(&once, "once", false, "reconcile once and exit (1 when it failed)")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
+}
+
+// webhookMux serves the webhook receiver, and nothing else: it faces the Git host.
+func webhookMux(r *reconciler.Reconciler, secret []byte) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/hook/", &reconciler.Receiver{Secret: secret, Trigger: r.Trigger})
+	return mux
+}
+
+// statusMux serves GET /status (credentials redacted), on the address the operator chose.
+func statusMux(r *reconciler.Reconciler) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.Status())
+	})
+	return mux
 }
 
 // newServer bounds every phase of a request, so that slow or idle clients cannot hold the

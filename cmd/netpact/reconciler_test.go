@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/netpact/netpact/api/v1alpha1"
 	"github.com/netpact/netpact/internal/testenv"
+	"github.com/netpact/netpact/reconciler"
 )
 
 // TestReconcilerOnceAndStatus reconciles a Git repository made from policies/ onto a local node
@@ -51,5 +54,28 @@ func TestReconcilerOnceAndStatus(t *testing.T) {
 		t.Error(err)
 	} else if fi.Mode().Perm() != 0o600 {
 		t.Errorf("status file mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+// TestStatusOnlyWhereTheOperatorChose: the webhook's listener faces the Git host and serves no
+// status; the status listener serves it with the source's credentials redacted.
+func TestStatusOnlyWhereTheOperatorChose(t *testing.T) {
+	url := "https://netpact:s3cr3t-t0ken@git.example/policies.git"
+	obj := &v1alpha1.PolicySource{Spec: v1alpha1.PolicySourceSpec{URL: url}}
+	r := reconciler.New(obj, &reconciler.Source{URL: url})
+	get := func(h http.Handler) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/status", nil))
+		return rec
+	}
+	if rec := get(webhookMux(r, []byte("secret"))); rec.Code != http.StatusNotFound {
+		t.Errorf("the webhook listener answers /status with %d", rec.Code)
+	}
+	rec := get(statusMux(r))
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "git.example") {
+		t.Fatalf("status listener: %d %s", rec.Code, rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "s3cr3t") {
+		t.Errorf("the status shows the token: %s", rec.Body)
 	}
 }
