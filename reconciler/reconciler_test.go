@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,10 +80,13 @@ func (s *gitServer) startDaemon(t testing.TB) string {
 	l.Close()
 	s.daemon = exec.Command("git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", "--base-path="+s.root,
 		"--listen=127.0.0.1", fmt.Sprintf("--port=%d", s.gitPort), s.root)
+	// git runs git-daemon as a child: both in a process group of their own, killed together,
+	// or the daemon outlives the test.
+	s.daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.daemon.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.daemon.Process.Kill(); s.daemon.Wait() })
+	t.Cleanup(func() { syscall.Kill(-s.daemon.Process.Pid, syscall.SIGKILL); s.daemon.Wait() })
 	url := fmt.Sprintf("git://127.0.0.1:%d/policies.git", s.gitPort)
 	for i := 0; i < 50; i++ {
 		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.gitPort)); err == nil {
