@@ -26,7 +26,7 @@ declare -A NEED=(
 	# for the offline base image (kind/images.sh).
 	[e2e]="docker.io jq debootstrap"
 )
-declare -A INCLUDES=([test]="demo" [bench]="demo" [ci]="test generate e2e" [e2e]="demo")
+declare -A INCLUDES=([test]="demo" [bench]="demo" [ci]="test generate e2e")
 
 # Services a package starts on install; the tests need the binaries, not the host-wide daemons.
 declare -A SERVICE=([nginx-light]=nginx [postgresql]=postgresql [openssh-server]=ssh [docker.io]=docker)
