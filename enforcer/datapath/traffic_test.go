@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/netpact/netpact/bpf"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
@@ -319,6 +322,49 @@ func TestSurvivesKillAndAdoptsOnRestart(t *testing.T) {
 	}
 	expect(t, "helper running: b -> a", true, func() error { return n.tcpProbe("b", "a", 8080) })
 	expect(t, "helper running: c -> a", false, func() error { return n.tcpProbe("c", "a", 8080) })
+	linksBefore := pinnedLinks(t, filepath.Join(pinPath, "links"))
+	if len(linksBefore) != 6 {
+		t.Fatalf("the helper pinned %d links, want 6", len(linksBefore))
+	}
+
+	// Traffic through the kill and the restart: an established, allowed connection that echoes
+	// all the time must never be cut, and new connections from c, which policy denies, must
+	// never get through, not even for an instant.
+	var open net.Conn
+	if err := n.pods["b"].Do(func() (err error) {
+		open, err = net.DialTimeout("tcp", net.JoinHostPort(n.pods["a"].IPv4.String(), "8080"), probeTimeout)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	stopLoop := make(chan struct{})
+	loopDone := make(chan []string, 1)
+	go func() {
+		var bad []string
+		echoes, attempts := 0, 0
+		for {
+			select {
+			case <-stopLoop:
+				if echoes == 0 || attempts == 0 {
+					bad = append(bad, fmt.Sprintf("the loop ran %d echoes and %d denied attempts", echoes, attempts))
+				}
+				loopDone <- bad
+				return
+			default:
+			}
+			if err := echo(open); err != nil {
+				bad = append(bad, fmt.Sprintf("the established b -> a connection was cut: %v", err))
+				loopDone <- bad
+				return
+			}
+			echoes++
+			if err := n.tcpProbeTimeout("c", n.pods["a"].IPv4, 8080, 20*time.Millisecond); err == nil {
+				bad = append(bad, "a new c -> a connection got through")
+			}
+			attempts++
+		}
+	}()
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -336,10 +382,34 @@ func TestSurvivesKillAndAdoptsOnRestart(t *testing.T) {
 	if got := len(d.attach.links); got != 6 {
 		t.Errorf("adopted %d pinned links, want 6 (3 pods x 2 directions)", got)
 	}
-	expect(t, "after restart: b -> a", true, func() error { return n.tcpProbe("b", "a", 8080) })
-	expect(t, "after restart: c -> a", false, func() error { return n.tcpProbe("c", "a", 8080) })
 	before, rev := snapshotPolicy(t, d), d.cfg.PolicyRev
 	n.apply(t, d, trafficPolicyV1)
+	time.Sleep(200 * time.Millisecond) // the loop keeps going over the adoption and the first apply
+	close(stopLoop)
+	for _, msg := range <-loopDone {
+		t.Error("through the restart: " + msg)
+	}
+	// The same links (no detach and attach again: no window without a program), each now
+	// carrying this process's program for its direction.
+	linksAfter := pinnedLinks(t, filepath.Join(pinPath, "links"))
+	fromID, toID := progID(t, d.objs.TcFromPod), progID(t, d.objs.TcToPod)
+	for name, before := range linksBefore {
+		after, ok := linksAfter[name]
+		want := fromID
+		if strings.HasSuffix(name, suffixToPod) {
+			want = toID
+		}
+		switch {
+		case !ok:
+			t.Errorf("link %s is gone after adoption", name)
+		case after.link != before.link:
+			t.Errorf("link %s was replaced (id %d -> %d): detached and attached again", name, before.link, after.link)
+		case after.prog != want:
+			t.Errorf("link %s carries program %d after adoption, want this process's %d (the dead process's was %d)", name, after.prog, want, before.prog)
+		}
+	}
+	expect(t, "after restart: b -> a", true, func() error { return n.tcpProbe("b", "a", 8080) })
+	expect(t, "after restart: c -> a", false, func() error { return n.tcpProbe("c", "a", 8080) })
 	if after := snapshotPolicy(t, d); after != before {
 		t.Errorf("applying the same policy after a restart changed the maps")
 	}
@@ -392,6 +462,45 @@ func snapshotPolicy(t testing.TB, d *Datapath) string {
 		t.Fatal(err)
 	}
 	return strings.Join(sortStrings(lines), "\n")
+}
+
+// pinnedLink is a pinned tcx link's id and the id of the program it carries.
+type pinnedLink struct{ link, prog uint32 }
+
+// pinnedLinks reads every link pinned in dir.
+func pinnedLinks(t *testing.T, dir string) map[string]pinnedLink {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]pinnedLink{}
+	for _, e := range entries {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = pinnedLink{link: uint32(info.ID), prog: uint32(info.Program)}
+	}
+	return out
+}
+
+func progID(t *testing.T, p *ebpf.Program) uint32 {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatal("the kernel gives no program id")
+	}
+	return uint32(id)
 }
 
 func TestMain(m *testing.M) {
