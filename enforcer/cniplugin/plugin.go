@@ -8,6 +8,7 @@
 package cniplugin
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -15,8 +16,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
 
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -271,10 +276,24 @@ func cmdCheck(args *skel.CmdArgs) error {
 	})
 }
 
+// cmdStatus answers whether ADDs can work: the IPAM plugin must be there, and when it speaks
+// CNI 1.1 its own STATUS decides. An older IPAM plugin (Debian's host-local is 1.1.1, before
+// STATUS existed) refuses a STATUS it does not know, which says nothing about its ADDs.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
 		return err
+	}
+	path, err := invoke.FindInPath(conf.IPAM.Type, filepath.SplitList(os.Getenv("CNI_PATH")))
+	if err != nil {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("IPAM plugin %s: %v", conf.IPAM.Type, err), "")
+	}
+	info, err := invoke.GetVersionInfo(context.Background(), path, nil)
+	if err != nil {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("IPAM plugin %s: %v", conf.IPAM.Type, err), "")
+	}
+	if !slices.Contains(info.SupportedVersions(), "1.1.0") {
+		return nil
 	}
 	return ipam.ExecStatus(conf.IPAM.Type, args.StdinData)
 }

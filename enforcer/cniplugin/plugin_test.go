@@ -110,9 +110,11 @@ func (n *node) call(command, containerID, netns string, conf []byte) ([]byte, er
 	var runErr error
 	err := n.ns.Do(func(ns.NetNS) error {
 		cmd := exec.Command(filepath.Join(strings.Split(n.cniPath, ":")[0], "netpact"))
-		cmd.Env = append(os.Environ(), "NETPACT_CNI_HELPER=1", "CNI_COMMAND="+command, "CNI_CONTAINERID="+containerID,
-			"CNI_NETNS="+netns, "CNI_IFNAME=eth0", "CNI_PATH="+n.cniPath,
-			"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME="+containerID)
+		cmd.Env = append(os.Environ(), "NETPACT_CNI_HELPER=1", "CNI_COMMAND="+command, "CNI_PATH="+n.cniPath)
+		if command != "STATUS" { // a runtime asks STATUS of the network, not of a container
+			cmd.Env = append(cmd.Env, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netns, "CNI_IFNAME=eth0",
+				"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME="+containerID)
+		}
 		cmd.Stdin = bytes.NewReader(conf)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -337,5 +339,26 @@ func TestAddRejectsConfigWithoutIPAM(t *testing.T) {
 	_, err := n.call("ADD", "x", pns.Path(), []byte(`{"cniVersion": "1.0.0", "name": "netpact", "type": "netpact"}`))
 	if err == nil || !strings.Contains(err.Error(), "ipam.type is required") {
 		t.Fatalf("want the missing ipam named, got %v", err)
+	}
+}
+
+// TestStatus: CNI STATUS (spec 1.1) asks whether the plugin can take ADDs: yes with its IPAM
+// plugin present, an error naming the IPAM plugin when it is missing, and a configuration
+// without IPAM is refused.
+func TestStatus(t *testing.T) {
+	n := newNode(t)
+	conf := bytes.Replace(n.conf, []byte(`"cniVersion": "1.0.0"`), []byte(`"cniVersion": "1.1.0"`), 1)
+	if _, err := n.call("STATUS", "", "", conf); err != nil {
+		t.Errorf("STATUS with host-local present: %v", err)
+	}
+	missing := bytes.Replace(conf, []byte(`"type": "host-local"`), []byte(`"type": "no-such-ipam"`), 1)
+	if bytes.Equal(missing, conf) {
+		t.Fatalf("the test configuration names no host-local IPAM: %s", conf)
+	}
+	if _, err := n.call("STATUS", "", "", missing); err == nil || !strings.Contains(err.Error(), "no-such-ipam") {
+		t.Errorf("STATUS with the IPAM plugin missing: %v", err)
+	}
+	if _, err := n.call("STATUS", "", "", []byte(`{"cniVersion": "1.1.0", "name": "netpact", "type": "netpact"}`)); err == nil {
+		t.Error("STATUS accepted a configuration without IPAM")
 	}
 }

@@ -2,6 +2,7 @@ package kubenode
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"net/netip"
@@ -14,8 +15,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/enforcer/cniplugin"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
+	"github.com/netpact/netpact/policy"
 )
 
 func kubeNode(name string, cidrs []string, ips ...string) *corev1.Node {
@@ -201,5 +205,40 @@ func TestSyncWithoutPodCIDRIsNotReady(t *testing.T) {
 	resp, err := srv.Client().Get(srv.URL + "/readyz")
 	if err != nil || resp.StatusCode != 503 {
 		t.Fatalf("readyz before a sync: %v %v", resp, err)
+	}
+}
+
+// TestLocalPods: the pods the CNI plugin recorded on this node are the enforcer's local pods,
+// keyed by namespace and name, with their host veth; a record removed by DEL is gone, and a
+// temporary file of a record being written is not a pod.
+func TestLocalPods(t *testing.T) {
+	dir := t.TempDir()
+	a := New(Config{NodeName: "w1", EndpointDir: dir})
+	for _, ep := range []cniplugin.Endpoint{
+		{ContainerID: "c1", Namespace: "db", Pod: "postgres-0", Netns: "/run/netns/x", IfName: "eth0", HostVeth: "np1", HostIfIndex: 11, IPs: []string{"10.244.1.5/32"}},
+		{ContainerID: "c2", Namespace: "db", Pod: "flask-app-1", Netns: "/run/netns/y", IfName: "eth0", HostVeth: "np2", HostIfIndex: 12, IPs: []string{"10.244.1.6/32"}},
+		{ContainerID: "c3", Namespace: "dummy", Pod: "debug", Netns: "/run/netns/z", IfName: "eth0", HostVeth: "np3", HostIfIndex: 13, IPs: []string{"10.244.1.7/32"}},
+	} {
+		if err := cniplugin.WriteEndpoint(dir, ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cniplugin.RemoveEndpoint(dir, "c3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".c4.tmp"), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := a.LocalPods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(pods)
+	want := fmt.Sprint([]enforcer.LocalPod{
+		{Key: policy.EndpointKey{Namespace: "db", Name: "flask-app-1"}, Ifindex: 12, HostIfname: "np2"},
+		{Key: policy.EndpointKey{Namespace: "db", Name: "postgres-0"}, Ifindex: 11, HostIfname: "np1"},
+	})
+	if got != want {
+		t.Errorf("local pods %s, want %s", got, want)
 	}
 }
