@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -199,6 +202,63 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 			}
 			Expect(routes).To(HaveLen(want), "routes on %s: %s", p.Spec.NodeName, raw)
 		}
+	})
+
+	It("has every other node's IPv4 and IPv6 pod CIDRs in each node's routing table, via that node", func() {
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		for _, n := range nodes.Items {
+			for _, family := range []string{"-4", "-6"} {
+				// The node's own table, read in the node container: not the agent's report.
+				out, err := exec.Command("docker", "exec", n.Name, "ip", family, "route", "show").CombinedOutput()
+				Expect(err).NotTo(HaveOccurred(), "ip %s route in %s: %s", family, n.Name, out)
+				for _, other := range nodes.Items {
+					if other.Name == n.Name {
+						continue
+					}
+					for _, c := range other.Spec.PodCIDRs {
+						p := netip.MustParsePrefix(c)
+						if (family == "-6") != p.Addr().Is6() {
+							continue
+						}
+						var via string
+						for _, a := range other.Status.Addresses {
+							if ip, err := netip.ParseAddr(a.Address); err == nil && a.Type == corev1.NodeInternalIP && ip.Is6() == p.Addr().Is6() {
+								via = ip.String()
+							}
+						}
+						Expect(via).NotTo(BeEmpty(), "node %s has no InternalIP of %s's family", other.Name, c)
+						Expect(string(out)).To(MatchRegexp(`(?m)^`+regexp.QuoteMeta(p.String())+` via `+regexp.QuoteMeta(via)+` `),
+							"%s routes %s via %s:\n%s", n.Name, c, via, out)
+					}
+				}
+			}
+		}
+	})
+
+	It("reaches pods on other nodes over IPv6 as over IPv4", func() {
+		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client})
+		debug, err := client.CoreV1().Pods("db").Get(ctx, "debug", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		flask, err := client.CoreV1().Pods("db").List(ctx, metav1.ListOptions{LabelSelector: "app=flask-app"})
+		Expect(err).NotTo(HaveOccurred())
+		crossed := 0
+		for _, f := range flask.Items {
+			if f.Spec.NodeName == debug.Spec.NodeName {
+				continue
+			}
+			for _, ip := range f.Status.PodIPs {
+				a := netip.MustParseAddr(ip.IP)
+				url := fmt.Sprintf("http://%s/", netip.AddrPortFrom(a, 5000))
+				stdout, stderr, code, err := backend.Exec(*debug, "curl", "-g", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url)
+				Expect(err).NotTo(HaveOccurred())
+				Expect(code).To(Equal(0), "curl %s from db/debug on %s: %s", url, debug.Spec.NodeName, stderr)
+				Expect(stdout).NotTo(Equal("000"), "curl %s", url)
+				crossed++
+			}
+			Expect(f.Status.PodIPs).To(HaveLen(2), "flask pod %s has IPv4 and IPv6", f.Name)
+		}
+		Expect(crossed).To(BeNumerically(">=", 2), "no flask pod on another node than db/debug")
 	})
 
 	It("runs the seed 002 workloads Ready, spread over both workers", func() {

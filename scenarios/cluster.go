@@ -362,6 +362,11 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 	return "error", note
 }
 
+// Exec runs a command in the pod's first container and returns its output and exit code.
+func (c *Cluster) Exec(pod corev1.Pod, cmd ...string) (stdout, stderr string, code int, err error) {
+	return c.exec(pod, cmd)
+}
+
 // exec runs a command in the pod's first container and returns its output and exit code.
 func (c *Cluster) exec(pod corev1.Pod, cmd []string) (string, string, int, error) {
 	req := c.opts.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).
