@@ -442,7 +442,7 @@ func TestSurvivesKillAndAdoptsOnRestart(t *testing.T) {
 		if fixed != 1 {
 			t.Errorf("periodic resync repaired %d entries, want 1", fixed)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(5 * time.Second): // resync runs every 50 ms: 100 periods, not a timing claim
 		t.Errorf("periodic resync did not repair the deleted entry")
 	}
 	if after := snapshotPolicy(t, d); after != before {
@@ -588,7 +588,7 @@ spec:
 			t.Errorf("%s: connection went through", tc.what)
 		case !errors.Is(err, want):
 			t.Errorf("%s: want %v from the ICMP response, got %v after %s", tc.what, want, err, took)
-		case took > 2500*time.Millisecond:
+		case took > 2500*time.Millisecond: // tells an answer (at once, or at the 1 s retransmission) from a silent drop (the 4 s dial timeout); not a speed claim
 			t.Errorf("%s: the answer took %s", tc.what, took)
 		}
 	}
