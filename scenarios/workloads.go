@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +30,40 @@ func (p *process) Close() error {
 		p.cmd.Wait()
 	}
 	return os.RemoveAll(p.dir)
+}
+
+// launcher starts workloads from one OS thread that lives as long as the process: the kernel
+// sends a parent-death signal when the thread that forked a child exits, not the process, and a
+// Go program's other threads may come and go.
+var launcher struct {
+	once sync.Once
+	reqs chan launch
+}
+
+type launch struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// startDying starts cmd so that it is killed when this process dies, even by SIGKILL: a
+// workload never outlives a killed test or netpact test run.
+func startDying(cmd *exec.Cmd) error {
+	launcher.once.Do(func() {
+		launcher.reqs = make(chan launch)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread is the workloads' parent
+			for l := range launcher.reqs {
+				l.done <- l.cmd.Start()
+			}
+		}()
+	})
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	done := make(chan error, 1)
+	launcher.reqs <- launch{cmd: cmd, done: done}
+	return <-done
 }
 
 // startWorkload starts a Debian program in the pod: nginx serving every TCP port of the pod, or
@@ -64,7 +99,7 @@ func startWorkload(p *podnet.Pod, workload string, ports []Port) (*process, erro
 	logf, _ := os.Create(filepath.Join(dir, "output.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := startDying(cmd); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pod %s: start %s: %w", p.Name, workload, err)
 	}
@@ -99,7 +134,8 @@ func nginxArgs(dir, pod string, ports []uint16) ([]string, error) {
 	for _, port := range ports {
 		fmt.Fprintf(&listen, "    listen %d;\n    listen [::]:%d;\n", port, port)
 	}
-	conf := fmt.Sprintf(`worker_processes 1;
+	// One process (no master and workers): the parent-death signal reaches all of nginx.
+	conf := fmt.Sprintf(`master_process off;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;
 events { worker_connections 256; }
@@ -170,6 +206,10 @@ func postgresArgs(dir string, port uint16) ([]string, error) {
 	if out, err := exec.Command("chown", "-R", "postgres", dir).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("chown: %v: %s", err, out)
 	}
-	return []string{"runuser", "-u", "postgres", "--", filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
+	// setpriv execs (runuser would fork and wait): one process from ip netns exec to the
+	// postmaster, which gets the parent-death signal again after its change of user; its own
+	// children exit when it dies.
+	return []string{"setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig", "KILL", "--",
+		filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
 		"-p", fmt.Sprint(port), "-c", "listen_addresses=*", "-c", "fsync=off", "-c", "shared_buffers=16MB"}, nil
 }
