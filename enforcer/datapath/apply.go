@@ -370,6 +370,11 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 	changed := false
 	inUse := map[uint32]bool{}
 	for ifindex, info := range d.endpointInfo {
+		// Interfaces of the endpoints keep names exist; only the others are looked up.
+		if keep[info.EpId] && info.EpId != 0 {
+			inUse[info.EpId] = true
+			continue
+		}
 		if _, err := netlink.LinkByIndex(ifindex); err == nil {
 			inUse[info.EpId] = true
 			continue
