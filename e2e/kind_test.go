@@ -79,7 +79,7 @@ func setUpKind() *kindSuite {
 		start := time.Now()
 		_, err := kind.Create(context.Background(), kind.Options{
 			Name: ks.Name, Config: filepath.Join(root, "kind", "cluster.yaml"),
-			Manifest: filepath.Join(root, "deploy", "netpact.yaml"), Images: images,
+			Manifest: filepath.Join(root, "deploy"), Images: images,
 			Kubeconfig: ks.Kubeconfig, Retain: os.Getenv("E2E_RETAIN") == "1",
 			LogsDir: filepath.Join(root, "bin", "kind-logs"), Out: GinkgoWriter,
 		})
@@ -326,8 +326,9 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 		Expect(psql).To(BeNumerically(">=", 3))
 		Expect(viaService).To(BeNumerically(">=", 6))
 		Expect(cross).To(BeNumerically(">=", 4))
-		// The policy steps wait for the enforcer on kind.
-		Expect(res.Steps[1].Pending).To(ContainSubstring("does not enforce policies yet"))
-		Expect(res.Steps[2].Pending).NotTo(BeEmpty())
+		// The L3 step is enforced by the enforcers on kind; the L7 one waits for the proxy.
+		Expect(res.Steps[1].Pending).To(BeEmpty())
+		Expect(res.Steps[1].Failed).To(BeFalse(), "the L3 step:\n%s", report.String())
+		Expect(res.Steps[2].Pending).To(ContainSubstring("L7 proxy"))
 	})
 })

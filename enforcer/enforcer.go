@@ -32,6 +32,8 @@ type Enforcer struct {
 	nextID  uint32
 	state   *policy.State
 	applied map[policy.EndpointKey]datapath.Endpoint
+	// known are the endpoints given to the datapath, programmed or failed: removed when gone.
+	known map[policy.EndpointKey]datapath.Endpoint
 	// failed are the local pods whose policy could not be programmed: failed closed.
 	failed map[policy.EndpointKey]error
 	// pinned are the endpoints the datapath held when this enforcer started, by ifindex.
@@ -44,6 +46,7 @@ type Enforcer struct {
 func New(node string, dp *datapath.Datapath, opts policy.Options) *Enforcer {
 	e := &Enforcer{node: node, engine: policy.NewEngine(opts), dp: dp, local: map[policy.EndpointKey]LocalPod{},
 		ids: map[policy.EndpointKey]uint32{}, nextID: 1, applied: map[policy.EndpointKey]datapath.Endpoint{},
+		known:  map[policy.EndpointKey]datapath.Endpoint{},
 		failed: map[policy.EndpointKey]error{}}
 	pinned, ipcache := dp.Pinned()
 	e.engine.PreferIdentities(ipcache)
@@ -79,6 +82,70 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 		return fmt.Errorf("compile cluster: %w", err)
 	}
 	e.engine.SetPolicies(policies)
+	return e.programLocked(local)
+}
+
+// Change is an incremental update: a new cluster (nil when unchanged), the policies added or
+// changed, and the keys of those removed.
+type Change struct {
+	Cluster *policy.Cluster
+	Upsert  []*policy.Policy
+	Delete  []policy.Key
+}
+
+// Update applies a change through the engine's incremental path (a new cluster recompiles
+// everything; a policy change recompiles only the endpoints it selects), then programs the local
+// pods as Sync does. The datapath writes are diffs either way.
+func (e *Enforcer) Update(ch Change, local []LocalPod) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ch.Cluster != nil {
+		if err := e.engine.SetCluster(ch.Cluster); err != nil {
+			return fmt.Errorf("compile cluster: %w: %w", ErrInvalidCluster, err)
+		}
+	}
+	for _, k := range ch.Delete {
+		e.engine.Delete(k)
+	}
+	for _, p := range ch.Upsert {
+		e.engine.Upsert(p)
+	}
+	return e.programLocked(local)
+}
+
+// Failed are the local pods failed closed by the last Sync or Update, with why.
+func (e *Enforcer) Failed() map[policy.EndpointKey]error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[policy.EndpointKey]error, len(e.failed))
+	for k, err := range e.failed {
+		out[k] = err
+	}
+	return out
+}
+
+// IsProgrammed says whether a local pod's policy is in the datapath (false for a pod failed
+// closed or not synced yet).
+func (e *Enforcer) IsProgrammed(k policy.EndpointKey) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.applied[k]
+	return ok
+}
+
+// ProgrammedCount is the number of local pods whose policy is in the datapath.
+func (e *Enforcer) ProgrammedCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.applied)
+}
+
+// ErrInvalidCluster is what Sync and Update wrap when the cluster cannot be compiled: nothing of
+// the change was applied.
+var ErrInvalidCluster = errors.New("invalid cluster")
+
+// programLocked writes the engine's state for the local pods.
+func (e *Enforcer) programLocked(local []LocalPod) error {
 	st := e.engine.State()
 	want := map[policy.EndpointKey]LocalPod{}
 	for _, lp := range local {
@@ -107,15 +174,17 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 			continue
 		}
 		ep := e.endpointLocked(k, lp, st)
+		e.known[k] = ep
 		if err := e.dp.UpsertEndpoint(ep, es); err != nil {
 			err = fmt.Errorf("program %s: %w%s", k, err, blame(err, st))
 			e.failed[k] = err
+			delete(e.applied, k)
 			errs = append(errs, err)
 			continue
 		}
 		e.applied[k] = ep
 	}
-	for k, ep := range e.applied {
+	for k, ep := range e.known {
 		if _, ok := want[k]; ok {
 			continue
 		}
@@ -123,6 +192,7 @@ func (e *Enforcer) Sync(c *policy.Cluster, policies []*policy.Policy, local []Lo
 			errs = append(errs, fmt.Errorf("remove %s: %w", k, err))
 			continue
 		}
+		delete(e.known, k)
 		delete(e.applied, k)
 		delete(e.ids, k)
 	}

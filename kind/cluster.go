@@ -12,10 +12,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -84,8 +86,8 @@ type Options struct {
 	Name string
 	// Config is the kind cluster configuration file (kind/cluster.yaml).
 	Config string
-	// Manifest is netpact's DaemonSet manifest (deploy/netpact.yaml); NETPACT_IMAGE in it
-	// is replaced by Images.Netpact.
+	// Manifest is netpact's install manifest: a file, or a directory (deploy/) whose crds/*.yaml
+	// and then *.yaml are applied; NETPACT_IMAGE in them is replaced by Images.Netpact.
 	Manifest string
 	Images   Images
 	// Kubeconfig is where the cluster's kubeconfig is written.
@@ -206,11 +208,7 @@ func Create(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := os.ReadFile(o.Manifest)
-	if err != nil {
-		return nil, fmt.Errorf("netpact manifest: %w", err)
-	}
-	objs, err := kubeapply.Decode(o.Manifest, bytes.ReplaceAll(raw, []byte("NETPACT_IMAGE"), []byte(o.Images.Netpact)))
+	objs, err := ReadManifests(o.Manifest, o.Images.Netpact)
 	if err != nil {
 		return nil, err
 	}
@@ -404,4 +402,35 @@ func Exists(name string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// ReadManifests decodes a manifest file, or a directory's crds/*.yaml then *.yaml, with
+// NETPACT_IMAGE replaced by image.
+func ReadManifests(path, image string) ([]*unstructured.Unstructured, error) {
+	files := []string{path}
+	if st, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("netpact manifest: %w", err)
+	} else if st.IsDir() {
+		crds, _ := filepath.Glob(filepath.Join(path, "crds", "*.yaml"))
+		rest, _ := filepath.Glob(filepath.Join(path, "*.yaml"))
+		sort.Strings(crds)
+		sort.Strings(rest)
+		files = append(crds, rest...)
+		if len(rest) == 0 {
+			return nil, fmt.Errorf("netpact manifest: no *.yaml in %s", path)
+		}
+	}
+	var out []*unstructured.Unstructured
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("netpact manifest: %w", err)
+		}
+		objs, err := kubeapply.Decode(f, bytes.ReplaceAll(raw, []byte("NETPACT_IMAGE"), []byte(image)))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, objs...)
+	}
+	return out, nil
 }

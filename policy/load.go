@@ -61,6 +61,9 @@ type Policy struct {
 	Cilium []ciliumv2.Rule
 	// KNP is the Kubernetes NetworkPolicy, with Kubernetes' defaults applied.
 	KNP *networkingv1.NetworkPolicy
+	// Raw is the object as written, as JSON (metadata.namespace as given, not defaulted): what a
+	// backend applies to an API server.
+	Raw []byte
 
 	index docIndex
 }
@@ -426,7 +429,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		l.fail(file, n.Line, n.Column, object, "", "cannot decode: %v", err)
 		return
 	}
-	p := &Policy{Key: Key{Kind: pk}, Source: Source{File: file, Line: n.Line, Column: n.Column}, index: w.index}
+	p := &Policy{Key: Key{Kind: pk}, Source: Source{File: file, Line: n.Line, Column: n.Column}, index: w.index, Raw: raw}
 	switch obj := target.(type) {
 	case *ciliumv2.CiliumNetworkPolicy:
 		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace, nsOverride)

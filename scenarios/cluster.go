@@ -15,12 +15,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
 
+	"github.com/netpact/netpact/internal/kubeapply"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -34,12 +36,15 @@ type ClusterOptions struct {
 	Client kubernetes.Interface
 	// ProbeTimeout bounds each probe's connection attempt; 3 s when zero.
 	ProbeTimeout time.Duration
+	// EnforceTimeout bounds the wait for every node to enforce a step's policies; 60 s when zero.
+	EnforceTimeout time.Duration
 }
 
 // Cluster is a Backend on a running Kubernetes cluster (kind): the scenario's pods are pods of the
 // cluster (by name, or by their labels, every replica), and probes run curl, nc and psql inside
 // the source pod through the API server's exec (client-go remotecommand), as kubectl exec does.
-// Its workloads come from manifests applied beforehand; policies are not enforced yet.
+// Its workloads come from manifests applied beforehand; a step's policies are applied through the
+// API server and enforced by the netpact enforcers before its probes run.
 type Cluster struct {
 	opts  ClusterOptions
 	sc    *Scenario
@@ -48,6 +53,10 @@ type Cluster struct {
 
 	mu   sync.Mutex
 	last map[string]string // cell -> what the last probe printed, for failing cells
+
+	applier *kubeapply.Applier
+	dyn     dynamic.Interface
+	applied map[policy.Key]appliedPolicy
 }
 
 // NewCluster returns a cluster backend.
@@ -55,7 +64,10 @@ func NewCluster(opts ClusterOptions) *Cluster {
 	if opts.ProbeTimeout == 0 {
 		opts.ProbeTimeout = 3 * time.Second
 	}
-	return &Cluster{opts: opts, last: map[string]string{}}
+	if opts.EnforceTimeout == 0 {
+		opts.EnforceTimeout = 60 * time.Second
+	}
+	return &Cluster{opts: opts, last: map[string]string{}, applied: map[policy.Key]appliedPolicy{}}
 }
 
 // Start finds the scenario's pods in the cluster and returns the cluster as the engine sees it.
@@ -68,6 +80,10 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	c.nodes = nodes.Items
+	// What a killed run left enforced.
+	if err := c.cleanPolicies(); err != nil {
+		return nil, fmt.Errorf("remove earlier scenario policies: %w", err)
+	}
 	pc := &policy.Cluster{}
 	for _, n := range c.nodes {
 		pn := policy.Node{Name: n.Name, Labels: n.Labels}
@@ -150,15 +166,6 @@ func podIsReady(p *corev1.Pod) bool {
 // Pods are the cluster pods a scenario pod stands for.
 func (c *Cluster) Pods(key string) []corev1.Pod { return c.pods[key] }
 
-// Enforce accepts the empty policy set only: the enforcer does not enforce on a cluster yet.
-func (c *Cluster) Enforce(_ *policy.Cluster, policies []*policy.Policy) error {
-	if len(policies) > 0 {
-		return fmt.Errorf("%w: the netpact enforcer on kind wires pods and routes, the eBPF datapath is not attached there yet",
-			ErrNotEnforced)
-	}
-	return nil
-}
-
 // BeginStep forgets the previous step's probe output.
 func (c *Cluster) BeginStep() {
 	c.mu.Lock()
@@ -179,8 +186,22 @@ func (c *Cluster) Flows(cells []Cell) []string {
 	return out
 }
 
-// Stop leaves the cluster as it is: its workloads belong to whoever applied them.
-func (c *Cluster) Stop() error { return nil }
+// Stop deletes the policies the scenario applied and waits until the nodes dropped them; the
+// workloads stay: they belong to whoever applied them.
+func (c *Cluster) Stop() error {
+	return c.cleanPolicies()
+}
+
+// cleanPolicies removes every policy a scenario run applied and waits until no node enforces it.
+func (c *Cluster) cleanPolicies() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.EnforceTimeout)
+	defer cancel()
+	gone, err := c.removePolicies(ctx)
+	if err != nil {
+		return err
+	}
+	return c.waitEnforced(ctx, gone)
+}
 
 // target is where a probe connects and what it calls the destination.
 type target struct {

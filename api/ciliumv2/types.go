@@ -1,3 +1,6 @@
+// +groupName=cilium.io
+// +versionName=v2
+
 // Package ciliumv2 holds Go types for the cilium.io/v2 policy kinds netpact accepts:
 // CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy. The field names and JSON shape follow
 // Cilium's CRD schema so that policy YAML is read unchanged; the package does not import Cilium.
@@ -21,22 +24,38 @@ const (
 )
 
 // CiliumNetworkPolicy is a namespaced Cilium policy: one rule in spec, more in specs.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Namespaced,shortName=cnp;ciliumnp,categories=cilium;ciliumpolicy,singular=ciliumnetworkpolicy
+// +kubebuilder:subresource:status
+// +kubebuilder:storageversion
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=".metadata.creationTimestamp"
 type CiliumNetworkPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
 	Spec              *Rule  `json:"spec,omitempty"`
 	Specs             []Rule `json:"specs,omitempty"`
 	// Status is written by Cilium's agents; netpact ignores it when it is present in Git.
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
 	Status map[string]any `json:"status,omitempty"`
 }
 
 // CiliumClusterwideNetworkPolicy has the same shape as CiliumNetworkPolicy without a namespace.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=ccnp,categories=cilium;ciliumpolicy,singular=ciliumclusterwidenetworkpolicy
+// +kubebuilder:subresource:status
+// +kubebuilder:storageversion
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=".metadata.creationTimestamp"
 type CiliumClusterwideNetworkPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
-	Spec              *Rule          `json:"spec,omitempty"`
-	Specs             []Rule         `json:"specs,omitempty"`
-	Status            map[string]any `json:"status,omitempty"`
+	Spec              *Rule  `json:"spec,omitempty"`
+	Specs             []Rule `json:"specs,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Status map[string]any `json:"status,omitempty"`
 }
 
 // Rule is one policy rule: a subject (endpointSelector or nodeSelector) and its sections.
@@ -50,7 +69,9 @@ type Rule struct {
 	Labels            []Label            `json:"labels,omitempty"`
 	EnableDefaultDeny *DefaultDenyConfig `json:"enableDefaultDeny,omitempty"`
 	Description       string             `json:"description,omitempty"`
-	Log               map[string]any     `json:"log,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Log map[string]any `json:"log,omitempty"`
 }
 
 // EndpointSelector is a Kubernetes label selector whose keys may carry a Cilium source prefix
@@ -77,32 +98,42 @@ type DefaultDenyConfig struct {
 // IngressRule is used for both ingress and ingressDeny; the validator rejects the fields a deny
 // rule may not carry (L7 rules) with a message naming them.
 type IngressRule struct {
-	FromEndpoints  []EndpointSelector `json:"fromEndpoints,omitempty"`
-	FromRequires   []EndpointSelector `json:"fromRequires,omitempty"`
-	FromCIDR       []string           `json:"fromCIDR,omitempty"`
-	FromCIDRSet    []CIDRRule         `json:"fromCIDRSet,omitempty"`
-	FromEntities   []string           `json:"fromEntities,omitempty"`
-	FromGroups     []map[string]any   `json:"fromGroups,omitempty"`
-	FromNodes      []EndpointSelector `json:"fromNodes,omitempty"`
-	ToPorts        []PortRule         `json:"toPorts,omitempty"`
-	ICMPs          []ICMPRule         `json:"icmps,omitempty"`
-	Authentication map[string]any     `json:"authentication,omitempty"`
+	FromEndpoints []EndpointSelector `json:"fromEndpoints,omitempty"`
+	FromRequires  []EndpointSelector `json:"fromRequires,omitempty"`
+	FromCIDR      []string           `json:"fromCIDR,omitempty"`
+	FromCIDRSet   []CIDRRule         `json:"fromCIDRSet,omitempty"`
+	FromEntities  []string           `json:"fromEntities,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	FromGroups []map[string]any   `json:"fromGroups,omitempty"`
+	FromNodes  []EndpointSelector `json:"fromNodes,omitempty"`
+	ToPorts    []PortRule         `json:"toPorts,omitempty"`
+	ICMPs      []ICMPRule         `json:"icmps,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Authentication map[string]any `json:"authentication,omitempty"`
 }
 
 // EgressRule is used for both egress and egressDeny.
 type EgressRule struct {
-	ToEndpoints    []EndpointSelector `json:"toEndpoints,omitempty"`
-	ToRequires     []EndpointSelector `json:"toRequires,omitempty"`
-	ToCIDR         []string           `json:"toCIDR,omitempty"`
-	ToCIDRSet      []CIDRRule         `json:"toCIDRSet,omitempty"`
-	ToEntities     []string           `json:"toEntities,omitempty"`
-	ToServices     []map[string]any   `json:"toServices,omitempty"`
-	ToGroups       []map[string]any   `json:"toGroups,omitempty"`
-	ToNodes        []EndpointSelector `json:"toNodes,omitempty"`
-	ToFQDNs        []FQDNSelector     `json:"toFQDNs,omitempty"`
-	ToPorts        []PortRule         `json:"toPorts,omitempty"`
-	ICMPs          []ICMPRule         `json:"icmps,omitempty"`
-	Authentication map[string]any     `json:"authentication,omitempty"`
+	ToEndpoints []EndpointSelector `json:"toEndpoints,omitempty"`
+	ToRequires  []EndpointSelector `json:"toRequires,omitempty"`
+	ToCIDR      []string           `json:"toCIDR,omitempty"`
+	ToCIDRSet   []CIDRRule         `json:"toCIDRSet,omitempty"`
+	ToEntities  []string           `json:"toEntities,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	ToServices []map[string]any `json:"toServices,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	ToGroups []map[string]any   `json:"toGroups,omitempty"`
+	ToNodes  []EndpointSelector `json:"toNodes,omitempty"`
+	ToFQDNs  []FQDNSelector     `json:"toFQDNs,omitempty"`
+	ToPorts  []PortRule         `json:"toPorts,omitempty"`
+	ICMPs    []ICMPRule         `json:"icmps,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Authentication map[string]any `json:"authentication,omitempty"`
 }
 
 // CIDRRule is a CIDR with exceptions.
@@ -115,12 +146,18 @@ type CIDRRule struct {
 
 // PortRule lists L4 ports and, optionally, L7 rules for them.
 type PortRule struct {
-	Ports          []PortProtocol `json:"ports,omitempty"`
-	Rules          *L7Rules       `json:"rules,omitempty"`
+	Ports []PortProtocol `json:"ports,omitempty"`
+	Rules *L7Rules       `json:"rules,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
 	TerminatingTLS map[string]any `json:"terminatingTLS,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
 	OriginatingTLS map[string]any `json:"originatingTLS,omitempty"`
 	ServerNames    []string       `json:"serverNames,omitempty"`
-	Listener       map[string]any `json:"listener,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Listener map[string]any `json:"listener,omitempty"`
 }
 
 // PortProtocol is a port (number or name; "0" or empty for all), an optional inclusive end
@@ -133,11 +170,13 @@ type PortProtocol struct {
 
 // L7Rules holds the application-level rules of a port rule; at most one kind may be set.
 type L7Rules struct {
-	HTTP    []PortRuleHTTP   `json:"http,omitempty"`
-	Kafka   []PortRuleKafka  `json:"kafka,omitempty"`
-	DNS     []PortRuleDNS    `json:"dns,omitempty"`
-	L7Proto string           `json:"l7proto,omitempty"`
-	L7      []map[string]any `json:"l7,omitempty"`
+	HTTP    []PortRuleHTTP  `json:"http,omitempty"`
+	Kafka   []PortRuleKafka `json:"kafka,omitempty"`
+	DNS     []PortRuleDNS   `json:"dns,omitempty"`
+	L7Proto string          `json:"l7proto,omitempty"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	L7 []map[string]any `json:"l7,omitempty"`
 }
 
 // PortRuleHTTP matches HTTP requests; Path, Method and Host are extended POSIX regular expressions.
@@ -151,10 +190,12 @@ type PortRuleHTTP struct {
 
 // HeaderMatch requires an HTTP header to have a value.
 type HeaderMatch struct {
-	Mismatch string         `json:"mismatch,omitempty"`
-	Name     string         `json:"name"`
-	Secret   map[string]any `json:"secret,omitempty"`
-	Value    string         `json:"value,omitempty"`
+	Mismatch string `json:"mismatch,omitempty"`
+	Name     string `json:"name"`
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Secret map[string]any `json:"secret,omitempty"`
+	Value  string         `json:"value,omitempty"`
 }
 
 // PortRuleKafka matches Kafka requests.

@@ -1,3 +1,6 @@
+// +groupName=netpact.io
+// +versionName=v1alpha1
+
 // Package v1alpha1 holds netpact's own API types (group netpact.io, version v1alpha1). The
 // reconciler keeps its status in them with Flux's condition helpers; the API-server target will
 // serve the same types.

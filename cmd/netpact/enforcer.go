@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,21 +10,29 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/enforcer/cniplugin"
+	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/kubenode"
+	"github.com/netpact/netpact/policy"
 )
 
 func newEnforcerCommand() *cobra.Command {
 	var (
-		kubeconfig, nodeName, cniBin, cniConf, listen string
-		mtu                                           int
+		kubeconfig, nodeName, cniBin, cniConf, listen, pinPath, socket, mode string
+		mtu                                                                  int
+		cniWait                                                              time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "enforcer",
@@ -31,14 +40,24 @@ func newEnforcerCommand() *cobra.Command {
 		Long: `enforcer runs on every node of a cluster whose CNI is netpact. It installs its own binary
 as the CNI plugin "netpact" with a configuration over the node's IPv4 and IPv6 pod CIDRs, turns
 on forwarding, and routes every other node's pod CIDRs to that node's InternalIP, following the
-Node objects. /readyz answers 200 once the node is wired.
+Node objects.
 
-The pods the plugin wires are recorded under /var/run/netpact/endpoints; the eBPF datapath
-attaches to their veths from there when the enforcer enforces policy on Kubernetes.`,
+It enforces the cluster's NetworkPolicy, CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy
+objects on the node's pods through the eBPF datapath (pins under --pin-path, on the node's
+bpffs so that they outlive this process), watching Pods, Namespaces, Nodes and the policies.
+The plugin's ADD waits on --cni-socket until the new pod's endpoint is programmed. What the node
+enforces is written to the NodePolicyStatus object named after the node.
+
+/readyz answers 200 once the node is wired and the first sync is done; /status is the node's
+status as JSON.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if nodeName == "" {
 				return errors.New("--node-name (or NODE_NAME) is required")
+			}
+			pm, err := policy.ParseMode(mode)
+			if err != nil {
+				return fmt.Errorf("--policy-enforcement-mode: %w", err)
 			}
 			cfg, err := restConfig(kubeconfig)
 			if err != nil {
@@ -48,31 +67,92 @@ attaches to their veths from there when the enforcer enforces policy on Kubernet
 			if err != nil {
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
+			dyn, err := dynamic.NewForConfig(cfg)
+			if err != nil {
+				return fmt.Errorf("kubernetes client: %w", err)
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			if err := requireBPFFS(filepath.Dir(pinPath)); err != nil {
+				return err
+			}
+			dp, err := datapath.Open(datapath.Options{PinPath: pinPath})
+			if err != nil {
+				return fmt.Errorf("open datapath: %w", err)
+			}
+			// Close leaves the pins: the node keeps enforcing while the next enforcer starts.
+			defer dp.Close()
+			enf := kubenode.NewEnforcement(kubenode.EnforceConfig{NodeName: nodeName, Client: client, Dynamic: dyn,
+				Enforcer: enforcer.New(nodeName, dp, policy.Options{Mode: pm}), Mode: pm, Log: log})
 			agent := kubenode.New(kubenode.Config{NodeName: nodeName, Client: client, CNIBinDir: cniBin,
-				CNIConfDir: cniConf, MTU: mtu, Log: log})
+				CNIConfDir: cniConf, MTU: mtu, AgentSocket: socket, Log: log})
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			errs := make(chan error, 3)
+			go func() { errs <- enf.ServeCNI(ctx, socket, cniWait) }()
+			go func() { errs <- enf.Run(ctx) }()
 			if listen != "" {
 				ln, err := net.Listen("tcp", listen)
 				if err != nil {
 					return fmt.Errorf("listen: %w", err)
 				}
-				srv := &http.Server{Handler: agent.Handler(), ReadHeaderTimeout: 5 * time.Second}
+				srv := &http.Server{Handler: enforcerHandler(agent, enf), ReadHeaderTimeout: 5 * time.Second}
 				go func() { _ = srv.Serve(ln) }()
 				defer srv.Shutdown(context.Background())
 			}
-			log.Info("enforcer starting", "node", nodeName, "cniBinDir", cniBin, "cniConfDir", cniConf)
-			return agent.Run(ctx)
+			log.Info("enforcer starting", "node", nodeName, "mode", pm, "pinPath", pinPath, "cniSocket", socket)
+			go func() { errs <- agent.Run(ctx) }()
+			select {
+			case err := <-errs:
+				stop()
+				return err
+			case <-ctx.Done():
+				return nil
+			}
 		},
 	}
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
 	cmd.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name")
 	cmd.Flags().StringVar(&cniBin, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	cmd.Flags().StringVar(&cniConf, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
-	cmd.Flags().StringVar(&listen, "listen", ":9879", "address of /readyz and /routes (empty: none)")
+	cmd.Flags().StringVar(&listen, "listen", ":9879", "address of /readyz, /status and /routes (empty: none)")
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "MTU of pod interfaces (the default route's when 0)")
+	cmd.Flags().StringVar(&pinPath, "pin-path", datapath.DefaultPinPath, "bpffs directory of the datapath's pins (on the node's bpffs)")
+	cmd.Flags().StringVar(&socket, "cni-socket", cniplugin.DefaultAgentSocket, "unix socket the CNI plugin's ADD waits on")
+	cmd.Flags().DurationVar(&cniWait, "cni-wait", 15*time.Second, "how long an ADD waits for the pod's endpoint before it fails (kubelet retries)")
+	cmd.Flags().StringVar(&mode, "policy-enforcement-mode", "default", "default, always or never (as Cilium's policy-enforcement-mode)")
 	return cmd
+}
+
+// requireBPFFS refuses to start without the node's bpffs: pins in a bpffs of the pod's own would
+// die with the pod, and the node would stop enforcing on every restart.
+func requireBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("bpffs at %s: %w (mount the node's /sys/fs/bpf into the pod)", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not a bpffs: mount the node's /sys/fs/bpf into the pod", dir)
+	}
+	return nil
+}
+
+// enforcerHandler serves /readyz (wired and synced), /status and the agent's /routes.
+func enforcerHandler(agent *kubenode.Agent, enf *kubenode.Enforcement) http.Handler {
+	mux := http.NewServeMux()
+	agentMux := agent.Handler()
+	mux.Handle("/routes", agentMux)
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := enf.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		agentMux.ServeHTTP(w, r)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(enf.Status())
+	})
+	return mux
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -50,7 +50,7 @@ unless DOCKER_HOST says otherwise.`,
 		},
 	}
 	create.Flags().StringVar(&config, "config", "kind/cluster.yaml", "kind cluster configuration")
-	create.Flags().StringVar(&manifest, "manifest", "deploy/netpact.yaml", "netpact's DaemonSet manifest")
+	create.Flags().StringVar(&manifest, "manifest", "deploy", "netpact's install manifests (a file, or a directory: crds/*.yaml, then *.yaml)")
 	create.Flags().StringVar(&images, "images", "bin/images.list", `images file ("kind/images.sh list" output)`)
 	create.Flags().BoolVar(&retain, "retain", false, "keep the nodes of a cluster that fails to come up")
 	create.Flags().StringVar(&logs, "logs", "bin/kind-logs", "where node logs go when creation fails")

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -41,6 +42,11 @@ type NetConf struct {
 	MTU int `json:"mtu,omitempty"`
 	// EndpointDir is where endpoint records are written; DefaultEndpointDir when empty.
 	EndpointDir string `json:"endpointDir,omitempty"`
+	// AgentSocket, when set, is the enforcer's socket: ADD returns only once the enforcer has
+	// programmed the pod's endpoint, and fails (kubelet retries) when it cannot within
+	// AgentTimeoutSeconds (20 when zero). The pod has no network before its policy.
+	AgentSocket         string `json:"agentSocket,omitempty"`
+	AgentTimeoutSeconds int    `json:"agentTimeoutSeconds,omitempty"`
 }
 
 // DefaultEndpointDir holds one JSON record per pod wired on this node.
@@ -181,6 +187,19 @@ func cmdAdd(args *skel.CmdArgs) error {
 		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
 		return err
 	}
+	if conf.AgentSocket != "" {
+		timeout := 20 * time.Second
+		if conf.AgentTimeoutSeconds > 0 {
+			timeout = time.Duration(conf.AgentTimeoutSeconds) * time.Second
+		}
+		err := AskAgent(conf.AgentSocket, AgentRequest{Op: "add", Namespace: ep.Namespace, Pod: ep.Pod,
+			PodUID: ep.PodUID, ContainerID: ep.ContainerID}, timeout)
+		if err != nil {
+			_ = RemoveEndpoint(conf.EndpointDir, args.ContainerID)
+			_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
+			return types.NewError(types.ErrTryAgainLater, "the pod's policy is not programmed", err.Error())
+		}
+	}
 	success = true
 	return types.PrintResult(res, conf.CNIVersion)
 }
@@ -227,7 +246,14 @@ func cmdDel(args *skel.CmdArgs) error {
 			return fmt.Errorf("delete host veth: %w", err)
 		}
 	}
-	return RemoveEndpoint(conf.EndpointDir, args.ContainerID)
+	if err := RemoveEndpoint(conf.EndpointDir, args.ContainerID); err != nil {
+		return err
+	}
+	if conf.AgentSocket != "" {
+		// Only news: the enforcer also finds the record gone on its next sync.
+		_ = AskAgent(conf.AgentSocket, AgentRequest{Op: "del", ContainerID: args.ContainerID}, 2*time.Second)
+	}
+	return nil
 }
 
 func cmdCheck(args *skel.CmdArgs) error {

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,8 @@ type Config struct {
 	CNIBinDir, CNIConfDir string
 	// EndpointDir is where the plugin records pods (cniplugin.DefaultEndpointDir when empty).
 	EndpointDir string
+	// AgentSocket is the enforcer's socket the plugin's ADD waits on (none when empty).
+	AgentSocket string
 	// MTU of pod interfaces; the plugin picks the default route's when zero.
 	MTU int
 	// Resync repairs routes this often even without Node events; 30 s when zero.
@@ -86,7 +89,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.installBinary(); err != nil {
 		return err
 	}
-	if err := enableForwarding(); err != nil {
+	if err := EnableForwarding(); err != nil {
 		return err
 	}
 	factory := informers.NewSharedInformerFactory(a.cfg.Client, a.cfg.Resync)
@@ -175,6 +178,9 @@ func (a *Agent) Conf(cidrs []netip.Prefix) []byte {
 	}
 	if a.cfg.MTU != 0 {
 		plugin["mtu"] = a.cfg.MTU
+	}
+	if a.cfg.AgentSocket != "" {
+		plugin["agentSocket"] = a.cfg.AgentSocket
 	}
 	conf := map[string]any{"cniVersion": "1.0.0", "name": "netpact", "plugins": []any{plugin}}
 	b, _ := json.MarshalIndent(conf, "", "  ")
@@ -319,10 +325,15 @@ func (a *Agent) installBinary() error {
 	return nil
 }
 
-func enableForwarding() error {
+// EnableForwarding turns on IPv4 and IPv6 forwarding; it writes only what is off, so that an
+// enforcer whose /proc/sys is read-only (not privileged) starts when node-setup did it.
+func EnableForwarding() error {
 	for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
 		if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
+			return fmt.Errorf("enable forwarding (%s): %w", f, err)
 		}
 	}
 	return nil

@@ -106,7 +106,7 @@ func TestSyncInNodeNetns(t *testing.T) {
 		if err := a.installBinary(); err != nil {
 			return err
 		}
-		if err := enableForwarding(); err != nil {
+		if err := EnableForwarding(); err != nil {
 			return err
 		}
 		if err := a.Sync(nodes); err != nil {

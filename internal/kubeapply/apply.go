@@ -13,6 +13,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -88,6 +89,12 @@ func name(obj *unstructured.Unstructured) string {
 }
 
 func (a *Applier) apply(ctx context.Context, obj *unstructured.Unstructured) error {
+	_, err := a.ApplyOne(ctx, obj, FieldManager)
+	return err
+}
+
+// resource is the dynamic client of an object's kind, in its namespace.
+func (a *Applier) resource(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvk := obj.GroupVersionKind()
 	mapping, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	if meta.IsNoMatchError(err) {
@@ -95,22 +102,44 @@ func (a *Applier) apply(ctx context.Context, obj *unstructured.Unstructured) err
 		mapping, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	data, err := obj.MarshalJSON()
-	if err != nil {
-		return err
-	}
-	var ri dynamic.ResourceInterface = a.dyn.Resource(mapping.Resource)
 	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 		ns := obj.GetNamespace()
 		if ns == "" {
 			ns = metav1.NamespaceDefault
 		}
-		ri = a.dyn.Resource(mapping.Resource).Namespace(ns)
+		return a.dyn.Resource(mapping.Resource).Namespace(ns), nil
+	}
+	return a.dyn.Resource(mapping.Resource), nil
+}
+
+// ApplyOne server-side applies one object as manager, with strict field validation (an unknown
+// field is an error, not silently pruned), and returns the object the API server stored.
+func (a *Applier) ApplyOne(ctx context.Context, obj *unstructured.Unstructured, manager string) (*unstructured.Unstructured, error) {
+	ri, err := a.resource(obj)
+	if err != nil {
+		return nil, err
+	}
+	data, err := obj.MarshalJSON()
+	if err != nil {
+		return nil, err
 	}
 	force := true
-	_, err = ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: FieldManager, Force: &force})
+	return ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data,
+		metav1.PatchOptions{FieldManager: manager, Force: &force, FieldValidation: "Strict"})
+}
+
+// Delete deletes an object; one already gone is not an error.
+func (a *Applier) Delete(ctx context.Context, obj *unstructured.Unstructured) error {
+	ri, err := a.resource(obj)
+	if err != nil {
+		return err
+	}
+	err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
 	return err
 }
 
