@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -36,6 +38,10 @@ type ClusterOptions struct {
 	Client kubernetes.Interface
 	// ProbeTimeout bounds each probe's connection attempt; 3 s when zero.
 	ProbeTimeout time.Duration
+	// ProbeImage is the netpact image: the pods a scenario lists that no manifest made are
+	// created from it (serving their ports), and pods without probe tools get it as an
+	// ephemeral container to probe from. Without it such pods are an error.
+	ProbeImage string
 	// EnforceTimeout bounds the wait for every node to enforce a step's policies; 60 s when zero.
 	EnforceTimeout time.Duration
 }
@@ -57,6 +63,11 @@ type Cluster struct {
 	applier *kubeapply.Applier
 	dyn     dynamic.Interface
 	applied map[policy.Key]appliedPolicy
+
+	createdNS, createdPods []string
+	nsLabels, podLabels    map[string]map[string]string
+	// minVersion is the resourceVersion of the last label change: every node must have seen it.
+	minVersion int64
 }
 
 // NewCluster returns a cluster backend.
@@ -94,8 +105,29 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		}
 		pc.Nodes = append(pc.Nodes, pn)
 	}
+	if err := c.ensureNamespaces(ctx, sc); err != nil {
+		return nil, err
+	}
+	c.nsLabels, c.podLabels = map[string]map[string]string{}, map[string]map[string]string{}
 	for _, ns := range sc.Namespaces {
 		pc.Namespaces = append(pc.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
+		c.nsLabels[ns.Name] = maps.Clone(ns.Labels)
+	}
+	// The pods no manifest made: created from the probe image, then waited for.
+	var created []string
+	for _, p := range sc.Pods {
+		if c.exists(ctx, p) {
+			continue
+		}
+		if err := c.createPodRetrying(ctx, p); err != nil {
+			return nil, err
+		}
+		created = append(created, p.Key())
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := c.waitReady(wctx, created); err != nil {
+		return nil, err
 	}
 	for _, p := range sc.Pods {
 		found, err := c.findPods(ctx, p)
@@ -103,6 +135,13 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 			return nil, err
 		}
 		c.pods[p.Key()] = found
+		c.podLabels[p.Key()] = maps.Clone(p.Labels)
+		// Every node must have seen these pods, addresses included, before a probe.
+		for _, f := range found {
+			if v, err := strconv.ParseInt(f.ResourceVersion, 10, 64); err == nil {
+				c.minVersion = max(c.minVersion, v)
+			}
+		}
 		first := found[0]
 		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
 			Node: first.Spec.NodeName}
@@ -117,6 +156,31 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		pc.Endpoints = append(pc.Endpoints, ep)
 	}
 	return pc, nil
+}
+
+// exists says whether a pod of that name, or one with the scenario pod's labels, is there.
+func (c *Cluster) exists(ctx context.Context, p Pod) bool {
+	api := c.opts.Client.CoreV1().Pods(p.Namespace)
+	if _, err := api.Get(ctx, p.Name, metav1.GetOptions{}); err == nil {
+		return true
+	}
+	if len(p.Labels) == 0 {
+		return false
+	}
+	list, err := api.List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(p.Labels).String()})
+	return err == nil && len(list.Items) > 0
+}
+
+// createPodRetrying creates a pod, waiting for a new namespace's default service account.
+func (c *Cluster) createPodRetrying(ctx context.Context, p Pod) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := c.createPod(ctx, p)
+		if err == nil || !strings.Contains(err.Error(), "serviceaccount") || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // findPods is the pod of that name, or else every ready pod carrying the scenario pod's labels.
@@ -189,7 +253,10 @@ func (c *Cluster) Flows(cells []Cell) []string {
 // Stop deletes the policies the scenario applied and waits until the nodes dropped them; the
 // workloads stay: they belong to whoever applied them.
 func (c *Cluster) Stop() error {
-	return c.cleanPolicies()
+	err := c.cleanPolicies()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return errors.Join(err, c.removeCreated(ctx))
 }
 
 // cleanPolicies removes every policy a scenario run applied and waits until no node enforces it.
@@ -341,7 +408,7 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 		kind = "nc"
 		cmd = []string{"nc", "-z", "-v", "-w", secs, t.host, strconv.Itoa(int(t.port))}
 	}
-	stdout, stderr, code, err := c.exec(src, cmd)
+	stdout, stderr, code, err := c.execIn(src, "", nil, cmd)
 	out := strings.TrimSpace(stdout + " " + stderr)
 	note := fmt.Sprintf("%s exit %d %q", strings.Join(cmd, " "), code, out)
 	if err != nil {
@@ -385,14 +452,18 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 
 // Exec runs a command in the pod's first container and returns its output and exit code.
 func (c *Cluster) Exec(pod corev1.Pod, cmd ...string) (stdout, stderr string, code int, err error) {
-	return c.exec(pod, cmd)
+	return c.execIn(pod, "", nil, cmd)
 }
 
-// exec runs a command in the pod's first container and returns its output and exit code.
-func (c *Cluster) exec(pod corev1.Pod, cmd []string) (string, string, int, error) {
+// execIn runs a command in a container of the pod (the first when empty), with stdin when not
+// nil, and returns its output and exit code.
+func (c *Cluster) execIn(pod corev1.Pod, container string, stdin io.Reader, cmd []string) (string, string, int, error) {
+	if container == "" {
+		container = pod.Spec.Containers[0].Name
+	}
 	req := c.opts.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).
 		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
-		Container: pod.Spec.Containers[0].Name, Command: cmd, Stdout: true, Stderr: true,
+		Container: container, Command: cmd, Stdin: stdin != nil, Stdout: true, Stderr: true,
 	}, scheme.ParameterCodec)
 	ex, err := remotecommand.NewSPDYExecutor(c.opts.Config, "POST", req.URL())
 	if err != nil {
@@ -401,7 +472,7 @@ func (c *Cluster) exec(pod corev1.Pod, cmd []string) (string, string, int, error
 	ctx, cancel := context.WithTimeout(context.Background(), 4*c.opts.ProbeTimeout+10*time.Second)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
+	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: stdin, Stdout: &stdout, Stderr: &stderr})
 	var exitErr utilexec.CodeExitError
 	if errors.As(err, &exitErr) {
 		return stdout.String(), stderr.String(), exitErr.Code, nil

@@ -39,12 +39,17 @@ type appliedPolicy struct {
 // server-side applied, those of the previous step that are gone are deleted. It returns once
 // every node's NodePolicyStatus reports each policy at the generation applied and none of the
 // deleted ones, so that a probe never races the enforcers.
-func (c *Cluster) Enforce(_ *policy.Cluster, policies []*policy.Policy) error {
+func (c *Cluster) Enforce(pc *policy.Cluster, policies []*policy.Policy) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.EnforceTimeout)
 	defer cancel()
 	if err := c.ensureApplier(); err != nil {
 		return err
 	}
+	version, err := c.relabel(ctx, pc)
+	if err != nil {
+		return err
+	}
+	c.minVersion = max(c.minVersion, version)
 	want := map[policy.Key]*unstructured.Unstructured{}
 	for _, p := range policies {
 		obj, err := policyObject(p)
@@ -157,6 +162,9 @@ func (c *Cluster) lagging(ctx context.Context, gone map[string]bool) ([]string, 
 		raw, _ := json.Marshal(u.Object)
 		if err := json.Unmarshal(raw, &nps); err != nil {
 			return nil, fmt.Errorf("node %s status: %w", n.Name, err)
+		}
+		if nps.Status.ObservedVersion < c.minVersion {
+			out = append(out, fmt.Sprintf("node %s: has not seen the label changes yet", n.Name))
 		}
 		have := map[string]v1alpha1.EnforcedPolicy{}
 		for _, ep := range nps.Status.Policies {

@@ -48,6 +48,9 @@ type NodePolicyStatusStatus struct {
 	// LastSync is when the datapath last matched the objects below; SyncDuration how long it took.
 	LastSync     *metav1.Time `json:"lastSync,omitempty"`
 	SyncDuration string       `json:"syncDuration,omitempty"`
+	// ObservedVersion is the newest resourceVersion of a Pod or Namespace the last sync compiled:
+	// a client that changed labels waits until every node reports at least the version it got.
+	ObservedVersion int64 `json:"observedVersion,omitempty"`
 	// Error is a node-wide problem (the informers not synced, the ipcache not written).
 	Error string `json:"error,omitempty"`
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -90,6 +91,7 @@ type Enforcement struct {
 	lastWritten string
 	lastWrite   time.Time
 	lastErr     error
+	observed    int64
 }
 
 // policyObject is one policy object of the API server and what the loader made of it.
@@ -284,8 +286,15 @@ func clusterSum(c *policy.Cluster) [32]byte {
 // cluster builds the engine's view from the informers, and the node's pods from the CNI records.
 func (e *Enforcement) cluster() ([]enforcer.LocalPod, *policy.Cluster, error) {
 	c := &policy.Cluster{}
+	var newest int64
+	seen := func(rv string) {
+		if v, err := strconv.ParseInt(rv, 10, 64); err == nil && v > newest {
+			newest = v
+		}
+	}
 	for _, o := range e.nss.GetStore().List() {
 		ns := o.(*corev1.Namespace)
+		seen(ns.ResourceVersion)
 		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
 	}
 	haveNS := map[string]bool{}
@@ -328,6 +337,7 @@ func (e *Enforcement) cluster() ([]enforcer.LocalPod, *policy.Cluster, error) {
 	pods := map[policy.EndpointKey]*corev1.Pod{}
 	for _, o := range e.pods.GetStore().List() {
 		p := o.(*corev1.Pod)
+		seen(p.ResourceVersion)
 		pods[policy.EndpointKey{Namespace: p.Namespace, Name: p.Name}] = p
 	}
 	e.mu.Lock()
@@ -416,6 +426,9 @@ func (e *Enforcement) cluster() ([]enforcer.LocalPod, *policy.Cluster, error) {
 			c.Endpoints = append(c.Endpoints, *ep)
 		}
 	}
+	e.mu.Lock()
+	e.observed = newest
+	e.mu.Unlock()
 	sort.Slice(c.Namespaces, func(i, j int) bool { return c.Namespaces[i].Name < c.Namespaces[j].Name })
 	sort.Slice(c.Nodes, func(i, j int) bool { return c.Nodes[i].Name < c.Nodes[j].Name })
 	// A pod the plugin wired whose object is not known yet stays out of the engine: the
@@ -585,6 +598,7 @@ func (e *Enforcement) statusLocked(err error, start time.Time, took time.Duratio
 		st.Error = err.Error()
 		st.ErrorCount++
 	}
+	st.ObservedVersion = e.observed
 	t := metav1.NewTime(start.Truncate(time.Second))
 	st.LastSync = &t
 	st.SyncDuration = took.Round(time.Millisecond).String()

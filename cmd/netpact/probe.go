@@ -1,0 +1,64 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netpact/netpact/scenarios/probeagent"
+)
+
+// newProbeCommand and newProbeServerCommand run in the pods the kind backend of `netpact test`
+// creates: the server answers on the scenario pod's ports, the prober makes a batch of probes.
+func newProbeCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "probe",
+		Short: "Make the probes read as JSON on stdin, concurrently, and print their outcomes as JSON",
+		Long: `probe reads a JSON array of probes ({"id","proto","host","port","http","method","path","dns",
+"name","timeoutMS"}) on stdin, makes them all at once from this pod, and prints a JSON array of
+{"id","outcome","note"}: allow, refused, timeout or http-<status>. The scenario runner's kind
+backend calls it once per source pod and step.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			raw, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 8<<20))
+			if err != nil {
+				return fmt.Errorf("read probes: %w", err)
+			}
+			var reqs []probeagent.Request
+			if err := json.Unmarshal(raw, &reqs); err != nil {
+				return fmt.Errorf("read probes: %w", err)
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(probeagent.Run(reqs))
+		},
+	}
+}
+
+func newProbeServerCommand() *cobra.Command {
+	var ports []string
+	var ready string
+	cmd := &cobra.Command{
+		Use:   "probe-server",
+		Short: "Answer on a scenario pod's ports: TCP echo, HTTP 200 on every path, UDP echo",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ps []probeagent.Port
+			for _, s := range ports {
+				p, err := probeagent.ParsePort(s)
+				if err != nil {
+					return err
+				}
+				ps = append(ps, p)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return probeagent.Serve(ctx, ps, ready)
+		},
+	}
+	cmd.Flags().StringArrayVar(&ports, "port", nil, "a port to serve, NUMBER/TCP or NUMBER/UDP (repeatable)")
+	cmd.Flags().StringVar(&ready, "ready-file", "", "file created once every port is bound (a readiness probe reads it)")
+	return cmd
+}

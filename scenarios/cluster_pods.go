@@ -1,0 +1,438 @@
+package scenarios
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ktypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
+)
+
+// proberAnnotation marks a pod whose container runs the netpact binary: probes from it go in one
+// batch (`netpact probe`) instead of one exec per probe.
+const proberAnnotation = "netpact.io/prober"
+
+// probeContainer is the ephemeral container the backend adds to a pod without the netpact
+// binary or the probe tools (CoreDNS, for one) to probe from it.
+const probeContainer = "netpact-probe"
+
+// ensureNamespaces creates the scenario's namespaces that do not exist, with its labels, and
+// adds the scenario's labels to those that do.
+func (c *Cluster) ensureNamespaces(ctx context.Context, sc *Scenario) error {
+	api := c.opts.Client.CoreV1().Namespaces()
+	for _, ns := range sc.Namespaces {
+		have, err := api.Get(ctx, ns.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			labels := maps.Clone(ns.Labels)
+			if labels == nil {
+				labels = map[string]string{}
+			}
+			labels[scenarioLabel] = "true"
+			if _, err := api.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.Name, Labels: labels}},
+				metav1.CreateOptions{}); err != nil {
+				return fmt.Errorf("create namespace %s: %w", ns.Name, err)
+			}
+			c.createdNS = append(c.createdNS, ns.Name)
+		case err != nil:
+			return fmt.Errorf("namespace %s: %w", ns.Name, err)
+		case have.DeletionTimestamp != nil:
+			return fmt.Errorf("namespace %s is being deleted (an earlier run's); try again when it is gone", ns.Name)
+		default:
+			missing := map[string]any{}
+			for k, v := range ns.Labels {
+				if have.Labels[k] != v {
+					missing[k] = v
+				}
+			}
+			if len(missing) > 0 {
+				if _, err := c.patchLabels(ctx, "", ns.Name, missing); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// createPod makes a scenario pod no manifest made: the netpact image serving its ports.
+func (c *Cluster) createPod(ctx context.Context, p Pod) error {
+	if c.opts.ProbeImage == "" {
+		return fmt.Errorf("scenario pod %s does not exist, and no probe image is set to create it", p.Key())
+	}
+	sa := p.ServiceAccount
+	if sa == "" {
+		sa = "default"
+	}
+	if sa != "default" {
+		_, err := c.opts.Client.CoreV1().ServiceAccounts(p.Namespace).Create(ctx,
+			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Labels: map[string]string{scenarioLabel: "true"}}},
+			metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("service account %s/%s: %w", p.Namespace, sa, err)
+		}
+	}
+	labels := maps.Clone(p.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[scenarioLabel] = "true"
+	args := []string{"probe-server", "--ready-file=/tmp/ready"}
+	var ports []corev1.ContainerPort
+	for _, port := range p.Ports {
+		if port.Protocol != policy.ProtoTCP && port.Protocol != policy.ProtoUDP {
+			return fmt.Errorf("scenario pod %s: a cluster pod serves TCP and UDP ports only, not %s", p.Key(), port)
+		}
+		args = append(args, "--port="+port.String())
+		ports = append(ports, corev1.ContainerPort{Name: port.Name, ContainerPort: int32(port.Port),
+			Protocol: corev1.Protocol(port.Protocol.String())})
+	}
+	grace := int64(1)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: labels,
+			Annotations: map[string]string{proberAnnotation: "true"}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName:            sa,
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{
+				Name: "probe", Image: c.opts.ProbeImage, ImagePullPolicy: corev1.PullNever, Args: args, Ports: ports,
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
+					Command: []string{"cat", "/tmp/ready"}}}, PeriodSeconds: 1},
+			}},
+		},
+	}
+	if _, err := c.opts.Client.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create pod %s: %w", p.Key(), err)
+	}
+	c.createdPods = append(c.createdPods, p.Key())
+	return nil
+}
+
+// waitReady waits until the named pods are Running and Ready.
+func (c *Cluster) waitReady(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		ns, name, _ := strings.Cut(k, "/")
+		for {
+			pod, err := c.opts.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err == nil && pod.Status.Phase == corev1.PodRunning && podIsReady(pod) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				state := "not found"
+				if pod != nil {
+					state = string(pod.Status.Phase)
+				}
+				return fmt.Errorf("pod %s not Ready (%s): %w", k, state, ctx.Err())
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// removeCreated deletes the pods and namespaces this run created (not waiting for them to go).
+func (c *Cluster) removeCreated(ctx context.Context) error {
+	var errs []string
+	grace := int64(0)
+	for _, k := range c.createdPods {
+		ns, name, _ := strings.Cut(k, "/")
+		err := c.opts.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err.Error())
+		}
+	}
+	for _, ns := range c.createdNS {
+		err := c.opts.Client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err.Error())
+		}
+	}
+	c.createdPods, c.createdNS = nil, nil
+	if len(errs) > 0 {
+		return fmt.Errorf("remove scenario pods and namespaces: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// patchLabels merges labels (a nil value removes one) into a namespace (ns "") or a pod, and
+// returns the resourceVersion the API server gave the change.
+func (c *Cluster) patchLabels(ctx context.Context, ns, name string, labels map[string]any) (int64, error) {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+	var rv string
+	if ns == "" {
+		got, err := c.opts.Client.CoreV1().Namespaces().Patch(ctx, name, ktypes.MergePatchType, patch, metav1.PatchOptions{})
+		if err != nil {
+			return 0, fmt.Errorf("label namespace %s: %w", name, err)
+		}
+		rv = got.ResourceVersion
+	} else {
+		got, err := c.opts.Client.CoreV1().Pods(ns).Patch(ctx, name, ktypes.MergePatchType, patch, metav1.PatchOptions{})
+		if err != nil {
+			return 0, fmt.Errorf("label pod %s/%s: %w", ns, name, err)
+		}
+		rv = got.ResourceVersion
+	}
+	v, _ := strconv.ParseInt(rv, 10, 64)
+	return v, nil
+}
+
+// relabel makes the cluster's namespace and pod labels those of the engine's cluster where a
+// step changed them, and returns the newest resourceVersion of the changes (0 for none).
+func (c *Cluster) relabel(ctx context.Context, pc *policy.Cluster) (int64, error) {
+	var newest int64
+	diff := func(old, want map[string]string) map[string]any {
+		out := map[string]any{}
+		for k, v := range want {
+			if old[k] != v {
+				out[k] = v
+			}
+		}
+		for k := range old {
+			if _, ok := want[k]; !ok {
+				out[k] = nil
+			}
+		}
+		return out
+	}
+	for _, ns := range pc.Namespaces {
+		old := c.nsLabels[ns.Name]
+		if d := diff(old, ns.Labels); len(d) > 0 {
+			delete(d, scenarioLabel)
+			v, err := c.patchLabels(ctx, "", ns.Name, d)
+			if err != nil {
+				return 0, err
+			}
+			newest = max(newest, v)
+			c.nsLabels[ns.Name] = maps.Clone(ns.Labels)
+		}
+	}
+	for _, ep := range pc.Endpoints {
+		k := ep.Key().String()
+		old := c.podLabels[k]
+		if d := diff(old, ep.Labels); len(d) > 0 {
+			for _, pod := range c.pods[k] {
+				v, err := c.patchLabels(ctx, pod.Namespace, pod.Name, d)
+				if err != nil {
+					return 0, err
+				}
+				newest = max(newest, v)
+			}
+			c.podLabels[k] = maps.Clone(ep.Labels)
+		}
+	}
+	return newest, nil
+}
+
+// ProbeBatch probes every cell: sources that run the netpact binary (pods the backend made, or
+// an ephemeral probe container) get one exec with all their probes, the others one exec per
+// probe (curl, nc and psql of the seed workloads' images).
+func (c *Cluster) ProbeBatch(cells []Cell) []Outcome {
+	out := make([]Outcome, len(cells))
+	bySource := map[string][]int{}
+	for i, cell := range cells {
+		bySource[cell.From] = append(bySource[cell.From], i)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for from, idx := range bySource {
+		pods := c.pods[from]
+		if len(pods) == 0 {
+			for _, i := range idx {
+				out[i] = "error"
+			}
+			continue
+		}
+		container, batch := c.prober(pods[0])
+		if !batch {
+			for _, i := range idx {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					out[i] = c.Probe(cells[i])
+				}()
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.batch(pods[0], container, cells, idx, out)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// prober says which container of the pod probes in batches ("" and false: none, use the tools).
+func (c *Cluster) prober(pod corev1.Pod) (string, bool) {
+	if pod.Annotations[proberAnnotation] == "true" {
+		return pod.Spec.Containers[0].Name, true
+	}
+	for _, ec := range pod.Spec.EphemeralContainers {
+		if ec.Name == probeContainer {
+			return probeContainer, true
+		}
+	}
+	image := pod.Spec.Containers[0].Image
+	for _, tools := range []string{"/debug:", "/flask:", "/postgres:"} {
+		if strings.Contains(image, tools) {
+			return "", false
+		}
+	}
+	if c.opts.ProbeImage == "" {
+		return "", false
+	}
+	return probeContainer, true
+}
+
+// ensureProbeContainer adds the netpact probe container to a pod that lacks tools, once.
+func (c *Cluster) ensureProbeContainer(ctx context.Context, pod corev1.Pod) error {
+	cur, err := c.opts.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	running := func(p *corev1.Pod) bool {
+		for _, st := range p.Status.EphemeralContainerStatuses {
+			if st.Name == probeContainer && st.State.Running != nil {
+				return true
+			}
+		}
+		return false
+	}
+	if running(cur) {
+		return nil
+	}
+	have := false
+	for _, ec := range cur.Spec.EphemeralContainers {
+		have = have || ec.Name == probeContainer
+	}
+	if !have {
+		cur.Spec.EphemeralContainers = append(cur.Spec.EphemeralContainers, corev1.EphemeralContainer{
+			EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: probeContainer, Image: c.opts.ProbeImage,
+				ImagePullPolicy: corev1.PullNever, Args: []string{"probe-server"}}})
+		if _, err := c.opts.Client.CoreV1().Pods(pod.Namespace).UpdateEphemeralContainers(ctx, pod.Name, cur,
+			metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("add the probe container to %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+	}
+	for {
+		p, err := c.opts.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err == nil && running(p) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the probe container of %s/%s does not run: %w", pod.Namespace, pod.Name, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// batch runs the cells idx of one source pod in one `netpact probe` exec.
+func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []int, out []Outcome) {
+	fail := func(msg string) {
+		for _, i := range idx {
+			out[i] = "error"
+			c.record(cells[i], msg)
+		}
+	}
+	if container == probeContainer {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := c.ensureProbeContainer(ctx, src)
+		cancel()
+		if err != nil {
+			fail(err.Error())
+			return
+		}
+	}
+	var reqs []probeagent.Request
+	owner := map[int]int{} // request id -> cell index
+	targetsOf := map[int][]target{}
+	for _, i := range idx {
+		cell := cells[i]
+		targets, err := c.targets(cell, src)
+		if err != nil {
+			out[i] = "error"
+			c.record(cell, err.Error())
+			continue
+		}
+		targetsOf[i] = targets
+		for _, t := range targets {
+			r := probeagent.Request{ID: len(reqs), Proto: cell.Port.Protocol.String(), Host: t.host, Port: t.port,
+				HTTP: cell.HTTP, TimeoutMS: int(c.opts.ProbeTimeout.Milliseconds())}
+			if cell.HTTP {
+				r.Method, r.Path = cell.method(), cell.path()
+			}
+			if t.port == 53 && !cell.HTTP {
+				r.DNS = true
+			}
+			owner[r.ID] = i
+			reqs = append(reqs, r)
+		}
+	}
+	if len(reqs) == 0 {
+		return
+	}
+	in, _ := json.Marshal(reqs)
+	stdout, stderr, code, err := c.execIn(src, container, bytes.NewReader(in), []string{"netpact", "probe"})
+	if err != nil || code != 0 {
+		fail(fmt.Sprintf("netpact probe in %s/%s exit %d: %v %s", src.Namespace, src.Name, code, err, stderr))
+		return
+	}
+	var results []probeagent.Result
+	if err := json.Unmarshal([]byte(stdout), &results); err != nil || len(results) != len(reqs) {
+		fail(fmt.Sprintf("netpact probe in %s/%s printed %q", src.Namespace, src.Name, stdout))
+		return
+	}
+	per := map[int][]probeagent.Result{}
+	for _, r := range results {
+		per[owner[r.ID]] = append(per[owner[r.ID]], r)
+	}
+	keys := make([]int, 0, len(per))
+	for i := range per {
+		keys = append(keys, i)
+	}
+	sort.Ints(keys)
+	for _, i := range keys {
+		rs := per[i]
+		var notes []string
+		outcomes := make([]Outcome, len(rs))
+		for j, r := range rs {
+			outcomes[j] = Outcome(r.Outcome)
+			notes = append(notes, fmt.Sprintf("%s from %s (%s) to %s: %s", r.Outcome, src.Name, src.Spec.NodeName,
+				targetsOf[i][j], r.Note))
+		}
+		c.record(cells[i], strings.Join(notes, "; "))
+		out[i] = combine(outcomes)
+	}
+}
+
+// combine is the one outcome of several replicas: theirs when they agree, else mixed(...).
+func combine(outcomes []Outcome) Outcome {
+	for _, o := range outcomes[1:] {
+		if o != outcomes[0] {
+			var s []string
+			for _, o := range outcomes {
+				s = append(s, string(o))
+			}
+			return Outcome("mixed(" + strings.Join(s, ",") + ")")
+		}
+	}
+	return outcomes[0]
+}

@@ -1,0 +1,301 @@
+// Package probeagent runs inside a pod of a cluster: Serve answers on the ports a scenario pod
+// declares (TCP echo, HTTP 200 on every path, UDP echo), Run makes a batch of probes at once and
+// reports each outcome. The kind backend of the scenario runner execs `netpact probe` once per
+// source pod and step, with every probe of that pod on stdin, as cyclonus' agnhost workers do.
+package probeagent
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Request is one probe.
+type Request struct {
+	ID    int    `json:"id"`
+	Proto string `json:"proto"` // TCP or UDP
+	Host  string `json:"host"`
+	Port  uint16 `json:"port"`
+	// HTTP makes a TCP probe an HTTP request with Method (GET when empty) and Path ("/").
+	HTTP   bool   `json:"http,omitempty"`
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	// DNS makes the probe a real DNS query for Name (type A), over UDP or TCP: a resolver
+	// answers it.
+	DNS  bool   `json:"dns,omitempty"`
+	Name string `json:"name,omitempty"`
+	// TimeoutMS bounds the connection attempt; 3000 when zero.
+	TimeoutMS int `json:"timeoutMS,omitempty"`
+}
+
+// Result is a probe's outcome: allow, refused, timeout, http-<code>, or error, with a note.
+type Result struct {
+	ID      int    `json:"id"`
+	Outcome string `json:"outcome"`
+	Note    string `json:"note,omitempty"`
+}
+
+// Run makes every probe concurrently (at most 64 at a time) and returns the results in order.
+func Run(reqs []Request) []Result {
+	out := make([]Result, len(reqs))
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			o, note := probe(r)
+			out[i] = Result{ID: r.ID, Outcome: o, Note: note}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func classify(err error) (string, string) {
+	switch {
+	case err == nil:
+		return "allow", ""
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused", err.Error()
+	}
+	return "timeout", err.Error()
+}
+
+func probe(r Request) (string, string) {
+	timeout := 3 * time.Second
+	if r.TimeoutMS > 0 {
+		timeout = time.Duration(r.TimeoutMS) * time.Millisecond
+	}
+	addr := net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
+	switch strings.ToUpper(r.Proto) {
+	case "TCP", "":
+		if r.HTTP {
+			return httpProbe(addr, r.Method, r.Path, timeout)
+		}
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return classify(err)
+		}
+		defer c.Close()
+		// Data must go through too: a flow revoked mid-stream drops.
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if r.DNS {
+			q := dnsQuery(r.Name)
+			msg := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
+			if _, err := c.Write(append(msg, q...)); err != nil {
+				return classify(err)
+			}
+			reply := make([]byte, 2+12)
+			if _, err := io.ReadFull(c, reply); err != nil {
+				return classify(err)
+			}
+			return dnsAnswer(reply[2:], q)
+		}
+		if _, err := c.Write([]byte("probe\n")); err != nil {
+			return classify(err)
+		}
+		buf := make([]byte, 6)
+		if _, err := io.ReadFull(c, buf); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			return classify(err)
+		}
+		return "allow", ""
+	case "UDP":
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return classify(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		msg := []byte("probe")
+		if r.DNS {
+			msg = dnsQuery(r.Name)
+		}
+		if _, err := c.Write(msg); err != nil {
+			return classify(err)
+		}
+		buf := make([]byte, 1500)
+		n, err := c.Read(buf)
+		if err != nil {
+			return classify(err)
+		}
+		if r.DNS {
+			return dnsAnswer(buf[:n], msg)
+		}
+		return "allow", ""
+	}
+	return "error", "unsupported protocol " + r.Proto
+}
+
+func httpProbe(addr, method, path string, timeout time.Duration) (string, string) {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: timeout}).DialContext}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 2 * timeout}
+	if method == "" {
+		method = http.MethodGet
+	}
+	if path == "" {
+		path = "/"
+	}
+	req, err := http.NewRequestWithContext(context.Background(), method, "http://"+addr+path, nil)
+	if err != nil {
+		return "error", err.Error()
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return classify(err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	return fmt.Sprintf("http-%d", resp.StatusCode), ""
+}
+
+// dnsQuery is a recursive query for name, type A, class IN.
+func dnsQuery(name string) []byte {
+	if name == "" {
+		name = "kubernetes.default.svc.cluster.local"
+	}
+	q := []byte{0x4e, 0x50, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, label := range strings.Split(strings.TrimSuffix(name, "."), ".") {
+		q = append(q, byte(len(label)))
+		q = append(q, label...)
+	}
+	return append(q, 0, 0, 1, 0, 1)
+}
+
+// dnsAnswer: any reply to the query's id is the resolver answering (NXDOMAIN included).
+func dnsAnswer(reply, query []byte) (string, string) {
+	if len(reply) < 12 || binary.BigEndian.Uint16(reply) != binary.BigEndian.Uint16(query) || reply[2]&0x80 == 0 {
+		return "error", "not a DNS reply to the query"
+	}
+	return "allow", fmt.Sprintf("rcode %d", reply[3]&0x0f)
+}
+
+// Port is a port a pod serves: "80/TCP", "53/UDP".
+type Port struct {
+	Port  uint16
+	Proto string
+}
+
+// ParsePort reads "80/TCP" (TCP when the protocol is left out).
+func ParsePort(s string) (Port, error) {
+	num, proto, _ := strings.Cut(s, "/")
+	n, err := strconv.ParseUint(num, 10, 16)
+	if err != nil || n == 0 {
+		return Port{}, fmt.Errorf("port %q: want NUMBER/TCP or NUMBER/UDP", s)
+	}
+	proto = strings.ToUpper(proto)
+	if proto == "" {
+		proto = "TCP"
+	}
+	if proto != "TCP" && proto != "UDP" {
+		return Port{}, fmt.Errorf("port %q: only TCP and UDP are served", s)
+	}
+	return Port{Port: uint16(n), Proto: proto}, nil
+}
+
+// Serve listens on every port (IPv4 and IPv6) and, once all are bound, creates readyFile (when
+// not empty). TCP connections get HTTP 200 to an HTTP request, else an echo; UDP datagrams are
+// echoed. It returns when ctx ends or a listener fails.
+func Serve(ctx context.Context, ports []Port, readyFile string) error {
+	var closers []io.Closer
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	errs := make(chan error, len(ports))
+	for _, p := range ports {
+		addr := net.JoinHostPort("", strconv.Itoa(int(p.Port)))
+		if p.Proto == "UDP" {
+			c, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return fmt.Errorf("listen %d/UDP: %w", p.Port, err)
+			}
+			closers = append(closers, c)
+			go func() { errs <- echoUDP(c) }()
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %d/TCP: %w", p.Port, err)
+		}
+		closers = append(closers, ln)
+		go func() { errs <- serveTCP(ln) }()
+	}
+	if readyFile != "" {
+		if err := os.WriteFile(readyFile, []byte("ready\n"), 0o644); err != nil {
+			return fmt.Errorf("ready file: %w", err)
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errs:
+		return err
+	}
+}
+
+func echoUDP(c net.PacketConn) error {
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return fmt.Errorf("udp: %w", err)
+		}
+		_, _ = c.WriteTo(buf[:n], from)
+	}
+}
+
+func serveTCP(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return fmt.Errorf("tcp: %w", err)
+		}
+		go handle(c)
+	}
+}
+
+var methods = []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "PATCH ", "OPTIONS "}
+
+func handle(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	first, err := br.ReadString('\n')
+	if err != nil && first == "" {
+		return
+	}
+	for _, m := range methods {
+		if strings.HasPrefix(first, m) {
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil || strings.TrimRight(line, "\r\n") == "" {
+					break
+				}
+			}
+			body := "ok\n"
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(body))
+			if !strings.HasPrefix(first, "HEAD ") {
+				_, _ = io.WriteString(c, body)
+			}
+			return
+		}
+	}
+	_, _ = io.WriteString(c, first)
+	_, _ = io.Copy(c, br)
+}
