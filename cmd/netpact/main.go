@@ -24,7 +24,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newStatusCommand(),
-		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand())
+		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand())
 	return root
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -40,6 +41,7 @@ backend calls it once per source pod and step.`,
 func newProbeServerCommand() *cobra.Command {
 	var ports []string
 	var ready string
+	var logSources bool
 	cmd := &cobra.Command{
 		Use:   "probe-server",
 		Short: "Answer on a scenario pod's ports: TCP echo, HTTP 200 on every path, UDP echo",
@@ -55,10 +57,41 @@ func newProbeServerCommand() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return probeagent.Serve(ctx, ps, ready)
+			var log io.Writer
+			if logSources {
+				log = cmd.OutOrStdout()
+			}
+			return probeagent.ServeLogging(ctx, ps, ready, log)
 		},
 	}
+	cmd.Flags().BoolVar(&logSources, "log", false, `print "from ADDR" the first time each source address reaches a port`)
 	cmd.Flags().StringArrayVar(&ports, "port", nil, "a port to serve, NUMBER/TCP or NUMBER/UDP (repeatable)")
 	cmd.Flags().StringVar(&ready, "ready-file", "", "file created once every port is bound (a readiness probe reads it)")
+	return cmd
+}
+
+func newProbeFloodCommand() *cobra.Command {
+	var to string
+	var interval, d time.Duration
+	cmd := &cobra.Command{
+		Use:   "probe-flood",
+		Short: "Send to HOST:PORT over UDP (and TCP) from the first instant, for a while",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to == "" {
+				return fmt.Errorf("--to HOST:PORT is required")
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			n := probeagent.Flood(ctx, to, interval, d)
+			fmt.Fprintf(cmd.OutOrStdout(), "sent %d datagrams to %s\n", n, to)
+			// Stay, so that the pod stays Running and its address known.
+			<-ctx.Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "HOST:PORT to send to")
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Millisecond, "time between datagrams")
+	cmd.Flags().DurationVar(&d, "for", 30*time.Second, "how long to send")
 	return cmd
 }

@@ -211,6 +211,13 @@ func ParsePort(s string) (Port, error) {
 // not empty). TCP connections get HTTP 200 to an HTTP request, else an echo; UDP datagrams are
 // echoed. It returns when ctx ends or a listener fails.
 func Serve(ctx context.Context, ports []Port, readyFile string) error {
+	return ServeLogging(ctx, ports, readyFile, nil)
+}
+
+// ServeLogging is Serve that also writes "from ADDR" to log the first time a source address
+// reaches it (TCP connection or UDP datagram).
+func ServeLogging(ctx context.Context, ports []Port, readyFile string, log io.Writer) error {
+	sources := &sourceLog{w: log, seen: map[string]bool{}}
 	var closers []io.Closer
 	defer func() {
 		for _, c := range closers {
@@ -226,7 +233,7 @@ func Serve(ctx context.Context, ports []Port, readyFile string) error {
 				return fmt.Errorf("listen %d/UDP: %w", p.Port, err)
 			}
 			closers = append(closers, c)
-			go func() { errs <- echoUDP(c) }()
+			go func() { errs <- echoUDP(c, sources) }()
 			continue
 		}
 		ln, err := net.Listen("tcp", addr)
@@ -234,7 +241,7 @@ func Serve(ctx context.Context, ports []Port, readyFile string) error {
 			return fmt.Errorf("listen %d/TCP: %w", p.Port, err)
 		}
 		closers = append(closers, ln)
-		go func() { errs <- serveTCP(ln) }()
+		go func() { errs <- serveTCP(ln, sources) }()
 	}
 	if readyFile != "" {
 		if err := os.WriteFile(readyFile, []byte("ready\n"), 0o644); err != nil {
@@ -249,23 +256,48 @@ func Serve(ctx context.Context, ports []Port, readyFile string) error {
 	}
 }
 
-func echoUDP(c net.PacketConn) error {
+// sourceLog writes each source address once.
+type sourceLog struct {
+	mu   sync.Mutex
+	w    io.Writer
+	seen map[string]bool
+}
+
+func (l *sourceLog) saw(a net.Addr) {
+	if l.w == nil {
+		return
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.seen[host] {
+		l.seen[host] = true
+		fmt.Fprintf(l.w, "from %s\n", host)
+	}
+}
+
+func echoUDP(c net.PacketConn, sources *sourceLog) error {
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := c.ReadFrom(buf)
 		if err != nil {
 			return fmt.Errorf("udp: %w", err)
 		}
+		sources.saw(from)
 		_, _ = c.WriteTo(buf[:n], from)
 	}
 }
 
-func serveTCP(ln net.Listener) error {
+func serveTCP(ln net.Listener, sources *sourceLog) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return fmt.Errorf("tcp: %w", err)
 		}
+		sources.saw(c.RemoteAddr())
 		go handle(c)
 	}
 }
@@ -298,4 +330,33 @@ func handle(c net.Conn) {
 	}
 	_, _ = io.WriteString(c, first)
 	_, _ = io.Copy(c, br)
+}
+
+// Flood sends a UDP datagram to addr every interval and opens a TCP connection every tenth,
+// from its first instant, for d; it returns how many datagrams it sent. A pod that runs it from
+// its start tests that it has no network before its policy.
+func Flood(ctx context.Context, addr string, interval, d time.Duration) int {
+	end := time.Now().Add(d)
+	sent := 0
+	var udp net.Conn
+	for i := 0; time.Now().Before(end) && ctx.Err() == nil; i++ {
+		if udp == nil {
+			udp, _ = net.Dial("udp", addr)
+		}
+		if udp != nil {
+			if _, err := udp.Write([]byte("flood")); err == nil {
+				sent++
+			}
+		}
+		if i%10 == 0 {
+			if c, err := net.DialTimeout("tcp", addr, interval); err == nil {
+				c.Close()
+			}
+		}
+		time.Sleep(interval)
+	}
+	if udp != nil {
+		udp.Close()
+	}
+	return sent
 }

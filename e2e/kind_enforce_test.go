@@ -1,0 +1,180 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/enforcer/kubenode"
+	"github.com/netpact/netpact/internal/kubeapply"
+)
+
+// netpactPod is a pod of the netpact image running args, on any worker.
+func netpactPod(ns, name string, labels map[string]string, args ...string) *corev1.Pod {
+	grace := int64(0)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: &grace, Containers: []corev1.Container{{
+			Name: "main", Image: kindData.ProbeImage, ImagePullPolicy: corev1.PullNever, Args: args}}},
+	}
+}
+
+func createNamespace(ctx context.Context, client kubernetes.Interface, name string) {
+	err := client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+	if err == nil || !apierrors.IsNotFound(err) {
+		Eventually(func() bool {
+			_, err := client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		}).WithTimeout(2*time.Minute).WithPolling(time.Second).Should(BeTrue(), "namespace %s of an earlier run gone", name)
+	}
+	_, err = client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(func(ctx SpecContext) {
+		_ = client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	// Pods need the namespace's default service account.
+	Eventually(func() error {
+		_, err := client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+}
+
+var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() {
+	var (
+		client kubernetes.Interface
+		ctx    = context.Background()
+	)
+	BeforeAll(func() {
+		if kindData == nil {
+			Skip("the kind specs run with make e2e (ginkgo --label-filter=kind)")
+		}
+		_, client = kindClient(kindData)
+	})
+
+	It("never lets a packet of a new pod past an egress default deny, even one sent from its first instant", func() {
+		createNamespace(ctx, client, "np-window-sink")
+		createNamespace(ctx, client, "np-window")
+		createNamespace(ctx, client, "np-window-open")
+		// The sink logs every source address that reaches it.
+		sink := netpactPod("np-window-sink", "sink", nil, "probe-server", "--port=9000/UDP", "--port=9000/TCP", "--log")
+		_, err := client.CoreV1().Pods(sink.Namespace).Create(ctx, sink, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kubeapply.WaitPodsReady(ctx, client, sink.Namespace)).To(Succeed())
+		sinkPod, err := client.CoreV1().Pods(sink.Namespace).Get(ctx, "sink", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		to := netipPort(sinkPod.Status.PodIP, 9000)
+
+		deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny-egress", Namespace: "np-window"},
+			Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}}}
+		_, err = client.NetworkingV1().NetworkPolicies("np-window").Create(ctx, deny, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		// Every node enforces it before the pods come (the policy is old news to them).
+		Eventually(func() error { return nodesEnforce(ctx, "np-window", "deny-egress") }).
+			WithTimeout(time.Minute).WithPolling(200 * time.Millisecond).Should(Succeed())
+
+		// Pods that send from their first instant: six under the deny, one (the control) open.
+		const n = 6
+		for i := 0; i < n; i++ {
+			p := netpactPod("np-window", fmt.Sprintf("flood-%d", i), map[string]string{"app": "flood"},
+				"probe-flood", "--to="+to, "--for=20s")
+			_, err := client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+		}
+		ctl := netpactPod("np-window-open", "flood", nil, "probe-flood", "--to="+to, "--for=20s")
+		_, err = client.CoreV1().Pods(ctl.Namespace).Create(ctx, ctl, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		Expect(kubeapply.WaitPodsReady(wctx, client, "np-window")).To(Succeed())
+		Expect(kubeapply.WaitPodsReady(wctx, client, "np-window-open")).To(Succeed())
+		time.Sleep(3 * time.Second)
+
+		logs := func() string {
+			raw, err := client.CoreV1().Pods(sink.Namespace).GetLogs("sink", &corev1.PodLogOptions{}).DoRaw(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			return string(raw)
+		}
+		ctlPod, err := client.CoreV1().Pods("np-window-open").Get(ctx, "flood", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(logs).WithTimeout(10*time.Second).Should(ContainSubstring("from "+ctlPod.Status.PodIP+"\n"),
+			"the open pod's flood reaches the sink: the flood works")
+		pods, err := client.CoreV1().Pods("np-window").List(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods.Items).To(HaveLen(n))
+		nodes := map[string]bool{}
+		got := logs()
+		for _, p := range pods.Items {
+			nodes[p.Spec.NodeName] = true
+			for _, ip := range p.Status.PodIPs {
+				Expect(got).NotTo(ContainSubstring("from "+ip.IP+"\n"), "pod %s (%s) got past the egress deny:\n%s", p.Name, ip.IP, got)
+			}
+		}
+		Expect(len(nodes)).To(BeNumerically(">=", 2), "the pods under the deny landed on both workers")
+	})
+})
+
+func netipPort(ip string, port uint16) string {
+	return netip.AddrPortFrom(netip.MustParseAddr(ip), port).String()
+}
+
+// nodesEnforce says whether every node's NodePolicyStatus holds the NetworkPolicy.
+func nodesEnforce(ctx context.Context, ns, name string) error {
+	cfg, client := kindClient(kindData)
+	_ = client
+	out, err := nodeStatuses(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	var missing []string
+	for node, st := range out {
+		found := false
+		for _, p := range st.Status.Policies {
+			found = found || (p.Kind == "NetworkPolicy" && p.Namespace == ns && p.Name == name && p.Generation > 0)
+		}
+		if !found {
+			missing = append(missing, node)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("not enforced on %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// nodeStatuses reads every node's NodePolicyStatus.
+func nodeStatuses(ctx context.Context, cfg *rest.Config) (map[string]v1alpha1.NodePolicyStatus, error) {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	list, err := dyn.Resource(kubenode.NPSResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]v1alpha1.NodePolicyStatus{}
+	for _, it := range list.Items {
+		var st v1alpha1.NodePolicyStatus
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(it.Object, &st); err != nil {
+			return nil, err
+		}
+		out[it.GetName()] = st
+	}
+	if len(out) != 3 {
+		return out, fmt.Errorf("%d node statuses, not 3", len(out))
+	}
+	return out, nil
+}
