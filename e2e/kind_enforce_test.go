@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -14,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -21,6 +25,7 @@ import (
 	"github.com/netpact/netpact/api/v1alpha1"
 	"github.com/netpact/netpact/enforcer/kubenode"
 	"github.com/netpact/netpact/internal/kubeapply"
+	"github.com/netpact/netpact/scenarios"
 )
 
 // netpactPod is a pod of the netpact image running args, on any worker.
@@ -124,6 +129,83 @@ var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() 
 			}
 		}
 		Expect(len(nodes)).To(BeNumerically(">=", 2), "the pods under the deny landed on both workers")
+	})
+
+	// soak probes seed 001's last step round after round while disrupt runs, and fails on any
+	// probe whose verdict is not the expected one.
+	soak := func(disrupt func()) {
+		sc, err := scenarios.LoadFile(filepath.Join(root, "scenarios", "seeds", "001-frontend-to-backend.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		cfg, client := kindClient(kindData)
+		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage,
+			ProbeTimeout: 1500 * time.Millisecond})
+		done := make(chan struct{})
+		started := make(chan struct{})
+		go func() {
+			defer GinkgoRecover()
+			defer close(done)
+			<-started
+			disrupt()
+		}()
+		var once sync.Once
+		probes, wrong, err := (&scenarios.Runner{Backend: backend}).Soak(sc, "frontend-egress-control as well", func(n int) bool {
+			if n > 0 {
+				once.Do(func() { close(started) })
+			}
+			select {
+			case <-done:
+				return n < 200
+			default:
+				return true
+			}
+		})
+		Expect(err).NotTo(HaveOccurred())
+		AddReportEntry("soak probes", probes)
+		var lines []string
+		for _, c := range wrong {
+			lines = append(lines, fmt.Sprintf("%s: expected %s, observed %s", c.Cell, c.Expected, c.Observed))
+		}
+		Expect(wrong).To(BeEmpty(), "%d of %d probes wrong:\n%s", len(wrong), probes, strings.Join(lines, "\n"))
+		Expect(probes).To(BeNumerically(">=", 200))
+	}
+
+	enforcerPod := func(node string) corev1.Pod {
+		pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact",
+			FieldSelector: "spec.nodeName=" + node})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods.Items).To(HaveLen(1))
+		return pods.Items[0]
+	}
+
+	It("keeps every verdict while one node's enforcer is killed with SIGKILL and restarts", func() {
+		soak(func() {
+			node := "netpact-e2e-worker"
+			before := enforcerPod(node)
+			restarts := before.Status.ContainerStatuses[0].RestartCount
+			out, err := exec.Command("docker", "exec", node, "pkill", "-9", "-f", "^/usr/local/bin/netpact enforcer").CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "kill the enforcer on %s: %s", node, out)
+			Eventually(func() bool {
+				p := enforcerPod(node)
+				return p.Status.ContainerStatuses[0].RestartCount > restarts && kubeapply.PodReady(&p)
+			}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(BeTrue())
+		})
+	})
+
+	It("keeps every verdict through a rollout of the DaemonSet", func() {
+		soak(func() {
+			patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"netpact.io/restartedAt":%q}}}}}`,
+				time.Now().Format(time.RFC3339Nano))
+			_, err := client.AppsV1().DaemonSets("kube-system").Patch(ctx, "netpact", ktypes.StrategicMergePatchType,
+				[]byte(patch), metav1.PatchOptions{})
+			Expect(err).NotTo(HaveOccurred())
+			Eventually(func() bool {
+				d, err := client.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
+				Expect(err).NotTo(HaveOccurred())
+				s := d.Status
+				return s.ObservedGeneration == d.Generation && s.UpdatedNumberScheduled == s.DesiredNumberScheduled &&
+					s.NumberReady == s.DesiredNumberScheduled && s.NumberAvailable == s.DesiredNumberScheduled
+			}).WithTimeout(3 * time.Minute).WithPolling(time.Second).Should(BeTrue())
+		})
 	})
 })
 

@@ -433,3 +433,89 @@ func portsOf(cells []CellResult) []string {
 	sort.Strings(out)
 	return out
 }
+
+// Soak runs a scenario up to the step named step (its policies enforced), then probes that
+// step's matrix round after round while keepGoing(probes so far) says so, and returns every
+// cell whose observed outcome differed from the expectation. It is how a test holds the
+// datapath to its verdicts while something disrupts the node agents.
+func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool) (probes int, wrong []CellResult, err error) {
+	cluster, err := r.Backend.Start(sc)
+	if err != nil {
+		r.Backend.Stop()
+		return 0, nil, err
+	}
+	defer func() {
+		if serr := r.Backend.Stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	policies := map[policy.Key]*policy.Policy{}
+	var st *Step
+	for i := range sc.Steps {
+		if err := r.change(sc, &sc.Steps[i], cluster, policies); err != nil {
+			return 0, nil, err
+		}
+		if sc.Steps[i].Name == step {
+			st = &sc.Steps[i]
+			break
+		}
+	}
+	if st == nil {
+		return 0, nil, fmt.Errorf("scenario %s has no step %q", sc.Name, step)
+	}
+	list := make([]*policy.Policy, 0, len(policies))
+	for _, p := range policies {
+		list = append(list, p)
+	}
+	state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, r.Options)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := r.Backend.Enforce(cluster, list); err != nil {
+		return 0, nil, err
+	}
+	cells, expected, _, err := expectations(sc, st)
+	if err != nil {
+		return 0, nil, err
+	}
+	for keepGoing(probes) {
+		r.Backend.BeginStep()
+		for _, c := range r.probeOnce(sc, state, cells, expected) {
+			if c.Loopback {
+				continue
+			}
+			probes++
+			if c.Observed != c.Expected {
+				wrong = append(wrong, c)
+			}
+		}
+	}
+	return probes, wrong, nil
+}
+
+// probeOnce probes every cell once, without the second chance probe gives a disagreeing cell.
+func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expected map[string]Outcome) []CellResult {
+	out := make([]CellResult, len(cells))
+	for i, c := range cells {
+		pred, rule := predict(sc, state, c)
+		out[i] = CellResult{Cell: c, From: c.From, To: c.To, Port: c.Port.String(), Expected: expected[c.String()],
+			Predicted: pred, Rule: rule, Loopback: c.From == c.To}
+	}
+	var observed []Outcome
+	if bp, ok := r.Backend.(BatchProber); ok {
+		observed = bp.ProbeBatch(cells)
+	} else {
+		observed = make([]Outcome, len(cells))
+		var wg sync.WaitGroup
+		for i, c := range cells {
+			wg.Add(1)
+			go func() { defer wg.Done(); observed[i] = r.Backend.Probe(c) }()
+		}
+		wg.Wait()
+	}
+	for i := range out {
+		out[i].Observed = observed[i]
+		out[i].OK = out[i].Loopback || (out[i].Expected == out[i].Predicted && out[i].Predicted == out[i].Observed)
+	}
+	return out
+}
