@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -12,10 +13,12 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -26,6 +29,7 @@ import (
 	"github.com/netpact/netpact/enforcer/kubenode"
 	"github.com/netpact/netpact/internal/kubeapply"
 	"github.com/netpact/netpact/scenarios"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // netpactPod is a pod of the netpact image running args, on any worker.
@@ -207,6 +211,87 @@ var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() 
 			}).WithTimeout(3 * time.Minute).WithPolling(time.Second).Should(BeTrue())
 		})
 	})
+
+	It("lets each enforcer write only its own node's status object", func() {
+		cfg, _ := kindClient(kindData)
+		self := enforcerPod("netpact-e2e-worker")
+		// A token of the enforcer's service account bound to its pod carries the pod's node.
+		tok, err := client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "netpact", &authv1.TokenRequest{
+			Spec: authv1.TokenRequestSpec{BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1",
+				Name: self.Name, UID: self.UID}}}, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		asEnforcer := rest.AnonymousClientConfig(cfg)
+		asEnforcer.BearerToken = tok.Status.Token
+		dyn, err := dynamic.NewForConfig(asEnforcer)
+		Expect(err).NotTo(HaveOccurred())
+		write := func(node string) error {
+			patch := fmt.Sprintf(`{"apiVersion":"netpact.io/v1alpha1","kind":"NodePolicyStatus","metadata":{"name":%q},"status":{"policyCount":0,"endpoints":0,"failedEndpoints":0,"errorCount":0}}`, node)
+			force := true
+			_, err := dyn.Resource(kubenode.NPSResource).Patch(ctx, node, ktypes.ApplyPatchType, []byte(patch),
+				metav1.PatchOptions{FieldManager: "e2e-dry-run", Force: &force, DryRun: []string{metav1.DryRunAll}})
+			return err
+		}
+		Expect(write("netpact-e2e-worker")).To(Succeed(), "its own node's")
+		err = write("netpact-e2e-worker2")
+		Expect(err).To(HaveOccurred(), "another node's status")
+		Expect(err.Error()).To(ContainSubstring("its own node"))
+		// And nothing else of ours: no policy writes.
+		err = dyn.Resource(kubenode.CNPResource).Namespace("default").Delete(ctx, "anything", metav1.DeleteOptions{})
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "delete a CNP: %v", err)
+	})
+
+	It("keeps enforcing the last good version of a policy the API server accepts and the enforcer refuses", func() {
+		createNamespace(ctx, client, "np-bad")
+		createNamespace(ctx, client, "np-bad-client")
+		srv := netpactPod("np-bad", "server", map[string]string{"app": "server"}, "probe-server", "--port=8080/TCP")
+		_, err := client.CoreV1().Pods("np-bad").Create(ctx, srv, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		cl := netpactPod("np-bad-client", "client", nil, "probe-server")
+		cl.Annotations = map[string]string{"netpact.io/prober": "true"}
+		_, err = client.CoreV1().Pods("np-bad-client").Create(ctx, cl, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-bad")).To(Succeed())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-bad-client")).To(Succeed())
+		server, err := client.CoreV1().Pods("np-bad").Get(ctx, "server", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		apply := func(doc string) *unstructured.Unstructured {
+			objs, err := kubeapply.Decode("e2e", []byte(doc))
+			Expect(err).NotTo(HaveOccurred())
+			got, err := applier.ApplyOne(ctx, objs[0], "e2e")
+			Expect(err).NotTo(HaveOccurred())
+			return got
+		}
+		good := apply(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: only-nobody, namespace: np-bad}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: nobody}}]
+`)
+		Eventually(func() error { return nodesAt(ctx, good, 1, "") }).WithTimeout(time.Minute).Should(Succeed())
+		Expect(probeFrom(ctx, "np-bad-client", "client", server.Status.PodIP, 8080)).To(Equal("timeout"))
+		// Generation 2 asks for toServices, which the enforcer refuses by name; the CRD, as
+		// Cilium's, accepts it.
+		bad := apply(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: only-nobody, namespace: np-bad}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  egress:
+    - toServices: [{k8sService: {serviceName: kubernetes, namespace: default}}]
+`)
+		Expect(bad.GetGeneration()).To(Equal(int64(2)))
+		Eventually(func() error { return nodesAt(ctx, bad, 1, "toServices") }).WithTimeout(time.Minute).Should(Succeed())
+		// The last good version still closes the server's ingress.
+		Expect(probeFrom(ctx, "np-bad-client", "client", server.Status.PodIP, 8080)).To(Equal("timeout"))
+		Expect(applier.Delete(ctx, bad)).To(Succeed())
+		Eventually(func() string { return probeFrom(ctx, "np-bad-client", "client", server.Status.PodIP, 8080) }).
+			WithTimeout(time.Minute).Should(Equal("allow"))
+	})
 })
 
 func netipPort(ip string, port uint16) string {
@@ -259,4 +344,49 @@ func nodeStatuses(ctx context.Context, cfg *rest.Config) (map[string]v1alpha1.No
 		return out, fmt.Errorf("%d node statuses, not 3", len(out))
 	}
 	return out, nil
+}
+
+// nodesAt says whether every node enforces obj at generation gen, and reports an error
+// containing errText for it (none when empty).
+func nodesAt(ctx context.Context, obj *unstructured.Unstructured, gen int64, errText string) error {
+	cfg, _ := kindClient(kindData)
+	out, err := nodeStatuses(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for node, st := range out {
+		var found *v1alpha1.EnforcedPolicy
+		for i, p := range st.Status.Policies {
+			if p.UID == string(obj.GetUID()) {
+				found = &st.Status.Policies[i]
+			}
+		}
+		switch {
+		case found == nil:
+			return fmt.Errorf("%s: %s not seen", node, obj.GetName())
+		case found.Generation != gen:
+			return fmt.Errorf("%s: %s enforced at generation %d, not %d", node, obj.GetName(), found.Generation, gen)
+		case errText == "" && found.Error != "":
+			return fmt.Errorf("%s: %s: %s", node, obj.GetName(), found.Error)
+		case errText != "" && !strings.Contains(found.Error, errText):
+			return fmt.Errorf("%s: %s error %q lacks %q", node, obj.GetName(), found.Error, errText)
+		}
+	}
+	return nil
+}
+
+// probeFrom makes one TCP probe from a pod running the netpact image and returns its outcome.
+func probeFrom(ctx context.Context, ns, pod, host string, port uint16) string {
+	cfg, client := kindClient(kindData)
+	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client})
+	in := fmt.Sprintf(`[{"id":0,"proto":"TCP","host":%q,"port":%d,"timeoutMS":1500}]`, host, port)
+	stdout, stderr, code, err := backend.ExecStdin(*p, strings.NewReader(in), "netpact", "probe")
+	Expect(err).NotTo(HaveOccurred())
+	Expect(code).To(Equal(0), "netpact probe: %s", stderr)
+	var res []probeagent.Result
+	Expect(json.Unmarshal([]byte(stdout), &res)).To(Succeed())
+	Expect(res).To(HaveLen(1))
+	return res[0].Outcome
 }

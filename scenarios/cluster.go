@@ -455,6 +455,11 @@ func (c *Cluster) Exec(pod corev1.Pod, cmd ...string) (stdout, stderr string, co
 	return c.execIn(pod, "", nil, cmd)
 }
 
+// ExecStdin runs a command in the pod's first container with stdin.
+func (c *Cluster) ExecStdin(pod corev1.Pod, stdin io.Reader, cmd ...string) (stdout, stderr string, code int, err error) {
+	return c.execIn(pod, "", stdin, cmd)
+}
+
 // execIn runs a command in a container of the pod (the first when empty), with stdin when not
 // nil, and returns its output and exit code.
 func (c *Cluster) execIn(pod corev1.Pod, container string, stdin io.Reader, cmd []string) (string, string, int, error) {
