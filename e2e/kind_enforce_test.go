@@ -292,6 +292,67 @@ spec:
 		Eventually(func() string { return probeFrom(ctx, "np-bad-client", "client", server.Status.PodIP, 8080) }).
 			WithTimeout(time.Minute).Should(Equal("allow"))
 	})
+
+	It("serves flow events naming the deciding rule, and metrics, on the node's address only", func() {
+		createNamespace(ctx, client, "np-flows")
+		createNamespace(ctx, client, "np-flows-client")
+		srv := netpactPod("np-flows", "server", map[string]string{"app": "server"}, "probe-server", "--port=8080/TCP")
+		_, err := client.CoreV1().Pods("np-flows").Create(ctx, srv, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		cl := netpactPod("np-flows-client", "client", nil, "probe-server")
+		_, err = client.CoreV1().Pods("np-flows-client").Create(ctx, cl, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-flows")).To(Succeed())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-flows-client")).To(Succeed())
+		server, err := client.CoreV1().Pods("np-flows").Get(ctx, "server", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		clientPod, err := client.CoreV1().Pods("np-flows-client").Get(ctx, "client", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		objs, err := kubeapply.Decode("e2e", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-cluster, namespace: np-flows}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingressDeny:
+    - fromEntities: [cluster]
+`))
+		Expect(err).NotTo(HaveOccurred())
+		cnp, err := applier.ApplyOne(ctx, objs[0], "e2e")
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() error { return nodesAt(ctx, cnp, 1, "") }).WithTimeout(time.Minute).Should(Succeed())
+		Expect(probeFrom(ctx, "np-flows-client", "client", server.Status.PodIP, 8080)).To(Equal("timeout"))
+		enf := enforcerPod(server.Spec.NodeName)
+		get := func(path string, params map[string]string) string {
+			req := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enf.Name + ":9879").
+				SubResource("proxy").Suffix(path)
+			for k, v := range params {
+				req = req.Param(k, v)
+			}
+			raw, err := req.DoRaw(ctx)
+			Expect(err).NotTo(HaveOccurred(), "%s of %s", path, enf.Name)
+			return string(raw)
+		}
+		var flows []kubenode.FlowRecord
+		Expect(json.Unmarshal([]byte(get("flows", map[string]string{"src": clientPod.Status.PodIP, "dst": server.Status.PodIP})), &flows)).To(Succeed())
+		Expect(flows).To(ContainElement(SatisfyAll(
+			HaveField("Verdict", "dropped"), HaveField("Direction", "ingress"), HaveField("DstPort", uint16(8080)),
+			HaveField("SrcPod", "np-flows-client/client"), HaveField("DstPod", "np-flows/server"),
+			HaveField("Rule", ContainSubstring("np-flows/deny-cluster")))), "flows: %+v", flows)
+		metrics := get("metrics", nil)
+		for _, m := range []string{`netpact_datapath_packets_total{reason=`, `verdict="drop"`, `netpact_flow_events_total{direction="ingress"`,
+			`netpact_map_entries{map="conntrack"}`, `netpact_sync_duration_seconds `, `netpact_policies{refused="false"}`,
+			`netpact_endpoints{state="programmed"}`} {
+			Expect(metrics).To(ContainSubstring(m))
+		}
+		// Bound to the node's address, not to every interface.
+		out, err := exec.Command("docker", "exec", server.Spec.NodeName, "ss", "-Hltn", "sport = :9879").CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(strings.TrimSpace(string(out))).To(ContainSubstring(enf.Status.HostIP + ":9879"))
+		Expect(string(out)).NotTo(MatchRegexp(`(\*|0\.0\.0\.0|\[::\]):9879`))
+	})
 })
 
 func netipPort(ip string, port uint16) string {

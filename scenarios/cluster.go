@@ -3,6 +3,7 @@ package scenarios
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,7 @@ type Cluster struct {
 
 	createdNS, createdPods []string
 	nsLabels, podLabels    map[string]map[string]string
+	stepStart  time.Time
 	// minVersion is the resourceVersion of the last label change: every node must have seen it.
 	minVersion int64
 }
@@ -234,18 +236,88 @@ func (c *Cluster) Pods(key string) []corev1.Pod { return c.pods[key] }
 func (c *Cluster) BeginStep() {
 	c.mu.Lock()
 	c.last = map[string]string{}
+	c.stepStart = time.Now().Add(-time.Second)
 	c.mu.Unlock()
 }
 
-// Flows are, for a cluster, what the probe commands of the given cells printed.
+// Flows are, for a cluster, what the probe commands of the given cells printed, and the flow
+// events the enforcers of the source's and the destination's nodes report between the two pods
+// since the step began (with the rule that decided).
 func (c *Cluster) Flows(cells []Cell) []string {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	last := maps.Clone(c.last)
+	since := c.stepStart
+	c.mu.Unlock()
+	enforcers := map[string]string{} // node -> enforcer pod
+	if list, err := c.opts.Client.CoreV1().Pods("kube-system").List(context.Background(),
+		metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"}); err == nil {
+		for _, p := range list.Items {
+			enforcers[p.Spec.NodeName] = p.Name
+		}
+	}
 	var out []string
 	for _, cell := range cells {
-		if s, ok := c.last[cell.String()]; ok {
+		if s, ok := last[cell.String()]; ok {
 			out = append(out, cell.String()+": "+s)
 		}
+		from, to := c.pods[cell.From], c.pods[cell.To]
+		if len(from) == 0 {
+			continue
+		}
+		for _, dst := range to {
+			nodes := []string{from[0].Spec.NodeName}
+			if dst.Spec.NodeName != nodes[0] {
+				nodes = append(nodes, dst.Spec.NodeName)
+			}
+			for _, n := range nodes {
+				for _, line := range c.nodeFlows(enforcers[n], from[0].Status.PodIP, dst.Status.PodIP, since) {
+					out = append(out, fmt.Sprintf("%s: node %s: %s", cell, n, line))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// nodeFlows asks one enforcer (through the API server's pod proxy) for the flow events between
+// two addresses since a time; at most 4 lines, nothing when the enforcer cannot be asked.
+func (c *Cluster) nodeFlows(enforcer, src, dst string, since time.Time) []string {
+	if enforcer == "" || src == "" || dst == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	raw, err := c.opts.Client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").
+		Name(enforcer+":9879").SubResource("proxy").Suffix("flows").
+		Param("src", src).Param("dst", dst).Param("since", since.UTC().Format(time.RFC3339Nano)).Param("limit", "4").
+		DoRaw(ctx)
+	if err != nil {
+		return []string{"flows unavailable: " + err.Error()}
+	}
+	var recs []struct {
+		Direction, Proto, Src, SrcPod, Dst, DstPod, Verdict, Reason, Rule, Source string
+		SrcPort, DstPort                                                         uint16
+	}
+	if err := json.Unmarshal(raw, &recs); err != nil {
+		return []string{"flows unreadable: " + err.Error()}
+	}
+	var out []string
+	for _, r := range recs {
+		name := func(pod, ip string) string {
+			if pod != "" {
+				return pod
+			}
+			return ip
+		}
+		rule := r.Rule
+		if rule == "" {
+			rule = "no rule"
+		}
+		if r.Source != "" {
+			rule += " at " + r.Source
+		}
+		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d %s (%s; %s)", r.Direction, r.Proto, name(r.SrcPod, r.Src), r.SrcPort,
+			name(r.DstPod, r.Dst), r.DstPort, r.Verdict, r.Reason, rule))
 	}
 	return out
 }

@@ -49,7 +49,9 @@ The plugin's ADD waits on --cni-socket until the new pod's endpoint is programme
 enforces is written to the NodePolicyStatus object named after the node.
 
 /readyz answers 200 once the node is wired and the first sync is done; /status is the node's
-status as JSON.`,
+status as JSON; /flows the last 20,000 flow events (pods by name, the deciding rule and its
+source), filtered with ?src=&dst=&since=&limit=; /metrics the datapath's counters by reason,
+flow events by direction, map fill, sync duration, policies and endpoints.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if nodeName == "" {
@@ -81,8 +83,16 @@ status as JSON.`,
 			}
 			// Close leaves the pins: the node keeps enforcing while the next enforcer starts.
 			defer dp.Close()
+			node := enforcer.New(nodeName, dp, policy.Options{Mode: pm})
 			enf := kubenode.NewEnforcement(kubenode.EnforceConfig{NodeName: nodeName, Client: client, Dynamic: dyn,
-				Enforcer: enforcer.New(nodeName, dp, policy.Options{Mode: pm}), Mode: pm, Log: log})
+				Enforcer: node, Mode: pm, Log: log})
+			fr, err := dp.Flows()
+			if err != nil {
+				return err
+			}
+			defer fr.Close()
+			obs := kubenode.NewObserver(dp, node, enf)
+			go obs.Run(fr)
 			agent := kubenode.New(kubenode.Config{NodeName: nodeName, Client: client, CNIBinDir: cniBin,
 				CNIConfDir: cniConf, MTU: mtu, AgentSocket: socket, Log: log})
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -95,7 +105,7 @@ status as JSON.`,
 				if err != nil {
 					return fmt.Errorf("listen: %w", err)
 				}
-				srv := &http.Server{Handler: enforcerHandler(agent, enf), ReadHeaderTimeout: 5 * time.Second}
+				srv := &http.Server{Handler: enforcerHandler(agent, enf, obs), ReadHeaderTimeout: 5 * time.Second}
 				go func() { _ = srv.Serve(ln) }()
 				defer srv.Shutdown(context.Background())
 			}
@@ -114,7 +124,7 @@ status as JSON.`,
 	cmd.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name")
 	cmd.Flags().StringVar(&cniBin, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	cmd.Flags().StringVar(&cniConf, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
-	cmd.Flags().StringVar(&listen, "listen", ":9879", "address of /readyz, /status and /routes (empty: none)")
+	cmd.Flags().StringVar(&listen, "listen", ":9879", "address of /readyz, /status, /routes, /flows and /metrics (empty: none); the DaemonSet gives the node's IP, not every interface")
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "MTU of pod interfaces (the default route's when 0)")
 	cmd.Flags().StringVar(&pinPath, "pin-path", datapath.DefaultPinPath, "bpffs directory of the datapath's pins (on the node's bpffs)")
 	cmd.Flags().StringVar(&socket, "cni-socket", cniplugin.DefaultAgentSocket, "unix socket the CNI plugin's ADD waits on")
@@ -136,9 +146,12 @@ func requireBPFFS(dir string) error {
 	return nil
 }
 
-// enforcerHandler serves /readyz (wired and synced), /status and the agent's /routes.
-func enforcerHandler(agent *kubenode.Agent, enf *kubenode.Enforcement) http.Handler {
+// enforcerHandler serves /readyz (wired and synced), /status, the agent's /routes, and the
+// observer's /flows and /metrics.
+func enforcerHandler(agent *kubenode.Agent, enf *kubenode.Enforcement, obs *kubenode.Observer) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/flows", obs.Handler())
+	mux.Handle("/metrics", obs.Handler())
 	agentMux := agent.Handler()
 	mux.Handle("/routes", agentMux)
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/netpact/netpact/bpf"
@@ -159,6 +160,29 @@ func (d *Datapath) Counters() (map[Reason]Counter, error) {
 			c.Bytes += p.Bytes
 		}
 		out[r] = c
+	}
+	return out, nil
+}
+
+// MapFill is how full a map is: entries now, and the most it holds.
+type MapFill struct{ Entries, Max int }
+
+// Fill counts the entries of the maps that fill with traffic and policy (conntrack, fragments,
+// ipcache, endpoints, policy, prefix_policy).
+func (d *Datapath) Fill() (map[string]MapFill, error) {
+	out := map[string]MapFill{}
+	for name, m := range map[string]*ebpf.Map{"conntrack": d.objs.Conntrack, "fragments": d.objs.Fragments,
+		"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "prefix_policy": d.objs.PrefixPolicy} {
+		n := 0
+		var key, val []byte
+		it := m.Iterate()
+		for it.Next(&key, &val) {
+			n++
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("count %s entries: %w", name, err)
+		}
+		out[name] = MapFill{Entries: n, Max: int(m.MaxEntries())}
 	}
 	return out, nil
 }

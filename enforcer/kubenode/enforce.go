@@ -640,6 +640,13 @@ func (e *Enforcement) writeStatus(ctx context.Context, st v1alpha1.NodePolicySta
 	e.mu.Unlock()
 }
 
+// Syncs is how many syncs ran.
+func (e *Enforcement) Syncs() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.seq
+}
+
 // Status is the last sync's status.
 func (e *Enforcement) Status() v1alpha1.NodePolicyStatusStatus {
 	e.mu.Lock()

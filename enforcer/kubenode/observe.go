@@ -1,0 +1,237 @@
+package kubenode
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/enforcer/datapath"
+)
+
+// FlowRecord is a flow event as the enforcer serves it: pods by name, the deciding rule by
+// name and, when known, its source file:line; never a numeric identity (they are node-local).
+type FlowRecord struct {
+	Time      time.Time `json:"time"`
+	Direction string    `json:"direction"`
+	Proto     string    `json:"proto"`
+	Src       string    `json:"src"`
+	SrcPod    string    `json:"srcPod,omitempty"`
+	SrcPort   uint16    `json:"srcPort"`
+	Dst       string    `json:"dst"`
+	DstPod    string    `json:"dstPod,omitempty"`
+	DstPort   uint16    `json:"dstPort"`
+	Verdict   string    `json:"verdict"`
+	Reason    string    `json:"reason"`
+	Rule      string    `json:"rule,omitempty"`
+	Source    string    `json:"source,omitempty"`
+}
+
+// flowLogSize is how many flow events the enforcer keeps for /flows.
+const flowLogSize = 20000
+
+// Observer reads the datapath's flow events and serves them (/flows) with the node's metrics
+// (/metrics, Prometheus text format).
+type Observer struct {
+	dp  *datapath.Datapath
+	enf *enforcer.Enforcer
+	e   *Enforcement
+
+	mu     sync.Mutex
+	ring   []FlowRecord
+	next   int
+	events map[[2]string]uint64 // direction, reason -> flow events
+}
+
+// NewObserver returns an observer; Run reads the flow events.
+func NewObserver(dp *datapath.Datapath, enf *enforcer.Enforcer, e *Enforcement) *Observer {
+	return &Observer{dp: dp, enf: enf, e: e, events: map[[2]string]uint64{}}
+}
+
+// Run reads flow events until the reader is closed.
+func (o *Observer) Run(fr *datapath.FlowReader) {
+	for {
+		f, err := fr.Read(time.Time{})
+		if err != nil {
+			if errors.Is(err, datapath.ErrClosed) {
+				return
+			}
+			continue
+		}
+		rec := o.record(f)
+		o.mu.Lock()
+		if len(o.ring) < flowLogSize {
+			o.ring = append(o.ring, rec)
+		} else {
+			o.ring[o.next] = rec
+		}
+		o.next = (o.next + 1) % flowLogSize
+		o.events[[2]string{rec.Direction, rec.Reason}]++
+		o.mu.Unlock()
+	}
+}
+
+func (o *Observer) record(f datapath.Flow) FlowRecord {
+	rec := FlowRecord{Time: time.Now(), Direction: f.Direction.String(), Proto: f.Proto.String(), Src: f.Src.String(),
+		SrcPort: f.SrcPort, Dst: f.Dst.String(), DstPort: f.DstPort, Reason: f.Reason.String(), Verdict: "forwarded"}
+	if f.Reason.Dropped() {
+		rec.Verdict = "dropped"
+	}
+	if n := o.enf.Resolve(f.Src); n != f.Src.String() {
+		rec.SrcPod = n
+	}
+	if n := o.enf.Resolve(f.Dst); n != f.Dst.String() {
+		rec.DstPod = n
+	}
+	if st := o.enf.State(); st != nil && f.Rule != 0 {
+		if ri := st.Rule(f.Rule); ri != nil {
+			rec.Rule = ri.String()
+			// A policy read from the API server has no file of its own (the reconciler's
+			// annotation will carry the Git file:line).
+			if ri.Source.File != "" && ri.Source.File != ri.Policy.String() {
+				rec.Source = ri.Source.String()
+			}
+		}
+	}
+	return rec
+}
+
+// Flows are the kept flow events, oldest first, between src and dst when they are valid
+// addresses (either way round), since the given time, at most limit.
+func (o *Observer) Flows(src, dst netip.Addr, since time.Time, limit int) []FlowRecord {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []FlowRecord
+	n := len(o.ring)
+	for i := 0; i < n; i++ {
+		r := o.ring[(o.next+i)%n]
+		if len(o.ring) < flowLogSize {
+			r = o.ring[i]
+		}
+		if r.Time.Before(since) {
+			continue
+		}
+		if src.IsValid() && dst.IsValid() && !(r.Src == src.String() && r.Dst == dst.String()) &&
+			!(r.Src == dst.String() && r.Dst == src.String()) {
+			continue
+		}
+		out = append(out, r)
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out
+}
+
+// Handler serves /flows (?src=&dst=&since=RFC3339&limit=) and /metrics.
+func (o *Observer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/flows", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		src, _ := netip.ParseAddr(q.Get("src"))
+		dst, _ := netip.ParseAddr(q.Get("dst"))
+		var since time.Time
+		if s := q.Get("since"); s != "" {
+			t, err := time.Parse(time.RFC3339Nano, s)
+			if err != nil {
+				http.Error(w, "since: want RFC 3339", http.StatusBadRequest)
+				return
+			}
+			since = t
+		}
+		limit, _ := strconv.Atoi(q.Get("limit"))
+		if limit <= 0 || limit > flowLogSize {
+			limit = 1000
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(o.Flows(src, dst, since, limit))
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		o.writeMetrics(w)
+	})
+	return mux
+}
+
+func (o *Observer) writeMetrics(w http.ResponseWriter) {
+	counters, err := o.dp.Counters()
+	if err == nil {
+		fmt.Fprintln(w, "# HELP netpact_datapath_packets_total Packets the datapath forwarded or dropped, by reason.")
+		fmt.Fprintln(w, "# TYPE netpact_datapath_packets_total counter")
+		reasons := make([]datapath.Reason, 0, len(counters))
+		for r := range counters {
+			reasons = append(reasons, r)
+		}
+		sort.Slice(reasons, func(i, j int) bool { return reasons[i] < reasons[j] })
+		for _, r := range reasons {
+			fmt.Fprintf(w, "netpact_datapath_packets_total{reason=%q,verdict=%q} %d\n", r.String(), verdict(r), counters[r].Packets)
+		}
+		fmt.Fprintln(w, "# HELP netpact_datapath_bytes_total Bytes the datapath forwarded or dropped, by reason.")
+		fmt.Fprintln(w, "# TYPE netpact_datapath_bytes_total counter")
+		for _, r := range reasons {
+			fmt.Fprintf(w, "netpact_datapath_bytes_total{reason=%q,verdict=%q} %d\n", r.String(), verdict(r), counters[r].Bytes)
+		}
+	}
+	o.mu.Lock()
+	keys := make([][2]string, 0, len(o.events))
+	for k := range o.events {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
+	fmt.Fprintln(w, "# HELP netpact_flow_events_total Flow events read from the datapath, by direction and reason (rate-limited per CPU).")
+	fmt.Fprintln(w, "# TYPE netpact_flow_events_total counter")
+	for _, k := range keys {
+		fmt.Fprintf(w, "netpact_flow_events_total{direction=%q,reason=%q} %d\n", k[0], k[1], o.events[k])
+	}
+	o.mu.Unlock()
+	if fill, err := o.dp.Fill(); err == nil {
+		names := make([]string, 0, len(fill))
+		for n := range fill {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		fmt.Fprintln(w, "# HELP netpact_map_entries Entries in a datapath map.")
+		fmt.Fprintln(w, "# TYPE netpact_map_entries gauge")
+		for _, n := range names {
+			fmt.Fprintf(w, "netpact_map_entries{map=%q} %d\n", n, fill[n].Entries)
+		}
+		fmt.Fprintln(w, "# HELP netpact_map_capacity Entries a datapath map holds at most.")
+		fmt.Fprintln(w, "# TYPE netpact_map_capacity gauge")
+		for _, n := range names {
+			fmt.Fprintf(w, "netpact_map_capacity{map=%q} %d\n", n, fill[n].Max)
+		}
+	}
+	st := o.e.Status()
+	dur, _ := time.ParseDuration(st.SyncDuration)
+	fmt.Fprintln(w, "# HELP netpact_sync_duration_seconds How long the last sync took.")
+	fmt.Fprintln(w, "# TYPE netpact_sync_duration_seconds gauge")
+	fmt.Fprintf(w, "netpact_sync_duration_seconds %g\n", dur.Seconds())
+	fmt.Fprintln(w, "# HELP netpact_syncs_total Syncs of the node's datapath with the cluster.")
+	fmt.Fprintln(w, "# TYPE netpact_syncs_total counter")
+	fmt.Fprintf(w, "netpact_syncs_total %d\n", o.e.Syncs())
+	fmt.Fprintln(w, "# HELP netpact_policies Policy objects the enforcer holds, by whether it refused them.")
+	fmt.Fprintln(w, "# TYPE netpact_policies gauge")
+	refused := 0
+	for _, p := range st.Policies {
+		if p.Error != "" {
+			refused++
+		}
+	}
+	fmt.Fprintf(w, "netpact_policies{refused=\"false\"} %d\nnetpact_policies{refused=\"true\"} %d\n", st.PolicyCount-refused, refused)
+	fmt.Fprintln(w, "# HELP netpact_endpoints The node's pods, programmed or failed closed.")
+	fmt.Fprintln(w, "# TYPE netpact_endpoints gauge")
+	fmt.Fprintf(w, "netpact_endpoints{state=\"programmed\"} %d\nnetpact_endpoints{state=\"failed\"} %d\n", st.Endpoints, st.FailedEndpoints)
+}
+
+func verdict(r datapath.Reason) string {
+	if r.Dropped() {
+		return "drop"
+	}
+	return "forward"
+}
