@@ -67,7 +67,7 @@ type Cluster struct {
 
 	createdNS, createdPods []string
 	nsLabels, podLabels    map[string]map[string]string
-	stepStart  time.Time
+	stepStart              time.Time
 	// minVersion is the resourceVersion of the last label change: every node must have seen it.
 	minVersion int64
 }
@@ -296,7 +296,7 @@ func (c *Cluster) nodeFlows(enforcer, src, dst string, since time.Time) []string
 	}
 	var recs []struct {
 		Direction, Proto, Src, SrcPod, Dst, DstPod, Verdict, Reason, Rule, Source string
-		SrcPort, DstPort                                                         uint16
+		SrcPort, DstPort                                                          uint16
 	}
 	if err := json.Unmarshal(raw, &recs); err != nil {
 		return []string{"flows unreadable: " + err.Error()}
