@@ -92,6 +92,7 @@ type Enforcement struct {
 	lastWrite   time.Time
 	lastErr     error
 	observed    int64
+	took        time.Duration
 }
 
 // policyObject is one policy object of the API server and what the loader made of it.
@@ -218,8 +219,11 @@ func (e *Enforcement) Run(ctx context.Context) error {
 			e.mu.Unlock()
 			return nil
 		case <-e.trigger:
-			// Coalesce a burst (a rollout, a bundle of policies) into one sync.
-			time.Sleep(e.cfg.Coalesce)
+			// Coalesce a burst (a rollout, a bundle of policies) into one sync: wait the
+			// coalescing time, and at least as long as the last sync took, so that a stream of
+			// events takes at most about half a CPU however long a sync is.
+			wait := max(e.cfg.Coalesce, e.lastTook())
+			time.Sleep(min(wait, 2*time.Second))
 			select {
 			case <-e.trigger:
 			default:
@@ -235,6 +239,7 @@ func (e *Enforcement) syncOnce(ctx context.Context) {
 	err := e.sync()
 	took := time.Since(start)
 	e.mu.Lock()
+	e.took = took
 	e.lastErr = err
 	e.seq++
 	e.done.Broadcast()
@@ -638,6 +643,12 @@ func (e *Enforcement) writeStatus(ctx context.Context, st v1alpha1.NodePolicySta
 	e.mu.Lock()
 	e.lastWritten, e.lastWrite = string(key), time.Now()
 	e.mu.Unlock()
+}
+
+func (e *Enforcement) lastTook() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.took
 }
 
 // Syncs is how many syncs ran.

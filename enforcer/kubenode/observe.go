@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,6 +210,16 @@ func (o *Observer) writeMetrics(w http.ResponseWriter) {
 			fmt.Fprintf(w, "netpact_map_capacity{map=%q} %d\n", n, fill[n].Max)
 		}
 	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintln(w, "# HELP go_memstats_heap_inuse_bytes Bytes of the Go heap in use.")
+	fmt.Fprintln(w, "# TYPE go_memstats_heap_inuse_bytes gauge")
+	fmt.Fprintf(w, "go_memstats_heap_inuse_bytes %d\n", ms.HeapInuse)
+	if rss, ok := residentBytes(); ok {
+		fmt.Fprintln(w, "# HELP process_resident_memory_bytes Resident memory of the enforcer.")
+		fmt.Fprintln(w, "# TYPE process_resident_memory_bytes gauge")
+		fmt.Fprintf(w, "process_resident_memory_bytes %d\n", rss)
+	}
 	st := o.e.Status()
 	dur, _ := time.ParseDuration(st.SyncDuration)
 	fmt.Fprintln(w, "# HELP netpact_sync_duration_seconds How long the last sync took.")
@@ -234,4 +247,19 @@ func verdict(r datapath.Reason) string {
 		return "drop"
 	}
 	return "forward"
+}
+
+// residentBytes is VmRSS of this process.
+func residentBytes() (uint64, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024, err == nil
+		}
+	}
+	return 0, false
 }
