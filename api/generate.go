@@ -4,3 +4,4 @@ package api
 
 // Structural CRDs without descriptions (Cilium's own CRD is about 400 KB); applied server-side.
 //go:generate go tool controller-gen crd:maxDescLen=0 paths=./... output:crd:dir=../deploy/crds
+//go:generate sh -c "rm -f ../deploy/chart/netpact/crds/*.yaml && cp ../deploy/crds/*.yaml ../deploy/chart/netpact/crds/"

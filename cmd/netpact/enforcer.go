@@ -31,6 +31,7 @@ import (
 func newEnforcerCommand() *cobra.Command {
 	var (
 		kubeconfig, nodeName, cniBin, cniConf, listen, pinPath, socket, mode string
+		flowsListen, metricsListen                                           string
 		mtu                                                                  int
 		cniWait                                                              time.Duration
 	)
@@ -105,7 +106,23 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				if err != nil {
 					return fmt.Errorf("listen: %w", err)
 				}
-				srv := &http.Server{Handler: enforcerHandler(agent, enf, obs), ReadHeaderTimeout: 5 * time.Second}
+				srv := &http.Server{Handler: enforcerHandler(agent, enf, obs, flowsListen == "", metricsListen == ""),
+					ReadHeaderTimeout: 5 * time.Second}
+				go func() { _ = srv.Serve(ln) }()
+				defer srv.Shutdown(context.Background())
+			}
+			// Flows and metrics on ports of their own, when asked.
+			for _, l := range []struct{ addr, path string }{{flowsListen, "/flows"}, {metricsListen, "/metrics"}} {
+				if l.addr == "" {
+					continue
+				}
+				ln, err := net.Listen("tcp", l.addr)
+				if err != nil {
+					return fmt.Errorf("listen %s: %w", l.path, err)
+				}
+				mux := http.NewServeMux()
+				mux.Handle(l.path, obs.Handler())
+				srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 				go func() { _ = srv.Serve(ln) }()
 				defer srv.Shutdown(context.Background())
 			}
@@ -125,6 +142,8 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	cmd.Flags().StringVar(&cniBin, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	cmd.Flags().StringVar(&cniConf, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
 	cmd.Flags().StringVar(&listen, "listen", ":9879", "address of /readyz, /status, /routes, /flows and /metrics (empty: none); the DaemonSet gives the node's IP, not every interface")
+	cmd.Flags().StringVar(&flowsListen, "flows-listen", "", "address of /flows when not on --listen")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "address of /metrics when not on --listen")
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "MTU of pod interfaces (the default route's when 0)")
 	cmd.Flags().StringVar(&pinPath, "pin-path", datapath.DefaultPinPath, "bpffs directory of the datapath's pins (on the node's bpffs)")
 	cmd.Flags().StringVar(&socket, "cni-socket", cniplugin.DefaultAgentSocket, "unix socket the CNI plugin's ADD waits on")
@@ -148,10 +167,14 @@ func requireBPFFS(dir string) error {
 
 // enforcerHandler serves /readyz (wired and synced), /status, the agent's /routes, and the
 // observer's /flows and /metrics.
-func enforcerHandler(agent *kubenode.Agent, enf *kubenode.Enforcement, obs *kubenode.Observer) http.Handler {
+func enforcerHandler(agent *kubenode.Agent, enf *kubenode.Enforcement, obs *kubenode.Observer, flows, metrics bool) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/flows", obs.Handler())
-	mux.Handle("/metrics", obs.Handler())
+	if flows {
+		mux.Handle("/flows", obs.Handler())
+	}
+	if metrics {
+		mux.Handle("/metrics", obs.Handler())
+	}
 	agentMux := agent.Handler()
 	mux.Handle("/routes", agentMux)
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
