@@ -353,6 +353,79 @@ spec:
 		Expect(strings.TrimSpace(string(out))).To(ContainSubstring(enf.Status.HostIP + ":9879"))
 		Expect(string(out)).NotTo(MatchRegexp(`(\*|0\.0\.0\.0|\[::\]):9879`))
 	})
+
+	It("fails closed the pods of a policy too big to enforce, names it in the status, and programs the others", func() {
+		createNamespace(ctx, client, "np-big")
+		node := "netpact-e2e-worker"
+		for _, name := range []string{"big", "small"} {
+			p := netpactPod("np-big", name, map[string]string{"app": name}, "probe-server", "--port=8080/TCP")
+			p.Spec.NodeName = node
+			_, err := client.CoreV1().Pods("np-big").Create(ctx, p, metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-big")).To(Succeed())
+		// 200 addresses x 100 ports: 20,000 entries for one endpoint, over the 16,384 it may have.
+		var cidrs, ports []string
+		for i := 0; i < 200; i++ {
+			cidrs = append(cidrs, fmt.Sprintf(`"198.51.%d.%d/32"`, i/100, i%100+1))
+		}
+		for i := 0; i < 100; i++ {
+			ports = append(ports, fmt.Sprintf(`{port: "%d", protocol: TCP}`, 2000+2*i))
+		}
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		objs, err := kubeapply.Decode("e2e", []byte(fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: too-big, namespace: np-big}
+spec:
+  endpointSelector: {matchLabels: {app: big}}
+  egress:
+    - toCIDR: [%s]
+      toPorts: [{ports: [%s]}]
+`, strings.Join(cidrs, ", "), strings.Join(ports, ", "))))
+		Expect(err).NotTo(HaveOccurred())
+		_, err = applier.ApplyOne(ctx, objs[0], "e2e")
+		Expect(err).NotTo(HaveOccurred())
+		var st v1alpha1.NodePolicyStatus
+		Eventually(func() error {
+			all, err := nodeStatuses(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			st = all[node]
+			for _, ee := range st.Status.EndpointErrors {
+				if ee.Pod == "np-big/big" {
+					return nil
+				}
+			}
+			return fmt.Errorf("np-big/big not failed on %s: %+v", node, st.Status.EndpointErrors)
+		}).WithTimeout(time.Minute).WithPolling(200 * time.Millisecond).Should(Succeed())
+		var reason string
+		for _, ee := range st.Status.EndpointErrors {
+			if ee.Pod == "np-big/big" {
+				reason = ee.Error
+			}
+			Expect(ee.Pod).NotTo(Equal("np-big/small"))
+		}
+		Expect(reason).To(ContainSubstring("np-big/too-big"), "the status names the policy")
+		Expect(reason).To(ContainSubstring("failed closed"))
+		// Closed: even the open port of the big pod is dropped; the small one still answers.
+		pods, err := client.CoreV1().Pods("np-big").List(ctx, metav1.ListOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		ips := map[string]string{}
+		for _, p := range pods.Items {
+			ips[p.Name] = p.Status.PodIP
+		}
+		Expect(probeFrom(ctx, "np-big", "small", ips["big"], 8080)).To(Equal("timeout"))
+		Expect(probeFrom(ctx, "np-big", "big", ips["small"], 8080)).To(Equal("timeout"))
+		createNamespace(ctx, client, "np-big-client")
+		cl := netpactPod("np-big-client", "client", nil, "probe-server")
+		_, err = client.CoreV1().Pods("np-big-client").Create(ctx, cl, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-big-client")).To(Succeed())
+		Expect(probeFrom(ctx, "np-big-client", "client", ips["small"], 8080)).To(Equal("allow"))
+	})
 })
 
 func netipPort(ip string, port uint16) string {
