@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -69,6 +70,14 @@ spec:
 
 	It("measures the enforcers' memory with 1,000 more pods and 1,000 more policies in their informers", func() {
 		createNamespace(ctx, client, "np-scale")
+		// Two thousand deletions must not run under the next spec.
+		DeferCleanup(func(ctx SpecContext) {
+			_ = client.CoreV1().Namespaces().Delete(ctx, "np-scale", metav1.DeleteOptions{})
+			Eventually(func() bool {
+				_, err := client.CoreV1().Namespaces().Get(ctx, "np-scale", metav1.GetOptions{})
+				return apierrors.IsNotFound(err)
+			}).WithTimeout(5*time.Minute).WithPolling(time.Second).Should(BeTrue(), "np-scale deleted")
+		})
 		// client-go's default 5 requests/s would make this a measure of the client.
 		fastCfg, _ := kindClient(kindData)
 		fastCfg.QPS, fastCfg.Burst = 500, 1000

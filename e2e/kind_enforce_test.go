@@ -426,6 +426,55 @@ spec:
 		Expect(kubeapply.WaitPodsReady(ctx, client, "np-big-client")).To(Succeed())
 		Expect(probeFrom(ctx, "np-big-client", "client", ips["small"], 8080)).To(Equal("allow"))
 	})
+
+	It("enforces a CiliumClusterwideNetworkPolicy across namespaces and nodes", func() {
+		createNamespace(ctx, client, "np-ccnp-a")
+		createNamespace(ctx, client, "np-ccnp-b")
+		// Servers on different workers; each client beside one server and across from the other.
+		on := func(node string, p *corev1.Pod) *corev1.Pod { p.Spec.NodeName = node; return p }
+		for _, p := range []*corev1.Pod{
+			on("netpact-e2e-worker", netpactPod("np-ccnp-a", "server", map[string]string{"app": "ccnp-server"}, "probe-server", "--port=8080/TCP")),
+			on("netpact-e2e-worker2", netpactPod("np-ccnp-b", "server", map[string]string{"app": "ccnp-server"}, "probe-server", "--port=8080/TCP")),
+			on("netpact-e2e-worker", netpactPod("np-ccnp-b", "client", nil, "probe-server")),
+			on("netpact-e2e-worker2", netpactPod("np-ccnp-a", "client", nil, "probe-server")),
+		} {
+			_, err := client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-ccnp-a")).To(Succeed())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-ccnp-b")).To(Succeed())
+		a, err := client.CoreV1().Pods("np-ccnp-a").Get(ctx, "server", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		b, err := client.CoreV1().Pods("np-ccnp-b").Get(ctx, "server", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(probeFrom(ctx, "np-ccnp-b", "client", a.Status.PodIP, 8080)).To(Equal("allow"))
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		// Every ccnp-server of the cluster, whatever its namespace, takes ingress only from np-ccnp-a.
+		objs, err := kubeapply.Decode("e2e", []byte(`apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: np-ccnp-servers}
+spec:
+  endpointSelector: {matchLabels: {app: ccnp-server}}
+  ingress:
+    - fromEndpoints:
+        - matchExpressions:
+            - {key: k8s:io.kubernetes.pod.namespace, operator: In, values: [np-ccnp-a]}
+`))
+		Expect(err).NotTo(HaveOccurred())
+		ccnp, err := applier.ApplyOne(ctx, objs[0], "e2e")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { _ = applier.Delete(ctx, ccnp) })
+		Eventually(func() error { return nodesAt(ctx, ccnp, 1, "") }).WithTimeout(time.Minute).Should(Succeed())
+		Expect(probeFrom(ctx, "np-ccnp-b", "client", a.Status.PodIP, 8080)).To(Equal("timeout"), "b's client to a's server")
+		Expect(probeFrom(ctx, "np-ccnp-b", "client", b.Status.PodIP, 8080)).To(Equal("timeout"), "b's client to b's server")
+		Expect(probeFrom(ctx, "np-ccnp-a", "client", b.Status.PodIP, 8080)).To(Equal("allow"), "a's client to b's server")
+		Expect(probeFrom(ctx, "np-ccnp-a", "client", a.Status.PodIP, 8080)).To(Equal("allow"), "a's client to a's server")
+		Expect(applier.Delete(ctx, ccnp)).To(Succeed())
+		Eventually(func() string { return probeFrom(ctx, "np-ccnp-b", "client", a.Status.PodIP, 8080) }).
+			WithTimeout(time.Minute).Should(Equal("allow"))
+	})
 })
 
 func netipPort(ip string, port uint16) string {
