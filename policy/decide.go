@@ -69,16 +69,16 @@ type State struct {
 	policies  map[Key]*Policy
 }
 
-// Endpoint returns the state of a pod.
+// Endpoint returns the state of a pod (none for a pod of another node than Options.Node).
 func (s *State) Endpoint(k EndpointKey) (*EndpointState, bool) {
 	st, ok := s.endpoints[k]
-	return st, ok
+	return st, ok && st != nil
 }
 
 // Host returns the state of a node's host endpoint.
 func (s *State) Host(node string) (*EndpointState, bool) {
 	st, ok := s.hosts[node]
-	return st, ok
+	return st, ok && st != nil
 }
 
 // Endpoints lists the pods in name order.

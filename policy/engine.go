@@ -36,6 +36,10 @@ type Options struct {
 	// EnforceHost stops the implicit allow of the local host to local endpoints (Cilium's
 	// allow-localhost=policy). By default the host may reach its endpoints, so kubelet probes work.
 	EnforceHost bool
+	// Node, when set, compiles only the endpoints that share a group (identity, namespace,
+	// ports) with one on that node, and that node's host: an enforcer's own pods. The others
+	// keep identities and addresses, without state. Empty compiles all.
+	Node string
 }
 
 // Engine compiles policies over a cluster into per-endpoint map state. It recomputes the state
@@ -125,8 +129,30 @@ func (e *Engine) rebuild() {
 		e.index(np)
 	}
 	for _, g := range e.allGroups() {
-		g.state = e.compileGroup(g)
+		g.state = e.compile(g)
 	}
+}
+
+// compile is the group's state, or nil for a group on another node than Options.Node.
+func (e *Engine) compile(g *group) *EndpointState {
+	if e.opts.Node != "" && !e.onNode(g) {
+		return nil
+	}
+	return e.compileGroup(g)
+}
+
+// onNode says whether a group has an endpoint on Options.Node (pods of one identity share a
+// group across nodes; a host group is its node's).
+func (e *Engine) onNode(g *group) bool {
+	if g.node != nil {
+		return g.node.Name == e.opts.Node
+	}
+	for _, k := range g.endpoints {
+		if ep := e.u.endpoints[k]; ep != nil && ep.Node == e.opts.Node {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Engine) allGroups() []*group {
@@ -222,7 +248,7 @@ func (e *Engine) refresh(cidrsBefore map[netip.Prefix]bool, np *normPolicy, affe
 	}
 	var changed []EndpointKey
 	for g := range affected {
-		g.state = e.compileGroup(g)
+		g.state = e.compile(g)
 		changed = append(changed, g.endpoints...)
 	}
 	sortKeys(changed)

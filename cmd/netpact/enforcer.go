@@ -84,7 +84,8 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 			}
 			// Close leaves the pins: the node keeps enforcing while the next enforcer starts.
 			defer dp.Close()
-			node := enforcer.New(nodeName, dp, policy.Options{Mode: pm})
+			// Only this node's pods are compiled: the others need identities and addresses, not state.
+			node := enforcer.New(nodeName, dp, policy.Options{Mode: pm, Node: nodeName})
 			enf := kubenode.NewEnforcement(kubenode.EnforceConfig{NodeName: nodeName, Client: client, Dynamic: dyn,
 				Enforcer: node, Mode: pm, Log: log})
 			fr, err := dp.Flows()
