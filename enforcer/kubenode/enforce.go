@@ -564,33 +564,8 @@ func ciliumYAML(u *unstructured.Unstructured) ([]byte, error) {
 // statusLocked is the NodePolicyStatus of the sync just done.
 func (e *Enforcement) statusLocked(err error, start time.Time, took time.Duration) v1alpha1.NodePolicyStatusStatus {
 	st := v1alpha1.NodePolicyStatusStatus{Mode: string(e.cfg.Mode)}
-	revs := map[string]bool{}
-	for k, po := range e.objs {
-		ep := v1alpha1.EnforcedPolicy{Kind: string(k.Kind), Namespace: k.Namespace, Name: k.Name, UID: po.uid}
-		if po.good != nil && e.enforced[k] == po.good {
-			ep.Generation, ep.Revision = po.goodGeneration, po.goodRevision
-			if ep.Revision != "" {
-				revs[ep.Revision] = true
-			}
-		}
-		if po.generation != ep.Generation {
-			ep.ObservedGeneration = po.generation
-		}
-		if po.err != nil {
-			ep.Error = po.err.Error()
-			st.ErrorCount++
-		}
-		st.Policies = append(st.Policies, ep)
-	}
-	sort.Slice(st.Policies, func(i, j int) bool {
-		a, b := st.Policies[i], st.Policies[j]
-		return a.Kind+"/"+a.Namespace+"/"+a.Name < b.Kind+"/"+b.Namespace+"/"+b.Name
-	})
+	st.Policies, st.Revisions, st.ErrorCount = e.policiesStatusLocked()
 	st.PolicyCount = len(st.Policies)
-	for r := range revs {
-		st.Revisions = append(st.Revisions, r)
-	}
-	sort.Strings(st.Revisions)
 	failed := e.cfg.Enforcer.Failed()
 	for k, ferr := range failed {
 		st.EndpointErrors = append(st.EndpointErrors, v1alpha1.EndpointError{Pod: k.String(), Error: ferr.Error()})
@@ -609,6 +584,41 @@ func (e *Enforcement) statusLocked(err error, start time.Time, took time.Duratio
 	st.SyncDuration = took.Round(time.Millisecond).String()
 	e.status = st
 	return st
+}
+
+// policiesStatusLocked is each policy object as enforced: generation, revision, error; the
+// distinct revisions; the number refused.
+func (e *Enforcement) policiesStatusLocked() ([]v1alpha1.EnforcedPolicy, []string, int) {
+	var out []v1alpha1.EnforcedPolicy
+	refused := 0
+	revs := map[string]bool{}
+	for k, po := range e.objs {
+		ep := v1alpha1.EnforcedPolicy{Kind: string(k.Kind), Namespace: k.Namespace, Name: k.Name, UID: po.uid}
+		if po.good != nil && e.enforced[k] == po.good {
+			ep.Generation, ep.Revision = po.goodGeneration, po.goodRevision
+			if ep.Revision != "" {
+				revs[ep.Revision] = true
+			}
+		}
+		if po.generation != ep.Generation {
+			ep.ObservedGeneration = po.generation
+		}
+		if po.err != nil {
+			ep.Error = po.err.Error()
+			refused++
+		}
+		out = append(out, ep)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		return a.Kind+"/"+a.Namespace+"/"+a.Name < b.Kind+"/"+b.Namespace+"/"+b.Name
+	})
+	var revisions []string
+	for r := range revs {
+		revisions = append(revisions, r)
+	}
+	sort.Strings(revisions)
+	return out, revisions, refused
 }
 
 // writeStatus server-side-applies the node's status object when it changed (or for the heartbeat).
