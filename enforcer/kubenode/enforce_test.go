@@ -140,7 +140,7 @@ func addrs(a []netip.Addr) string {
 func cnp(uid, rv string, gen int64, spec map[string]any) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
 		"metadata": map[string]any{"name": "p", "namespace": "a", "uid": uid, "resourceVersion": rv, "generation": gen},
-		"spec": spec}}
+		"spec":     spec}}
 	return u
 }
 
