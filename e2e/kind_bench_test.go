@@ -40,7 +40,8 @@ var _ = Describe("benchmarks on kind", Ordered, Label("kind", "bench"), func() {
 		cfg, _ := kindClient(kindData)
 		applier, err := kubeapply.New(cfg)
 		Expect(err).NotTo(HaveOccurred())
-		var took []time.Duration
+		// The baseline, in the same run: the server-side apply's own round trip.
+		var took, applied []time.Duration
 		for i := 0; i < 20; i++ {
 			objs, err := kubeapply.Decode("bench", []byte(fmt.Sprintf(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -55,15 +56,21 @@ spec:
 			start := time.Now()
 			got, err := applier.ApplyOne(ctx, objs[0], "bench")
 			Expect(err).NotTo(HaveOccurred())
+			applied = append(applied, time.Since(start))
 			Eventually(func() error { return nodesAt(ctx, got, got.GetGeneration(), "") }).
 				WithTimeout(30 * time.Second).WithPolling(10 * time.Millisecond).Should(Succeed())
 			took = append(took, time.Since(start))
 		}
-		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
-		p := func(q float64) time.Duration { return took[min(len(took)-1, int(q*float64(len(took))))] }
-		summary := fmt.Sprintf("p50 %s, p99 %s, min %s, max %s over %d changes (goal p99 < 2s; 10 ms polling included)",
+		for _, d := range [][]time.Duration{took, applied} {
+			sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		}
+		q := func(d []time.Duration, f float64) time.Duration { return d[min(len(d)-1, int(f*float64(len(d))))] }
+		p := func(f float64) time.Duration { return q(took, f) }
+		summary := fmt.Sprintf("p50 %s, p99 %s, min %s, max %s over %d changes (goal p99 < 2s; 10 ms polling included); "+
+			"baseline, the apply's own round trip: p50 %s, p99 %s; ratio at p50 %.1fx",
 			p(0.50).Round(time.Millisecond), p(0.99).Round(time.Millisecond), took[0].Round(time.Millisecond),
-			took[len(took)-1].Round(time.Millisecond), len(took))
+			took[len(took)-1].Round(time.Millisecond), len(took), q(applied, 0.5).Round(time.Millisecond),
+			q(applied, 0.99).Round(time.Millisecond), float64(p(0.5))/float64(q(applied, 0.5)))
 		AddReportEntry("policy change to enforced on every node", summary)
 		fmt.Fprintln(GinkgoWriter, "policy change to enforced on every node:", summary)
 	})
