@@ -370,16 +370,7 @@ func (c *Cluster) Probe(cell Cell) Outcome {
 			t, note))
 	}
 	c.record(cell, strings.Join(notes, "; "))
-	for _, o := range outcomes[1:] {
-		if o != outcomes[0] {
-			var s []string
-			for _, o := range outcomes {
-				s = append(s, string(o))
-			}
-			return Outcome("mixed(" + strings.Join(s, ",") + ")")
-		}
-	}
-	return outcomes[0]
+	return combine(outcomes)
 }
 
 func (t target) String() string {

@@ -307,11 +307,13 @@ var methods = []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "PATCH ", "O
 func handle(c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(c)
-	first, err := br.ReadString('\n')
-	if err != nil && first == "" {
+	// A first line longer than the buffer is not an HTTP request line: echoed, never grown.
+	br := bufio.NewReaderSize(c, 4096)
+	line, err := br.ReadSlice('\n')
+	if err != nil && !errors.Is(err, bufio.ErrBufferFull) && len(line) == 0 {
 		return
 	}
+	first := string(line)
 	for _, m := range methods {
 		if strings.HasPrefix(first, m) {
 			for {
