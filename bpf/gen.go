@@ -1,4 +1,4 @@
 // Package bpf holds netpact's eBPF programs and the Go that bpf2go generates for them.
 package bpf
 
-//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -cflags $BPF_CFLAGS -target bpfel -type endpoint_info -type ipcache_key -type ipcache_value -type policy_key -type policy_value -type prefix_policy_key -type ct_key -type ct_value -type frag_key -type flow_event -type config -type counter -type reason -type endpoint_flag Netpact netpact.c -- -I./headers -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -cflags $BPF_CFLAGS -target bpfel -type endpoint_info -type ipcache_key -type ipcache_value -type policy_key -type policy_value -type prefix_policy_key -type ct_key -type ct_value -type frag_key -type flow_event -type config -type counter -type reason -type endpoint_flag -type svc_key -type svc_value -type backend_key -type backend_value -type revnat_key -type revnat_value -type svc_flow_key Netpact netpact.c -- -I./headers -I/usr/include/x86_64-linux-gnu

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type NetpactBackendKey struct {
+	_    structs.HostLayout
+	Id   uint32
+	Slot uint32
+}
+
+type NetpactBackendValue struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type NetpactConfig struct {
 	_            structs.HostLayout
 	EventsPerSec uint64
@@ -207,6 +221,47 @@ const (
 	NetpactReasonREASON_MAX                     NetpactReason = 16
 )
 
+type NetpactRevnatKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    [5]uint8
+}
+
+type NetpactRevnatValue struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  uint16
+	Id   uint32
+}
+
+type NetpactSvcFlowKey struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+	Pad    uint32
+}
+
+type NetpactSvcKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
+type NetpactSvcValue struct {
+	_     structs.HostLayout
+	Id    uint32
+	Count uint32
+}
+
 // LoadNetpact returns the embedded CollectionSpec for Netpact.
 func LoadNetpact() (*ebpf.CollectionSpec, error) {
 	reader := bytes.NewReader(_NetpactBytes)
@@ -249,14 +304,23 @@ type NetpactSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NetpactProgramSpecs struct {
-	TcFromPod *ebpf.ProgramSpec `ebpf:"tc_from_pod"`
-	TcToPod   *ebpf.ProgramSpec `ebpf:"tc_to_pod"`
+	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
+	SockConnect6     *ebpf.ProgramSpec `ebpf:"sock_connect6"`
+	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
+	SockGetpeername6 *ebpf.ProgramSpec `ebpf:"sock_getpeername6"`
+	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6     *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
+	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
+	SockSendmsg6     *ebpf.ProgramSpec `ebpf:"sock_sendmsg6"`
+	TcFromPod        *ebpf.ProgramSpec `ebpf:"tc_from_pod"`
+	TcToPod          *ebpf.ProgramSpec `ebpf:"tc_to_pod"`
 }
 
 // NetpactMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NetpactMapSpecs struct {
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
@@ -267,7 +331,10 @@ type NetpactMapSpecs struct {
 	Policy         *ebpf.MapSpec `ebpf:"policy"`
 	PrefixPolicy   *ebpf.MapSpec `ebpf:"prefix_policy"`
 	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
 	Settings       *ebpf.MapSpec `ebpf:"settings"`
+	SockRevnat     *ebpf.MapSpec `ebpf:"sock_revnat"`
+	SvcFlows       *ebpf.MapSpec `ebpf:"svc_flows"`
 }
 
 // NetpactVariableSpecs contains global variables before they are loaded into the kernel.
@@ -299,6 +366,7 @@ func (o *NetpactObjects) Close() error {
 //
 // It can be passed to LoadNetpactObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NetpactMaps struct {
+	Backends       *ebpf.Map `ebpf:"backends"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
@@ -309,11 +377,15 @@ type NetpactMaps struct {
 	Policy         *ebpf.Map `ebpf:"policy"`
 	PrefixPolicy   *ebpf.Map `ebpf:"prefix_policy"`
 	Scratch        *ebpf.Map `ebpf:"scratch"`
+	Services       *ebpf.Map `ebpf:"services"`
 	Settings       *ebpf.Map `ebpf:"settings"`
+	SockRevnat     *ebpf.Map `ebpf:"sock_revnat"`
+	SvcFlows       *ebpf.Map `ebpf:"svc_flows"`
 }
 
 func (m *NetpactMaps) Close() error {
 	return _NetpactClose(
+		m.Backends,
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
@@ -324,7 +396,10 @@ func (m *NetpactMaps) Close() error {
 		m.Policy,
 		m.PrefixPolicy,
 		m.Scratch,
+		m.Services,
 		m.Settings,
+		m.SockRevnat,
+		m.SvcFlows,
 	)
 }
 
@@ -341,12 +416,28 @@ type NetpactVariables struct {
 //
 // It can be passed to LoadNetpactObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NetpactPrograms struct {
-	TcFromPod *ebpf.Program `ebpf:"tc_from_pod"`
-	TcToPod   *ebpf.Program `ebpf:"tc_to_pod"`
+	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
+	SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
+	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
+	SockGetpeername6 *ebpf.Program `ebpf:"sock_getpeername6"`
+	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
+	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
+	SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
+	TcFromPod        *ebpf.Program `ebpf:"tc_from_pod"`
+	TcToPod          *ebpf.Program `ebpf:"tc_to_pod"`
 }
 
 func (p *NetpactPrograms) Close() error {
 	return _NetpactClose(
+		p.SockConnect4,
+		p.SockConnect6,
+		p.SockGetpeername4,
+		p.SockGetpeername6,
+		p.SockRecvmsg4,
+		p.SockRecvmsg6,
+		p.SockSendmsg4,
+		p.SockSendmsg6,
 		p.TcFromPod,
 		p.TcToPod,
 	)

@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/netpact/netpact/bpf"
@@ -42,6 +43,9 @@ type Options struct {
 	// unreachable (administratively prohibited) instead of dropping it silently, as Cilium's
 	// policy-deny-response=icmp does.
 	DenyResponseICMP bool
+	// Cgroup, when set, is the cgroup v2 directory whose processes (and their descendants')
+	// get Service translation at the socket: the node's pods. Empty: no translation.
+	Cgroup string
 }
 
 // Endpoint is a pod as the datapath sees it: its host-side veth and its addresses.
@@ -69,6 +73,11 @@ type Datapath struct {
 	// pinnedInfo and pinnedIPCache are what the maps held when Open adopted them.
 	pinnedInfo    map[int]bpf.NetpactEndpointInfo
 	pinnedIPCache map[netip.Prefix]policy.ID
+	// services are the frontends the maps hold, serviceNames their Services by id.
+	services      map[bpf.NetpactSvcKey]appliedService
+	serviceNames  map[uint32]string
+	lastServiceID uint32
+	cgroupLinks   []link.Link
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -146,6 +155,17 @@ func Open(opts Options) (d *Datapath, err error) {
 	if err := d.loadApplied(); err != nil {
 		d.objs.Close()
 		return nil, err
+	}
+	if err := d.loadServices(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	if opts.Cgroup != "" {
+		if err := d.attachCgroup(opts.Cgroup); err != nil {
+			d.closeCgroupLinks()
+			d.objs.Close()
+			return nil, err
+		}
 	}
 	d.pinnedInfo = maps.Clone(d.endpointInfo)
 	d.pinnedIPCache = maps.Clone(d.ipcache)
@@ -245,6 +265,13 @@ func (d *Datapath) entriesOf(id uint32) Entries {
 	return e
 }
 
+func (d *Datapath) closeCgroupLinks() {
+	for _, l := range d.cgroupLinks {
+		l.Close()
+	}
+	d.cgroupLinks = nil
+}
+
 // Mode says how programs are attached: "tcx" or "tc" (legacy clsact).
 func (d *Datapath) Mode() string { return d.attach.mode() }
 
@@ -253,6 +280,7 @@ func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.attach.close()
+	d.closeCgroupLinks()
 	return d.objs.Close()
 }
 
@@ -260,7 +288,7 @@ func (d *Datapath) Close() error {
 func (d *Datapath) Teardown() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	errs := []error{d.attach.detachAll()}
+	errs := []error{d.attach.detachAll(), d.detachCgroup()}
 	errs = append(errs, d.objs.Close(), os.RemoveAll(d.opts.PinPath))
 	return errors.Join(errs...)
 }

@@ -168,11 +168,12 @@ func (d *Datapath) Counters() (map[Reason]Counter, error) {
 type MapFill struct{ Entries, Max int }
 
 // Fill counts the entries of the maps that fill with traffic and policy (conntrack, fragments,
-// ipcache, endpoints, policy, prefix_policy).
+// ipcache, endpoints, policy, prefix_policy, services, backends, sock_revnat).
 func (d *Datapath) Fill() (map[string]MapFill, error) {
 	out := map[string]MapFill{}
 	for name, m := range map[string]*ebpf.Map{"conntrack": d.objs.Conntrack, "fragments": d.objs.Fragments,
-		"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "prefix_policy": d.objs.PrefixPolicy} {
+		"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "prefix_policy": d.objs.PrefixPolicy,
+		"services": d.objs.Services, "backends": d.objs.Backends, "sock_revnat": d.objs.SockRevnat} {
 		n := 0
 		var key, val []byte
 		it := m.Iterate()

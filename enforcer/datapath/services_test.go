@@ -1,0 +1,145 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// The egress policy of the services test: c may reach a on 8080 (TCP and UDP), nothing else.
+const servicesPolicy = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: c, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: c}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}, {port: "8080", protocol: UDP}]}]
+`
+
+// TestServiceTranslation drives real sockets of a pod through ClusterIPs translated by the
+// socket programs on this process's cgroup: egress policy sees the backend (a allowed, b
+// denied by the same rule), a frontend without backends refuses at once, UDP answers come from
+// the ClusterIP asked (unconnected sendto/recvfrom and connected sockets' getpeername), IPv6.
+func TestServiceTranslation(t *testing.T) {
+	n := newTrafficNode(t)
+	cg, err := OwnCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := fmt.Sprintf("%s-test/services-%d", DefaultPinPath, os.Getpid())
+	os.RemoveAll(pin)
+	d, err := Open(Options{PinPath: pin, Cgroup: cg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Teardown(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	n.serve(t, "a", 8080)
+	n.serve(t, "b", 8080)
+	n.apply(t, d, servicesPolicy)
+	id := byte(os.Getpid() % 200)
+	vipA := netip.AddrFrom4([4]byte{10, 254, id, 1})
+	vipB := netip.AddrFrom4([4]byte{10, 254, id, 2})
+	vipNone := netip.AddrFrom4([4]byte{10, 254, id, 3})
+	vipA6 := netip.MustParseAddr(fmt.Sprintf("fd00:254:%x::1", id))
+	a, b := n.pods["a"], n.pods["b"]
+	svcs := []Service{
+		{Name: "app/a", Frontend: netip.AddrPortFrom(vipA, 80), Proto: policy.ProtoTCP, Backends: []netip.AddrPort{netip.AddrPortFrom(a.IPv4, 8080)}},
+		{Name: "app/a", Frontend: netip.AddrPortFrom(vipA, 80), Proto: policy.ProtoUDP, Backends: []netip.AddrPort{netip.AddrPortFrom(a.IPv4, 8080)}},
+		{Name: "app/a", Frontend: netip.AddrPortFrom(vipA6, 80), Proto: policy.ProtoTCP, Backends: []netip.AddrPort{netip.AddrPortFrom(a.IPv6, 8080)}},
+		{Name: "app/b", Frontend: netip.AddrPortFrom(vipB, 80), Proto: policy.ProtoTCP, Backends: []netip.AddrPort{netip.AddrPortFrom(b.IPv4, 8080)}},
+		{Name: "app/none", Frontend: netip.AddrPortFrom(vipNone, 80), Proto: policy.ProtoTCP},
+	}
+	if err := d.SetServices(svcs); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, "c -> service a (TCP, backend allowed)", true, func() error { return n.tcpProbeAddr("c", vipA, 80) })
+	expect(t, "c -> service a over IPv6", true, func() error { return n.tcpProbeAddr("c", vipA6, 80) })
+	expect(t, "c -> service b (backend denied by egress policy)", false, func() error { return n.tcpProbeAddr("c", vipB, 80) })
+	expect(t, "c -> b directly on 8080 (denied)", false, func() error { return n.tcpProbeAddr("c", b.IPv4, 8080) })
+
+	start := time.Now()
+	err = n.tcpProbeTimeout("c", vipNone, 80, 3*time.Second)
+	if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
+		t.Errorf("c -> service without backends: want connection refused at once, got %v after %v", err, time.Since(start))
+	}
+
+	// Unconnected UDP (sendto/recvfrom, as a resolver may do): the answer's source is the ClusterIP.
+	var pc net.PacketConn
+	if err := n.pods["c"].Do(func() error { pc, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := pc.WriteTo([]byte("ping"), net.UDPAddrFromAddrPort(netip.AddrPortFrom(vipA, 80))); err != nil {
+		t.Fatalf("udp sendto the ClusterIP: %v", err)
+	}
+	buf := make([]byte, 16)
+	k, from, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:k]) != "ping" {
+		t.Fatalf("udp answer through the ClusterIP: %q, %v", buf[:k], err)
+	}
+	if got := from.(*net.UDPAddr).AddrPort(); got != netip.AddrPortFrom(vipA, 80) {
+		t.Errorf("udp answer came from %s, want the ClusterIP %s:80", got, vipA)
+	}
+	// Connected UDP: the peer is the ClusterIP (getpeername) and the answer arrives.
+	var uc net.Conn
+	if err := n.pods["c"].Do(func() error { uc, err = net.Dial("udp4", netip.AddrPortFrom(vipA, 80).String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if got := uc.RemoteAddr().(*net.UDPAddr).AddrPort(); got != netip.AddrPortFrom(vipA, 80) {
+		t.Errorf("connected udp peer is %s, want the ClusterIP", got)
+	}
+	uc.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := uc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := uc.Read(buf); err != nil || string(buf[:k]) != "ping" {
+		t.Errorf("connected udp answer through the ClusterIP: %q, %v", buf[:k], err)
+	}
+
+	// The backend goes: refused; it comes back with b added: both reachable through policy's eyes.
+	svcs[0].Backends = nil
+	if err := d.SetServices(svcs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.tcpProbe("c", "a", 8080); err != nil {
+		t.Errorf("c -> a directly: %v", err)
+	}
+	if err := n.tcpProbeAddr("c", vipA, 80); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("c -> service a after its backends went: want refused, got %v", err)
+	}
+	// Restart: a new process adopts the frontends (same ids) and the cgroup links.
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = Open(Options{PinPath: pin, Cgroup: cg}); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.services) != len(svcs) {
+		t.Errorf("after restart %d frontends adopted, want %d", len(d.services), len(svcs))
+	}
+	expect(t, "c -> service a over IPv6 after restart", true, func() error { return n.tcpProbeAddr("c", vipA6, 80) })
+	if err := d.SetServices(nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"services", "backends"} {
+		if f, _ := d.Fill(); f[name].Entries != 0 {
+			t.Errorf("after SetServices(nil) %s holds %d entries", name, f[name].Entries)
+		}
+	}
+	expect(t, "c -> service a over IPv6 once no services", false, func() error { return n.tcpProbeAddr("c", vipA6, 80) })
+}
