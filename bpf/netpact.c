@@ -187,6 +187,8 @@ struct flow_event {
 	__u8 daddr[16];
 	__be16 sport;
 	__be16 dport;
+	__u32 service; // the Service frontend a pod's socket was translated from (egress), or 0
+	__u32 pad2;
 };
 
 struct config {
@@ -293,6 +295,99 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } settings SEC(".maps");
 
+// Service translation's maps (the programs are at the end of the file).
+#define SVC_ECONNREFUSED 111
+
+struct svc_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+struct svc_value {
+	__u32 id;    // the service frontend's id: backends and reverse entries are keyed by it
+	__u32 count; // backends in slots 1..count; 0: no ready backend, connections are refused
+};
+
+struct backend_key {
+	__u32 id;
+	__u32 slot;
+};
+
+struct backend_value {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+struct revnat_key {
+	__u64 cookie; // the socket's
+	__u8 addr[16]; // the backend's
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct revnat_value {
+	__u8 addr[16]; // the frontend's
+	__be16 port;
+	__u16 pad;
+	__u32 id;
+};
+
+// A translation a pod's socket made, for its flow events: keyed by the pod's network namespace
+// and the backend it was sent to.
+struct svc_flow_key {
+	__u64 netns;
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct backend_key);
+	__type(value, struct backend_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct revnat_key);
+	__type(value, struct revnat_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct svc_flow_key);
+	__type(value, __u32); // the service frontend's id
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svc_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); // ifindex of the host-side veth
+	__type(value, __u64); // the pod's network namespace cookie
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoint_netns SEC(".maps");
+
 // pkt is what the parser learns about a packet.
 struct pkt {
 	__u8 family;
@@ -364,16 +459,31 @@ static __always_inline int event_allowed(void)
 	return 1;
 }
 
+// service_of is the Service frontend a pod's socket was translated from, for a packet it sends to
+// the backend (0 when none): what the socket programs recorded for the pod's network namespace.
+static __attribute__((noinline)) __u32 service_of(__u32 ifindex, struct pkt *p)
+{
+	__u64 *netns = bpf_map_lookup_elem(&endpoint_netns, &ifindex);
+	if (!netns || !*netns)
+		return 0;
+	struct svc_flow_key fk = {.netns = *netns, .port = p->dport, .proto = p->proto, .family = p->family};
+	__builtin_memcpy(fk.addr, p->daddr, 16);
+	__u32 *id = bpf_map_lookup_elem(&svc_flows, &fk);
+	return id ? *id : 0;
+}
+
 static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir,
 				 __u8 verdict, __u8 reason, __u32 peer_id, __u32 rule_id)
 {
 	if (!event_allowed())
 		return;
+	__u32 ifindex = skb->ifindex;
+	__u32 service = dir == DIR_EGRESS ? service_of(ifindex, p) : 0;
 	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
 		return;
 	e->timestamp = bpf_ktime_get_ns();
-	e->ifindex = skb->ifindex;
+	e->ifindex = ifindex;
 	e->ep_id = ep ? ep->ep_id : 0;
 	__u32 own = ep ? ep->identity : 0;
 	e->src_identity = dir == DIR_EGRESS ? own : peer_id;
@@ -391,6 +501,8 @@ static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep
 	__builtin_memcpy(e->daddr, p->daddr, 16);
 	e->sport = p->sport;
 	e->dport = p->dport;
+	e->service = service;
+	e->pad2 = 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -1181,90 +1293,6 @@ int tc_to_pod(struct __sk_buff *skb)
 // packet exists, so tc_from_pod checks egress policy against the backend pod and port, and
 // kube-proxy's DNAT never sees the ClusterIP. recvmsg and getpeername translate back, so a
 // resolver sees its DNS answer come from the ClusterIP it asked.
-
-#define SVC_ECONNREFUSED 111
-
-struct svc_key {
-	__u8 addr[16];
-	__be16 port;
-	__u8 proto;
-	__u8 family;
-};
-
-struct svc_value {
-	__u32 id;    // the service frontend's id: backends and reverse entries are keyed by it
-	__u32 count; // backends in slots 1..count; 0: no ready backend, connections are refused
-};
-
-struct backend_key {
-	__u32 id;
-	__u32 slot;
-};
-
-struct backend_value {
-	__u8 addr[16];
-	__be16 port;
-	__u8 family;
-	__u8 pad;
-};
-
-struct revnat_key {
-	__u64 cookie; // the socket's
-	__u8 addr[16]; // the backend's
-	__be16 port;
-	__u8 family;
-	__u8 pad[5];
-};
-
-struct revnat_value {
-	__u8 addr[16]; // the frontend's
-	__be16 port;
-	__u16 pad;
-	__u32 id;
-};
-
-// A translation a pod's socket made, for its flow events: keyed by the pod's network namespace
-// and the backend it was sent to.
-struct svc_flow_key {
-	__u64 netns;
-	__u8 addr[16];
-	__be16 port;
-	__u8 proto;
-	__u8 family;
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct svc_key);
-	__type(value, struct svc_value);
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct backend_key);
-	__type(value, struct backend_value);
-	__uint(max_entries, 262144);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} backends SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct revnat_key);
-	__type(value, struct revnat_value);
-	__uint(max_entries, 262144);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sock_revnat SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct svc_flow_key);
-	__type(value, __u32); // the service frontend's id
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} svc_flows SEC(".maps");
 
 // sock_addr_get reads the destination (or, for recvmsg, the source) address of a sock_addr
 // context: family FAMILY_V4 for AF_INET and for v4-mapped addresses of an AF_INET6 socket.

@@ -101,6 +101,8 @@ type NetpactFlowEvent struct {
 	Daddr       [16]uint8
 	Sport       uint16
 	Dport       uint16
+	Service     uint32
+	Pad2        uint32
 }
 
 type NetpactFragKey struct {
@@ -323,6 +325,7 @@ type NetpactMapSpecs struct {
 	Backends       *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	EndpointNetns  *ebpf.MapSpec `ebpf:"endpoint_netns"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
 	EventRatelimit *ebpf.MapSpec `ebpf:"event_ratelimit"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
@@ -369,6 +372,7 @@ type NetpactMaps struct {
 	Backends       *ebpf.Map `ebpf:"backends"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	Counters       *ebpf.Map `ebpf:"counters"`
+	EndpointNetns  *ebpf.Map `ebpf:"endpoint_netns"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
 	EventRatelimit *ebpf.Map `ebpf:"event_ratelimit"`
 	Events         *ebpf.Map `ebpf:"events"`
@@ -388,6 +392,7 @@ func (m *NetpactMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.Counters,
+		m.EndpointNetns,
 		m.Endpoints,
 		m.EventRatelimit,
 		m.Events,

@@ -19,6 +19,9 @@ type LocalPod struct {
 	Key        policy.EndpointKey
 	Ifindex    int
 	HostIfname string
+	// NetnsCookie is the pod's network namespace cookie (0: unknown), for flow events that name
+	// the Service a connection was translated from.
+	NetnsCookie uint64
 }
 
 // Enforcer programs one node.
@@ -38,6 +41,8 @@ type Enforcer struct {
 	failed map[policy.EndpointKey]error
 	// pinned are the endpoints the datapath held when this enforcer started, by ifindex.
 	pinned map[int]datapath.PinnedEndpoint
+	// services are the Service frontends the node translates.
+	services []Service
 }
 
 // New returns an enforcer for node that programs dp. What dp's pinned maps already hold (an
@@ -209,7 +214,7 @@ func (e *Enforcer) programLocked(local []LocalPod) error {
 
 // endpointLocked is the datapath endpoint of a local pod, with its id (assigned on first use).
 func (e *Enforcer) endpointLocked(k policy.EndpointKey, lp LocalPod, st *policy.State) datapath.Endpoint {
-	ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname}
+	ep := datapath.Endpoint{Ifindex: lp.Ifindex, Ifname: lp.HostIfname, NetnsCookie: lp.NetnsCookie}
 	if ident, _ := st.Identity(k); ident != nil {
 		ep.Identity = ident.ID
 	}
@@ -336,4 +341,27 @@ func (e *Enforcer) Verify() error {
 		}
 	}
 	return nil
+}
+
+// Service is a ClusterIP frontend and its ready backends, as the socket programs translate it.
+type Service = datapath.Service
+
+// SetServices makes the node translate exactly these Service frontends at the socket, so that a
+// pod's connection to a ClusterIP is checked against the backend pod it goes to. An invalid
+// frontend refuses the whole set, and the last one keeps translating.
+func (e *Enforcer) SetServices(svcs []Service) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.dp.SetServices(svcs); err != nil {
+		return err
+	}
+	e.services = append([]Service(nil), svcs...)
+	return nil
+}
+
+// Services are the frontends last set.
+func (e *Enforcer) Services() []Service {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]Service(nil), e.services...)
 }

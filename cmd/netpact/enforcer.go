@@ -30,7 +30,7 @@ import (
 
 func newEnforcerCommand() *cobra.Command {
 	var (
-		kubeconfig, nodeName, cniBin, cniConf, listen, pinPath, socket, mode string
+		kubeconfig, nodeName, cniBin, cniConf, listen, pinPath, socket, mode, cgroupBase string
 		flowsListen, metricsListen                                           string
 		mtu                                                                  int
 		cniWait                                                              time.Duration
@@ -78,7 +78,13 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 			if err := requireBPFFS(filepath.Dir(pinPath)); err != nil {
 				return err
 			}
-			dp, err := datapath.Open(datapath.Options{PinPath: pinPath})
+			cgroup := ""
+			if cgroupBase != "" {
+				if cgroup, err = datapath.CgroupRoot(cgroupBase); err != nil {
+					return fmt.Errorf("--cgroup-root: %w (mount the node's /sys/fs/cgroup there, or pass --cgroup-root= to leave Services to kube-proxy)", err)
+				}
+			}
+			dp, err := datapath.Open(datapath.Options{PinPath: pinPath, Cgroup: cgroup})
 			if err != nil {
 				return fmt.Errorf("open datapath: %w", err)
 			}
@@ -149,6 +155,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	cmd.Flags().StringVar(&pinPath, "pin-path", datapath.DefaultPinPath, "bpffs directory of the datapath's pins (on the node's bpffs)")
 	cmd.Flags().StringVar(&socket, "cni-socket", cniplugin.DefaultAgentSocket, "unix socket the CNI plugin's ADD waits on")
 	cmd.Flags().DurationVar(&cniWait, "cni-wait", 15*time.Second, "how long an ADD waits for the pod's endpoint before it fails (kubelet retries)")
+	cmd.Flags().StringVar(&cgroupBase, "cgroup-root", "/host/sys/fs/cgroup", "the node's /sys/fs/cgroup (its cgroup v2 mount, or unified/ below it): ClusterIP Services are translated at the socket for every process under it, before egress policy; empty: not translated")
 	cmd.Flags().StringVar(&mode, "policy-enforcement-mode", "default", "default, always or never (as Cilium's policy-enforcement-mode)")
 	return cmd
 }

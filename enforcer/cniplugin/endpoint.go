@@ -21,6 +21,9 @@ type Endpoint struct {
 	HostVeth    string   `json:"hostVeth"`
 	HostIfIndex int      `json:"hostIfIndex"`
 	IPs         []string `json:"ips"`
+	// NetnsCookie is the pod network namespace's cookie (SO_NETNS_COOKIE), which the socket
+	// programs record translations under: flow events then name the Service.
+	NetnsCookie uint64 `json:"netnsCookie,omitempty"`
 }
 
 // WriteEndpoint records an endpoint atomically.

@@ -145,13 +145,18 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	defer hostNS.Close()
 	var hostIf, contIf net.Interface
+	var cookie uint64
 	err = netns.Do(func(ns.NetNS) error {
 		var err error
 		hostIf, contIf, err = ip.SetupVethWithName(args.IfName, hostName, mtu, "", hostNS)
 		if err != nil {
 			return err
 		}
-		return podnet.ConfigurePod(args.IfName, addrs)
+		if err := podnet.ConfigurePod(args.IfName, addrs); err != nil {
+			return err
+		}
+		cookie, err = podnet.CurrentNetnsCookie()
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("pod interface: %w", err)
@@ -178,7 +183,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	ep := Endpoint{
 		ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, HostVeth: hostName,
 		HostIfIndex: hostIf.Index, Namespace: string(k8s.K8S_POD_NAMESPACE), Pod: string(k8s.K8S_POD_NAME),
-		PodUID: string(k8s.K8S_POD_UID),
+		PodUID: string(k8s.K8S_POD_UID), NetnsCookie: cookie,
 	}
 	for _, ipc := range res.IPs {
 		ep.IPs = append(ep.IPs, ipc.Address.IP.String())

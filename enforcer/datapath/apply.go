@@ -68,6 +68,12 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 	if ep.IPv6.IsValid() {
 		info.Ipv6 = ep.IPv6.As16()
 	}
+	if ep.NetnsCookie != 0 && d.netns[ep.Ifindex] != ep.NetnsCookie {
+		if err := d.objs.EndpointNetns.Put(uint32(ep.Ifindex), ep.NetnsCookie); err != nil {
+			return false, fmt.Errorf("write endpoint network namespace: %w", err)
+		}
+		d.netns[ep.Ifindex] = ep.NetnsCookie
+	}
 	if d.endpointInfo[ep.Ifindex] == info {
 		return false, nil
 	}
@@ -162,6 +168,7 @@ func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
 		errs = append(errs, fmt.Errorf("delete endpoint entry: %w", err))
 	}
 	delete(d.endpointInfo, ep.Ifindex)
+	d.forgetNetns(ep.Ifindex)
 	if have, ok := d.applied[ep.ID]; ok {
 		_, err := d.writeDeletes(have, newEntries())
 		errs = append(errs, err)
@@ -385,6 +392,7 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 			continue
 		}
 		delete(d.endpointInfo, ifindex)
+		d.forgetNetns(ifindex)
 		changed = true
 	}
 	for id, have := range d.applied {
@@ -405,4 +413,10 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 		return fmt.Errorf("prune: %w", err)
 	}
 	return nil
+}
+
+// forgetNetns deletes an interface's network namespace cookie (flow events name no Service for it).
+func (d *Datapath) forgetNetns(ifindex int) {
+	_ = d.objs.EndpointNetns.Delete(uint32(ifindex))
+	delete(d.netns, ifindex)
 }

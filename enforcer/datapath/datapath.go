@@ -56,6 +56,9 @@ type Endpoint struct {
 	Identity policy.ID
 	IPv4     netip.Addr
 	IPv6     netip.Addr
+	// NetnsCookie is the pod's network namespace cookie (SO_NETNS_COOKIE): with it, flow events
+	// name the Service a pod's connection was translated from. 0: not known.
+	NetnsCookie uint64
 }
 
 // Datapath is an open datapath. Close releases this process's handles and leaves enforcement
@@ -78,6 +81,8 @@ type Datapath struct {
 	serviceNames  map[uint32]string
 	lastServiceID uint32
 	cgroupLinks   []link.Link
+	// netns are the endpoints' network namespace cookies the endpoint_netns map holds.
+	netns map[int]uint64
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -110,7 +115,7 @@ func Open(opts Options) (d *Datapath, err error) {
 			return nil, err
 		}
 	}
-	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}}
+	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}}
 	err = bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -245,6 +250,14 @@ func (d *Datapath) loadApplied() error {
 	}
 	if err := eit.Err(); err != nil {
 		return fmt.Errorf("read endpoints map: %w", err)
+	}
+	var cookie uint64
+	nit := d.objs.EndpointNetns.Iterate()
+	for nit.Next(&ifindex, &cookie) {
+		d.netns[int(ifindex)] = cookie
+	}
+	if err := nit.Err(); err != nil {
+		return fmt.Errorf("read endpoint_netns map: %w", err)
 	}
 	var ik bpf.NetpactIpcacheKey
 	var iv bpf.NetpactIpcacheValue

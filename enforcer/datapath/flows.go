@@ -82,6 +82,9 @@ type Flow struct {
 	SrcIdentity policy.ID
 	DstIdentity policy.ID
 	Rule        policy.RuleID
+	// Service is the Service frontend id a pod's socket was translated from (egress; 0: none):
+	// Datapath.ServiceName names it.
+	Service uint32
 }
 
 func (f Flow) String() string {
@@ -107,6 +110,7 @@ func flowFromEvent(e *bpf.NetpactFlowEvent) Flow {
 		Src: eventAddr(e.Family, e.Saddr), Dst: eventAddr(e.Family, e.Daddr),
 		SrcPort: htons(e.Sport), DstPort: htons(e.Dport),
 		SrcIdentity: policy.ID(e.SrcIdentity), DstIdentity: policy.ID(e.DstIdentity), Rule: policy.RuleID(e.RuleId),
+		Service: e.Service,
 	}
 }
 

@@ -28,6 +28,11 @@ type Service struct {
 	Backends []netip.AddrPort
 }
 
+// label names the frontend in flow output: "namespace/name 10.96.0.10:53/UDP".
+func (s Service) label() string {
+	return fmt.Sprintf("%s %s/%s", s.Name, s.Frontend, s.Proto)
+}
+
 // key is the frontend's services-map key.
 func (s Service) key() bpf.NetpactSvcKey {
 	return bpf.NetpactSvcKey{Addr: addr16(s.Frontend.Addr()), Port: htons(s.Frontend.Port()), Proto: uint8(s.Proto), Family: uint8(family(s.Frontend.Addr()))}
@@ -84,6 +89,7 @@ func (d *Datapath) SetServices(want []Service) error {
 		have, ok := d.services[k]
 		if ok && slices.Equal(have.Backends, s.Backends) {
 			d.services[k] = appliedService{id: have.id, Service: s}
+			d.serviceNames[have.id] = s.label()
 			continue
 		}
 		id := have.id
@@ -95,7 +101,7 @@ func (d *Datapath) SetServices(want []Service) error {
 			continue
 		}
 		d.services[k] = appliedService{id: id, Service: s}
-		d.serviceNames[id] = s.Name
+		d.serviceNames[id] = s.label()
 	}
 	for k, have := range d.services {
 		if _, ok := wantBy[k]; ok {
@@ -198,7 +204,8 @@ func (d *Datapath) loadServices() error {
 	return nil
 }
 
-// ServiceName names the Service of a frontend id ("" when unknown).
+// ServiceName names the Service frontend of an id, as "namespace/name 10.96.0.10:53/UDP" (""
+// when unknown).
 func (d *Datapath) ServiceName(id uint32) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -65,10 +65,31 @@ func TestServiceTranslation(t *testing.T) {
 	if err := d.SetServices(svcs); err != nil {
 		t.Fatal(err)
 	}
+	fr, err := d.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
 	expect(t, "c -> service a (TCP, backend allowed)", true, func() error { return n.tcpProbeAddr("c", vipA, 80) })
 	expect(t, "c -> service a over IPv6", true, func() error { return n.tcpProbeAddr("c", vipA6, 80) })
 	expect(t, "c -> service b (backend denied by egress policy)", false, func() error { return n.tcpProbeAddr("c", vipB, 80) })
 	expect(t, "c -> b directly on 8080 (denied)", false, func() error { return n.tcpProbeAddr("c", b.IPv4, 8080) })
+
+	// Flow events name the Service and the backend: the allowed one and the denied one.
+	wants := []string{
+		fmt.Sprintf("%s via app/a %s:80/TCP forwarded: allowed by policy", a.IPv4, vipA),
+		fmt.Sprintf("%s via app/b %s:80/TCP dropped: default deny, no rule", b.IPv4, vipB),
+	}
+	named := map[string]bool{}
+	for deadline := time.Now().Add(2 * time.Second); !named[wants[0]] || !named[wants[1]]; {
+		f, err := fr.Read(deadline)
+		if err != nil {
+			t.Fatalf("flow events naming the Service and the backend: want %q, got %v, then %v", wants, named, err)
+		}
+		if f.Direction == policy.Egress && f.Service != 0 {
+			named[fmt.Sprintf("%s via %s %s", f.Dst, d.ServiceName(f.Service), f.Reason)] = true
+		}
+	}
 
 	start := time.Now()
 	err = n.tcpProbeTimeout("c", vipNone, 80, 3*time.Second)

@@ -71,7 +71,8 @@ func (n *trafficNode) apply(t testing.TB, d *Datapath, yaml string) {
 		key := policy.EndpointKey{Namespace: "app", Name: name}
 		es, _ := st.Endpoint(key)
 		ident, _ := st.Identity(key)
-		ep := Endpoint{Ifindex: p.Ifindex, Ifname: p.HostIfname, ID: uint32(i + 1), Identity: ident.ID, IPv4: p.IPv4, IPv6: p.IPv6}
+		ep := Endpoint{Ifindex: p.Ifindex, Ifname: p.HostIfname, ID: uint32(i + 1), Identity: ident.ID, IPv4: p.IPv4, IPv6: p.IPv6,
+			NetnsCookie: p.NetnsCookie}
 		if err := d.UpsertEndpoint(ep, es); err != nil {
 			t.Fatal(err)
 		}

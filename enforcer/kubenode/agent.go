@@ -348,7 +348,7 @@ func (a *Agent) LocalPods() ([]enforcer.LocalPod, error) {
 	var out []enforcer.LocalPod
 	for _, ep := range eps {
 		out = append(out, enforcer.LocalPod{Key: policy.EndpointKey{Namespace: ep.Namespace, Name: ep.Pod},
-			Ifindex: ep.HostIfIndex, HostIfname: ep.HostVeth})
+			Ifindex: ep.HostIfIndex, HostIfname: ep.HostVeth, NetnsCookie: ep.NetnsCookie})
 	}
 	return out, nil
 }

@@ -8,13 +8,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +35,7 @@ import (
 	"github.com/netpact/netpact/api/v1alpha1"
 	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/cniplugin"
+	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -75,6 +79,8 @@ type Enforcement struct {
 	knps    cache.SharedIndexInformer
 	cnps    cache.SharedIndexInformer
 	ccnps   cache.SharedIndexInformer
+	svcs    cache.SharedIndexInformer
+	slices  cache.SharedIndexInformer
 	trigger chan struct{}
 
 	mu sync.Mutex
@@ -83,6 +89,7 @@ type Enforcement struct {
 	// enforced are the policies handed to the engine, by key.
 	enforced    map[policy.Key]*policy.Policy
 	clusterSum  [32]byte
+	servicesSum [32]byte
 	started     bool
 	extraPods   map[policy.EndpointKey]*corev1.Pod
 	seq         uint64 // syncs completed
@@ -139,6 +146,8 @@ func NewEnforcement(cfg EnforceConfig) *Enforcement {
 	e.knps = e.factory.Networking().V1().NetworkPolicies().Informer()
 	e.cnps = e.dynf.ForResource(CNPResource).Informer()
 	e.ccnps = e.dynf.ForResource(CCNPResource).Informer()
+	e.svcs = e.factory.Core().V1().Services().Informer()
+	e.slices = e.factory.Discovery().V1().EndpointSlices().Informer()
 	for _, inf := range []cache.SharedIndexInformer{e.cnps, e.ccnps} {
 		_ = inf.SetTransform(trim)
 	}
@@ -190,7 +199,7 @@ func (e *Enforcement) Run(ctx context.Context) error {
 		AddFunc: func(any) { e.Poke() }, DeleteFunc: func(any) { e.Poke() },
 		UpdateFunc: func(_, _ any) { e.Poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{e.pods, e.nss, e.nodes, e.knps, e.cnps, e.ccnps} {
+	for _, inf := range []cache.SharedIndexInformer{e.pods, e.nss, e.nodes, e.knps, e.cnps, e.ccnps, e.svcs, e.slices} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("informer handler: %w", err)
 		}
@@ -200,7 +209,7 @@ func (e *Enforcement) Run(ctx context.Context) error {
 	defer e.factory.Shutdown()
 	defer e.dynf.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), e.pods.HasSynced, e.nss.HasSynced, e.nodes.HasSynced, e.knps.HasSynced,
-		e.cnps.HasSynced, e.ccnps.HasSynced) {
+		e.cnps.HasSynced, e.ccnps.HasSynced, e.svcs.HasSynced, e.slices.HasSynced) {
 		return fmt.Errorf("wait for informers (are the cilium.io CRDs installed?): %w", ctx.Err())
 	}
 	e.mu.Lock()
@@ -253,6 +262,8 @@ func (e *Enforcement) syncOnce(ctx context.Context) {
 
 // sync is one pass: the cluster, the policies' changes, the local pods, the datapath.
 func (e *Enforcement) sync() error {
+	// Services first and apart from policy: a policy error must not stop translation.
+	serr := e.syncServices()
 	local, cluster, err := e.cluster()
 	if err != nil {
 		return err
@@ -280,7 +291,40 @@ func (e *Enforcement) sync() error {
 	for _, k := range ch.Delete {
 		delete(e.enforced, k)
 	}
-	return uerr
+	return errors.Join(uerr, serr)
+}
+
+// syncServices hands the Services and EndpointSlices to the datapath when they changed.
+func (e *Enforcement) syncServices() error {
+	var svcs []*corev1.Service
+	for _, o := range e.svcs.GetStore().List() {
+		if s, ok := o.(*corev1.Service); ok {
+			svcs = append(svcs, s)
+		}
+	}
+	var eps []*discoveryv1.EndpointSlice
+	for _, o := range e.slices.GetStore().List() {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			eps = append(eps, s)
+		}
+	}
+	fes := serviceFrontends(e.cfg.NodeName, svcs, eps)
+	slices.SortFunc(fes, func(a, b datapath.Service) int { return strings.Compare(serviceKey(a), serviceKey(b)) })
+	b, _ := json.Marshal(fes)
+	sum := sha256.Sum256(b)
+	e.mu.Lock()
+	same := sum == e.servicesSum
+	e.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := e.cfg.Enforcer.SetServices(fes); err != nil {
+		return fmt.Errorf("services: %w", err)
+	}
+	e.mu.Lock()
+	e.servicesSum = sum
+	e.mu.Unlock()
+	return nil
 }
 
 func clusterSum(c *policy.Cluster) [32]byte {
@@ -399,7 +443,7 @@ func (e *Enforcement) cluster() ([]enforcer.LocalPod, *policy.Cluster, error) {
 		var ips []string
 		if isLocal {
 			ips = rec.IPs
-			local = append(local, enforcer.LocalPod{Key: k, Ifindex: rec.HostIfIndex, HostIfname: rec.HostVeth})
+			local = append(local, enforcer.LocalPod{Key: k, Ifindex: rec.HostIfIndex, HostIfname: rec.HostVeth, NetnsCookie: rec.NetnsCookie})
 		} else {
 			for _, ip := range p.Status.PodIPs {
 				ips = append(ips, ip.IP)
@@ -440,7 +484,7 @@ func (e *Enforcement) cluster() ([]enforcer.LocalPod, *policy.Cluster, error) {
 	// enforcer fails it closed ("not in the cluster") until its labels are known.
 	for k, r := range localRec {
 		if _, ok := eps[k]; !ok {
-			local = append(local, enforcer.LocalPod{Key: k, Ifindex: r.HostIfIndex, HostIfname: r.HostVeth})
+			local = append(local, enforcer.LocalPod{Key: k, Ifindex: r.HostIfIndex, HostIfname: r.HostVeth, NetnsCookie: r.NetnsCookie})
 		}
 	}
 	return local, c, nil

@@ -30,10 +30,13 @@ type FlowRecord struct {
 	Dst       string    `json:"dst"`
 	DstPod    string    `json:"dstPod,omitempty"`
 	DstPort   uint16    `json:"dstPort"`
-	Verdict   string    `json:"verdict"`
-	Reason    string    `json:"reason"`
-	Rule      string    `json:"rule,omitempty"`
-	Source    string    `json:"source,omitempty"`
+	// Service is the Service frontend the source pod's socket asked for, when the datapath
+	// translated it to this backend (Dst): "namespace/name 10.96.0.10:53/UDP".
+	Service string `json:"service,omitempty"`
+	Verdict string `json:"verdict"`
+	Reason  string `json:"reason"`
+	Rule    string `json:"rule,omitempty"`
+	Source  string `json:"source,omitempty"`
 }
 
 // flowLogSize is how many flow events the enforcer keeps for /flows.
@@ -85,6 +88,9 @@ func (o *Observer) record(f datapath.Flow) FlowRecord {
 		SrcPort: f.SrcPort, Dst: f.Dst.String(), DstPort: f.DstPort, Reason: f.Reason.String(), Verdict: "forwarded"}
 	if f.Reason.Dropped() {
 		rec.Verdict = "dropped"
+	}
+	if f.Service != 0 {
+		rec.Service = o.dp.ServiceName(f.Service)
 	}
 	if n := o.enf.Resolve(f.Src); n != f.Src.String() {
 		rec.SrcPod = n

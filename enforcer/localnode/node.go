@@ -183,7 +183,7 @@ func (n *Node) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
 		if p == nil {
 			return fmt.Errorf("enforce: pod %s is in the cluster but not on the local node", ep.Key())
 		}
-		local = append(local, enforcer.LocalPod{Key: ep.Key(), Ifindex: p.Ifindex, HostIfname: p.HostIfname})
+		local = append(local, enforcer.LocalPod{Key: ep.Key(), Ifindex: p.Ifindex, HostIfname: p.HostIfname, NetnsCookie: p.NetnsCookie})
 	}
 	return n.enf.Sync(c, policies, local)
 }
@@ -242,8 +242,12 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 				rule = ri.String()
 			}
 		}
-		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d %s (%s)", f.Direction, f.Proto, n.enf.Resolve(f.Src), f.SrcPort,
-			n.enf.Resolve(f.Dst), f.DstPort, f.Reason, rule))
+		via := ""
+		if f.Service != 0 {
+			via = " via service " + n.dp.ServiceName(f.Service)
+		}
+		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d%s %s (%s)", f.Direction, f.Proto, n.enf.Resolve(f.Src), f.SrcPort,
+			n.enf.Resolve(f.Dst), f.DstPort, via, f.Reason, rule))
 	}
 	return out
 }

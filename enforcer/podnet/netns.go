@@ -11,9 +11,11 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Pod is a pod in a named network namespace of this host.
@@ -24,6 +26,8 @@ type Pod struct {
 	Ifindex    int // of the host-side veth
 	IPv4       netip.Addr
 	IPv6       netip.Addr
+	// NetnsCookie is the namespace's cookie (SO_NETNS_COOKIE): what the socket programs see.
+	NetnsCookie uint64
 }
 
 func run(args ...string) error {
@@ -71,7 +75,13 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 			addrs = append(addrs, a)
 		}
 	}
-	if err := p.Do(func() error { return ConfigurePod("eth0", addrs) }); err != nil {
+	if err := p.Do(func() error {
+		if err := ConfigurePod("eth0", addrs); err != nil {
+			return err
+		}
+		p.NetnsCookie, err = CurrentNetnsCookie()
+		return err
+	}); err != nil {
 		return p, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	if err := ConfigureHost(hostIfname, addrs); err != nil {
@@ -116,4 +126,24 @@ func (p *Pod) Do(f func() error) error {
 	}
 	defer netns.Set(orig)
 	return f()
+}
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14, asm-generic socket.h); x/sys/unix lacks it.
+const soNetnsCookie = 71
+
+// CurrentNetnsCookie is the cookie of the calling thread's network namespace: the number the
+// kernel's bpf_get_netns_cookie gives programs for sockets of that namespace.
+func CurrentNetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var cookie uint64
+	size := uint32(unsafe.Sizeof(cookie))
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, soNetnsCookie,
+		uintptr(unsafe.Pointer(&cookie)), uintptr(unsafe.Pointer(&size)), 0); e != 0 {
+		return 0, fmt.Errorf("netns cookie: getsockopt SO_NETNS_COOKIE: %w", e)
+	}
+	return cookie, nil
 }
