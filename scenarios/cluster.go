@@ -16,6 +16,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
@@ -65,11 +66,14 @@ type Cluster struct {
 	dyn     dynamic.Interface
 	applied map[policy.Key]appliedPolicy
 
-	createdNS, createdPods []string
-	nsLabels, podLabels    map[string]map[string]string
-	stepStart              time.Time
+	createdNS, createdPods, createdSvcs []string
+	nsLabels, podLabels                 map[string]map[string]string
+	stepStart                           time.Time
 	// minVersion is the resourceVersion of the last label change: every node must have seen it.
 	minVersion int64
+	// minServicesVersion is the newest resourceVersion of the scenario's Services' EndpointSlices:
+	// every node must translate them before a probe.
+	minServicesVersion int64
 }
 
 // NewCluster returns a cluster backend.
@@ -108,6 +112,9 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		pc.Nodes = append(pc.Nodes, pn)
 	}
 	if err := c.ensureNamespaces(ctx, sc); err != nil {
+		return nil, err
+	}
+	if err := c.ensureServices(ctx, sc); err != nil {
 		return nil, err
 	}
 	c.nsLabels, c.podLabels = map[string]map[string]string{}, map[string]map[string]string{}
@@ -157,7 +164,49 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		}
 		pc.Endpoints = append(pc.Endpoints, ep)
 	}
+	if err := c.waitServiceEndpoints(wctx, sc); err != nil {
+		return nil, err
+	}
 	return pc, nil
+}
+
+// waitServiceEndpoints waits until each scenario Service with pods behind it has ready endpoints
+// in its EndpointSlices, and makes their newest version the one every node must translate.
+func (c *Cluster) waitServiceEndpoints(ctx context.Context, sc *Scenario) error {
+	for _, svc := range sc.Services {
+		if len(svc.Ports) == 0 {
+			continue
+		}
+		if pods, _ := sc.backends(&svc, svc.Ports[0], nil); len(pods) == 0 {
+			continue
+		}
+		for {
+			list, err := c.opts.Client.DiscoveryV1().EndpointSlices(svc.Namespace).List(ctx,
+				metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc.Name})
+			ready := 0
+			if err == nil {
+				for _, s := range list.Items {
+					for _, ep := range s.Endpoints {
+						if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+							ready++
+						}
+					}
+					if v, err := strconv.ParseInt(s.ResourceVersion, 10, 64); err == nil {
+						c.minServicesVersion = max(c.minServicesVersion, v)
+					}
+				}
+			}
+			if ready > 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("service %s has no ready endpoint: %w", svc.Key(), ctx.Err())
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // exists says whether a pod of that name, or one with the scenario pod's labels, is there.
@@ -370,6 +419,9 @@ func (c *Cluster) Probe(cell Cell) Outcome {
 			t, note))
 	}
 	c.record(cell, strings.Join(notes, "; "))
+	if cell.Service != "" {
+		return combineSet(outcomes)
+	}
 	return combine(outcomes)
 }
 
@@ -452,6 +504,10 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 	var cmd []string
 	var kind string
 	switch {
+	case cell.Lookup != "":
+		// The pod's resolver (resolv.conf) asked once: dig exits 0 when a server answered.
+		kind = "dig"
+		cmd = []string{"dig", "+time=" + secs, "+tries=1", "+search", cell.Lookup}
 	case cell.Port.Protocol != policy.ProtoTCP:
 		return "unsupported", "cluster probes are TCP only (curl, nc, psql)"
 	case cell.HTTP:
@@ -499,6 +555,15 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 			return Timeout, note
 		case strings.Contains(lower, "refused"):
 			return Refused, note
+		}
+	case "dig":
+		switch {
+		case code == 0:
+			return Allow, note
+		case strings.Contains(lower, "refused"):
+			return Refused, note
+		case code == 9 || strings.Contains(lower, "timed out"):
+			return Timeout, note
 		}
 	case "nc":
 		switch {

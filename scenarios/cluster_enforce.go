@@ -166,6 +166,9 @@ func (c *Cluster) lagging(ctx context.Context, gone map[string]bool) ([]string, 
 		if nps.Status.ObservedVersion < c.minVersion {
 			out = append(out, fmt.Sprintf("node %s: has not seen the label changes yet", n.Name))
 		}
+		if nps.Status.ServicesObservedVersion < c.minServicesVersion {
+			out = append(out, fmt.Sprintf("node %s: does not translate the scenario's services yet", n.Name))
+		}
 		have := map[string]v1alpha1.EnforcedPolicy{}
 		for _, ep := range nps.Status.Policies {
 			have[ep.UID] = ep

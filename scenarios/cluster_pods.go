@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ktypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/scenarios/probeagent"
@@ -144,10 +145,58 @@ func (c *Cluster) waitReady(ctx context.Context, keys []string) error {
 	return nil
 }
 
-// removeCreated deletes the pods and namespaces this run created (not waiting for them to go).
+// ensureServices creates the scenario's Services that no manifest made (kube-dns and seed 002's
+// exist already), labeled as the scenario's, so that a probe through one reaches its ClusterIP.
+func (c *Cluster) ensureServices(ctx context.Context, sc *Scenario) error {
+	for _, svc := range sc.Services {
+		api := c.opts.Client.CoreV1().Services(svc.Namespace)
+		_, err := api.Get(ctx, svc.Name, metav1.GetOptions{})
+		if err == nil {
+			continue
+		}
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("service %s: %w", svc.Key(), err)
+		}
+		spec := corev1.ServiceSpec{Selector: svc.Selector, Type: corev1.ServiceTypeClusterIP}
+		switch svc.Type {
+		case "NodePort":
+			spec.Type = corev1.ServiceTypeNodePort
+		case "Headless":
+			spec.ClusterIP = corev1.ClusterIPNone
+		}
+		for _, sp := range svc.Ports {
+			proto, _ := policy.ParseProto(sp.Protocol)
+			target := sp.TargetPort
+			if target == 0 {
+				target = sp.Port
+			}
+			spec.Ports = append(spec.Ports, corev1.ServicePort{Name: fmt.Sprintf("p%d-%s", sp.Port, strings.ToLower(proto.String())),
+				Port: int32(sp.Port), TargetPort: intstr.FromInt32(int32(target)), NodePort: int32(sp.NodePort),
+				Protocol: corev1.Protocol(proto.String())})
+		}
+		obj := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: svc.Name, Namespace: svc.Namespace,
+			Labels: map[string]string{scenarioLabel: "true"}}, Spec: spec}
+		if _, err := api.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create service %s: %w", svc.Key(), err)
+		}
+		c.createdSvcs = append(c.createdSvcs, svc.Key())
+	}
+	return nil
+}
+
+// removeCreated deletes the pods, services and namespaces this run created (not waiting for
+// them to go).
 func (c *Cluster) removeCreated(ctx context.Context) error {
 	var errs []string
 	grace := int64(0)
+	for _, k := range c.createdSvcs {
+		ns, name, _ := strings.Cut(k, "/")
+		err := c.opts.Client.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err.Error())
+		}
+	}
+	c.createdSvcs = nil
 	for _, k := range c.createdPods {
 		ns, name, _ := strings.Cut(k, "/")
 		err := c.opts.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
@@ -372,6 +421,14 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			c.record(cell, err.Error())
 			continue
 		}
+		if cell.Lookup != "" {
+			targets = targets[:1]
+		} else if len(targets) == 1 && cell.Service != "" && cell.Via == "clusterIP" && len(cell.Backends) > 1 {
+			// Translation picks a backend per connection: enough probes to meet each.
+			for range min(4*len(cell.Backends), 16) - 1 {
+				targets = append(targets, targets[0])
+			}
+		}
 		targetsOf[i] = targets
 		for _, t := range targets {
 			r := probeagent.Request{ID: len(reqs), Proto: cell.Port.Protocol.String(), Host: t.host, Port: t.port,
@@ -381,6 +438,9 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			}
 			if t.port == 53 && !cell.HTTP {
 				r.DNS = true
+			}
+			if cell.Lookup != "" {
+				r.DNS, r.Lookup, r.Name = false, true, cell.Lookup
 			}
 			owner[r.ID] = i
 			reqs = append(reqs, r)
@@ -419,7 +479,11 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 				targetsOf[i][j], r.Note))
 		}
 		c.record(cells[i], strings.Join(notes, "; "))
-		out[i] = combine(outcomes)
+		if cells[i].Service != "" {
+			out[i] = combineSet(outcomes)
+		} else {
+			out[i] = combine(outcomes)
+		}
 	}
 }
 

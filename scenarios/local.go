@@ -1,9 +1,13 @@
 package scenarios
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
+	"sync"
 	"time"
 
+	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/localnode"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
@@ -27,10 +31,17 @@ type LocalOptions struct {
 // (pods, datapath, enforcer) with the scenario's workloads and probes on top.
 type LocalNode struct {
 	opts       LocalOptions
+	sc         *Scenario
 	node       *localnode.Node
 	servers    []*servers
 	podServers map[string]*servers
 	prober     *prober
+
+	mu sync.Mutex
+	// vips are the services' virtual addresses (ClusterIP and NodePort services), v4 and v6.
+	vips map[string][2]netip.Addr
+	// dnsNames answer the dns workload's queries: service names to their addresses.
+	dnsNames map[string][]netip.Addr
 }
 
 // NewLocal returns a local node backend; it needs root.
@@ -49,6 +60,14 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 		return nil, err
 	}
 	n.prober = &prober{timeout: n.opts.ProbeTimeout, sctp: newSCTPListeners()}
+	n.sc = sc
+	n.vips = map[string][2]netip.Addr{}
+	for i, svc := range sc.Services {
+		if svc.Type != "Headless" {
+			v4, v6 := n.node.VirtualAddrs(i)
+			n.vips[svc.Key()] = [2]netip.Addr{v4, v6}
+		}
+	}
 	c := &policy.Cluster{Nodes: []policy.Node{{Name: "local"}}}
 	for _, ns := range sc.Namespaces {
 		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
@@ -70,7 +89,7 @@ func (n *LocalNode) AddPod(p Pod, i int) (policy.Endpoint, error) {
 	if err != nil {
 		return policy.Endpoint{}, err
 	}
-	srv, err := startServers(lp, p.Workload, p.Ports)
+	srv, err := startServers(lp, p.Workload, p.Ports, n.lookupName)
 	if err != nil {
 		return policy.Endpoint{}, err
 	}
@@ -97,29 +116,182 @@ func (n *LocalNode) RemovePod(key string) error {
 	return n.node.RemovePod(key)
 }
 
-// Enforce programs every pod of the node.
+// Enforce programs every pod of the node, and the services' translation to the pods they
+// select with the cluster's labels.
 func (n *LocalNode) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
-	return n.node.Enforce(c, policies)
+	if err := n.node.Enforce(c, policies); err != nil {
+		return err
+	}
+	return n.setServices(c)
+}
+
+// setServices gives every ClusterIP (and NodePort) service of the scenario its frontends on the
+// node's virtual addresses, IPv4 and IPv6, per port, with the selected pods serving the target
+// port as backends; and the DNS names the dns workload answers.
+func (n *LocalNode) setServices(c *policy.Cluster) error {
+	labels := func(p *Pod) map[string]string {
+		for _, ep := range c.Endpoints {
+			if ep.Namespace == p.Namespace && ep.Name == p.Name {
+				return ep.Labels
+			}
+		}
+		return p.Labels
+	}
+	var fes []enforcer.Service
+	dnsNames := map[string][]netip.Addr{}
+	for _, svc := range n.sc.Services {
+		name := svc.Name + "." + svc.Namespace + ".svc.cluster.local."
+		vip, ok := n.vips[svc.Key()]
+		if ok {
+			dnsNames[name] = vip[:]
+		}
+		for _, sp := range svc.Ports {
+			pods, tp := n.sc.backends(&svc, sp, labels)
+			if !ok {
+				// Headless: the name resolves to the pods.
+				for _, p := range pods {
+					if lp := n.node.Pod(p.Key()); lp != nil && !slices.Contains(dnsNames[name], lp.IPv4) {
+						dnsNames[name] = append(dnsNames[name], lp.IPv4, lp.IPv6)
+					}
+				}
+				continue
+			}
+			if tp.Protocol != policy.ProtoTCP && tp.Protocol != policy.ProtoUDP {
+				continue // SCTP: not translated
+			}
+			for fam, a := range vip {
+				fe := enforcer.Service{Name: svc.Key(), Frontend: netip.AddrPortFrom(a, sp.Port), Proto: tp.Protocol}
+				for _, p := range pods {
+					if lp := n.node.Pod(p.Key()); lp != nil {
+						addr := lp.IPv4
+						if fam == 1 {
+							addr = lp.IPv6
+						}
+						fe.Backends = append(fe.Backends, netip.AddrPortFrom(addr, tp.Port))
+					}
+				}
+				fes = append(fes, fe)
+			}
+		}
+	}
+	n.mu.Lock()
+	n.dnsNames = dnsNames
+	n.mu.Unlock()
+	if err := n.node.SetServices(fes); err != nil {
+		return fmt.Errorf("services: %w", err)
+	}
+	return nil
+}
+
+// lookupName answers the dns workload: a service name, or not found.
+func (n *LocalNode) lookupName(name string) ([]netip.Addr, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	a, ok := n.dnsNames[name]
+	return a, ok
+}
+
+// resolverAddr is the kube-dns ClusterIP the pods' resolver asks, when the scenario has one
+// served by a pod with the dns workload.
+func (n *LocalNode) resolverAddr() (netip.Addr, bool) {
+	svc, ok := n.sc.service(DNSService)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	for _, sp := range svc.Ports {
+		pods, _ := n.sc.backends(svc, sp, nil)
+		for _, p := range pods {
+			if p.Workload == "dns" {
+				return n.vips[DNSService][0], n.vips[DNSService][0].IsValid()
+			}
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // BeginStep forgets the flows of earlier steps.
 func (n *LocalNode) BeginStep() { n.node.ResetFlows() }
 
-// Probe runs one probe from the source pod.
+// Probe runs one probe from the source pod: to the destination pod, through the service's
+// virtual address, or a lookup with the pod's resolver (kube-dns's virtual address).
 func (n *LocalNode) Probe(c Cell) Outcome {
-	from, to := n.node.Pod(c.From), n.node.Pod(c.To)
-	if from == nil || to == nil {
+	from := n.node.Pod(c.From)
+	if from == nil {
 		return Timeout
 	}
+	if c.Lookup != "" {
+		resolver, ok := n.resolverAddr()
+		if !ok {
+			return "error"
+		}
+		_, o := n.prober.lookup(from, resolver, c.Lookup)
+		return o
+	}
+	addr, port := netip.Addr{}, c.Port.Port
+	if c.Service != "" {
+		var o Outcome
+		if addr, port, o = n.serviceTarget(from, c); o != "" {
+			return o
+		}
+		if len(c.Backends) > 1 && addr == n.vips[c.Service][0] {
+			// Translation picks a backend per connection: enough probes to meet each.
+			outs := make([]Outcome, 0, 4*len(c.Backends))
+			for range min(4*len(c.Backends), 16) {
+				outs = append(outs, n.probeAddr(from, c, addr, port))
+			}
+			return combineSet(outs)
+		}
+	} else {
+		to := n.node.Pod(c.To)
+		if to == nil {
+			return Timeout
+		}
+		addr = to.IPv4
+	}
+	return n.probeAddr(from, c, addr, port)
+}
+
+// serviceTarget is where a service probe connects: the service's virtual address (for
+// clusterIP, and for nodePort: the local node has no kube-proxy), or the address its DNS name
+// resolves to with the pod's resolver (the harness's own answer when the scenario has no
+// kube-dns). A non-empty outcome ends the probe (the lookup failed).
+func (n *LocalNode) serviceTarget(from *podnet.Pod, c Cell) (netip.Addr, uint16, Outcome) {
+	if c.Via != "dns" {
+		return n.vips[c.Service][0], c.ServicePort.Port, ""
+	}
+	svc, _ := n.sc.service(c.Service)
+	port := c.ServicePort.Port
+	if svc.Type == "Headless" {
+		port = c.Port.Port
+	}
+	name := svc.Name + "." + svc.Namespace + ".svc.cluster.local."
+	if resolver, ok := n.resolverAddr(); ok {
+		addrs, o := n.prober.lookup(from, resolver, name)
+		if o != Allow || len(addrs) == 0 {
+			if o == Allow {
+				o = "error"
+			}
+			return netip.Addr{}, 0, o
+		}
+		return addrs[0], port, ""
+	}
+	addrs, ok := n.lookupName(name)
+	if !ok || len(addrs) == 0 {
+		return netip.Addr{}, 0, "error"
+	}
+	return addrs[0], port, ""
+}
+
+func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port uint16) Outcome {
 	switch {
 	case c.HTTP:
-		return n.prober.http(from, to.IPv4, c.Port.Port, c.method(), c.path())
+		return n.prober.http(from, addr, port, c.method(), c.path())
 	case c.Port.Protocol == policy.ProtoTCP:
-		return n.prober.tcp(from, to.IPv4, c.Port.Port)
+		return n.prober.tcp(from, addr, port)
 	case c.Port.Protocol == policy.ProtoUDP:
-		return n.prober.udp(from, to.IPv4, c.Port.Port)
+		return n.prober.udp(from, addr, port)
 	case c.Port.Protocol == policy.ProtoSCTP:
-		return n.prober.sctpInit(from, from.IPv4, to.IPv4, c.Port.Port)
+		return n.prober.sctpInit(from, from.IPv4, addr, port)
 	}
 	return Timeout
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -45,8 +46,9 @@ func (s *servers) Close() {
 
 // startServers starts the pod's workload: nginx or PostgreSQL from Debian on the TCP ports, or a
 // built-in TCP server (echo, or HTTP answering every path for the http workload); and a UDP echo
-// server on each UDP port.
-func startServers(p *podnet.Pod, workload string, ports []Port) (*servers, error) {
+// server on each UDP port. The dns workload answers DNS on its ports from lookup (the local
+// node's kube-dns).
+func startServers(p *podnet.Pod, workload string, ports []Port, lookup names) (*servers, error) {
 	s := &servers{}
 	if workload == "nginx" || workload == "postgres" {
 		proc, err := startWorkload(p, workload, ports)
@@ -85,6 +87,10 @@ func startServers(p *podnet.Pod, workload string, ports []Port) (*servers, error
 					if err != nil {
 						return
 					}
+					if workload == "dns" {
+						go serveDNSStream(c, lookup)
+						continue
+					}
 					go func() {
 						defer c.Close()
 						c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -103,6 +109,10 @@ func startServers(p *podnet.Pod, workload string, ports []Port) (*servers, error
 				return nil, fmt.Errorf("pod %s: listen %s: %w", p.Name, port, err)
 			}
 			s.closers = append(s.closers, pc)
+			if workload == "dns" {
+				go serveDNSPacket(pc, lookup)
+				continue
+			}
 			go func() {
 				buf := make([]byte, 1500)
 				for {
@@ -350,4 +360,32 @@ func (l *sctpListeners) Close() {
 	defer l.mu.Unlock()
 	l.closed = true
 	l.fds = nil
+}
+
+// lookup resolves name with a pod's resolver pointed at the resolver address (port 53, as a
+// pod's resolv.conf names kube-dns): allow when it answered (addresses or NXDOMAIN), else how the
+// query failed.
+func (pr *prober) lookup(from *podnet.Pod, resolver netip.Addr, name string) ([]netip.Addr, Outcome) {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := from.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, network, hostPort(resolver, 53))
+			return err
+		})
+		return c, err
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
+	defer cancel()
+	addrs, err := r.LookupNetIP(ctx, "ip4", name)
+	var de *net.DNSError
+	switch {
+	case err == nil:
+		return addrs, Allow
+	case errors.As(err, &de) && de.IsNotFound:
+		return nil, Allow
+	case errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &de) && strings.Contains(de.Err, "connection refused")):
+		return nil, Refused
+	}
+	return nil, Timeout
 }

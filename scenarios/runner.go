@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,12 +26,21 @@ type Cell struct {
 	Service     string
 	ServicePort ServicePort
 	Via         string
+	// Backends are the pods behind Service (namespace/name, with the step's labels): the engine
+	// predicts each, as translation may pick any.
+	Backends []string
+	// Lookup is a DNS name the source pod resolves with its resolver (Service is then kube-dns
+	// and Port 53/UDP: what the resolver's query needs from policy).
+	Lookup string
 	// Explicit cells come from a step's probes list; the matrix tables leave them out.
 	Explicit bool
 }
 
 func (c Cell) String() string {
 	s := fmt.Sprintf("%s -> %s %s", c.From, c.To, c.Port)
+	if c.Lookup != "" {
+		return fmt.Sprintf("%s -> lookup %s (resolver %s)", c.From, c.Lookup, c.Service)
+	}
 	if c.Service != "" {
 		s = fmt.Sprintf("%s -> service %s:%d via %s (%s %s)", c.From, c.Service, c.ServicePort.Port, c.Via, c.To, c.Port)
 	}
@@ -176,7 +186,7 @@ func (r *Runner) Run(sc *Scenario) *Result {
 			continue
 		}
 		r.Backend.BeginStep()
-		cells, expected, ports, err := expectations(sc, st)
+		cells, expected, ports, err := expectations(sc, st, cluster)
 		if err != nil {
 			sr.Failed, sr.Error = true, err.Error()
 			res.Steps = append(res.Steps, sr)
@@ -252,7 +262,17 @@ func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policie
 }
 
 // expectations lists a step's cells with what the file expects for each.
-func expectations(sc *Scenario, st *Step) ([]Cell, map[string]Outcome, []Port, error) {
+func expectations(sc *Scenario, st *Step, cluster *policy.Cluster) ([]Cell, map[string]Outcome, []Port, error) {
+	labels := func(p *Pod) map[string]string {
+		if cluster != nil {
+			for _, ep := range cluster.Endpoints {
+				if ep.Namespace == p.Namespace && ep.Name == p.Name {
+					return ep.Labels
+				}
+			}
+		}
+		return p.Labels
+	}
 	expected := map[string]Outcome{}
 	var cells []Cell
 	var ports []Port
@@ -287,11 +307,37 @@ func expectations(sc *Scenario, st *Step) ([]Cell, map[string]Outcome, []Port, e
 		want, _ := parseOutcome(p.Expect)
 		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
 			HTTP: want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", Explicit: true}
+		if p.Lookup != "" {
+			// The resolver's query: UDP to kube-dns on 53.
+			c.Lookup, c.HTTP, p.Service, p.Port, p.Via = p.Lookup, false, DNSService, 53, "clusterIP"
+			if svc, ok := sc.service(DNSService); ok {
+				for _, sp := range svc.Ports {
+					if sp.Port == 53 && strings.EqualFold(sp.Protocol, "UDP") {
+						c.ServicePort = sp
+					}
+				}
+			}
+		}
 		if p.Service != "" {
 			svc, _ := sc.service(p.Service)
-			sp, _ := svc.port(p.Port)
-			to, tp, _ := sc.backend(svc, sp)
-			c.To, c.Port, c.Service, c.ServicePort, c.Via = to.Key(), tp, p.Service, sp, p.Via
+			sp, ok := svc.port(p.Port)
+			if c.Lookup != "" && c.ServicePort.Port != 0 {
+				sp, ok = c.ServicePort, true
+			}
+			if !ok {
+				return nil, nil, nil, fmt.Errorf("service %s has no port %d", p.Service, p.Port)
+			}
+			pods, tp := sc.backends(svc, sp, labels)
+			if len(pods) == 0 {
+				c.To = ""
+			} else {
+				c.To = pods[0].Key()
+			}
+			c.Backends = nil
+			for _, b := range pods {
+				c.Backends = append(c.Backends, b.Key())
+			}
+			c.Port, c.Service, c.ServicePort, c.Via = tp, p.Service, sp, p.Via
 			if c.Via == "" {
 				c.Via = "clusterIP"
 			}
@@ -380,6 +426,22 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 
 // predict is the engine's answer for a cell, in probe outcomes.
 func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
+	if c.Service != "" {
+		// Translation may pick any backend: each is predicted, and backends that disagree make
+		// a mixed outcome. No backend: refused at once.
+		if len(c.Backends) == 0 {
+			return Refused, "no backend"
+		}
+		var outs []Outcome
+		var rules []string
+		for _, b := range c.Backends {
+			bc := c
+			bc.Service, bc.To = "", b
+			o, rule := predict(sc, state, bc)
+			outs, rules = append(outs, o), append(rules, rule)
+		}
+		return combineSet(outs), strings.Join(slices.Compact(rules), "; ")
+	}
 	from, _ := sc.pod(c.From)
 	to, _ := sc.pod(c.To)
 	src, dst, ok := addrs(state, from, to)
@@ -405,6 +467,9 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	}
 	if !serves(*to, c.Port) {
 		return Refused, rule
+	}
+	if c.Lookup != "" {
+		return Allow, rule // the resolver answers (an answer or NXDOMAIN)
 	}
 	if c.HTTP {
 		return HTTP200, rule
@@ -474,7 +539,7 @@ func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool
 	if err := r.Backend.Enforce(cluster, list); err != nil {
 		return 0, nil, err
 	}
-	cells, expected, _, err := expectations(sc, st)
+	cells, expected, _, err := expectations(sc, st, cluster)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -518,4 +583,22 @@ func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expe
 		out[i].OK = out[i].Loopback || (out[i].Expected == out[i].Predicted && out[i].Predicted == out[i].Observed)
 	}
 	return out
+}
+
+// combineSet is one outcome for a probe that may reach any of several backends: theirs when they
+// agree, else mixed(...) of the distinct outcomes, sorted.
+func combineSet(outcomes []Outcome) Outcome {
+	set := map[Outcome]bool{}
+	for _, o := range outcomes {
+		set[o] = true
+	}
+	if len(set) == 1 {
+		return outcomes[0]
+	}
+	var s []string
+	for o := range set {
+		s = append(s, string(o))
+	}
+	sort.Strings(s)
+	return Outcome("mixed(" + strings.Join(s, ",") + ")")
 }

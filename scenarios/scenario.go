@@ -93,9 +93,11 @@ type Pod struct {
 func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
 
 // Service is a Kubernetes Service over the scenario's pods. On a cluster, probes reach it through
-// kube-proxy (its ClusterIP, a NodePort of another node, or its DNS name); the local node has
-// neither kube-proxy nor DNS, so there a service probe goes straight to the first backend pod on
-// the target port, which is what policy sees after service translation.
+// its ClusterIP (translated to a backend at the pod's socket by netpact), a NodePort of another
+// node (kube-proxy), or its DNS name. On the local node a ClusterIP service gets a real virtual
+// address, translated the same way; a NodePort probe goes to that address too (no kube-proxy
+// there), and a DNS name is resolved by the pod's resolver when the scenario has kube-dns (a pod
+// with the dns workload), else by the harness to the same address.
 type Service struct {
 	Name      string            `yaml:"name"`
 	Namespace string            `yaml:"namespace"`
@@ -104,6 +106,9 @@ type Service struct {
 	Type  string        `yaml:"type"`
 	Ports []ServicePort `yaml:"ports"`
 }
+
+// DNSService is the Service a pod's resolver asks: lookup probes go to it.
+const DNSService = "kube-system/kube-dns"
 
 // Key is "namespace/name".
 func (s Service) Key() string { return s.Namespace + "/" + s.Name }
@@ -127,28 +132,43 @@ func (s *Scenario) service(key string) (*Service, bool) {
 
 // backend is the first pod (in file order) the service selects that serves the target port.
 func (s *Scenario) backend(svc *Service, port ServicePort) (*Pod, Port, bool) {
+	pods, tp := s.backends(svc, port, nil)
+	if len(pods) == 0 {
+		return nil, tp, false
+	}
+	return pods[0], tp, true
+}
+
+// backends are the pods (in file order) the service selects that serve the target port, with
+// the labels labels gives (the file's when nil: a step may have changed them), and the target.
+func (s *Scenario) backends(svc *Service, port ServicePort, labels func(*Pod) map[string]string) ([]*Pod, Port) {
 	target := port.TargetPort
 	if target == 0 {
 		target = port.Port
 	}
 	proto, _ := policy.ParseProto(port.Protocol)
 	tp := Port{Port: target, Protocol: proto}
+	var out []*Pod
 	for i := range s.Pods {
 		p := &s.Pods[i]
 		if p.Namespace != svc.Namespace || len(svc.Selector) == 0 {
 			continue
 		}
+		have := p.Labels
+		if labels != nil {
+			have = labels(p)
+		}
 		match := true
 		for k, v := range svc.Selector {
-			if p.Labels[k] != v {
+			if have[k] != v {
 				match = false
 			}
 		}
 		if match && serves(*p, tp) {
-			return p, tp, true
+			out = append(out, p)
 		}
 	}
-	return nil, tp, false
+	return out, tp
 }
 
 // Port is "80", "80/TCP" or "http:80/TCP" in a file.
@@ -252,8 +272,12 @@ type ProbeSpec struct {
 	To   string `yaml:"to"`
 	// Service (namespace/name) is probed instead of a pod, on the service port Port, through Via:
 	// clusterIP (the default), nodePort (another node's address) or dns (the service's name).
-	Service  string `yaml:"service"`
-	Via      string `yaml:"via"`
+	Service string `yaml:"service"`
+	Via     string `yaml:"via"`
+	// Lookup resolves a DNS name with the source pod's resolver instead (its resolv.conf on a
+	// cluster: kube-dns's ClusterIP; on the local node the scenario's kube-system/kube-dns
+	// service, served by a pod with the dns workload). allow: the resolver answered.
+	Lookup   string `yaml:"lookup"`
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"`
 	// Method and Path make an HTTP request (default GET /) for http-* expectations.
@@ -385,9 +409,9 @@ func (s *Scenario) validate() error {
 		}
 		seen[p.Key()] = true
 		switch p.Workload {
-		case "", "probe", "http", "nginx", "postgres":
+		case "", "probe", "http", "nginx", "postgres", "dns":
 		default:
-			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, nginx or postgres", p.Key(), p.Workload))
+			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, nginx, postgres or dns", p.Key(), p.Workload))
 		}
 	}
 	for _, svc := range s.Services {
@@ -451,9 +475,22 @@ func (s *Scenario) validate() error {
 			if _, ok := s.pod(p.From); !ok {
 				problems = append(problems, fmt.Sprintf("%s: probe from unknown pod %q", where, p.From))
 			}
+			targets := 0
+			for _, t := range []string{p.To, p.Service, p.Lookup} {
+				if t != "" {
+					targets++
+				}
+			}
 			switch {
-			case (p.To == "") == (p.Service == ""):
-				problems = append(problems, where+": a probe needs exactly one of to and service")
+			case targets != 1:
+				problems = append(problems, where+": a probe needs exactly one of to, service and lookup")
+			case p.Lookup != "":
+				if _, ok := s.service(DNSService); !ok {
+					problems = append(problems, fmt.Sprintf("%s: lookup probes need the resolver's service %s in the scenario's services", where, DNSService))
+				}
+				if p.Via != "" || p.Port != 0 || p.Protocol != "" || p.Path != "" || p.Method != "" {
+					problems = append(problems, where+": a lookup probe takes no via, port, protocol, method or path")
+				}
 			case p.To != "":
 				if _, ok := s.pod(p.To); !ok {
 					problems = append(problems, fmt.Sprintf("%s: probe to unknown pod %q", where, p.To))

@@ -119,7 +119,7 @@ steps:
 		"service a/web has no port 81",
 		"service a/web is not a NodePort service",
 		`probe to unknown service "a/nope"`,
-		"a probe needs exactly one of to and service",
+		"a probe needs exactly one of to, service and lookup",
 		`unknown via "carrier-pigeon"`,
 		"service a/db: nodePort on a Headless service",
 		"service a/db: no pod it selects serves port 5432",
@@ -151,7 +151,7 @@ steps:
 	if err != nil {
 		t.Fatal(err)
 	}
-	cells, expected, _, err := expectations(sc, &sc.Steps[0])
+	cells, expected, _, err := expectations(sc, &sc.Steps[0], nil)
 	if err != nil || len(cells) != 1 {
 		t.Fatalf("cells %v, %v", cells, err)
 	}

@@ -51,6 +51,9 @@ type NodePolicyStatusStatus struct {
 	// ObservedVersion is the newest resourceVersion of a Pod or Namespace the last sync compiled:
 	// a client that changed labels waits until every node reports at least the version it got.
 	ObservedVersion int64 `json:"observedVersion,omitempty"`
+	// ServicesObservedVersion is the newest resourceVersion of a Service or EndpointSlice the
+	// node translates ClusterIPs from (the informers watch each kind apart, so it has its own).
+	ServicesObservedVersion int64 `json:"servicesObservedVersion,omitempty"`
 	// Error is a node-wide problem (the informers not synced, the ipcache not written).
 	Error string `json:"error,omitempty"`
 }

@@ -31,9 +31,9 @@ import (
 func newEnforcerCommand() *cobra.Command {
 	var (
 		kubeconfig, nodeName, cniBin, cniConf, listen, pinPath, socket, mode, cgroupBase string
-		flowsListen, metricsListen                                           string
-		mtu                                                                  int
-		cniWait                                                              time.Duration
+		flowsListen, metricsListen                                                       string
+		mtu                                                                              int
+		cniWait                                                                          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "enforcer",

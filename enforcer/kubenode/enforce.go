@@ -90,16 +90,18 @@ type Enforcement struct {
 	enforced    map[policy.Key]*policy.Policy
 	clusterSum  [32]byte
 	servicesSum [32]byte
-	started     bool
-	extraPods   map[policy.EndpointKey]*corev1.Pod
-	seq         uint64 // syncs completed
-	done        *sync.Cond
-	status      v1alpha1.NodePolicyStatusStatus
-	lastWritten string
-	lastWrite   time.Time
-	lastErr     error
-	observed    int64
-	took        time.Duration
+	// servicesObserved is the newest Service or EndpointSlice resourceVersion translated.
+	servicesObserved int64
+	started          bool
+	extraPods        map[policy.EndpointKey]*corev1.Pod
+	seq              uint64 // syncs completed
+	done             *sync.Cond
+	status           v1alpha1.NodePolicyStatusStatus
+	lastWritten      string
+	lastWrite        time.Time
+	lastErr          error
+	observed         int64
+	took             time.Duration
 }
 
 // policyObject is one policy object of the API server and what the loader made of it.
@@ -308,12 +310,30 @@ func (e *Enforcement) syncServices() error {
 			eps = append(eps, s)
 		}
 	}
+	var newest int64
+	for _, rv := range func() []string {
+		var out []string
+		for _, s := range svcs {
+			out = append(out, s.ResourceVersion)
+		}
+		for _, s := range eps {
+			out = append(out, s.ResourceVersion)
+		}
+		return out
+	}() {
+		if v, err := strconv.ParseInt(rv, 10, 64); err == nil && v > newest {
+			newest = v
+		}
+	}
 	fes := serviceFrontends(e.cfg.NodeName, svcs, eps)
 	slices.SortFunc(fes, func(a, b datapath.Service) int { return strings.Compare(serviceKey(a), serviceKey(b)) })
 	b, _ := json.Marshal(fes)
 	sum := sha256.Sum256(b)
 	e.mu.Lock()
 	same := sum == e.servicesSum
+	if same {
+		e.servicesObserved = newest
+	}
 	e.mu.Unlock()
 	if same {
 		return nil
@@ -322,7 +342,7 @@ func (e *Enforcement) syncServices() error {
 		return fmt.Errorf("services: %w", err)
 	}
 	e.mu.Lock()
-	e.servicesSum = sum
+	e.servicesSum, e.servicesObserved = sum, newest
 	e.mu.Unlock()
 	return nil
 }
@@ -622,7 +642,7 @@ func (e *Enforcement) statusLocked(err error, start time.Time, took time.Duratio
 		st.Error = err.Error()
 		st.ErrorCount++
 	}
-	st.ObservedVersion = e.observed
+	st.ObservedVersion, st.ServicesObservedVersion = e.observed, e.servicesObserved
 	t := metav1.NewTime(start.Truncate(time.Second))
 	st.LastSync = &t
 	st.SyncDuration = took.Round(time.Millisecond).String()

@@ -75,7 +75,13 @@ func (n *Node) Start() error {
 		return err
 	}
 	sweepDeadRuns()
-	dp, err := datapath.Open(datapath.Options{PinPath: n.pinPath()})
+	// The node's processes are this process and its children: the socket programs that
+	// translate Service addresses attach to its cgroup (the node's pods are namespaces of it).
+	cg, err := datapath.OwnCgroup()
+	if err != nil {
+		return err
+	}
+	dp, err := datapath.Open(datapath.Options{PinPath: n.pinPath(), Cgroup: cg})
 	if err != nil {
 		return fmt.Errorf("open datapath: %w", err)
 	}
@@ -154,6 +160,15 @@ func (n *Node) AddCluster(c *policy.Cluster) (*policy.Cluster, error) {
 	}
 	return &out, nil
 }
+
+// VirtualAddrs are the i-th Service (ClusterIP) addresses of the node: 10.251.<id>.<i+1> and
+// fd00:251:<id>::<i+1>, apart from every other run's on this host.
+func (n *Node) VirtualAddrs(i int) (netip.Addr, netip.Addr) {
+	return netip.AddrFrom4([4]byte{10, 251, byte(n.id), byte(i + 1)}), netip.MustParseAddr(fmt.Sprintf("fd00:251:%x::%x", n.id, i+1))
+}
+
+// SetServices makes the node translate these Service frontends (see enforcer.SetServices).
+func (n *Node) SetServices(svcs []enforcer.Service) error { return n.enf.SetServices(svcs) }
 
 // Pod returns the pod key, or nil.
 func (n *Node) Pod(key string) *podnet.Pod { return n.pods[key] }

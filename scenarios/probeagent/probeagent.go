@@ -35,6 +35,10 @@ type Request struct {
 	// answers it.
 	DNS  bool   `json:"dns,omitempty"`
 	Name string `json:"name,omitempty"`
+	// Lookup resolves Name with the pod's own resolver (its /etc/resolv.conf: kube-dns's
+	// ClusterIP, search domains, ndots) instead; Host and Port are not used. allow: it answered,
+	// with addresses or NXDOMAIN.
+	Lookup bool `json:"lookup,omitempty"`
 	// TimeoutMS bounds the connection attempt; 3000 when zero.
 	TimeoutMS int `json:"timeoutMS,omitempty"`
 }
@@ -79,6 +83,9 @@ func probe(r Request) (string, string) {
 	timeout := 3 * time.Second
 	if r.TimeoutMS > 0 {
 		timeout = time.Duration(r.TimeoutMS) * time.Millisecond
+	}
+	if r.Lookup {
+		return lookup(r.Name, timeout)
 	}
 	addr := net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
 	switch strings.ToUpper(r.Proto) {
@@ -138,6 +145,24 @@ func probe(r Request) (string, string) {
 		return "allow", ""
 	}
 	return "error", "unsupported protocol " + r.Proto
+}
+
+// lookup resolves name as the pod's programs do, with Go's resolver reading /etc/resolv.conf.
+func lookup(name string, timeout time.Duration) (string, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout)
+	defer cancel()
+	r := &net.Resolver{PreferGo: true}
+	addrs, err := r.LookupNetIP(ctx, "ip4", name)
+	var de *net.DNSError
+	switch {
+	case err == nil:
+		return "allow", fmt.Sprintf("%s: %v", name, addrs)
+	case errors.As(err, &de) && de.IsNotFound:
+		return "allow", err.Error()
+	case errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &de) && strings.Contains(de.Err, "connection refused")):
+		return "refused", err.Error()
+	}
+	return "timeout", err.Error()
 }
 
 func httpProbe(addr, method, path string, timeout time.Duration) (string, string) {
