@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	ktypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -352,6 +353,69 @@ spec:
 		Expect(err).NotTo(HaveOccurred(), "%s", out)
 		Expect(strings.TrimSpace(string(out))).To(ContainSubstring(enf.Status.HostIP + ":9879"))
 		Expect(string(out)).NotTo(MatchRegexp(`(\*|0\.0\.0\.0|\[::\]):9879`))
+	})
+
+	It("translates ClusterIPs before egress policy: the rule to a Service's pods allows that Service, denies another, refuses one without backends, and flows name both", func() {
+		createNamespace(ctx, client, "np-svc")
+		createNamespace(ctx, client, "np-svc-client")
+		for _, name := range []string{"a", "b"} {
+			_, err := client.CoreV1().Pods("np-svc").Create(ctx, netpactPod("np-svc", name, map[string]string{"app": name},
+				"probe-server", "--port=8080/TCP"), metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+		}
+		_, err := client.CoreV1().Pods("np-svc-client").Create(ctx, netpactPod("np-svc-client", "client", nil, "probe-server"), metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		vip := map[string]string{}
+		for name, app := range map[string]string{"svc-a": "a", "svc-b": "b", "svc-none": "nothing"} {
+			svc, err := client.CoreV1().Services("np-svc").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: corev1.ServiceSpec{Selector: map[string]string{"app": app}, Ports: []corev1.ServicePort{
+					{Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}}}, metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+			vip[name] = svc.Spec.ClusterIP
+		}
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-svc")).To(Succeed())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-svc-client")).To(Succeed())
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		objs, err := kubeapply.Decode("e2e", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-a, namespace: np-svc-client}
+spec:
+  endpointSelector: {}
+  egress:
+    - toEndpoints: [{matchLabels: {app: a, k8s:io.kubernetes.pod.namespace: np-svc}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`))
+		Expect(err).NotTo(HaveOccurred())
+		cnp, err := applier.ApplyOne(ctx, objs[0], "e2e")
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() error { return nodesAt(ctx, cnp, 1, "") }).WithTimeout(time.Minute).Should(Succeed())
+		// Every node translates once the EndpointSlices of a and b are in: then the verdicts hold.
+		Eventually(func() string { return probeFrom(ctx, "np-svc-client", "client", vip["svc-a"], 80) }).
+			WithTimeout(time.Minute).Should(Equal("allow"))
+		Expect(probeFrom(ctx, "np-svc-client", "client", vip["svc-b"], 80)).To(Equal("timeout"))
+		Expect(probeFrom(ctx, "np-svc-client", "client", vip["svc-none"], 80)).To(Equal("refused"))
+		a, err := client.CoreV1().Pods("np-svc").Get(ctx, "a", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		b, err := client.CoreV1().Pods("np-svc").Get(ctx, "b", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		// Direct to the pods, the same verdicts: policy sees the backend either way.
+		Expect(probeFrom(ctx, "np-svc-client", "client", a.Status.PodIP, 8080)).To(Equal("allow"))
+		Expect(probeFrom(ctx, "np-svc-client", "client", b.Status.PodIP, 8080)).To(Equal("timeout"))
+		cl, err := client.CoreV1().Pods("np-svc-client").Get(ctx, "client", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		enf := enforcerPod(cl.Spec.NodeName)
+		var flows []kubenode.FlowRecord
+		raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enf.Name+":9879").
+			SubResource("proxy").Suffix("flows").Param("src", cl.Status.PodIP).DoRaw(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(json.Unmarshal(raw, &flows)).To(Succeed())
+		Expect(flows).To(ContainElement(SatisfyAll(HaveField("Direction", "egress"), HaveField("Verdict", "forwarded"),
+			HaveField("DstPod", "np-svc/a"), HaveField("DstPort", uint16(8080)),
+			HaveField("Service", "np-svc/svc-a "+vip["svc-a"]+":80/TCP"))), "flows: %+v", flows)
+		Expect(flows).To(ContainElement(SatisfyAll(HaveField("Direction", "egress"), HaveField("Verdict", "dropped"),
+			HaveField("DstPod", "np-svc/b"), HaveField("Service", "np-svc/svc-b "+vip["svc-b"]+":80/TCP"))), "flows: %+v", flows)
 	})
 
 	It("fails closed the pods of a policy too big to enforce, names it in the status, and programs the others", func() {
