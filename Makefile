@@ -69,7 +69,7 @@ e2e:
 bench: deps-bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./policy/
 	$(GO) test -run '^$$' -bench 'Verdict' -benchtime $(BENCHTIME) ./enforcer/datapath/
-	$(GO) test -run '^$$' -bench 'Traffic' -benchtime 1x ./enforcer/datapath/
+	$(GO) test -run '^$$' -bench 'Traffic|ServiceConnect' -benchtime 1x ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Matrix486' -benchtime 3x ./scenarios/
 	$(GO) test -run '^$$' -bench 'PushToEnforced' -benchtime 20x ./reconciler/
 

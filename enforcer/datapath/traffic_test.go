@@ -32,7 +32,7 @@ type trafficNode struct {
 	cluster *policy.Cluster
 }
 
-func newTrafficNode(t *testing.T) *trafficNode {
+func newTrafficNode(t testing.TB) *trafficNode {
 	t.Helper()
 	testenv.RequireBPF(t)
 	testenv.RequireCommand(t, "ip", "iproute2")
