@@ -46,6 +46,7 @@ const enum endpoint_flag *unused_endpoint_flag __attribute__((unused));
 #define VERDICT_PROXY 3
 
 #define CFG_DENY_ICMP 1
+#define CFG_SOCKET_LB 2 // the socket programs translate Service frontends on this node
 
 #define CT_SEEN_REPLY 1
 #define CT_CLOSING 2
@@ -71,7 +72,8 @@ enum reason {
 	REASON_DROP_ETHERTYPE = 13,    // VLAN-tagged, or neither IPv4, IPv6 nor ARP
 	REASON_DROP_FAIL_CLOSED = 14,  // the endpoint is not programmed: closed until it is
 	REASON_FORWARD_REPLY_RECOVERED = 15, // reply of a flow whose entry was evicted: policy re-checked
-	REASON_MAX = 16,
+	REASON_DROP_SERVICE_UNTRANSLATED = 16, // to a Service frontend its socket did not translate
+	REASON_MAX = 17,
 };
 
 // Emits enum reason into BTF, so that bpf2go generates its constants for the Go side.
@@ -470,6 +472,16 @@ static __attribute__((noinline)) __u32 service_of(__u32 ifindex, struct pkt *p)
 	__builtin_memcpy(fk.addr, p->daddr, 16);
 	__u32 *id = bpf_map_lookup_elem(&svc_flows, &fk);
 	return id ? *id : 0;
+}
+
+// to_service_frontend says whether the packet goes to a Service frontend's address and port.
+static __attribute__((noinline)) int to_service_frontend(struct pkt *p)
+{
+	if (p->proto != PROTO_TCP && p->proto != PROTO_UDP)
+		return 0;
+	struct svc_key sk = {.port = p->dport, .proto = p->proto, .family = p->family};
+	__builtin_memcpy(sk.addr, p->daddr, 16);
+	return bpf_map_lookup_elem(&services, &sk) != 0;
 }
 
 static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir,
@@ -1230,6 +1242,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			count(fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
 			return TC_ACT_OK;
 		}
+	}
+	// From a pod to a Service frontend: its socket should have been translated. A packet that was
+	// not (a raw socket) would be DNATed by kube-proxy after this program, to a backend policy
+	// never saw: dropped.
+	if (dir == DIR_EGRESS && cfg && (cfg->flags & CFG_SOCKET_LB) && to_service_frontend(p)) {
+		ct_revoke(&k);
+		return drop(skb, ep, p, dir, REASON_DROP_SERVICE_UNTRANSLATED, peer_id, 0);
 	}
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;

@@ -204,23 +204,24 @@ type NetpactRatelimit struct {
 type NetpactReason uint32
 
 const (
-	NetpactReasonREASON_FORWARD_POLICY          NetpactReason = 0
-	NetpactReasonREASON_FORWARD_REPLY           NetpactReason = 1
-	NetpactReasonREASON_FORWARD_RELATED         NetpactReason = 2
-	NetpactReasonREASON_FORWARD_UNENFORCED      NetpactReason = 3
-	NetpactReasonREASON_FORWARD_ARP             NetpactReason = 4
-	NetpactReasonREASON_FORWARD_ND              NetpactReason = 5
-	NetpactReasonREASON_DROP_DENY               NetpactReason = 6
-	NetpactReasonREASON_DROP_DEFAULT_DENY       NetpactReason = 7
-	NetpactReasonREASON_DROP_SPOOF              NetpactReason = 8
-	NetpactReasonREASON_DROP_NOT_ENDPOINT       NetpactReason = 9
-	NetpactReasonREASON_DROP_MALFORMED          NetpactReason = 10
-	NetpactReasonREASON_DROP_FRAG_NO_FIRST      NetpactReason = 11
-	NetpactReasonREASON_DROP_NO_PROXY           NetpactReason = 12
-	NetpactReasonREASON_DROP_ETHERTYPE          NetpactReason = 13
-	NetpactReasonREASON_DROP_FAIL_CLOSED        NetpactReason = 14
-	NetpactReasonREASON_FORWARD_REPLY_RECOVERED NetpactReason = 15
-	NetpactReasonREASON_MAX                     NetpactReason = 16
+	NetpactReasonREASON_FORWARD_POLICY            NetpactReason = 0
+	NetpactReasonREASON_FORWARD_REPLY             NetpactReason = 1
+	NetpactReasonREASON_FORWARD_RELATED           NetpactReason = 2
+	NetpactReasonREASON_FORWARD_UNENFORCED        NetpactReason = 3
+	NetpactReasonREASON_FORWARD_ARP               NetpactReason = 4
+	NetpactReasonREASON_FORWARD_ND                NetpactReason = 5
+	NetpactReasonREASON_DROP_DENY                 NetpactReason = 6
+	NetpactReasonREASON_DROP_DEFAULT_DENY         NetpactReason = 7
+	NetpactReasonREASON_DROP_SPOOF                NetpactReason = 8
+	NetpactReasonREASON_DROP_NOT_ENDPOINT         NetpactReason = 9
+	NetpactReasonREASON_DROP_MALFORMED            NetpactReason = 10
+	NetpactReasonREASON_DROP_FRAG_NO_FIRST        NetpactReason = 11
+	NetpactReasonREASON_DROP_NO_PROXY             NetpactReason = 12
+	NetpactReasonREASON_DROP_ETHERTYPE            NetpactReason = 13
+	NetpactReasonREASON_DROP_FAIL_CLOSED          NetpactReason = 14
+	NetpactReasonREASON_FORWARD_REPLY_RECOVERED   NetpactReason = 15
+	NetpactReasonREASON_DROP_SERVICE_UNTRANSLATED NetpactReason = 16
+	NetpactReasonREASON_MAX                       NetpactReason = 17
 )
 
 type NetpactRevnatKey struct {

@@ -25,7 +25,10 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
-const cfgDenyICMP = 1 // CFG_DENY_ICMP in bpf/netpact.c
+const (
+	cfgDenyICMP = 1 // CFG_DENY_ICMP in bpf/netpact.c
+	cfgSocketLB = 2 // CFG_SOCKET_LB
+)
 
 // DefaultPinPath is where maps, programs and links are pinned.
 const DefaultPinPath = "/sys/fs/bpf/netpact"
@@ -142,6 +145,9 @@ func Open(opts Options) (d *Datapath, err error) {
 	}
 	if opts.DenyResponseICMP {
 		d.cfg.Flags |= cfgDenyICMP
+	}
+	if opts.Cgroup != "" {
+		d.cfg.Flags |= cfgSocketLB
 	}
 	if err := d.bumpRevision(); err != nil {
 		d.objs.Close()

@@ -35,6 +35,7 @@ const (
 	ReasonDropEthertype     = Reason(bpf.NetpactReasonREASON_DROP_ETHERTYPE)
 	ReasonDropFailClosed    = Reason(bpf.NetpactReasonREASON_DROP_FAIL_CLOSED)
 	ReasonForwardRecovered  = Reason(bpf.NetpactReasonREASON_FORWARD_REPLY_RECOVERED)
+	ReasonDropUntranslated  = Reason(bpf.NetpactReasonREASON_DROP_SERVICE_UNTRANSLATED)
 	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
 )
 
@@ -56,6 +57,7 @@ var reasonNames = [reasonMax]string{
 	ReasonDropEthertype:     "dropped: tagged frame or not IPv4, IPv6 or ARP",
 	ReasonDropFailClosed:    "dropped: endpoint closed (not programmed)",
 	ReasonForwardRecovered:  "forwarded: reply of an evicted flow, policy checked again",
+	ReasonDropUntranslated:  "dropped: to a Service address its socket did not translate",
 }
 
 func (r Reason) String() string {

@@ -85,6 +85,7 @@ func (d *Datapath) SetServices(want []Service) error {
 		wantBy[k] = s
 	}
 	var errs []error
+	added := false
 	for k, s := range wantBy {
 		have, ok := d.services[k]
 		if ok && slices.Equal(have.Backends, s.Backends) {
@@ -95,6 +96,7 @@ func (d *Datapath) SetServices(want []Service) error {
 		id := have.id
 		if !ok {
 			id = d.nextServiceID()
+			added = true
 		}
 		if err := d.writeService(k, id, have.Backends, s.Backends); err != nil {
 			errs = append(errs, err)
@@ -117,8 +119,13 @@ func (d *Datapath) SetServices(want []Service) error {
 		delete(d.services, k)
 		delete(d.serviceNames, have.id)
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("set services: %w", errors.Join(errs...))
+	if added {
+		// A flow opened to an address before it became a frontend is checked again (and
+		// dropped when it did not go through the socket programs).
+		errs = append(errs, d.bumpRevision())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("set services: %w", err)
 	}
 	return nil
 }

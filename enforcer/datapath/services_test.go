@@ -91,6 +91,23 @@ func TestServiceTranslation(t *testing.T) {
 		}
 	}
 
+	// A raw frame to a ClusterIP (a pod with CAP_NET_RAW) skips the socket programs: kube-proxy
+	// would DNAT it after tc to a backend policy never judged. Dropped, and said why.
+	podMAC, hostMAC := n.macs(t, "c")
+	n.sendFrames(t, "c", udpFrame(t, podMAC, hostMAC, n.pods["c"].IPv4, vipA, 80, []byte("raw-to-vip")))
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		f, err := fr.Read(deadline)
+		if err != nil {
+			t.Fatalf("no flow event for a raw datagram to the ClusterIP: %v", err)
+		}
+		if f.Dst == vipA && f.DstPort == 80 && f.Proto == policy.ProtoUDP {
+			if f.Reason != ReasonDropUntranslated {
+				t.Errorf("raw datagram to the ClusterIP: %s, want %s", f.Reason, ReasonDropUntranslated)
+			}
+			break
+		}
+	}
+
 	start := time.Now()
 	err = n.tcpProbeTimeout("c", vipNone, 80, 3*time.Second)
 	if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
