@@ -118,6 +118,9 @@ func Open(opts Options) (d *Datapath, err error) {
 			return nil, err
 		}
 	}
+	if err := dropStaleStatsPins(opts.PinPath); err != nil {
+		return nil, err
+	}
 	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}}
 	err = bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
 	if err != nil {
@@ -181,6 +184,40 @@ func Open(opts Options) (d *Datapath, err error) {
 	d.pinnedInfo = maps.Clone(d.endpointInfo)
 	d.pinnedIPCache = maps.Clone(d.ipcache)
 	return d, nil
+}
+
+// statsMaps hold only statistics: when an upgrade changed their layout (a reason added to the
+// counters), the pinned one is replaced instead of refusing to start. The maps that decide
+// verdicts are never replaced this way: an incompatible one still stops Open.
+var statsMaps = map[string]bool{"counters": true, "event_ratelimit": true}
+
+// dropStaleStatsPins removes pinned statistics maps whose type, key, value or size differ from
+// the programs' now.
+func dropStaleStatsPins(pinPath string) error {
+	spec, err := bpf.LoadNetpact()
+	if err != nil {
+		return fmt.Errorf("load program spec: %w", err)
+	}
+	for name := range statsMaps {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			continue
+		}
+		path := filepath.Join(pinPath, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			continue // none pinned (or unreadable: the load below says so)
+		}
+		info, ierr := m.Info()
+		m.Close()
+		if ierr == nil && (info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize ||
+			info.MaxEntries != ms.MaxEntries) {
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("replace stale statistics map %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // checkOwnership refuses a pin directory that is a symlink, not root's (not this process's
