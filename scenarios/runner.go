@@ -42,7 +42,11 @@ func (c Cell) String() string {
 		return fmt.Sprintf("%s -> lookup %s (resolver %s)", c.From, c.Lookup, c.Service)
 	}
 	if c.Service != "" {
-		s = fmt.Sprintf("%s -> service %s:%d via %s (%s %s)", c.From, c.Service, c.ServicePort.Port, c.Via, c.To, c.Port)
+		to := c.To
+		if to == "" {
+			to = "no backend"
+		}
+		s = fmt.Sprintf("%s -> service %s:%d via %s (%s %s)", c.From, c.Service, c.ServicePort.Port, c.Via, to, c.Port)
 	}
 	if c.HTTP {
 		s += " " + c.method() + " " + c.path()

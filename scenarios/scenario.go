@@ -35,7 +35,22 @@ func parseOutcome(s string) (Outcome, error) {
 	case Allow, Timeout, Refused, HTTP200, HTTP403:
 		return o, nil
 	}
-	return "", fmt.Errorf("unknown expectation %q: use allow, timeout, refused, http-200 or http-403", s)
+	// mixed(a,b): a service probe whose backends disagree (what a connection gets depends on the
+	// backend translation picks).
+	if inner, ok := strings.CutPrefix(s, "mixed("); ok && strings.HasSuffix(inner, ")") {
+		var outs []Outcome
+		for _, part := range strings.Split(strings.TrimSuffix(inner, ")"), ",") {
+			o, err := parseOutcome(strings.TrimSpace(part))
+			if err != nil || strings.HasPrefix(string(o), "mixed(") {
+				return "", fmt.Errorf("unknown expectation %q: mixed(...) lists two or more of allow, timeout, refused, http-200, http-403", s)
+			}
+			outs = append(outs, o)
+		}
+		if m := combineSet(outs); strings.HasPrefix(string(m), "mixed(") {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("unknown expectation %q: use allow, timeout, refused, http-200, http-403 or mixed(...) of them", s)
 }
 
 // Mark is the one-character form of an outcome in tables.

@@ -130,6 +130,55 @@ steps:
 	}
 }
 
+// A service probe through the ClusterIP may reach any backend: the engine predicts each, and
+// backends that disagree (one allowed by egress policy, one not) are mixed on both sides; the
+// local node probes the real virtual address, and a service without a backend is refused.
+func TestServiceProbeOverEveryBackend(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "svc.yaml")
+	os.WriteFile(f, []byte(`name: services over every backend
+namespaces: [{name: a}]
+pods:
+  - {name: c, namespace: a, labels: {app: c}}
+  - {name: web-1, namespace: a, labels: {app: web, tier: one}, ports: ["8080/TCP"]}
+  - {name: web-2, namespace: a, labels: {app: web, tier: two}, ports: ["8080/TCP"]}
+services:
+  - {name: web, namespace: a, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+  - {name: one, namespace: a, selector: {tier: one}, ports: [{port: 80, targetPort: 8080}]}
+steps:
+- name: open
+  expect:
+    probes:
+      - {from: a/c, service: a/web, port: 80, expect: allow}
+- name: c reaches tier one only
+  apply:
+    - inline: |
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: c, namespace: a}
+        spec:
+          endpointSelector: {matchLabels: {app: c}}
+          egress:
+            - toEndpoints: [{matchLabels: {tier: one}}]
+              toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  expect:
+    probes:
+      - {from: a/c, service: a/one, port: 80, expect: allow}
+      - {from: a/c, service: a/web, port: 80, expect: "mixed(allow,timeout)"}
+- name: web-1 leaves tier one; service one has no backend
+  setPodLabels: [{pod: a/web-1, labels: {app: web}}]
+  expect:
+    probes:
+      - {from: a/c, service: a/one, port: 80, expect: refused}
+      - {from: a/c, service: a/web, port: 80, expect: timeout}
+`), 0o644)
+	results := runFiles(t, f)
+	var b bytes.Buffer
+	Print(&b, results, true)
+	if results[0].Failed() {
+		t.Fatalf("scenario failed:\n%s", b.String())
+	}
+}
+
 // A service probe is predicted, and probed on the local node, as its first backend pod on the
 // target port.
 func TestServiceProbeResolvesToBackend(t *testing.T) {
