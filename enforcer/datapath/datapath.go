@@ -122,7 +122,7 @@ func Open(opts Options) (d *Datapath, err error) {
 		return nil, err
 	}
 	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}}
-	err = bpf.LoadNetpactObjects(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
+	err = loadObjects(&d.objs, opts)
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -184,6 +184,49 @@ func Open(opts Options) (d *Datapath, err error) {
 	d.pinnedInfo = maps.Clone(d.endpointInfo)
 	d.pinnedIPCache = maps.Clone(d.ipcache)
 	return d, nil
+}
+
+// loadObjects loads the maps (adopting pinned ones) and the tc programs, and the socket programs
+// only when translation is asked for: a kernel without them (bpf_set_retval, the getpeername
+// hooks) still enforces policy.
+func loadObjects(objs *bpf.NetpactObjects, opts Options) error {
+	spec, err := bpf.LoadNetpact()
+	if err != nil {
+		return err
+	}
+	var tc struct {
+		bpf.NetpactMaps
+		TcFromPod *ebpf.Program `ebpf:"tc_from_pod"`
+		TcToPod   *ebpf.Program `ebpf:"tc_to_pod"`
+	}
+	if err := spec.LoadAndAssign(&tc, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}); err != nil {
+		return err
+	}
+	objs.NetpactMaps, objs.TcFromPod, objs.TcToPod = tc.NetpactMaps, tc.TcFromPod, tc.TcToPod
+	if opts.Cgroup == "" {
+		return nil
+	}
+	m := &objs.NetpactMaps
+	var sock struct {
+		SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
+		SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
+		SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
+		SockGetpeername6 *ebpf.Program `ebpf:"sock_getpeername6"`
+		SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
+		SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
+		SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
+		SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
+	}
+	err = spec.LoadAndAssign(&sock, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		"services": m.Services, "backends": m.Backends, "sock_revnat": m.SockRevnat, "svc_flows": m.SvcFlows}})
+	if err != nil {
+		objs.Close()
+		return fmt.Errorf("socket programs for Service translation (kernel >= 5.18 needed; without --cgroup-root, policy is enforced and Services are left to kube-proxy): %w", err)
+	}
+	p := &objs.NetpactPrograms
+	p.SockConnect4, p.SockConnect6, p.SockGetpeername4, p.SockGetpeername6 = sock.SockConnect4, sock.SockConnect6, sock.SockGetpeername4, sock.SockGetpeername6
+	p.SockRecvmsg4, p.SockRecvmsg6, p.SockSendmsg4, p.SockSendmsg6 = sock.SockRecvmsg4, sock.SockRecvmsg6, sock.SockSendmsg4, sock.SockSendmsg6
+	return nil
 }
 
 // statsMaps hold only statistics: when an upgrade changed their layout (a reason added to the
