@@ -40,6 +40,14 @@ const (
 )
 
 // PolicySource is a Git repository path whose policy bundle netpact enforces.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ps,categories=netpact
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=".status.conditions[?(@.type==\"Ready\")].status"
+// +kubebuilder:printcolumn:name="Enforced",type=string,JSONPath=".status.enforcedNodes"
+// +kubebuilder:printcolumn:name="Revision",type=string,JSONPath=".status.lastEnforcedRevision"
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1
 type PolicySource struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -70,6 +78,38 @@ type PolicySourceSpec struct {
 	// AllowEmpty lets a revision remove every policy (of the bundle, or of a namespace that had
 	// some). Without it such a revision is refused and the last good one stays enforced.
 	AllowEmpty bool `json:"allowEmpty,omitempty"`
+	// SecretRef names a Secret of the PolicySource's namespace with the Git credentials:
+	// username and password (or a token as password), or identity (an SSH private key) and
+	// known_hosts. In the cluster controller only.
+	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`
+	// Verify, when set, applies only commits signed by a key of the armored OpenPGP keyring in
+	// the Secret's "keyring" entry (cluster controller; VerifyKeyring inline on a local node).
+	Verify *VerifySpec `json:"verify,omitempty"`
+	// Prune deletes what an earlier revision applied and this one lacks (default true); an
+	// object annotated netpact.io/prune: disabled is never deleted.
+	Prune *bool `json:"prune,omitempty"`
+}
+
+// LocalObjectReference names an object of the same namespace.
+type LocalObjectReference struct {
+	Name string `json:"name"`
+}
+
+// VerifySpec says where the trusted OpenPGP keys are.
+type VerifySpec struct {
+	SecretRef LocalObjectReference `json:"secretRef"`
+}
+
+// ResourceRef is an object of the inventory as Flux writes it: ID
+// "<namespace>_<name>_<group>_<kind>" and V its version.
+type ResourceRef struct {
+	ID string `json:"id"`
+	V  string `json:"v"`
+}
+
+// ResourceInventory is what the last applied revision put in the cluster.
+type ResourceInventory struct {
+	Entries []ResourceRef `json:"entries"`
 }
 
 // PolicySourceStatus is what the reconciler reports.
@@ -85,6 +125,14 @@ type PolicySourceStatus struct {
 	LastEnforcedAt       *metav1.Time `json:"lastEnforcedAt,omitempty"`
 	// Errors are the problems of the last failed revision, each with file:line.
 	Errors []string `json:"errors,omitempty"`
+	// Inventory is what the last applied revision put in the cluster (cluster controller).
+	Inventory *ResourceInventory `json:"inventory,omitempty"`
+	// EnforcedNodes is "N/M": nodes whose datapath holds every applied object's generation, of
+	// all nodes; LaggingNodes names the others and why.
+	EnforcedNodes string   `json:"enforcedNodes,omitempty"`
+	LaggingNodes  []string `json:"laggingNodes,omitempty"`
+	// LastHandledReconcileAt is the reconcile.fluxcd.io/requestedAt value last acted on.
+	LastHandledReconcileAt string `json:"lastHandledReconcileAt,omitempty"`
 }
 
 // GetConditions returns the status conditions (Flux's conditions.Getter).
@@ -112,6 +160,24 @@ func (in *PolicySource) DeepCopyInto(out *PolicySource) {
 	if in.Status.Errors != nil {
 		out.Status.Errors = append([]string(nil), in.Status.Errors...)
 	}
+	if in.Spec.SecretRef != nil {
+		r := *in.Spec.SecretRef
+		out.Spec.SecretRef = &r
+	}
+	if in.Spec.Verify != nil {
+		v := *in.Spec.Verify
+		out.Spec.Verify = &v
+	}
+	if in.Spec.Prune != nil {
+		b := *in.Spec.Prune
+		out.Spec.Prune = &b
+	}
+	if in.Status.Inventory != nil {
+		out.Status.Inventory = &ResourceInventory{Entries: append([]ResourceRef(nil), in.Status.Inventory.Entries...)}
+	}
+	if in.Status.LaggingNodes != nil {
+		out.Status.LaggingNodes = append([]string(nil), in.Status.LaggingNodes...)
+	}
 }
 
 // DeepCopy returns a copy.
@@ -126,3 +192,35 @@ func (in *PolicySource) DeepCopy() *PolicySource {
 
 // DeepCopyObject implements runtime.Object.
 func (in *PolicySource) DeepCopyObject() runtime.Object { return in.DeepCopy() }
+
+// PolicySourceList is a list of PolicySources.
+//
+// +kubebuilder:object:root=true
+type PolicySourceList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PolicySource `json:"items"`
+}
+
+// DeepCopyObject implements runtime.Object.
+func (in *PolicySourceList) DeepCopyObject() runtime.Object {
+	if in == nil {
+		return nil
+	}
+	out := &PolicySourceList{TypeMeta: in.TypeMeta}
+	in.ListMeta.DeepCopyInto(&out.ListMeta)
+	for i := range in.Items {
+		out.Items = append(out.Items, *in.Items[i].DeepCopy())
+	}
+	return out
+}
+
+// SchemeBuilder registers netpact.io/v1alpha1's kinds; AddToScheme adds them to a scheme.
+var (
+	SchemeBuilder = runtime.NewSchemeBuilder(func(s *runtime.Scheme) error {
+		s.AddKnownTypes(GroupVersion, &PolicySource{}, &PolicySourceList{})
+		metav1.AddToGroupVersion(s, GroupVersion)
+		return nil
+	})
+	AddToScheme = SchemeBuilder.AddToScheme
+)

@@ -117,6 +117,16 @@ func (a *Applier) resource(obj *unstructured.Unstructured) (dynamic.ResourceInte
 // ApplyOne server-side applies one object as manager, with strict field validation (an unknown
 // field is an error, not silently pruned), and returns the object the API server stored.
 func (a *Applier) ApplyOne(ctx context.Context, obj *unstructured.Unstructured, manager string) (*unstructured.Unstructured, error) {
+	return a.apply1(ctx, obj, manager, false)
+}
+
+// DryRunOne is ApplyOne with dryRun=All: the API server validates and admits the object
+// (webhooks included) and stores nothing.
+func (a *Applier) DryRunOne(ctx context.Context, obj *unstructured.Unstructured, manager string) (*unstructured.Unstructured, error) {
+	return a.apply1(ctx, obj, manager, true)
+}
+
+func (a *Applier) apply1(ctx context.Context, obj *unstructured.Unstructured, manager string, dryRun bool) (*unstructured.Unstructured, error) {
 	ri, err := a.resource(obj)
 	if err != nil {
 		return nil, err
@@ -126,8 +136,24 @@ func (a *Applier) ApplyOne(ctx context.Context, obj *unstructured.Unstructured, 
 		return nil, err
 	}
 	force := true
-	return ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data,
-		metav1.PatchOptions{FieldManager: manager, Force: &force, FieldValidation: "Strict"})
+	opts := metav1.PatchOptions{FieldManager: manager, Force: &force, FieldValidation: "Strict"}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	return ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, opts)
+}
+
+// Get reads an object as the API server has it (nil, nil when it does not exist).
+func (a *Applier) Get(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	ri, err := a.resource(obj)
+	if err != nil {
+		return nil, err
+	}
+	got, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	return got, err
 }
 
 // Delete deletes an object; one already gone is not an error.

@@ -1,0 +1,276 @@
+package reconciler
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/policy"
+)
+
+// ReconcileRequestAnnotation asks for a reconcile now (Flux's): its value is a timestamp, and
+// status.lastHandledReconcileAt echoes it once acted on.
+const ReconcileRequestAnnotation = meta.ReconcileRequestAnnotation
+
+// Controller reconciles every PolicySource of the cluster: the Git source and validation of the
+// local reconciler, a ClusterTarget applying through the API server, status with Flux's
+// conditions and the nodes enforced, events on every transition, and metrics in Flux's shape.
+type Controller struct {
+	Client client.Client
+	Config *rest.Config
+	Events events.EventRecorder
+	// WorkDir holds checkouts; EnforceTimeout bounds the wait for every node.
+	WorkDir        string
+	EnforceTimeout time.Duration
+	Load           policy.LoadOptions
+
+	mu      sync.Mutex
+	sources map[types.NamespacedName]*sourceState
+	// pokes asks for a reconcile of one source (the webhook receiver).
+	pokes chan event.GenericEvent
+}
+
+type sourceState struct {
+	key    string // what the reconciler was built from: spec and secrets
+	rec    *Reconciler
+	target *ClusterTarget
+	// seenAt is when the newest revision was first seen, for push-to-enforced.
+	seen   string
+	seenAt time.Time
+}
+
+var (
+	reconcileDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "gotk_reconcile_duration_seconds", Help: "How long a PolicySource reconcile took.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120},
+	}, []string{"kind", "name", "namespace"})
+	conditionGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "gotk_reconcile_condition", Help: "The PolicySource's conditions (1 for the status it has).",
+	}, []string{"kind", "name", "namespace", "type", "status"})
+	pushToEnforced = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "netpact_push_to_enforced_seconds", Help: "From a revision first seen to enforced on every node.",
+		Buckets: []float64{0.25, 0.5, 1, 2, 3, 5, 10, 30, 60},
+	}, []string{"name", "namespace"})
+	registerOnce sync.Once
+)
+
+// SetupWithManager registers the controller: PolicySources, on a change of generation or of
+// the reconcile-request annotation, and pokes from the webhook receiver.
+func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
+	registerOnce.Do(func() { metrics.Registry.MustRegister(reconcileDuration, conditionGauge, pushToEnforced) })
+	c.sources = map[types.NamespacedName]*sourceState{}
+	c.pokes = make(chan event.GenericEvent, 64)
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.PolicySource{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
+			predicate.AnnotationChangedPredicate{}))).
+		WatchesRawSource(source.Channel(c.pokes, &handler.EnqueueRequestForObject{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		Complete(c)
+}
+
+// Poke asks for a reconcile of one source now.
+func (c *Controller) Poke(namespace, name string) {
+	obj := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+	select {
+	case c.pokes <- event.GenericEvent{Object: obj}:
+	default:
+	}
+}
+
+// Reconcile is one pass for one PolicySource.
+func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	start := time.Now()
+	var obj v1alpha1.PolicySource
+	if err := c.Client.Get(ctx, req.NamespacedName, &obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			c.mu.Lock()
+			delete(c.sources, req.NamespacedName)
+			c.mu.Unlock()
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	before := obj.DeepCopy()
+	st, err := c.state(ctx, &obj)
+	interval := obj.Spec.Interval.Duration
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	if err != nil {
+		conditions.MarkFalse(&obj, meta.ReadyCondition, v1alpha1.GitOperationFailedReason, "%s", err.Error())
+		conditions.MarkStalled(&obj, v1alpha1.GitOperationFailedReason, "%s", err.Error())
+		obj.Status.ObservedGeneration = obj.Generation
+		c.finish(ctx, before, &obj, start)
+		return ctrl.Result{RequeueAfter: interval}, nil
+	}
+	// The reconciler works on the object as the API server has it (status included).
+	spec := obj.Spec
+	if kr := c.keyring(ctx, &obj); kr != "" {
+		spec.VerifyKeyring = kr
+	}
+	work := obj.DeepCopy()
+	work.Spec = spec
+	st.rec.store(work)
+	rerr := st.rec.Reconcile(ctx)
+	out := st.rec.Status()
+	obj.Status = out.Status
+	obj.Status.ObservedGeneration = obj.Generation
+	obj.Status.Inventory = st.target.Inventory()
+	enf, total, lagging := st.target.Nodes()
+	if total > 0 {
+		obj.Status.EnforcedNodes, obj.Status.LaggingNodes = fmt.Sprintf("%d/%d", enf, total), lagging
+	}
+	if applied := st.target.Applied(); applied != "" {
+		obj.Status.LastAppliedRevision = applied
+		if st.target.Enforced() == applied {
+			conditions.MarkTrue(&obj, v1alpha1.EnforcedCondition, v1alpha1.EnforcedReason, "revision %s is enforced on %d/%d nodes", applied, enf, total)
+		} else {
+			conditions.MarkFalse(&obj, v1alpha1.EnforcedCondition, meta.ProgressingReason, "revision %s is applied, enforced on %d/%d nodes; lagging: %s",
+				applied, enf, total, strings.Join(lagging, "; "))
+		}
+	}
+	if v, ok := obj.Annotations[ReconcileRequestAnnotation]; ok {
+		obj.Status.LastHandledReconcileAt = v
+	}
+	if rb := st.target.RolledBack(); rerr != nil && rb != "" {
+		conditions.MarkFalse(&obj, meta.ReadyCondition, v1alpha1.ApplyFailedReason, "%s", rerr.Error())
+	}
+	rev := obj.Status.LastAttemptedRevision
+	c.mu.Lock()
+	if rev != st.seen {
+		st.seen, st.seenAt = rev, start
+	}
+	seenAt := st.seenAt
+	c.mu.Unlock()
+	if rerr == nil && obj.Status.LastEnforcedRevision == rev && before.Status.LastEnforcedRevision != rev {
+		pushToEnforced.WithLabelValues(obj.Name, obj.Namespace).Observe(time.Since(seenAt).Seconds())
+	}
+	c.finish(ctx, before, &obj, start)
+	return ctrl.Result{RequeueAfter: interval}, nil
+}
+
+// finish writes the status when it changed, records an event for a Ready transition, and the
+// metrics.
+func (c *Controller) finish(ctx context.Context, before, obj *v1alpha1.PolicySource, start time.Time) {
+	reconcileDuration.WithLabelValues("PolicySource", obj.Name, obj.Namespace).Observe(time.Since(start).Seconds())
+	for _, t := range []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition, v1alpha1.EnforcedCondition} {
+		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
+			v := 0.0
+			if c := conditions.Get(obj, t); c != nil && c.Status == s {
+				v = 1
+			}
+			conditionGauge.WithLabelValues("PolicySource", obj.Name, obj.Namespace, t, string(s)).Set(v)
+		}
+	}
+	b1, _ := json.Marshal(before.Status)
+	b2, _ := json.Marshal(obj.Status)
+	if string(b1) != string(b2) {
+		if err := c.Client.Status().Update(ctx, obj); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			ctrl.LoggerFrom(ctx).Error(err, "write status")
+		}
+	}
+	old, now := conditions.Get(before, meta.ReadyCondition), conditions.Get(obj, meta.ReadyCondition)
+	if now != nil && (old == nil || old.Status != now.Status || old.Reason != now.Reason || old.Message != now.Message) && c.Events != nil {
+		kind := corev1.EventTypeNormal
+		if now.Status != metav1.ConditionTrue {
+			kind = corev1.EventTypeWarning
+		}
+		c.Events.Eventf(obj, nil, kind, now.Reason, "Reconcile", "revision %s: %s", obj.Status.LastAttemptedRevision, now.Message)
+	}
+}
+
+// state is the source's reconciler, rebuilt when its spec or secrets change.
+func (c *Controller) state(ctx context.Context, obj *v1alpha1.PolicySource) (*sourceState, error) {
+	auth, authVersion, err := c.auth(ctx, obj)
+	if err != nil {
+		return nil, err
+	}
+	specJSON, _ := json.Marshal(obj.Spec)
+	sum := sha256.Sum256(append(specJSON, []byte(authVersion)...))
+	key := fmt.Sprintf("%x", sum)
+	nn := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.sources[nn]; ok && st.key == key {
+		return st, nil
+	}
+	prune := obj.Spec.Prune == nil || *obj.Spec.Prune
+	target := &ClusterTarget{Config: c.Config, Source: metav1.ObjectMeta{Namespace: obj.Namespace, Name: obj.Name},
+		EnforceTimeout: c.EnforceTimeout, Prune: prune}
+	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Auth: auth, Timeout: obj.Spec.Timeout.Duration}
+	rec := New(obj.DeepCopy(), src, target)
+	rec.WorkDir, rec.Load = c.WorkDir, c.Load
+	if old, ok := c.sources[nn]; ok {
+		// The same cluster state: keep what is enforced and the guard's memory.
+		target.inventory, target.lastGood, target.enforced = old.target.inventory, old.target.lastGood, old.target.enforced
+		rec.enforcedNamespaces = old.rec.enforcedNamespaces
+	} else if err := target.init(); err == nil {
+		// After a restart the guard starts from what the cluster holds of the source.
+		if inv, err := target.readInventory(ctx); err == nil && len(inv) > 0 {
+			rec.enforcedNamespaces = map[string]int{}
+			for _, o := range inv {
+				rec.enforcedNamespaces[o.obj.GetNamespace()]++
+			}
+		}
+	}
+	st := &sourceState{key: key, rec: rec, target: target}
+	c.sources[nn] = st
+	return st, nil
+}
+
+// auth reads the source's Git credentials from its secret, and the secret's version.
+func (c *Controller) auth(ctx context.Context, obj *v1alpha1.PolicySource) (Auth, string, error) {
+	if obj.Spec.SecretRef == nil {
+		return Auth{}, "", nil
+	}
+	var sec corev1.Secret
+	if err := c.Client.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.SecretRef.Name}, &sec); err != nil {
+		return Auth{}, "", fmt.Errorf("secretRef %s: %w", obj.Spec.SecretRef.Name, err)
+	}
+	a := Auth{Username: string(sec.Data["username"]), Password: string(sec.Data["password"]),
+		SSHKey: sec.Data["identity"], KnownHosts: sec.Data["known_hosts"]}
+	if a.Password == "" {
+		a.Password = string(sec.Data["token"])
+	}
+	return a, sec.ResourceVersion, nil
+}
+
+// keyring is the armored keyring of spec.verify's secret ("" without verify; a secret that
+// cannot be read makes verification fail closed with an unusable keyring).
+func (c *Controller) keyring(ctx context.Context, obj *v1alpha1.PolicySource) string {
+	if obj.Spec.Verify == nil {
+		return obj.Spec.VerifyKeyring
+	}
+	var sec corev1.Secret
+	if err := c.Client.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.Verify.SecretRef.Name}, &sec); err != nil {
+		return "unreadable keyring secret " + obj.Spec.Verify.SecretRef.Name + ": " + err.Error()
+	}
+	if kr := string(sec.Data["keyring"]); kr != "" {
+		return kr
+	}
+	return "empty keyring secret " + obj.Spec.Verify.SecretRef.Name
+}
