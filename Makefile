@@ -10,7 +10,7 @@ export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
-.PHONY: all build test e2e-local images e2e bench fuzz generate check-generate lint demo clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
+.PHONY: all build test envtest-assets e2e-local images e2e bench fuzz generate check-generate lint demo clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
 
 # The Debian packages each target needs, from the one list in internal/host/deps.sh: installed when
 # missing (root and apt-get), one line per package installed; `make deps` installs everything CI uses.
@@ -31,12 +31,23 @@ build:
 # The full verbose log goes to test.log; the terminal gets package results, the cyclonus counts
 # and every failure line. The run fails when it leaves a network namespace, a host veth or a pin
 # under /sys/fs/bpf that was not there before (internal/host/leftovers.sh).
-test: deps-test
+test: deps-test envtest-assets
 	@set -o pipefail; before=$$(mktemp); internal/host/leftovers.sh snapshot $$before || exit 1; \
-	$(GO) test -count=1 -v -timeout 25m ./... 2>&1 | tee test.log | \
+	KUBEBUILDER_ASSETS=$(CURDIR)/bin/envtest $(GO) test -count=1 -v -timeout 25m ./... 2>&1 | tee test.log | \
 		grep -E '^(ok|FAIL|--- FAIL|--- SKIP|cyclonus|panic|\?)|^\s+[a-z0-9_]+_test\.go:[0-9]+:'; rc=$$?; \
 	internal/host/leftovers.sh check $$before || rc=1; rm -f $$before; \
 	skips=$$(grep -c -- '--- SKIP' test.log); echo "make test: exit $$rc, $$skips skipped (test.log)"; exit $$rc
+
+# kube-apiserver and etcd for the controller tests (internal/kubetest), built from source from the
+# modules that build the kind node image (kind/images/k8s, kind/images/etcd): the same versions,
+# offline. Rebuilt only when those modules change.
+ENVTEST_INPUTS := kind/images/k8s/go.mod kind/images/k8s/go.sum kind/images/etcd/go.mod kind/images/etcd/go.sum
+envtest-assets: bin/envtest/.stamp
+bin/envtest/.stamp: $(ENVTEST_INPUTS)
+	@mkdir -p bin/envtest
+	cd kind/images/k8s && CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/bin/envtest/ k8s.io/kubernetes/cmd/kube-apiserver
+	cd kind/images/etcd && CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/bin/envtest/etcd go.etcd.io/etcd/server/v3
+	@touch $@
 
 # The Ginkgo suite's local-node specs, in parallel processes (make test runs them too).
 e2e-local:

@@ -54,7 +54,7 @@ var (
 // NodePolicyStatus with every policy object at its generation, as the enforcer does once its
 // datapath holds it. A node taken out of live stops reporting (it lags).
 type nodeAgent struct {
-	dyn  dynamic.Interface
+	dyn     dynamic.Interface
 	mu      sync.Mutex
 	live    map[string]bool
 	lastErr error
