@@ -21,6 +21,9 @@ import (
 type Receiver struct {
 	Secret  []byte
 	Trigger func()
+	// OnPush, when set, is called instead of Trigger with the authenticated request (the
+	// cluster controller pokes the source the request's path names).
+	OnPush func(r *http.Request)
 
 	mu   sync.Mutex
 	seen map[string]bool
@@ -96,7 +99,11 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "delivery already seen", http.StatusConflict)
 		return
 	}
-	rc.Trigger()
+	if rc.OnPush != nil {
+		rc.OnPush(r)
+	} else {
+		rc.Trigger()
+	}
 	w.WriteHeader(http.StatusAccepted)
 }
 

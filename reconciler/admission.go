@@ -1,0 +1,314 @@
+package reconciler
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// AdmissionHandler is the validating webhook that refuses a CiliumNetworkPolicy,
+// CiliumClusterwideNetworkPolicy or NetworkPolicy that netpact's loader refuses, with the
+// loader's field path and message. Cilium accepts such objects and fails open when it enforces
+// them; netpact refuses them at the API server.
+type AdmissionHandler struct {
+	Load policy.LoadOptions
+}
+
+// maxAdmissionBody bounds an AdmissionReview (the API server's own limit for an object is 3 MiB).
+const maxAdmissionBody = 4 << 20
+
+func (h *AdmissionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		http.Error(w, "an AdmissionReview in JSON only", http.StatusUnsupportedMediaType)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdmissionBody+1))
+	if err != nil || len(body) > maxAdmissionBody {
+		http.Error(w, "body unreadable or too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+		http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+		return
+	}
+	resp := h.review(review.Request)
+	out := admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
+	if out.APIVersion == "" {
+		out.APIVersion, out.Kind = "admission.k8s.io/v1", "AdmissionReview"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out)
+}
+
+// review validates the object of a CREATE or UPDATE as `netpact validate` does.
+func (h *AdmissionHandler) review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return resp
+	}
+	name := req.Name
+	if req.Namespace != "" {
+		name = req.Namespace + "/" + req.Name
+	}
+	source := fmt.Sprintf("%s %s", req.Kind.Kind, name)
+	obj := bytes.TrimSpace(req.Object.Raw)
+	if len(obj) == 0 {
+		return deny(resp, source+": no object in the request")
+	}
+	b, err := policy.LoadBytes(source, obj, h.Load)
+	if err != nil {
+		return deny(resp, "netpact refuses this policy (netpact validate says the same): "+err.Error())
+	}
+	if len(b.Policies) != 1 {
+		return deny(resp, fmt.Sprintf("%s: not one policy object (%d)", source, len(b.Policies)))
+	}
+	for _, n := range b.Notices {
+		resp.Warnings = append(resp.Warnings, n.String())
+	}
+	return resp
+}
+
+func deny(resp *admissionv1.AdmissionResponse, msg string) *admissionv1.AdmissionResponse {
+	resp.Allowed = false
+	resp.Result = &metav1.Status{Status: metav1.StatusFailure, Message: msg, Reason: metav1.StatusReasonInvalid, Code: http.StatusUnprocessableEntity}
+	return resp
+}
+
+// CertManager keeps the webhook's serving certificate: a CA and a leaf for the webhook's DNS
+// names, kept in a Secret (so that every replica serves the same), renewed when a third of
+// its life is left, and the CA put in the ValidatingWebhookConfiguration's caBundle.
+type CertManager struct {
+	Client kubernetes.Interface
+	// Secret holds ca.crt, tls.crt and tls.key.
+	Namespace, Secret string
+	// Webhook is the ValidatingWebhookConfiguration whose webhooks get the CA.
+	Webhook string
+	// DNSNames and IPs the leaf is valid for (the Service's names; 127.0.0.1 in tests).
+	DNSNames []string
+	IPs      []net.IP
+	// Validity of a new certificate; one year when zero.
+	Validity time.Duration
+	Now      func() time.Time
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+	ca   []byte
+	leaf *x509.Certificate
+}
+
+func (m *CertManager) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+// GetCertificate serves the current certificate (tls.Config.GetCertificate).
+func (m *CertManager) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cert == nil {
+		return nil, errors.New("no serving certificate yet")
+	}
+	return m.cert, nil
+}
+
+// CA is the PEM of the CA in use.
+func (m *CertManager) CA() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]byte(nil), m.ca...)
+}
+
+// Ensure reads the Secret, renews or creates the certificate when needed, stores it, loads it to
+// serve, and patches the caBundle of every webhook of the configuration that lacks it.
+func (m *CertManager) Ensure(ctx context.Context) error {
+	secrets := m.Client.CoreV1().Secrets(m.Namespace)
+	sec, err := secrets.Get(ctx, m.Secret, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("webhook certificate: read secret %s/%s: %w", m.Namespace, m.Secret, err)
+	}
+	exists := err == nil
+	var ca, crt, key []byte
+	if exists {
+		ca, crt, key = sec.Data["ca.crt"], sec.Data["tls.crt"], sec.Data["tls.key"]
+	}
+	if !m.fresh(crt, key) {
+		if ca, crt, key, err = m.issue(); err != nil {
+			return fmt.Errorf("webhook certificate: issue: %w", err)
+		}
+		data := map[string][]byte{"ca.crt": ca, "tls.crt": crt, "tls.key": key}
+		if !exists {
+			_, err = secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.Secret, Namespace: m.Namespace},
+				Type: corev1.SecretTypeTLS, Data: data}, metav1.CreateOptions{})
+		} else {
+			sec.Data = data
+			_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+		}
+		if apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) {
+			return m.Ensure(ctx) // another replica wrote it first: use theirs
+		}
+		if err != nil {
+			return fmt.Errorf("webhook certificate: store secret: %w", err)
+		}
+	}
+	pair, err := tls.X509KeyPair(crt, key)
+	if err != nil {
+		return fmt.Errorf("webhook certificate: load: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("webhook certificate: parse: %w", err)
+	}
+	m.mu.Lock()
+	m.cert, m.ca, m.leaf = &pair, ca, leaf
+	m.mu.Unlock()
+	return m.patchCABundle(ctx, ca)
+}
+
+// fresh says whether the stored pair is valid now, for the names, with a third of its life left.
+func (m *CertManager) fresh(crt, key []byte) bool {
+	pair, err := tls.X509KeyPair(crt, key)
+	if err != nil {
+		return false
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return false
+	}
+	now := m.now()
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter.Add(-life/3)) {
+		return false
+	}
+	for _, n := range m.DNSNames {
+		if leaf.VerifyHostname(n) != nil {
+			return false
+		}
+	}
+	for _, ip := range m.IPs {
+		if leaf.VerifyHostname(ip.String()) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// issue makes a new CA and a leaf it signs (ECDSA P-256).
+func (m *CertManager) issue() (caPEM, crtPEM, keyPEM []byte, err error) {
+	validity := m.Validity
+	if validity == 0 {
+		validity = 365 * 24 * time.Hour
+	}
+	now := m.now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	serial := func() *big.Int {
+		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+		return n
+	}
+	caTmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: "netpact webhook CA"},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(validity), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cn := "netpact-webhook"
+	if len(m.DNSNames) > 0 {
+		cn = m.DNSNames[0]
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: cn}, DNSNames: m.DNSNames,
+		IPAddresses: m.IPs, NotBefore: now.Add(-time.Minute), NotAfter: now.Add(validity),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// patchCABundle puts the CA into every webhook of the configuration whose caBundle differs.
+func (m *CertManager) patchCABundle(ctx context.Context, ca []byte) error {
+	if m.Webhook == "" {
+		return nil
+	}
+	api := m.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	vwc, err := api.Get(ctx, m.Webhook, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("webhook configuration %s: %w", m.Webhook, err)
+	}
+	var patch []map[string]any
+	for i, wh := range vwc.Webhooks {
+		if !bytes.Equal(wh.ClientConfig.CABundle, ca) {
+			patch = append(patch, map[string]any{"op": "replace", "path": fmt.Sprintf("/webhooks/%d/clientConfig/caBundle", i), "value": ca})
+		}
+	}
+	if len(patch) == 0 {
+		return nil
+	}
+	data, _ := json.Marshal(patch)
+	if _, err := api.Patch(ctx, m.Webhook, types.JSONPatchType, data, metav1.PatchOptions{FieldManager: "netpact"}); err != nil {
+		return fmt.Errorf("patch caBundle of %s: %w", m.Webhook, err)
+	}
+	return nil
+}
+
+// Run keeps the certificate fresh until ctx ends, checking every interval.
+func (m *CertManager) Run(ctx context.Context, interval time.Duration, onErr func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := m.Ensure(ctx); err != nil && onErr != nil {
+				onErr(err)
+			}
+		}
+	}
+}

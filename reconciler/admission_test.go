@@ -1,0 +1,171 @@
+package reconciler
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/netpact/netpact/internal/kubeapply"
+	"github.com/netpact/netpact/policy"
+)
+
+// startAdmission serves the admission webhook on 127.0.0.1 with a certificate netpact issues and
+// stores, and registers it for CNPs, CCNPs and NetworkPolicies (caBundle patched by netpact).
+func startAdmission(t *testing.T, kc kubernetes.Interface, ns string) *CertManager {
+	t.Helper()
+	ctx := context.Background()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail, none := admissionv1.Fail, admissionv1.SideEffectClassNone
+	url := fmt.Sprintf("https://127.0.0.1:%d/validate-policy", l.Addr().(*net.TCPAddr).Port)
+	vwc := &admissionv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "netpact-test-policies"},
+		Webhooks: []admissionv1.ValidatingWebhook{{Name: "policies.netpact.io", ClientConfig: admissionv1.WebhookClientConfig{URL: &url},
+			Rules: []admissionv1.RuleWithOperations{{Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
+				Rule: admissionv1.Rule{APIGroups: []string{"cilium.io"}, APIVersions: []string{"v2"}, Resources: []string{"ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies"}}},
+				{Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
+					Rule: admissionv1.Rule{APIGroups: []string{"networking.k8s.io"}, APIVersions: []string{"v1"}, Resources: []string{"networkpolicies"}}}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"netpact-admission-test": "true"}},
+			FailurePolicy:     &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}}}}
+	vwc.Webhooks[0].NamespaceSelector = nil
+	if ns != "" {
+		vwc.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}
+	}
+	if _, err := kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, vwc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cm := &CertManager{Client: kc, Namespace: "default", Secret: "netpact-test-webhook-cert", Webhook: vwc.Name,
+		DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")}}
+	if err := cm.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/validate-policy", &AdmissionHandler{})
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{GetCertificate: cm.GetCertificate, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 5 * time.Second}
+	go srv.ServeTLS(l, "", "")
+	t.Cleanup(func() {
+		srv.Close()
+		kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(ctx, vwc.Name, metav1.DeleteOptions{})
+		kc.CoreV1().Secrets("default").Delete(ctx, cm.Secret, metav1.DeleteOptions{})
+	})
+	return cm
+}
+
+// TestAdmissionRefusesWhatTheLoaderRefuses applies each file of the loader's invalid policies
+// through a real API server with netpact's webhook: every object the API server would store is
+// refused, with the loader's field path and message; a valid policy is admitted.
+func TestAdmissionRefusesWhatTheLoaderRefuses(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	const ns = "admission"
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	cm := startAdmission(t, kc, ns)
+	vwc, err := kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "netpact-test-policies", metav1.GetOptions{})
+	if err != nil || string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
+		t.Fatalf("caBundle not patched with netpact's CA: %v", err)
+	}
+	applier, err := kubeapply.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("../policy/testdata/invalid/*.yaml")
+	if len(files) < 40 {
+		t.Fatalf("only %d invalid policies found", len(files))
+	}
+	var byWebhook, byAPI, notObjects []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, lerr := policy.Load([]string{f}, policy.LoadOptions{})
+		var list policy.ErrorList
+		if !errors.As(lerr, &list) {
+			t.Fatalf("%s: the loader does not refuse it: %v", f, lerr)
+		}
+		objs, err := kubeapply.Decode(f, data)
+		if err != nil || len(objs) != 1 || objs[0].GetName() == "" {
+			notObjects = append(notObjects, filepath.Base(f)) // kubectl would not send it: not one named object
+			continue
+		}
+		o := objs[0]
+		if o.GetKind() != "CiliumClusterwideNetworkPolicy" {
+			o.SetNamespace(ns)
+		}
+		stored, err := applier.ApplyOne(ctx, o, "kubectl")
+		if err == nil {
+			applier.Delete(ctx, o)
+			if o.GetKind() == "CiliumClusterwideNetworkPolicy" && o.GetNamespace() != "" && stored.GetNamespace() == "" {
+				// The API server drops the namespace of a cluster-scoped object before admission:
+				// what it stores is valid.
+				byAPI = append(byAPI, filepath.Base(f)+": namespace dropped by the API server (cluster-scoped)")
+				continue
+			}
+			t.Errorf("%s: admitted; the loader says: %v", filepath.Base(f), lerr)
+			continue
+		}
+		if !strings.Contains(err.Error(), "netpact refuses this policy") {
+			byAPI = append(byAPI, filepath.Base(f)+": "+err.Error())
+			continue
+		}
+		// The loader's field path and message, as for the file (the object's namespace may differ).
+		found := false
+		for _, e := range list {
+			if strings.Contains(err.Error(), e.Field+": "+e.Message) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: refused without the loader's message %q: %v", filepath.Base(f), list[0].Field+": "+list[0].Message, err)
+		}
+		byWebhook = append(byWebhook, filepath.Base(f))
+	}
+	sort.Strings(byAPI)
+	t.Logf("%d of %d refused by netpact's webhook; %d by the API server itself; %d not one object kubectl would send (%s)",
+		len(byWebhook), len(files), len(byAPI), len(notObjects), strings.Join(notObjects, ", "))
+	for _, s := range byAPI {
+		t.Logf("API server: %s", s)
+	}
+	if len(byWebhook) < 29 {
+		t.Errorf("only %d files reached and were refused by the webhook", len(byWebhook))
+	}
+	good := `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"good","namespace":"admission"},
+	"spec":{"endpointSelector":{"matchLabels":{"app":"a"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"b"}}]}]}}`
+	objs, _ := kubeapply.Decode("good", []byte(good))
+	if _, err := applier.ApplyOne(ctx, objs[0], "kubectl"); err != nil {
+		t.Errorf("a valid policy refused: %v", err)
+	}
+	applier.Delete(ctx, objs[0])
+
+	// Rotation: a certificate with less than a third of its life left is replaced, and the
+	// caBundle follows.
+	before := cm.CA()
+	cm.Now = func() time.Time { return time.Now().Add(300 * 24 * time.Hour) }
+	if err := cm.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vwc, _ = kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "netpact-test-policies", metav1.GetOptions{})
+	if string(cm.CA()) == string(before) || string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
+		t.Errorf("certificate not rotated, or caBundle not following")
+	}
+}
