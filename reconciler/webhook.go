@@ -21,6 +21,9 @@ import (
 type Receiver struct {
 	Secret  []byte
 	Trigger func()
+	// SecretFunc, when set, gives the secret at each request instead of Secret (a mounted
+	// Secret that appears or rotates while the process runs).
+	SecretFunc func() []byte
 	// OnPush, when set, is called instead of Trigger with the authenticated request (the
 	// cluster controller pokes the source the request's path names).
 	OnPush func(r *http.Request)
@@ -55,7 +58,11 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	if len(rc.Secret) == 0 {
+	secret := rc.Secret
+	if rc.SecretFunc != nil {
+		secret = rc.SecretFunc()
+	}
+	if len(secret) == 0 {
 		http.Error(w, "invalid signature or token", http.StatusUnauthorized)
 		return
 	}
@@ -68,7 +75,7 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "gitlab":
 		// The token authenticates without the body, which is not read at all.
 		token := r.Header.Get("X-Gitlab-Token")
-		ok = token != "" && subtle.ConstantTimeCompare([]byte(token), rc.Secret) == 1
+		ok = token != "" && subtle.ConstantTimeCompare([]byte(token), secret) == 1
 	default:
 		header := "X-Signature"
 		if kind == "github" {
@@ -87,7 +94,7 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "cannot read body", http.StatusBadRequest)
 			return
 		}
-		mac := hmac.New(sha256.New, rc.Secret)
+		mac := hmac.New(sha256.New, secret)
 		mac.Write(body)
 		ok = hmac.Equal(sig, mac.Sum(nil))
 	}

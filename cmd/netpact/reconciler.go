@@ -35,19 +35,36 @@ func newReconcilerCommand() *cobra.Command {
 		keyringFile, secretFile                  string
 		interval                                 time.Duration
 		once, allowEmpty                         bool
+		co                                       controllerOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "reconciler --source URL --branch main --path policies --node NODE.yaml",
-		Short: "Enforce the policy bundle of a Git revision on a local node, and report what is enforced",
+		Use:   "reconciler --source URL --branch main --path policies --node NODE.yaml | reconciler --kubeconfig FILE",
+		Short: "Enforce the policy bundle of a Git revision on a local node, or run the cluster's PolicySource controller",
 		Long: `reconciler follows a Git ref, validates the bundle at --path as one unit, enforces it on a local
 node made of the namespaces and pods of --node (a cluster file, as netpact predict reads: each pod
 becomes a network namespace of this host at an address of the local node's), and writes
 its status (Flux-style conditions and the attempted, applied and enforced revisions) to
 --status-file. A push triggers a reconcile at once through the webhook receiver on --listen
 (/hook/github, /hook/gitlab, /hook/generic-hmac); GET /status on --status-listen (an address the
-operator chooses, apart from the webhook's) returns the status, credentials redacted. Needs root.`,
+operator chooses, apart from the webhook's) returns the status, credentials redacted. Needs root.
+
+Without --source it is the cluster's controller (in-cluster, or --kubeconfig): every PolicySource
+is fetched, validated as one unit, server-side applied (field manager netpact, netpact.io/revision,
+owner labels), pruned, and reported Ready only once every node's NodePolicyStatus holds the
+applied generations ("enforced on N/N nodes", the lagging named). It also serves the webhook
+receiver (/hook/NAMESPACE/NAME/{github,gitlab,generic-hmac}) and the admission webhook that
+refuses what netpact validate refuses (/validate-policy, certificates issued and rotated here).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if src.URL == "" {
+				if nodeFile != "" {
+					return errors.New("--node needs --source (the local node follows one Git source)")
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				co.receiverListen, co.receiverSecretFile = listen, secretFile
+				return runController(ctx, co)
+			}
 			read := func(f string) ([]byte, error) {
 				if f == "" {
 					return nil, nil
@@ -167,7 +184,16 @@ operator chooses, apart from the webhook's) returns the status, credentials reda
 	f.StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook secret")
 	f.StringVar(&statusFile, "status-file", defaultStatusFile, "where to write the status")
 	f.BoolVar(&once, "once", false, "reconcile once and exit (1 when it failed)")
-	_ = cmd.MarkFlagRequired("source")
+	f.StringVar(&co.kubeconfig, "kubeconfig", "", "cluster controller: kubeconfig file (in-cluster configuration when empty)")
+	f.StringVar(&co.namespace, "namespace", "", "cluster controller: its namespace, for the leader lease and the webhook certificate (POD_NAMESPACE, else netpact-system)")
+	f.BoolVar(&co.leaderElect, "leader-elect", true, "cluster controller: one active replica at a time (a Lease)")
+	f.StringVar(&co.metricsListen, "metrics-listen", ":8080", "cluster controller: Prometheus metrics address (0: none)")
+	f.StringVar(&co.healthListen, "health-listen", ":8081", "cluster controller: /healthz and /readyz address (0: none)")
+	f.StringVar(&co.admissionListen, "admission-listen", "", "cluster controller: address of the admission webhook (HTTPS), such as :9443")
+	f.StringVar(&co.admissionService, "admission-service", "netpact-system/netpact-reconciler", "cluster controller: the webhook's Service (namespace/name), for the certificate's names")
+	f.StringVar(&co.admissionConfig, "admission-config", "netpact-policies", "cluster controller: the ValidatingWebhookConfiguration whose caBundle is kept")
+	f.StringVar(&co.admissionCertSecret, "admission-cert-secret", "netpact-webhook-cert", "cluster controller: Secret holding the webhook's CA and certificate")
+	f.DurationVar(&co.enforceTimeout, "enforce-timeout", 2*time.Minute, "cluster controller: how long a revision may take to be enforced on every node")
 	return cmd
 }
 
