@@ -274,3 +274,38 @@ func (c *Controller) keyring(ctx context.Context, obj *v1alpha1.PolicySource) st
 	}
 	return "empty keyring secret " + obj.Spec.Verify.SecretRef.Name
 }
+
+// RequestReconcile sets the reconcile-request annotation of a PolicySource to now and returns
+// the value set.
+func RequestReconcile(ctx context.Context, cl client.Client, key types.NamespacedName) (string, error) {
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{ReconcileRequestAnnotation: at}}})
+	obj := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	if err := cl.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return "", fmt.Errorf("request a reconcile of %s: %w", key, err)
+	}
+	return at, nil
+}
+
+// ReconcileNow requests a reconcile and waits until the controller reports it handled (what
+// `netpact reconcile source` does), returning the PolicySource as it was then.
+func ReconcileNow(ctx context.Context, cl client.Client, key types.NamespacedName) (*v1alpha1.PolicySource, error) {
+	at, err := RequestReconcile(ctx, cl, key)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		var cur v1alpha1.PolicySource
+		if err := cl.Get(ctx, key, &cur); err != nil {
+			return nil, fmt.Errorf("read %s: %w", key, err)
+		}
+		if cur.Status.LastHandledReconcileAt == at && conditions.Get(&cur, meta.ReconcilingCondition) == nil {
+			return &cur, nil
+		}
+		select {
+		case <-ctx.Done():
+			return &cur, fmt.Errorf("%s: the controller did not handle the request in time (is netpact-reconciler running?): %w", key, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -188,13 +188,11 @@ func waitFor(t *testing.T, cl client.Client, key ktypes.NamespacedName, what str
 	}
 }
 
-// requestReconcile sets Flux's reconcile-request annotation, as `netpact reconcile source` does.
+// requestReconcile asks for a reconcile now, as `netpact reconcile source` does.
 func requestReconcile(t *testing.T, cl client.Client, key ktypes.NamespacedName) string {
 	t.Helper()
-	at := time.Now().Format(time.RFC3339Nano)
-	patch := []byte(`{"metadata":{"annotations":{"` + ReconcileRequestAnnotation + `":"` + at + `"}}}`)
-	obj := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
-	if err := cl.Patch(context.Background(), obj, client.RawPatch(ktypes.MergePatchType, patch)); err != nil {
+	at, err := RequestReconcile(context.Background(), cl, key)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return at
@@ -341,8 +339,15 @@ func TestClusterController(t *testing.T) {
 	if _, err := dyn.Resource(cnpGVR).Namespace("app").Get(ctx, "a", metav1.GetOptions{}); err != nil {
 		t.Errorf("a gone after a refused revision: %v", err)
 	}
-	at := requestReconcile(t, cl, key)
-	waitFor(t, cl, key, "reconcile request handled", func(o *v1alpha1.PolicySource) bool { return o.Status.LastHandledReconcileAt == at })
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	handled, err := ReconcileNow(rctx, cl, key)
+	cancel()
+	if err != nil {
+		t.Fatalf("reconcile now: %v", err)
+	}
+	if _, reason, _ := ready(handled); reason != v1alpha1.EmptyBundleReason {
+		t.Errorf("reconcile now: %s, want the guard's refusal again", reason)
+	}
 	events, err := kc.CoreV1().Events("netpact-system").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -168,6 +168,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 	revision := rev.String()
 	obj.Status.LastAttemptedRevision = revision
 	if revision == r.stalledAt {
+		conditions.Delete(obj, meta.ReconcilingCondition)
 		return r.stalledErr
 	}
 	if revision == obj.Status.LastEnforcedRevision && r.allEnforce(revision) {
@@ -194,6 +195,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		revision = rev.String()
 		obj.Status.LastAttemptedRevision = revision
 		if revision == r.stalledAt {
+			conditions.Delete(obj, meta.ReconcilingCondition)
 			return r.stalledErr
 		}
 	}

@@ -23,7 +23,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newStatusCommand(),
+	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newReconcileCommand(), newStatusCommand(),
 		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand())
 	return root
 }

@@ -264,12 +264,29 @@ func printStatus(w io.Writer, st *v1alpha1.PolicySource) {
 }
 
 func newStatusCommand() *cobra.Command {
-	var statusFile, output string
+	var statusFile, output, kubeconfig string
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Print the reconciler's conditions and revisions",
-		Args:  cobra.NoArgs,
+		Use:   "status [--kubeconfig FILE]",
+		Short: "Print the local reconciler's conditions and revisions, or the cluster's netpact health",
+		Long: `status prints the local reconciler's status file; with --kubeconfig, the cluster's netpact health
+on one screen: the enforcer DaemonSet, the controller, every PolicySource (conditions, revision,
+nodes enforced, lagging nodes) and the nodes whose status reports errors. Exit 1 when not healthy.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if kubeconfig != "" {
+				cfg, err := restConfig(kubeconfig)
+				if err != nil {
+					return err
+				}
+				ok, err := clusterStatus(cmd.Context(), cfg, cmd.OutOrStdout())
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return exitError{1}
+				}
+				return nil
+			}
 			data, err := os.ReadFile(statusFile)
 			if err != nil {
 				return fmt.Errorf("read status (is the reconciler running?): %w", err)
@@ -294,6 +311,7 @@ func newStatusCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&statusFile, "status-file", defaultStatusFile, "the reconciler's status file")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "report the cluster's health instead (its kubeconfig file)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	ktypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/reconciler"
+)
+
+func policySourceClient(cfg *rest.Config) (client.Client, error) {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return client.New(cfg, client.Options{Scheme: scheme})
+}
+
+func newReconcileCommand() *cobra.Command {
+	var kubeconfig, namespace string
+	var timeout time.Duration
+	cmd := &cobra.Command{Use: "reconcile", Short: "Ask the cluster controller to reconcile now"}
+	src := &cobra.Command{
+		Use:   "source NAME",
+		Short: "Reconcile a PolicySource now and wait for the result (as flux reconcile does)",
+		Long: `reconcile source sets the reconcile.fluxcd.io/requestedAt annotation of the PolicySource, waits
+until the controller reports it handled, and prints the outcome: exit 0 when Ready, 1 otherwise.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			cl, err := policySourceClient(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			st, err := reconciler.ReconcileNow(ctx, cl, ktypes.NamespacedName{Namespace: namespace, Name: args[0]})
+			if err != nil {
+				return err
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			if !conditions.IsReady(st) {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+	src.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	src.Flags().StringVarP(&namespace, "namespace", "n", "netpact-system", "the PolicySource's namespace")
+	src.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the result")
+	cmd.AddCommand(src)
+	return cmd
+}
+
+// clusterStatus prints the cluster's netpact health on one screen, as cilium status does for
+// Cilium: the enforcer DaemonSet, the controller, every PolicySource, and nodes with errors.
+// It reports whether everything is healthy.
+func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, error) {
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return false, err
+	}
+	healthy := true
+	bad := func(ok bool) string {
+		if !ok {
+			healthy = false
+			return "  <- not healthy"
+		}
+		return ""
+	}
+	ds, err := kc.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		fmt.Fprintf(w, "enforcer:    not installed (kube-system/netpact DaemonSet)%s\n", bad(false))
+	case err != nil:
+		return false, fmt.Errorf("read the enforcer DaemonSet: %w", err)
+	default:
+		s := ds.Status
+		ok := s.DesiredNumberScheduled > 0 && s.NumberReady == s.DesiredNumberScheduled && s.NumberAvailable == s.DesiredNumberScheduled
+		fmt.Fprintf(w, "enforcer:    DaemonSet kube-system/netpact desired %d, ready %d, available %d, up to date %d%s\n",
+			s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable, s.UpdatedNumberScheduled, bad(ok))
+	}
+	dep, err := kc.AppsV1().Deployments("netpact-system").Get(ctx, "netpact-reconciler", metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		fmt.Fprintln(w, "controller:  not installed (netpact-system/netpact-reconciler; deploy/reconciler)")
+	case err != nil:
+		return false, fmt.Errorf("read the controller Deployment: %w", err)
+	default:
+		want := int32(1)
+		if dep.Spec.Replicas != nil {
+			want = *dep.Spec.Replicas
+		}
+		fmt.Fprintf(w, "controller:  Deployment netpact-system/netpact-reconciler ready %d/%d%s\n",
+			dep.Status.ReadyReplicas, want, bad(dep.Status.ReadyReplicas >= want && want > 0))
+	}
+	cl, err := policySourceClient(cfg)
+	if err != nil {
+		return false, err
+	}
+	var list v1alpha1.PolicySourceList
+	if err := cl.List(ctx, &list); err != nil {
+		return false, fmt.Errorf("list PolicySources: %w", err)
+	}
+	fmt.Fprintf(w, "sources:     %d PolicySource(s)\n", len(list.Items))
+	for i := range list.Items {
+		ps := &list.Items[i]
+		ready := conditions.Get(ps, meta.ReadyCondition)
+		state, msg := "Unknown", ""
+		if ready != nil {
+			state, msg = string(ready.Status), ready.Message
+		}
+		fmt.Fprintf(w, "  %s/%s: Ready %s, enforced on %s nodes, revision %s%s\n", ps.Namespace, ps.Name, state,
+			orDash(ps.Status.EnforcedNodes), orDash(ps.Status.LastEnforcedRevision), bad(state == "True"))
+		if state != "True" && msg != "" {
+			fmt.Fprintf(w, "    %s\n", msg)
+		}
+		for _, l := range ps.Status.LaggingNodes {
+			fmt.Fprintf(w, "    lagging: %s\n", l)
+		}
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return false, err
+	}
+	npsList, err := dyn.Resource(v1alpha1.GroupVersion.WithResource("nodepolicystatuses")).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, fmt.Errorf("list NodePolicyStatuses: %w", err)
+	}
+	var troubled []string
+	for _, u := range npsList.Items {
+		var nps v1alpha1.NodePolicyStatus
+		raw, _ := json.Marshal(u.Object)
+		if json.Unmarshal(raw, &nps) != nil {
+			continue
+		}
+		var why []string
+		if nps.Status.Error != "" {
+			why = append(why, nps.Status.Error)
+		}
+		for _, p := range nps.Status.Policies {
+			if p.Error != "" {
+				why = append(why, fmt.Sprintf("%s %s/%s: %s", p.Kind, p.Namespace, p.Name, p.Error))
+			}
+		}
+		for _, e := range nps.Status.EndpointErrors {
+			why = append(why, fmt.Sprintf("pod %s failed closed: %s", e.Pod, e.Error))
+		}
+		if len(why) > 0 {
+			troubled = append(troubled, fmt.Sprintf("  %s: %s", nps.Name, strings.Join(why, "; ")))
+		}
+	}
+	sort.Strings(troubled)
+	fmt.Fprintf(w, "nodes:       %d report status, %d with errors%s\n", len(npsList.Items), len(troubled), bad(len(troubled) == 0))
+	for _, t := range troubled {
+		fmt.Fprintln(w, t)
+	}
+	return healthy, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
