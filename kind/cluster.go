@@ -43,6 +43,8 @@ type Images struct {
 	Netpact string
 	// Workloads are loaded into the workers as well (the seed's flask, postgres, debug images).
 	Workloads []string
+	// GitServer is the GitOps suite's Git server image (among Workloads too).
+	GitServer string
 }
 
 // ReadImages reads "role=image" lines, as `kind/images.sh list` prints them.
@@ -68,6 +70,9 @@ func ReadImages(path string) (Images, error) {
 			im.Node = ref
 		case "netpact":
 			im.Netpact = ref
+		case "gitserver":
+			im.GitServer = ref
+			im.Workloads = append(im.Workloads, ref)
 		default:
 			im.Workloads = append(im.Workloads, ref)
 		}

@@ -14,7 +14,8 @@
 #   netpact/flask       the seed 002 Flask app (python3-flask, python3-prometheus-client, psycopg2)
 #   netpact/postgres    Debian's PostgreSQL
 #   netpact/debug       curl, nc, psql, dig
-#   netpact/netpact     the static netpact binary (enforcer DaemonSet and CNI plugin)
+#   netpact/netpact     the static netpact binary (enforcer DaemonSet and CNI plugin, GitOps controller)
+#   netpact/gitserver   Debian's git and the netpact binary: the GitOps suite's Git server (netpact git-server)
 #
 # The Kubernetes version is pinned in kind/images/k8s/go.mod, etcd and CoreDNS in theirs; the tags
 # the control-plane images carry are the ones `kubeadm config images list` prints.
@@ -92,6 +93,8 @@ netpact_hash() {
 		sha256sum | cut -c1-12
 }
 NETPACT=netpact/netpact:$(netpact_hash)
+# The Git server of the GitOps suite: the same binary, with Debian's git.
+GITSERVER=netpact/gitserver:$( (netpact_hash; ctx_hash kind/images/gitserver) | sha256sum | cut -c1-12)
 
 list() {
 	cat <<EOF
@@ -100,6 +103,7 @@ flask=$FLASK
 postgres=$POSTGRES
 debug=$DEBUG
 netpact=$NETPACT
+gitserver=$GITSERVER
 EOF
 }
 
@@ -252,7 +256,9 @@ build_netpact() {
 	work=$(mktemp -d "$CACHE/netpact.XXXXXX")
 	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/netpact" ./cmd/netpact)
 	cp "$ROOT/kind/images/netpact/Dockerfile" "$work/"
-	docker_build "$NETPACT" "$work"
+	have_image "$NETPACT" || docker_build "$NETPACT" "$work"
+	cp "$ROOT/kind/images/gitserver/Dockerfile" "$work/"
+	have_image "$GITSERVER" || docker_build "$GITSERVER" "$work"
 	rm -rf "$work"
 }
 
@@ -260,7 +266,7 @@ build() {
 	mkdir -p "$CACHE"
 	"$ROOT/internal/host/deps.sh" e2e >&2
 	local need=0
-	for img in "$NODE" "$FLASK" "$POSTGRES" "$DEBUG" "$NETPACT"; do
+	for img in "$NODE" "$FLASK" "$POSTGRES" "$DEBUG" "$NETPACT" "$GITSERVER"; do
 		if have_image "$img"; then log "reuse $img"; else need=1; fi
 	done
 	if [ $need = 1 ] && ! have_image "$BASE"; then
@@ -270,15 +276,15 @@ build() {
 	have_image "$FLASK" || stage "image $FLASK" docker_build "$FLASK" "$ROOT/kind/images/flask"
 	have_image "$POSTGRES" || stage "image $POSTGRES" docker_build "$POSTGRES" "$ROOT/kind/images/postgres"
 	have_image "$DEBUG" || stage "image $DEBUG" docker_build "$DEBUG" "$ROOT/kind/images/debug"
-	have_image "$NETPACT" || stage "image $NETPACT" build_netpact
+	{ have_image "$NETPACT" && have_image "$GITSERVER"; } || stage "images $NETPACT $GITSERVER" build_netpact
 	prune
 	list
 }
 
 # prune removes the images of earlier inputs (other tags of the same repositories).
 prune() {
-	local keep=" $BASE $NODE $FLASK $POSTGRES $DEBUG $NETPACT " old
-	for old in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^netpact/(debian|kind-node|flask|postgres|debug|netpact):'); do
+	local keep=" $BASE $NODE $FLASK $POSTGRES $DEBUG $NETPACT $GITSERVER " old
+	for old in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^netpact/(debian|kind-node|flask|postgres|debug|netpact|gitserver):'); do
 		case "$keep" in *" $old "*) ;; *)
 			log "remove $old (inputs changed)"
 			docker rmi "$old" >/dev/null 2>&1 || true
