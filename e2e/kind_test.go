@@ -37,6 +37,8 @@ type kindSuite struct {
 	Created    bool
 	// ProbeImage is the netpact image: scenario pods no manifest made are created from it.
 	ProbeImage string
+	// GitServerImage serves the GitOps suite's repository (netpact git-server).
+	GitServerImage string
 }
 
 var kindData *kindSuite
@@ -70,13 +72,13 @@ func setUpKind() *kindSuite {
 		testenv.Missing(GinkgoT(), "the kind images ("+err.Error()+")", "make images")
 	}
 	ks := &kindSuite{Name: "netpact-e2e", Kubeconfig: filepath.Join(root, "bin", "kind-netpact-e2e.kubeconfig"),
-		ProbeImage: images.Netpact}
+		ProbeImage: images.Netpact, GitServerImage: images.GitServer}
 	exists, err := kind.Exists(ks.Name)
 	Expect(err).NotTo(HaveOccurred())
 	if _, statErr := os.Stat(ks.Kubeconfig); exists && statErr == nil {
 		fmt.Fprintf(GinkgoWriter, "reusing the retained cluster %s: loading %s and applying deploy/\n", ks.Name, images.Netpact)
 		// The retained cluster gets this tree's netpact: image, CRDs, RBAC, DaemonSet.
-		Expect(kind.LoadImages(ks.Name, []string{images.Netpact})).To(Succeed())
+		Expect(kind.LoadImages(ks.Name, []string{images.Netpact, images.GitServer})).To(Succeed())
 		objs, err := kind.ReadManifests(filepath.Join(root, "deploy"), images.Netpact)
 		Expect(err).NotTo(HaveOccurred())
 		cfg, client := kindClient(ks)
