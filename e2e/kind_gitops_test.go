@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -210,28 +211,17 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 		for _, svc := range []*corev1.Service{
 			{ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: "netpact-git"}, Spec: corev1.ServiceSpec{Selector: labels, Type: corev1.ServiceTypeNodePort,
 				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: 30090}}}},
-			{ObjectMeta: metav1.ObjectMeta{Name: "receiver", Namespace: "netpact-git"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort,
-				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(9292), NodePort: 30091}}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "receiver-nodeport", Namespace: "netpact-system"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort,
+				Selector: map[string]string{"app.kubernetes.io/name": "netpact-reconciler"},
+				Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(9292), NodePort: 30091}}}},
 		} {
-			_, err := kc.CoreV1().Services("netpact-git").Create(ctx, svc, metav1.CreateOptions{})
+			_, err := kc.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 			Expect(err).NotTo(HaveOccurred())
 		}
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 		defer cancel()
 		Expect(kubeapply.WaitWorkloads(wctx, kc, objs)).To(Succeed())
 		Expect(kubeapply.WaitPodsReady(wctx, kc, "netpact-git")).To(Succeed())
-		// The receiver NodePort goes to the controller's pod (a Service across namespaces
-		// through an EndpointSlice of the controller's address).
-		pods, err := kc.CoreV1().Pods("netpact-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-reconciler"})
-		Expect(err).NotTo(HaveOccurred())
-		Expect(pods.Items).To(HaveLen(1))
-		ready := true
-		port, proto := int32(9292), corev1.ProtocolTCP
-		slice := map[string]any{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": map[string]any{
-			"name": "receiver-1", "namespace": "netpact-git", "labels": map[string]any{"kubernetes.io/service-name": "receiver"}},
-			"addressType": "IPv4", "ports": []any{map[string]any{"port": port, "protocol": proto}},
-			"endpoints": []any{map[string]any{"addresses": []any{pods.Items[0].Status.PodIP}, "conditions": map[string]any{"ready": ready}}}}
-		Expect(applier.Apply(ctx, []*unstructured.Unstructured{{Object: slice}})).To(Succeed())
 		nodes, err := kc.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		var nodeIP string
@@ -337,6 +327,35 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 		Expect(conditions.Get(obj, meta.ReadyCondition).Reason).To(Equal(v1alpha1.EmptyBundleReason))
 		Expect(obj.Status.LastEnforcedRevision).To(Equal("main@sha1:" + g.enforced))
 		Expect(probe("database", "backend", 80)).To(Equal("timeout"))
+	})
+
+	It("refuses at the API server a policy netpact validate refuses, with the loader's message, and exports Flux-shaped metrics", func() {
+		f := filepath.Join(root, "policy", "testdata", "invalid", "port-out-of-range.yaml")
+		data, err := os.ReadFile(f)
+		Expect(err).NotTo(HaveOccurred())
+		_, lerr := policy.Load([]string{f}, policy.LoadOptions{})
+		var list policy.ErrorList
+		Expect(errors.As(lerr, &list)).To(BeTrue())
+		objs, err := kubeapply.Decode(f, data)
+		Expect(err).NotTo(HaveOccurred())
+		objs[0].SetNamespace("default")
+		applier, err := kubeapply.New(g.cfg)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = applier.ApplyOne(ctx, objs[0], "kubectl")
+		Expect(err).To(HaveOccurred(), "the admission webhook admitted what the loader refuses")
+		Expect(err.Error()).To(ContainSubstring("netpact refuses this policy"))
+		Expect(err.Error()).To(ContainSubstring(list[0].Field + ": " + list[0].Message))
+		pods, err := g.kc.CoreV1().Pods("netpact-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-reconciler"})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods.Items).To(HaveLen(1))
+		raw, err := g.kc.CoreV1().RESTClient().Get().Namespace("netpact-system").Resource("pods").Name(pods.Items[0].Name + ":8080").
+			SubResource("proxy").Suffix("metrics").DoRaw(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		for _, m := range []string{`gotk_reconcile_condition{kind="PolicySource",name="policies",namespace="netpact-system",status="True",type="Enforced"} 1`,
+			`gotk_reconcile_duration_seconds_count{kind="PolicySource",name="policies",namespace="netpact-system"}`,
+			`netpact_push_to_enforced_seconds_count{name="policies",namespace="netpact-system"}`} {
+			Expect(string(raw)).To(ContainSubstring(m))
+		}
 	})
 
 	It("measures push to enforced on 3/3 nodes through the webhook (benchmark: p50, p99 over 20 pushes)", Label("bench"), func() {
