@@ -43,6 +43,9 @@ func runController(ctx context.Context, o controllerOptions) error {
 	if err != nil {
 		return err
 	}
+	// Waiting for every node polls the API server every 100 ms per source being enforced:
+	// client-go's default of 5 requests per second would space the polls out to a second.
+	cfg.QPS, cfg.Burst = 50, 100
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
 	scheme := runtime.NewScheme()
