@@ -46,6 +46,12 @@ type ClusterTarget struct {
 	EnforceTimeout time.Duration
 	// Prune deletes what the last revision applied and this one lacks.
 	Prune bool
+	// OwnNamespaceOnly confines the source to its own namespace (the controller loads its
+	// bundles with that namespace as the default): objects of another namespace and cluster-wide
+	// ones are refused. The
+	// controller sets it for every source outside its own namespace, so that whoever may create
+	// a PolicySource in a namespace cannot write policy for the rest of the cluster.
+	OwnNamespaceOnly bool
 
 	once    sync.Once
 	initErr error
@@ -77,6 +83,28 @@ type nodeCount struct {
 }
 
 func (t *ClusterTarget) Name() string { return "cluster" }
+
+// Check refuses a bundle the source may not apply (a confined source's objects outside its
+// namespace): nothing of it is written, and the revision is not retried.
+func (t *ClusterTarget) Check(b *policy.Bundle) error {
+	if !t.OwnNamespaceOnly {
+		return nil
+	}
+	var bad []string
+	for _, p := range b.Policies {
+		switch {
+		case p.Kind == policy.KindCCNP:
+			bad = append(bad, fmt.Sprintf("%s: %s is cluster-wide", p.Source, p.Key))
+		case p.Namespace != t.Source.Namespace:
+			bad = append(bad, fmt.Sprintf("%s: %s is in namespace %s", p.Source, p.Key, p.Namespace))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("a PolicySource of namespace %s writes policy of its own namespace only (sources of the controller's namespace may write any): %s",
+			t.Source.Namespace, strings.Join(bad, "; "))
+	}
+	return nil
+}
 
 func (t *ClusterTarget) init() error {
 	t.once.Do(func() {

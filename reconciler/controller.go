@@ -43,6 +43,9 @@ type Controller struct {
 	Client client.Client
 	Config *rest.Config
 	Events events.EventRecorder
+	// Namespace is the controller's own: its sources may write policy anywhere; a source of any
+	// other namespace writes policy of its own namespace only. netpact-system when empty.
+	Namespace string
 	// WorkDir holds checkouts; EnforceTimeout bounds the wait for every node.
 	WorkDir        string
 	EnforceTimeout time.Duration
@@ -219,11 +222,18 @@ func (c *Controller) state(ctx context.Context, obj *v1alpha1.PolicySource) (*so
 		return st, nil
 	}
 	prune := obj.Spec.Prune == nil || *obj.Spec.Prune
+	own := c.Namespace
+	if own == "" {
+		own = "netpact-system"
+	}
 	target := &ClusterTarget{Config: c.Config, Source: metav1.ObjectMeta{Namespace: obj.Namespace, Name: obj.Name},
-		EnforceTimeout: c.EnforceTimeout, Prune: prune}
+		EnforceTimeout: c.EnforceTimeout, Prune: prune, OwnNamespaceOnly: obj.Namespace != own}
 	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Auth: auth, Timeout: obj.Spec.Timeout.Duration}
 	rec := New(obj.DeepCopy(), src, target)
 	rec.WorkDir, rec.Load = c.WorkDir, c.Load
+	if target.OwnNamespaceOnly {
+		rec.Load.DefaultNamespace = obj.Namespace // an object naming no namespace is the source's
+	}
 	if old, ok := c.sources[nn]; ok {
 		// The same cluster state: keep what is enforced and the guard's memory.
 		target.inventory, target.lastGood, target.enforced = old.target.inventory, old.target.lastGood, old.target.enforced

@@ -462,3 +462,61 @@ func loadBundle(t *testing.T, docs ...string) *policy.Bundle {
 	}
 	return b
 }
+
+// TestClusterControllerConfinesTenantSources: a PolicySource outside the controller's namespace
+// writes policy of its own namespace only: an object naming none lands there, and a revision
+// with an object of another namespace or a cluster-wide one is refused whole, naming them.
+func TestClusterControllerConfinesTenantSources(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	for _, ns := range []string{"tenant", "victim"} {
+		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	startNodeAgent(t, cfg, "tenant-node")
+	git := newGitServer(t)
+	wt := git.clone(t)
+	own := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: mine}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n"
+	h1 := wt.commit("own namespace", map[string]string{"policies/mine.yaml": own})
+	wt.push("main")
+	cl := startController(t, cfg)
+	src := newObj(git.httpURL())
+	src.Namespace = "tenant"
+	if err := cl.Create(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	key := ktypes.NamespacedName{Namespace: "tenant", Name: src.Name}
+	waitFor(t, cl, key, "tenant's own policy enforced", func(o *v1alpha1.PolicySource) bool {
+		ok, _, _ := ready(o)
+		return ok && strings.HasSuffix(o.Status.LastEnforcedRevision, h1)
+	})
+	if _, err := dyn.Resource(cnpGVR).Namespace("tenant").Get(ctx, "mine", metav1.GetOptions{}); err != nil {
+		t.Fatalf("a policy naming no namespace did not land in the source's: %v", err)
+	}
+	other := strings.Replace(own, "{name: mine}", "{name: theirs, namespace: victim}", 1)
+	wide := "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: everything}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n"
+	h2 := wt.commit("reach out", map[string]string{"policies/theirs.yaml": other, "policies/wide.yaml": wide})
+	wt.push("main")
+	requestReconcile(t, cl, key)
+	got := waitFor(t, cl, key, "reaching out refused", func(o *v1alpha1.PolicySource) bool {
+		return strings.HasSuffix(o.Status.LastAttemptedRevision, h2) && conditions.IsStalled(o)
+	})
+	_, reason, msg := ready(got)
+	if reason != v1alpha1.ValidationFailedReason || !strings.Contains(msg, "CiliumNetworkPolicy victim/theirs is in namespace victim") ||
+		!strings.Contains(msg, "is cluster-wide") || !strings.Contains(msg, "policies/theirs.yaml") {
+		t.Errorf("tenant reaching out: %s %s", reason, msg)
+	}
+	if _, err := dyn.Resource(cnpGVR).Namespace("victim").Get(ctx, "theirs", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the tenant wrote into another namespace: %v", err)
+	}
+	if _, err := dyn.Resource(ccnpGVR).Get(ctx, "everything", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the tenant wrote a cluster-wide policy: %v", err)
+	}
+	if err := cl.Delete(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	dyn.Resource(cnpGVR).Namespace("tenant").Delete(ctx, "mine", metav1.DeleteOptions{})
+}

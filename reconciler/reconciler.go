@@ -212,6 +212,13 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		return r.fail(obj, v1alpha1.EmptyBundleReason, true, fmt.Errorf("revision %s: %w", revision, err))
 	}
 	for _, t := range r.Targets {
+		if c, ok := t.(interface{ Check(*policy.Bundle) error }); ok {
+			if err := c.Check(bundle); err != nil {
+				return r.fail(obj, v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s: %w; nothing of it was applied", revision, err))
+			}
+		}
+	}
+	for _, t := range r.Targets {
 		if err := t.Apply(ctx, revision, bundle); err != nil {
 			return r.fail(obj, v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s: %w", revision, err))
 		}
