@@ -173,6 +173,11 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		pushToEnforced.WithLabelValues(obj.Name, obj.Namespace).Observe(time.Since(seenAt).Seconds())
 	}
 	c.finish(ctx, before, &obj, start)
+	if applied := st.target.Applied(); applied != "" && st.target.Enforced() != applied && interval > 10*time.Second {
+		// Applied and waiting for nodes (one down, one slow): look again soon, not at the
+		// next interval.
+		return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
+	}
 	return ctrl.Result{RequeueAfter: interval}, nil
 }
 
