@@ -46,6 +46,9 @@ type Controller struct {
 	// Namespace is the controller's own: its sources may write policy anywhere; a source of any
 	// other namespace writes policy of its own namespace only. netpact-system when empty.
 	Namespace string
+	// Name names the controller (its metrics and logs); "policysource" when empty. Controllers
+	// of one process need names of their own.
+	Name string
 	// WorkDir holds checkouts; EnforceTimeout bounds the wait for every node.
 	WorkDir        string
 	EnforceTimeout time.Duration
@@ -87,7 +90,12 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 	registerOnce.Do(func() { metrics.Registry.MustRegister(reconcileDuration, conditionGauge, pushToEnforced) })
 	c.sources = map[types.NamespacedName]*sourceState{}
 	c.pokes = make(chan event.GenericEvent, 64)
+	name := c.Name
+	if name == "" {
+		name = "policysource"
+	}
 	return ctrl.NewControllerManagedBy(mgr).
+		Named(name).
 		For(&v1alpha1.PolicySource{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
 			predicate.AnnotationChangedPredicate{}))).
 		WatchesRawSource(source.Channel(c.pokes, &handler.EnqueueRequestForObject{})).

@@ -155,7 +155,7 @@ func startController(t *testing.T, cfg *rest.Config) client.Client {
 		t.Fatal(err)
 	}
 	c := &Controller{Client: mgr.GetClient(), Config: cfg, Events: mgr.GetEventRecorder("netpact-reconciler"),
-		WorkDir: t.TempDir(), EnforceTimeout: 5 * time.Second}
+		Name: "policysource-" + strings.ToLower(t.Name()), WorkDir: t.TempDir(), EnforceTimeout: 5 * time.Second}
 	if err := c.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
