@@ -1,17 +1,78 @@
 package policy
 
-import "regexp"
+import (
+	"net/textproto"
+	"regexp"
+	"strings"
+)
 
-// AllowsHTTP applies the HTTP rules of an L7 policy to a request as Cilium does: the request
-// passes when some rule's method and path, RE2 expressions, each match it whole (an empty field
-// matches anything). A nil policy has no L7 rules and allows every request. The scenario
-// runner's prediction uses it, and the L7 proxy will.
+// HTTPRequest is what an HTTP rule is matched against: :method, :path (the request target,
+// query included), :authority (the Host, with a port when the request has one) and headers.
+type HTTPRequest struct {
+	Method, Path, Host string
+	// Header holds the request's headers by canonical name (net/http's http.Header has this shape).
+	Header map[string][]string
+}
+
+// AllowsHTTP reports whether a request with this method and path, no Host and no headers, is
+// allowed (what a scenario's HTTP probe predicts).
 func (l *L7Policy) AllowsHTTP(method, path string) bool {
-	if l == nil {
+	ok, _ := l.MatchHTTP(HTTPRequest{Method: method, Path: path})
+	return ok
+}
+
+// MatchHTTP is Cilium's HTTP rule matching, the one function both the engine's prediction and
+// the L7 proxy use: a request is allowed when at least one rule matches (rules of every policy on
+// the port are ORed), and no rule at all allows everything. A rule matches when each field it
+// sets does: method, path and host are RE2 expressions matched against the whole :method, :path
+// and :authority; each of headers is "Name" (present) or "Name value" / "Name: value" (exact);
+// each headerMatch with no mismatch action needs the header with that value (present when the
+// value is empty), while one with LOG, ADD, DELETE or REPLACE does not decide (the proxy acts on
+// the mismatch and lets the request on, as Cilium's CONTINUE/ADD/DELETE/REPLACE_ON_MISMATCH do).
+// It returns the index of the first rule that matched, or -1.
+func (l *L7Policy) MatchHTTP(r HTTPRequest) (bool, int) {
+	if l == nil || (len(l.HTTP) == 0 && len(l.Kafka) == 0 && len(l.DNS) == 0) {
+		return true, -1 // no rule (an empty http list): every request
+	}
+	for i, h := range l.HTTP {
+		if !fullMatch(h.Method, r.Method) || !fullMatch(h.Path, r.Path) || !fullMatch(h.Host, r.Host) {
+			continue
+		}
+		ok := true
+		for _, hdr := range h.Headers {
+			name, value, hasValue := strings.Cut(strings.TrimSpace(hdr), " ")
+			name = strings.TrimSuffix(name, ":")
+			if !headerHas(r.Header, name, strings.TrimSpace(value), hasValue) {
+				ok = false
+				break
+			}
+		}
+		for _, hm := range h.HeaderMatches {
+			if !ok || hm.Mismatch != "" {
+				continue
+			}
+			if len(hm.Secret) > 0 || !headerHas(r.Header, hm.Name, hm.Value, hm.Value != "") {
+				ok = false // a secret netpact cannot read never matches, as Cilium's does not
+			}
+		}
+		if ok {
+			return true, i
+		}
+	}
+	return false, -1
+}
+
+// headerHas says whether the header is present, and with exactly value when exact.
+func headerHas(h map[string][]string, name, value string, exact bool) bool {
+	vs, ok := h[textproto.CanonicalMIMEHeaderKey(name)]
+	if !ok {
+		return false
+	}
+	if !exact {
 		return true
 	}
-	for _, h := range l.HTTP {
-		if fullMatch(h.Method, method) && fullMatch(h.Path, path) {
+	for _, v := range vs {
+		if v == value {
 			return true
 		}
 	}
