@@ -1,12 +1,15 @@
 package reconciler
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	admissionv1api "k8s.io/api/admission/v1"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -167,5 +171,53 @@ func TestAdmissionRefusesWhatTheLoaderRefuses(t *testing.T) {
 	vwc, _ = kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "netpact-test-policies", metav1.GetOptions{})
 	if string(cm.CA()) == string(before) || string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
 		t.Errorf("certificate not rotated, or caBundle not following")
+	}
+}
+
+// TestAdmissionHandlerHostileRequests: what a caller of the webhook's port that is not the API
+// server gets: no answer but an error for a wrong method, type, body or size; a review without an
+// object is refused, not admitted.
+func TestAdmissionHandlerHostileRequests(t *testing.T) {
+	h := &AdmissionHandler{}
+	do := func(method, ctype string, body []byte) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, "/validate-policy", bytes.NewReader(body))
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	for _, c := range []struct {
+		name, method, ctype string
+		body                []byte
+		code                int
+	}{
+		{"GET", http.MethodGet, "application/json", nil, http.StatusMethodNotAllowed},
+		{"not JSON", http.MethodPost, "text/plain", []byte("x"), http.StatusUnsupportedMediaType},
+		{"garbage", http.MethodPost, "application/json", []byte("{{{"), http.StatusBadRequest},
+		{"no request", http.MethodPost, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`), http.StatusBadRequest},
+		{"over 4 MiB", http.MethodPost, "application/json", bytes.Repeat([]byte(" "), maxAdmissionBody+2), http.StatusRequestEntityTooLarge},
+	} {
+		if rec := do(c.method, c.ctype, c.body); rec.Code != c.code {
+			t.Errorf("%s: %d, want %d", c.name, rec.Code, c.code)
+		}
+	}
+	for _, obj := range []string{``, `"a string"`, `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"x"}}`,
+		`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}`} {
+		body := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","operation":"CREATE",` +
+			`"kind":{"group":"cilium.io","version":"v2","kind":"CiliumNetworkPolicy"},"name":"x","namespace":"n"`
+		if obj != "" {
+			body += `,"object":` + obj
+		}
+		body += `}}`
+		rec := do(http.MethodPost, "application/json", []byte(body))
+		var review admissionv1api.AdmissionReview
+		if err := json.Unmarshal(rec.Body.Bytes(), &review); err != nil || review.Response == nil {
+			t.Fatalf("object %q: no review in the answer: %v %s", obj, err, rec.Body.String())
+		}
+		if review.Response.Allowed || review.Response.UID != "u1" {
+			t.Errorf("object %q: allowed %v uid %q, want refused with the request's uid", obj, review.Response.Allowed, review.Response.UID)
+		}
 	}
 }

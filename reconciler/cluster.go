@@ -149,7 +149,10 @@ func (t *ClusterTarget) objects(revision string, b *policy.Bundle) ([]*unstructu
 		ann[v1alpha1.RevisionAnnotation] = revision
 		o.SetAnnotations(ann)
 		// What the API server owns is not the bundle's to say.
-		for _, f := range []string{"resourceVersion", "uid", "generation", "creationTimestamp", "managedFields"} {
+		// Nor are finalizers (a deletion that never ends) or owner references (garbage
+		// collection of the policy with an object the bundle names).
+		for _, f := range []string{"resourceVersion", "uid", "generation", "creationTimestamp", "managedFields",
+			"finalizers", "ownerReferences", "deletionTimestamp", "deletionGracePeriodSeconds"} {
 			unstructured.RemoveNestedField(o.Object, "metadata", f)
 		}
 		unstructured.RemoveNestedField(o.Object, "status")
@@ -181,6 +184,16 @@ func (t *ClusterTarget) Apply(ctx context.Context, revision string, b *policy.Bu
 		}
 	}
 	for _, o := range objs {
+		// An object another source applied is not this one's to take over (server-side apply
+		// with force would): a revision naming it is refused before anything is written.
+		if cur, err := t.applier.Get(ctx, o); err != nil {
+			return fmt.Errorf("cluster: read %s %s: %w", o.GetKind(), objName(o), err)
+		} else if cur != nil {
+			l := cur.GetLabels()
+			if n, ns := l[SourceNameLabel], l[SourceNamespaceLabel]; n != "" && (n != t.Source.Name || ns != t.Source.Namespace) {
+				return fmt.Errorf("cluster: %s %s belongs to PolicySource %s/%s, not to this one (nothing applied)", o.GetKind(), objName(o), ns, n)
+			}
+		}
 		if _, err := t.applier.DryRunOne(ctx, o, kubeapply.FieldManager); err != nil {
 			return fmt.Errorf("cluster: the API server refuses %s %s (dry run; nothing applied): %w", o.GetKind(), objName(o), err)
 		}

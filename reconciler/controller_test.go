@@ -520,3 +520,41 @@ func TestClusterControllerConfinesTenantSources(t *testing.T) {
 	}
 	dyn.Resource(cnpGVR).Namespace("tenant").Delete(ctx, "mine", metav1.DeleteOptions{})
 }
+
+// TestClusterTargetKeepsToItsOwn: a source cannot take over a policy another source applied
+// (server-side apply with force would), and the finalizers and owner references a bundle writes
+// are not applied.
+func TestClusterTargetKeepsToItsOwn(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "own"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	startNodeAgent(t, cfg, "own-node")
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: shared\n  namespace: own\n" +
+		"  finalizers: [example.com/never]\n  ownerReferences: [{apiVersion: v1, kind: ConfigMap, name: x, uid: 5f0c1a52-0000-4000-8000-000000000001}]\n" +
+		"spec:\n  endpointSelector: {matchLabels: {app: a}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: FROM}}]\n"
+	a := &ClusterTarget{Config: cfg, Source: metav1.ObjectMeta{Namespace: "own", Name: "a"}, Prune: true, EnforceTimeout: 10 * time.Second}
+	if err := a.Apply(ctx, "main@sha1:a", loadBundle(t, strings.Replace(doc, "FROM", "b", 1))); err != nil {
+		t.Fatal(err)
+	}
+	got, err := dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "shared", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetFinalizers()) != 0 || len(got.GetOwnerReferences()) != 0 {
+		t.Errorf("finalizers %v and owner references %v of the bundle were applied", got.GetFinalizers(), got.GetOwnerReferences())
+	}
+	b := &ClusterTarget{Config: cfg, Source: metav1.ObjectMeta{Namespace: "own", Name: "b"}, Prune: true, EnforceTimeout: 10 * time.Second}
+	err = b.Apply(ctx, "main@sha1:b", loadBundle(t, strings.Replace(doc, "FROM", "c", 1)))
+	if err == nil || !strings.Contains(err.Error(), "belongs to PolicySource own/a") {
+		t.Fatalf("taking over another source's policy: %v", err)
+	}
+	got, _ = dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "shared", metav1.GetOptions{})
+	if got.GetAnnotations()[v1alpha1.RevisionAnnotation] != "main@sha1:a" {
+		t.Errorf("the other source's revision was written: %v", got.GetAnnotations())
+	}
+	dyn.Resource(cnpGVR).Namespace("own").Delete(ctx, "shared", metav1.DeleteOptions{})
+}
