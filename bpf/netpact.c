@@ -51,6 +51,24 @@ const enum endpoint_flag *unused_endpoint_flag __attribute__((unused));
 #define CT_SEEN_REPLY 1
 #define CT_CLOSING 2
 #define CT_REVOKED 4 // policy dropped the flow: no reply passes, and it is not an evicted flow
+#define CT_REDIRECT 8 // the flow goes to the node's L7 proxy (ct_value.l7 names the parser)
+#define CT_PROXY 16   // the flow is the L7 proxy's own connection: its replies go back to the proxy
+
+// L7 parsers (policy_value.l7, ct_value.l7): which of the node's proxies a redirect goes to.
+enum l7_parser {
+	L7_NONE = 0,
+	L7_HTTP = 1,
+	L7_KAFKA = 2,
+	L7_DNS = 3,
+	L7_MAX = 4,
+};
+const enum l7_parser *unused_l7_parser __attribute__((unused));
+
+// A packet handed to the proxy carries MARK_TO_PROXY under MARK_TO_PROXY_MASK: the node's routing
+// rule for it delivers it locally (a table with local 0.0.0.0/0 and ::/0 on lo), as Cilium's
+// 0x200/0xf00 does, so that the socket bpf_sk_assign chose receives it.
+#define MARK_TO_PROXY 0x200
+#define MARK_TO_PROXY_MASK 0xf00
 
 #define NS_PER_SEC 1000000000ULL
 
@@ -73,7 +91,10 @@ enum reason {
 	REASON_DROP_FAIL_CLOSED = 14,  // the endpoint is not programmed: closed until it is
 	REASON_FORWARD_REPLY_RECOVERED = 15, // reply of a flow whose entry was evicted: policy re-checked
 	REASON_DROP_SERVICE_UNTRANSLATED = 16, // to a Service frontend its socket did not translate
-	REASON_MAX = 17,
+	REASON_FORWARD_PROXY = 17,     // handed to the node's L7 proxy
+	REASON_DROP_PROXY_DOWN = 18,   // an L7 rule applies but the proxy's listener (or its socket of the flow) is not up
+	REASON_DROP_PROXY_BYPASS = 19, // an L7 rule applies to a packet that did not come through the proxy
+	REASON_MAX = 20,
 };
 
 // Emits enum reason into BTF, so that bpf2go generates its constants for the Go side.
@@ -116,7 +137,7 @@ struct policy_value {
 	__u32 rule_id;
 	__u8 verdict;
 	__u8 pad;
-	__u16 proxy_port;
+	__u16 l7; // enum l7_parser of a proxy verdict: the proxy_ports slot the flow goes to
 };
 
 // prefix_policy_key matches peers by address (Kubernetes ipBlock): exact endpoint, direction,
@@ -153,7 +174,7 @@ struct ct_value {
 	__u32 rule_id;
 	__u32 flags;
 	__u32 policy_rev; // the policy revision the flow was last checked against
-	__u32 pad;
+	__u32 l7;         // CT_REDIRECT: the parser whose proxy the flow goes to
 };
 
 struct frag_key {
@@ -203,7 +224,10 @@ struct config {
 	// loader): they pass the other program once. Not a constant, so that a host process that
 	// may set SO_MARK but not read BPF maps cannot forge it.
 	__u32 response_mark;
-	__u32 pad;
+	// proxy_mark is the SO_MARK of the L7 proxy's upstream sockets (random, high 16 bits only, so
+	// it meets neither MARK_TO_PROXY nor kube-proxy's bits): a pod's ingress lets such a packet
+	// through an entry whose L7 rules the proxy has applied. 0: no proxy.
+	__u32 proxy_mark;
 };
 
 struct counter {
@@ -389,6 +413,29 @@ struct {
 	__uint(max_entries, 4096);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoint_netns SEC(".maps");
+
+// The node's endpoints by address, for the ingress L7 redirect where a packet enters the node.
+struct endpoint_addr_key {
+	__u32 family;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_addr_key);
+	__type(value, __u32); // ifindex of the endpoint's host-side veth
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoint_addrs SEC(".maps");
+
+// The port of each L7 parser's proxy listener (on 127.0.0.1 and ::1 of the node); 0: no proxy.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, L7_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_ports SEC(".maps");
 
 // pkt is what the parser learns about a packet.
 struct pkt {
@@ -1118,6 +1165,113 @@ static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u
 	return 0;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The L7 redirect. bpf_sk_assign works only at tc ingress: a flow is handed to the proxy where
+// its packets enter the node's stack (a pod's host veth ingress, the uplink's ingress), to the
+// proxy's socket of that flow when there is one, else to the parser's listener on 127.0.0.1 or
+// ::1; MARK_TO_PROXY makes the node deliver it locally.
+
+static __always_inline __u32 own_tuple(struct pkt *p, struct bpf_sock_tuple *t)
+{
+	if (p->family == FAMILY_V4) {
+		__builtin_memcpy(&t->ipv4.saddr, p->saddr, 4);
+		__builtin_memcpy(&t->ipv4.daddr, p->daddr, 4);
+		t->ipv4.sport = p->sport;
+		t->ipv4.dport = p->dport;
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+	__builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+	t->ipv6.sport = p->sport;
+	t->ipv6.dport = p->dport;
+	return sizeof(t->ipv6);
+}
+
+static __always_inline void mark_to_proxy(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~MARK_TO_PROXY_MASK) | MARK_TO_PROXY;
+}
+
+// proxy_established assigns a TCP packet to the node's socket of its own tuple: one only the
+// proxy can own (a transparent socket with a pod's address). 1: assigned; 0: there is none.
+static __attribute__((noinline)) int proxy_established(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	__u32 len = own_tuple(p, &t);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int ok = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT && bpf_sk_assign(skb, sk, 0) == 0;
+	bpf_sk_release(sk);
+	if (ok)
+		mark_to_proxy(skb);
+	return ok;
+}
+
+// proxy_redirect hands a TCP packet to the proxy of parser l7. Returns 0, or the drop reason:
+// no proxy configured, or its listener (for a new flow: a SYN) or its socket of the flow is not
+// there. Fails closed: a flow an L7 rule governs never goes on unjudged.
+static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struct pkt *p, __u32 l7)
+{
+	if (p->proto != PROTO_TCP || p->is_frag)
+		return REASON_DROP_NO_PROXY;
+	__u32 *port = bpf_map_lookup_elem(&proxy_ports, &l7);
+	if (!port || *port == 0 || *port > 65535)
+		return REASON_DROP_NO_PROXY;
+	if (proxy_established(skb, p))
+		return 0;
+	if (!(p->tcp_flags & 0x02) || (p->tcp_flags & 0x10)) // only a SYN opens a flow at the listener
+		return REASON_DROP_PROXY_DOWN;
+	struct bpf_sock_tuple t = {};
+	__u32 len = own_tuple(p, &t);
+	if (p->family == FAMILY_V4) {
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.dport = bpf_htons((__u16)*port);
+	} else {
+		__builtin_memset(t.ipv6.daddr, 0, 16);
+		t.ipv6.daddr[3] = bpf_htonl(1);
+		t.ipv6.dport = bpf_htons((__u16)*port);
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return REASON_DROP_PROXY_DOWN;
+	int ok = sk->state == BPF_TCP_LISTEN && bpf_sk_assign(skb, sk, 0) == 0;
+	bpf_sk_release(sk);
+	if (!ok)
+		return REASON_DROP_PROXY_DOWN;
+	mark_to_proxy(skb);
+	return 0;
+}
+
+// local_endpoint is the node's endpoint with this address, or 0.
+static __always_inline struct endpoint_info *local_endpoint(__u8 family, const __u8 *addr)
+{
+	struct endpoint_addr_key ak = {.family = family};
+	__builtin_memcpy(ak.addr, addr, 16);
+	__u32 *ifindex = bpf_map_lookup_elem(&endpoint_addrs, &ak);
+	if (!ifindex)
+		return 0;
+	return bpf_map_lookup_elem(&endpoints, ifindex);
+}
+
+// ingress_l7 is the parser an L7 rule of the destination's ingress puts a TCP flow to a pod of
+// this node in (0 when none does): its proxy judges the flow before it reaches the pod. The
+// destination's L3/L4 verdict itself is left to its tc_to_pod.
+static __attribute__((noinline)) __u32 ingress_l7(struct endpoint_info *dst, __u32 src_identity, struct pkt *p,
+						  __u32 *rule)
+{
+	if (!dst || (dst->flags & EP_FAIL_CLOSED))
+		return 0;
+	struct policy_value best = {};
+	best.rule_id = 0xffffffff;
+	policy_lookup(dst, DIR_INGRESS, src_identity, p, &best);
+	if (best.verdict != VERDICT_PROXY)
+		return 0;
+	*rule = best.rule_id;
+	return best.l7 ? best.l7 : L7_HTTP;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0;
@@ -1218,6 +1372,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			cv->flags |= CT_SEEN_REPLY;
 			if (p->tcp_flags & 0x05) // FIN or RST
 				cv->flags |= CT_CLOSING;
+			// A pod answering the L7 proxy's connection: back to the proxy's socket, not on
+			// to the address the proxy borrowed.
+			if ((cv->flags & CT_PROXY) && dir == DIR_EGRESS && !proxy_established(skb, p))
+				return drop(skb, ep, p, dir, REASON_DROP_PROXY_DOWN, peer_id, cv->rule_id);
 			frag_record(p);
 			count(REASON_FORWARD_REPLY, skb->len);
 			return TC_ACT_OK;
@@ -1231,15 +1389,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (cfg)
 		rev = cfg->policy_rev;
 	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
+	// The L7 proxy's own packets towards a pod carry its mark (SO_MARK; a pod's marks do not
+	// cross its veth).
+	__u32 pmark = cfg ? cfg->proxy_mark : 0;
+	int from_proxy = dir == DIR_INGRESS && pmark && skb->mark == pmark;
 	int had_entry = 0;
 	if (!p->is_frag) {
 		struct ct_value *fast = ct_live(&k, now);
 		had_entry = fast != 0;
 		if (fast && fast->policy_rev == rev && !(fast->flags & CT_REVOKED)) {
+			if ((fast->flags & CT_PROXY) && !from_proxy)
+				return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, fast->rule_id);
+			if (fast->flags & CT_REDIRECT) {
+				int why = proxy_redirect(skb, p, fast->l7);
+				if (why)
+					return drop(skb, ep, p, dir, why, peer_id, fast->rule_id);
+			}
 			fast->last_seen = now;
 			if (p->tcp_flags & 0x05)
 				fast->flags |= CT_CLOSING;
-			count(fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
+			count(fast->flags & CT_REDIRECT ? REASON_FORWARD_PROXY
+				  : fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
 			return TC_ACT_OK;
 		}
 	}
@@ -1259,9 +1429,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct_revoke(&k);
 		return drop(skb, ep, p, dir, REASON_DROP_DENY, peer_id, rule);
 	}
+	// An L7 rule: the source's egress hands the flow to the proxy; the destination's ingress lets
+	// through only what the proxy sends (it applied the rule).
+	__u32 l7 = 0;
 	if (best.verdict == VERDICT_PROXY) {
-		ct_revoke(&k);
-		return drop(skb, ep, p, dir, REASON_DROP_NO_PROXY, peer_id, rule);
+		if (dir == DIR_INGRESS && !from_proxy) {
+			ct_revoke(&k);
+			return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, rule);
+		}
+		if (dir == DIR_EGRESS)
+			l7 = best.l7 ? best.l7 : L7_HTTP;
 	}
 	if (best.verdict == 0 && enforced) {
 		// No entry at all, not even a revoked one: this may be a reply whose flow's entry the
@@ -1274,19 +1451,37 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return drop(skb, ep, p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
 	}
 
+	// A TCP flow to a pod of this node whose ingress has an L7 rule for it: the proxy judges it
+	// here, where the packet enters the node (tc_to_pod cannot hand it over).
+	if (!l7 && dir == DIR_EGRESS && p->proto == PROTO_TCP) {
+		__u32 irule = 0;
+		l7 = ingress_l7(local_endpoint(p->family, p->daddr), ep->identity, p, &irule);
+		if (l7)
+			rule = irule;
+	}
+	if (l7) {
+		int why = proxy_redirect(skb, p, l7);
+		if (why) {
+			ct_revoke(&k);
+			return drop(skb, ep, p, dir, why, peer_id, rule);
+		}
+	}
+
 	frag_record(p);
 
-	__u8 reason = best.verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
+	__u8 reason = l7 ? REASON_FORWARD_PROXY : best.verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
+	__u32 ctf = (l7 ? CT_REDIRECT : 0) | (from_proxy ? CT_PROXY : 0);
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &k);
 	if (cv) {
 		cv->last_seen = now;
 		cv->rule_id = rule;
 		cv->policy_rev = rev;
-		cv->flags &= ~CT_REVOKED;
+		cv->l7 = l7;
+		cv->flags = (cv->flags & ~(CT_REVOKED | CT_REDIRECT | CT_PROXY)) | ctf;
 		if (p->tcp_flags & 0x05)
 			cv->flags |= CT_CLOSING;
 	} else {
-		struct ct_value nv = {.last_seen = now, .rule_id = rule, .policy_rev = rev};
+		struct ct_value nv = {.last_seen = now, .rule_id = rule, .policy_rev = rev, .flags = ctf, .l7 = l7};
 		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 		emit(skb, ep, p, dir, VERDICT_ALLOW, reason, peer_id, rule);
 	}
@@ -1304,6 +1499,39 @@ SEC("tc")
 int tc_to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+// tc_from_uplink (tcx ingress of the node's uplink) hands the L7 proxy the TCP flows from other
+// nodes that a local pod's ingress L7 rules govern, and the replies to the proxy's own
+// connections. Everything else passes untouched: policy is the endpoints' programs' business.
+SEC("tc")
+int tc_from_uplink(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct pkt *p = bpf_map_lookup_elem(&scratch, &zero);
+	if (!p)
+		return TC_ACT_OK;
+	__builtin_memset(p, 0, sizeof(*p));
+	if (skb->vlan_present || parse(skb, p) != PARSE_IP || p->proto != PROTO_TCP || p->is_frag)
+		return TC_ACT_OK;
+	struct endpoint_info *ep = local_endpoint(p->family, p->daddr);
+	if (!ep)
+		return TC_ACT_OK;
+	if (proxy_established(skb, p))
+		return TC_ACT_OK;
+	if (!(p->tcp_flags & 0x02) || (p->tcp_flags & 0x10))
+		return TC_ACT_OK; // not a new flow: the pod's tc_to_pod judges it
+	__u32 peer_id = ipcache_identity(p->family, p->saddr);
+	__u32 rule = 0;
+	__u32 l7 = ingress_l7(ep, peer_id, p, &rule);
+	if (!l7)
+		return TC_ACT_OK;
+	int why = proxy_redirect(skb, p, l7);
+	if (why)
+		return drop(skb, ep, p, DIR_INGRESS, why, peer_id, rule);
+	count(REASON_FORWARD_PROXY, skb->len);
+	emit(skb, ep, p, DIR_INGRESS, VERDICT_ALLOW, REASON_FORWARD_PROXY, peer_id, rule);
+	return TC_ACT_OK;
 }
 
 // ---------------------------------------------------------------------------------------------

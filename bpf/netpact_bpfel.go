@@ -33,7 +33,7 @@ type NetpactConfig struct {
 	Flags        uint32
 	PolicyRev    uint32
 	ResponseMark uint32
-	Pad          uint32
+	ProxyMark    uint32
 }
 
 type NetpactCounter struct {
@@ -61,7 +61,13 @@ type NetpactCtValue struct {
 	RuleId    uint32
 	Flags     uint32
 	PolicyRev uint32
-	Pad       uint32
+	L7        uint32
+}
+
+type NetpactEndpointAddrKey struct {
+	_      structs.HostLayout
+	Family uint32
+	Addr   [16]uint8
 }
 
 type NetpactEndpointFlag uint32
@@ -136,6 +142,16 @@ type NetpactIpcacheValue struct {
 	Pad      uint32
 }
 
+type NetpactL7Parser uint32
+
+const (
+	NetpactL7ParserL7NONE  NetpactL7Parser = 0
+	NetpactL7ParserL7HTTP  NetpactL7Parser = 1
+	NetpactL7ParserL7KAFKA NetpactL7Parser = 2
+	NetpactL7ParserL7DNS   NetpactL7Parser = 3
+	NetpactL7ParserL7MAX   NetpactL7Parser = 4
+)
+
 type NetpactPkt struct {
 	_          structs.HostLayout
 	Family     uint8
@@ -174,11 +190,11 @@ type NetpactPolicyKey struct {
 }
 
 type NetpactPolicyValue struct {
-	_         structs.HostLayout
-	RuleId    uint32
-	Verdict   uint8
-	Pad       uint8
-	ProxyPort uint16
+	_       structs.HostLayout
+	RuleId  uint32
+	Verdict uint8
+	Pad     uint8
+	L7      uint16
 }
 
 type NetpactPrefixPolicyKey struct {
@@ -221,7 +237,10 @@ const (
 	NetpactReasonREASON_DROP_FAIL_CLOSED          NetpactReason = 14
 	NetpactReasonREASON_FORWARD_REPLY_RECOVERED   NetpactReason = 15
 	NetpactReasonREASON_DROP_SERVICE_UNTRANSLATED NetpactReason = 16
-	NetpactReasonREASON_MAX                       NetpactReason = 17
+	NetpactReasonREASON_FORWARD_PROXY             NetpactReason = 17
+	NetpactReasonREASON_DROP_PROXY_DOWN           NetpactReason = 18
+	NetpactReasonREASON_DROP_PROXY_BYPASS         NetpactReason = 19
+	NetpactReasonREASON_MAX                       NetpactReason = 20
 )
 
 type NetpactRevnatKey struct {
@@ -316,6 +335,7 @@ type NetpactProgramSpecs struct {
 	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
 	SockSendmsg6     *ebpf.ProgramSpec `ebpf:"sock_sendmsg6"`
 	TcFromPod        *ebpf.ProgramSpec `ebpf:"tc_from_pod"`
+	TcFromUplink     *ebpf.ProgramSpec `ebpf:"tc_from_uplink"`
 	TcToPod          *ebpf.ProgramSpec `ebpf:"tc_to_pod"`
 }
 
@@ -326,6 +346,7 @@ type NetpactMapSpecs struct {
 	Backends       *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	EndpointAddrs  *ebpf.MapSpec `ebpf:"endpoint_addrs"`
 	EndpointNetns  *ebpf.MapSpec `ebpf:"endpoint_netns"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
 	EventRatelimit *ebpf.MapSpec `ebpf:"event_ratelimit"`
@@ -334,6 +355,7 @@ type NetpactMapSpecs struct {
 	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy         *ebpf.MapSpec `ebpf:"policy"`
 	PrefixPolicy   *ebpf.MapSpec `ebpf:"prefix_policy"`
+	ProxyPorts     *ebpf.MapSpec `ebpf:"proxy_ports"`
 	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	Settings       *ebpf.MapSpec `ebpf:"settings"`
@@ -347,6 +369,7 @@ type NetpactMapSpecs struct {
 type NetpactVariableSpecs struct {
 	UnusedEndpointFlag *ebpf.VariableSpec `ebpf:"unused_endpoint_flag"`
 	UnusedFlowEvent    *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	UnusedL7Parser     *ebpf.VariableSpec `ebpf:"unused_l7_parser"`
 	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
@@ -373,6 +396,7 @@ type NetpactMaps struct {
 	Backends       *ebpf.Map `ebpf:"backends"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	Counters       *ebpf.Map `ebpf:"counters"`
+	EndpointAddrs  *ebpf.Map `ebpf:"endpoint_addrs"`
 	EndpointNetns  *ebpf.Map `ebpf:"endpoint_netns"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
 	EventRatelimit *ebpf.Map `ebpf:"event_ratelimit"`
@@ -381,6 +405,7 @@ type NetpactMaps struct {
 	Ipcache        *ebpf.Map `ebpf:"ipcache"`
 	Policy         *ebpf.Map `ebpf:"policy"`
 	PrefixPolicy   *ebpf.Map `ebpf:"prefix_policy"`
+	ProxyPorts     *ebpf.Map `ebpf:"proxy_ports"`
 	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Services       *ebpf.Map `ebpf:"services"`
 	Settings       *ebpf.Map `ebpf:"settings"`
@@ -393,6 +418,7 @@ func (m *NetpactMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.Counters,
+		m.EndpointAddrs,
 		m.EndpointNetns,
 		m.Endpoints,
 		m.EventRatelimit,
@@ -401,6 +427,7 @@ func (m *NetpactMaps) Close() error {
 		m.Ipcache,
 		m.Policy,
 		m.PrefixPolicy,
+		m.ProxyPorts,
 		m.Scratch,
 		m.Services,
 		m.Settings,
@@ -415,6 +442,7 @@ func (m *NetpactMaps) Close() error {
 type NetpactVariables struct {
 	UnusedEndpointFlag *ebpf.Variable `ebpf:"unused_endpoint_flag"`
 	UnusedFlowEvent    *ebpf.Variable `ebpf:"unused_flow_event"`
+	UnusedL7Parser     *ebpf.Variable `ebpf:"unused_l7_parser"`
 	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
 }
 
@@ -431,6 +459,7 @@ type NetpactPrograms struct {
 	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
 	SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
 	TcFromPod        *ebpf.Program `ebpf:"tc_from_pod"`
+	TcFromUplink     *ebpf.Program `ebpf:"tc_from_uplink"`
 	TcToPod          *ebpf.Program `ebpf:"tc_to_pod"`
 }
 
@@ -445,6 +474,7 @@ func (p *NetpactPrograms) Close() error {
 		p.SockSendmsg4,
 		p.SockSendmsg6,
 		p.TcFromPod,
+		p.TcFromUplink,
 		p.TcToPod,
 	)
 }

@@ -74,6 +74,9 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 		}
 		d.netns[ep.Ifindex] = ep.NetnsCookie
 	}
+	if err := d.writeAddrs(ep); err != nil {
+		return false, err
+	}
 	if d.endpointInfo[ep.Ifindex] == info {
 		return false, nil
 	}
@@ -169,6 +172,7 @@ func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
 	}
 	delete(d.endpointInfo, ep.Ifindex)
 	d.forgetNetns(ep.Ifindex)
+	errs = append(errs, d.forgetAddrs(ep.Ifindex))
 	if have, ok := d.applied[ep.ID]; ok {
 		_, err := d.writeDeletes(have, newEntries())
 		errs = append(errs, err)

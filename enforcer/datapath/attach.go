@@ -21,6 +21,7 @@ type attacher struct {
 	pinDir          string
 	forceLegacy     bool
 	fromPod, toPod  *ebpf.Program
+	fromUplink      *ebpf.Program
 	links           map[string]link.Link // pin name -> tcx link
 	legacyIfindexes map[int]bool
 	legacy          bool
@@ -29,6 +30,9 @@ type attacher struct {
 const (
 	suffixFromPod = "from_pod"
 	suffixToPod   = "to_pod"
+	// suffixUplink is the uplink's program (tc_from_uplink): the L7 redirect of flows from other
+	// nodes.
+	suffixUplink = "uplink"
 )
 
 func pinName(ifindex int, suffix string) string { return fmt.Sprintf("%d_%s", ifindex, suffix) }
@@ -54,7 +58,7 @@ func (a *attacher) adopt() error {
 		path := filepath.Join(a.pinDir, e.Name())
 		idxStr, suffix, ok := strings.Cut(e.Name(), "_")
 		ifindex, convErr := strconv.Atoi(idxStr)
-		if !ok || convErr != nil || (suffix != suffixFromPod && suffix != suffixToPod) {
+		if !ok || convErr != nil || (suffix != suffixFromPod && suffix != suffixToPod && suffix != suffixUplink) {
 			continue
 		}
 		l, err := link.LoadPinnedLink(path, nil)
@@ -68,8 +72,11 @@ func (a *attacher) adopt() error {
 			continue
 		}
 		prog := a.fromPod
-		if suffix == suffixToPod {
+		switch suffix {
+		case suffixToPod:
 			prog = a.toPod
+		case suffixUplink:
+			prog = a.fromUplink
 		}
 		if err := l.Update(prog); err != nil {
 			l.Close()
@@ -152,7 +159,7 @@ func (a *attacher) attachLegacy(ifindex int, ifname string) error {
 
 func (a *attacher) detach(ifindex int) error {
 	var errs []error
-	for _, suffix := range []string{suffixFromPod, suffixToPod} {
+	for _, suffix := range []string{suffixFromPod, suffixToPod, suffixUplink} {
 		name := pinName(ifindex, suffix)
 		if l, ok := a.links[name]; ok {
 			errs = append(errs, l.Unpin(), l.Close())

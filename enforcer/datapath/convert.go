@@ -116,7 +116,11 @@ func portBlocks(lo, hi uint16) [][2]int {
 const policyKeyBits = 8 * (4 + 4 + 1 + 1) // ep_id, identity, direction, proto: matched exactly
 
 func value(e *policy.Entry) bpf.NetpactPolicyValue {
-	return bpf.NetpactPolicyValue{RuleId: uint32(e.Rules[0]), Verdict: uint8(e.Verdict)}
+	v := bpf.NetpactPolicyValue{RuleId: uint32(e.Rules[0]), Verdict: uint8(e.Verdict)}
+	if e.Verdict == policy.VerdictProxy {
+		v.L7 = uint16(ParserOf(e.L7))
+	}
+	return v
 }
 
 func family(a netip.Addr) uint32 {

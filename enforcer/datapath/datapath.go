@@ -86,6 +86,8 @@ type Datapath struct {
 	cgroupLinks   []link.Link
 	// netns are the endpoints' network namespace cookies the endpoint_netns map holds.
 	netns map[int]uint64
+	// addrs are the endpoints' addresses the endpoint_addrs map holds, by ifindex.
+	addrs map[int][]bpf.NetpactEndpointAddrKey
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -121,7 +123,7 @@ func Open(opts Options) (d *Datapath, err error) {
 	if err := dropStaleStatsPins(opts.PinPath); err != nil {
 		return nil, err
 	}
-	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}}
+	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}, addrs: map[int][]bpf.NetpactEndpointAddrKey{}}
 	err = loadObjects(&d.objs, opts)
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -146,6 +148,16 @@ func Open(opts Options) (d *Datapath, err error) {
 		}
 		d.cfg.ResponseMark = binary.LittleEndian.Uint32(b[:])
 	}
+	// The proxy's mark: random, high 16 bits only (clear of MARK_TO_PROXY's 0xf00 and of
+	// kube-proxy's 0x4000 and 0x8000), kept across restarts like the response mark.
+	for d.cfg.ProxyMark&0xffff0000 == 0 || d.cfg.ProxyMark&0xffff != 0 || d.cfg.ProxyMark == d.cfg.ResponseMark {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("draw the proxy mark: %w", err)
+		}
+		d.cfg.ProxyMark = binary.LittleEndian.Uint32(b[:]) &^ 0xffff
+	}
 	if opts.DenyResponseICMP {
 		d.cfg.Flags |= cfgDenyICMP
 	}
@@ -161,7 +173,7 @@ func Open(opts Options) (d *Datapath, err error) {
 		return nil, err
 	}
 	d.attach = &attacher{pinDir: filepath.Join(opts.PinPath, "links"), forceLegacy: opts.ForceLegacyTC,
-		fromPod: d.objs.TcFromPod, toPod: d.objs.TcToPod}
+		fromPod: d.objs.TcFromPod, toPod: d.objs.TcToPod, fromUplink: d.objs.TcFromUplink}
 	if err := d.attach.adopt(); err != nil {
 		d.objs.Close()
 		return nil, err
@@ -198,11 +210,12 @@ func loadObjects(objs *bpf.NetpactObjects, opts Options) error {
 		bpf.NetpactMaps
 		TcFromPod *ebpf.Program `ebpf:"tc_from_pod"`
 		TcToPod   *ebpf.Program `ebpf:"tc_to_pod"`
+		TcUplink  *ebpf.Program `ebpf:"tc_from_uplink"`
 	}
 	if err := spec.LoadAndAssign(&tc, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}); err != nil {
 		return err
 	}
-	objs.NetpactMaps, objs.TcFromPod, objs.TcToPod = tc.NetpactMaps, tc.TcFromPod, tc.TcToPod
+	objs.NetpactMaps, objs.TcFromPod, objs.TcToPod, objs.TcFromUplink = tc.NetpactMaps, tc.TcFromPod, tc.TcToPod, tc.TcUplink
 	if opts.Cgroup == "" {
 		return nil
 	}

@@ -36,6 +36,9 @@ const (
 	ReasonDropFailClosed    = Reason(bpf.NetpactReasonREASON_DROP_FAIL_CLOSED)
 	ReasonForwardRecovered  = Reason(bpf.NetpactReasonREASON_FORWARD_REPLY_RECOVERED)
 	ReasonDropUntranslated  = Reason(bpf.NetpactReasonREASON_DROP_SERVICE_UNTRANSLATED)
+	ReasonForwardProxy      = Reason(bpf.NetpactReasonREASON_FORWARD_PROXY)
+	ReasonDropProxyDown     = Reason(bpf.NetpactReasonREASON_DROP_PROXY_DOWN)
+	ReasonDropProxyBypass   = Reason(bpf.NetpactReasonREASON_DROP_PROXY_BYPASS)
 	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
 )
 
@@ -53,11 +56,14 @@ var reasonNames = [reasonMax]string{
 	ReasonDropNotEndpoint:   "dropped: not an endpoint",
 	ReasonDropMalformed:     "dropped: malformed",
 	ReasonDropFragNoFirst:   "dropped: fragment without first fragment",
-	ReasonDropNoProxy:       "dropped: L7 proxy unavailable",
+	ReasonDropNoProxy:       "dropped: an L7 rule applies and no L7 proxy for it runs on this node",
 	ReasonDropEthertype:     "dropped: tagged frame or not IPv4, IPv6 or ARP",
 	ReasonDropFailClosed:    "dropped: endpoint closed (not programmed)",
 	ReasonForwardRecovered:  "forwarded: reply of an evicted flow, policy checked again",
 	ReasonDropUntranslated:  "dropped: to a Service address its socket did not translate",
+	ReasonForwardProxy:      "forwarded: to the L7 proxy",
+	ReasonDropProxyDown:     "dropped: an L7 rule applies and the L7 proxy's listener is not up",
+	ReasonDropProxyBypass:   "dropped: an L7 rule applies and the packet did not come through the L7 proxy",
 }
 
 func (r Reason) String() string {
@@ -68,7 +74,9 @@ func (r Reason) String() string {
 }
 
 // Dropped reports whether the reason is a drop.
-func (r Reason) Dropped() bool { return r >= ReasonDropDeny && r != ReasonForwardRecovered }
+func (r Reason) Dropped() bool {
+	return r >= ReasonDropDeny && r != ReasonForwardRecovered && r != ReasonForwardProxy
+}
 
 // Flow is a flow event: a new flow the policy allowed, or a dropped packet.
 type Flow struct {

@@ -1,0 +1,148 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/netpact/netpact/bpf"
+	"github.com/netpact/netpact/policy"
+)
+
+// Parser is an L7 parser: which of the node's proxies a flow an L7 rule governs goes to
+// (bpf/netpact.c's enum l7_parser).
+type Parser uint32
+
+const (
+	ParserHTTP  = Parser(bpf.NetpactL7ParserL7HTTP)
+	ParserKafka = Parser(bpf.NetpactL7ParserL7KAFKA)
+	ParserDNS   = Parser(bpf.NetpactL7ParserL7DNS)
+)
+
+func (p Parser) String() string {
+	switch p {
+	case ParserHTTP:
+		return "http"
+	case ParserKafka:
+		return "kafka"
+	case ParserDNS:
+		return "dns"
+	}
+	return fmt.Sprintf("parser %d", uint32(p))
+}
+
+// ParserOf is the parser of an entry's L7 rules: Kafka and DNS rules go to their own proxies
+// (none runs yet: such flows are dropped as having no proxy), every other rule set to HTTP.
+func ParserOf(l *policy.L7Policy) Parser {
+	switch {
+	case l != nil && len(l.Kafka) > 0:
+		return ParserKafka
+	case l != nil && len(l.DNS) > 0:
+		return ParserDNS
+	}
+	return ParserHTTP
+}
+
+// SetProxyPort names the port a parser's proxy listens on (127.0.0.1 and ::1 of the node, with
+// IP_TRANSPARENT); 0 says no proxy runs, and flows for it are dropped ("no L7 proxy").
+func (d *Datapath) SetProxyPort(p Parser, port uint16) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.objs.ProxyPorts.Put(uint32(p), uint32(port)); err != nil {
+		return fmt.Errorf("write the %s proxy's port: %w", p, err)
+	}
+	return nil
+}
+
+// ProxyMark is the SO_MARK the L7 proxy's upstream sockets carry: a pod's ingress lets through
+// the proxy's packets on an entry with L7 rules (the proxy applied them), and those of no one else.
+func (d *Datapath) ProxyMark() uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.ProxyMark
+}
+
+// AttachUplink attaches tc_from_uplink to the ingress of the interface that carries traffic from
+// other nodes (tcx only), pinned like the endpoints' links: flows from other nodes that a local
+// pod's ingress L7 rules govern go to the proxy there, as do replies to the proxy's connections.
+func (d *Datapath) AttachUplink(ifname string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("attach uplink %s: %w", ifname, err)
+	}
+	name := pinName(ifc.Index, suffixUplink)
+	if _, ok := d.attach.links[name]; ok {
+		return nil
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: d.objs.TcFromUplink, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+	if err != nil {
+		return fmt.Errorf("attach tcx uplink to %s (ingress L7 rules for traffic from other nodes need tcx): %w", ifname, err)
+	}
+	if err := l.Pin(filepath.Join(d.attach.pinDir, name)); err != nil {
+		l.Close()
+		return fmt.Errorf("pin tcx uplink link of %s: %w", ifname, err)
+	}
+	d.attach.links[name] = l
+	return nil
+}
+
+// writeAddrs keeps the endpoint_addrs map (address -> host veth) equal to the endpoint's
+// addresses.
+func (d *Datapath) writeAddrs(ep Endpoint) error {
+	var want []bpf.NetpactEndpointAddrKey
+	for _, a := range []netip.Addr{ep.IPv4, ep.IPv6} {
+		if a.IsValid() {
+			want = append(want, bpf.NetpactEndpointAddrKey{Family: family(a), Addr: addr16(a)})
+		}
+	}
+	have := d.addrs[ep.Ifindex]
+	same := len(have) == len(want)
+	for i := 0; same && i < len(want); i++ {
+		same = have[i] == want[i]
+	}
+	if same {
+		return nil
+	}
+	for _, k := range want {
+		if err := d.objs.EndpointAddrs.Put(k, uint32(ep.Ifindex)); err != nil {
+			return fmt.Errorf("write endpoint address: %w", err)
+		}
+	}
+	for _, k := range have {
+		kept := false
+		for _, w := range want {
+			kept = kept || w == k
+		}
+		if !kept {
+			if err := d.objs.EndpointAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete endpoint address: %w", err)
+			}
+		}
+	}
+	d.addrs[ep.Ifindex] = want
+	return nil
+}
+
+// forgetAddrs deletes an endpoint's addresses from endpoint_addrs, unless another endpoint has
+// taken one of them since.
+func (d *Datapath) forgetAddrs(ifindex int) error {
+	var errs []error
+	for _, k := range d.addrs[ifindex] {
+		var owner uint32
+		if err := d.objs.EndpointAddrs.Lookup(k, &owner); err == nil && owner != uint32(ifindex) {
+			continue
+		}
+		if err := d.objs.EndpointAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete endpoint address: %w", err))
+		}
+	}
+	delete(d.addrs, ifindex)
+	return errors.Join(errs...)
+}
