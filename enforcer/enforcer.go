@@ -69,6 +69,16 @@ func (e *Enforcer) State() *policy.State {
 	return e.state
 }
 
+// DecideTCP is the last compiled state's decision for a TCP flow (false before the first
+// compile): what the L7 proxy judges each request on.
+func (e *Enforcer) DecideTCP(src, dst netip.AddrPort) (policy.Decision, bool) {
+	st := e.State()
+	if st == nil {
+		return policy.Decision{}, false
+	}
+	return st.Decide(src.Addr(), dst.Addr(), policy.ProtoTCP, dst.Port()), true
+}
+
 // EndpointID is the datapath id of a local pod (0 when unknown).
 func (e *Enforcer) EndpointID(k policy.EndpointKey) uint32 {
 	e.mu.Lock()

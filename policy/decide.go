@@ -39,6 +39,8 @@ type Decision struct {
 	L7         *L7Policy
 	Egress     *DirectionDecision
 	Ingress    *DirectionDecision
+
+	rules map[RuleID]*RuleInfo // the state's, for MatchHTTP
 }
 
 // Reason explains the decision in a sentence.
@@ -147,7 +149,7 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 	src, dst = src.Unmap(), dst.Unmap()
 	_, srcEnt := s.u.resolve("", src)
 	_, dstEnt := s.u.resolve("", dst)
-	var d Decision
+	d := Decision{rules: s.rules}
 
 	if st, node := s.sideState(srcEnt); st != nil {
 		peer, _ := s.u.resolve(node, dst)

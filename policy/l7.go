@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/textproto"
 	"regexp"
 	"strings"
@@ -87,4 +88,49 @@ func fullMatch(re, s string) bool {
 	}
 	m, err := regexp.MatchString("^(?:"+re+")$", s)
 	return err == nil && m
+}
+
+// HTTPVerdict is the judgement of one request on a flow: allowed or not, the side whose rules
+// decided, the rule (its policy section) and the index of the HTTP rule that matched (-1: none
+// did, or no L7 rule applies).
+type HTTPVerdict struct {
+	Allowed   bool
+	Direction Direction
+	Rule      *RuleInfo
+	Index     int
+	// Reason says why, when no rule of a side matched or L3/L4 refuses the flow.
+	Reason string
+}
+
+// MatchHTTP judges a request on the decided flow: every side whose entry carries L7 rules (the
+// source's egress, the destination's ingress) must allow it, as two proxies in a row would; a
+// flow L3/L4 refuses allows no request, and one without L7 rules allows every request. The L7
+// proxy and the scenario runner's prediction both judge with this.
+func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
+	switch d.Outcome {
+	case OutcomeDenied, OutcomeDefaultDenied:
+		return HTTPVerdict{Direction: d.Direction, Rule: d.Rule, Index: -1, Reason: d.Reason()}
+	}
+	v := HTTPVerdict{Allowed: true, Direction: d.Direction, Rule: d.Rule, Index: -1}
+	first := true
+	for _, side := range []struct {
+		dir Direction
+		dd  *DirectionDecision
+	}{{Egress, d.Egress}, {Ingress, d.Ingress}} {
+		if side.dd == nil || side.dd.Outcome != OutcomeL7 || side.dd.Match.Entry == nil {
+			continue
+		}
+		e := side.dd.Match.Entry
+		ok, idx := e.L7.MatchHTTP(r)
+		rule := d.rules[e.Rules[0]]
+		if !ok {
+			return HTTPVerdict{Direction: side.dir, Rule: rule, Index: -1,
+				Reason: fmt.Sprintf("no HTTP rule of %s on %s matches", rule, side.dir)}
+		}
+		if first || side.dir == Ingress {
+			v.Direction, v.Rule, v.Index = side.dir, rule, idx
+		}
+		first = false
+	}
+	return v
 }

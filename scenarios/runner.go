@@ -464,7 +464,16 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		if !c.HTTP {
 			return Allow, rule
 		}
-		if d.L7.AllowsHTTP(c.method(), c.path()) {
+		// The proxy's own judgement (policy.Decision.MatchHTTP), on the request the probe sends.
+		target, _, err := policy.NormalizeHTTPTarget(c.path())
+		if err != nil {
+			return Timeout, "the probe's path is not a valid request target: " + err.Error()
+		}
+		v := d.MatchHTTP(policy.HTTPRequest{Method: c.method(), Path: target})
+		if v.Rule != nil {
+			rule = v.Rule.String()
+		}
+		if v.Allowed {
 			return HTTP200, rule
 		}
 		return HTTP403, rule

@@ -86,6 +86,8 @@ type Datapath struct {
 	cgroupLinks   []link.Link
 	// netns are the endpoints' network namespace cookies the endpoint_netns map holds.
 	netns map[int]uint64
+	// l7 carries the L7 proxy's events to the flow reader.
+	l7 chan Flow
 	// addrs are the endpoints' addresses the endpoint_addrs map holds, by ifindex.
 	addrs map[int][]bpf.NetpactEndpointAddrKey
 }

@@ -3,8 +3,10 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -95,9 +97,55 @@ type Flow struct {
 	// Service is the Service frontend id a pod's socket was translated from (egress; 0: none):
 	// Datapath.ServiceName names it.
 	Service uint32
+	// L7 is set on an L7 event: a request the L7 proxy judged (Reason ReasonForwardProxy).
+	L7 *L7Flow
+}
+
+// L7Flow is what the L7 proxy saw of one request, on the same stream as the datapath's events.
+type L7Flow struct {
+	Protocol string // HTTP/1.1, HTTP/2
+	Method   string
+	Path     string // as judged (normalised), with the query
+	Host     string
+	Status   int // the response's (403 when denied; 0 when the destination gave none)
+	Denied   bool
+	// HTTPRule is the index of the HTTP rule that allowed it within the deciding entry (-1: no
+	// rule, or no L7 rule applies); Why says why it was denied.
+	HTTPRule int
+	Why      string
+	Latency  time.Duration
+}
+
+// Dropped reports whether the flow event is a drop: a dropped packet, or a denied request.
+func (f Flow) Dropped() bool {
+	if f.L7 != nil {
+		return f.L7.Denied
+	}
+	return f.Reason.Dropped()
+}
+
+// Verdict is the event's verdict as Hubble writes it: FORWARDED or DROPPED.
+func (f Flow) Verdict() string {
+	if f.Dropped() {
+		return "DROPPED"
+	}
+	return "FORWARDED"
+}
+
+// L7String is an L7 event's request in Hubble's compact form: "http-request DROPPED (HTTP/1.1
+// GET http://host/path) 403".
+func (f Flow) L7String() string {
+	if f.L7 == nil {
+		return ""
+	}
+	return fmt.Sprintf("http-request %s (%s %s http://%s%s) %d", f.Verdict(), f.L7.Protocol, f.L7.Method, f.L7.Host, f.L7.Path, f.L7.Status)
 }
 
 func (f Flow) String() string {
+	if f.L7 != nil {
+		return fmt.Sprintf("%s %s:%d (id %d) -> %s:%d (id %d) %s rule %d", f.Direction, f.Src, f.SrcPort, f.SrcIdentity,
+			f.Dst, f.DstPort, f.DstIdentity, f.L7String(), f.Rule)
+	}
 	return fmt.Sprintf("%s %s %s:%d (id %d) -> %s:%d (id %d) %s rule %d", f.Direction, f.Proto, f.Src, f.SrcPort, f.SrcIdentity,
 		f.Dst, f.DstPort, f.DstIdentity, f.Reason, f.Rule)
 }
@@ -124,24 +172,49 @@ func flowFromEvent(e *bpf.NetpactFlowEvent) Flow {
 	}
 }
 
-// FlowReader reads flow events from the ring buffer.
-type FlowReader struct{ rd *ringbuf.Reader }
+// FlowReader reads flow events: the datapath's from the ring buffer, and the L7 proxy's that
+// Datapath.PublishL7 adds to the same stream.
+type FlowReader struct {
+	rd *ringbuf.Reader
+	l7 <-chan Flow
+}
 
-// Flows opens a reader on the flow event ring buffer.
+// Flows opens a reader on the flow event ring buffer (one reader per datapath: the L7 events
+// go to it).
 func (d *Datapath) Flows() (*FlowReader, error) {
 	rd, err := ringbuf.NewReader(d.objs.Events)
 	if err != nil {
 		return nil, fmt.Errorf("open flow events: %w", err)
 	}
-	return &FlowReader{rd: rd}, nil
+	return &FlowReader{rd: rd, l7: d.l7Events()}, nil
 }
+
+// l7Poll bounds how long an L7 event waits while the reader blocks on the ring buffer.
+const l7Poll = 50 * time.Millisecond
 
 // Read blocks until a flow event arrives, the deadline passes (os.ErrDeadlineExceeded) or the
 // reader is closed (ringbuf.ErrClosed).
 func (r *FlowReader) Read(deadline time.Time) (Flow, error) {
-	r.rd.SetDeadline(deadline)
-	rec, err := r.rd.Read()
-	if err != nil {
+	var rec ringbuf.Record
+	for {
+		select {
+		case f := <-r.l7:
+			return f, nil
+		default:
+		}
+		wait := time.Now().Add(l7Poll)
+		last := !deadline.IsZero() && deadline.Before(wait)
+		if last {
+			wait = deadline
+		}
+		r.rd.SetDeadline(wait)
+		err := r.rd.ReadInto(&rec)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && !last {
+			continue
+		}
 		return Flow{}, err
 	}
 	var e bpf.NetpactFlowEvent

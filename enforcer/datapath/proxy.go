@@ -67,6 +67,28 @@ func (d *Datapath) ProxyMark() uint32 {
 	return d.cfg.ProxyMark
 }
 
+// l7Buffer is how many L7 events wait for the flow reader; more are dropped, as the ring
+// buffer drops datapath events it has no room for.
+const l7Buffer = 4096
+
+func (d *Datapath) l7Events() chan Flow {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.l7 == nil {
+		d.l7 = make(chan Flow, l7Buffer)
+	}
+	return d.l7
+}
+
+// PublishL7 adds an L7 proxy's event to the flow stream Flows reads.
+func (d *Datapath) PublishL7(f Flow) {
+	ch := d.l7Events()
+	select {
+	case ch <- f:
+	default:
+	}
+}
+
 // AttachUplink attaches tc_from_uplink to the ingress of the interface that carries traffic from
 // other nodes (tcx only), pinned like the endpoints' links: flows from other nodes that a local
 // pod's ingress L7 rules govern go to the proxy there, as do replies to the proxy's connections.

@@ -15,6 +15,7 @@ import (
 	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/podnet"
+	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -46,6 +47,9 @@ type Node struct {
 	mu    sync.Mutex
 	flows []datapath.Flow
 	fr    *datapath.FlowReader
+
+	proxy  *proxy.Proxy
+	routes *proxy.Routes
 }
 
 // maxFlows bounds the flow events a node keeps between two ResetFlows.
@@ -93,7 +97,54 @@ func (n *Node) Start() error {
 	}
 	n.fr = fr
 	go n.collectFlows()
-	return nil
+	return n.startProxy()
+}
+
+// startProxy runs the node's L7 proxy on a port of its own (nodes of parallel runs share the
+// host's network namespace) with a routing table of the run's own, and tells the datapath.
+func (n *Node) startProxy() error {
+	routes := &proxy.Routes{Table: 2100 + n.id, Priority: 9}
+	if err := routes.Ensure(); err != nil {
+		return err
+	}
+	n.routes = routes
+	px, err := proxy.Listen(0, proxy.Options{Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), OnRequest: n.publishL7})
+	if err != nil {
+		return err
+	}
+	n.proxy = px
+	return n.dp.SetProxyPort(datapath.ParserHTTP, px.Port())
+}
+
+// StopProxy stops the node's L7 proxy (tests of failing closed): flows an L7 rule governs are
+// dropped from then on.
+func (n *Node) StopProxy() error {
+	if n.proxy == nil {
+		return nil
+	}
+	err := n.proxy.Close()
+	n.proxy = nil
+	return err
+}
+
+// publishL7 puts a request the proxy judged on the node's flow stream.
+func (n *Node) publishL7(r proxy.Request) {
+	n.dp.PublishL7(L7Flow(r, n.enf.State()))
+}
+
+// L7Flow turns a judged request into a flow event: the deciding side and rule, pods' identities.
+func L7Flow(r proxy.Request, st *policy.State) datapath.Flow {
+	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
+		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
+		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
+			Denied: !r.Verdict.Allowed, HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
+	if r.Verdict.Rule != nil {
+		f.Rule = r.Verdict.Rule.ID
+	}
+	if st != nil {
+		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
+	}
+	return f
 }
 
 // sweepDeadRuns removes the pin directories of local nodes whose process is gone (killed before
@@ -236,7 +287,7 @@ func (n *Node) ResetFlows() {
 func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	decided := func(f datapath.Flow) bool { return f.Rule != 0 || f.Reason.Dropped() }
+	decided := func(f datapath.Flow) bool { return f.Rule != 0 || f.Dropped() }
 	flows := make([]datapath.Flow, 0, len(n.flows))
 	for _, first := range []bool{true, false} {
 		for _, f := range n.flows {
@@ -257,6 +308,16 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 				rule = ri.String()
 			}
 		}
+		if f.L7 != nil {
+			if f.L7.Denied && f.L7.Why != "" {
+				rule = f.L7.Why
+			} else if f.L7.HTTPRule >= 0 {
+				rule += fmt.Sprintf(", http rule %d", f.L7.HTTPRule)
+			}
+			out = append(out, fmt.Sprintf("%s %s:%d -> %s:%d %s (%s)", f.Direction, n.enf.Resolve(f.Src), f.SrcPort,
+				n.enf.Resolve(f.Dst), f.DstPort, f.L7String(), rule))
+			continue
+		}
 		via := ""
 		if f.Service != 0 {
 			via = " via service " + n.dp.ServiceName(f.Service)
@@ -273,10 +334,15 @@ func (n *Node) Stop() error {
 	if n.fr != nil {
 		n.fr.Close()
 	}
-	if n.opts.Retain {
-		return nil
-	}
 	var errs []error
+	errs = append(errs, n.StopProxy())
+	if n.opts.Retain {
+		return errors.Join(errs...)
+	}
+	if n.routes != nil {
+		errs = append(errs, n.routes.Remove())
+		n.routes = nil
+	}
 	for _, p := range n.owned {
 		errs = append(errs, p.Delete())
 	}

@@ -1,0 +1,276 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// hopHeaders are the hop-by-hop headers a proxy does not forward (RFC 9110 section 7.6.1).
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
+
+// maxDrain is how much of a denied request's body is read so the connection can be kept.
+const maxDrain = 64 << 10
+
+// writeDenied writes Cilium's 403: status line, content-length, content-type, date, server, the
+// body (CRLF-terminated); and connection: close when the connection ends after it.
+func (p *Proxy) writeDenied(w *bufio.Writer, closing bool) error {
+	fmt.Fprintf(w, "HTTP/1.1 403 Forbidden\r\ncontent-length: %d\r\ncontent-type: text/plain\r\ndate: %s\r\nserver: envoy\r\n",
+		len(p.body), time.Now().UTC().Format(http.TimeFormat))
+	if closing {
+		w.WriteString("connection: close\r\n")
+	}
+	w.WriteString("\r\n")
+	w.WriteString(p.body)
+	return w.Flush()
+}
+
+// writeStatus writes a short response of the proxy's own (400, 503), and the connection ends.
+func writeStatus(w *bufio.Writer, code int, msg string) {
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\ndate: %s\r\nserver: envoy\r\nconnection: close\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), time.Now().UTC().Format(http.TimeFormat), msg)
+	w.Flush()
+}
+
+// upstream is the connection to the destination a client connection's allowed requests go on.
+type upstream struct {
+	c  net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+func (u *upstream) close() {
+	if u != nil && u.c != nil {
+		u.c.Close()
+	}
+}
+
+// serveHTTP1 judges each request of a keep-alive connection and forwards the allowed ones on one
+// upstream connection, reopened when the destination closed it.
+func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
+	bw := bufio.NewWriterSize(c, 32<<10)
+	var up *upstream
+	defer func() { up.close() }()
+	for {
+		c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
+				writeStatus(bw, http.StatusBadRequest, "bad request\r\n")
+			}
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		start := time.Now()
+		target, redirect, err := policy.NormalizeHTTPTarget(req.RequestURI)
+		if err != nil {
+			writeStatus(bw, http.StatusBadRequest, "bad request path\r\n")
+			return
+		}
+		rec := Request{Src: f.src, Dst: f.dst, Protocol: "HTTP/1.1", Method: req.Method, Path: target, Host: req.Host}
+		if redirect {
+			// Escaped slashes: redirected to the unescaped path, as Cilium's Envoy does
+			// (UNESCAPE_AND_REDIRECT); the client asks again and that request is judged.
+			fmt.Fprintf(bw, "HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\ndate: %s\r\nserver: envoy\r\n\r\n",
+				target, time.Now().UTC().Format(http.TimeFormat))
+			if bw.Flush() != nil || !drain(req) {
+				return
+			}
+			continue
+		}
+		rec.Verdict = p.judge(f, policy.HTTPRequest{Method: req.Method, Path: target, Host: req.Host, Header: req.Header})
+		if !rec.Verdict.Allowed {
+			// Judged before the body: a client waiting on Expect: 100-continue never sends it.
+			expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue")
+			closing := req.Close || expect || !drain(req)
+			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
+			err := p.writeDenied(bw, closing)
+			p.report(rec)
+			if err != nil || closing {
+				return
+			}
+			continue
+		}
+		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+			req.Header.Del("Expect")
+			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			if bw.Flush() != nil {
+				return
+			}
+		}
+		if up == nil {
+			uc, err := p.dial(context.Background(), f)
+			if err != nil {
+				rec.Latency = time.Since(start)
+				p.report(rec)
+				writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n")
+				return
+			}
+			up = &upstream{c: uc, br: bufio.NewReaderSize(uc, 32<<10), bw: bufio.NewWriterSize(uc, 32<<10)}
+		}
+		keep, status, reuse := p.forward(req, target, up, c, br, bw)
+		rec.Status, rec.Latency = status, time.Since(start)
+		p.report(rec)
+		if !keep {
+			return
+		}
+		if !reuse {
+			up.close()
+			up = nil
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// drain reads what is left of a request's body, up to maxDrain; false when more was left.
+func drain(req *http.Request) bool {
+	n, _ := io.Copy(io.Discard, io.LimitReader(req.Body, maxDrain+1))
+	req.Body.Close()
+	return n <= maxDrain
+}
+
+// flushingBody flushes the client writer before each read of the response body that would wait
+// on the destination: small responses go out in one write, streamed ones as they come.
+type flushingBody struct {
+	io.ReadCloser
+	src *bufio.Reader
+	dst *bufio.Writer
+}
+
+func (b *flushingBody) Read(p []byte) (int, error) {
+	if b.src.Buffered() == 0 {
+		if err := b.dst.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return b.ReadCloser.Read(p)
+}
+
+// forward sends an allowed request to the destination and its response back. keep says whether
+// the client connection goes on, reuse whether the upstream one does; status is the response's
+// code (0: none came).
+func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Conn, br *bufio.Reader, bw *bufio.Writer) (keep bool, status int, reuse bool) {
+	upgrade := req.Header.Get("Upgrade")
+	connUpgrade := headerHasToken(req.Header, "Connection", "upgrade")
+	for _, h := range connectionHeaders(req.Header) {
+		req.Header.Del(h)
+	}
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	if upgrade != "" && connUpgrade {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", upgrade)
+	}
+	path, query, _ := strings.Cut(target, "?")
+	req.URL.Path, req.URL.RawPath, req.URL.RawQuery = path, "", query
+	if strings.Contains(target, "?") {
+		req.URL.ForceQuery = query == ""
+	}
+	clientClose := req.Close
+	req.Close = false
+	if err := req.Write(up.bw); err != nil {
+		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
+		return false, 0, false
+	}
+	if err := up.bw.Flush(); err != nil {
+		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
+		return false, 0, false
+	}
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(up.br, req)
+		if err != nil {
+			writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
+			return false, 0, false
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Write(bw) // an interim response (103 Early Hints): passed on, the final one follows
+			bw.Flush()
+			continue
+		}
+		break
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		resp.Write(bw)
+		if bw.Flush() != nil {
+			return false, resp.StatusCode, false
+		}
+		splice(c, br, up)
+		return false, resp.StatusCode, false
+	}
+	for _, h := range connectionHeaders(resp.Header) {
+		resp.Header.Del(h)
+	}
+	for _, h := range hopHeaders {
+		resp.Header.Del(h)
+	}
+	upClose := resp.Close
+	resp.Close = clientClose || upClose
+	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw}
+	err := resp.Write(bw)
+	resp.Body.Close()
+	if err != nil || bw.Flush() != nil {
+		return false, resp.StatusCode, false
+	}
+	return !clientClose, resp.StatusCode, !upClose
+}
+
+// splice copies both ways after a protocol switch (WebSocket): the proxy judged the request that
+// asked for it.
+func splice(c net.Conn, br *bufio.Reader, up *upstream) {
+	done := make(chan struct{}, 2)
+	go func() {
+		io.Copy(up.c, br)
+		if tc, ok := up.c.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}()
+	go func() {
+		io.Copy(c, up.br)
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}()
+	<-done
+	<-done
+}
+
+// connectionHeaders are the headers the Connection header names: hop-by-hop too.
+func connectionHeaders(h http.Header) []string {
+	var out []string
+	for _, v := range h.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}

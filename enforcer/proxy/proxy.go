@@ -1,0 +1,357 @@
+// Package proxy is the node's L7 proxy: the datapath hands it the TCP flows an L7 rule governs
+// (bpf_sk_assign to its transparent listener), it judges each request with the policy engine's
+// own matching (policy.Decision.MatchHTTP), answers what the rules refuse with Cilium's 403, and
+// forwards the rest to the original destination from the original source address, marked so
+// that the destination's datapath knows the proxy applied the rules.
+//
+// HTTP/1.1 (each request of a keep-alive connection judged) and HTTP/2 with prior knowledge
+// (h2c, and so gRPC) share one listener: the connection's first bytes choose.
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// DefaultDeniedBody is the body of a denied request before the CRLF: Cilium's default
+// (http-403-msg).
+const DefaultDeniedBody = "Access denied"
+
+// Request is a judged request, for the flow stream.
+type Request struct {
+	Src, Dst netip.AddrPort
+	Protocol string // HTTP/1.1, HTTP/2
+	Method   string
+	Path     string // as judged: normalised, with the query
+	Host     string
+	// Status is the response's status code (the 403 for a denied request; 0 when no response
+	// came back from the destination).
+	Status  int
+	Verdict policy.HTTPVerdict
+	Latency time.Duration
+}
+
+// Options configure a proxy.
+type Options struct {
+	// Decide returns the policy's decision for a TCP flow (original addresses): the proxy judges
+	// each request on it. nil, or a Decide that cannot decide (no policy yet), denies.
+	Decide func(src, dst netip.AddrPort) (policy.Decision, bool)
+	// Mark is the SO_MARK of the upstream sockets (the datapath's ProxyMark).
+	Mark uint32
+	// OnRequest receives every judged request.
+	OnRequest func(Request)
+	// DeniedBody replaces DefaultDeniedBody (CRLF appended unless it ends in one).
+	DeniedBody string
+	// DialTimeout bounds connecting to the destination; 5 s when 0.
+	DialTimeout time.Duration
+	// IdleTimeout closes a client connection idle this long; 5 min when 0.
+	IdleTimeout time.Duration
+}
+
+// Proxy is a running HTTP proxy.
+type Proxy struct {
+	opts      Options
+	denied    []byte // the whole HTTP/1.1 403 after the date
+	body      string
+	listeners []net.Listener
+	h2        *http.Server
+	h2conns   *connQueue
+	h2flows   sync.Map // net.Conn -> *h2Flow, closed with the connection
+	port      uint16
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Listen starts the proxy on 127.0.0.1:port and [::1]:port with IP_TRANSPARENT (port 0: one
+// the kernel picks, the same for both families). Port returns it.
+func Listen(port uint16, opts Options) (*Proxy, error) {
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 5 * time.Minute
+	}
+	body := opts.DeniedBody
+	if body == "" {
+		body = DefaultDeniedBody
+	}
+	if !bytes.HasSuffix([]byte(body), []byte("\r\n")) {
+		body += "\r\n"
+	}
+	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}}
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		p.listeners, err = listenBoth(port)
+		if err == nil || port != 0 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.port = uint16(p.listeners[0].Addr().(*net.TCPAddr).Port)
+	p.h2conns = newConnQueue()
+	p.h2 = &http.Server{Handler: http.HandlerFunc(p.serveH2), ConnContext: p.h2ConnContext, IdleTimeout: opts.IdleTimeout,
+		ConnState: p.h2ConnState}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	p.h2.Protocols = &protos
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.h2.Serve(p.h2conns)
+	}()
+	for _, l := range p.listeners {
+		p.wg.Add(1)
+		go p.accept(l)
+	}
+	return p, nil
+}
+
+// Port is the port the proxy listens on.
+func (p *Proxy) Port() uint16 { return p.port }
+
+// transparent sets IP_TRANSPARENT (IPV6_TRANSPARENT) and, when mark is not 0, SO_MARK.
+func transparent(network string, c syscall.RawConn, mark uint32) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if network == "tcp6" {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		}
+		if serr == nil && mark != 0 {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func listenBoth(port uint16) ([]net.Listener, error) {
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error { return transparent(network, c, 0) }}
+	l4, err := lc.Listen(context.Background(), "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	if err != nil {
+		return nil, fmt.Errorf("listen for the L7 proxy on 127.0.0.1:%d (IP_TRANSPARENT needs CAP_NET_ADMIN): %w", port, err)
+	}
+	got := l4.Addr().(*net.TCPAddr).Port
+	l6, err := lc.Listen(context.Background(), "tcp6", net.JoinHostPort("::1", strconv.Itoa(got)))
+	if err != nil {
+		l4.Close()
+		return nil, fmt.Errorf("listen for the L7 proxy on [::1]:%d: %w", got, err)
+	}
+	return []net.Listener{l4, l6}, nil
+}
+
+// Close stops listening and closes every connection.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, l := range p.listeners {
+		errs = append(errs, l.Close())
+	}
+	p.h2conns.Close()
+	errs = append(errs, p.h2.Close())
+	p.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+func (p *Proxy) accept(l net.Listener) {
+	defer p.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		if !p.track(c) {
+			c.Close()
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.serveConn(c)
+		}()
+	}
+}
+
+// flow is one client connection: the original addresses the datapath kept.
+type flow struct {
+	src, dst netip.AddrPort
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// serveConn reads the first bytes: the HTTP/2 preface goes to the HTTP/2 server, everything
+// else is HTTP/1.1.
+func (p *Proxy) serveConn(c net.Conn) {
+	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
+	br := bufio.NewReaderSize(c, 32<<10)
+	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
+	isH2, err := sniffH2(br)
+	if isH2 {
+		c.SetReadDeadline(time.Time{})
+		// The HTTP/2 server owns the connection from here (it untracks it when closed).
+		p.h2conns.Push(&peeked{Conn: c, r: br, f: f})
+		return
+	}
+	defer func() {
+		c.Close()
+		p.untrack(c)
+	}()
+	if err != nil {
+		return
+	}
+	p.serveHTTP1(c, br, f)
+}
+
+// sniffH2 reads until the bytes so far are the HTTP/2 preface or cannot become it (a client that
+// sends less than 24 bytes and waits is HTTP/1).
+func sniffH2(br *bufio.Reader) (bool, error) {
+	for n := 1; ; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return false, err
+		}
+		if b[n-1] != h2Preface[n-1] {
+			return false, nil
+		}
+		if n == len(h2Preface) {
+			return true, nil
+		}
+	}
+}
+
+// judge decides a request on the flow with the policy as it is now.
+func (p *Proxy) judge(f flow, r policy.HTTPRequest) policy.HTTPVerdict {
+	if p.opts.Decide == nil {
+		return policy.HTTPVerdict{Index: -1, Reason: "the proxy has no policy"}
+	}
+	d, ok := p.opts.Decide(f.src, f.dst)
+	if !ok {
+		return policy.HTTPVerdict{Index: -1, Reason: "no policy is computed yet"}
+	}
+	return d.MatchHTTP(r)
+}
+
+func (p *Proxy) report(r Request) {
+	if p.opts.OnRequest != nil {
+		p.opts.OnRequest(r)
+	}
+}
+
+// dial connects to the flow's destination from its source address (IP_TRANSPARENT), with the
+// proxy's mark.
+func (p *Proxy) dial(ctx context.Context, f flow) (net.Conn, error) {
+	network := "tcp4"
+	if f.src.Addr().Is6() {
+		network = "tcp6"
+	}
+	d := net.Dialer{
+		Timeout:   p.opts.DialTimeout,
+		LocalAddr: &net.TCPAddr{IP: f.src.Addr().AsSlice()},
+		Control:   func(network, _ string, c syscall.RawConn) error { return transparent(network, c, p.opts.Mark) },
+	}
+	c, err := d.DialContext(ctx, network, f.dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s from %s: %w", f.dst, f.src.Addr(), err)
+	}
+	return c, nil
+}
+
+// connQueue is a net.Listener fed with connections (the HTTP/2 server's).
+type connQueue struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	closer sync.Once
+}
+
+func newConnQueue() *connQueue { return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})} }
+
+func (q *connQueue) Push(c net.Conn) {
+	select {
+	case q.ch <- c:
+	case <-q.done:
+		c.Close()
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.closer.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// peeked is a connection whose first bytes were read into r.
+type peeked struct {
+	net.Conn
+	r *bufio.Reader
+	f flow
+}
+
+func (c *peeked) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+var _ io.Reader = (*peeked)(nil)
