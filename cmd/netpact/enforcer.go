@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -25,12 +26,15 @@ import (
 	"github.com/netpact/netpact/enforcer/cniplugin"
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/kubenode"
+	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
 )
 
 func newEnforcerCommand() *cobra.Command {
 	var (
 		kubeconfig, nodeName, cniBin, cniConf, listen, pinPath, socket, mode, cgroupBase string
+		denied403, uplink                                                                string
+		proxyPort                                                                        uint16
 		flowsListen, metricsListen                                                       string
 		mtu                                                                              int
 		cniWait                                                                          time.Duration
@@ -99,6 +103,11 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				return err
 			}
 			defer fr.Close()
+			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, denied403, uplink)
+			if err != nil {
+				return err
+			}
+			defer px.Close()
 			obs := kubenode.NewObserver(dp, node, enf)
 			go obs.Run(fr)
 			agent := kubenode.New(kubenode.Config{NodeName: nodeName, Client: client, CNIBinDir: cniBin,
@@ -156,6 +165,9 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	cmd.Flags().StringVar(&socket, "cni-socket", cniplugin.DefaultAgentSocket, "unix socket the CNI plugin's ADD waits on")
 	cmd.Flags().DurationVar(&cniWait, "cni-wait", 15*time.Second, "how long an ADD waits for the pod's endpoint before it fails (kubelet retries)")
 	cmd.Flags().StringVar(&cgroupBase, "cgroup-root", "/host/sys/fs/cgroup", "the node's /sys/fs/cgroup (its cgroup v2 mount, or unified/ below it): ClusterIP Services are translated at the socket for every process under it, before egress policy; empty: not translated")
+	cmd.Flags().Uint16Var(&proxyPort, "http-proxy-port", 14001, "port of the L7 HTTP proxy on the node's 127.0.0.1 and ::1 (the datapath hands it the flows HTTP rules govern)")
+	cmd.Flags().StringVar(&denied403, "http-403-msg", proxy.DefaultDeniedBody, "body of the 403 a request HTTP rules deny gets (CRLF appended), as Cilium's http-403-msg")
+	cmd.Flags().StringVar(&uplink, "uplink", "auto", "interface traffic from other nodes arrives on, where ingress L7 rules redirect it (auto: the default route's; empty: none, and such flows from other nodes are dropped)")
 	cmd.Flags().StringVar(&mode, "policy-enforcement-mode", "default", "default, always or never (as Cilium's policy-enforcement-mode)")
 	return cmd
 }
@@ -212,4 +224,67 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// startNodeProxy runs the node's L7 HTTP proxy: the routing that delivers what the datapath hands
+// it, its listener (waiting for the previous enforcer's to go during a restart), the port and
+// mark the datapath needs, and the uplink program for flows from other nodes.
+func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, body, uplink string) (*proxy.Proxy, error) {
+	if err := (proxy.Routes{Table: 2004, Priority: 9}).Ensure(); err != nil {
+		return nil, err
+	}
+	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body,
+		OnRequest: func(r proxy.Request) { dp.PublishL7(r.Flow(node.State())) }}
+	var px *proxy.Proxy
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if px, err = proxy.Listen(port, opts); err == nil || time.Now().After(deadline) {
+			break
+		}
+		log.Info("L7 proxy port busy, waiting for it", "port", port, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := dp.SetProxyPort(datapath.ParserHTTP, px.Port()); err != nil {
+		px.Close()
+		return nil, err
+	}
+	if uplink == "auto" {
+		if uplink, err = defaultRouteLink(); err != nil {
+			px.Close()
+			return nil, fmt.Errorf("--uplink auto: %w", err)
+		}
+	}
+	if uplink != "" {
+		if err := dp.AttachUplink(uplink); err != nil {
+			px.Close()
+			return nil, err
+		}
+	}
+	log.Info("L7 proxy listening", "port", px.Port(), "uplink", uplink)
+	return px, nil
+}
+
+// defaultRouteLink is the interface of the IPv4 default route.
+func defaultRouteLink() (string, error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return "", fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.LinkIndex > 0 {
+			l, err := netlink.LinkByIndex(r.LinkIndex)
+			if err != nil {
+				return "", fmt.Errorf("default route's link: %w", err)
+			}
+			return l.Attrs().Name, nil
+		}
+	}
+	return "", fmt.Errorf("no IPv4 default route")
 }

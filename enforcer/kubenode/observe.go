@@ -37,6 +37,20 @@ type FlowRecord struct {
 	Reason  string `json:"reason"`
 	Rule    string `json:"rule,omitempty"`
 	Source  string `json:"source,omitempty"`
+	// L7 is set on a request the L7 proxy judged (Hubble's l7.http).
+	L7 *L7Record `json:"l7,omitempty"`
+}
+
+// L7Record is an L7 event's request: Hubble's flow type L7, l7.type REQUEST, l7.http.
+type L7Record struct {
+	Type      string `json:"type"` // http-request
+	Protocol  string `json:"protocol"`
+	Method    string `json:"method"`
+	URL       string `json:"url"`
+	Code      int    `json:"code"`
+	HTTPRule  int    `json:"httpRule"` // index of the HTTP rule that allowed it (-1: none)
+	Why       string `json:"why,omitempty"`
+	LatencyNS int64  `json:"latencyNs"`
 }
 
 // flowLogSize is how many flow events the enforcer keeps for /flows.
@@ -86,8 +100,13 @@ func (o *Observer) Run(fr *datapath.FlowReader) {
 func (o *Observer) record(f datapath.Flow) FlowRecord {
 	rec := FlowRecord{Time: time.Now(), Direction: f.Direction.String(), Proto: f.Proto.String(), Src: f.Src.String(),
 		SrcPort: f.SrcPort, Dst: f.Dst.String(), DstPort: f.DstPort, Reason: f.Reason.String(), Verdict: "forwarded"}
-	if f.Reason.Dropped() {
+	if f.Dropped() {
 		rec.Verdict = "dropped"
+	}
+	if f.L7 != nil {
+		rec.Reason = "L7 " + rec.Verdict
+		rec.L7 = &L7Record{Type: "http-request", Protocol: f.L7.Protocol, Method: f.L7.Method, URL: "http://" + f.L7.Host + f.L7.Path,
+			Code: f.L7.Status, HTTPRule: f.L7.HTTPRule, Why: f.L7.Why, LatencyNS: f.L7.Latency.Nanoseconds()}
 	}
 	if f.Service != 0 {
 		rec.Service = o.dp.ServiceName(f.Service)

@@ -129,23 +129,10 @@ func (n *Node) StopProxy() error {
 
 // publishL7 puts a request the proxy judged on the node's flow stream.
 func (n *Node) publishL7(r proxy.Request) {
-	n.dp.PublishL7(L7Flow(r, n.enf.State()))
+	n.dp.PublishL7(r.Flow(n.enf.State()))
 }
 
-// L7Flow turns a judged request into a flow event: the deciding side and rule, pods' identities.
-func L7Flow(r proxy.Request, st *policy.State) datapath.Flow {
-	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
-		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
-		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
-			Denied: !r.Verdict.Allowed, HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
-	if r.Verdict.Rule != nil {
-		f.Rule = r.Verdict.Rule.ID
-	}
-	if st != nil {
-		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
-	}
-	return f
-}
+
 
 // sweepDeadRuns removes the pin directories of local nodes whose process is gone (killed before
 // it could stop them): <pid>-<id> under the runs' pin root.

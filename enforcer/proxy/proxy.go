@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -44,6 +45,22 @@ type Request struct {
 	Status  int
 	Verdict policy.HTTPVerdict
 	Latency time.Duration
+}
+
+// Flow is the request as an L7 event of the flow stream: the deciding side and rule, and the
+// identities the state gives the addresses.
+func (r Request) Flow(st *policy.State) datapath.Flow {
+	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
+		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
+		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
+			Denied: !r.Verdict.Allowed, HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
+	if r.Verdict.Rule != nil {
+		f.Rule = r.Verdict.Rule.ID
+	}
+	if st != nil {
+		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
+	}
+	return f
 }
 
 // Options configure a proxy.

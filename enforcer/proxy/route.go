@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -30,7 +31,11 @@ func (r Routes) objects() ([]*netlink.Rule, []*netlink.Route, error) {
 	}
 	var rules []*netlink.Rule
 	var routes []*netlink.Route
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+	fams := []int{unix.AF_INET, unix.AF_INET6}
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		fams = fams[:1] // IPv6 is off on this node
+	}
+	for _, fam := range fams {
 		rule := netlink.NewRule()
 		rule.Family, rule.Table, rule.Priority = fam, r.Table, r.Priority
 		rule.Mark, rule.Mask = MarkToProxy, ptr(uint32(MarkToProxyMask))
