@@ -28,6 +28,8 @@ func TestE2E(t *testing.T) {
 // scenarioFiles are the scenario files the local suite runs, one table entry each.
 var scenarioFiles = func() []string {
 	files, _ := filepath.Glob(filepath.Join("..", "scenarios", "seeds", "*.yaml"))
+	l7, _ := filepath.Glob(filepath.Join("..", "scenarios", "l7", "*.yaml"))
+	files = append(files, l7...)
 	sort.Strings(files)
 	return files
 }()

@@ -284,6 +284,8 @@ func (n *LocalNode) serviceTarget(from *podnet.Pod, c Cell) (netip.Addr, uint16,
 
 func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port uint16) Outcome {
 	switch {
+	case c.GRPC:
+		return n.prober.grpc(from, addr, port, c.path())
 	case c.HTTP:
 		return n.prober.http(from, addr, port, c.method(), c.path())
 	case c.Port.Protocol == policy.ProtoTCP:

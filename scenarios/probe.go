@@ -1,6 +1,12 @@
 package scenarios
 
 import (
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -74,6 +80,15 @@ func startServers(p *podnet.Pod, workload string, ports []Port, lookup names) (*
 				return nil, fmt.Errorf("pod %s: listen %s: %w", p.Name, port, err)
 			}
 			s.closers = append(s.closers, l)
+			if workload == "grpc" {
+				srv := grpc.NewServer()
+				hs := health.NewServer()
+				hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+				healthpb.RegisterHealthServer(srv, hs)
+				s.closers = append(s.closers, closerFunc(func() error { srv.Stop(); return nil }))
+				go srv.Serve(l)
+				continue
+			}
 			if workload == "http" {
 				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					fmt.Fprintf(w, "%s %s from %s\n", r.Method, r.URL.Path, p.Name)
@@ -213,6 +228,48 @@ func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, method, url
 	io.Copy(io.Discard, resp.Body)
 	return Outcome(fmt.Sprintf("http-%d", resp.StatusCode))
 }
+
+// grpc makes a unary gRPC call to method (/package.Service/Method; the grpc workload serves
+// grpc.health.v1.Health) over h2c from the source pod: grpc-ok when it answered, grpc-denied for
+// PermissionDenied (what a gRPC client makes of the L7 proxy's 403).
+func (pr *prober) grpc(from *podnet.Pod, to netip.Addr, port uint16, method string) Outcome {
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := from.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, "tcp", addr)
+			return err
+		})
+		return c, err
+	}
+	conn, err := grpc.NewClient("passthrough:///"+hostPort(to, port), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dial))
+	if err != nil {
+		return Timeout
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
+	defer cancel()
+	var resp healthpb.HealthCheckResponse
+	if method == healthpb.Health_List_FullMethodName {
+		err = conn.Invoke(ctx, method, &healthpb.HealthListRequest{}, &healthpb.HealthListResponse{}, grpc.WaitForReady(true))
+	} else {
+		err = conn.Invoke(ctx, method, &healthpb.HealthCheckRequest{}, &resp, grpc.WaitForReady(true))
+	}
+	switch status.Code(err) {
+	case codes.OK:
+		return GRPCOK
+	case codes.PermissionDenied:
+		return GRPCDenied
+	case codes.DeadlineExceeded, codes.Unavailable:
+		return Timeout
+	}
+	return Outcome("grpc-" + strings.ToLower(status.Code(err).String()))
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // sctp sends a crafted SCTP INIT from the source pod on a raw socket (this kernel has no SCTP
 // sockets) and asks the destination pod's raw listener whether it arrived.

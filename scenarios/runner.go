@@ -20,6 +20,8 @@ type Cell struct {
 	From, To string
 	Port     Port
 	HTTP     bool
+	// GRPC makes the request a unary gRPC call to Path (/package.Service/Method) over h2c.
+	GRPC     bool
 	Method   string
 	Path     string
 	// Service (namespace/name), its port and how it is reached (clusterIP, nodePort, dns).
@@ -47,6 +49,9 @@ func (c Cell) String() string {
 			to = "no backend"
 		}
 		s = fmt.Sprintf("%s -> service %s:%d via %s (%s %s)", c.From, c.Service, c.ServicePort.Port, c.Via, to, c.Port)
+	}
+	if c.GRPC {
+		return s + " gRPC " + c.path()
 	}
 	if c.HTTP {
 		s += " " + c.method() + " " + c.path()
@@ -309,8 +314,12 @@ func expectations(sc *Scenario, st *Step, cluster *policy.Cluster) ([]Cell, map[
 	for _, p := range st.Expect.Probes {
 		proto, _ := policy.ParseProto(p.Protocol)
 		want, _ := parseOutcome(p.Expect)
+		grpcCall := want == GRPCOK || want == GRPCDenied
 		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
-			HTTP: want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", Explicit: true}
+			HTTP: grpcCall || want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", GRPC: grpcCall, Explicit: true}
+		if grpcCall {
+			c.Method = "POST" // a gRPC method is a POST to its path
+		}
 		if p.Lookup != "" {
 			// The resolver's query: UDP to kube-dns on 53.
 			c.Lookup, c.HTTP, p.Service, p.Port, p.Via = p.Lookup, false, DNSService, 53, "clusterIP"
@@ -473,6 +482,12 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		if v.Rule != nil {
 			rule = v.Rule.String()
 		}
+		if c.GRPC {
+			if v.Allowed {
+				return GRPCOK, rule
+			}
+			return GRPCDenied, rule
+		}
 		if v.Allowed {
 			return HTTP200, rule
 		}
@@ -483,6 +498,9 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	}
 	if c.Lookup != "" {
 		return Allow, rule // the resolver answers (an answer or NXDOMAIN)
+	}
+	if c.GRPC {
+		return GRPCOK, rule
 	}
 	if c.HTTP {
 		return HTTP200, rule

@@ -28,11 +28,15 @@ const (
 	Refused Outcome = "refused"
 	HTTP200 Outcome = "http-200"
 	HTTP403 Outcome = "http-403"
+	// GRPCOK and GRPCDenied are a gRPC call's outcomes (path: /package.Service/Method over h2c):
+	// it answered, or it ended with PermissionDenied (a 403 from the L7 proxy).
+	GRPCOK     Outcome = "grpc-ok"
+	GRPCDenied Outcome = "grpc-denied"
 )
 
 func parseOutcome(s string) (Outcome, error) {
 	switch o := Outcome(s); o {
-	case Allow, Timeout, Refused, HTTP200, HTTP403:
+	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied:
 		return o, nil
 	}
 	// mixed(a,b): a service probe whose backends disagree (what a connection gets depends on the
@@ -56,13 +60,13 @@ func parseOutcome(s string) (Outcome, error) {
 // Mark is the one-character form of an outcome in tables.
 func (o Outcome) Mark() string {
 	switch o {
-	case Allow, HTTP200:
+	case Allow, HTTP200, GRPCOK:
 		return "."
 	case Timeout:
 		return "X"
 	case Refused:
 		return "R"
-	case HTTP403:
+	case HTTP403, GRPCDenied:
 		return "4"
 	}
 	return "?"
@@ -98,7 +102,8 @@ type Pod struct {
 	ServiceAccount string            `yaml:"serviceAccount"`
 	// Workload is what serves the pod's TCP ports: "probe" (the built-in echo server, the
 	// default), "http" (a small HTTP app answering 200 on every path, like the seed's Flask app
-	// with / and /metrics), "nginx" or "postgres" (Debian's programs). UDP ports always get the
+	// with / and /metrics), "grpc" (a gRPC server over h2c with grpc.health.v1.Health: Check,
+	// List and Watch), "nginx" or "postgres" (Debian's programs). UDP ports always get the
 	// built-in echo server, SCTP ports a raw-socket listener.
 	Workload string `yaml:"workload"`
 	Ports    []Port `yaml:"ports"`
@@ -424,9 +429,9 @@ func (s *Scenario) validate() error {
 		}
 		seen[p.Key()] = true
 		switch p.Workload {
-		case "", "probe", "http", "nginx", "postgres", "dns":
+		case "", "probe", "http", "grpc", "nginx", "postgres", "dns":
 		default:
-			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, nginx, postgres or dns", p.Key(), p.Workload))
+			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, grpc, nginx, postgres or dns", p.Key(), p.Workload))
 		}
 	}
 	for _, svc := range s.Services {
