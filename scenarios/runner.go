@@ -21,9 +21,9 @@ type Cell struct {
 	Port     Port
 	HTTP     bool
 	// GRPC makes the request a unary gRPC call to Path (/package.Service/Method) over h2c.
-	GRPC     bool
-	Method   string
-	Path     string
+	GRPC   bool
+	Method string
+	Path   string
 	// Service (namespace/name), its port and how it is reached (clusterIP, nodePort, dns).
 	Service     string
 	ServicePort ServicePort

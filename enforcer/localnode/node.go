@@ -132,8 +132,6 @@ func (n *Node) publishL7(r proxy.Request) {
 	n.dp.PublishL7(r.Flow(n.enf.State()))
 }
 
-
-
 // sweepDeadRuns removes the pin directories of local nodes whose process is gone (killed before
 // it could stop them): <pid>-<id> under the runs' pin root.
 func sweepDeadRuns() {
