@@ -1,0 +1,179 @@
+package localnode
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/policy"
+)
+
+const l7Policy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: get-ok, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: b}}]
+    toPorts:
+    - ports: [{port: "8081", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /ok}
+`
+
+// serveHTTP runs an HTTP server in pod a on 8081 that names the path it got.
+func serveHTTP(t *testing.T, n *Node) {
+	t.Helper()
+	var ln net.Listener
+	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "served %s", r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// dialA opens a TCP connection from pod from to a:8081.
+func dialA(t *testing.T, n *Node, from string) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	addr := net.JoinHostPort(n.Pod("app/a").IPv4.String(), "8081")
+	if derr := n.Pod("app/" + from).Do(func() error {
+		c, err = net.DialTimeout("tcp", addr, 500*time.Millisecond)
+		return nil
+	}); derr != nil {
+		t.Fatal(derr)
+	}
+	return c, err
+}
+
+// TestL7ProxyJudgesEachRequest: on one keep-alive connection from b, GET /ok is served, GET /no
+// gets Cilium's 403 byte for byte, and GET /ok after it is served again; c is denied at L3; the
+// flow stream names the denied request; with the proxy stopped the flow is dropped, saying so.
+func TestL7ProxyJudgesEachRequest(t *testing.T) {
+	n, c := testNode(t)
+	serveHTTP(t, n)
+	b, err := policy.LoadBytes("l7.yaml", []byte(l7Policy), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := dialA(t, n, "b")
+	if err != nil {
+		t.Fatalf("b -> a:8081: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	get := func(path string) *http.Response {
+		t.Helper()
+		if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path); err != nil {
+			t.Fatalf("write GET %s: %v", path, err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		return resp
+	}
+	for _, path := range []string{"/ok", "/ok"} {
+		resp := get(path)
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != "served /ok" {
+			t.Fatalf("GET %s: %d %q, want 200 served /ok", path, resp.StatusCode, body)
+		}
+	}
+	// The 403, read raw.
+	fmt.Fprintf(conn, "GET /no HTTP/1.1\r\nHost: a\r\n\r\n")
+	var raw strings.Builder
+	for !strings.HasSuffix(raw.String(), "\r\n\r\n") {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read the 403: %v (so far %q)", err, raw.String())
+		}
+		raw.WriteString(line)
+	}
+	body := make([]byte, 15)
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
+	}
+	head := raw.String()
+	wantStart := "HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\ncontent-type: text/plain\r\ndate: "
+	if !strings.HasPrefix(head, wantStart) || !strings.HasSuffix(head, " GMT\r\nserver: envoy\r\n\r\n") || string(body) != "Access denied\r\n" {
+		t.Fatalf("denied request got\n%q%q\nwant %q<date>\\r\\nserver: envoy\\r\\n\\r\\nAccess denied\\r\\n", head, body, wantStart)
+	}
+	// The connection goes on after a 403, each request judged on its own.
+	if resp := get("/ok"); resp.StatusCode != 200 {
+		t.Fatalf("GET /ok after a 403: %d", resp.StatusCode)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+	// POST /ok: the method is part of the rule.
+	fmt.Fprintf(conn, "POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 403 {
+		t.Fatalf("POST /ok: %v %v, want 403", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp := get("/ok"); resp.StatusCode != 200 {
+		t.Fatalf("GET /ok after a denied POST with a body: %d", resp.StatusCode)
+	}
+
+	if cc, err := dialA(t, n, "c"); err == nil {
+		cc.Close()
+		t.Fatal("c reaches a:8081: the L3 part of the rule (from b) is not enforced")
+	}
+
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		n.mu.Lock()
+		var denied, allowed bool
+		for _, f := range n.flows {
+			if f.L7 != nil && f.L7.Path == "/no" && f.L7.Denied && f.L7.Status == 403 && f.Rule != 0 {
+				denied = true
+			}
+			if f.L7 != nil && f.L7.Path == "/ok" && !f.L7.Denied && f.L7.Status == 200 && f.L7.HTTPRule == 0 {
+				allowed = true
+			}
+		}
+		n.mu.Unlock()
+		if denied && allowed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no L7 flow events for the denied GET /no and the allowed GET /ok (denied %v, allowed %v)", denied, allowed)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Fail closed: without the proxy a new flow is dropped, and the event says why.
+	conn.Close()
+	if err := n.StopProxy(); err != nil {
+		t.Fatal(err)
+	}
+	n.ResetFlows()
+	if cc, err := dialA(t, n, "b"); err == nil {
+		cc.Close()
+		t.Fatal("b reaches a:8081 with the proxy stopped: an L7 rule is bypassed")
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, f := range n.flows {
+		if f.Reason == datapath.ReasonDropProxyDown {
+			return
+		}
+	}
+	t.Fatalf("no flow event says the proxy's listener is down; events: %v", n.flows)
+}
