@@ -29,7 +29,7 @@ spec:
 `
 
 // serveHTTP runs an HTTP server in pod a on 8081 that names the path it got.
-func serveHTTP(t *testing.T, n *Node) {
+func serveHTTP(t testing.TB, n *Node) {
 	t.Helper()
 	var ln net.Listener
 	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {

@@ -19,7 +19,7 @@ import (
 
 // testNode starts a local node with pods a, b and c of namespace app, each accepting TCP on
 // 8080, not yet programmed.
-func testNode(t *testing.T) (*Node, *policy.Cluster) {
+func testNode(t testing.TB) (*Node, *policy.Cluster) {
 	t.Helper()
 	testenv.RequireBPF(t)
 	testenv.RequireCommand(t, "ip", "iproute2")
@@ -46,7 +46,7 @@ func testNode(t *testing.T) (*Node, *policy.Cluster) {
 	return n, c
 }
 
-func listen(t *testing.T, p *podnet.Pod) {
+func listen(t testing.TB, p *podnet.Pod) {
 	t.Helper()
 	var ln net.Listener
 	if err := p.Do(func() (err error) { ln, err = net.Listen("tcp", ":8080"); return err }); err != nil {

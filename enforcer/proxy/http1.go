@@ -54,8 +54,9 @@ func (u *upstream) close() {
 }
 
 // serveHTTP1 judges each request of a keep-alive connection and forwards the allowed ones on one
-// upstream connection, reopened when the destination closed it.
-func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
+// upstream connection, reopened when the destination closed it. It returns true when it ends
+// after a complete response that closed the connection.
+func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) bool {
 	bw := bufio.NewWriterSize(c, 32<<10)
 	var up *upstream
 	defer func() { up.close() }()
@@ -66,14 +67,14 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
 				writeStatus(bw, http.StatusBadRequest, "bad request\r\n")
 			}
-			return
+			return false
 		}
 		c.SetReadDeadline(time.Time{})
 		start := time.Now()
 		target, redirect, err := policy.NormalizeHTTPTarget(req.RequestURI)
 		if err != nil {
 			writeStatus(bw, http.StatusBadRequest, "bad request path\r\n")
-			return
+			return false
 		}
 		rec := Request{Src: f.src, Dst: f.dst, Protocol: "HTTP/1.1", Method: req.Method, Path: target, Host: req.Host}
 		if redirect {
@@ -82,7 +83,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
 			fmt.Fprintf(bw, "HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\ndate: %s\r\nserver: envoy\r\n\r\n",
 				target, time.Now().UTC().Format(http.TimeFormat))
 			if bw.Flush() != nil || !drain(req) {
-				return
+				return false
 			}
 			continue
 		}
@@ -95,7 +96,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
 			err := p.writeDenied(bw, closing)
 			p.report(rec)
 			if err != nil || closing {
-				return
+				return err == nil
 			}
 			continue
 		}
@@ -103,7 +104,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
 			req.Header.Del("Expect")
 			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 			if bw.Flush() != nil {
-				return
+				return false
 			}
 		}
 		if up == nil {
@@ -112,7 +113,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
 				rec.Latency = time.Since(start)
 				p.report(rec)
 				writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n")
-				return
+				return false
 			}
 			up = &upstream{c: uc, br: bufio.NewReaderSize(uc, 32<<10), bw: bufio.NewWriterSize(uc, 32<<10)}
 		}
@@ -120,7 +121,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) {
 		rec.Status, rec.Latency = status, time.Since(start)
 		p.report(rec)
 		if !keep {
-			return
+			return status != 0 && status != http.StatusSwitchingProtocols
 		}
 		if !reuse {
 			up.close()

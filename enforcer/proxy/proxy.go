@@ -272,7 +272,13 @@ func (p *Proxy) serveConn(c net.Conn) {
 	if err != nil {
 		return
 	}
-	p.serveHTTP1(c, br, f)
+	if p.serveHTTP1(c, br, f) {
+		// The last response said connection: close. Let the client close first, so that the
+		// TIME_WAIT is the client's and not this socket's, which holds the pod's address:
+		// the pod's next connection from the same port would meet it here and be dropped.
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, br)
+	}
 }
 
 // sniffH2 reads until the bytes so far are the HTTP/2 preface or cannot become it (a client that

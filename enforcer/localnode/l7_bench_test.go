@@ -1,0 +1,152 @@
+package localnode
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netpact/netpact/policy"
+)
+
+const benchPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: b}}]
+    toPorts:
+    - ports: [{port: "8081", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /.*}
+  - fromEndpoints: [{matchLabels: {app: b}}]
+    toPorts:
+    - ports: [{port: "8082", protocol: TCP}]
+`
+
+// BenchmarkL7Proxy is the request rate of pod b to an HTTP server in pod a through the L7 proxy
+// (port 8081, an HTTP rule) against the same server directly (port 8082, an L3/L4 rule), in the
+// same run: with keep-alive (one connection, requests one after another) and with a new
+// connection per request. Run with -benchtime 1x: interleaved rounds of 400 ms each, requests/s
+// min / median / max printed, the medians' ratio (goal >= 0.8 with keep-alive) and the p99
+// latency the proxy adds. A round with a failed request, or none, fails the benchmark.
+func BenchmarkL7Proxy(b *testing.B) {
+	n, c := testNode(b)
+	var lns []net.Listener
+	for _, port := range []string{":8081", ":8082"} {
+		var ln net.Listener
+		if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", port); return err }); err != nil {
+			b.Fatal(err)
+		}
+		lns = append(lns, ln)
+	}
+	for _, ln := range lns {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })}
+		go srv.Serve(ln)
+		b.Cleanup(func() { srv.Close() })
+	}
+	bundle, err := policy.LoadBytes("bench.yaml", []byte(benchPolicy), policy.LoadOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := n.Enforce(c, bundle.Policies); err != nil {
+		b.Fatal(err)
+	}
+	from, to := n.Pod("app/b"), n.Pod("app/a").IPv4.String()
+	client := func(keepAlive bool) *http.Client {
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var conn net.Conn
+				err := from.Do(func() (err error) {
+					conn, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
+					return err
+				})
+				return conn, err
+			}}}
+	}
+	type result struct {
+		rates []float64
+		lat   []time.Duration
+	}
+	measure := func(cl *http.Client, port string, r *result) {
+		url := "http://" + net.JoinHostPort(to, port) + "/x"
+		count := 0
+		start := time.Now()
+		for time.Since(start) < 400*time.Millisecond {
+			t0 := time.Now()
+			resp, err := cl.Get(url)
+			if err != nil {
+				b.Fatalf("GET %s: %v", url, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Fatalf("GET %s: %d", url, resp.StatusCode)
+			}
+			r.lat = append(r.lat, time.Since(t0))
+			count++
+		}
+		if count == 0 {
+			b.Fatalf("no request to %s completed", url)
+		}
+		r.rates = append(r.rates, float64(count)/time.Since(start).Seconds())
+	}
+	rounds := max(8, b.N)
+	for _, mode := range []struct {
+		name      string
+		keepAlive bool
+		goal      float64
+	}{{"keep-alive", true, 0.8}, {"new connection per request", false, 0}} {
+		var direct, proxied result
+		dc, pc := client(mode.keepAlive), client(mode.keepAlive)
+		for r := 0; r < rounds; r++ {
+			if r%2 == 0 {
+				measure(dc, "8082", &direct)
+				measure(pc, "8081", &proxied)
+			} else {
+				measure(pc, "8081", &proxied)
+				measure(dc, "8082", &direct)
+			}
+		}
+		dc.CloseIdleConnections()
+		pc.CloseIdleConnections()
+		ratio := median(proxied.rates) / median(direct.rates)
+		added := p99(proxied.lat) - p99(direct.lat)
+		fmt.Printf("BenchmarkL7Proxy %s: %d rounds; requests/s, min / median / max\n", mode.name, rounds)
+		fmt.Printf("  %-8s %s   p99 %v\n", "direct", spread(direct.rates), p99(direct.lat))
+		fmt.Printf("  %-8s %s   p99 %v\n", "proxied", spread(proxied.rates), p99(proxied.lat))
+		goal := ""
+		if mode.goal > 0 {
+			goal = fmt.Sprintf(" (goal >= %.1f)", mode.goal)
+		}
+		fmt.Printf("  proxied / direct: %.3f%s; p99 added %v\n", ratio, goal, added)
+		key := strings.ReplaceAll(mode.name, " ", "-")
+		b.ReportMetric(ratio, "ratio-"+key)
+		b.ReportMetric(float64(added.Microseconds()), "us-p99-added-"+key)
+	}
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func spread(xs []float64) string {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return fmt.Sprintf("%8.0f / %8.0f / %8.0f", s[0], s[len(s)/2], s[len(s)-1])
+}
+
+func p99(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)*99/100]
+}
