@@ -5,6 +5,7 @@ import (
 	"net/textproto"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // HTTPRequest is what an HTTP rule is matched against: :method, :path (the request target,
@@ -86,8 +87,34 @@ func fullMatch(re, s string) bool {
 	if re == "" {
 		return true
 	}
-	m, err := regexp.MatchString("^(?:"+re+")$", s)
-	return err == nil && m
+	rx, err := compiled(re)
+	return err == nil && rx.MatchString(s)
+}
+
+// regexps caches the anchored expressions of HTTP rules: the proxy matches every request.
+var regexps struct {
+	sync.Mutex
+	m map[string]*regexp.Regexp
+}
+
+// maxCachedRegexps bounds the cache (policies come and go): it starts over when full.
+const maxCachedRegexps = 4096
+
+func compiled(re string) (*regexp.Regexp, error) {
+	regexps.Lock()
+	defer regexps.Unlock()
+	if rx, ok := regexps.m[re]; ok {
+		return rx, nil
+	}
+	rx, err := regexp.Compile("^(?:" + re + ")$")
+	if err != nil {
+		return nil, err
+	}
+	if regexps.m == nil || len(regexps.m) >= maxCachedRegexps {
+		regexps.m = map[string]*regexp.Regexp{}
+	}
+	regexps.m[re] = rx
+	return rx, nil
 }
 
 // HTTPVerdict is the judgement of one request on a flow: allowed or not, the side whose rules
