@@ -103,7 +103,7 @@ func (n *Node) Start() error {
 // startProxy runs the node's L7 proxy on a port of its own (nodes of parallel runs share the
 // host's network namespace) with a routing table of the run's own, and tells the datapath.
 func (n *Node) startProxy() error {
-	routes := &proxy.Routes{Table: 2100 + n.id, Priority: 9}
+	routes := proxyRoutes(n.id)
 	if err := routes.Ensure(); err != nil {
 		return err
 	}
@@ -115,6 +115,9 @@ func (n *Node) startProxy() error {
 	n.proxy = px
 	return n.dp.SetProxyPort(datapath.ParserHTTP, px.Port())
 }
+
+// proxyRoutes is the routing of run id's proxy: a table and rule of its own.
+func proxyRoutes(id int) *proxy.Routes { return &proxy.Routes{Table: 2100 + id, Priority: 9} }
 
 // StopProxy stops the node's L7 proxy (tests of failing closed): flows an L7 rule governs are
 // dropped from then on.
@@ -146,6 +149,7 @@ func sweepDeadRuns() {
 		}
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
 			os.RemoveAll(filepath.Join(runPinRoot, e.Name()))
+			_ = proxyRoutes(id).Remove() // its proxy's routing too
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
@@ -194,12 +196,26 @@ func TestDeadRunsAreSwept(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(ids, "pid"), []byte(fmt.Sprint(dead)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The dead run's proxy left its routing rule and table.
+	if err := proxyRoutes(7).Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxyRoutes(7).Remove() })
 	n := NewNode(Options{})
 	if err := n.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if r.Table == proxyRoutes(7).Table || r.Table == proxyRoutes(n.id).Table {
+			t.Errorf("a proxy routing rule is left: %v", r)
+		}
 	}
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("the pin directory of a dead run is still there: %v", err)

@@ -56,19 +56,24 @@ func (u *upstream) close() {
 // serveHTTP1 judges each request of a keep-alive connection and forwards the allowed ones on one
 // upstream connection, reopened when the destination closed it. It returns true when it ends
 // after a complete response that closed the connection.
-func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, f flow) bool {
+func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f flow) bool {
 	bw := bufio.NewWriterSize(c, 32<<10)
 	var up *upstream
 	defer func() { up.close() }()
 	for {
 		c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
+		lr.n = maxHeaderBytes + int64(br.Buffered())
 		req, err := http.ReadRequest(br)
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
+			switch {
+			case errors.Is(err, errHeaderTooLarge):
+				writeStatus(bw, http.StatusRequestHeaderFieldsTooLarge, "request header too large\r\n")
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err):
 				writeStatus(bw, http.StatusBadRequest, "bad request\r\n")
 			}
 			return false
 		}
+		lr.n = 1 << 62 // the body: its framing bounds it
 		c.SetReadDeadline(time.Time{})
 		start := time.Now()
 		target, redirect, err := policy.NormalizeHTTPTarget(req.RequestURI)

@@ -256,7 +256,8 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // else is HTTP/1.1.
 func (p *Proxy) serveConn(c net.Conn) {
 	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
-	br := bufio.NewReaderSize(c, 32<<10)
+	lr := &limitedReader{r: c, n: maxHeaderBytes}
+	br := bufio.NewReaderSize(lr, 32<<10)
 	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 	isH2, err := sniffH2(br)
 	if isH2 {
@@ -272,7 +273,7 @@ func (p *Proxy) serveConn(c net.Conn) {
 	if err != nil {
 		return
 	}
-	if p.serveHTTP1(c, br, f) {
+	if p.serveHTTP1(c, br, lr, f) {
 		// The last response said connection: close. Let the client close first, so that the
 		// TIME_WAIT is the client's and not this socket's, which holds the pod's address:
 		// the pod's next connection from the same port would meet it here and be dropped.
@@ -367,6 +368,31 @@ func (q *connQueue) Close() error {
 }
 
 func (q *connQueue) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// maxHeaderBytes bounds a request's line and headers (net/http's DefaultMaxHeaderBytes): a pod
+// cannot make the proxy buffer without end.
+const maxHeaderBytes = 1 << 20
+
+// limitedReader fails reads once n bytes were read since the last setLimit: the bound on request
+// headers, lifted while a body is read.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(b []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(b)) > l.n {
+		b = b[:l.n]
+	}
+	n, err := l.r.Read(b)
+	l.n -= int64(n)
+	return n, err
+}
+
+var errHeaderTooLarge = errors.New("request header too large")
 
 // peeked is a connection whose first bytes were read into r.
 type peeked struct {
