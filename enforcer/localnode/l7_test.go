@@ -177,3 +177,68 @@ func TestL7ProxyJudgesEachRequest(t *testing.T) {
 	}
 	t.Fatalf("no flow event says the proxy's listener is down; events: %v", n.flows)
 }
+
+// TestL7ProxyHostileRequests: what a pod may send the proxy on an L7 port. Oversized headers get
+// 431 and a CONNECT 400 (no tunnel past the rules), both closing the connection; pipelined
+// requests are each judged and answered in order; a path that dot-segments its way out of an
+// allowed prefix, or hides a slash as %2F, does not reach the server as allowed.
+func TestL7ProxyHostileRequests(t *testing.T) {
+	n, c := testNode(t)
+	serveHTTP(t, n)
+	b, err := policy.LoadBytes("l7.yaml", []byte(l7Policy), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(t *testing.T, raw string, responses int) []*http.Response {
+		t.Helper()
+		conn, err := dialA(t, n, "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		go io.WriteString(conn, raw) // the proxy may answer before it read everything
+		br := bufio.NewReader(conn)
+		var out []*http.Response
+		for range responses {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("response %d: %v", len(out)+1, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			out = append(out, resp)
+		}
+		return out
+	}
+	t.Run("oversized headers", func(t *testing.T) {
+		resp := exchange(t, "GET /ok HTTP/1.1\r\nHost: a\r\nX-Big: "+strings.Repeat("x", 2<<20)+"\r\n\r\n", 1)
+		if resp[0].StatusCode != http.StatusRequestHeaderFieldsTooLarge || !resp[0].Close {
+			t.Fatalf("got %d (close %v), want 431 and the connection closed", resp[0].StatusCode, resp[0].Close)
+		}
+	})
+	t.Run("CONNECT", func(t *testing.T) {
+		resp := exchange(t, "CONNECT 10.0.0.1:443 HTTP/1.1\r\nHost: 10.0.0.1:443\r\n\r\n", 1)
+		if resp[0].StatusCode != http.StatusBadRequest {
+			t.Fatalf("got %d, want 400", resp[0].StatusCode)
+		}
+	})
+	t.Run("pipelined", func(t *testing.T) {
+		resps := exchange(t, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /no HTTP/1.1\r\nHost: a\r\n\r\nGET /ok HTTP/1.1\r\nHost: a\r\n\r\n", 3)
+		for i, want := range []int{200, 403, 200} {
+			if resps[i].StatusCode != want {
+				t.Errorf("pipelined response %d: %d, want %d", i+1, resps[i].StatusCode, want)
+			}
+		}
+	})
+	t.Run("dot segments and escaped slashes", func(t *testing.T) {
+		for target, want := range map[string]int{"/ok/../no": 403, "/no/../ok": 200, "/%6Fk": 200, "/ok%2F..%2Fno": 307, "//ok": 200} {
+			resp := exchange(t, "GET "+target+" HTTP/1.1\r\nHost: a\r\n\r\n", 1)
+			if resp[0].StatusCode != want {
+				t.Errorf("GET %s: %d, want %d", target, resp[0].StatusCode, want)
+			}
+		}
+	})
+}
