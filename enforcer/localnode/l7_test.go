@@ -2,6 +2,8 @@ package localnode
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -35,7 +37,12 @@ func serveHTTP(t testing.TB, n *Node) {
 	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// HTTP/1.1 and h2c: the proxy speaks to the destination in the client's protocol.
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "served %s", r.URL.Path)
 	})}
 	go srv.Serve(ln)
@@ -241,4 +248,58 @@ func TestL7ProxyHostileRequests(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestL7ProxyH2C: HTTP/2 with prior knowledge through the proxy: each stream judged (GET /ok
+// served, GET /no answered 403 text/plain "Access denied\r\n"), and a stream carrying more than the
+// HTTP/1 header bound passes.
+func TestL7ProxyH2C(t *testing.T) {
+	n, c := testNode(t)
+	serveHTTP(t, n)
+	b, err := policy.LoadBytes("l7.yaml", []byte(l7Policy), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := n.Pod("app/b").Do(func() (err error) {
+			conn, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	base := "http://" + net.JoinHostPort(n.Pod("app/a").IPv4.String(), "8081")
+	do := func(path string, body io.Reader) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, base+path, body)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s over h2c: %v", path, err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("GET %s: %s, want HTTP/2", path, resp.Proto)
+		}
+		return resp, string(out)
+	}
+	if resp, body := do("/ok", nil); resp.StatusCode != 200 || body != "served /ok" {
+		t.Fatalf("GET /ok: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := do("/no", nil); resp.StatusCode != 403 || body != "Access denied\r\n" || resp.Header.Get("Content-Type") != "text/plain" {
+		t.Fatalf("GET /no: %d %q %q, want 403 text/plain \"Access denied\\r\\n\"", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	if resp, _ := do("/ok", bytes.NewReader(make([]byte, 3<<20))); resp.StatusCode != 200 {
+		t.Fatalf("GET /ok with a 3 MB body: %d", resp.StatusCode)
+	}
+	if resp, body := do("/ok", nil); resp.StatusCode != 200 || body != "served /ok" {
+		t.Fatalf("GET /ok after the large stream: %d %q", resp.StatusCode, body)
+	}
 }

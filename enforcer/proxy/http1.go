@@ -50,6 +50,9 @@ type upstream struct {
 func (u *upstream) close() {
 	if u != nil && u.c != nil {
 		u.c.Close()
+		putReader(u.br)
+		putWriter(u.bw)
+		u.c = nil
 	}
 }
 
@@ -57,7 +60,8 @@ func (u *upstream) close() {
 // upstream connection, reopened when the destination closed it. It returns true when it ends
 // after a complete response that closed the connection.
 func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f flow) bool {
-	bw := bufio.NewWriterSize(c, 32<<10)
+	bw := getWriter(c)
+	defer putWriter(bw)
 	var up *upstream
 	defer func() { up.close() }()
 	for {
@@ -120,7 +124,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 				writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n")
 				return false
 			}
-			up = &upstream{c: uc, br: bufio.NewReaderSize(uc, 32<<10), bw: bufio.NewWriterSize(uc, 32<<10)}
+			up = &upstream{c: uc, br: getReader(uc), bw: getWriter(uc)}
 		}
 		keep, status, reuse := p.forward(req, target, up, c, br, bw)
 		rec.Status, rec.Latency = status, time.Since(start)

@@ -257,11 +257,12 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 func (p *Proxy) serveConn(c net.Conn) {
 	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
 	lr := &limitedReader{r: c, n: maxHeaderBytes}
-	br := bufio.NewReaderSize(lr, 32<<10)
+	br := getReader(lr) // back to the pool after HTTP/1; an HTTP/2 connection keeps it
 	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 	isH2, err := sniffH2(br)
 	if isH2 {
 		c.SetReadDeadline(time.Time{})
+		lr.n = 1 << 62 // the HTTP/2 server bounds its frames and headers itself
 		// The HTTP/2 server owns the connection from here (it untracks it when closed).
 		p.h2conns.Push(&peeked{Conn: c, r: br, f: f})
 		return
@@ -269,6 +270,7 @@ func (p *Proxy) serveConn(c net.Conn) {
 	defer func() {
 		c.Close()
 		p.untrack(c)
+		putReader(br)
 	}()
 	if err != nil {
 		return
@@ -368,6 +370,35 @@ func (q *connQueue) Close() error {
 }
 
 func (q *connQueue) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// Buffers are pooled: a connection per request would otherwise allocate them every time.
+var readers, writers sync.Pool
+
+func getReader(r io.Reader) *bufio.Reader {
+	if br, ok := readers.Get().(*bufio.Reader); ok {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, 16<<10)
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
+}
+
+func getWriter(w io.Writer) *bufio.Writer {
+	if bw, ok := writers.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
+	}
+	return bufio.NewWriterSize(w, 16<<10)
+}
+
+func putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	writers.Put(bw)
+}
 
 // maxHeaderBytes bounds a request's line and headers (net/http's DefaultMaxHeaderBytes): a pod
 // cannot make the proxy buffer without end.
