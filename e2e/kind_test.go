@@ -348,6 +348,18 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 		Expect(res.Steps[1].Failed).To(BeFalse(), "the L3 step:\n%s", report.String())
 		Expect(res.Steps[2].Pending).To(BeEmpty())
 		Expect(res.Steps[2].Failed).To(BeFalse(), "the L7 step:\n%s", report.String())
+		// Each probe went to every flask replica: some from a debug pod on another node, whose
+		// flows the uplink hands to the proxy of the replica's node (ingress L7 across nodes).
+		crossL7 := 0
+		for _, c := range res.Steps[2].Cells {
+			from := backend.Pods(c.From)
+			for _, t := range backend.Pods(c.To) {
+				if c.Cell.HTTP && t.Spec.NodeName != from[0].Spec.NodeName {
+					crossL7++
+				}
+			}
+		}
+		Expect(crossL7).To(BeNumerically(">=", 2), "no L7 probe crossed nodes")
 	})
 
 	It("enforces every L3/L4 step of the four seed scenarios, the same files as on the local node", func() {
