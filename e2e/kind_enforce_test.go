@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -194,6 +195,30 @@ var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() 
 				return p.Status.ContainerStatuses[0].RestartCount > restarts && kubeapply.PodReady(&p)
 			}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(BeTrue())
 		})
+	})
+
+	It("restores the L7 proxy when its enforcer is killed: seed 002's L7 step passes on both workers after", func() {
+		for _, node := range []string{"netpact-e2e-worker", "netpact-e2e-worker2"} {
+			before := enforcerPod(node)
+			restarts := before.Status.ContainerStatuses[0].RestartCount
+			out, err := exec.Command("docker", "exec", node, "pkill", "-9", "-f", "^/usr/local/bin/netpact enforcer").CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "kill the enforcer on %s: %s", node, out)
+			Eventually(func() bool {
+				p := enforcerPod(node)
+				return p.Status.ContainerStatuses[0].RestartCount > restarts && kubeapply.PodReady(&p)
+			}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(BeTrue())
+		}
+		sc, err := scenarios.LoadFile(filepath.Join(root, "scenarios", "seeds", "002-flask-postgres.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		cfg, client := kindClient(kindData)
+		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
+		res := (&scenarios.Runner{Backend: backend}).Run(sc)
+		var report bytes.Buffer
+		scenarios.Print(&report, []*scenarios.Result{res}, false)
+		Expect(res.Error).To(BeEmpty(), report.String())
+		Expect(res.Steps).To(HaveLen(3))
+		Expect(res.Steps[2].Pending).To(BeEmpty())
+		Expect(res.Steps[2].Failed).To(BeFalse(), "the L7 step after the restarts:\n%s", report.String())
 	})
 
 	It("keeps every verdict through a rollout of the DaemonSet", func() {
