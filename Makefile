@@ -83,6 +83,7 @@ bench: deps-bench
 	$(GO) test -run '^$$' -bench 'Traffic|ServiceConnect' -benchtime 1x ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Matrix486' -benchtime 3x ./scenarios/
 	$(GO) test -run '^$$' -bench 'PushToEnforced' -benchtime 20x ./reconciler/
+	$(GO) test -run '^$$' -bench 'L7Proxy' -benchtime 1x ./enforcer/localnode/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/
@@ -107,7 +108,7 @@ demo: deps-demo build
 	./$(BIN) validate policies/
 	./$(BIN) predict --cluster docs/examples/cluster.yaml policies/
 	@set -uo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; rc=0; \
-	./$(BIN) test -v --summary "$$tmp/summary" scenarios/seeds/ || rc=1; \
+	./$(BIN) test -v --summary "$$tmp/summary" scenarios/seeds/ scenarios/l7/ || rc=1; \
 	echo "== GitOps: a Git repository made from policies/, reconciled onto a local node"; \
 	cp -r policies "$$tmp/repo" && git -C "$$tmp/repo" init -q -b main && git -C "$$tmp/repo" add -A && \
 	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies" && \
