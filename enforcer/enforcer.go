@@ -79,6 +79,12 @@ func (e *Enforcer) DecideTCP(src, dst netip.AddrPort) (policy.Decision, bool) {
 	return st.Decide(src.Addr(), dst.Addr(), policy.ProtoTCP, dst.Port()), true
 }
 
+// IsPod reports whether an address is a pod's in the last compiled state.
+func (e *Enforcer) IsPod(a netip.Addr) bool {
+	st := e.State()
+	return st != nil && st.IsPod(a)
+}
+
 // EndpointID is the datapath id of a local pod (0 when unknown).
 func (e *Enforcer) EndpointID(k policy.EndpointKey) uint32 {
 	e.mu.Lock()

@@ -128,6 +128,12 @@ func (s *State) Resolve(node string, ip netip.Addr) ID {
 	return id
 }
 
+// IsPod reports whether an address is a pod's (of any node).
+func (s *State) IsPod(ip netip.Addr) bool {
+	_, ent := s.u.resolve("", ip.Unmap())
+	return ent.endpoint != nil
+}
+
 // Addr returns a pod's first address of the requested family.
 func (s *State) Addr(k EndpointKey, v6 bool) (netip.Addr, bool) {
 	ep, ok := s.u.endpoints[k]

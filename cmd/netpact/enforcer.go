@@ -233,7 +233,7 @@ func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.E
 	if err := (proxy.Routes{Table: 2004, Priority: 9}).Ensure(); err != nil {
 		return nil, err
 	}
-	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body,
+	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod,
 		OnRequest: func(r proxy.Request) { dp.PublishL7(r.Flow(node.State())) }}
 	var px *proxy.Proxy
 	var err error

@@ -108,7 +108,7 @@ func (n *Node) startProxy() error {
 		return err
 	}
 	n.routes = routes
-	px, err := proxy.Listen(0, proxy.Options{Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), OnRequest: n.publishL7})
+	px, err := proxy.Listen(0, proxy.Options{Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
 	if err != nil {
 		return err
 	}

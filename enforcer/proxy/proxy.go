@@ -70,6 +70,11 @@ type Options struct {
 	Decide func(src, dst netip.AddrPort) (policy.Decision, bool)
 	// Mark is the SO_MARK of the upstream sockets (the datapath's ProxyMark).
 	Mark uint32
+	// KeepSource reports whether a connection to dst keeps the client's address (a pod: its
+	// node's datapath judges the original source against its ingress policy). Other destinations
+	// (outside the cluster, where the node masquerades) are reached from the node's address. nil:
+	// always keep it.
+	KeepSource func(dst netip.Addr) bool
 	// OnRequest receives every judged request.
 	OnRequest func(Request)
 	// DeniedBody replaces DefaultDeniedBody (CRLF appended unless it ends in one).
@@ -326,10 +331,10 @@ func (p *Proxy) dial(ctx context.Context, f flow) (net.Conn, error) {
 	if f.src.Addr().Is6() {
 		network = "tcp6"
 	}
-	d := net.Dialer{
-		Timeout:   p.opts.DialTimeout,
-		LocalAddr: &net.TCPAddr{IP: f.src.Addr().AsSlice()},
-		Control:   func(network, _ string, c syscall.RawConn) error { return transparent(network, c, p.opts.Mark) },
+	d := net.Dialer{Timeout: p.opts.DialTimeout}
+	if p.opts.KeepSource == nil || p.opts.KeepSource(f.dst.Addr()) {
+		d.LocalAddr = &net.TCPAddr{IP: f.src.Addr().AsSlice()}
+		d.Control = func(network, _ string, c syscall.RawConn) error { return transparent(network, c, p.opts.Mark) }
 	}
 	c, err := d.DialContext(ctx, network, f.dst.String())
 	if err != nil {
