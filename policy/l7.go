@@ -23,19 +23,39 @@ func (l *L7Policy) AllowsHTTP(method, path string) bool {
 	return ok
 }
 
+// HeaderAction is what a headerMatch with a mismatch action does to a request whose header does
+// not match: LOG (recorded with the request's L7 event), ADD (the value appended), DELETE (the
+// header removed) or REPLACE (the header set to the value), as Cilium's
+// CONTINUE/ADD/DELETE/REPLACE_ON_MISMATCH.
+type HeaderAction struct {
+	Action, Name, Value string
+}
+
 // MatchHTTP is Cilium's HTTP rule matching, the one function both the engine's prediction and
 // the L7 proxy use: a request is allowed when at least one rule matches (rules of every policy on
 // the port are ORed), and no rule at all allows everything. A rule matches when each field it
 // sets does: method, path and host are RE2 expressions matched against the whole :method, :path
 // and :authority; each of headers is "Name" (present) or "Name value" / "Name: value" (exact);
 // each headerMatch with no mismatch action needs the header with that value (present when the
-// value is empty), while one with LOG, ADD, DELETE or REPLACE does not decide (the proxy acts on
-// the mismatch and lets the request on, as Cilium's CONTINUE/ADD/DELETE/REPLACE_ON_MISMATCH do).
-// It returns the index of the first rule that matched, or -1.
+// value is empty), while one with LOG, ADD, DELETE or REPLACE does not decide: on a mismatch its
+// action is returned for the proxy to apply. It returns the index of the first rule that matched,
+// or -1.
 func (l *L7Policy) MatchHTTP(r HTTPRequest) (bool, int) {
+	ok, idx, _ := l.MatchHTTPActions(r)
+	return ok, idx
+}
+
+// MatchHTTPActions is MatchHTTP with the header actions of every rule whose other conditions
+// matched (once a rule has actions, evaluation does not stop at the first match, as Cilium's
+// does not: the actions are side effects). A headerMatch whose value is a secret netpact cannot
+// read never matches, and with ADD or REPLACE its rule does not match either: there is no value
+// to write (fail closed).
+func (l *L7Policy) MatchHTTPActions(r HTTPRequest) (bool, int, []HeaderAction) {
 	if l == nil || (len(l.HTTP) == 0 && len(l.Kafka) == 0 && len(l.DNS) == 0) {
-		return true, -1 // no rule (an empty http list): every request
+		return true, -1, nil // no rule (an empty http list): every request
 	}
+	first := -1
+	var actions []HeaderAction
 	for i, h := range l.HTTP {
 		if !fullMatch(h.Method, r.Method) || !fullMatch(h.Path, r.Path) || !fullMatch(h.Host, r.Host) {
 			continue
@@ -49,19 +69,47 @@ func (l *L7Policy) MatchHTTP(r HTTPRequest) (bool, int) {
 				break
 			}
 		}
+		if !ok {
+			continue
+		}
+		var mine []HeaderAction
 		for _, hm := range h.HeaderMatches {
-			if !ok || hm.Mismatch != "" {
-				continue
-			}
-			if len(hm.Secret) > 0 || !headerHas(r.Header, hm.Name, hm.Value, hm.Value != "") {
+			secret := len(hm.Secret) > 0
+			matched := !secret && headerHas(r.Header, hm.Name, hm.Value, hm.Value != "")
+			switch {
+			case matched:
+			case hm.Mismatch == "":
 				ok = false // a secret netpact cannot read never matches, as Cilium's does not
+			case secret && (hm.Mismatch == "ADD" || hm.Mismatch == "REPLACE"):
+				ok = false
+			default:
+				mine = append(mine, HeaderAction{Action: hm.Mismatch, Name: hm.Name, Value: hm.Value})
 			}
 		}
-		if ok {
-			return true, i
+		if !ok {
+			continue
+		}
+		actions = append(actions, mine...)
+		if first < 0 {
+			first = i
+		}
+		if len(actions) == 0 && !l.hasActions() {
+			break
 		}
 	}
-	return false, -1
+	return first >= 0, first, actions
+}
+
+// hasActions says whether any rule has a headerMatch with a mismatch action.
+func (l *L7Policy) hasActions() bool {
+	for _, h := range l.HTTP {
+		for _, hm := range h.HeaderMatches {
+			if hm.Mismatch != "" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // headerHas says whether the header is present, and with exactly value when exact.
@@ -127,6 +175,8 @@ type HTTPVerdict struct {
 	Index     int
 	// Reason says why, when no rule of a side matched or L3/L4 refuses the flow.
 	Reason string
+	// Actions are the header actions the proxy applies to an allowed request, in order.
+	Actions []HeaderAction
 }
 
 // MatchHTTP judges a request on the decided flow: every side whose entry carries L7 rules (the
@@ -148,7 +198,7 @@ func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
 			continue
 		}
 		e := side.dd.Match.Entry
-		ok, idx := e.L7.MatchHTTP(r)
+		ok, idx, actions := e.L7.MatchHTTPActions(r)
 		rule := d.rules[e.Rules[0]]
 		if !ok {
 			return HTTPVerdict{Direction: side.dir, Rule: rule, Index: -1,
@@ -157,6 +207,7 @@ func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
 		if first || side.dir == Ingress {
 			v.Direction, v.Rule, v.Index = side.dir, rule, idx
 		}
+		v.Actions = append(v.Actions, actions...)
 		first = false
 	}
 	return v

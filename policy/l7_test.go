@@ -83,3 +83,40 @@ func TestMatchHTTP(t *testing.T) {
 		t.Error("a header match on a secret netpact cannot read must never match")
 	}
 }
+
+// TestMatchHTTPActions: a headerMatch with a mismatch action never denies; on a mismatch its
+// action comes back for the proxy (every rule that matches on its other conditions contributes,
+// no short cut); a secret netpact cannot read gives ADD and REPLACE no value, so their rule does
+// not match.
+func TestMatchHTTPActions(t *testing.T) {
+	l7 := &L7Policy{HTTP: []ciliumv2.PortRuleHTTP{
+		{Method: "GET", HeaderMatches: []ciliumv2.HeaderMatch{
+			{Name: "X-Team", Value: "blue", Mismatch: "REPLACE"},
+			{Name: "X-Debug", Mismatch: "DELETE", Value: "on"},
+		}},
+		{Path: "/.*", HeaderMatches: []ciliumv2.HeaderMatch{{Name: "X-Trace", Value: "1", Mismatch: "ADD"}, {Name: "X-Token", Value: "t", Mismatch: "LOG"}}},
+		{Method: "POST", HeaderMatches: []ciliumv2.HeaderMatch{{Name: "X-Key", Secret: map[string]any{"name": "k"}, Mismatch: "ADD"}}},
+	}}
+	ok, idx, actions := l7.MatchHTTPActions(HTTPRequest{Method: "GET", Path: "/a", Header: map[string][]string{"X-Team": {"red"}, "X-Debug": {"off"}}})
+	want := []HeaderAction{{"REPLACE", "X-Team", "blue"}, {"DELETE", "X-Debug", "on"}, {"ADD", "X-Trace", "1"}, {"LOG", "X-Token", "t"}}
+	if !ok || idx != 0 || len(actions) != len(want) {
+		t.Fatalf("GET with mismatching headers: ok %v idx %d actions %v, want ok, rule 0, %v", ok, idx, actions, want)
+	}
+	for i := range want {
+		if actions[i] != want[i] {
+			t.Errorf("action %d: %v, want %v", i, actions[i], want[i])
+		}
+	}
+	ok, _, actions = l7.MatchHTTPActions(HTTPRequest{Method: "GET", Path: "/a", Header: map[string][]string{"X-Team": {"blue"}, "X-Debug": {"on"}, "X-Trace": {"1"}, "X-Token": {"t"}}})
+	if !ok || len(actions) != 0 {
+		t.Errorf("GET with every header matching: ok %v actions %v, want ok and none", ok, actions)
+	}
+	// POST /a: rule 1 matches (path), rule 2 cannot add a secret's value: only rule 1's actions.
+	ok, idx, actions = l7.MatchHTTPActions(HTTPRequest{Method: "POST", Path: "/a"})
+	if !ok || idx != 1 || len(actions) != 2 {
+		t.Errorf("POST /a: ok %v idx %d actions %v, want rule 1 with its two actions", ok, idx, actions)
+	}
+	if ok, _, _ := l7.MatchHTTPActions(HTTPRequest{Method: "POST", Path: "x"}); ok {
+		t.Error("POST x: allowed, but only the secret's rule could match it")
+	}
+}

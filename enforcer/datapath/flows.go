@@ -114,6 +114,8 @@ type L7Flow struct {
 	HTTPRule int
 	Why      string
 	Latency  time.Duration
+	// HeaderActions are the mismatch actions applied ("LOG X-Token", "REPLACE X-Team").
+	HeaderActions []string
 }
 
 // Dropped reports whether the flow event is a drop: a dropped packet, or a denied request.

@@ -51,6 +51,8 @@ type L7Record struct {
 	HTTPRule  int    `json:"httpRule"` // index of the HTTP rule that allowed it (-1: none)
 	Why       string `json:"why,omitempty"`
 	LatencyNS int64  `json:"latencyNs"`
+	// HeaderActions are the headerMatches mismatch actions applied ("LOG X-Token").
+	HeaderActions []string `json:"headerActions,omitempty"`
 }
 
 // flowLogSize is how many flow events the enforcer keeps for /flows.
@@ -106,7 +108,8 @@ func (o *Observer) record(f datapath.Flow) FlowRecord {
 	if f.L7 != nil {
 		rec.Reason = "L7 " + rec.Verdict
 		rec.L7 = &L7Record{Type: "http-request", Protocol: f.L7.Protocol, Method: f.L7.Method, URL: "http://" + f.L7.Host + f.L7.Path,
-			Code: f.L7.Status, HTTPRule: f.L7.HTTPRule, Why: f.L7.Why, LatencyNS: f.L7.Latency.Nanoseconds()}
+			Code: f.L7.Status, HTTPRule: f.L7.HTTPRule, Why: f.L7.Why, LatencyNS: f.L7.Latency.Nanoseconds(),
+			HeaderActions: f.L7.HeaderActions}
 	}
 	if f.Service != 0 {
 		rec.Service = o.dp.ServiceName(f.Service)

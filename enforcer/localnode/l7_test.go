@@ -28,6 +28,7 @@ spec:
       rules:
         http:
         - {method: GET, path: /ok}
+        - {method: GET, path: /team, headerMatches: [{name: X-Team, value: blue, mismatch: REPLACE}]}
 `
 
 // serveHTTP runs an HTTP server in pod a on 8081 that names the path it got.
@@ -44,6 +45,9 @@ func serveHTTP(t testing.TB, n *Node) {
 	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "served %s", r.URL.Path)
+		if v := r.Header.Values("X-Team"); len(v) > 0 {
+			fmt.Fprintf(w, " team=%s", strings.Join(v, ","))
+		}
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -100,6 +104,22 @@ func TestL7ProxyJudgesEachRequest(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != 200 || string(body) != "served /ok" {
 			t.Fatalf("GET %s: %d %q, want 200 served /ok", path, resp.StatusCode, body)
+		}
+	}
+	// A headerMatch with REPLACE: the header is set to the rule's value, and the request goes on.
+	for _, team := range []string{"red", ""} {
+		hdr := ""
+		if team != "" {
+			hdr = "X-Team: " + team + "\r\n"
+		}
+		fmt.Fprintf(conn, "GET /team HTTP/1.1\r\nHost: a\r\n%s\r\n", hdr)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != "served /team team=blue" {
+			t.Fatalf("GET /team with X-Team %q: %d %q, want 200 \"served /team team=blue\"", team, resp.StatusCode, body)
 		}
 	}
 	// The 403, read raw.

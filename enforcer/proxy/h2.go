@@ -109,6 +109,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		p.report(rec)
 		return
 	}
+	applyActions(r.Header, rec.Verdict.Actions)
 	path, query, hasQuery := cutQuery(target)
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = path, "", query
 	r.URL.ForceQuery = hasQuery && query == ""

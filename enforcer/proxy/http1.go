@@ -109,6 +109,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			}
 			continue
 		}
+		applyActions(req.Header, rec.Verdict.Actions)
 		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 			req.Header.Del("Expect")
 			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")

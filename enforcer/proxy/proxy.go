@@ -54,6 +54,9 @@ func (r Request) Flow(st *policy.State) datapath.Flow {
 		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
 		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
 			Denied: !r.Verdict.Allowed, HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
+	for _, a := range r.Verdict.Actions {
+		f.L7.HeaderActions = append(f.L7.HeaderActions, a.Action+" "+a.Name)
+	}
 	if r.Verdict.Rule != nil {
 		f.Rule = r.Verdict.Rule.ID
 	}
@@ -302,6 +305,20 @@ func sniffH2(br *bufio.Reader) (bool, error) {
 		}
 		if n == len(h2Preface) {
 			return true, nil
+		}
+	}
+}
+
+// applyActions does to an allowed request's headers what its rules' mismatch actions say.
+func applyActions(h http.Header, actions []policy.HeaderAction) {
+	for _, a := range actions {
+		switch a.Action {
+		case "ADD":
+			h.Add(a.Name, a.Value)
+		case "DELETE":
+			h.Del(a.Name)
+		case "REPLACE":
+			h.Set(a.Name, a.Value)
 		}
 	}
 }
