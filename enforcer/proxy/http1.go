@@ -78,7 +78,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			return false
 		}
 		lr.n = 1 << 62 // the body: its framing bounds it
-		c.SetReadDeadline(time.Time{})
+		if req.ContentLength != 0 {
+			c.SetReadDeadline(time.Time{}) // a body may take longer than the idle timeout
+		}
 		start := time.Now()
 		target, redirect, err := policy.NormalizeHTTPTarget(req.RequestURI)
 		if err != nil {
@@ -220,6 +222,7 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 		if bw.Flush() != nil {
 			return false, resp.StatusCode, false
 		}
+		c.SetReadDeadline(time.Time{}) // the switched protocol keeps its own time
 		splice(c, br, up)
 		return false, resp.StatusCode, false
 	}
