@@ -38,6 +38,8 @@ enum endpoint_flag {
 	EP_ENFORCE_EGRESS = 2,
 	EP_HAS_PREFIX_POLICY = 4, // the endpoint has address-matched (ipBlock) entries
 	EP_FAIL_CLOSED = 8,       // not programmed (yet, or its policy could not be written): drop all
+	EP_HAS_L7 = 16,           // some entry of the endpoint is a proxy verdict (either direction)
+	EP_HAS_L7_INGRESS = 32,   // some ingress entry is: flows to it may go to the proxy
 };
 const enum endpoint_flag *unused_endpoint_flag __attribute__((unused));
 
@@ -1261,8 +1263,8 @@ static __always_inline struct endpoint_info *local_endpoint(__u8 family, const _
 static __attribute__((noinline)) __u32 ingress_l7(struct endpoint_info *dst, __u32 src_identity, struct pkt *p,
 						  __u32 *rule)
 {
-	if (!dst || (dst->flags & EP_FAIL_CLOSED))
-		return 0;
+	if (!dst || (dst->flags & EP_FAIL_CLOSED) || !(dst->flags & EP_HAS_L7_INGRESS))
+		return 0; // the lookups only for a destination with L7 rules
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
 	policy_lookup(dst, DIR_INGRESS, src_identity, p, &best);
@@ -1515,7 +1517,8 @@ int tc_from_uplink(struct __sk_buff *skb)
 	if (skb->vlan_present || parse(skb, p) != PARSE_IP || p->proto != PROTO_TCP || p->is_frag)
 		return TC_ACT_OK;
 	struct endpoint_info *ep = local_endpoint(p->family, p->daddr);
-	if (!ep)
+	// Only a pod with L7 rules has proxied flows: the socket lookup is for those alone.
+	if (!ep || !(ep->flags & EP_HAS_L7))
 		return TC_ACT_OK;
 	if (proxy_established(skb, p))
 		return TC_ACT_OK;

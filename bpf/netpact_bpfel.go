@@ -77,6 +77,8 @@ const (
 	NetpactEndpointFlagEP_ENFORCE_EGRESS    NetpactEndpointFlag = 2
 	NetpactEndpointFlagEP_HAS_PREFIX_POLICY NetpactEndpointFlag = 4
 	NetpactEndpointFlagEP_FAIL_CLOSED       NetpactEndpointFlag = 8
+	NetpactEndpointFlagEP_HAS_L7            NetpactEndpointFlag = 16
+	NetpactEndpointFlagEP_HAS_L7INGRESS     NetpactEndpointFlag = 32
 )
 
 type NetpactEndpointInfo struct {

@@ -74,7 +74,7 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 		}
 		d.netns[ep.Ifindex] = ep.NetnsCookie
 	}
-	if err := d.writeAddrs(ep); err != nil {
+	if err := d.writeAddrs(ep.Ifindex, info); err != nil {
 		return false, err
 	}
 	if d.endpointInfo[ep.Ifindex] == info {
@@ -170,9 +170,9 @@ func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
 	if err := d.objs.Endpoints.Delete(uint32(ep.Ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("delete endpoint entry: %w", err))
 	}
+	errs = append(errs, d.forgetAddrs(ep.Ifindex))
 	delete(d.endpointInfo, ep.Ifindex)
 	d.forgetNetns(ep.Ifindex)
-	errs = append(errs, d.forgetAddrs(ep.Ifindex))
 	if have, ok := d.applied[ep.ID]; ok {
 		_, err := d.writeDeletes(have, newEntries())
 		errs = append(errs, err)
@@ -395,6 +395,7 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 			errs = append(errs, fmt.Errorf("delete endpoint entry of gone interface %d: %w", ifindex, err))
 			continue
 		}
+		errs = append(errs, d.forgetAddrs(ifindex))
 		delete(d.endpointInfo, ifindex)
 		d.forgetNetns(ifindex)
 		changed = true

@@ -19,6 +19,8 @@ const (
 	flagEnforceEgress  = uint32(bpf.NetpactEndpointFlagEP_ENFORCE_EGRESS)
 	flagHasPrefix      = uint32(bpf.NetpactEndpointFlagEP_HAS_PREFIX_POLICY)
 	flagFailClosed     = uint32(bpf.NetpactEndpointFlagEP_FAIL_CLOSED)
+	flagHasL7          = uint32(bpf.NetpactEndpointFlagEP_HAS_L7)
+	flagHasL7Ingress   = uint32(bpf.NetpactEndpointFlagEP_HAS_L7INGRESS)
 
 	familyV4 = 4
 	familyV6 = 6
@@ -199,6 +201,12 @@ func toBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 		}
 		groups := map[group][]interval{}
 		for k, e := range ds.Entries {
+			if e.Verdict == policy.VerdictProxy {
+				out.Flags |= flagHasL7
+				if dir == dirIngress {
+					out.Flags |= flagHasL7Ingress
+				}
+			}
 			if p, ok := k.Prefix(); ok {
 				out.PrefixPortBits |= addPrefix(out.Prefix, epID, dir, p, k, value(e))
 				continue

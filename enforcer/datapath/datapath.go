@@ -88,8 +88,6 @@ type Datapath struct {
 	netns map[int]uint64
 	// l7 carries the L7 proxy's events to the flow reader.
 	l7 chan Flow
-	// addrs are the endpoints' addresses the endpoint_addrs map holds, by ifindex.
-	addrs map[int][]bpf.NetpactEndpointAddrKey
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -125,7 +123,7 @@ func Open(opts Options) (d *Datapath, err error) {
 	if err := dropStaleStatsPins(opts.PinPath); err != nil {
 		return nil, err
 	}
-	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}, addrs: map[int][]bpf.NetpactEndpointAddrKey{}}
+	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}}
 	err = loadObjects(&d.objs, opts)
 	if err != nil {
 		var ve *ebpf.VerifierError

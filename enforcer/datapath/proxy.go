@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -115,56 +116,62 @@ func (d *Datapath) AttachUplink(ifname string) error {
 	return nil
 }
 
-// writeAddrs keeps the endpoint_addrs map (address -> host veth) equal to the endpoint's
-// addresses.
-func (d *Datapath) writeAddrs(ep Endpoint) error {
-	var want []bpf.NetpactEndpointAddrKey
-	for _, a := range []netip.Addr{ep.IPv4, ep.IPv6} {
-		if a.IsValid() {
-			want = append(want, bpf.NetpactEndpointAddrKey{Family: family(a), Addr: addr16(a)})
-		}
+// addrKeys are the endpoint_addrs keys of an endpoint entry's addresses.
+func addrKeys(info bpf.NetpactEndpointInfo) []bpf.NetpactEndpointAddrKey {
+	var out []bpf.NetpactEndpointAddrKey
+	if info.Ipv4 != [4]uint8{} {
+		out = append(out, bpf.NetpactEndpointAddrKey{Family: familyV4, Addr: addr16(netip.AddrFrom4(info.Ipv4))})
 	}
-	have := d.addrs[ep.Ifindex]
-	same := len(have) == len(want)
-	for i := 0; same && i < len(want); i++ {
-		same = have[i] == want[i]
+	if info.Ipv6 != [16]uint8{} {
+		out = append(out, bpf.NetpactEndpointAddrKey{Family: familyV6, Addr: info.Ipv6})
 	}
-	if same {
-		return nil
-	}
+	return out
+}
+
+// writeAddrs makes endpoint_addrs (address -> host veth) hold the addresses of the entry about to
+// be written for ifindex, and no longer those of the entry it replaces. The old addresses come
+// from the endpoint entries (adopted from the pins after a restart), so nothing is kept twice.
+// The new ones are written every time: a map that an upgrade just created fills at the first sync.
+func (d *Datapath) writeAddrs(ifindex int, info bpf.NetpactEndpointInfo) error {
+	want := addrKeys(info)
 	for _, k := range want {
-		if err := d.objs.EndpointAddrs.Put(k, uint32(ep.Ifindex)); err != nil {
+		if err := d.objs.EndpointAddrs.Put(k, uint32(ifindex)); err != nil {
 			return fmt.Errorf("write endpoint address: %w", err)
 		}
 	}
-	for _, k := range have {
-		kept := false
-		for _, w := range want {
-			kept = kept || w == k
-		}
-		if !kept {
-			if err := d.objs.EndpointAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete endpoint address: %w", err)
+	old, ok := d.endpointInfo[ifindex]
+	if !ok {
+		return nil
+	}
+	for _, k := range addrKeys(old) {
+		if !slices.Contains(want, k) {
+			if err := d.deleteAddr(ifindex, k); err != nil {
+				return err
 			}
 		}
 	}
-	d.addrs[ep.Ifindex] = want
 	return nil
 }
 
-// forgetAddrs deletes an endpoint's addresses from endpoint_addrs, unless another endpoint has
-// taken one of them since.
+// deleteAddr deletes an address of ifindex from endpoint_addrs, unless another endpoint has
+// taken it since.
+func (d *Datapath) deleteAddr(ifindex int, k bpf.NetpactEndpointAddrKey) error {
+	var owner uint32
+	if err := d.objs.EndpointAddrs.Lookup(k, &owner); err == nil && owner != uint32(ifindex) {
+		return nil
+	}
+	if err := d.objs.EndpointAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint address: %w", err)
+	}
+	return nil
+}
+
+// forgetAddrs deletes an endpoint's addresses from endpoint_addrs (call before its entry leaves
+// endpointInfo).
 func (d *Datapath) forgetAddrs(ifindex int) error {
 	var errs []error
-	for _, k := range d.addrs[ifindex] {
-		var owner uint32
-		if err := d.objs.EndpointAddrs.Lookup(k, &owner); err == nil && owner != uint32(ifindex) {
-			continue
-		}
-		if err := d.objs.EndpointAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete endpoint address: %w", err))
-		}
+	for _, k := range addrKeys(d.endpointInfo[ifindex]) {
+		errs = append(errs, d.deleteAddr(ifindex, k))
 	}
-	delete(d.addrs, ifindex)
 	return errors.Join(errs...)
 }
