@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -176,11 +175,7 @@ func BenchmarkTraffic(b *testing.B) {
 	}
 }
 
-func spread(xs []float64) string {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return fmt.Sprintf("%.3g / %.3g / %.3g", s[0], median(s), s[len(s)-1])
-}
+func spread(xs []float64) string { return testenv.Spread(xs) }
 
 // runStats is the kernel's run count and run time of netpact's two programs.
 type runStats struct {
@@ -235,11 +230,7 @@ func cpuSeconds(b *testing.B) float64 {
 	return ticks / 100 // USER_HZ
 }
 
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
+func median(xs []float64) float64 { return testenv.Median(xs) }
 
 // benchPolicy allows the client to reach the server on rules ports, the benchmark ports among
 // them (9000 and iperf3's 5201), so the matching entry sits among all the others.

@@ -6,12 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -145,11 +145,11 @@ func BenchmarkL7Proxy(b *testing.B) {
 		}
 		dc.CloseIdleConnections()
 		pc.CloseIdleConnections()
-		ratio := median(proxied.rates) / median(direct.rates)
-		added := p99(proxied.lat) - p99(direct.lat)
+		ratio := testenv.Median(proxied.rates) / testenv.Median(direct.rates)
+		added := testenv.P99(proxied.lat) - testenv.P99(direct.lat)
 		fmt.Printf("BenchmarkL7Proxy %s: %d rounds; requests/s, min / median / max\n", mode.name, rounds)
-		fmt.Printf("  %-8s %s   p99 %v\n", "direct", spread(direct.rates), p99(direct.lat))
-		fmt.Printf("  %-8s %s   p99 %v\n", "proxied", spread(proxied.rates), p99(proxied.lat))
+		fmt.Printf("  %-8s %s   p99 %v\n", "direct", testenv.Spread(direct.rates), testenv.P99(direct.lat))
+		fmt.Printf("  %-8s %s   p99 %v\n", "proxied", testenv.Spread(proxied.rates), testenv.P99(proxied.lat))
 		goal := ""
 		if mode.goal > 0 {
 			goal = fmt.Sprintf(" (goal >= %.1f)", mode.goal)
@@ -159,22 +159,4 @@ func BenchmarkL7Proxy(b *testing.B) {
 		b.ReportMetric(ratio, "ratio-"+key)
 		b.ReportMetric(float64(added.Microseconds()), "us-p99-added-"+key)
 	}
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-func spread(xs []float64) string {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return fmt.Sprintf("%8.0f / %8.0f / %8.0f", s[0], s[len(s)/2], s[len(s)-1])
-}
-
-func p99(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)*99/100]
 }
