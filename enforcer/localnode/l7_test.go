@@ -257,6 +257,12 @@ func TestL7ProxyHostileRequests(t *testing.T) {
 			t.Fatalf("got %d (close %v), want 431 and the connection closed", resp[0].StatusCode, resp[0].Close)
 		}
 	})
+	t.Run("denied with a large body", func(t *testing.T) {
+		resp := exchange(t, fmt.Sprintf("POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", 200<<10, strings.Repeat("x", 200<<10)), 1)
+		if resp[0].StatusCode != 403 || !resp[0].Close {
+			t.Fatalf("got %d (close %v), want 403 and the connection closed (the body is not read to its end)", resp[0].StatusCode, resp[0].Close)
+		}
+	})
 	t.Run("CONNECT", func(t *testing.T) {
 		resp := exchange(t, "CONNECT 10.0.0.1:443 HTTP/1.1\r\nHost: 10.0.0.1:443\r\n\r\n", 1)
 		if resp[0].StatusCode != http.StatusBadRequest {

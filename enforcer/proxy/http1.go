@@ -87,13 +87,14 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			writeStatus(bw, http.StatusBadRequest, "bad request path\r\n")
 			return false
 		}
-		rec := Request{Src: f.src, Dst: f.dst, Protocol: "HTTP/1.1", Method: req.Method, Path: target, Host: req.Host}
+		rec := Request{Src: f.src, Dst: f.dst, Protocol: req.Proto, Method: req.Method, Path: target, Host: req.Host}
 		if redirect {
 			// Escaped slashes: redirected to the unescaped path, as Cilium's Envoy does
 			// (UNESCAPE_AND_REDIRECT); the client asks again and that request is judged.
 			fmt.Fprintf(bw, "HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\ndate: %s\r\nserver: envoy\r\n\r\n",
 				target, time.Now().UTC().Format(http.TimeFormat))
-			if bw.Flush() != nil || !drain(req) {
+			// A client waiting on Expect: 100-continue sends no body: the connection ends.
+			if bw.Flush() != nil || strings.EqualFold(req.Header.Get("Expect"), "100-continue") || !drain(c, req) {
 				return false
 			}
 			continue
@@ -102,7 +103,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 		if !rec.Verdict.Allowed {
 			// Judged before the body: a client waiting on Expect: 100-continue never sends it.
 			expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue")
-			closing := req.Close || expect || !drain(req)
+			closing := req.Close || expect || !drain(c, req)
 			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
 			err := p.writeDenied(bw, closing)
 			p.report(rec)
@@ -147,11 +148,16 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// drain reads what is left of a request's body, up to maxDrain; false when more was left.
-func drain(req *http.Request) bool {
-	n, _ := io.Copy(io.Discard, io.LimitReader(req.Body, maxDrain+1))
+// drainTimeout bounds reading the body of a request the proxy answers itself.
+const drainTimeout = 10 * time.Second
+
+// drain reads what is left of a request's body, up to maxDrain and within drainTimeout; false
+// when more was left (or it came too slowly, or broken): the connection then ends.
+func drain(c net.Conn, req *http.Request) bool {
+	c.SetReadDeadline(time.Now().Add(drainTimeout))
+	n, err := io.Copy(io.Discard, io.LimitReader(req.Body, maxDrain+1))
 	req.Body.Close()
-	return n <= maxDrain
+	return err == nil && n <= maxDrain
 }
 
 // flushingBody flushes the client writer before each read of the response body that would wait
