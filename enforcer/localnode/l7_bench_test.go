@@ -1,22 +1,21 @@
 package localnode
 
 import (
-	"context"
+	"bufio"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
 )
-
-// concurrency is how many clients send at once: enough to keep both CPUs of the machine busy.
-const concurrency = 8
 
 const benchPolicy = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -37,25 +36,43 @@ spec:
 
 // BenchmarkL7Proxy is the request rate of pod b to an HTTP server in pod a through the L7 proxy
 // (port 8081, an HTTP rule) against the same server directly (port 8082, an L3/L4 rule), in the
-// same run: with keep-alive (8 clients, each sending requests one after another on its own
-// connection) and with a new connection per request. Run with -benchtime 1x: interleaved rounds of 400 ms each, requests/s
-// min / median / max printed, the medians' ratio (goal >= 0.8 with keep-alive) and the p99
-// latency the proxy adds. A round with a failed request, or none, fails the benchmark.
+// same run, the server and the clients processes of their own in the pods: with keep-alive (each
+// client sending requests one after another on its own connection) and with a new connection per
+// request; 8 clients, which keep the machine's CPUs busy (the share busy is printed), for the
+// rates, and one client for the latency the proxy adds (with the CPUs saturated the p99 is the
+// queue's, not the proxy's). Run with -benchtime 1x: interleaved rounds of 400 ms, the first of
+// each round alternating; requests/s min / median / max printed, the medians' ratio (goal >= 0.8
+// with keep-alive) and the p99 added. A round with a failed request, or none, fails the benchmark.
 func BenchmarkL7Proxy(b *testing.B) {
 	n, c := testNode(b)
-	var lns []net.Listener
-	for _, port := range []string{":8081", ":8082"} {
-		var ln net.Listener
-		if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", port); return err }); err != nil {
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := func(pod, role, arg string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
+		cmd := exec.Command("ip", "netns", "exec", n.Pod(pod).Netns, exe, arg)
+		cmd.Env = append(os.Environ(), roleEnv+"="+role)
+		cmd.Stderr = os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		in, err := cmd.StdinPipe()
+		if err != nil {
 			b.Fatal(err)
 		}
-		lns = append(lns, ln)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatalf("start the benchmark's %s: %v", role, err)
+		}
+		b.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+		return cmd, in, bufio.NewReader(out)
 	}
-	for _, ln := range lns {
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })}
-		go srv.Serve(ln)
-		b.Cleanup(func() { srv.Close() })
+	_, _, srvOut := start("app/a", "server", "8081,8082")
+	if l, err := srvOut.ReadString('\n'); err != nil || l != "ready\n" {
+		b.Fatalf("benchmark server: %q, %v", l, err)
 	}
+	_, clientIn, clientOut := start("app/b", "client", "-")
 	bundle, err := policy.LoadBytes("bench.yaml", []byte(benchPolicy), policy.LoadOptions{})
 	if err != nil {
 		b.Fatal(err)
@@ -63,99 +80,74 @@ func BenchmarkL7Proxy(b *testing.B) {
 	if err := n.Enforce(c, bundle.Policies); err != nil {
 		b.Fatal(err)
 	}
-	from, to := n.Pod("app/b"), n.Pod("app/a").IPv4.String()
-	client := func(keepAlive bool) *http.Client {
-		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: concurrency,
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				var conn net.Conn
-				err := from.Do(func() (err error) {
-					conn, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
-					return err
-				})
-				return conn, err
-			}}}
-	}
+	to := n.Pod("app/a").IPv4.String()
 	type result struct {
-		rates []float64
-		lat   []time.Duration
+		rates, busy []float64
+		lat         []time.Duration
 	}
-	// measure runs `concurrency` clients, each sending requests one after another on its own
-	// connection (or a new one per request), for 400 ms.
-	measure := func(cl *http.Client, port string, r *result) {
+	// measure runs one round of the client process against port.
+	measure := func(keepAlive bool, clients int, port string, r *result) {
 		url := "http://" + net.JoinHostPort(to, port) + "/x"
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		var failed error
-		count := 0
-		start := time.Now()
-		for range concurrency {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var lat []time.Duration
-				for time.Since(start) < 400*time.Millisecond {
-					t0 := time.Now()
-					resp, err := cl.Get(url)
-					if err == nil {
-						io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						if resp.StatusCode != 200 {
-							err = fmt.Errorf("status %d", resp.StatusCode)
-						}
-					}
-					if err != nil {
-						mu.Lock()
-						failed = fmt.Errorf("GET %s: %w", url, err)
-						mu.Unlock()
-						return
-					}
-					lat = append(lat, time.Since(t0))
-				}
-				mu.Lock()
-				r.lat = append(r.lat, lat...)
-				count += len(lat)
-				mu.Unlock()
-			}()
+		cpu := testenv.ReadCPU()
+		fmt.Fprintf(clientIn, "%s %v 400 %d\n", url, keepAlive, clients)
+		line, err := clientOut.ReadString('\n')
+		r.busy = append(r.busy, cpu.BusySince())
+		if err != nil {
+			b.Fatalf("benchmark client: %v", err)
 		}
-		wg.Wait()
-		if failed != nil {
-			b.Fatal(failed)
-		}
-		if count == 0 {
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 0 && f[0] == "error":
+			b.Fatalf("benchmark client: %s", strings.TrimSpace(line))
+		case len(f) < 2:
 			b.Fatalf("no request to %s completed", url)
 		}
-		r.rates = append(r.rates, float64(count)/time.Since(start).Seconds())
+		elapsed, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil || elapsed <= 0 {
+			b.Fatalf("benchmark client: bad line %q", line)
+		}
+		for _, x := range f[1:] {
+			v, err := strconv.ParseInt(x, 10, 64)
+			if err != nil {
+				b.Fatalf("benchmark client: bad line %q", line)
+			}
+			r.lat = append(r.lat, time.Duration(v))
+		}
+		r.rates = append(r.rates, float64(len(f)-1)/time.Duration(elapsed).Seconds())
 	}
 	rounds := max(8, b.N)
 	for _, mode := range []struct {
 		name      string
 		keepAlive bool
+		clients   int
 		goal      float64
-	}{{"keep-alive", true, 0.8}, {"new connection per request", false, 0}} {
+	}{
+		{"keep-alive", true, 8, 0.8},
+		{"new connection per request", false, 8, 0},
+		{"keep-alive, one client", true, 1, 0},
+		{"new connection per request, one client", false, 1, 0},
+	} {
 		var direct, proxied result
-		dc, pc := client(mode.keepAlive), client(mode.keepAlive)
 		for r := 0; r < rounds; r++ {
 			if r%2 == 0 {
-				measure(dc, "8082", &direct)
-				measure(pc, "8081", &proxied)
+				measure(mode.keepAlive, mode.clients, "8082", &direct)
+				measure(mode.keepAlive, mode.clients, "8081", &proxied)
 			} else {
-				measure(pc, "8081", &proxied)
-				measure(dc, "8082", &direct)
+				measure(mode.keepAlive, mode.clients, "8081", &proxied)
+				measure(mode.keepAlive, mode.clients, "8082", &direct)
 			}
 		}
-		dc.CloseIdleConnections()
-		pc.CloseIdleConnections()
 		ratio := testenv.Median(proxied.rates) / testenv.Median(direct.rates)
 		added := testenv.P99(proxied.lat) - testenv.P99(direct.lat)
-		fmt.Printf("BenchmarkL7Proxy %s: %d rounds; requests/s, min / median / max\n", mode.name, rounds)
-		fmt.Printf("  %-8s %s   p99 %v\n", "direct", testenv.Spread(direct.rates), testenv.P99(direct.lat))
-		fmt.Printf("  %-8s %s   p99 %v\n", "proxied", testenv.Spread(proxied.rates), testenv.P99(proxied.lat))
+		fmt.Printf("BenchmarkL7Proxy %s: %d rounds; requests/s, min / median / max; CPU busy, median\n", mode.name, rounds)
+		fmt.Printf("  %-8s %s   p99 %v   busy %.2f\n", "direct", testenv.Spread(direct.rates), testenv.P99(direct.lat), testenv.Median(direct.busy))
+		fmt.Printf("  %-8s %s   p99 %v   busy %.2f\n", "proxied", testenv.Spread(proxied.rates), testenv.P99(proxied.lat), testenv.Median(proxied.busy))
 		goal := ""
 		if mode.goal > 0 {
 			goal = fmt.Sprintf(" (goal >= %.1f)", mode.goal)
 		}
 		fmt.Printf("  proxied / direct: %.3f%s; p99 added %v\n", ratio, goal, added)
-		key := strings.ReplaceAll(mode.name, " ", "-")
+		key := strings.NewReplacer(" ", "-", ",", "").Replace(mode.name)
 		b.ReportMetric(ratio, "ratio-"+key)
 		b.ReportMetric(float64(added.Microseconds()), "us-p99-added-"+key)
 	}

@@ -4,15 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -369,4 +373,86 @@ func TestL7ProxyH2C(t *testing.T) {
 	if resp, body := do("/ok", nil); resp.StatusCode != 200 || body != "served /ok" {
 		t.Fatalf("GET /ok after the large stream: %d %q", resp.StatusCode, body)
 	}
+}
+
+// TestL7ProxyLeavesNoTimeWait: a pod opening a connection per request through the proxy (each
+// request saying connection: close, allowed and denied) gets every answer, and the node is left
+// holding no TIME_WAIT socket with the pod's address. The destination closes the proxy's
+// connection first, as it would the pod's own; the pod closes its connection to the proxy first.
+// A TIME_WAIT socket of the node with the pod's address would take a port from the pod's
+// connections through the proxy (bound with port 0, from every destination's), or meet the pod's
+// next connection from that port (see Proxy.serveConn).
+func TestL7ProxyLeavesNoTimeWait(t *testing.T) {
+	n, c := testNode(t)
+	ss := testenv.RequireCommand(t, "ss", "iproute2")
+	serveHTTP(t, n)
+	b, err := policy.LoadBytes("l7.yaml", []byte(l7Policy), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			derr := n.Pod("app/b").Do(func() error { c, err = (&net.Dialer{}).DialContext(ctx, network, addr); return nil })
+			return c, errors.Join(derr, err)
+		}}}
+	for _, family := range []struct{ dst, src netip.Addr }{
+		{n.Pod("app/a").IPv4, n.Pod("app/b").IPv4},
+		{n.Pod("app/a").IPv6, n.Pod("app/b").IPv6},
+	} {
+		base := "http://" + net.JoinHostPort(family.dst.String(), "8081")
+		before := timeWait(t, ss, family.src)
+		for _, req := range []struct {
+			path string
+			want int
+		}{{"/ok", http.StatusOK}, {"/denied", http.StatusForbidden}} {
+			for i := range 100 {
+				resp, err := client.Get(base + req.path)
+				if err != nil {
+					t.Fatalf("GET %s%s, connection %d: %v", base, req.path, i+1, err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != req.want {
+					t.Fatalf("GET %s%s, connection %d: %d %q, want %d", base, req.path, i+1, resp.StatusCode, body, req.want)
+				}
+			}
+		}
+		// The node's sockets (this test runs in the node's namespace): none new in TIME_WAIT
+		// with the pod's address, on either side (an earlier test's pod may have had it).
+		var held []string
+		for s := range timeWait(t, ss, family.src) {
+			if !before[s] {
+				held = append(held, s)
+			}
+		}
+		if len(held) > 0 {
+			t.Fatalf("after 200 connections through the proxy the node holds %d new TIME_WAIT sockets with the pod's address %s; want none:\n%s",
+				len(held), family.src, strings.Join(held, "\n"))
+		}
+	}
+}
+
+// timeWait is the node's TIME_WAIT sockets with addr on either side, as ss names them.
+func timeWait(t *testing.T, ss string, a netip.Addr) map[string]bool {
+	t.Helper()
+	out, err := exec.Command(ss, "-Htan", "state", "time-wait").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss: %v: %s", err, out)
+	}
+	held := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		for _, end := range f[2:4] {
+			if ap, err := netip.ParseAddrPort(end); err == nil && ap.Addr().Unmap() == a {
+				held[f[2]+" "+f[3]] = true
+			}
+		}
+	}
+	return held
 }

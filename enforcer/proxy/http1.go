@@ -45,15 +45,34 @@ type upstream struct {
 	c  net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+	// peerCloses: the last response said connection: close, so the destination closes first.
+	peerCloses bool
 }
 
+// peerCloseWait bounds the wait for a destination that said connection: close to close.
+const peerCloseWait = time.Second
+
 func (u *upstream) close() {
-	if u != nil && u.c != nil {
-		u.c.Close()
-		putReader(u.br)
-		putWriter(u.bw)
-		u.c = nil
+	if u == nil || u.c == nil {
+		return
 	}
+	c, br, bw, wait := u.c, u.br, u.bw, u.peerCloses
+	u.c = nil
+	if !wait {
+		c.Close()
+		putReader(br)
+		putWriter(bw)
+		return
+	}
+	// Let the destination close first, as it means to: the TIME_WAIT is then its socket's and
+	// not the node's, which holds the pod's address (see upstreamSocket).
+	go func() {
+		c.SetReadDeadline(time.Now().Add(peerCloseWait))
+		io.Copy(io.Discard, io.LimitReader(br, maxDrain))
+		c.Close()
+		putReader(br)
+		putWriter(bw)
+	}()
 }
 
 // serveHTTP1 judges each request of a keep-alive connection and forwards the allowed ones on one
@@ -198,8 +217,10 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 	if strings.Contains(target, "?") {
 		req.URL.ForceQuery = query == ""
 	}
+	// A request after which the client's connection ends says so to the destination too, so the
+	// destination closes first and holds the TIME_WAIT, as it would for the client directly: the
+	// node keeps none for the pod's address (see upstreamSocket).
 	clientClose := req.Close
-	req.Close = false
 	if err := req.Write(up.bw); err != nil {
 		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
 		return false, 0, false
@@ -239,6 +260,7 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 		resp.Header.Del(h)
 	}
 	upClose := resp.Close
+	up.peerCloses = upClose
 	resp.Close = clientClose || upClose
 	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw}
 	err := resp.Write(bw)
