@@ -439,6 +439,45 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_ports SEC(".maps");
 
+// A pod's SYN handed to the L7 proxy that meets a TIME_WAIT socket of the node with its tuple
+// (the proxy closed that connection first, as a server does): tc does not hand it to the listener
+// itself (the TIME_WAIT socket would keep its handshake from completing) but only delivers it to
+// the node; the kernel's TIME_WAIT processing takes the SYN and looks up a listener for the
+// pod's destination, and proxy_lookup (sk_lookup) names the proxy's, for the tuples tc put here.
+struct proxy_syn_key {
+	__u32 family;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+};
+
+struct proxy_syn {
+	__u32 parser;
+	__u32 pad;
+	__u64 at; // bpf_ktime_get_ns when tc delivered the SYN
+};
+
+// An entry is taken by the lookup, or is good for PROXY_SYN_NS: a retransmitted SYN is judged
+// again and writes it anew.
+#define PROXY_SYN_NS 2000000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct proxy_syn_key);
+	__type(value, struct proxy_syn);
+	__uint(max_entries, 4096);
+} proxy_syns SEC(".maps");
+
+// The proxy's listeners for proxy_lookup, at parser * 2 (127.0.0.1) and parser * 2 + 1 (::1).
+// Sockets of the enforcer's process: not pinned; a closed listener leaves the map.
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, L7_MAX * 2);
+} proxy_listeners SEC(".maps");
+
 // pkt is what the parser learns about a packet.
 struct pkt {
 	__u8 family;
@@ -1211,6 +1250,17 @@ static __attribute__((noinline)) int proxy_established(struct __sk_buff *skb, st
 	return ok;
 }
 
+// syn_meets_timewait: the node has a TIME_WAIT socket of the packet's own tuple (t).
+static __attribute__((noinline)) int syn_meets_timewait(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int tw = sk->state == BPF_TCP_TIME_WAIT;
+	bpf_sk_release(sk);
+	return tw;
+}
+
 // proxy_redirect hands a TCP packet to the proxy of parser l7. Returns 0, or the drop reason:
 // no proxy configured, or its listener (for a new flow: a SYN) or its socket of the flow is not
 // there. Fails closed: a flow an L7 rule governs never goes on unjudged.
@@ -1227,6 +1277,7 @@ static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struc
 		return REASON_DROP_PROXY_DOWN;
 	struct bpf_sock_tuple t = {};
 	__u32 len = own_tuple(p, &t);
+	int timewait = syn_meets_timewait(skb, &t, len);
 	if (p->family == FAMILY_V4) {
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons((__u16)*port);
@@ -1238,12 +1289,83 @@ static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struc
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return REASON_DROP_PROXY_DOWN;
-	int ok = sk->state == BPF_TCP_LISTEN && bpf_sk_assign(skb, sk, 0) == 0;
+	int ok = sk->state == BPF_TCP_LISTEN;
+	if (ok && timewait) {
+		// The listener is up: the kernel's TIME_WAIT processing hands the SYN to it through
+		// proxy_lookup.
+		bpf_sk_release(sk);
+		struct proxy_syn_key k = {.family = p->family, .sport = p->sport, .dport = p->dport};
+		__builtin_memcpy(k.saddr, p->saddr, 16);
+		__builtin_memcpy(k.daddr, p->daddr, 16);
+		struct proxy_syn v = {.parser = l7, .at = bpf_ktime_get_ns()};
+		if (bpf_map_update_elem(&proxy_syns, &k, &v, BPF_ANY))
+			return REASON_DROP_PROXY_DOWN;
+		mark_to_proxy(skb);
+		return 0;
+	}
+	ok = ok && bpf_sk_assign(skb, sk, 0) == 0;
 	bpf_sk_release(sk);
 	if (!ok)
 		return REASON_DROP_PROXY_DOWN;
 	mark_to_proxy(skb);
 	return 0;
+}
+
+// proxy_lookup runs in the node's socket lookups for a listener (sk_lookup): for a pod's SYN that
+// tc delivered past a TIME_WAIT socket of its tuple (proxy_syns), the proxy's listener. Any
+// other lookup goes on as the kernel does it.
+SEC("sk_lookup")
+int proxy_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	struct proxy_syn_key k = {};
+	__u32 v6 = 0;
+	if (ctx->family == 2) { // AF_INET
+		k.family = FAMILY_V4;
+		__u32 a = ctx->remote_ip4;
+		__builtin_memcpy(k.saddr, &a, 4);
+		a = ctx->local_ip4;
+		__builtin_memcpy(k.daddr, &a, 4);
+	} else if (ctx->family == 10) { // AF_INET6
+		k.family = FAMILY_V6;
+		v6 = 1;
+		__u32 a;
+		a = ctx->remote_ip6[0];
+		__builtin_memcpy(k.saddr, &a, 4);
+		a = ctx->remote_ip6[1];
+		__builtin_memcpy(k.saddr + 4, &a, 4);
+		a = ctx->remote_ip6[2];
+		__builtin_memcpy(k.saddr + 8, &a, 4);
+		a = ctx->remote_ip6[3];
+		__builtin_memcpy(k.saddr + 12, &a, 4);
+		a = ctx->local_ip6[0];
+		__builtin_memcpy(k.daddr, &a, 4);
+		a = ctx->local_ip6[1];
+		__builtin_memcpy(k.daddr + 4, &a, 4);
+		a = ctx->local_ip6[2];
+		__builtin_memcpy(k.daddr + 8, &a, 4);
+		a = ctx->local_ip6[3];
+		__builtin_memcpy(k.daddr + 12, &a, 4);
+	} else {
+		return SK_PASS;
+	}
+	k.sport = ctx->remote_port;
+	k.dport = bpf_htons((__u16)ctx->local_port);
+	struct proxy_syn *v = bpf_map_lookup_elem(&proxy_syns, &k);
+	if (!v)
+		return SK_PASS;
+	__u32 slot = v->parser * 2 + v6;
+	__u64 age = bpf_ktime_get_ns() - v->at;
+	bpf_map_delete_elem(&proxy_syns, &k);
+	if (age > PROXY_SYN_NS)
+		return SK_PASS; // not this SYN's: the lookup goes on as the kernel does it
+	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_listeners, &slot);
+	if (!sk)
+		return SK_DROP; // the proxy went away since tc judged the SYN: fail closed
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
 }
 
 // local_endpoint is the node's endpoint with this address, or 0.

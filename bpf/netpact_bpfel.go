@@ -213,6 +213,22 @@ type NetpactPrefixPolicyKey struct {
 	Addr      [16]uint8
 }
 
+type NetpactProxySyn struct {
+	_      structs.HostLayout
+	Parser uint32
+	Pad    uint32
+	At     uint64
+}
+
+type NetpactProxySynKey struct {
+	_      structs.HostLayout
+	Family uint32
+	Saddr  [16]uint8
+	Daddr  [16]uint8
+	Sport  uint16
+	Dport  uint16
+}
+
 type NetpactRatelimit struct {
 	_      structs.HostLayout
 	LastNs uint64
@@ -328,6 +344,7 @@ type NetpactSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NetpactProgramSpecs struct {
+	ProxyLookup      *ebpf.ProgramSpec `ebpf:"proxy_lookup"`
 	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
 	SockConnect6     *ebpf.ProgramSpec `ebpf:"sock_connect6"`
 	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
@@ -357,7 +374,9 @@ type NetpactMapSpecs struct {
 	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy         *ebpf.MapSpec `ebpf:"policy"`
 	PrefixPolicy   *ebpf.MapSpec `ebpf:"prefix_policy"`
+	ProxyListeners *ebpf.MapSpec `ebpf:"proxy_listeners"`
 	ProxyPorts     *ebpf.MapSpec `ebpf:"proxy_ports"`
+	ProxySyns      *ebpf.MapSpec `ebpf:"proxy_syns"`
 	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	Settings       *ebpf.MapSpec `ebpf:"settings"`
@@ -407,7 +426,9 @@ type NetpactMaps struct {
 	Ipcache        *ebpf.Map `ebpf:"ipcache"`
 	Policy         *ebpf.Map `ebpf:"policy"`
 	PrefixPolicy   *ebpf.Map `ebpf:"prefix_policy"`
+	ProxyListeners *ebpf.Map `ebpf:"proxy_listeners"`
 	ProxyPorts     *ebpf.Map `ebpf:"proxy_ports"`
+	ProxySyns      *ebpf.Map `ebpf:"proxy_syns"`
 	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Services       *ebpf.Map `ebpf:"services"`
 	Settings       *ebpf.Map `ebpf:"settings"`
@@ -429,7 +450,9 @@ func (m *NetpactMaps) Close() error {
 		m.Ipcache,
 		m.Policy,
 		m.PrefixPolicy,
+		m.ProxyListeners,
 		m.ProxyPorts,
+		m.ProxySyns,
 		m.Scratch,
 		m.Services,
 		m.Settings,
@@ -452,6 +475,7 @@ type NetpactVariables struct {
 //
 // It can be passed to LoadNetpactObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NetpactPrograms struct {
+	ProxyLookup      *ebpf.Program `ebpf:"proxy_lookup"`
 	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
 	SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
 	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
@@ -467,6 +491,7 @@ type NetpactPrograms struct {
 
 func (p *NetpactPrograms) Close() error {
 	return _NetpactClose(
+		p.ProxyLookup,
 		p.SockConnect4,
 		p.SockConnect6,
 		p.SockGetpeername4,

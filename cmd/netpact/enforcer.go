@@ -251,6 +251,10 @@ func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.E
 	if err != nil {
 		return nil, err
 	}
+	if err := dp.SetProxyListeners(datapath.ParserHTTP, px.Listeners()); err != nil {
+		px.Close()
+		return nil, err
+	}
 	if err := dp.SetProxyPort(datapath.ParserHTTP, px.Port()); err != nil {
 		px.Close()
 		return nil, err

@@ -84,6 +84,7 @@ type Datapath struct {
 	serviceNames  map[uint32]string
 	lastServiceID uint32
 	cgroupLinks   []link.Link
+	lookupLink    link.Link // proxy_lookup in this process's network namespace (SetProxyListeners)
 	// netns are the endpoints' network namespace cookies the endpoint_netns map holds.
 	netns map[int]uint64
 	// l7 carries the L7 proxy's events to the flow reader.
@@ -393,6 +394,7 @@ func (d *Datapath) Close() error {
 	defer d.mu.Unlock()
 	d.attach.close()
 	d.closeCgroupLinks()
+	d.closeLookup()
 	return d.objs.Close()
 }
 
@@ -400,6 +402,7 @@ func (d *Datapath) Close() error {
 func (d *Datapath) Teardown() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closeLookup()
 	errs := []error{d.attach.detachAll(), d.detachCgroup()}
 	errs = append(errs, d.objs.Close(), os.RemoveAll(d.opts.PinPath))
 	return errors.Join(errs...)

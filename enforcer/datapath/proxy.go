@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -58,6 +59,82 @@ func (d *Datapath) SetProxyPort(p Parser, port uint16) error {
 		return fmt.Errorf("write the %s proxy's port: %w", p, err)
 	}
 	return nil
+}
+
+// SetProxyListeners gives the node's listener lookups parser p's listeners (the proxy's, on
+// 127.0.0.1 and ::1): a pod's SYN to the proxy that meets a TIME_WAIT socket of the node with its
+// tuple is delivered to the node's stack rather than to the listener (the TIME_WAIT socket would
+// keep its handshake from completing), and the kernel's TIME_WAIT processing then looks up a
+// listener for the pod's destination: proxy_lookup, attached to this process's network namespace
+// (the node's) on the first call, answers with these. A closed listener leaves the map by itself;
+// such a SYN is then dropped.
+func (d *Datapath) SetProxyListeners(p Parser, lns []net.Listener) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.attachLookup(); err != nil {
+		return err
+	}
+	for _, ln := range lns {
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			return fmt.Errorf("hand the %s proxy's listener %s to the lookup: not a TCP listener", p, ln.Addr())
+		}
+		slot := uint32(p) * 2
+		if tl.Addr().(*net.TCPAddr).IP.To4() == nil {
+			slot++
+		}
+		rc, err := tl.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("hand the %s proxy's listener %s to the lookup: %w", p, ln.Addr(), err)
+		}
+		var uerr error
+		if err := rc.Control(func(fd uintptr) { uerr = d.objs.ProxyListeners.Update(slot, uint64(fd), ebpf.UpdateAny) }); err != nil {
+			return fmt.Errorf("hand the %s proxy's listener %s to the lookup: %w", p, ln.Addr(), err)
+		}
+		if uerr != nil {
+			return fmt.Errorf("hand the %s proxy's listener %s to the lookup: %w", p, ln.Addr(), uerr)
+		}
+	}
+	return nil
+}
+
+// attachLookup loads proxy_lookup and attaches it to this process's network namespace, once.
+// The link is this process's: it goes with it, as the listeners do.
+func (d *Datapath) attachLookup() error {
+	if d.lookupLink != nil {
+		return nil
+	}
+	spec, err := bpf.LoadNetpact()
+	if err != nil {
+		return fmt.Errorf("load the proxy's listener lookup: %w", err)
+	}
+	var o struct {
+		ProxyLookup *ebpf.Program `ebpf:"proxy_lookup"`
+	}
+	if err := spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		"proxy_syns": d.objs.ProxySyns, "proxy_listeners": d.objs.ProxyListeners}}); err != nil {
+		return fmt.Errorf("load the proxy's listener lookup (sk_lookup, kernel >= 5.9): %w", err)
+	}
+	ns, err := os.Open("/proc/self/ns/net")
+	if err != nil {
+		o.ProxyLookup.Close()
+		return fmt.Errorf("attach the proxy's listener lookup: %w", err)
+	}
+	defer ns.Close()
+	l, err := link.AttachNetNs(int(ns.Fd()), o.ProxyLookup)
+	if err != nil {
+		o.ProxyLookup.Close()
+		return fmt.Errorf("attach the proxy's listener lookup to this network namespace: %w", err)
+	}
+	d.objs.ProxyLookup, d.lookupLink = o.ProxyLookup, l
+	return nil
+}
+
+func (d *Datapath) closeLookup() {
+	if d.lookupLink != nil {
+		d.lookupLink.Close()
+		d.lookupLink = nil
+	}
 }
 
 // ProxyMark is the SO_MARK the L7 proxy's upstream sockets carry: a pod's ingress lets through

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -375,14 +376,15 @@ func TestL7ProxyH2C(t *testing.T) {
 	}
 }
 
-// TestL7ProxyLeavesNoTimeWait: a pod opening a connection per request through the proxy (each
-// request saying connection: close, allowed and denied) gets every answer, and the node is left
-// holding no TIME_WAIT socket with the pod's address. The destination closes the proxy's
-// connection first, as it would the pod's own; the pod closes its connection to the proxy first.
-// A TIME_WAIT socket of the node with the pod's address would take a port from the pod's
-// connections through the proxy (bound with port 0, from every destination's), or meet the pod's
-// next connection from that port (see Proxy.serveConn).
-func TestL7ProxyLeavesNoTimeWait(t *testing.T) {
+// TestL7ProxyPortReuse: a pod opening a connection per request through the proxy (each saying
+// connection: close, allowed and denied, IPv4 and IPv6), with so few ports that it reuses them
+// at once, gets every answer, as it does from a server directly. The proxy closes first, as a
+// server does, so the TIME_WAITs are the node's and not the pod's (whose connect would run out of
+// ports after 16): the pod's next SYN from a port meets the node's TIME_WAIT socket of that
+// tuple, and goes to the listener through the kernel's TIME_WAIT processing (proxy_lookup). The
+// destination closes the proxy's connection first, as it would the pod's own: no TIME_WAIT of the
+// node is bound to the pod's address (with port 0 such sockets took ports from every destination).
+func TestL7ProxyPortReuse(t *testing.T) {
 	n, c := testNode(t)
 	ss := testenv.RequireCommand(t, "ss", "iproute2")
 	serveHTTP(t, n)
@@ -391,6 +393,11 @@ func TestL7ProxyLeavesNoTimeWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Pod("app/b").Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40015"), 0o644)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
@@ -421,7 +428,7 @@ func TestL7ProxyLeavesNoTimeWait(t *testing.T) {
 			}
 		}
 		// The node's sockets (this test runs in the node's namespace): none new in TIME_WAIT
-		// with the pod's address, on either side (an earlier test's pod may have had it).
+		// bound to the pod's address (an earlier test's pod may have had it).
 		var held []string
 		for s := range timeWait(t, ss, family.src) {
 			if !before[s] {
@@ -429,13 +436,13 @@ func TestL7ProxyLeavesNoTimeWait(t *testing.T) {
 			}
 		}
 		if len(held) > 0 {
-			t.Fatalf("after 200 connections through the proxy the node holds %d new TIME_WAIT sockets with the pod's address %s; want none:\n%s",
+			t.Fatalf("after 200 connections through the proxy the node holds %d new TIME_WAIT sockets bound to the pod's address %s; want none:\n%s",
 				len(held), family.src, strings.Join(held, "\n"))
 		}
 	}
 }
 
-// timeWait is the node's TIME_WAIT sockets with addr on either side, as ss names them.
+// timeWait is the node's TIME_WAIT sockets bound to address a, as ss names them.
 func timeWait(t *testing.T, ss string, a netip.Addr) map[string]bool {
 	t.Helper()
 	out, err := exec.Command(ss, "-Htan", "state", "time-wait").CombinedOutput()
@@ -448,10 +455,8 @@ func timeWait(t *testing.T, ss string, a netip.Addr) map[string]bool {
 		if len(f) < 4 {
 			continue
 		}
-		for _, end := range f[2:4] {
-			if ap, err := netip.ParseAddrPort(end); err == nil && ap.Addr().Unmap() == a {
-				held[f[2]+" "+f[3]] = true
-			}
+		if ap, err := netip.ParseAddrPort(f[2]); err == nil && ap.Addr().Unmap() == a {
+			held[f[2]+" "+f[3]] = true
 		}
 	}
 	return held

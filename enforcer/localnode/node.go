@@ -113,6 +113,9 @@ func (n *Node) startProxy() error {
 		return err
 	}
 	n.proxy = px
+	if err := n.dp.SetProxyListeners(datapath.ParserHTTP, px.Listeners()); err != nil {
+		return err
+	}
 	return n.dp.SetProxyPort(datapath.ParserHTTP, px.Port())
 }
 

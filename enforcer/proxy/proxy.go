@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -154,6 +155,10 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 // Port is the port the proxy listens on.
 func (p *Proxy) Port() uint16 { return p.port }
 
+// Listeners are the proxy's listening sockets, on 127.0.0.1 and ::1 (for the datapath's
+// listener lookup; they stay the proxy's).
+func (p *Proxy) Listeners() []net.Listener { return slices.Clone(p.listeners) }
+
 // transparent sets IP_TRANSPARENT (IPV6_TRANSPARENT) and, when mark is not 0, SO_MARK.
 func transparent(network string, c syscall.RawConn, mark uint32) error {
 	var serr error
@@ -193,6 +198,9 @@ func upstreamSocket(network string, c syscall.RawConn, mark uint32) error {
 
 func listenBoth(port uint16) ([]net.Listener, error) {
 	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error { return transparent(network, c, 0) }}
+	// Plain TCP (Go listens with MPTCP where the kernel has it): the datapath's listener lookup
+	// keeps these sockets in a sockmap, which takes TCP sockets only.
+	lc.SetMultipathTCP(false)
 	l4, err := lc.Listen(context.Background(), "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
 	if err != nil {
 		return nil, fmt.Errorf("listen for the L7 proxy on 127.0.0.1:%d (IP_TRANSPARENT needs CAP_NET_ADMIN): %w", port, err)
@@ -301,15 +309,11 @@ func (p *Proxy) serveConn(c net.Conn) {
 	if err != nil {
 		return
 	}
-	if p.serveHTTP1(c, br, lr, f) {
-		// The last response said connection: close. Let the client close first, so that the
-		// TIME_WAIT is the client's and not this socket's, which holds the pod's address:
-		// the pod's next connection from the same port would meet it here: handed to the
-		// listener while a TIME_WAIT socket holds its tuple, its SYN is never answered (seen on
-		// Linux 6.18 when this waited for nothing).
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		io.Copy(io.Discard, br)
-	}
+	// After a response that said connection: close, this side closes first, as a server does:
+	// the TIME_WAIT is the node's, and the pod's port is free again at once. The pod's next
+	// connection from that port meets the TIME_WAIT socket here; the datapath hands its SYN on
+	// through the kernel's TIME_WAIT processing (datapath.SetProxyListeners).
+	p.serveHTTP1(c, br, lr, f)
 }
 
 // sniffH2 reads until the bytes so far are the HTTP/2 preface or cannot become it (a client that
