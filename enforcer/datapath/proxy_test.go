@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/netpact/netpact/bpf"
+	"github.com/netpact/netpact/policy"
 )
 
 const l7Policy = `apiVersion: cilium.io/v2
@@ -75,5 +76,71 @@ func TestEndpointAddrsFollowEndpoints(t *testing.T) {
 	}
 	if _, ok := lookup(d2, "b"); !ok {
 		t.Error("another endpoint's address went with it")
+	}
+}
+
+const uplinkPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: "9090", protocol: TCP}]
+`
+
+// TestUplinkHandsOnlyL7FlowsToTheProxy runs tc_from_uplink on frames from outside the node: it
+// passes untouched everything but a new TCP flow that a local pod's ingress L7 rule governs (the
+// pod's own program judges the rest), and fails closed on those when no proxy or no listener is
+// there, with the reason counted.
+func TestUplinkHandsOnlyL7FlowsToTheProxy(t *testing.T) {
+	d, _, _ := unitSetup(t, uplinkPolicy)
+	uplink := testLink(t, fmt.Sprintf("npu%d", os.Getpid()%100000))
+	count := func(r Reason) uint64 {
+		cs, err := d.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs[r].Packets
+	}
+	world := "192.0.2.7"
+	for _, c := range []struct {
+		name string
+		p    pkt
+		want uint32
+	}{
+		{"UDP", pkt{src: world, dst: "10.0.0.1", proto: policy.ProtoUDP, sport: 5000, dport: 8080}, tcOK},
+		{"TCP SYN to a port without L7 rules", pkt{src: world, dst: "10.0.0.1", proto: policy.ProtoTCP, sport: 5000, dport: 9090, syn: true}, tcOK},
+		{"TCP SYN to an address of no local pod", pkt{src: world, dst: "10.0.0.99", proto: policy.ProtoTCP, sport: 5000, dport: 8080, syn: true}, tcOK},
+		{"TCP ACK of no flow of the proxy (tc_to_pod drops it)", pkt{src: world, dst: "10.0.0.1", proto: policy.ProtoTCP, sport: 5000, dport: 8080, ack: true}, tcOK},
+	} {
+		if got := runProg(t, d.objs.TcFromUplink, uplink, c.p.build(t)); got != c.want {
+			t.Errorf("%s: verdict %d, want %d", c.name, got, c.want)
+		}
+	}
+	syn := pkt{src: world, dst: "10.0.0.1", proto: policy.ProtoTCP, sport: 5001, dport: 8080, syn: true}
+	before := count(ReasonDropNoProxy)
+	if got := runProg(t, d.objs.TcFromUplink, uplink, syn.build(t)); got != tcShot {
+		t.Errorf("SYN to the L7 port with no proxy: verdict %d, want dropped", got)
+	}
+	if count(ReasonDropNoProxy) != before+1 {
+		t.Errorf("SYN to the L7 port with no proxy: not counted as %q", ReasonDropNoProxy)
+	}
+	// A port but no listener on it (nothing listens on 127.0.0.1:1 here).
+	if err := d.SetProxyPort(ParserHTTP, 1); err != nil {
+		t.Fatal(err)
+	}
+	before = count(ReasonDropProxyDown)
+	if got := runProg(t, d.objs.TcFromUplink, uplink, syn.build(t)); got != tcShot {
+		t.Errorf("SYN to the L7 port with the proxy's listener down: verdict %d, want dropped", got)
+	}
+	if count(ReasonDropProxyDown) != before+1 {
+		t.Errorf("SYN to the L7 port with the proxy's listener down: not counted as %q", ReasonDropProxyDown)
 	}
 }
