@@ -461,3 +461,53 @@ func timeWait(t *testing.T, ss string, a netip.Addr) map[string]bool {
 	}
 	return held
 }
+
+// TestL7ProxyStalledBody: an allowed request whose body stops coming is ended once a read of it
+// waited the idle timeout (408), while a body that keeps coming slowly, for longer than that in
+// all, goes through: a client cannot hold a connection and its upstream by stalling.
+func TestL7ProxyStalledBody(t *testing.T) {
+	n, c := testNodeWith(t, Options{ProxyIdleTimeout: time.Second})
+	serveHTTP(t, n)
+	b, err := policy.LoadBytes("l7.yaml", []byte(strings.Replace(l7Policy, "{method: GET, path: /ok}", "{path: /ok}", 1)), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	post := func(t *testing.T, chunks int, pause time.Duration) (*http.Response, time.Duration) {
+		conn, err := dialA(t, n, "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		start := time.Now()
+		fmt.Fprintf(conn, "POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+		for range chunks {
+			time.Sleep(pause)
+			conn.Write([]byte("x"))
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("POST /ok: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp, time.Since(start)
+	}
+	t.Run("stalled", func(t *testing.T) {
+		// 3 of 10 bytes, then nothing.
+		// net/http's Close of the body reads once more: it ends after about 2 s.
+		resp, took := post(t, 3, 10*time.Millisecond)
+		if resp.StatusCode != http.StatusRequestTimeout || took > 10*time.Second {
+			t.Fatalf("POST /ok with a stalled body: %d after %v, want 408 after the 1 s idle timeout", resp.StatusCode, took)
+		}
+	})
+	t.Run("slow", func(t *testing.T) {
+		// 10 bytes, one every 300 ms: 3 s in all, no read waits 1 s.
+		resp, took := post(t, 10, 300*time.Millisecond)
+		if resp.StatusCode != http.StatusOK || took < 3*time.Second {
+			t.Fatalf("POST /ok with a slow body: %d after %v, want 200 after about 3 s", resp.StatusCode, took)
+		}
+	})
+}

@@ -29,6 +29,9 @@ type Options struct {
 	// process of a parallel test suite); AddPod adopts them instead of creating its own, and Stop
 	// leaves them in place.
 	Pods map[string]*podnet.Pod
+	// ProxyIdleTimeout is the L7 proxy's idle timeout (proxy.Options.IdleTimeout); its default
+	// when 0.
+	ProxyIdleTimeout time.Duration
 }
 
 // Node is the enforcer on a node of network namespaces: pods on veths of this host, netpact's
@@ -108,7 +111,7 @@ func (n *Node) startProxy() error {
 		return err
 	}
 	n.routes = routes
-	px, err := proxy.Listen(0, proxy.Options{Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
+	px, err := proxy.Listen(0, proxy.Options{IdleTimeout: n.opts.ProxyIdleTimeout, Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
 	if err != nil {
 		return err
 	}

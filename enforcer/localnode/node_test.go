@@ -23,9 +23,15 @@ import (
 // 8080, not yet programmed.
 func testNode(t testing.TB) (*Node, *policy.Cluster) {
 	t.Helper()
+	return testNodeWith(t, Options{})
+}
+
+// testNodeWith is testNode with the node's options.
+func testNodeWith(t testing.TB, opts Options) (*Node, *policy.Cluster) {
+	t.Helper()
 	testenv.RequireBPF(t)
 	testenv.RequireCommand(t, "ip", "iproute2")
-	n := NewNode(Options{})
+	n := NewNode(opts)
 	t.Cleanup(func() {
 		if err := n.Stop(); err != nil {
 			t.Errorf("stop: %v", err)

@@ -84,6 +84,8 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 	var up *upstream
 	defer func() { up.close() }()
 	for {
+		// The next request's header: within the idle timeout as a whole.
+		lr.idle = 0
 		c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 		lr.n = maxHeaderBytes + int64(br.Buffered())
 		req, err := http.ReadRequest(br)
@@ -98,7 +100,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 		}
 		lr.n = 1 << 62 // the body: its framing bounds it
 		if req.ContentLength != 0 {
-			c.SetReadDeadline(time.Time{}) // a body may take longer than the idle timeout
+			// A body may take longer than the idle timeout as a whole, but no read of it may
+			// wait that long: a client cannot hold the connection and its upstream by stalling.
+			lr.idle = p.opts.IdleTimeout
 		}
 		start := time.Now()
 		target, redirect, err := policy.NormalizeHTTPTarget(req.RequestURI)
@@ -113,6 +117,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			fmt.Fprintf(bw, "HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\ndate: %s\r\nserver: envoy\r\n\r\n",
 				target, time.Now().UTC().Format(http.TimeFormat))
 			// A client waiting on Expect: 100-continue sends no body: the connection ends.
+			lr.idle = 0 // drain bounds the whole body
 			if bw.Flush() != nil || strings.EqualFold(req.Header.Get("Expect"), "100-continue") || !drain(c, req) {
 				return false
 			}
@@ -122,6 +127,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 		if !rec.Verdict.Allowed {
 			// Judged before the body: a client waiting on Expect: 100-continue never sends it.
 			expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue")
+			lr.idle = 0 // drain bounds the whole body
 			closing := req.Close || expect || !drain(c, req)
 			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
 			err := p.writeDenied(bw, closing)
@@ -149,7 +155,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			}
 			up = &upstream{c: uc, br: getReader(uc), bw: getWriter(uc)}
 		}
-		keep, status, reuse := p.forward(req, target, up, c, br, bw)
+		keep, status, reuse := p.forward(req, target, up, c, lr, br, bw)
 		rec.Status, rec.Latency = status, time.Since(start)
 		p.report(rec)
 		if !keep {
@@ -199,7 +205,7 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 // forward sends an allowed request to the destination and its response back. keep says whether
 // the client connection goes on, reuse whether the upstream one does; status is the response's
 // code (0: none came).
-func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Conn, br *bufio.Reader, bw *bufio.Writer) (keep bool, status int, reuse bool) {
+func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Conn, lr *limitedReader, br *bufio.Reader, bw *bufio.Writer) (keep bool, status int, reuse bool) {
 	upgrade := req.Header.Get("Upgrade")
 	connUpgrade := headerHasToken(req.Header, "Connection", "upgrade")
 	for _, h := range connectionHeaders(req.Header) {
@@ -222,6 +228,10 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 	// node keeps none for the pod's address (see upstreamSocket).
 	clientClose := req.Close
 	if err := req.Write(up.bw); err != nil {
+		if isTimeout(lr.err) { // a read of the client's body waited the idle timeout
+			writeStatus(bw, http.StatusRequestTimeout, "request body timeout\r\n")
+			return false, http.StatusRequestTimeout, false
+		}
 		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
 		return false, 0, false
 	}
@@ -249,6 +259,7 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 		if bw.Flush() != nil {
 			return false, resp.StatusCode, false
 		}
+		lr.idle = 0
 		c.SetReadDeadline(time.Time{}) // the switched protocol keeps its own time
 		splice(c, br, up)
 		return false, resp.StatusCode, false

@@ -290,7 +290,7 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // else is HTTP/1.1.
 func (p *Proxy) serveConn(c net.Conn) {
 	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
-	lr := &limitedReader{r: c, n: maxHeaderBytes}
+	lr := &limitedReader{r: c, n: maxHeaderBytes, c: c}
 	br := getReader(lr) // back to the pool after HTTP/1; an HTTP/2 connection keeps it
 	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 	isH2, err := sniffH2(br)
@@ -455,6 +455,11 @@ const maxHeaderBytes = 1 << 20
 type limitedReader struct {
 	r io.Reader
 	n int64
+	// idle, when not 0, is how long each read of c may wait (a request body's bytes): a body
+	// may take long, but not stall.
+	idle time.Duration
+	c    net.Conn
+	err  error // of the last read (net/http does not always pass it on as it came)
 }
 
 func (l *limitedReader) Read(b []byte) (int, error) {
@@ -464,7 +469,11 @@ func (l *limitedReader) Read(b []byte) (int, error) {
 	if int64(len(b)) > l.n {
 		b = b[:l.n]
 	}
+	if l.idle > 0 {
+		l.c.SetReadDeadline(time.Now().Add(l.idle))
+	}
 	n, err := l.r.Read(b)
+	l.err = err
 	l.n -= int64(n)
 	return n, err
 }
