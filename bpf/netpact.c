@@ -96,7 +96,8 @@ enum reason {
 	REASON_FORWARD_PROXY = 17,     // handed to the node's L7 proxy
 	REASON_DROP_PROXY_DOWN = 18,   // an L7 rule applies but the proxy's listener (or its socket of the flow) is not up
 	REASON_DROP_PROXY_BYPASS = 19, // an L7 rule applies to a packet that did not come through the proxy
-	REASON_MAX = 20,
+	REASON_DROP_PROXY_MIDFLOW = 20, // an L7 rule now applies to a flow opened before it, past the proxy
+	REASON_MAX = 21,
 };
 
 // Emits enum reason into BTF, so that bpf2go generates its constants for the Go side.
@@ -1518,9 +1519,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 pmark = cfg ? cfg->proxy_mark : 0;
 	int from_proxy = dir == DIR_INGRESS && pmark && skb->mark == pmark;
 	int had_entry = 0;
+	// An open TCP flow (not a new SYN) checked again at a new revision: the proxy's parser when
+	// the proxy carries it, or that it goes past the proxy.
+	__u32 prev_l7 = 0;
+	int prev_direct = 0;
 	if (!p->is_frag) {
 		struct ct_value *fast = ct_live(&k, now);
 		had_entry = fast != 0;
+		if (fast && !(fast->flags & CT_REVOKED) && p->proto == PROTO_TCP &&
+		    !((p->tcp_flags & 0x02) && !(p->tcp_flags & 0x10))) {
+			if (fast->flags & CT_REDIRECT)
+				prev_l7 = fast->l7;
+			else
+				prev_direct = 1;
+		}
 		if (fast && fast->policy_rev == rev && !(fast->flags & CT_REVOKED)) {
 			if ((fast->flags & CT_PROXY) && !from_proxy)
 				return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, fast->rule_id);
@@ -1582,6 +1594,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		l7 = ingress_l7(local_endpoint(p->family, p->daddr), ep->identity, p, &irule);
 		if (l7)
 			rule = irule;
+	}
+	if (dir == DIR_EGRESS && p->proto == PROTO_TCP) {
+		if (!l7 && prev_l7) {
+			// Its L7 rules are gone but the flow is still allowed: the proxy keeps carrying it
+			// (it holds both halves) and judges its requests by the policy of now.
+			l7 = prev_l7;
+		} else if (l7 && prev_direct) {
+			// An L7 rule now governs a flow that went past the proxy: the proxy cannot take over
+			// an open connection, and the rule cannot be bypassed. Cut, and said so.
+			ct_revoke(&k);
+			return drop(skb, ep, p, dir, REASON_DROP_PROXY_MIDFLOW, peer_id, rule);
+		}
 	}
 	if (l7) {
 		int why = proxy_redirect(skb, p, l7);

@@ -258,7 +258,8 @@ const (
 	NetpactReasonREASON_FORWARD_PROXY             NetpactReason = 17
 	NetpactReasonREASON_DROP_PROXY_DOWN           NetpactReason = 18
 	NetpactReasonREASON_DROP_PROXY_BYPASS         NetpactReason = 19
-	NetpactReasonREASON_MAX                       NetpactReason = 20
+	NetpactReasonREASON_DROP_PROXY_MIDFLOW        NetpactReason = 20
+	NetpactReasonREASON_MAX                       NetpactReason = 21
 )
 
 type NetpactRevnatKey struct {

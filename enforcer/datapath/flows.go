@@ -41,6 +41,7 @@ const (
 	ReasonForwardProxy      = Reason(bpf.NetpactReasonREASON_FORWARD_PROXY)
 	ReasonDropProxyDown     = Reason(bpf.NetpactReasonREASON_DROP_PROXY_DOWN)
 	ReasonDropProxyBypass   = Reason(bpf.NetpactReasonREASON_DROP_PROXY_BYPASS)
+	ReasonDropProxyMidflow  = Reason(bpf.NetpactReasonREASON_DROP_PROXY_MIDFLOW)
 	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
 )
 
@@ -66,6 +67,7 @@ var reasonNames = [reasonMax]string{
 	ReasonForwardProxy:      "forwarded: to the L7 proxy",
 	ReasonDropProxyDown:     "dropped: an L7 rule applies and the L7 proxy's listener is not up",
 	ReasonDropProxyBypass:   "dropped: an L7 rule applies and the packet did not come through the L7 proxy",
+	ReasonDropProxyMidflow:  "dropped: an L7 rule now applies to a connection opened before it, which did not go through the L7 proxy",
 }
 
 func (r Reason) String() string {

@@ -511,3 +511,83 @@ func TestL7ProxyStalledBody(t *testing.T) {
 		}
 	})
 }
+
+// TestL7RuleChangesOnOpenConnections: when an L7 rule goes away, a connection the proxy carries
+// goes on through it (judged by the policy of now: every request allowed); when one comes, a
+// connection opened before it past the proxy is cut, with the reason said, and a new one is
+// judged by the rule.
+func TestL7RuleChangesOnOpenConnections(t *testing.T) {
+	n, c := testNode(t)
+	serveHTTP(t, n)
+	enforce := func(yaml string) {
+		t.Helper()
+		b, err := policy.LoadBytes("l7.yaml", []byte(yaml), policy.LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Enforce(c, b.Policies); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain := strings.Split(l7Policy, "      rules:")[0]
+	type conn struct {
+		net.Conn
+		br *bufio.Reader
+	}
+	open := func() conn {
+		t.Helper()
+		cc, err := dialA(t, n, "b")
+		if err != nil {
+			t.Fatalf("b -> a:8081: %v", err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return conn{cc, bufio.NewReader(cc)}
+	}
+	get := func(cc conn, path string) (int, string, error) {
+		cc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := fmt.Fprintf(cc, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path); err != nil {
+			return 0, "", err
+		}
+		resp, err := http.ReadResponse(cc.br, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), err
+	}
+	want := func(cc conn, path string, code int) {
+		t.Helper()
+		got, body, err := get(cc, path)
+		if err != nil || got != code {
+			t.Fatalf("GET %s: %d %q %v, want %d", path, got, body, err, code)
+		}
+	}
+
+	enforce(l7Policy)
+	proxied := open()
+	want(proxied, "/ok", 200)
+	want(proxied, "/other", 403)
+	enforce(plain)
+	want(proxied, "/other", 200) // the proxy still carries it, and no rule limits it now
+	direct := open()
+	want(direct, "/other", 200)
+
+	n.ResetFlows()
+	enforce(l7Policy)
+	if code, body, err := get(direct, "/other"); err == nil {
+		t.Fatalf("GET /other on a connection opened before the L7 rule, past the proxy: %d %q; want the connection cut", code, body)
+	}
+	cut := false
+	n.mu.Lock()
+	for _, f := range n.flows {
+		cut = cut || f.Reason == datapath.ReasonDropProxyMidflow
+	}
+	n.mu.Unlock()
+	if !cut {
+		t.Errorf("no flow event says %q", datapath.ReasonDropProxyMidflow)
+	}
+	fresh := open()
+	want(fresh, "/ok", 200)
+	want(fresh, "/other", 403)
+	want(proxied, "/other", 403) // the connection the proxy carried all along: the rule again
+}
