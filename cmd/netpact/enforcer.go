@@ -36,7 +36,7 @@ func newEnforcerCommand() *cobra.Command {
 		denied403, uplink                                                                string
 		proxyPort                                                                        uint16
 		flowsListen, metricsListen                                                       string
-		mtu                                                                              int
+		mtu, maxConnsPerPod                                                              int
 		cniWait                                                                          time.Duration
 	)
 	cmd := &cobra.Command{
@@ -103,7 +103,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				return err
 			}
 			defer fr.Close()
-			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, denied403, uplink)
+			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, maxConnsPerPod, denied403, uplink)
 			if err != nil {
 				return err
 			}
@@ -167,6 +167,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	cmd.Flags().StringVar(&cgroupBase, "cgroup-root", "/host/sys/fs/cgroup", "the node's /sys/fs/cgroup (its cgroup v2 mount, or unified/ below it): ClusterIP Services are translated at the socket for every process under it, before egress policy; empty: not translated")
 	cmd.Flags().Uint16Var(&proxyPort, "http-proxy-port", 14001, "port of the L7 HTTP proxy on the node's 127.0.0.1 and ::1 (the datapath hands it the flows HTTP rules govern)")
 	cmd.Flags().StringVar(&denied403, "http-403-msg", proxy.DefaultDeniedBody, "body of the 403 a request HTTP rules deny gets (CRLF appended), as Cilium's http-403-msg")
+	cmd.Flags().IntVar(&maxConnsPerPod, "http-max-conns-per-pod", proxy.DefaultMaxConnsPerSource, "connections one source address (a pod) may have open through the L7 HTTP proxy at once, which the node's pods share; one more is reset")
 	cmd.Flags().StringVar(&uplink, "uplink", "auto", "interface traffic from other nodes arrives on, where ingress L7 rules redirect it (auto: the default route's; empty: none, and such flows from other nodes are dropped)")
 	cmd.Flags().StringVar(&mode, "policy-enforcement-mode", "default", "default, always or never (as Cilium's policy-enforcement-mode)")
 	return cmd
@@ -229,11 +230,11 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // startNodeProxy runs the node's L7 HTTP proxy: the routing that delivers what the datapath hands
 // it, its listener (waiting for the previous enforcer's to go during a restart), the port and
 // mark the datapath needs, and the uplink program for flows from other nodes.
-func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, body, uplink string) (*proxy.Proxy, error) {
+func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, maxConns int, body, uplink string) (*proxy.Proxy, error) {
 	if err := (proxy.Routes{Table: 2004, Priority: 9}).Ensure(); err != nil {
 		return nil, err
 	}
-	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod,
+	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod, MaxConnsPerSource: maxConns,
 		OnRequest: func(r proxy.Request) { dp.PublishL7(r.Flow(node.State())) }}
 	var px *proxy.Proxy
 	var err error

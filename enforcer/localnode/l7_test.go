@@ -591,3 +591,84 @@ func TestL7RuleChangesOnOpenConnections(t *testing.T) {
 	want(fresh, "/other", 403)
 	want(proxied, "/other", 403) // the connection the proxy carried all along: the rule again
 }
+
+// TestL7ProxyConnectionsPerPod: a pod may have only so many connections open through the node's
+// proxy, which every pod of the node shares; one more is reset at once and an L7 event says why,
+// and once one closes the pod connects again. Another pod is not held back.
+func TestL7ProxyConnectionsPerPod(t *testing.T) {
+	n, c := testNodeWith(t, Options{ProxyMaxConnsPerSource: 3})
+	serveHTTP(t, n)
+	yaml := strings.Replace(l7Policy, "  - fromEndpoints: [{matchLabels: {app: b}}]", "  - fromEndpoints: [{matchLabels: {app: b}}, {matchLabels: {app: c}}]", 1)
+	b, err := policy.LoadBytes("l7.yaml", []byte(yaml), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	get := func(from string) (net.Conn, error) {
+		cc, err := dialA(t, n, from)
+		if err != nil {
+			return nil, err
+		}
+		cc.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(cc, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(cc), nil)
+		if err != nil {
+			cc.Close()
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			cc.Close()
+			return nil, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return cc, nil
+	}
+	var open []net.Conn
+	defer func() {
+		for _, cc := range open {
+			cc.Close()
+		}
+	}()
+	for i := range 3 {
+		cc, err := get("b")
+		if err != nil {
+			t.Fatalf("connection %d of b: %v", i+1, err)
+		}
+		open = append(open, cc)
+	}
+	n.ResetFlows()
+	if cc, err := get("b"); err == nil {
+		cc.Close()
+		t.Fatal("a fourth connection of b through the proxy was served; want it reset")
+	}
+	if cc, err := get("c"); err != nil {
+		t.Fatalf("c, with b at its limit: %v", err)
+	} else {
+		cc.Close()
+	}
+	said := false
+	n.mu.Lock()
+	for _, f := range n.flows {
+		said = said || f.L7 != nil && strings.Contains(f.L7.Why, "the most it may")
+	}
+	n.mu.Unlock()
+	if !said {
+		t.Error("no L7 event says why the fourth connection was reset")
+	}
+	open[0].Close()
+	open = open[1:]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cc, err := get("b")
+		if err == nil {
+			open = append(open, cc)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b after closing one of its connections: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

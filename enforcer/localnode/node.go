@@ -32,6 +32,8 @@ type Options struct {
 	// ProxyIdleTimeout is the L7 proxy's idle timeout (proxy.Options.IdleTimeout); its default
 	// when 0.
 	ProxyIdleTimeout time.Duration
+	// ProxyMaxConnsPerSource is proxy.Options.MaxConnsPerSource; its default when 0.
+	ProxyMaxConnsPerSource int
 }
 
 // Node is the enforcer on a node of network namespaces: pods on veths of this host, netpact's
@@ -111,7 +113,7 @@ func (n *Node) startProxy() error {
 		return err
 	}
 	n.routes = routes
-	px, err := proxy.Listen(0, proxy.Options{IdleTimeout: n.opts.ProxyIdleTimeout, Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
+	px, err := proxy.Listen(0, proxy.Options{IdleTimeout: n.opts.ProxyIdleTimeout, MaxConnsPerSource: n.opts.ProxyMaxConnsPerSource, Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
 	if err != nil {
 		return err
 	}

@@ -87,7 +87,14 @@ type Options struct {
 	DialTimeout time.Duration
 	// IdleTimeout closes a client connection idle this long; 5 min when 0.
 	IdleTimeout time.Duration
+	// MaxConnsPerSource bounds the connections one source address (a pod) has open through the
+	// proxy at once, which the node's pods share; one more is reset at once, and an L7 event
+	// says why. DefaultMaxConnsPerSource when 0.
+	MaxConnsPerSource int
 }
+
+// DefaultMaxConnsPerSource is the default of Options.MaxConnsPerSource.
+const DefaultMaxConnsPerSource = 10000
 
 // Proxy is a running HTTP proxy.
 type Proxy struct {
@@ -102,6 +109,7 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
+	perSrc map[netip.Addr]int // open connections by source address
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -115,6 +123,9 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 	if opts.IdleTimeout == 0 {
 		opts.IdleTimeout = 5 * time.Minute
 	}
+	if opts.MaxConnsPerSource <= 0 {
+		opts.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
 	body := opts.DeniedBody
 	if body == "" {
 		body = DefaultDeniedBody
@@ -122,7 +133,7 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 	if !bytes.HasSuffix([]byte(body), []byte("\r\n")) {
 		body += "\r\n"
 	}
-	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{}}
 	var err error
 	for attempt := 0; attempt < 20; attempt++ {
 		p.listeners, err = listenBoth(port)
@@ -232,19 +243,32 @@ func (p *Proxy) Close() error {
 	return errors.Join(errs...)
 }
 
-func (p *Proxy) track(c net.Conn) bool {
+// track counts a new connection; closed when the proxy is closing, over when its source has the
+// most connections it may.
+func (p *Proxy) track(c net.Conn) (closed, over bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return false
+		return true, false
 	}
+	src := addrPort(c.RemoteAddr()).Addr()
+	if p.perSrc[src] >= p.opts.MaxConnsPerSource {
+		return false, true
+	}
+	p.perSrc[src]++
 	p.conns[c] = struct{}{}
-	return true
+	return false, false
 }
 
 func (p *Proxy) untrack(c net.Conn) {
 	p.mu.Lock()
-	delete(p.conns, c)
+	if _, ok := p.conns[c]; ok {
+		delete(p.conns, c)
+		src := addrPort(c.RemoteAddr()).Addr()
+		if p.perSrc[src]--; p.perSrc[src] <= 0 {
+			delete(p.perSrc, src)
+		}
+	}
 	p.mu.Unlock()
 }
 
@@ -259,9 +283,20 @@ func (p *Proxy) accept(l net.Listener) {
 			}
 			return
 		}
-		if !p.track(c) {
+		closed, over := p.track(c)
+		if closed {
 			c.Close()
 			return
+		}
+		if over {
+			// Reset at once (no TIME_WAIT, no read): the source's other connections go on.
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			c.Close()
+			p.report(Request{Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Verdict: policy.HTTPVerdict{Index: -1,
+				Reason: fmt.Sprintf("connection reset: the source has %d connections open through the proxy, the most it may", p.opts.MaxConnsPerSource)}})
+			continue
 		}
 		p.wg.Add(1)
 		go func() {
