@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -219,6 +222,86 @@ var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() 
 		Expect(res.Steps).To(HaveLen(3))
 		Expect(res.Steps[2].Pending).To(BeEmpty())
 		Expect(res.Steps[2].Failed).To(BeFalse(), "the L7 step after the restarts:\n%s", report.String())
+	})
+
+	It("hands a pod's egress to an address outside the cluster to the L7 proxy: allowed GETs answer, from the node's address, others get Cilium's 403", func() {
+		const node = "netpact-e2e-worker"
+		n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		var nodeIP netip.Addr
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil && a.Type == corev1.NodeInternalIP && ip.Is4() {
+				nodeIP = ip
+			}
+		}
+		Expect(nodeIP.IsValid()).To(BeTrue(), "node %s has no IPv4 InternalIP", node)
+		// Outside the cluster: this process, on the host's address in the kind nodes' network.
+		hostIP := hostAddressFacing(nodeIP)
+		Expect(hostIP.IsValid()).To(BeTrue(), "no address of this host is in the network of %s", nodeIP)
+		ln, err := net.Listen("tcp4", net.JoinHostPort(hostIP.String(), "0"))
+		Expect(err).NotTo(HaveOccurred())
+		seen := make(chan string, 100)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case seen <- r.RemoteAddr:
+			default:
+			}
+			io.WriteString(w, "outside")
+		})}
+		go srv.Serve(ln)
+		DeferCleanup(func() { srv.Close() })
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+
+		createNamespace(ctx, client, "np-l7out")
+		pod := netpactPod("np-l7out", "client", map[string]string{"app": "client"}, "probe-server")
+		pod.Spec.NodeName = node
+		_, err = client.CoreV1().Pods("np-l7out").Create(ctx, pod, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-l7out")).To(Succeed())
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		objs, err := kubeapply.Decode("e2e", []byte(fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: outside-l7, namespace: np-l7out}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toCIDR: [%s/32]
+      toPorts:
+        - ports: [{port: "%d", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: /allowed}]
+`, hostIP, port)))
+		Expect(err).NotTo(HaveOccurred())
+		cnp, err := applier.ApplyOne(ctx, objs[0], "e2e")
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() error { return nodesAt(ctx, cnp, 1, "") }).WithTimeout(time.Minute).Should(Succeed())
+		Eventually(func() string { return httpFrom(ctx, "np-l7out", "client", hostIP.String(), port, "/allowed") }).
+			WithTimeout(time.Minute).Should(Equal("http-200"))
+		Expect(httpFrom(ctx, "np-l7out", "client", hostIP.String(), port, "/denied")).To(Equal("http-403"))
+		// The proxy connects from the node's address: the node masquerades what leaves the cluster.
+		var from []string
+		for len(seen) > 0 {
+			from = append(from, <-seen)
+		}
+		Expect(from).NotTo(BeEmpty())
+		for _, a := range from {
+			ap, err := netip.ParseAddrPort(a)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(ap.Addr()).To(Equal(nodeIP), "the outside server saw requests from %v", from)
+		}
+		// The other ports of that address stay denied at L3/L4.
+		Expect(probeFrom(ctx, "np-l7out", "client", hostIP.String(), port+1)).To(Equal("timeout"))
+		cl, err := client.CoreV1().Pods("np-l7out").Get(ctx, "client", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		enf := enforcerPod(node)
+		var flows []kubenode.FlowRecord
+		raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enf.Name+":9879").
+			SubResource("proxy").Suffix("flows").Param("src", cl.Status.PodIP).DoRaw(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(json.Unmarshal(raw, &flows)).To(Succeed())
+		Expect(flows).To(ContainElement(HaveField("L7", SatisfyAll(Not(BeNil()), HaveField("URL", ContainSubstring("/denied")), HaveField("Code", 403)))), "flows: %+v", flows)
 	})
 
 	It("keeps every verdict through a rollout of the DaemonSet", func() {
@@ -648,6 +731,37 @@ func nodesAt(ctx context.Context, obj *unstructured.Unstructured, gen int64, err
 }
 
 // probeFrom makes one TCP probe from a pod running the netpact image and returns its outcome.
+// httpFrom makes an HTTP GET of path from a pod: its outcome (http-<code>, timeout, ...).
+func httpFrom(ctx context.Context, ns, pod, host string, port uint16, path string) string {
+	cfg, client := kindClient(kindData)
+	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client})
+	in := fmt.Sprintf(`[{"id":0,"proto":"TCP","host":%q,"port":%d,"http":true,"path":%q,"timeoutMS":3000}]`, host, port, path)
+	stdout, stderr, code, err := backend.ExecStdin(*p, strings.NewReader(in), "netpact", "probe")
+	Expect(err).NotTo(HaveOccurred())
+	Expect(code).To(Equal(0), "netpact probe: %s", stderr)
+	var res []probeagent.Result
+	Expect(json.Unmarshal([]byte(stdout), &res)).To(Succeed())
+	Expect(res).To(HaveLen(1))
+	return res[0].Outcome
+}
+
+// hostAddressFacing is this host's address in the network of a (a kind node's): the address the
+// nodes reach the host on, outside the cluster.
+func hostAddressFacing(a netip.Addr) netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	Expect(err).NotTo(HaveOccurred())
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if p, err := netip.ParsePrefix(n.String()); err == nil && p.Addr().Is4() && p.Contains(a) && p.Addr() != a {
+				return p.Addr()
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
 func probeFrom(ctx context.Context, ns, pod, host string, port uint16) string {
 	cfg, client := kindClient(kindData)
 	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
