@@ -1526,13 +1526,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!p->is_frag) {
 		struct ct_value *fast = ct_live(&k, now);
 		had_entry = fast != 0;
-		if (fast && !(fast->flags & CT_REVOKED) && p->proto == PROTO_TCP &&
-		    !((p->tcp_flags & 0x02) && !(p->tcp_flags & 0x10))) {
-			if (fast->flags & CT_REDIRECT)
-				prev_l7 = fast->l7;
-			else
-				prev_direct = 1;
-		}
 		if (fast && fast->policy_rev == rev && !(fast->flags & CT_REVOKED)) {
 			if ((fast->flags & CT_PROXY) && !from_proxy)
 				return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, fast->rule_id);
@@ -1547,6 +1540,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			count(fast->flags & CT_REDIRECT ? REASON_FORWARD_PROXY
 				  : fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
 			return TC_ACT_OK;
+		}
+		if (fast && !(fast->flags & CT_REVOKED) && p->proto == PROTO_TCP &&
+		    !((p->tcp_flags & 0x02) && !(p->tcp_flags & 0x10))) {
+			if (fast->flags & CT_REDIRECT)
+				prev_l7 = fast->l7;
+			else
+				prev_direct = 1;
 		}
 	}
 	// From a pod to a Service frontend: its socket should have been translated. A packet that was
