@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/netpact/netpact/policy"
@@ -47,6 +48,7 @@ type upstream struct {
 	bw *bufio.Writer
 	// peerCloses: the last response said connection: close, so the destination closes first.
 	peerCloses bool
+	wg         *sync.WaitGroup // the proxy's: Close waits for the wait below too
 }
 
 // peerCloseWait bounds the wait for a destination that said connection: close to close.
@@ -66,7 +68,9 @@ func (u *upstream) close() {
 	}
 	// Let the destination close first, as it means to: the TIME_WAIT is then its socket's and
 	// not the node's, which holds the pod's address (see upstreamSocket).
+	u.wg.Add(1) // within a connection's goroutine, which the proxy's Close waits for
 	go func() {
+		defer u.wg.Done()
 		c.SetReadDeadline(time.Now().Add(peerCloseWait))
 		io.Copy(io.Discard, io.LimitReader(br, maxDrain))
 		c.Close()
@@ -131,6 +135,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			closing := req.Close || expect || !drain(c, req)
 			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
 			err := p.writeDenied(bw, closing)
+			if closing {
+				closeWrite(c)
+			}
 			p.report(rec)
 			if err != nil || closing {
 				return err == nil
@@ -153,7 +160,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 				writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n")
 				return false
 			}
-			up = &upstream{c: uc, br: getReader(uc), bw: getWriter(uc)}
+			up = &upstream{c: uc, br: getReader(uc), bw: getWriter(uc), wg: &p.wg}
 		}
 		keep, status, reuse := p.forward(req, target, up, c, lr, br, bw)
 		rec.Status, rec.Latency = status, time.Since(start)
@@ -279,7 +286,19 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 	if err != nil || bw.Flush() != nil {
 		return false, resp.StatusCode, false
 	}
+	if resp.Close {
+		closeWrite(c)
+	}
 	return !clientClose, resp.StatusCode, !upClose
+}
+
+// closeWrite ends the client's connection right after its last response, as a server does: this
+// side's FIN goes first, so the TIME_WAIT is the node's and the pod's port is free at once (see
+// serveConn).
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
 }
 
 // splice copies both ways after a protocol switch (WebSocket): the proxy judged the request that
