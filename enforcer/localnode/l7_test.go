@@ -418,12 +418,27 @@ func TestL7ProxyPortReuse(t *testing.T) {
 			for i := range 100 {
 				resp, err := client.Get(base + req.path)
 				if err != nil {
-					t.Fatalf("GET %s%s, connection %d: %v", base, req.path, i+1, err)
+					// The pod's sockets: which states hold its ports.
+					out, _ := exec.Command("ip", "netns", "exec", n.Pod("app/b").Netns, ss, "-tan").CombinedOutput()
+					t.Fatalf("GET %s%s, connection %d: %v; the pod's sockets:\n%s", base, req.path, i+1, err, out)
 				}
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != req.want {
 					t.Fatalf("GET %s%s, connection %d: %d %q, want %d", base, req.path, i+1, resp.StatusCode, body, req.want)
+				}
+			}
+		}
+		// The pod's sockets: none in TIME_WAIT with the destination (the proxy's FIN came with
+		// the last bytes of each response, so the pod never closed first).
+		out, err := exec.Command("ip", "netns", "exec", n.Pod("app/b").Netns, ss, "-Htan", "state", "time-wait").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ss in the pod: %v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) >= 4 {
+				if ap, err := netip.ParseAddrPort(f[3]); err == nil && ap.Addr() == family.dst {
+					t.Fatalf("the pod holds TIME_WAIT sockets with %s: it closed first:\n%s", family.dst, out)
 				}
 			}
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/netpact/netpact/policy"
 )
 
@@ -22,8 +24,9 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy
 const maxDrain = 64 << 10
 
 // writeDenied writes Cilium's 403: status line, content-length, content-type, date, server, the
-// body (CRLF-terminated); and connection: close when the connection ends after it.
-func (p *Proxy) writeDenied(w *bufio.Writer, closing bool) error {
+// body (CRLF-terminated); and connection: close when the connection ends after it. The caller
+// flushes w.
+func (p *Proxy) writeDenied(w *bufio.Writer, closing bool) {
 	fmt.Fprintf(w, "HTTP/1.1 403 Forbidden\r\ncontent-length: %d\r\ncontent-type: text/plain\r\ndate: %s\r\nserver: envoy\r\n",
 		len(p.body), time.Now().UTC().Format(http.TimeFormat))
 	if closing {
@@ -31,7 +34,6 @@ func (p *Proxy) writeDenied(w *bufio.Writer, closing bool) error {
 	}
 	w.WriteString("\r\n")
 	w.WriteString(p.body)
-	return w.Flush()
 }
 
 // writeStatus writes a short response of the proxy's own (400, 503), and the connection ends.
@@ -134,9 +136,12 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			lr.idle = 0 // drain bounds the whole body
 			closing := req.Close || expect || !drain(c, req)
 			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
-			err := p.writeDenied(bw, closing)
+			p.writeDenied(bw, closing)
+			var err error
 			if closing {
-				closeWrite(c)
+				err = finish(c, bw)
+			} else {
+				err = bw.Flush()
 			}
 			p.report(rec)
 			if err != nil || closing {
@@ -193,20 +198,27 @@ func drain(c net.Conn, req *http.Request) bool {
 }
 
 // flushingBody flushes the client writer before each read of the response body that would wait
-// on the destination: small responses go out in one write, streamed ones as they come.
+// on the destination: small responses go out in one write, streamed ones as they come. A body of
+// known length read to its end is not flushed before the read that finds the end: the response's
+// last bytes then go out with what follows (finish: with the FIN).
 type flushingBody struct {
 	io.ReadCloser
-	src *bufio.Reader
-	dst *bufio.Writer
+	src  *bufio.Reader
+	dst  *bufio.Writer
+	left int64 // bytes of the body still to come; -1: unknown (chunked, or until close)
 }
 
 func (b *flushingBody) Read(p []byte) (int, error) {
-	if b.src.Buffered() == 0 {
+	if b.src.Buffered() == 0 && b.left != 0 {
 		if err := b.dst.Flush(); err != nil {
 			return 0, err
 		}
 	}
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	if b.left > 0 {
+		b.left -= int64(n)
+	}
+	return n, err
 }
 
 // forward sends an allowed request to the destination and its response back. keep says whether
@@ -280,25 +292,48 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 	upClose := resp.Close
 	up.peerCloses = upClose
 	resp.Close = clientClose || upClose
-	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw}
+	left := resp.ContentLength
+	if left < 0 {
+		left = -1
+	}
+	resp.Body = &flushingBody{ReadCloser: resp.Body, src: up.br, dst: bw, left: left}
 	err := resp.Write(bw)
 	resp.Body.Close()
-	if err != nil || bw.Flush() != nil {
-		return false, resp.StatusCode, false
+	if err == nil {
+		if resp.Close {
+			err = finish(c, bw)
+		} else {
+			err = bw.Flush()
+		}
 	}
-	if resp.Close {
-		closeWrite(c)
+	if err != nil {
+		return false, resp.StatusCode, false
 	}
 	return !clientClose, resp.StatusCode, !upClose
 }
 
-// closeWrite ends the client's connection right after its last response, as a server does: this
-// side's FIN goes first, so the TIME_WAIT is the node's and the pod's port is free at once (see
-// serveConn).
-func closeWrite(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+// finish writes the last of a connection's last response and ends the connection's sending
+// side, the FIN in the segment with those bytes (TCP_CORK while both are queued): the client
+// learns that the connection ends when it reads the response, before it can close itself. This
+// side's FIN goes first, as a server's does: the TIME_WAIT is the node's, and the pod's port is
+// free at once (see serveConn).
+func finish(c net.Conn, bw *bufio.Writer) error {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return bw.Flush()
 	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return bw.Flush()
+	}
+	cork := func(on int) {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, on) })
+	}
+	cork(1)
+	err = bw.Flush()
+	tc.CloseWrite()
+	cork(0)
+	return err
 }
 
 // splice copies both ways after a protocol switch (WebSocket): the proxy judged the request that
