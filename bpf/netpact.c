@@ -1235,31 +1235,28 @@ static __always_inline void mark_to_proxy(struct __sk_buff *skb)
 	skb->mark = (skb->mark & ~MARK_TO_PROXY_MASK) | MARK_TO_PROXY;
 }
 
+#define PE_NONE 0     // the node has no socket of the tuple
+#define PE_ASSIGNED 1 // the packet goes to the node's socket of its tuple
+#define PE_TIMEWAIT 2 // the node's socket of the tuple is in TIME_WAIT: not assigned
+
 // proxy_established assigns a TCP packet to the node's socket of its own tuple: one only the
-// proxy can own (a transparent socket with a pod's address). 1: assigned; 0: there is none.
+// proxy can own (a transparent socket with a pod's address). One lookup says which PE_ it is.
 static __attribute__((noinline)) int proxy_established(struct __sk_buff *skb, struct pkt *p)
 {
 	struct bpf_sock_tuple t = {};
 	__u32 len = own_tuple(p, &t);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return 0;
-	int ok = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT && bpf_sk_assign(skb, sk, 0) == 0;
+		return PE_NONE;
+	int ret = PE_NONE;
+	if (sk->state == BPF_TCP_TIME_WAIT)
+		ret = PE_TIMEWAIT;
+	else if (sk->state != BPF_TCP_LISTEN && bpf_sk_assign(skb, sk, 0) == 0)
+		ret = PE_ASSIGNED;
 	bpf_sk_release(sk);
-	if (ok)
+	if (ret == PE_ASSIGNED)
 		mark_to_proxy(skb);
-	return ok;
-}
-
-// syn_meets_timewait: the node has a TIME_WAIT socket of the packet's own tuple (t).
-static __attribute__((noinline)) int syn_meets_timewait(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len)
-{
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	int tw = sk->state == BPF_TCP_TIME_WAIT;
-	bpf_sk_release(sk);
-	return tw;
+	return ret;
 }
 
 // proxy_redirect hands a TCP packet to the proxy of parser l7. Returns 0, or the drop reason:
@@ -1272,13 +1269,14 @@ static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struc
 	__u32 *port = bpf_map_lookup_elem(&proxy_ports, &l7);
 	if (!port || *port == 0 || *port > 65535)
 		return REASON_DROP_NO_PROXY;
-	if (proxy_established(skb, p))
+	int est = proxy_established(skb, p);
+	if (est == PE_ASSIGNED)
 		return 0;
 	if (!(p->tcp_flags & 0x02) || (p->tcp_flags & 0x10)) // only a SYN opens a flow at the listener
 		return REASON_DROP_PROXY_DOWN;
+	int timewait = est == PE_TIMEWAIT;
 	struct bpf_sock_tuple t = {};
 	__u32 len = own_tuple(p, &t);
-	int timewait = syn_meets_timewait(skb, &t, len);
 	if (p->family == FAMILY_V4) {
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons((__u16)*port);
@@ -1499,7 +1497,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				cv->flags |= CT_CLOSING;
 			// A pod answering the L7 proxy's connection: back to the proxy's socket, not on
 			// to the address the proxy borrowed.
-			if ((cv->flags & CT_PROXY) && dir == DIR_EGRESS && !proxy_established(skb, p))
+			if ((cv->flags & CT_PROXY) && dir == DIR_EGRESS && proxy_established(skb, p) != PE_ASSIGNED)
 				return drop(skb, ep, p, dir, REASON_DROP_PROXY_DOWN, peer_id, cv->rule_id);
 			frag_record(p);
 			count(REASON_FORWARD_REPLY, skb->len);
@@ -1666,7 +1664,7 @@ int tc_from_uplink(struct __sk_buff *skb)
 	// Only a pod with L7 rules has proxied flows: the socket lookup is for those alone.
 	if (!ep || !(ep->flags & EP_HAS_L7))
 		return TC_ACT_OK;
-	if (proxy_established(skb, p))
+	if (proxy_established(skb, p) == PE_ASSIGNED)
 		return TC_ACT_OK;
 	if (!(p->tcp_flags & 0x02) || (p->tcp_flags & 0x10))
 		return TC_ACT_OK; // not a new flow: the pod's tc_to_pod judges it

@@ -733,18 +733,7 @@ func nodesAt(ctx context.Context, obj *unstructured.Unstructured, gen int64, err
 // probeFrom makes one TCP probe from a pod running the netpact image and returns its outcome.
 // httpFrom makes an HTTP GET of path from a pod: its outcome (http-<code>, timeout, ...).
 func httpFrom(ctx context.Context, ns, pod, host string, port uint16, path string) string {
-	cfg, client := kindClient(kindData)
-	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
-	Expect(err).NotTo(HaveOccurred())
-	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client})
-	in := fmt.Sprintf(`[{"id":0,"proto":"TCP","host":%q,"port":%d,"http":true,"path":%q,"timeoutMS":3000}]`, host, port, path)
-	stdout, stderr, code, err := backend.ExecStdin(*p, strings.NewReader(in), "netpact", "probe")
-	Expect(err).NotTo(HaveOccurred())
-	Expect(code).To(Equal(0), "netpact probe: %s", stderr)
-	var res []probeagent.Result
-	Expect(json.Unmarshal([]byte(stdout), &res)).To(Succeed())
-	Expect(res).To(HaveLen(1))
-	return res[0].Outcome
+	return probeWith(ctx, ns, pod, probeagent.Request{Proto: "TCP", Host: host, Port: port, HTTP: true, Path: path, TimeoutMS: 3000})
 }
 
 // hostAddressFacing is this host's address in the network of a (a kind node's): the address the
@@ -763,12 +752,18 @@ func hostAddressFacing(a netip.Addr) netip.Addr {
 }
 
 func probeFrom(ctx context.Context, ns, pod, host string, port uint16) string {
+	return probeWith(ctx, ns, pod, probeagent.Request{Proto: "TCP", Host: host, Port: port, TimeoutMS: 1500})
+}
+
+// probeWith runs one probe of the probe agent in a pod: its outcome.
+func probeWith(ctx context.Context, ns, pod string, req probeagent.Request) string {
 	cfg, client := kindClient(kindData)
 	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
 	Expect(err).NotTo(HaveOccurred())
 	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client})
-	in := fmt.Sprintf(`[{"id":0,"proto":"TCP","host":%q,"port":%d,"timeoutMS":1500}]`, host, port)
-	stdout, stderr, code, err := backend.ExecStdin(*p, strings.NewReader(in), "netpact", "probe")
+	in, err := json.Marshal([]probeagent.Request{req})
+	Expect(err).NotTo(HaveOccurred())
+	stdout, stderr, code, err := backend.ExecStdin(*p, bytes.NewReader(in), "netpact", "probe")
 	Expect(err).NotTo(HaveOccurred())
 	Expect(code).To(Equal(0), "netpact probe: %s", stderr)
 	var res []probeagent.Result

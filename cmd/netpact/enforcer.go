@@ -231,6 +231,9 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // it, its listener (waiting for the previous enforcer's to go during a restart), the port and
 // mark the datapath needs, and the uplink program for flows from other nodes.
 func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, maxConns int, body, uplink string) (*proxy.Proxy, error) {
+	if maxConns < 1 {
+		return nil, fmt.Errorf("--http-max-conns-per-pod %d: must be at least 1", maxConns)
+	}
 	if err := (proxy.Routes{Table: 2004, Priority: 9}).Ensure(); err != nil {
 		return nil, err
 	}

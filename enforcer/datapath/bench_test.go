@@ -209,26 +209,8 @@ func nsPerRun(b *testing.B, from, to runStats) float64 {
 	return float64((to.runtime - from.runtime).Nanoseconds()) / float64(runs)
 }
 
-// cpuSeconds is the busy CPU time of the whole machine so far (user, nice, system, irq and
-// softirq of every CPU, from /proc/stat): traffic between namespaces is spent in softirq.
-func cpuSeconds(b *testing.B) float64 {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		b.Fatal(err)
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	f := strings.Fields(line)
-	if len(f) < 8 || f[0] != "cpu" {
-		b.Fatalf("unexpected /proc/stat: %q", line)
-	}
-	var ticks float64
-	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system irq softirq
-		var v float64
-		fmt.Sscan(f[i], &v)
-		ticks += v
-	}
-	return ticks / 100 // USER_HZ
-}
+// cpuSeconds is the busy CPU time of the whole machine so far (testenv.CPU).
+func cpuSeconds(b *testing.B) float64 { return testenv.ReadCPU(b).BusySeconds() }
 
 func median(xs []float64) float64 { return testenv.Median(xs) }
 

@@ -88,10 +88,10 @@ func BenchmarkL7Proxy(b *testing.B) {
 	// measure runs one round of the client process against port.
 	measure := func(keepAlive bool, clients int, port string, r *result) {
 		url := "http://" + net.JoinHostPort(to, port) + "/x"
-		cpu := testenv.ReadCPU()
+		cpu := testenv.ReadCPU(b)
 		fmt.Fprintf(clientIn, "%s %v 400 %d\n", url, keepAlive, clients)
 		line, err := clientOut.ReadString('\n')
-		r.busy = append(r.busy, cpu.BusySince())
+		r.busy = append(r.busy, cpu.BusySince(b))
 		if err != nil {
 			b.Fatalf("benchmark client: %v", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -410,7 +411,7 @@ func TestL7ProxyPortReuse(t *testing.T) {
 		{n.Pod("app/a").IPv6, n.Pod("app/b").IPv6},
 	} {
 		base := "http://" + net.JoinHostPort(family.dst.String(), "8081")
-		before := timeWait(t, ss, family.src)
+		before := timeWait(t, []string{ss}, family.src, 2)
 		for _, req := range []struct {
 			path string
 			want int
@@ -431,21 +432,13 @@ func TestL7ProxyPortReuse(t *testing.T) {
 		}
 		// The pod's sockets: none in TIME_WAIT with the destination (the proxy's FIN came with
 		// the last bytes of each response, so the pod never closed first).
-		out, err := exec.Command("ip", "netns", "exec", n.Pod("app/b").Netns, ss, "-Htan", "state", "time-wait").CombinedOutput()
-		if err != nil {
-			t.Fatalf("ss in the pod: %v: %s", err, out)
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if f := strings.Fields(line); len(f) >= 4 {
-				if ap, err := netip.ParseAddrPort(f[3]); err == nil && ap.Addr() == family.dst {
-					t.Fatalf("the pod holds TIME_WAIT sockets with %s: it closed first:\n%s", family.dst, out)
-				}
-			}
+		if held := timeWait(t, []string{"ip", "netns", "exec", n.Pod("app/b").Netns, ss}, family.dst, 3); len(held) > 0 {
+			t.Fatalf("the pod holds %d TIME_WAIT sockets with %s: it closed first", len(held), family.dst)
 		}
 		// The node's sockets (this test runs in the node's namespace): none new in TIME_WAIT
 		// bound to the pod's address (an earlier test's pod may have had it).
 		var held []string
-		for s := range timeWait(t, ss, family.src) {
+		for s := range timeWait(t, []string{ss}, family.src, 2) {
 			if !before[s] {
 				held = append(held, s)
 			}
@@ -457,10 +450,11 @@ func TestL7ProxyPortReuse(t *testing.T) {
 	}
 }
 
-// timeWait is the node's TIME_WAIT sockets bound to address a, as ss names them.
-func timeWait(t *testing.T, ss string, a netip.Addr) map[string]bool {
+// timeWait is the TIME_WAIT sockets ss (the command, run in a namespace or not) lists with
+// address a in column col (2: local, 3: peer), as ss names them.
+func timeWait(t *testing.T, ss []string, a netip.Addr, col int) map[string]bool {
 	t.Helper()
-	out, err := exec.Command(ss, "-Htan", "state", "time-wait").CombinedOutput()
+	out, err := exec.Command(ss[0], append(ss[1:], "-Htan", "state", "time-wait")...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ss: %v: %s", err, out)
 	}
@@ -470,7 +464,7 @@ func timeWait(t *testing.T, ss string, a netip.Addr) map[string]bool {
 		if len(f) < 4 {
 			continue
 		}
-		if ap, err := netip.ParseAddrPort(f[2]); err == nil && ap.Addr().Unmap() == a {
+		if ap, err := netip.ParseAddrPort(f[col]); err == nil && ap.Addr().Unmap() == a {
 			held[f[2]+" "+f[3]] = true
 		}
 	}
@@ -685,5 +679,63 @@ func TestL7ProxyConnectionsPerPod(t *testing.T) {
 			t.Fatalf("b after closing one of its connections: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestL7ProxyNothingAfterTheLastResponse: when the destination ends a connection (its response
+// says connection: close), a request the client pipelined after it is not forwarded: the client
+// was told the connection ends, and the destination never sees the request (a POST is not done
+// behind its back).
+func TestL7ProxyNothingAfterTheLastResponse(t *testing.T) {
+	n, c := testNode(t)
+	var ln net.Listener
+	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Connection", "close") // this server ends every connection
+		io.WriteString(w, "done")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	yaml := strings.Replace(l7Policy, "- {method: GET, path: /ok}", "- {path: /.*}", 1)
+	b, err := policy.LoadBytes("l7.yaml", []byte(yaml), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := dialA(t, n, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// Both requests in one write: the second is in the proxy's buffer when the first's response
+	// comes back.
+	fmt.Fprintf(conn, "GET /first HTTP/1.1\r\nHost: a\r\n\r\nPOST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("GET /first: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("GET /first: %d, close %v; want 200 and connection: close", resp.StatusCode, resp.Close)
+	}
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		t.Fatalf("a response to the request after the last one: %d", resp.StatusCode)
+	}
+	time.Sleep(200 * time.Millisecond) // a forwarded POST would have reached the server by now
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] != "GET /first" {
+		t.Fatalf("the destination saw %q; want only GET /first", seen)
 	}
 }

@@ -309,7 +309,9 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 	if err != nil {
 		return false, resp.StatusCode, false
 	}
-	return !clientClose, resp.StatusCode, !upClose
+	// A response that said connection: close (the client's or the destination's wish) is the
+	// connection's last: a request the client sent after it is not forwarded.
+	return !resp.Close, resp.StatusCode, !upClose
 }
 
 // finish writes the last of a connection's last response and ends the connection's sending

@@ -38,33 +38,47 @@ func P99(ds []time.Duration) time.Duration {
 	return s[len(s)*99/100]
 }
 
-// CPU is a reading of the machine's CPU time counters (/proc/stat), for telling whether a
-// benchmark's measurement kept the CPUs busy.
+// CPU is a reading of the machine's CPU time counters (/proc/stat, in USER_HZ ticks): busy is
+// user, nice, system, irq and softirq of every CPU (traffic between namespaces is spent in
+// softirq), total every field.
 type CPU struct{ busy, total uint64 }
 
-// ReadCPU reads the counters; a zero CPU when they cannot be read.
-func ReadCPU() CPU {
+// ReadCPU reads the counters; a benchmark that cannot read them fails.
+func ReadCPU(t TB) CPU {
+	t.Helper()
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return CPU{}
+		t.Fatalf("read the CPU counters: %v", err)
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		t.Fatalf("read the CPU counters: unexpected /proc/stat line %q", line)
+	}
 	var c CPU
-	for i, s := range strings.Fields(line)[1:] {
-		v, _ := strconv.ParseUint(s, 10, 64)
+	for i, s := range f[1:] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("read the CPU counters: field %d of %q: %v", i+1, line, err)
+		}
 		c.total += v
-		if i != 3 && i != 4 { // idle, iowait
+		switch i {
+		case 0, 1, 2, 5, 6: // user nice system irq softirq
 			c.busy += v
 		}
 	}
 	return c
 }
 
+// BusySeconds is the machine's busy CPU time so far, in seconds.
+func (c CPU) BusySeconds() float64 { return float64(c.busy) / 100 }
+
 // BusySince is the share of the machine's CPU time that was busy between c and now (0 to 1).
-func (c CPU) BusySince() float64 {
-	now := ReadCPU()
+func (c CPU) BusySince(t TB) float64 {
+	t.Helper()
+	now := ReadCPU(t)
 	if now.total <= c.total {
-		return 0
+		t.Fatalf("the CPU counters did not advance")
 	}
 	return float64(now.busy-c.busy) / float64(now.total-c.total)
 }
