@@ -3,12 +3,15 @@
 package enforcer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/policy"
@@ -43,6 +46,8 @@ type Enforcer struct {
 	pinned map[int]datapath.PinnedEndpoint
 	// services are the Service frontends the node translates.
 	services []Service
+	// driftRepairs counts the datapath entries RepairDrift wrote back or deleted.
+	driftRepairs atomic.Uint64
 }
 
 // New returns an enforcer for node that programs dp. What dp's pinned maps already hold (an
@@ -357,6 +362,74 @@ func (e *Enforcer) Verify() error {
 		}
 	}
 	return nil
+}
+
+// DriftRepair is a datapath entry that was changed behind the enforcer's back and repaired.
+type DriftRepair struct {
+	datapath.DriftEntry
+	// Pod is the local pod the entry's endpoint is; zero when the endpoint id is no pod's.
+	Pod policy.EndpointKey
+}
+
+func (r DriftRepair) String() string {
+	if r.Pod == (policy.EndpointKey{}) {
+		return r.DriftEntry.String()
+	}
+	return fmt.Sprintf("pod %s, %s", r.Pod, r.DriftEntry)
+}
+
+// RepairDrift makes the datapath maps hold again what the enforcer wrote where something else
+// changed them (datapath.Resync), and returns each entry it repaired.
+func (e *Enforcer) RepairDrift() ([]DriftRepair, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	fixed, err := e.dp.Resync()
+	if len(fixed) == 0 {
+		return nil, err
+	}
+	e.driftRepairs.Add(uint64(len(fixed)))
+	pods := make(map[uint32]policy.EndpointKey, len(e.ids))
+	for k, id := range e.ids {
+		pods[id] = k
+	}
+	out := make([]DriftRepair, len(fixed))
+	for i, f := range fixed {
+		out[i] = DriftRepair{DriftEntry: f, Pod: pods[f.Endpoint]}
+	}
+	return out, err
+}
+
+// DriftRepairs is how many datapath entries RepairDrift has repaired.
+func (e *Enforcer) DriftRepairs() uint64 { return e.driftRepairs.Load() }
+
+// RunDriftRepair runs RepairDrift every interval until ctx ends (not at all when interval is
+// not positive): report gets each entry repaired, fail each error (either may be nil).
+func (e *Enforcer) RunDriftRepair(ctx context.Context, interval time.Duration, report func(DriftRepair), fail func(error)) {
+	if interval <= 0 {
+		return
+	}
+	if report == nil {
+		report = func(DriftRepair) {}
+	}
+	if fail == nil {
+		fail = func(error) {}
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fixed, err := e.RepairDrift()
+		for _, r := range fixed {
+			report(r)
+		}
+		if err != nil {
+			fail(err)
+		}
+	}
 }
 
 // Service is a ClusterIP frontend and its ready backends, as the socket programs translate it.

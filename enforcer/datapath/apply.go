@@ -1,11 +1,13 @@
 package datapath
 
 import (
-	"context"
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"time"
+	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -230,69 +232,191 @@ func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
 	return nil
 }
 
-// Resync compares the policy maps with what was last applied and repairs any drift (entries
-// changed or removed behind netpact's back, or left over). It returns how many entries it fixed.
-func (d *Datapath) Resync() (int, error) {
+// DriftEntry is a map entry that Resync found other than netpact last wrote it, and repaired.
+type DriftEntry struct {
+	// Map is the pinned map: "policy", "prefix_policy" or "endpoints".
+	Map string
+	// Endpoint is the id of the endpoint the entry belongs to.
+	Endpoint uint32
+	// Key is the entry's key: in the engine's terms for the policy maps ("ingress identity 5 TCP
+	// 8080"), "ifindex 7" for the endpoints map.
+	Key string
+	// Found is what the map held ("" when the entry was missing); Wrote is what Resync wrote
+	// back ("" when it deleted an entry netpact never wrote).
+	Found, Wrote string
+}
+
+func (e DriftEntry) String() string {
+	what := fmt.Sprintf("was %s, wrote %s", e.Found, e.Wrote)
+	switch {
+	case e.Found == "":
+		what = "missing, wrote " + e.Wrote
+	case e.Wrote == "":
+		what = "not netpact's (" + e.Found + "), deleted"
+	}
+	return fmt.Sprintf("%s map, endpoint %d, %s: %s", e.Map, e.Endpoint, e.Key, what)
+}
+
+// Resync compares the policy maps and the endpoints map with what netpact last wrote and
+// repairs any drift: entries changed or removed behind netpact's back are written again and
+// entries it never wrote are deleted, all writes before any delete. It returns each entry it
+// repaired.
+func (d *Datapath) Resync() ([]DriftEntry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	fixed := 0
-	actual := map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue{}
-	var k bpf.NetpactPolicyKey
-	var v bpf.NetpactPolicyValue
-	it := d.objs.Policy.Iterate()
-	for it.Next(&k, &v) {
-		actual[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("resync: read policy map: %w", err)
-	}
+	policyWant := map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue{}
+	prefixWant := map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue{}
 	for _, e := range d.applied {
-		for k, v := range e.Policy {
-			if got, ok := actual[k]; !ok || got != v {
-				if err := d.objs.Policy.Put(k, v); err != nil {
-					return fixed, fmt.Errorf("resync: write policy entry: %w", err)
-				}
-				fixed++
-			}
-			delete(actual, k)
+		maps.Copy(policyWant, e.Policy)
+		maps.Copy(prefixWant, e.Prefix)
+	}
+	endpointsWant := make(map[uint32]bpf.NetpactEndpointInfo, len(d.endpointInfo))
+	for ifindex, info := range d.endpointInfo {
+		endpointsWant[uint32(ifindex)] = info
+	}
+	policyWrites, policyDeletes, err := diffMap(d.objs.Policy, "policy", policyWant, describePolicy)
+	if err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	prefixWrites, prefixDeletes, err := diffMap(d.objs.PrefixPolicy, "prefix_policy", prefixWant, describePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	endpointWrites, endpointDeletes, err := diffMap(d.objs.Endpoints, "endpoints", endpointsWant, describeEndpoint)
+	if err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	var fixed []DriftEntry
+	var errs []error
+	for _, r := range slices.Concat(policyWrites, prefixWrites, endpointWrites, policyDeletes, prefixDeletes, endpointDeletes) {
+		if err := r.apply(); err != nil {
+			errs = append(errs, fmt.Errorf("repair %s: %w", r.entry, err))
+			continue
 		}
+		fixed = append(fixed, r.entry)
 	}
-	for k := range actual {
-		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fixed, fmt.Errorf("resync: delete policy entry: %w", err)
-		}
-		fixed++
+	if len(fixed) > 0 {
+		errs = append(errs, d.bumpRevision())
 	}
-	actualPrefix := map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue{}
-	var pk bpf.NetpactPrefixPolicyKey
-	pit := d.objs.PrefixPolicy.Iterate()
-	for pit.Next(&pk, &v) {
-		actualPrefix[pk] = v
-	}
-	if err := pit.Err(); err != nil {
-		return fixed, fmt.Errorf("resync: read prefix policy map: %w", err)
-	}
-	for _, e := range d.applied {
-		for k, v := range e.Prefix {
-			if got, ok := actualPrefix[k]; !ok || got != v {
-				if err := d.objs.PrefixPolicy.Put(k, v); err != nil {
-					return fixed, fmt.Errorf("resync: write prefix policy entry: %w", err)
-				}
-				fixed++
-			}
-			delete(actualPrefix, k)
-		}
-	}
-	for k := range actualPrefix {
-		if err := d.objs.PrefixPolicy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fixed, fmt.Errorf("resync: delete prefix policy entry: %w", err)
-		}
-		fixed++
-	}
-	if fixed > 0 {
-		return fixed, d.bumpRevision()
+	if err := errors.Join(errs...); err != nil {
+		return fixed, fmt.Errorf("resync: %w", err)
 	}
 	return fixed, nil
+}
+
+// repair is one write or delete that makes a map entry what netpact last wrote.
+type repair struct {
+	entry DriftEntry
+	apply func() error
+}
+
+// diffMap reads map m and compares it with want: a write for each entry missing or changed, a
+// delete for each entry want lacks, each in the order of endpoint and key. describe renders an
+// entry as its endpoint id, key and value.
+func diffMap[K, V comparable](m *ebpf.Map, name string, want map[K]V, describe func(K, V) (uint32, string, string)) (writes, deletes []repair, err error) {
+	have := map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		have[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("read %s map: %w", name, err)
+	}
+	for k, v := range want {
+		got, ok := have[k]
+		if ok && got == v {
+			continue
+		}
+		e := DriftEntry{Map: name}
+		e.Endpoint, e.Key, e.Wrote = describe(k, v)
+		if ok {
+			_, _, e.Found = describe(k, got)
+		}
+		writes = append(writes, repair{e, func() error { return m.Put(k, v) }})
+	}
+	for k, v := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		e := DriftEntry{Map: name}
+		e.Endpoint, e.Key, e.Found = describe(k, v)
+		deletes = append(deletes, repair{e, func() error {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+			return nil
+		}})
+	}
+	byEndpointAndKey := func(a, b repair) int {
+		return cmp.Or(cmp.Compare(a.entry.Endpoint, b.entry.Endpoint), strings.Compare(a.entry.Key, b.entry.Key))
+	}
+	slices.SortFunc(writes, byEndpointAndKey)
+	slices.SortFunc(deletes, byEndpointAndKey)
+	return writes, deletes, nil
+}
+
+// describePolicy renders a policy entry through FromBPF, in the terms Dump uses.
+func describePolicy(k bpf.NetpactPolicyKey, v bpf.NetpactPolicyValue) (uint32, string, string) {
+	e := newEntries()
+	e.Policy[k] = v
+	return k.EpId, describeKey(FromBPF(e), k), describeValue(v)
+}
+
+func describePrefix(k bpf.NetpactPrefixPolicyKey, v bpf.NetpactPolicyValue) (uint32, string, string) {
+	e := newEntries()
+	e.Prefix[k] = v
+	return k.EpId, describeKey(FromBPF(e), k), describeValue(v)
+}
+
+// describeKey is the key of the one entry of dump, or the raw key when it does not convert.
+func describeKey(dump []DumpEntry, raw any) string {
+	if len(dump) != 1 {
+		return fmt.Sprintf("%+v", raw)
+	}
+	return fmt.Sprintf("%s %s", dump[0].Direction, dump[0].Key)
+}
+
+func describeValue(v bpf.NetpactPolicyValue) string {
+	s := fmt.Sprintf("%s rule %d", policy.Verdict(v.Verdict), v.RuleId)
+	if policy.Verdict(v.Verdict) == policy.VerdictProxy {
+		s += " to the " + Parser(v.L7).String() + " proxy"
+	}
+	return s
+}
+
+// endpointFlagNames name the flags of enum endpoint_flag.
+var endpointFlagNames = []struct {
+	flag uint32
+	name string
+}{
+	{flagEnforceIngress, "enforce-ingress"}, {flagEnforceEgress, "enforce-egress"}, {flagHasPrefix, "prefix-policy"},
+	{flagFailClosed, "fail-closed"}, {flagHasL7, "l7"}, {flagHasL7Ingress, "l7-ingress"},
+}
+
+func describeEndpoint(ifindex uint32, info bpf.NetpactEndpointInfo) (uint32, string, string) {
+	var flags []string
+	rest := info.Flags
+	for _, f := range endpointFlagNames {
+		if info.Flags&f.flag != 0 {
+			flags = append(flags, f.name)
+			rest &^= f.flag
+		}
+	}
+	if rest != 0 {
+		flags = append(flags, fmt.Sprintf("%#x", rest))
+	}
+	s := fmt.Sprintf("id %d identity %d flags [%s]", info.EpId, info.Identity, strings.Join(flags, " "))
+	if info.PrefixPortBits != 0 {
+		s += fmt.Sprintf(" prefix port bits %#x", info.PrefixPortBits)
+	}
+	for _, a := range []netip.Addr{netip.AddrFrom4(info.Ipv4), netip.AddrFrom16(info.Ipv6)} {
+		if !a.IsUnspecified() {
+			s += " " + a.String()
+		}
+	}
+	return info.EpId, fmt.Sprintf("ifindex %d", ifindex), s
 }
 
 // Dump reads an endpoint's entries from the maps and returns them in the engine's terms.
@@ -322,23 +446,6 @@ func (d *Datapath) Dump(epID uint32) ([]DumpEntry, error) {
 		return nil, fmt.Errorf("dump prefix policy map: %w", err)
 	}
 	return FromBPF(e), nil
-}
-
-// ResyncEvery runs Resync every interval until ctx is done. report gets each result that fixed
-// something or failed.
-func (d *Datapath) ResyncEvery(ctx context.Context, interval time.Duration, report func(fixed int, err error)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if fixed, err := d.Resync(); (fixed > 0 || err != nil) && report != nil {
-				report(fixed, err)
-			}
-		}
-	}
 }
 
 // PinnedEndpoint is what the endpoints map held for an interface when Open adopted it.

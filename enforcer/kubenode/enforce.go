@@ -64,7 +64,10 @@ type EnforceConfig struct {
 	Coalesce time.Duration
 	// Heartbeat rewrites the status object this often when nothing changed; 60 s when zero.
 	Heartbeat time.Duration
-	Log       *slog.Logger
+	// DriftInterval is how often the datapath maps are compared with what the enforcer wrote
+	// and repaired (enforcer.RunDriftRepair); 10 s when zero, never when negative.
+	DriftInterval time.Duration
+	Log           *slog.Logger
 }
 
 // Enforcement keeps a node's datapath in line with the cluster's pods and policies, watched
@@ -127,6 +130,9 @@ func NewEnforcement(cfg EnforceConfig) *Enforcement {
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 60 * time.Second
+	}
+	if cfg.DriftInterval == 0 {
+		cfg.DriftInterval = 10 * time.Second
 	}
 	if cfg.EndpointDir == "" {
 		cfg.EndpointDir = cniplugin.DefaultEndpointDir
@@ -195,8 +201,14 @@ func (e *Enforcement) Poke() {
 	}
 }
 
-// Run starts the informers and syncs on every change until ctx ends.
+// Run starts the informers and syncs on every change until ctx ends; the datapath's drift is
+// repaired meanwhile.
 func (e *Enforcement) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var drift sync.WaitGroup
+	defer drift.Wait()
+	defer cancel()
+	drift.Go(func() { e.runDriftRepair(ctx) })
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { e.Poke() }, DeleteFunc: func(any) { e.Poke() },
 		UpdateFunc: func(_, _ any) { e.Poke() },

@@ -238,6 +238,9 @@ func (o *Observer) writeMetrics(w http.ResponseWriter) {
 			fmt.Fprintf(w, "netpact_map_capacity{map=%q} %d\n", n, fill[n].Max)
 		}
 	}
+	fmt.Fprintln(w, "# HELP netpact_datapath_drift_repaired_entries_total Datapath map entries found changed behind the enforcer's back and repaired.")
+	fmt.Fprintln(w, "# TYPE netpact_datapath_drift_repaired_entries_total counter")
+	fmt.Fprintf(w, "netpact_datapath_drift_repaired_entries_total %d\n", o.enf.DriftRepairs())
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	fmt.Fprintln(w, "# HELP go_memstats_heap_inuse_bytes Bytes of the Go heap in use.")

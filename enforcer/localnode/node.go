@@ -4,6 +4,7 @@
 package localnode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -34,6 +35,12 @@ type Options struct {
 	ProxyIdleTimeout time.Duration
 	// ProxyMaxConnsPerSource is proxy.Options.MaxConnsPerSource; its default when 0.
 	ProxyMaxConnsPerSource int
+	// DriftInterval is how often the datapath maps are compared with what the enforcer wrote
+	// and repaired (enforcer.RunDriftRepair): 10 s when 0, never when negative.
+	DriftInterval time.Duration
+	// Log gets the node's log lines (one per repaired entry); standard error, prefixed
+	// "netpact: ", when nil.
+	Log func(string)
 }
 
 // Node is the enforcer on a node of network namespaces: pods on veths of this host, netpact's
@@ -55,6 +62,8 @@ type Node struct {
 
 	proxy  *proxy.Proxy
 	routes *proxy.Routes
+	// stopDrift ends the drift repair loop and waits for it.
+	stopDrift func()
 }
 
 // maxFlows bounds the flow events a node keeps between two ResetFlows.
@@ -96,6 +105,7 @@ func (n *Node) Start() error {
 	}
 	n.dp = dp
 	n.enf = enforcer.New("local", dp, n.opts.Policy)
+	n.startDriftRepair()
 	fr, err := dp.Flows()
 	if err != nil {
 		return fmt.Errorf("open flow events: %w", err)
@@ -328,6 +338,10 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 // Stop stops reading flows and, unless retained, deletes the pods the node made, tears the
 // datapath down (programs, links and pins) and releases the run id.
 func (n *Node) Stop() error {
+	if n.stopDrift != nil {
+		n.stopDrift()
+		n.stopDrift = nil
+	}
 	if n.fr != nil {
 		n.fr.Close()
 	}
@@ -355,4 +369,24 @@ func (n *Node) Stop() error {
 		n.releaseID = nil
 	}
 	return errors.Join(errs...)
+}
+
+// startDriftRepair runs the enforcer's drift repair every Options.DriftInterval until Stop.
+func (n *Node) startDriftRepair() {
+	every := n.opts.DriftInterval
+	if every == 0 {
+		every = 10 * time.Second
+	}
+	log := n.opts.Log
+	if log == nil {
+		log = func(line string) { fmt.Fprintln(os.Stderr, "netpact: "+line) }
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.enf.RunDriftRepair(ctx, every, func(r enforcer.DriftRepair) { log("drift repaired: " + r.String()) },
+			func(err error) { log("drift repair: " + err.Error()) })
+	}()
+	n.stopDrift = func() { cancel(); <-done }
 }

@@ -6,13 +6,17 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/netpact/netpact/bpf"
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
@@ -232,4 +236,119 @@ func TestDeadRunsAreSwept(t *testing.T) {
 	if _, err := os.Stat(live); err != nil {
 		t.Errorf("the pin directory of a live process was removed: %v", err)
 	}
+}
+
+// TestDriftRepaired: entries changed behind the enforcer's back (as root can, through the pinned
+// maps) are written back by the node's drift repair, counted and logged, and a's policy holds
+// again.
+func TestDriftRepaired(t *testing.T) {
+	var mu sync.Mutex
+	var logged []string
+	n, c := testNodeWith(t, Options{DriftInterval: 50 * time.Millisecond, Log: func(line string) {
+		mu.Lock()
+		logged = append(logged, line)
+		mu.Unlock()
+	}})
+	b, err := policy.LoadBytes("a-from-b.yaml", []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b, namespace: app}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: b}}}]
+    ports: [{port: 8080, protocol: TCP}]
+`), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	a := policy.EndpointKey{Namespace: "app", Name: "a"}
+	id := n.enf.EndpointID(a)
+	identB, _ := n.enf.State().Identity(policy.EndpointKey{Namespace: "app", Name: "b"})
+	policyMap, endpoints := pinnedMap(t, n, "policy"), pinnedMap(t, n, "endpoints")
+	var key bpf.NetpactPolicyKey
+	var val, want bpf.NetpactPolicyValue
+	found := false
+	for it := policyMap.Iterate(); it.Next(&key, &val); {
+		if key.EpId == id && key.Identity == uint32(identB.ID) {
+			found, want = true, val
+			break
+		}
+	}
+	if !found {
+		t.Fatalf("no policy entry of a (endpoint %d) for b (identity %d)", id, identB.ID)
+	}
+	ifindex := uint32(n.Pod("app/a").Ifindex)
+	var wantInfo bpf.NetpactEndpointInfo
+	if err := endpoints.Lookup(ifindex, &wantInfo); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.enf.DriftRepairs(); got != 0 {
+		t.Fatalf("%d entries repaired before any tampering", got)
+	}
+	// b's entry now says deny, and a enforces nothing: c could reach it.
+	cleared := wantInfo
+	cleared.Flags = 0
+	if err := policyMap.Put(key, bpf.NetpactPolicyValue{Verdict: uint8(policy.VerdictDeny)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := endpoints.Put(ifindex, cleared); err != nil {
+		t.Fatal(err)
+	}
+
+	wantLogs := []string{
+		fmt.Sprintf("drift repaired: pod app/a, policy map, endpoint %d, ingress identity %d TCP 8080: was deny rule 0, wrote allow rule %d", id, identB.ID, want.RuleId),
+		fmt.Sprintf("drift repaired: pod app/a, endpoints map, endpoint %d, ifindex %d: was ", id, ifindex),
+	}
+	repaired := func() []string {
+		var got bpf.NetpactPolicyValue
+		var info bpf.NetpactEndpointInfo
+		var missing []string
+		if err := policyMap.Lookup(key, &got); err != nil || got != want {
+			missing = append(missing, fmt.Sprintf("policy entry is %+v (err %v), want %+v", got, err, want))
+		}
+		if err := endpoints.Lookup(ifindex, &info); err != nil || info != wantInfo {
+			missing = append(missing, fmt.Sprintf("endpoint entry is %+v (err %v), want %+v", info, err, wantInfo))
+		}
+		if got := n.enf.DriftRepairs(); got != 2 {
+			missing = append(missing, fmt.Sprintf("%d entries counted as repaired, want 2", got))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, w := range wantLogs {
+			if !slices.ContainsFunc(logged, func(l string) bool { return strings.HasPrefix(l, w) }) {
+				missing = append(missing, fmt.Sprintf("no log line %q in %q", w, logged))
+			}
+		}
+		return missing
+	}
+	// Repair runs every 50 ms: 5 s is 100 periods, not a timing claim.
+	for deadline := time.Now().Add(5 * time.Second); len(repaired()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, m := range repaired() {
+		t.Error(m)
+	}
+	if err := n.Verify(); err != nil {
+		t.Errorf("after repair: %v", err)
+	}
+	if !connects(t, n, "b", "a") {
+		t.Error("after repair b cannot reach a")
+	}
+	if connects(t, n, "c", "a") {
+		t.Error("after repair c reaches a")
+	}
+}
+
+// pinnedMap opens one of the node's pinned maps, as any root process can.
+func pinnedMap(t *testing.T, n *Node, name string) *ebpf.Map {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(n.pinPath(), name), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }
