@@ -165,6 +165,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
 		return fmt.Errorf("host side of %s: %w", hostName, err)
 	}
+	// The pod's interface transmits only once the kernel has activated its queue, which it does
+	// asynchronously after the host end came up; the workload may send as soon as ADD returns.
+	if err := netns.Do(func(ns.NetNS) error { return podnet.WaitLinkUp(args.IfName, podnet.ReadyTimeout) }); err != nil {
+		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
+		return fmt.Errorf("pod interface %s: %w", args.IfName, err)
+	}
 
 	res.Interfaces = []*current.Interface{
 		{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String()},

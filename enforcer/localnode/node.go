@@ -55,6 +55,8 @@ type Node struct {
 	enf       *enforcer.Enforcer
 	pods      map[string]*podnet.Pod
 	owned     []*podnet.Pod
+	// ready are the pods whose network was seen carrying traffic (awaitReady).
+	ready map[*podnet.Pod]bool
 
 	mu    sync.Mutex
 	flows []datapath.Flow
@@ -71,7 +73,7 @@ const maxFlows = 100000
 
 // NewNode returns a local node; Start brings it up (it needs root).
 func NewNode(opts Options) *Node {
-	return &Node{opts: opts, pods: map[string]*podnet.Pod{}}
+	return &Node{opts: opts, pods: map[string]*podnet.Pod{}, ready: map[*podnet.Pod]bool{}}
 }
 
 // runPinRoot is the bpffs directory under which each local node pins its datapath.
@@ -238,6 +240,7 @@ func (n *Node) RemovePod(key string) error {
 		return fmt.Errorf("remove pod %s: no such pod", key)
 	}
 	delete(n.pods, key)
+	delete(n.ready, p)
 	for i, o := range n.owned {
 		if o == p {
 			n.owned = append(n.owned[:i], n.owned[i+1:]...)
@@ -248,7 +251,8 @@ func (n *Node) RemovePod(key string) error {
 }
 
 // Enforce programs every pod of the node with the policies' state for cluster c; every endpoint
-// of c must be a pod of the node.
+// of c must be a pod of the node. A pod programmed for the first time is then waited on until
+// its network carries traffic (awaitReady).
 func (n *Node) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
 	local := make([]enforcer.LocalPod, 0, len(c.Endpoints))
 	for _, ep := range c.Endpoints {
@@ -258,7 +262,52 @@ func (n *Node) Enforce(c *policy.Cluster, policies []*policy.Policy) error {
 		}
 		local = append(local, enforcer.LocalPod{Key: ep.Key(), Ifindex: p.Ifindex, HostIfname: p.HostIfname, NetnsCookie: p.NetnsCookie})
 	}
-	return n.enf.Sync(c, policies, local)
+	if err := n.enf.Sync(c, policies, local); err != nil {
+		return err
+	}
+	return n.awaitReady(c)
+}
+
+// awaitReady waits until the network of every pod programmed for the first time carries
+// traffic (podnet.Pod.WaitReady: links up, addresses usable, routes, neighbours resolved both
+// ways), so that nothing probes or serves a pod whose first packets the kernel would still drop.
+// Its neighbours can only be resolved once its endpoint is open, hence after the first Enforce.
+// The error names the pod and the condition that did not hold within the bound.
+func (n *Node) awaitReady(c *policy.Cluster) error {
+	var wait []*podnet.Pod
+	var addrs [][]netip.Addr
+	for _, ep := range c.Endpoints {
+		if p := n.pods[ep.Key().String()]; p != nil && !n.ready[p] {
+			// The addresses the cluster gives the pod: the only ones its endpoint may use.
+			var as []netip.Addr
+			for _, a := range ep.IPs {
+				if a = a.Unmap(); a == p.IPv4 || a == p.IPv6 {
+					as = append(as, a)
+				}
+			}
+			wait, addrs = append(wait, p), append(addrs, as)
+		}
+	}
+	errs := make([]error, len(wait))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, p := range wait {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = p.WaitReady(addrs[i], podnet.ReadyTimeout)
+		})
+	}
+	wg.Wait()
+	for i, p := range wait {
+		if errs[i] == nil {
+			n.ready[p] = true
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("enforce: %w", err)
+	}
+	return nil
 }
 
 // Verify checks that the datapath maps hold exactly the last enforced state.

@@ -87,6 +87,11 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 	if err := ConfigureHost(hostIfname, addrs); err != nil {
 		return p, fmt.Errorf("create pod %s: %w", name, err)
 	}
+	// The pod end's queue is activated asynchronously once the host end is up: until then what
+	// the pod sends is dropped (ready.go).
+	if err := p.Do(func() error { return WaitLinkUp("eth0", ReadyTimeout) }); err != nil {
+		return p, fmt.Errorf("create pod %s: %w", name, err)
+	}
 	l, err := netlink.LinkByName(hostIfname)
 	if err != nil {
 		return p, fmt.Errorf("create pod %s: %w", name, err)
