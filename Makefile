@@ -108,13 +108,13 @@ demo: deps-demo build
 	./$(BIN) validate policies/
 	./$(BIN) predict --cluster docs/examples/cluster.yaml policies/
 	@set -uo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; rc=0; \
-	./$(BIN) test -v --summary "$$tmp/summary" scenarios/seeds/ scenarios/l7/ || rc=1; \
+	./$(BIN) test --summary "$$tmp/summary" scenarios/seeds/ scenarios/l7/ || rc=1; \
 	echo "== GitOps: a Git repository made from policies/, reconciled onto a local node"; \
 	cp -r policies "$$tmp/repo" && git -C "$$tmp/repo" init -q -b main && git -C "$$tmp/repo" add -A && \
 	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies" && \
 	./$(BIN) reconciler --once --source "file://$$tmp/repo" --branch main --path . \
 		--node docs/examples/cluster.yaml --status-file "$$tmp/status.json" >/dev/null || rc=1; \
-	echo; echo "== summary: the seed scenarios on a local node (tables above)"; \
+	echo; echo "== summary: the seed scenarios on a local node (matrices above, a failing step's tables below)"; \
 	cat "$$tmp/summary" 2>/dev/null || echo "no summary: netpact test did not finish"; \
 	echo "== the reconciler's status"; ./$(BIN) status --status-file "$$tmp/status.json" || rc=1; \
 	echo "make demo: exit $$rc"; exit $$rc

@@ -8,23 +8,34 @@ import (
 	"strings"
 )
 
-// Tables prints, for each port of a step, the expected, predicted and observed matrices side by
-// side: "." allowed, "X" blocked (timed out), "R" refused, "4" HTTP 403, "-" not probed; a cell
-// that disagrees is marked with "!" in the observed table, loopback cells with "~" (not compared).
-func Tables(w io.Writer, sr *StepResult) {
-	// Rows and columns are the pods in the scenario's order (cells list sources in that order).
-	var pods []string
-	seen := map[string]bool{}
-	var matrix []CellResult
+// legend explains the marks of Tables; compactLegend those of Compact.
+const (
+	legend        = `  "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`
+	compactLegend = `  matrices show what probes observed: "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403
+  "-" not probed  "!" expected, predicted and observed disagree  "~" loopback, not compared;
+  the numbers under a port are the rows of the pods that serve it. -v prints every step's three tables.`
+)
+
+// A compact matrix fits a terminal of compactWidth columns and has at most compactRows rows; a
+// larger step gets a count line.
+const (
+	compactWidth = 100
+	compactRows  = 24
+)
+
+// matrixOf returns a step's matrix cells (explicit probes left out) and its pods in the
+// scenario's order: the sources as the cells list them, then destinations that are no source.
+func matrixOf(sr *StepResult) (matrix []CellResult, pods []string) {
 	for _, c := range sr.Cells {
 		if !c.Cell.Explicit {
 			matrix = append(matrix, c)
 		}
 	}
-	for _, pass := range []bool{true, false} {
+	seen := map[string]bool{}
+	for _, sources := range []bool{true, false} {
 		for _, c := range matrix {
 			p := c.To
-			if pass {
+			if sources {
 				p = c.From
 			}
 			if !seen[p] {
@@ -33,18 +44,43 @@ func Tables(w io.Writer, sr *StepResult) {
 			}
 		}
 	}
+	return matrix, pods
+}
+
+// cellsOf indexes a matrix's cells of one port by (from, to).
+func cellsOf(matrix []CellResult, port string) map[[2]string]*CellResult {
+	cell := map[[2]string]*CellResult{}
+	for i := range matrix {
+		if c := &matrix[i]; c.Port == port {
+			cell[[2]string{c.From, c.To}] = c
+		}
+	}
+	return cell
+}
+
+// observedMark is a cell of an observed table: the outcome, then "~" for loopback (not
+// compared) or "!" where expected, predicted and observed disagree.
+func observedMark(c *CellResult) string {
+	switch {
+	case c.Loopback:
+		return c.Observed.Mark() + "~"
+	case !c.OK:
+		return c.Observed.Mark() + "!"
+	}
+	return c.Observed.Mark() + " "
+}
+
+// Tables prints, for each port of a step, the expected, predicted and observed matrices side by
+// side: "." allowed, "X" blocked (timed out), "R" refused, "4" HTTP 403, "-" not probed; a cell
+// that disagrees is marked with "!" in the observed table, loopback cells with "~" (not compared).
+func Tables(w io.Writer, sr *StepResult) {
+	matrix, pods := matrixOf(sr)
+	width := 0
+	for _, p := range pods {
+		width = max(width, len(p))
+	}
 	for _, port := range portsOf(matrix) {
-		cell := map[[2]string]*CellResult{}
-		for i := range matrix {
-			c := &matrix[i]
-			if c.Port == port {
-				cell[[2]string{c.From, c.To}] = c
-			}
-		}
-		width := 0
-		for _, p := range pods {
-			width = max(width, len(p))
-		}
+		cell := cellsOf(matrix, port)
 		fmt.Fprintf(w, "  %s\n", port)
 		header := func(title string) string {
 			s := title + strings.Repeat(" ", max(0, len(pods)*2+1-len(title)))
@@ -60,28 +96,21 @@ func Tables(w io.Writer, sr *StepResult) {
 			var e, p, o strings.Builder
 			for _, to := range pods {
 				c, ok := cell[[2]string{from, to}]
-				switch {
-				case !ok:
+				if !ok {
 					e.WriteString("- ")
 					p.WriteString("- ")
 					o.WriteString("- ")
-				default:
-					e.WriteString(c.Expected.Mark() + " ")
-					p.WriteString(c.Predicted.Mark() + " ")
-					mark := " "
-					if c.Loopback {
-						mark = "~"
-					} else if !c.OK {
-						mark = "!"
-					}
-					o.WriteString(c.Observed.Mark() + mark)
+					continue
 				}
+				e.WriteString(c.Expected.Mark() + " ")
+				p.WriteString(c.Predicted.Mark() + " ")
+				o.WriteString(observedMark(c))
 			}
 			fmt.Fprintf(w, "  %-*s  %s  %s  %s  %d\n", width, from, pad(e.String(), len(pods)*2+1), pad(p.String(), len(pods)*2+1), o.String(), i)
 		}
 	}
 	if len(matrix) > 0 {
-		fmt.Fprintln(w, `  "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`)
+		fmt.Fprintln(w, legend)
 	}
 	for _, c := range sr.Cells {
 		if c.Cell.Explicit {
@@ -101,56 +130,218 @@ func pad(s string, n int) string {
 	return s + strings.Repeat(" ", n-len(s))
 }
 
-// Print writes a human summary of results; failing steps get their tables, their wrong cells
-// and the flow events of those probes.
+// Compact prints a step's matrix as one table of observed outcomes: a row per pod, numbered, and
+// a column group per port holding only the pods that serve it, named by their row numbers; a
+// cell is marked as in Tables' observed table. A step too large for a 100-column terminal gets a
+// count line instead, and the explicit probes a line of counts. It reports whether it printed a
+// matrix, which needs compactLegend.
+func Compact(w io.Writer, sr *StepResult) (table bool) {
+	matrix, pods := matrixOf(sr)
+	if len(matrix) > 0 {
+		table = compactMatrix(w, matrix, pods)
+	}
+	var explicit []CellResult
+	var seen []Outcome
+	count := map[Outcome]int{}
+	for _, c := range sr.Cells {
+		if c.Cell.Explicit {
+			explicit = append(explicit, c)
+			if count[c.Observed] == 0 {
+				seen = append(seen, c.Observed)
+			}
+			count[c.Observed]++
+		}
+	}
+	if len(explicit) == 0 {
+		return table
+	}
+	var outcomes []string
+	for _, o := range seen {
+		outcomes = append(outcomes, fmt.Sprintf("%d %s", count[o], o))
+	}
+	verdict := "all agree"
+	if n := wrongOf(explicit); n > 0 {
+		verdict = fmt.Sprintf("%d wrong", n)
+	}
+	fmt.Fprintf(w, "    probes: %s; %s\n", strings.Join(outcomes, ", "), verdict)
+	return table
+}
+
+// compactGroup is a port's columns in a compact matrix: the pods that serve it.
+type compactGroup struct {
+	port  string
+	to    []string
+	width int
+	cell  map[[2]string]*CellResult
+}
+
+func compactGroups(matrix []CellResult, pods []string, cellWidth int) []compactGroup {
+	var groups []compactGroup
+	for _, port := range portsOf(matrix) {
+		g := compactGroup{port: port, cell: cellsOf(matrix, port)}
+		for _, to := range pods {
+			for _, from := range pods {
+				if g.cell[[2]string{from, to}] != nil {
+					g.to = append(g.to, to)
+					break
+				}
+			}
+		}
+		g.width = max(len(port), len(g.to)*cellWidth)
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// compactMatrix is Compact's table, or its count line when the table would not fit.
+func compactMatrix(w io.Writer, matrix []CellResult, pods []string) bool {
+	row := map[string]int{}
+	name := 0
+	for i, p := range pods {
+		row[p] = i
+		name = max(name, len(p))
+	}
+	num := len(fmt.Sprint(len(pods) - 1))
+	cellWidth := max(2, num+1)
+	groups := compactGroups(matrix, pods, cellWidth)
+	width := 4 + num + 1 + name
+	for _, g := range groups {
+		width += 2 + g.width
+	}
+	if width > compactWidth || len(pods) > compactRows {
+		fmt.Fprintf(w, "    matrix: %d cells over %d pods and %d ports, %d wrong (too large to show here: -v prints it)\n",
+			len(matrix), len(pods), len(groups), wrongOf(matrix))
+		return false
+	}
+	ports, numbers := pad("from \\ to", num+1+name), strings.Repeat(" ", num+1+name)
+	for _, g := range groups {
+		var n strings.Builder
+		for _, to := range g.to {
+			n.WriteString(pad(fmt.Sprint(row[to]), cellWidth))
+		}
+		ports += "  " + pad(g.port, g.width)
+		numbers += "  " + pad(n.String(), g.width)
+	}
+	fmt.Fprintln(w, "    "+strings.TrimRight(ports, " "))
+	fmt.Fprintln(w, "    "+strings.TrimRight(numbers, " "))
+	for i, from := range pods {
+		line := fmt.Sprintf("%*d %-*s", num, i, name, from)
+		for _, g := range groups {
+			var cells strings.Builder
+			for _, to := range g.to {
+				mark := "- "
+				if c := g.cell[[2]string{from, to}]; c != nil {
+					mark = observedMark(c)
+				}
+				cells.WriteString(pad(mark, cellWidth))
+			}
+			line += "  " + pad(cells.String(), g.width)
+		}
+		fmt.Fprintln(w, "    "+strings.TrimRight(line, " "))
+	}
+	return true
+}
+
+// Detail prints everything a step has to show: its three tables, its wrong cells with the
+// engine's reason, and its flow events (those of the wrong probes when it failed).
+func Detail(w io.Writer, sr *StepResult) {
+	Tables(w, sr)
+	for _, c := range sr.Cells {
+		if !c.OK {
+			fmt.Fprintf(w, "  wrong: %s: expected %s, predicted %s, observed %s", c.Cell, c.Expected, c.Predicted, c.Observed)
+			if c.Rule != "" {
+				fmt.Fprintf(w, " (engine: %s)", c.Rule)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	for _, f := range sr.Flows {
+		fmt.Fprintf(w, "  flow: %s\n", f)
+	}
+}
+
+// Print writes a run for a person: a line per scenario and per step, each passing step's matrix
+// in Compact form, each failing step's Detail. verbose gives every step its Detail.
 func Print(w io.Writer, results []*Result, verbose bool) {
+	compact := false
 	for _, r := range results {
-		status := "ok"
-		if r.Failed() {
-			status = "FAIL"
-		}
-		fmt.Fprintf(w, "%s  %s (%s)\n", status, r.Scenario, r.File)
-		if r.Error != "" {
-			fmt.Fprintf(w, "  error: %s\n", r.Error)
-		}
+		scenarioLine(w, r)
 		for i := range r.Steps {
 			s := &r.Steps[i]
+			stepLine(w, s)
 			switch {
-			case s.Pending != "":
-				fmt.Fprintf(w, "  pending  %s: %s\n", s.Name, s.Pending)
-				continue
-			case s.Error != "":
-				fmt.Fprintf(w, "  FAIL     %s: %s\n", s.Name, s.Error)
-				continue
-			case s.Failed:
-				fmt.Fprintf(w, "  FAIL     %s\n", s.Name)
+			case s.Pending != "" || s.Error != "":
+			case verbose || s.Failed:
+				Detail(w, s)
 			default:
-				fmt.Fprintf(w, "  ok       %s (%d probes)\n", s.Name, len(s.Cells))
-				if !verbose {
-					continue
-				}
-			}
-			Tables(w, s)
-			if !s.Failed {
-				for _, f := range s.Flows {
-					fmt.Fprintf(w, "  flow: %s\n", f)
-				}
-				continue
-			}
-			for _, c := range s.Cells {
-				if !c.OK {
-					fmt.Fprintf(w, "  wrong: %s: expected %s, predicted %s, observed %s", c.Cell, c.Expected, c.Predicted, c.Observed)
-					if c.Rule != "" {
-						fmt.Fprintf(w, " (engine: %s)", c.Rule)
-					}
-					fmt.Fprintln(w)
-				}
-			}
-			for _, f := range s.Flows {
-				fmt.Fprintf(w, "  flow: %s\n", f)
+				compact = Compact(w, s) || compact
 			}
 		}
 	}
+	if compact {
+		fmt.Fprintln(w, compactLegend)
+	}
+}
+
+// Failures writes, under a "== failures" line, the Detail of every step whose cells disagree, so
+// that a run's failing tables can sit next to its summary; nothing when there are none.
+func Failures(w io.Writer, results []*Result) {
+	header := false
+	for _, r := range results {
+		named := false
+		for i := range r.Steps {
+			s := &r.Steps[i]
+			if !s.Failed || s.Error != "" {
+				continue
+			}
+			if !header {
+				fmt.Fprintln(w, "== failures")
+				header = true
+			}
+			if !named {
+				fmt.Fprintf(w, "FAIL  %s (%s)\n", r.Scenario, r.File)
+				named = true
+			}
+			stepLine(w, s)
+			Detail(w, s)
+		}
+	}
+}
+
+// scenarioLine is a scenario's line in Print and Summary.
+func scenarioLine(w io.Writer, r *Result) {
+	status := "ok"
+	if r.Failed() {
+		status = "FAIL"
+	}
+	fmt.Fprintf(w, "%-4s  %s (%s)\n", status, r.Scenario, r.File)
+	if r.Error != "" {
+		fmt.Fprintf(w, "      error: %s\n", r.Error)
+	}
+}
+
+// stepLine is a step's line in Print, Summary and Failures: its status and its probe count.
+func stepLine(w io.Writer, s *StepResult) {
+	switch {
+	case s.Pending != "":
+		fmt.Fprintf(w, "  pending  %s: %s\n", s.Name, s.Pending)
+	case s.Error != "":
+		fmt.Fprintf(w, "  FAIL     %s: %s\n", s.Name, s.Error)
+	case s.Failed:
+		fmt.Fprintf(w, "  FAIL     %s: %d of %d probes wrong\n", s.Name, wrongOf(s.Cells), len(s.Cells))
+	default:
+		fmt.Fprintf(w, "  ok       %s: %d probes\n", s.Name, len(s.Cells))
+	}
+}
+
+func wrongOf(cells []CellResult) int {
+	n := 0
+	for _, c := range cells {
+		if !c.OK {
+			n++
+		}
+	}
+	return n
 }
 
 type junitSuites struct {
@@ -233,42 +424,34 @@ func WriteJUnit(file string, results []*Result) error {
 }
 
 // Summary writes what a person reads first: a line per scenario and per step, ok, pending or
-// FAIL with the probes behind it, then the totals.
+// FAIL with the probes behind it, then the Failures, then the totals.
 func Summary(w io.Writer, results []*Result) {
+	for _, r := range results {
+		scenarioLine(w, r)
+		for i := range r.Steps {
+			stepLine(w, &r.Steps[i])
+		}
+	}
+	Failures(w, results)
+	Totals(w, results)
+}
+
+// Totals writes the line that ends a run: scenarios, steps by status, probes and wrong cells.
+func Totals(w io.Writer, results []*Result) {
 	var steps, ok, pending, failed, probes, wrong int
 	for _, r := range results {
-		status := "ok"
-		if r.Failed() {
-			status = "FAIL"
-		}
-		fmt.Fprintf(w, "%-4s  %s (%s)\n", status, r.Scenario, r.File)
-		if r.Error != "" {
-			fmt.Fprintf(w, "      error: %s\n", r.Error)
-		}
 		for i := range r.Steps {
 			s := &r.Steps[i]
 			steps++
-			bad := 0
-			for _, c := range s.Cells {
-				if !c.OK {
-					bad++
-				}
-			}
 			probes += len(s.Cells)
-			wrong += bad
+			wrong += wrongOf(s.Cells)
 			switch {
 			case s.Pending != "":
 				pending++
-				fmt.Fprintf(w, "  pending  %s: %s\n", s.Name, s.Pending)
-			case s.Error != "":
+			case s.Failed || s.Error != "":
 				failed++
-				fmt.Fprintf(w, "  FAIL     %s: %s\n", s.Name, s.Error)
-			case s.Failed:
-				failed++
-				fmt.Fprintf(w, "  FAIL     %s: %d of %d probes wrong\n", s.Name, bad, len(s.Cells))
 			default:
 				ok++
-				fmt.Fprintf(w, "  ok       %s: %d probes\n", s.Name, len(s.Cells))
 			}
 		}
 	}

@@ -23,8 +23,11 @@ func newTestCommand() *cobra.Command {
 		Short: "Run scenario files on a local node of network namespaces; exit 1 on any mismatch",
 		Long: `test runs each scenario on a node made of network namespaces on this host, enforced by
 netpact's eBPF datapath (it needs root). For every step it compares the connectivity the file
-expects, the matrix the policy engine predicts, and what real probes observe, and prints the three
-tables side by side with the flow events of the failing probes. See docs/scenarios.md.`,
+expects, the matrix the policy engine predicts, and what real probes observe. It prints a line per
+scenario and step with each step's observed matrix in one compact table; a failing step gets the
+three tables side by side, its wrong cells and the flow events of its probes, both where it ran and
+again in a failures section before the totals at the end. -v gives every step that detail.
+See docs/scenarios.md.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			scs, err := scenarios.Load(args)
@@ -64,6 +67,8 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 				}
 			case "text", "":
 				scenarios.Print(cmd.OutOrStdout(), results, verbose)
+				scenarios.Failures(cmd.OutOrStdout(), results)
+				scenarios.Totals(cmd.OutOrStdout(), results)
 			default:
 				return fmt.Errorf("unknown output format %q: use text or json", output)
 			}
@@ -76,9 +81,9 @@ tables side by side with the flow events of the failing probes. See docs/scenari
 		},
 	}
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
-	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts) to this file")
+	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts), the failing steps' tables and the totals to this file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
-	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's tables and a few flow events, not only failing ones")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's three tables and a few flow events, not only the failing steps'")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging")
 	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out")
 	return cmd
