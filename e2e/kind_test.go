@@ -362,34 +362,47 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 		Expect(crossL7).To(BeNumerically(">=", 2), "no L7 probe crossed nodes")
 	})
 
-	It("enforces every L3/L4 step of the four seed scenarios, the same files as on the local node", func() {
+	// The seed scenarios run seedRounds times in a row: a verdict that differs between rounds is
+	// a race in the product or the harness (issue 30), never noise to retry.
+	It("enforces every L3/L4 step of the four seed scenarios, the same files as on the local node, 5 times with the same verdict", func() {
+		const seedRounds = 5
 		files, err := filepath.Glob(filepath.Join(root, "scenarios", "seeds", "*.yaml"))
 		Expect(err).NotTo(HaveOccurred())
 		Expect(files).To(HaveLen(4))
 		var report bytes.Buffer
-		enforced := 0
-		for _, f := range files {
-			sc, err := scenarios.LoadFile(f)
-			Expect(err).NotTo(HaveOccurred())
-			backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
-			start := time.Now()
-			res := (&scenarios.Runner{Backend: backend}).Run(sc)
-			AddReportEntry(filepath.Base(f)+" on kind", time.Since(start).Round(100*time.Millisecond).String())
-			report.Reset()
-			scenarios.Print(&report, []*scenarios.Result{res}, false)
-			GinkgoWriter.Print(report.String())
-			Expect(res.Error).To(BeEmpty(), "%s:\n%s", f, report.String())
-			for _, st := range res.Steps {
-				Expect(st.Failed).To(BeFalse(), "%s step %q:\n%s", f, st.Name, report.String())
-				if st.Pending != "" {
-					// Only DNS-name and Kafka steps wait for later work: no HTTP step does.
-					Expect(st.Pending).To(MatchRegexp(`(?i)DNS|Kafka|toFQDNs`), "%s step %q pending", f, st.Name)
-					Expect(st.Pending).NotTo(MatchRegexp(`(?i)HTTP`), "%s step %q pending", f, st.Name)
-					continue
+		wrongPerRound := make([]int, seedRounds)
+		for round := range seedRounds {
+			enforced := 0
+			for _, f := range files {
+				sc, err := scenarios.LoadFile(f)
+				Expect(err).NotTo(HaveOccurred())
+				backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
+				start := time.Now()
+				res := (&scenarios.Runner{Backend: backend}).Run(sc)
+				AddReportEntry(fmt.Sprintf("%s on kind, round %d", filepath.Base(f), round+1), time.Since(start).Round(100*time.Millisecond).String())
+				report.Reset()
+				scenarios.Print(&report, []*scenarios.Result{res}, false)
+				GinkgoWriter.Print(report.String())
+				Expect(res.Error).To(BeEmpty(), "%s round %d:\n%s", f, round+1, report.String())
+				for _, st := range res.Steps {
+					for _, c := range st.Cells {
+						if !c.OK {
+							wrongPerRound[round]++
+						}
+					}
+					Expect(st.Failed).To(BeFalse(), "%s round %d step %q:\n%s", f, round+1, st.Name, report.String())
+					if st.Pending != "" {
+						// Only DNS-name and Kafka steps wait for later work: no HTTP step does.
+						Expect(st.Pending).To(MatchRegexp(`(?i)DNS|Kafka|toFQDNs`), "%s step %q pending", f, st.Name)
+						Expect(st.Pending).NotTo(MatchRegexp(`(?i)HTTP`), "%s step %q pending", f, st.Name)
+						continue
+					}
+					enforced++
 				}
-				enforced++
 			}
+			Expect(enforced).To(BeNumerically(">=", 10))
 		}
-		Expect(enforced).To(BeNumerically(">=", 10))
+		AddReportEntry("seed scenarios on kind: wrong cells per round", fmt.Sprint(wrongPerRound))
+		GinkgoWriter.Printf("seed scenarios on kind, %d rounds: wrong cells per round %v\n", seedRounds, wrongPerRound)
 	})
 })
