@@ -310,6 +310,17 @@ func (n *LocalNode) Flows(cells []Cell) []string {
 	return n.node.Flows(pairs, 50)
 }
 
+// Seen reports whether a packet from the cell's source pod to its destination pod (IPv4, as the
+// probes go) reached the datapath since the step began, at either pod's veth, from its flow
+// events; unknown when the node kept no complete record of them.
+func (n *LocalNode) Seen(c Cell) (bool, bool) {
+	from, to := n.node.Pod(c.From), n.node.Pod(c.To)
+	if from == nil || to == nil {
+		return false, false
+	}
+	return n.node.SawPair(from.IPv4, to.IPv4)
+}
+
 // Stop stops the workloads and tears the node down unless it is retained.
 func (n *LocalNode) Stop() error {
 	for _, s := range n.servers {

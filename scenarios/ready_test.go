@@ -31,6 +31,79 @@ steps:
       matrix: {ports: [80/TCP], default: allow}
 `
 
+// linkCutter takes the last pod's link down when the second step begins: after the node found
+// the pod's network ready and programmed it, as a pod's network that fails under the harness.
+type linkCutter struct {
+	*LocalNode
+	steps int
+	cut   func()
+}
+
+func (l *linkCutter) BeginStep() {
+	l.steps++
+	if l.steps == 2 {
+		l.cut()
+	}
+	l.LocalNode.BeginStep()
+}
+
+// TestLostProbeIsNotPolicy checks that a probe no packet of which reached the datapath is
+// reported as such, apart from a timeout the datapath saw: the second step probes a pod whose link
+// went down, and its own probes say the datapath never saw them.
+func TestLostProbeIsNotPolicy(t *testing.T) {
+	testenv.RequireBPF(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
+	file := filepath.Join(t.TempDir(), "cut.yaml")
+	twoSteps := lateLinkScenario + `  - name: the same, with the late pod's link cut
+    expect:
+      matrix: {ports: [80/TCP], default: allow}
+`
+	if err := os.WriteFile(file, []byte(twoSteps), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := NewLocal(LocalOptions{})
+	backend := &linkCutter{LocalNode: local, cut: func() {
+		p := local.node.Pod("y/late")
+		if l, err := netlink.LinkByName(p.HostIfname); err != nil {
+			t.Error(err)
+		} else if err := netlink.LinkSetDown(l); err != nil {
+			t.Error(err)
+		}
+	}}
+	r := (&Runner{Backend: backend}).Run(sc)
+	if len(r.Steps) != 2 || r.Steps[0].Failed || !r.Steps[1].Failed {
+		t.Fatalf("want the first step to pass and the second to fail: %+v", r)
+	}
+	var b strings.Builder
+	Print(&b, []*Result{r}, false)
+	// The late pod's own packets never left it: not seen. Those to it were seen leaving their
+	// source's veth: a timeout the flows explain, no note.
+	notSeen := 0
+	for _, c := range r.Steps[1].Cells {
+		switch {
+		case c.From == c.To:
+		case c.From == "y/late":
+			if c.OK || c.Note != NotSeen {
+				t.Errorf("%s -> %s: ok %v, note %q: want timed out and not seen", c.From, c.To, c.OK, c.Note)
+			}
+			notSeen++
+		case c.To == "y/late":
+			if c.OK || c.Note != "" {
+				t.Errorf("%s -> %s: ok %v, note %q: want timed out, seen", c.From, c.To, c.OK, c.Note)
+			}
+		case !c.OK || c.Note != "":
+			t.Errorf("%s -> %s: ok %v, note %q: want ok", c.From, c.To, c.OK, c.Note)
+		}
+	}
+	if notSeen != 2 || !strings.Contains(b.String(), "observed timeout; "+NotSeen) {
+		t.Errorf("%d cells not seen, want 2:\n%s", notSeen, b.String())
+	}
+}
+
 // lateLinkRun runs lateLinkScenario on pods made beforehand, with the last pod's host veth down
 // when the run starts; up, when not zero, brings it up that long after.
 func lateLinkRun(t *testing.T, up time.Duration) *Result {

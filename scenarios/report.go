@@ -252,6 +252,9 @@ func Detail(w io.Writer, sr *StepResult) {
 			if c.Rule != "" {
 				fmt.Fprintf(w, " (engine: %s)", c.Rule)
 			}
+			if c.Note != "" {
+				fmt.Fprintf(w, "; %s", c.Note)
+			}
 			fmt.Fprintln(w)
 		}
 	}
@@ -396,7 +399,11 @@ func WriteJUnit(file string, results []*Result) error {
 				var wrong []string
 				for _, cell := range st.Cells {
 					if !cell.OK {
-						wrong = append(wrong, fmt.Sprintf("%s -> %s %s: expected %s, predicted %s, observed %s", cell.From, cell.To, cell.Port, cell.Expected, cell.Predicted, cell.Observed))
+						line := fmt.Sprintf("%s -> %s %s: expected %s, predicted %s, observed %s", cell.From, cell.To, cell.Port, cell.Expected, cell.Predicted, cell.Observed)
+						if cell.Note != "" {
+							line += " (" + cell.Note + ")"
+						}
+						wrong = append(wrong, line)
 					}
 				}
 				msg := st.Error

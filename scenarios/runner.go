@@ -95,6 +95,17 @@ type BatchProber interface {
 	ProbeBatch(cells []Cell) []Outcome
 }
 
+// PacketWitness is a backend whose datapath can tell whether a cell's traffic reached it.
+type PacketWitness interface {
+	// Seen reports whether any packet between the cell's two pods reached the datapath since the
+	// step began; known is false when the backend cannot tell.
+	Seen(c Cell) (seen, known bool)
+}
+
+// NotSeen is the note of a timed-out probe no packet of which reached the datapath: the pod's
+// own network lost it, before any policy could decide, so the timeout says nothing of policy.
+const NotSeen = "no packet of this probe was seen by the datapath: the pods' network lost it before any policy decided"
+
 // CellResult is a cell's three answers.
 type CellResult struct {
 	Cell      Cell    `json:"-"`
@@ -108,6 +119,8 @@ type CellResult struct {
 	// Loopback cells are shown but never compared: the traffic does not leave the pod.
 	Loopback bool `json:"loopback,omitempty"`
 	OK       bool `json:"ok"`
+	// Note says more of a wrong cell (NotSeen).
+	Note string `json:"note,omitempty"`
 }
 
 // StepResult is one step.
@@ -204,10 +217,17 @@ func (r *Runner) Run(sc *Scenario) *Result {
 		sr.ports = ports
 		sr.Cells = r.probe(sc, state, cells, expected)
 		var failing []Cell
-		for _, c := range sr.Cells {
+		pw, witness := r.Backend.(PacketWitness)
+		for i, c := range sr.Cells {
 			if !c.OK {
 				sr.Failed = true
 				failing = append(failing, c.Cell)
+				// A timing problem must never read like a policy problem.
+				if witness && c.Observed == Timeout {
+					if seen, known := pw.Seen(c.Cell); known && !seen {
+						sr.Cells[i].Note = NotSeen
+					}
+				}
 			}
 		}
 		switch {

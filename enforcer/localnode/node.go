@@ -337,6 +337,19 @@ func (n *Node) ResetFlows() {
 	n.mu.Unlock()
 }
 
+// SawPair reports whether a flow event of a packet from src to dst was read since the last
+// ResetFlows; known is false when events may have been left out (the node's record is full).
+func (n *Node) SawPair(src, dst netip.Addr) (seen, known bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, f := range n.flows {
+		if f.Src == src && f.Dst == dst {
+			return true, true
+		}
+	}
+	return false, len(n.flows) < maxFlows
+}
+
 // Flows renders up to limit flow events between the given (source, destination) address pairs
 // since the last ResetFlows, with pods named and the deciding rule: events a rule decided, or
 // drops, first.
