@@ -10,7 +10,7 @@ export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
-.PHONY: all build test envtest-assets e2e-local images e2e bench fuzz generate check-generate lint demo clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
+.PHONY: all build test envtest-assets e2e-local images e2e bench fuzz generate check-generate lint demo soak clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
 
 # The Debian packages each target needs, from the one list in internal/host/deps.sh: installed when
 # missing (root and apt-get), one line per package installed; `make deps` installs everything CI uses.
@@ -118,6 +118,13 @@ demo: deps-demo build
 	cat "$$tmp/summary" 2>/dev/null || echo "no summary: netpact test did not finish"; \
 	echo "== the reconciler's status"; ./$(BIN) status --status-file "$$tmp/status.json" || rc=1; \
 	echo "make demo: exit $$rc"; exit $$rc
+
+# The seed and L7 scenarios SOAK_N times in a row on a local node while Go compiles netpact from
+# an empty build cache in a loop (both cores busy): the wrong cells and failed steps of each run
+# and in total, the time and how busy the CPUs were (internal/host/soak.sh). Exit 1 on any.
+SOAK_N ?= 30
+soak: deps-demo build
+	@internal/host/soak.sh ./$(BIN) $(SOAK_N)
 
 clean:
 	rm -rf bin
