@@ -211,17 +211,11 @@ var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() 
 				return p.Status.ContainerStatuses[0].RestartCount > restarts && kubeapply.PodReady(&p)
 			}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(BeTrue())
 		}
-		sc, err := scenarios.LoadFile(filepath.Join(root, "scenarios", "seeds", "002-flask-postgres.yaml"))
-		Expect(err).NotTo(HaveOccurred())
-		cfg, client := kindClient(kindData)
-		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
-		res := (&scenarios.Runner{Backend: backend}).Run(sc)
-		var report bytes.Buffer
-		scenarios.Print(&report, []*scenarios.Result{res}, false)
-		Expect(res.Error).To(BeEmpty(), report.String())
+		res, report := runOnKind("seeds", "002-flask-postgres.yaml")
+		Expect(res.Error).To(BeEmpty(), report)
 		Expect(res.Steps).To(HaveLen(3))
 		Expect(res.Steps[2].Pending).To(BeEmpty())
-		Expect(res.Steps[2].Failed).To(BeFalse(), "the L7 step after the restarts:\n%s", report.String())
+		Expect(res.Steps[2].Failed).To(BeFalse(), "the L7 step after the restarts:\n%s", report)
 	})
 
 	It("hands a pod's egress to an address outside the cluster to the L7 proxy: allowed GETs answer, from the node's address, others get Cilium's 403", func() {
@@ -647,7 +641,30 @@ spec:
 		Eventually(func() string { return probeFrom(ctx, "np-ccnp-b", "client", a.Status.PodIP, 8080) }).
 			WithTimeout(time.Minute).Should(Equal("allow"))
 	})
+
+	It("lets no pod fake a namespace label with an io.cilium.k8s pod label: the local node's scenario, on kind", func() {
+		res, report := runOnKind("testdata", "faked-namespace-label.yaml")
+		GinkgoWriter.Print(report)
+		Expect(res.Error).To(BeEmpty(), report)
+		Expect(res.Steps).To(HaveLen(3))
+		for _, st := range res.Steps {
+			Expect(st.Pending).To(BeEmpty(), "step %q", st.Name)
+			Expect(st.Failed).To(BeFalse(), "step %q:\n%s", st.Name, report)
+		}
+	})
 })
+
+// runOnKind runs a scenario file under scenarios/ on the kind cluster: its result and report.
+func runOnKind(path ...string) (*scenarios.Result, string) {
+	sc, err := scenarios.LoadFile(filepath.Join(append([]string{root, "scenarios"}, path...)...))
+	Expect(err).NotTo(HaveOccurred())
+	cfg, client := kindClient(kindData)
+	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
+	res := (&scenarios.Runner{Backend: backend}).Run(sc)
+	var report bytes.Buffer
+	scenarios.Print(&report, []*scenarios.Result{res}, false)
+	return res, report.String()
+}
 
 func netipPort(ip string, port uint16) string {
 	return netip.AddrPortFrom(netip.MustParseAddr(ip), port).String()

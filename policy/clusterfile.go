@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 
 	"gopkg.in/yaml.v3"
 )
@@ -17,6 +19,8 @@ type ClusterFile struct {
 	Kind       string `json:"kind,omitempty"`
 	Cluster    `json:",inline"`
 	External   []ExternalHost `json:"external,omitempty"`
+	// Notices are what the file says that the engine ignores, as Cilium would.
+	Notices []Notice `json:"-"`
 }
 
 // ExternalHost is an address outside the cluster, used as a probe source and destination.
@@ -82,5 +86,22 @@ func LoadClusterFile(name string, data []byte) (*ClusterFile, error) {
 	if err := cf.Cluster.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	cf.Notices = reservedLabelNotices(name, &cf.Cluster, w.index)
 	return &cf, nil
+}
+
+// reservedLabelNotices names each pod label the engine drops from the pod's identity. Kubernetes
+// accepts such a label, so it is not an error, but a policy will not see it.
+func reservedLabelNotices(file string, c *Cluster, at docIndex) []Notice {
+	var out []Notice
+	for i, ep := range c.Endpoints {
+		for _, k := range slices.Sorted(maps.Keys(ep.Labels)) {
+			if !reservedPodLabel(k) {
+				continue
+			}
+			out = append(out, Notice{File: file, Line: at.lookup(fmt.Sprintf("pods[%d].labels.%s", i, k)).line,
+				Message: fmt.Sprintf("pod %s: label %q is ignored for policy: Cilium derives it from the namespace and pod spec, not from pod labels", ep.Key(), k)})
+		}
+	}
+	return out
 }

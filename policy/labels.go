@@ -26,7 +26,18 @@ const (
 	LabelCluster        = "io.cilium.k8s.policy.cluster"
 	// LabelNamespaceName is the label the API server puts on every namespace.
 	LabelNamespaceName = "kubernetes.io/metadata.name"
+	// ciliumLabelPrefix is the prefix Cilium keeps for the labels it derives and owns; it is
+	// matched without a trailing dot, as Cilium matches it.
+	ciliumLabelPrefix = "io.cilium.k8s"
 )
+
+// reservedPodLabel reports whether a pod label's key is one Cilium derives itself (namespace,
+// namespace labels, service account, cluster, anything under io.cilium.k8s). Cilium drops such
+// labels from a pod, so that whoever may create a pod cannot claim a namespace label or service
+// account it does not have; they never take part in the pod's identity.
+func reservedPodLabel(key string) bool {
+	return strings.HasPrefix(key, ciliumLabelPrefix) || key == LabelPodNamespace
+}
 
 // splitSource splits "k8s:app" into ("k8s", "app"); a key without a known source is "any".
 func splitSource(k string) (source, key string) {
@@ -79,11 +90,12 @@ func identityRelevant(key string) bool {
 	return !strings.Contains(key, "beta.kubernetes.io")
 }
 
-// podLabels builds the identity labels of a pod as Cilium does.
+// podLabels builds the identity labels of a pod as Cilium does: its own labels without the
+// reserved ones, then the labels derived from its namespace and spec.
 func podLabels(cluster string, ns *Namespace, ep *Endpoint) labelSet {
 	ls := labelSet{}
 	for k, v := range ep.Labels {
-		if identityRelevant(k) {
+		if identityRelevant(k) && !reservedPodLabel(k) {
 			ls[k] = labelValue{sourceK8s, v}
 		}
 	}

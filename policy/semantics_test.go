@@ -59,8 +59,15 @@ var fixtureAddrs = map[string]string{
 	"kube-system/dns": "10.0.1.53", "node-1": "172.18.0.2", "node-1-6": "fc00::2", "node-2": "172.18.0.3",
 }
 
-func addrOf(t *testing.T, name string) netip.Addr {
+// addrOf resolves a probe endpoint: "namespace/name" of a pod in the cluster (its first
+// address), a name in fixtureAddrs, or a literal address.
+func addrOf(t *testing.T, c *policy.Cluster, name string) netip.Addr {
 	t.Helper()
+	for _, ep := range c.Endpoints {
+		if ep.Key().String() == name && len(ep.IPs) > 0 {
+			return ep.IPs[0]
+		}
+	}
 	if s, ok := fixtureAddrs[name]; ok {
 		return netip.MustParseAddr(s)
 	}
@@ -80,7 +87,9 @@ type semanticCase struct {
 	cite     string
 	policies string
 	opts     policy.Options
-	probes   []flowProbe
+	// cluster replaces fixture() for a case that needs its own pods.
+	cluster func() *policy.Cluster
+	probes  []flowProbe
 }
 
 func runSemantic(t *testing.T, cases []semanticCase) {
@@ -94,7 +103,11 @@ func runSemantic(t *testing.T, cases []semanticCase) {
 			if err != nil {
 				t.Fatalf("load: %v", err)
 			}
-			st, err := policy.Compile(fixture(), b, tc.opts)
+			c := fixture()
+			if tc.cluster != nil {
+				c = tc.cluster()
+			}
+			st, err := policy.Compile(c, b, tc.opts)
 			if err != nil {
 				t.Fatalf("compile: %v", err)
 			}
@@ -110,7 +123,7 @@ func runSemantic(t *testing.T, cases []semanticCase) {
 				}
 				var port uint16
 				fmt.Sscan(portStr, &port)
-				d := st.Decide(addrOf(t, from), addrOf(t, to), proto, port)
+				d := st.Decide(addrOf(t, c, from), addrOf(t, c, to), proto, port)
 				if string(d.Outcome) != want {
 					t.Errorf("%s: got %s (%s) [cite: %s]", p, d.Outcome, d.Reason(), tc.cite)
 				}

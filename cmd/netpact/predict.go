@@ -53,14 +53,9 @@ func newPredictCommand() *cobra.Command {
 		Short: "Print the connectivity matrix the policies give a described cluster",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := os.ReadFile(clusterPath)
+			cf, err := readClusterFile(cmd.ErrOrStderr(), "cluster file", clusterPath)
 			if err != nil {
-				return fmt.Errorf("read cluster file: %w", err)
-			}
-			cf, err := policy.LoadClusterFile(clusterPath, data)
-			if err != nil {
-				fmt.Fprintln(cmd.ErrOrStderr(), err)
-				return exitError{1}
+				return err
 			}
 			b, err := policy.Load(args, policy.LoadOptions{DefaultNamespace: namespace})
 			if err != nil {
@@ -102,6 +97,24 @@ func newPredictCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every probe with the rule that decided it")
 	_ = cmd.MarkFlagRequired("cluster")
 	return cmd
+}
+
+// readClusterFile loads a cluster description; its errors go to stderr, and so do its notices,
+// marked as validate marks a policy file's.
+func readClusterFile(stderr io.Writer, what, path string) (*policy.ClusterFile, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	cf, err := policy.LoadClusterFile(path, data)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, exitError{1}
+	}
+	for _, n := range cf.Notices {
+		fmt.Fprintln(stderr, "notice:", n)
+	}
+	return cf, nil
 }
 
 func parsePorts(specs []string) ([]policy.NamedPort, error) {

@@ -102,14 +102,9 @@ refuses what netpact validate refuses (/validate-policy, certificates issued and
 			if nodeFile == "" {
 				return errors.New("--node is required: the namespaces and pods of the local node")
 			}
-			data, err := os.ReadFile(nodeFile)
+			cf, err := readClusterFile(cmd.ErrOrStderr(), "node file", nodeFile)
 			if err != nil {
-				return fmt.Errorf("read node file: %w", err)
-			}
-			cf, err := policy.LoadClusterFile(nodeFile, data)
-			if err != nil {
-				fmt.Fprintln(cmd.ErrOrStderr(), err)
-				return exitError{1}
+				return err
 			}
 			node := localnode.NewNode(localnode.Options{})
 			defer node.Stop()

@@ -182,3 +182,24 @@ func TestPredictSeedCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestPredictNamesIgnoredPodLabels: a pod label Cilium derives itself is a notice, not an error.
+func TestPredictNamesIgnoredPodLabels(t *testing.T) {
+	dir := t.TempDir()
+	cluster := filepath.Join(dir, "cluster.yaml")
+	os.WriteFile(cluster, []byte(`namespaces: [{name: a}]
+pods:
+- {name: attacker, namespace: a, ips: [10.2.0.1], labels: {io.cilium.k8s.namespace.labels.team: backend}}
+`), 0o644)
+	policies := filepath.Join(dir, "none.yaml")
+	os.WriteFile(policies, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: a}
+spec: {podSelector: {}}
+`), 0o644)
+	_, stderr, code := run(t, "predict", "--cluster", cluster, policies)
+	want := `notice: ` + cluster + `:3: pod a/attacker: label "io.cilium.k8s.namespace.labels.team" is ignored for policy`
+	if code != 0 || !strings.Contains(stderr, want) {
+		t.Errorf("exit %d, stderr %q, want %q", code, stderr, want)
+	}
+}
