@@ -112,7 +112,8 @@ type L7Flow struct {
 	Status   int // the response's (403 when denied; 0 when the destination gave none)
 	Denied   bool
 	// HTTPRule is the index of the HTTP rule that allowed it within the deciding entry (-1: no
-	// rule, or no L7 rule applies); Why says why it was denied.
+	// rule, or no L7 rule applies); Why says why it was denied (by the rules, or by the proxy:
+	// a protocol switch it does not carry).
 	HTTPRule int
 	Why      string
 	Latency  time.Duration

@@ -17,8 +17,11 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
-// hopHeaders are the hop-by-hop headers a proxy does not forward (RFC 9110 section 7.6.1).
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
+// hopHeaders are the hop-by-hop headers a proxy does not forward (RFC 9110 section 7.6.1), and
+// HTTP2-Settings, which only an h2c upgrade uses (RFC 7540 section 3.2.1), even when Connection
+// does not name it.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade",
+	"Http2-Settings"}
 
 // maxDrain is how much of a denied request's body is read so the connection can be kept.
 const maxDrain = 64 << 10
@@ -150,6 +153,16 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			continue
 		}
 		applyActions(req.Header, rec.Verdict.Actions)
+		upgrade, refused := upstreamHeader(req.Header)
+		if refused != "" {
+			// Envoy's upgrade_failed: a 403 with no body, and the connection ends (what the
+			// client sends next may already be in the protocol it asked for).
+			rec.Refused = fmt.Sprintf("upgrade to %q refused: the proxy switches protocols to %s only", refused, switchableUpgrade)
+			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
+			writeStatus(bw, http.StatusForbidden, "")
+			p.report(rec)
+			return true
+		}
 		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 			req.Header.Del("Expect")
 			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -167,11 +180,11 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			}
 			up = &upstream{c: uc, br: getReader(uc), bw: getWriter(uc), wg: &p.wg}
 		}
-		keep, status, reuse := p.forward(req, target, up, c, lr, br, bw)
-		rec.Status, rec.Latency = status, time.Since(start)
+		keep, reuse := p.forward(&rec, req, target, upgrade, up, c, lr, br, bw)
+		rec.Latency = time.Since(start)
 		p.report(rec)
 		if !keep {
-			return status != 0 && status != http.StatusSwitchingProtocols
+			return rec.Status != 0 && rec.Status != http.StatusSwitchingProtocols
 		}
 		if !reuse {
 			up.close()
@@ -221,22 +234,11 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// forward sends an allowed request to the destination and its response back. keep says whether
-// the client connection goes on, reuse whether the upstream one does; status is the response's
-// code (0: none came).
-func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Conn, lr *limitedReader, br *bufio.Reader, bw *bufio.Writer) (keep bool, status int, reuse bool) {
-	upgrade := req.Header.Get("Upgrade")
-	connUpgrade := headerHasToken(req.Header, "Connection", "upgrade")
-	for _, h := range connectionHeaders(req.Header) {
-		req.Header.Del(h)
-	}
-	for _, h := range hopHeaders {
-		req.Header.Del(h)
-	}
-	if upgrade != "" && connUpgrade {
-		req.Header.Set("Connection", "Upgrade")
-		req.Header.Set("Upgrade", upgrade)
-	}
+// forward sends an allowed request, its header as upstreamHeader left it, to the destination
+// and its response back; upgrade is the protocol switch passed on ("": none). keep says whether
+// the client connection goes on, reuse whether the upstream one does. It sets rec's Status (0:
+// no response came) and, when it cut the exchange, Refused.
+func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string, up *upstream, c net.Conn, lr *limitedReader, br *bufio.Reader, bw *bufio.Writer) (keep, reuse bool) {
 	path, query, _ := strings.Cut(target, "?")
 	req.URL.Path, req.URL.RawPath, req.URL.RawQuery = path, "", query
 	if strings.Contains(target, "?") {
@@ -249,14 +251,15 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 	if err := req.Write(up.bw); err != nil {
 		if isTimeout(lr.err) { // a read of the client's body waited the idle timeout
 			writeStatus(bw, http.StatusRequestTimeout, "request body timeout\r\n")
-			return false, http.StatusRequestTimeout, false
+			rec.Status = http.StatusRequestTimeout
+			return false, false
 		}
 		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
-		return false, 0, false
+		return false, false
 	}
 	if err := up.bw.Flush(); err != nil {
 		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
-		return false, 0, false
+		return false, false
 	}
 	var resp *http.Response
 	for {
@@ -264,7 +267,7 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 		resp, err = http.ReadResponse(up.br, req)
 		if err != nil {
 			writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
-			return false, 0, false
+			return false, false
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			resp.Write(bw) // an interim response (103 Early Hints): passed on, the final one follows
@@ -273,22 +276,26 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 		}
 		break
 	}
+	rec.Status = resp.StatusCode
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if upgrade == "" {
+			// A switch the proxy did not pass on (an h2c upgrade it removed, or none at all):
+			// what would follow is a protocol nobody judges, so it does not follow.
+			rec.Status = http.StatusBadGateway
+			rec.Refused = "the destination switched protocols (101) although the proxy passed no upgrade on: connection closed"
+			writeStatus(bw, http.StatusBadGateway, "upstream switched protocols unasked\r\n")
+			return false, false
+		}
 		resp.Write(bw)
 		if bw.Flush() != nil {
-			return false, resp.StatusCode, false
+			return false, false
 		}
 		lr.idle = 0
 		c.SetReadDeadline(time.Time{}) // the switched protocol keeps its own time
 		splice(c, br, up)
-		return false, resp.StatusCode, false
+		return false, false
 	}
-	for _, h := range connectionHeaders(resp.Header) {
-		resp.Header.Del(h)
-	}
-	for _, h := range hopHeaders {
-		resp.Header.Del(h)
-	}
+	removeHopByHop(resp.Header)
 	upClose := resp.Close
 	up.peerCloses = upClose
 	resp.Close = clientClose || upClose
@@ -307,11 +314,11 @@ func (p *Proxy) forward(req *http.Request, target string, up *upstream, c net.Co
 		}
 	}
 	if err != nil {
-		return false, resp.StatusCode, false
+		return false, false
 	}
 	// A response that said connection: close (the client's or the destination's wish) is the
 	// connection's last: a request the client sent after it is not forwarded.
-	return !resp.Close, resp.StatusCode, !upClose
+	return !resp.Close, !upClose
 }
 
 // finish writes the last of a connection's last response and ends the connection's sending
@@ -338,8 +345,8 @@ func finish(c net.Conn, bw *bufio.Writer) error {
 	return err
 }
 
-// splice copies both ways after a protocol switch (WebSocket): the proxy judged the request that
-// asked for it.
+// splice copies both ways after a protocol switch (WebSocket, the only one upstreamHeader passes
+// on): the proxy judged the request that asked for it, and judges nothing after it.
 func splice(c net.Conn, br *bufio.Reader, up *upstream) {
 	done := make(chan struct{}, 2)
 	go func() {

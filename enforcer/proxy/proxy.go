@@ -5,7 +5,9 @@
 // that the destination's datapath knows the proxy applied the rules.
 //
 // HTTP/1.1 (each request of a keep-alive connection judged) and HTTP/2 with prior knowledge
-// (h2c, and so gRPC) share one listener: the connection's first bytes choose.
+// (h2c, and so gRPC) share one listener: the connection's first bytes choose. An HTTP/1.1
+// connection switches protocols only to WebSocket, and is then spliced, no longer judged; an h2c
+// upgrade is forwarded as plain HTTP/1.1, any other refused (upgrade.go).
 package proxy
 
 import (
@@ -45,6 +47,9 @@ type Request struct {
 	// came back from the destination).
 	Status  int
 	Verdict policy.HTTPVerdict
+	// Refused says why the proxy refused what the rules allow: an upgrade to a protocol it does
+	// not switch to, a destination that switched protocols unasked. The event is then a drop.
+	Refused string
 	Latency time.Duration
 }
 
@@ -54,7 +59,10 @@ func (r Request) Flow(st *policy.State) datapath.Flow {
 	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
 		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
 		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
-			Denied: !r.Verdict.Allowed, HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
+			Denied: !r.Verdict.Allowed || r.Refused != "", HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
+	if r.Refused != "" {
+		f.L7.Why = r.Refused
+	}
 	for _, a := range r.Verdict.Actions {
 		f.L7.HeaderActions = append(f.L7.HeaderActions, a.Action+" "+a.Name)
 	}
