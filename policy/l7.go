@@ -112,21 +112,16 @@ func (l *L7Policy) hasActions() bool {
 	return false
 }
 
-// headerHas says whether the header is present, and with exactly value when exact.
+// headerHas says whether the header is present, and with exactly value when exact. A header
+// sent more than once is matched as its values joined with ",", as Envoy does (CVE-2020-25017):
+// matching any one of them would let a second instance, which the destination may read
+// instead, ride on a first that matches.
 func headerHas(h map[string][]string, name, value string, exact bool) bool {
 	vs, ok := h[textproto.CanonicalMIMEHeaderKey(name)]
 	if !ok {
 		return false
 	}
-	if !exact {
-		return true
-	}
-	for _, v := range vs {
-		if v == value {
-			return true
-		}
-	}
-	return false
+	return !exact || strings.Join(vs, ",") == value
 }
 
 // fullMatch reports whether the RE2 expression re matches all of s; an empty expression

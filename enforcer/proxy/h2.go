@@ -62,6 +62,8 @@ func (p *Proxy) h2Proxy(hf *h2Flow) *httputil.ReverseProxy {
 			Rewrite: func(pr *httputil.ProxyRequest) {
 				pr.Out.URL.Scheme = "http"
 				pr.Out.URL.Host = hf.f.dst.String()
+				// The query as judged: ReverseProxy drops what it cannot parse (";").
+				pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 				pr.Out.Host = pr.In.Host
 			},
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -110,22 +112,11 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	applyActions(r.Header, rec.Verdict.Actions)
-	path, query, hasQuery := cutQuery(target)
-	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = path, "", query
-	r.URL.ForceQuery = hasQuery && query == ""
+	upstreamTarget(r.URL, target)
 	sw := &statusWriter{ResponseWriter: w}
 	p.h2Proxy(hf).ServeHTTP(sw, r)
 	rec.Status, rec.Latency = sw.status, time.Since(start)
 	p.report(rec)
-}
-
-func cutQuery(target string) (string, string, bool) {
-	for i := 0; i < len(target); i++ {
-		if target[i] == '?' {
-			return target[:i], target[i+1:], true
-		}
-	}
-	return target, "", false
 }
 
 // statusWriter remembers the status a response was sent with.

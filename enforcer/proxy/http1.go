@@ -239,11 +239,7 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 // the client connection goes on, reuse whether the upstream one does. It sets rec's Status (0:
 // no response came) and, when it cut the exchange, Refused.
 func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string, up *upstream, c net.Conn, lr *limitedReader, br *bufio.Reader, bw *bufio.Writer) (keep, reuse bool) {
-	path, query, _ := strings.Cut(target, "?")
-	req.URL.Path, req.URL.RawPath, req.URL.RawQuery = path, "", query
-	if strings.Contains(target, "?") {
-		req.URL.ForceQuery = query == ""
-	}
+	upstreamTarget(req.URL, target)
 	// A request after which the client's connection ends says so to the destination too, so the
 	// destination closes first and holds the TIME_WAIT, as it would for the client directly: the
 	// node keeps none for the pod's address (see upstreamSocket).

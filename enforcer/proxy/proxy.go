@@ -20,8 +20,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -388,6 +390,16 @@ func applyActions(h http.Header, actions []policy.HeaderAction) {
 			h.Set(a.Name, a.Value)
 		}
 	}
+}
+
+// upstreamTarget makes u's request target (what HTTP/1.1 writes and HTTP/2 sends as :path) the
+// judged one, byte for byte. The path goes as Opaque: as Path it would be escaped again (%20
+// becoming %2520), and Path with RawPath re-escapes any byte Go would have escaped itself.
+// A normalised path never starts with "//", which Opaque would take for an authority.
+func upstreamTarget(u *url.URL, target string) {
+	path, query, hasQuery := strings.Cut(target, "?")
+	u.Opaque, u.Path, u.RawPath, u.RawQuery = path, "", "", query
+	u.ForceQuery = hasQuery && query == ""
 }
 
 // judge decides a request on the flow with the policy as it is now.
