@@ -235,39 +235,64 @@ spec:
 	es1, _ := st1.Endpoint(key)
 	es2, _ := st2.Endpoint(key)
 	frame := pkt{src: "10.0.0.2", dst: "10.0.0.1", proto: policy.ProtoTCP, sport: 40000, dport: 8008, syn: true}.build(t)
-	stop := make(chan struct{})
-	drops := make(chan int, 1)
+	// The traffic goroutine reports how many packets it sent and dropped, and the first failed
+	// run: a run that errors judged nothing, so the test cannot pass on it.
+	type traffic struct {
+		runs, drops int
+		err         error
+	}
+	stop, started := make(chan struct{}), make(chan struct{})
+	done := make(chan traffic, 1)
 	go func() {
-		n := 0
+		var tr traffic
 		ctx := make([]uint32, 11)
 		ctx[10] = uint32(ep.Ifindex)
 		for {
 			select {
 			case <-stop:
-				drops <- n
+				done <- tr
 				return
 			default:
 			}
 			// A new flow each time: conntrack must not hide the policy lookup.
 			ret, err := d.objs.TcToPod.Run(&ebpf.RunOptions{Data: frame, Context: ctx, Repeat: 1})
-			if err == nil && ret != tcOK {
-				n++
+			if err != nil {
+				tr.err = fmt.Errorf("run %d of tc_to_pod: %w", tr.runs+1, err)
+				done <- tr
+				return
+			}
+			if tr.runs++; tr.runs == 1 {
+				close(started)
+			}
+			if ret != tcOK {
+				tr.drops++
 			}
 			clearConntrack(t, d)
 		}
 	}()
-	for i := 0; i < 300; i++ {
+	// Swap only once packets flow, so the swaps are raced against traffic, not run before it.
+	select {
+	case <-started:
+	case tr := <-done:
+		t.Fatal(tr.err)
+	}
+	var upsertErr error
+	for i := 0; i < 300 && upsertErr == nil; i++ {
 		es := es1
 		if i%2 == 0 {
 			es = es2
 		}
-		if err := d.UpsertEndpoint(ep, es); err != nil {
-			close(stop)
-			t.Fatal(err)
-		}
+		upsertErr = d.UpsertEndpoint(ep, es)
 	}
 	close(stop)
-	if n := <-drops; n > 0 {
-		t.Errorf("a packet to 8008, allowed by both policies, was dropped %d times while they were swapped", n)
+	tr := <-done // before any Fatal: the goroutine reports through t
+	if upsertErr != nil {
+		t.Fatal(upsertErr)
+	}
+	if tr.err != nil {
+		t.Fatal(tr.err)
+	}
+	if tr.drops > 0 {
+		t.Errorf("a packet to 8008, allowed by both policies, was dropped %d of %d times while they were swapped", tr.drops, tr.runs)
 	}
 }

@@ -232,20 +232,24 @@ func DesiredRoutes(self string, nodes []*corev1.Node) []Route {
 	return out
 }
 
-// ReplaceRoutes makes the node's netpact-owned gateway routes exactly want.
+// ReplaceRoutes makes the node's netpact-owned gateway routes exactly want. A route that cannot
+// be installed does not hold back the other nodes' routes or the deletion of stale ones: every
+// step is tried and the failures are returned together.
 func ReplaceRoutes(want []Route) error {
+	var errs []error
 	keep := map[string]bool{}
 	for _, r := range want {
+		// Kept even when it fails: a route there already, to a node still there, is not stale.
+		keep[r.Dst.String()] = true
 		nr := &netlink.Route{Dst: prefixNet(r.Dst), Gw: net.IP(r.Via.AsSlice()), Protocol: podnet.RouteProtocol}
 		if err := netlink.RouteReplace(nr); err != nil {
-			return fmt.Errorf("route %s via %s (node %s): %w", r.Dst, r.Via, r.Node, err)
+			errs = append(errs, fmt.Errorf("route %s via %s (node %s): %w", r.Dst, r.Via, r.Node, err))
 		}
-		keep[r.Dst.String()] = true
 	}
 	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: podnet.RouteProtocol},
 		netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
+		errs = append(errs, fmt.Errorf("list routes: %w", err))
 	}
 	for _, r := range have {
 		if r.Gw == nil || r.Dst == nil {
@@ -257,8 +261,11 @@ func ReplaceRoutes(want []Route) error {
 			continue
 		}
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("delete stale route %s: %w", r.Dst, err)
+			errs = append(errs, fmt.Errorf("delete stale route %s: %w", r.Dst, err))
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("replace routes: %w", err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -69,33 +70,8 @@ func TestSyncInNodeNetns(t *testing.T) {
 		kubeNode("w1", []string{"10.244.1.0/24", "fd00:10:244:1::/64"}, "172.18.0.3", "fc00::3"),
 		kubeNode("w2", []string{"10.244.2.0/24", "fd00:10:244:2::/64"}, "172.18.0.4", "fc00::4"),
 	}
-	listRoutes := func() map[string]string {
-		out := map[string]string{}
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range routes {
-			if r.Dst != nil && r.Gw != nil {
-				out[r.Dst.String()] = r.Gw.String()
-			}
-		}
-		return out
-	}
 	err := nodeNS.Do(func(ns.NetNS) error {
-		up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}
-		if err := netlink.LinkAdd(up); err != nil {
-			return err
-		}
-		l, _ := netlink.LinkByName("eth0")
-		for _, s := range []string{"172.18.0.2/24", "fc00::2/64"} {
-			addr, _ := netlink.ParseAddr(s)
-			addr.Flags = 0x02 // IFA_F_NODAD
-			if err := netlink.AddrAdd(l, addr); err != nil {
-				return err
-			}
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
+		if err := nodeUplink(); err != nil {
 			return err
 		}
 		// A route someone else owns, to the same kind of destination.
@@ -112,7 +88,7 @@ func TestSyncInNodeNetns(t *testing.T) {
 		if err := a.Sync(nodes); err != nil {
 			return err
 		}
-		got := listRoutes()
+		got := gatewayRoutes(t)
 		for dst, gw := range map[string]string{"10.244.1.0/24": "172.18.0.3", "10.244.2.0/24": "172.18.0.4",
 			"fd00:10:244:1::/64": "fc00::3", "fd00:10:244:2::/64": "fc00::4", "10.99.0.0/16": "172.18.0.9"} {
 			if got[dst] != gw {
@@ -126,7 +102,7 @@ func TestSyncInNodeNetns(t *testing.T) {
 		if err := a.Sync(nodes[:2]); err != nil {
 			return err
 		}
-		got = listRoutes()
+		got = gatewayRoutes(t)
 		for _, dst := range []string{"10.244.2.0/24", "fd00:10:244:2::/64"} {
 			if _, ok := got[dst]; ok {
 				t.Errorf("route %s of a deleted node stays", dst)
@@ -141,7 +117,7 @@ func TestSyncInNodeNetns(t *testing.T) {
 		if err := a.Sync(nodes[:2]); err != nil {
 			return err
 		}
-		if got := listRoutes(); got["10.244.1.0/24"] != "172.18.0.3" {
+		if got := gatewayRoutes(t); got["10.244.1.0/24"] != "172.18.0.3" {
 			t.Errorf("route not repaired: %v", got)
 		}
 		return nil
@@ -191,6 +167,88 @@ func TestSyncInNodeNetns(t *testing.T) {
 	var routes []Route
 	if err := json.NewDecoder(resp.Body).Decode(&routes); err != nil || len(routes) != 2 {
 		t.Fatalf("routes: %v %v", routes, err)
+	}
+}
+
+// nodeUplink gives the current network namespace the node's eth0 (a veth: this kernel may have no
+// dummy driver) on 172.18.0.0/24 and fc00::/64, as node cp, so gateways on those are on-link.
+func nodeUplink() error {
+	up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}
+	if err := netlink.LinkAdd(up); err != nil {
+		return err
+	}
+	l, err := netlink.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	for _, s := range []string{"172.18.0.2/24", "fc00::2/64"} {
+		addr, _ := netlink.ParseAddr(s)
+		addr.Flags = 0x02 // IFA_F_NODAD
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			return err
+		}
+	}
+	return netlink.LinkSetUp(l)
+}
+
+// gatewayRoutes maps the destination of each gateway route in the current network namespace to
+// its gateway.
+func gatewayRoutes(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Gw != nil {
+			out[r.Dst.String()] = r.Gw.String()
+		}
+	}
+	return out
+}
+
+// TestReplaceRoutesPastAFailure: a node whose route the kernel refuses (its address is not on any
+// link of this node) holds back neither the other nodes' routes nor the deletion of a stale one,
+// and the error names the node.
+func TestReplaceRoutesPastAFailure(t *testing.T) {
+	testenv.RequireRoot(t)
+	nodeNS := testenv.NetNS(t)
+	err := nodeNS.Do(func(ns.NetNS) error {
+		if err := nodeUplink(); err != nil {
+			return err
+		}
+		// Left by a node that is gone.
+		if err := netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.ParseIP("10.244.9.0"), Mask: net.CIDRMask(24, 32)},
+			Gw: net.ParseIP("172.18.0.9"), Protocol: podnet.RouteProtocol}); err != nil {
+			return err
+		}
+		// far sorts first, so a stop at the first failure skips everything after it.
+		want := []Route{
+			{Node: "far", Dst: netip.MustParsePrefix("10.243.0.0/24"), Via: netip.MustParseAddr("192.0.2.9")},
+			{Node: "w1", Dst: netip.MustParsePrefix("10.244.1.0/24"), Via: netip.MustParseAddr("172.18.0.3")},
+			{Node: "w1", Dst: netip.MustParsePrefix("fd00:10:244:1::/64"), Via: netip.MustParseAddr("fc00::3")},
+		}
+		err := ReplaceRoutes(want)
+		if err == nil || !strings.HasPrefix(err.Error(), "replace routes: ") || !strings.Contains(err.Error(), "(node far)") {
+			t.Errorf("error %v; want one that starts with \"replace routes: \" and names node far", err)
+		}
+		got := gatewayRoutes(t)
+		for dst, gw := range map[string]string{"10.244.1.0/24": "172.18.0.3", "fd00:10:244:1::/64": "fc00::3"} {
+			if got[dst] != gw {
+				t.Errorf("route %s via %q, want via %s (routes %v)", dst, got[dst], gw, got)
+			}
+		}
+		if _, ok := got["10.244.9.0/24"]; ok {
+			t.Errorf("the stale route stays (routes %v)", got)
+		}
+		if _, ok := got["10.243.0.0/24"]; ok {
+			t.Errorf("a route via an address not on-link was installed (routes %v)", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -647,7 +647,7 @@ func TestL7ProxyConnectionsPerPod(t *testing.T) {
 // was told the connection ends, and the destination never sees the request (a POST is not done
 // behind its back).
 func TestL7ProxyNothingAfterTheLastResponse(t *testing.T) {
-	n, c := testNode(t)
+	n, c := testNodeWith(t, Options{ProxyMaxConnsPerSource: 1})
 	var ln net.Listener
 	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
 		t.Fatal(err)
@@ -692,10 +692,43 @@ func TestL7ProxyNothingAfterTheLastResponse(t *testing.T) {
 	if resp, err := http.ReadResponse(br, nil); err == nil {
 		t.Fatalf("a response to the request after the last one: %d", resp.StatusCode)
 	}
-	time.Sleep(200 * time.Millisecond) // a forwarded POST would have reached the server by now
+	conn.Close()
+	// b may have one connection through the proxy, so a new one is served only once the proxy is
+	// done with the first. Had it forwarded the POST, it would have read the destination's
+	// response first, so the destination has seen every request it will see from the first.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := getOnce(t, n, "b", "/probe"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("b's next connection after the first ended: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(seen) != 1 || seen[0] != "GET /first" {
-		t.Fatalf("the destination saw %q; want only GET /first", seen)
+	if len(seen) != 2 || seen[0] != "GET /first" || seen[1] != "GET /probe" {
+		t.Fatalf("the destination saw %q; want only GET /first, then the next connection's GET /probe", seen)
 	}
+}
+
+// getOnce sends one GET for path from a pod to a:8081 on a new connection and wants a 200.
+func getOnce(t *testing.T, n *Node, from, path string) error {
+	t.Helper()
+	c, err := dialA(t, n, from)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
+	}
+	return nil
 }
