@@ -312,13 +312,27 @@ func (n *LocalNode) Flows(cells []Cell) []string {
 
 // Seen reports whether a packet from the cell's source pod to its destination pod (IPv4, as the
 // probes go) reached the datapath since the step began, at either pod's veth, from its flow
-// events; unknown when the node kept no complete record of them.
+// events; for a service cell, to any of its backends, as translation may pick any. Unknown when
+// the node kept no complete record of them.
 func (n *LocalNode) Seen(c Cell) (bool, bool) {
-	from, to := n.node.Pod(c.From), n.node.Pod(c.To)
-	if from == nil || to == nil {
+	from := n.node.Pod(c.From)
+	targets := c.Backends
+	if len(targets) == 0 {
+		targets = []string{c.To}
+	}
+	if from == nil {
 		return false, false
 	}
-	return n.node.SawPair(from.IPv4, to.IPv4)
+	for _, t := range targets {
+		to := n.node.Pod(t)
+		if to == nil {
+			return false, false
+		}
+		if seen, known := n.node.SawPair(from.IPv4, to.IPv4); seen || !known {
+			return seen, known
+		}
+	}
+	return false, true
 }
 
 // Stop stops the workloads and tears the node down unless it is retained.
