@@ -65,7 +65,7 @@ images:
 # dockerd if this target started it. E2E_RETAIN=1 keeps cluster and dockerd (and reuses them).
 E2E_RETAIN ?= 0
 e2e:
-	@set -uo pipefail; start=$$(date +%s); mkdir -p bin; \
+	@set -uo pipefail; start=$$(date +%s); mkdir -p bin; rm -f bin/e2e-failures.txt; \
 	if kind/dockerd.sh status; then own=0; else own=1; fi; \
 	eval "$$(kind/dockerd.sh start)" || exit 1; \
 	kind/images.sh build > bin/images.list.tmp && mv bin/images.list.tmp bin/images.list && \
@@ -74,6 +74,9 @@ e2e:
 	if [ "$(E2E_RETAIN)" != 1 ]; then \
 		$(GO) run ./cmd/netpact kind delete --name netpact-e2e --kubeconfig bin/kind-netpact-e2e.kubeconfig || rc=1; \
 		if [ $$own = 1 ]; then kind/dockerd.sh stop; fi; \
+	fi; \
+	if [ $$rc != 0 ] && [ -s bin/e2e-failures.txt ]; then \
+		echo "make e2e: what failed, and the cluster at that moment (bin/e2e-failures.txt):"; cat bin/e2e-failures.txt; \
 	fi; \
 	echo "make e2e: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 
