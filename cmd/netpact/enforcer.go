@@ -11,6 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,7 +39,8 @@ func newEnforcerCommand() *cobra.Command {
 		denied403, uplink                                                                string
 		proxyPort                                                                        uint16
 		flowsListen, metricsListen                                                       string
-		mtu, maxConnsPerPod                                                              int
+		mtu                                                                              int
+		limits                                                                           proxy.Limits
 		cniWait                                                                          time.Duration
 	)
 	cmd := &cobra.Command{
@@ -79,6 +83,9 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			if limit, ok := softMemoryLimit("/sys/fs/cgroup/memory.max"); ok {
+				log.Info("Go soft memory limit: 90% of the container's", "bytes", limit)
+			}
 			if err := requireBPFFS(filepath.Dir(pinPath)); err != nil {
 				return err
 			}
@@ -103,7 +110,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				return err
 			}
 			defer fr.Close()
-			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, maxConnsPerPod, denied403, uplink)
+			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, limits, denied403, uplink)
 			if err != nil {
 				return err
 			}
@@ -167,10 +174,35 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	cmd.Flags().StringVar(&cgroupBase, "cgroup-root", "/host/sys/fs/cgroup", "the node's /sys/fs/cgroup (its cgroup v2 mount, or unified/ below it): ClusterIP Services are translated at the socket for every process under it, before egress policy; empty: not translated")
 	cmd.Flags().Uint16Var(&proxyPort, "http-proxy-port", 14001, "port of the L7 HTTP proxy on the node's 127.0.0.1 and ::1 (the datapath hands it the flows HTTP rules govern)")
 	cmd.Flags().StringVar(&denied403, "http-403-msg", proxy.DefaultDeniedBody, "body of the 403 a request HTTP rules deny gets (CRLF appended), as Cilium's http-403-msg")
-	cmd.Flags().IntVar(&maxConnsPerPod, "http-max-conns-per-pod", proxy.DefaultMaxConnsPerSource, "connections one source address (a pod) may have open through the L7 HTTP proxy at once, which the node's pods share; one more is reset")
+	cmd.Flags().IntVar(&limits.MaxConnsPerSource, "http-max-conns-per-pod", proxy.DefaultMaxConnsPerSource, "connections one source address (a pod) may have open through the L7 HTTP proxy at once, which the node's pods share; one more is reset")
+	cmd.Flags().DurationVar(&limits.HeaderTimeout, "http-header-timeout", proxy.DefaultHeaderTimeout, "time a request's line and headers may take from their first byte (then 408)")
+	cmd.Flags().DurationVar(&limits.ResponseHeaderTimeout, "http-response-header-timeout", proxy.DefaultResponseHeaderTimeout, "time the destination may take to send its response header after the request (then Envoy's 504 upstream request timeout)")
+	cmd.Flags().IntVar(&limits.MaxHeaderBytes, "http-max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request line and headers, and response headers, the proxy reads (a request over it gets 431)")
+	cmd.Flags().Int64Var(&limits.BufferedPerSource, "http-buffered-per-pod", proxy.DefaultBufferedPerSource, "bytes the proxy may hold for one source (unfinished request headers, HTTP/2 receive windows); more is refused with 503 or a reset")
+	cmd.Flags().Int64Var(&limits.BufferedTotal, "http-buffered-total", proxy.DefaultBufferedTotal, "bytes the proxy may hold for all sources together")
 	cmd.Flags().StringVar(&uplink, "uplink", "auto", "interface traffic from other nodes arrives on, where ingress L7 rules redirect it (auto: the default route's; empty: none, and such flows from other nodes are dropped)")
 	cmd.Flags().StringVar(&mode, "policy-enforcement-mode", "default", "default, always or never (as Cilium's policy-enforcement-mode)")
 	return cmd
+}
+
+// softMemoryLimit sets Go's soft memory limit to 90% of the container's (cgroup v2 memory.max),
+// unless GOMEMLIMIT says otherwise: the collector works harder before the kernel kills the node's
+// enforcer.
+func softMemoryLimit(memoryMax string) (int64, bool) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+	raw, err := os.ReadFile(memoryMax)
+	if err != nil {
+		return 0, false
+	}
+	max, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+	if err != nil || max <= 0 { // "max": no limit
+		return 0, false
+	}
+	limit := max / 10 * 9
+	debug.SetMemoryLimit(limit)
+	return limit, true
 }
 
 // requireBPFFS refuses to start without the node's bpffs: pins in a bpffs of the pod's own would
@@ -230,14 +262,14 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // startNodeProxy runs the node's L7 HTTP proxy: the routing that delivers what the datapath hands
 // it, its listener (waiting for the previous enforcer's to go during a restart), the port and
 // mark the datapath needs, and the uplink program for flows from other nodes.
-func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, maxConns int, body, uplink string) (*proxy.Proxy, error) {
-	if maxConns < 1 {
-		return nil, fmt.Errorf("--http-max-conns-per-pod %d: must be at least 1", maxConns)
+func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, limits proxy.Limits, body, uplink string) (*proxy.Proxy, error) {
+	if limits.MaxConnsPerSource < 1 {
+		return nil, fmt.Errorf("--http-max-conns-per-pod %d: must be at least 1", limits.MaxConnsPerSource)
 	}
 	if err := (proxy.Routes{Table: 2004, Priority: 9}).Ensure(); err != nil {
 		return nil, err
 	}
-	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod, MaxConnsPerSource: maxConns,
+	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod, Limits: limits,
 		OnRequest: func(r proxy.Request) { dp.PublishL7(r.Flow(node.State())) }}
 	var px *proxy.Proxy
 	var err error

@@ -30,11 +30,8 @@ type Options struct {
 	// process of a parallel test suite); AddPod adopts them instead of creating its own, and Stop
 	// leaves them in place.
 	Pods map[string]*podnet.Pod
-	// ProxyIdleTimeout is the L7 proxy's idle timeout (proxy.Options.IdleTimeout); its default
-	// when 0.
-	ProxyIdleTimeout time.Duration
-	// ProxyMaxConnsPerSource is proxy.Options.MaxConnsPerSource; its default when 0.
-	ProxyMaxConnsPerSource int
+	// ProxyLimits are the L7 proxy's limits; a zero field takes its default.
+	ProxyLimits proxy.Limits
 	// DriftInterval is how often the datapath maps are compared with what the enforcer wrote
 	// and repaired (enforcer.RunDriftRepair): 10 s when 0, never when negative.
 	DriftInterval time.Duration
@@ -125,7 +122,7 @@ func (n *Node) startProxy() error {
 		return err
 	}
 	n.routes = routes
-	px, err := proxy.Listen(0, proxy.Options{IdleTimeout: n.opts.ProxyIdleTimeout, MaxConnsPerSource: n.opts.ProxyMaxConnsPerSource, Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
+	px, err := proxy.Listen(0, proxy.Options{Limits: n.opts.ProxyLimits, Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
 	if err != nil {
 		return err
 	}

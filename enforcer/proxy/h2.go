@@ -41,6 +41,8 @@ func (p *Proxy) h2ConnState(c net.Conn, st http.ConnState) {
 			}
 		}
 		if pc, ok := c.(*peeked); ok {
+			p.buffered.give(pc.f.src.Addr(), pc.reserved)
+			pc.reserved = 0
 			p.untrack(pc.Conn)
 		}
 	}
@@ -51,10 +53,12 @@ func (p *Proxy) h2Proxy(hf *h2Flow) *httputil.ReverseProxy {
 		var protos http.Protocols
 		protos.SetUnencryptedHTTP2(true)
 		hf.tr = &http.Transport{
-			Protocols:           &protos,
-			DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return p.dial(ctx, hf.f) },
-			MaxIdleConnsPerHost: 1,
-			IdleConnTimeout:     p.opts.IdleTimeout,
+			Protocols:              &protos,
+			DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return p.dial(ctx, hf.f) },
+			MaxIdleConnsPerHost:    1,
+			IdleConnTimeout:        p.opts.IdleTimeout,
+			ResponseHeaderTimeout:  p.opts.ResponseHeaderTimeout,
+			MaxResponseHeaderBytes: int64(p.opts.MaxHeaderBytes),
 		}
 		hf.rp = &httputil.ReverseProxy{
 			Transport:     hf.tr,
@@ -67,11 +71,14 @@ func (p *Proxy) h2Proxy(hf *h2Flow) *httputil.ReverseProxy {
 				pr.Out.Host = pr.In.Host
 			},
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				msg := "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n"
+				code, msg := http.StatusServiceUnavailable, upstreamConnectFailure
+				if isTimeout(err) {
+					code, msg = http.StatusGatewayTimeout, upstreamTimeout
+				}
 				w.Header().Set("Content-Type", "text/plain")
 				w.Header().Set("Content-Length", strconv.Itoa(len(msg)))
 				w.Header().Set("Server", "envoy")
-				w.WriteHeader(http.StatusServiceUnavailable)
+				w.WriteHeader(code)
 				w.Write([]byte(msg))
 			},
 		}

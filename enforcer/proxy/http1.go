@@ -23,6 +23,13 @@ import (
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade",
 	"Http2-Settings"}
 
+// Envoy's bodies of the answers the proxy gives itself when the destination fails.
+const (
+	upstreamConnectFailure = "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n"
+	upstreamTermination    = "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n"
+	upstreamTimeout        = "upstream request timeout\r\n"
+)
+
 // maxDrain is how much of a denied request's body is read so the connection can be kept.
 const maxDrain = 64 << 10
 
@@ -49,6 +56,7 @@ func writeStatus(w *bufio.Writer, code int, msg string) {
 // upstream is the connection to the destination a client connection's allowed requests go on.
 type upstream struct {
 	c  net.Conn
+	lr *limitedReader // bounds the response header
 	br *bufio.Reader
 	bw *bufio.Writer
 	// peerCloses: the last response said connection: close, so the destination closes first.
@@ -93,16 +101,31 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 	var up *upstream
 	defer func() { up.close() }()
 	for {
-		// The next request's header: within the idle timeout as a whole.
+		// The next request's first byte within the idle timeout; its line and headers, held
+		// against the source's budget until parsed, within the header timeout from there.
 		lr.idle = 0
+		lr.counting = true
+		lr.n = int64(p.opts.MaxHeaderBytes - br.Buffered()) // what is buffered is this header's
 		c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
-		lr.n = maxHeaderBytes + int64(br.Buffered())
+		if _, err := br.Peek(1); err != nil {
+			if errors.Is(lr.err, errOverBudget) {
+				p.refuseOverBudget(c, f, "request header")
+			}
+			return false
+		}
+		c.SetReadDeadline(time.Now().Add(p.opts.HeaderTimeout))
 		req, err := http.ReadRequest(br)
+		overBudget := errors.Is(lr.err, errOverBudget)
+		lr.release()
 		if err != nil {
 			switch {
+			case overBudget:
+				p.refuseOverBudget(c, f, "request header")
 			case errors.Is(err, errHeaderTooLarge):
 				writeStatus(bw, http.StatusRequestHeaderFieldsTooLarge, "request header too large\r\n")
-			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err):
+			case isTimeout(err):
+				writeStatus(bw, http.StatusRequestTimeout, "request header timeout\r\n")
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
 				writeStatus(bw, http.StatusBadRequest, "bad request\r\n")
 			}
 			return false
@@ -175,10 +198,11 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			if err != nil {
 				rec.Latency = time.Since(start)
 				p.report(rec)
-				writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n")
+				writeStatus(bw, http.StatusServiceUnavailable, upstreamConnectFailure)
 				return false
 			}
-			up = &upstream{c: uc, br: getReader(uc), bw: getWriter(uc), wg: &p.wg}
+			ulr := &limitedReader{r: uc, n: 1 << 62, c: uc}
+			up = &upstream{c: uc, lr: ulr, br: getReader(ulr), bw: getWriter(uc), wg: &p.wg}
 		}
 		keep, reuse := p.forward(&rec, req, target, upgrade, up, c, lr, br, bw)
 		rec.Latency = time.Since(start)
@@ -250,19 +274,31 @@ func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string,
 			rec.Status = http.StatusRequestTimeout
 			return false, false
 		}
-		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
+		writeStatus(bw, http.StatusServiceUnavailable, upstreamTermination)
 		return false, false
 	}
 	if err := up.bw.Flush(); err != nil {
-		writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
+		writeStatus(bw, http.StatusServiceUnavailable, upstreamTermination)
 		return false, false
 	}
+	// The response header, bounded as a request's is, within the response header timeout.
+	up.c.SetReadDeadline(time.Now().Add(p.opts.ResponseHeaderTimeout))
 	var resp *http.Response
 	for {
 		var err error
+		up.lr.n = int64(p.opts.MaxHeaderBytes) + int64(up.br.Buffered())
 		resp, err = http.ReadResponse(up.br, req)
 		if err != nil {
-			writeStatus(bw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n")
+			switch {
+			case isTimeout(err):
+				rec.Status, rec.Refused = http.StatusGatewayTimeout, fmt.Sprintf("no response header from the destination within %v", p.opts.ResponseHeaderTimeout)
+				writeStatus(bw, http.StatusGatewayTimeout, upstreamTimeout)
+			case errors.Is(err, errHeaderTooLarge):
+				rec.Status, rec.Refused = http.StatusBadGateway, fmt.Sprintf("the destination's response header is over %d bytes", p.opts.MaxHeaderBytes)
+				writeStatus(bw, http.StatusBadGateway, "upstream response header too large\r\n")
+			default:
+				writeStatus(bw, http.StatusServiceUnavailable, upstreamTermination)
+			}
 			return false, false
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -272,6 +308,8 @@ func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string,
 		}
 		break
 	}
+	up.lr.n = 1 << 62 // the body: its framing bounds it
+	up.c.SetReadDeadline(time.Time{})
 	rec.Status = resp.StatusCode
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if upgrade == "" {

@@ -102,7 +102,7 @@ func TestH2ForwardsAsJudged(t *testing.T) {
 	dst.Config.Protocols = &protos
 	dst.Start()
 	defer dst.Close()
-	p := &Proxy{opts: Options{KeepSource: func(netip.Addr) bool { return false }, DialTimeout: time.Second, IdleTimeout: time.Second}}
+	p := &Proxy{opts: Options{KeepSource: func(netip.Addr) bool { return false }, Limits: Limits{DialTimeout: time.Second, IdleTimeout: time.Second}}}
 	hf := &h2Flow{f: flow{src: netip.MustParseAddrPort("127.0.0.1:1"), dst: netip.MustParseAddrPort(dst.Listener.Addr().String())}}
 	defer func() { hf.tr.CloseIdleConnections() }()
 	for _, target := range []string{"/public/a%20b", "/public/%252e%252e/x", "/public/x?a=1;b=%20", "/public/x?"} {

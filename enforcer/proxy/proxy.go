@@ -93,18 +93,81 @@ type Options struct {
 	OnRequest func(Request)
 	// DeniedBody replaces DefaultDeniedBody (CRLF appended unless it ends in one).
 	DeniedBody string
-	// DialTimeout bounds connecting to the destination; 5 s when 0.
-	DialTimeout time.Duration
-	// IdleTimeout closes a client connection idle this long; 5 min when 0.
-	IdleTimeout time.Duration
-	// MaxConnsPerSource bounds the connections one source address (a pod) has open through the
-	// proxy at once, which the node's pods share; one more is reset at once, and an L7 event
-	// says why. DefaultMaxConnsPerSource when 0.
-	MaxConnsPerSource int
+	Limits
 }
 
-// DefaultMaxConnsPerSource is the default of Options.MaxConnsPerSource.
-const DefaultMaxConnsPerSource = 10000
+// Limits bound what one source (a pod), and all of them together, can make the proxy hold: time,
+// connections and buffered bytes. A zero field takes its default.
+type Limits struct {
+	// DialTimeout bounds connecting to the destination; 5 s.
+	DialTimeout time.Duration
+	// IdleTimeout closes a client connection idle this long between requests, or a request
+	// body's read that waits this long; 5 min (Envoy's stream idle timeout).
+	IdleTimeout time.Duration
+	// HeaderTimeout bounds a request's line and headers from their first byte: a client cannot
+	// hold a half-sent header for the idle timeout; 30 s. It ends with 408.
+	HeaderTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for the destination's response header after the
+	// request was sent; 60 s. It ends with Envoy's 504 "upstream request timeout".
+	ResponseHeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a request's line and headers, and a response's headers (HTTP/1.1
+	// and HTTP/2); 60 KiB (Envoy's max_request_headers_kb). A request over it gets 431.
+	MaxHeaderBytes int
+	// MaxConnsPerSource bounds the connections one source address (a pod) has open through the
+	// proxy at once, which the node's pods share; one more is reset at once, and an L7 event
+	// says why. DefaultMaxConnsPerSource.
+	MaxConnsPerSource int
+	// BufferedPerSource and BufferedTotal bound the bytes the proxy holds for one source, and
+	// for all of them: the unfinished request headers it reads, and the receive window of each
+	// HTTP/2 connection (h2ConnWindow) for the connection's life. A connection that would pass
+	// either is refused (HTTP/1.1: 503; HTTP/2: reset), and an L7 event says why. 64 MiB (256
+	// HTTP/2 connections) and 512 MiB.
+	BufferedPerSource, BufferedTotal int64
+}
+
+// Defaults of Limits.
+const (
+	DefaultMaxConnsPerSource     = 10000
+	DefaultHeaderTimeout         = 30 * time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultMaxHeaderBytes        = 60 << 10
+	DefaultBufferedPerSource     = 64 << 20
+	DefaultBufferedTotal         = 512 << 20
+)
+
+// HTTP/2 bounds: the streams a client connection may have open at once, the largest frame it
+// may send (the protocol's initial SETTINGS_MAX_FRAME_SIZE), and the request body bytes the proxy
+// takes ahead of a destination that reads slowly, per connection and per stream.
+const (
+	h2MaxStreams   = 100
+	h2MaxFrameSize = 16 << 10
+	h2ConnWindow   = 256 << 10
+	h2StreamWindow = 128 << 10
+)
+
+func (l *Limits) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&l.DialTimeout, 5*time.Second)
+	def(&l.IdleTimeout, 5*time.Minute)
+	def(&l.HeaderTimeout, DefaultHeaderTimeout)
+	def(&l.ResponseHeaderTimeout, DefaultResponseHeaderTimeout)
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if l.MaxConnsPerSource <= 0 {
+		l.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
+	if l.BufferedPerSource <= 0 {
+		l.BufferedPerSource = DefaultBufferedPerSource
+	}
+	if l.BufferedTotal <= 0 {
+		l.BufferedTotal = DefaultBufferedTotal
+	}
+}
 
 // Proxy is a running HTTP proxy.
 type Proxy struct {
@@ -120,22 +183,16 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	perSrc map[netip.Addr]int // open connections by source address
-	closed bool
-	wg     sync.WaitGroup
+	// buffered counts the bytes held for each source (Limits.BufferedPerSource).
+	buffered *budget
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 // Listen starts the proxy on 127.0.0.1:port and [::1]:port with IP_TRANSPARENT (port 0: one
 // the kernel picks, the same for both families). Port returns it.
 func Listen(port uint16, opts Options) (*Proxy, error) {
-	if opts.DialTimeout == 0 {
-		opts.DialTimeout = 5 * time.Second
-	}
-	if opts.IdleTimeout == 0 {
-		opts.IdleTimeout = 5 * time.Minute
-	}
-	if opts.MaxConnsPerSource <= 0 {
-		opts.MaxConnsPerSource = DefaultMaxConnsPerSource
-	}
+	opts.Limits.setDefaults()
 	body := opts.DeniedBody
 	if body == "" {
 		body = DefaultDeniedBody
@@ -143,7 +200,8 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 	if !bytes.HasSuffix([]byte(body), []byte("\r\n")) {
 		body += "\r\n"
 	}
-	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{}}
+	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{},
+		buffered: newBudget(opts.BufferedPerSource, opts.BufferedTotal)}
 	var err error
 	for attempt := 0; attempt < 20; attempt++ {
 		p.listeners, err = listenBoth(port)
@@ -157,7 +215,9 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 	p.port = uint16(p.listeners[0].Addr().(*net.TCPAddr).Port)
 	p.h2conns = newConnQueue()
 	p.h2 = &http.Server{Handler: http.HandlerFunc(p.serveH2), ConnContext: p.h2ConnContext, IdleTimeout: opts.IdleTimeout,
-		ConnState: p.h2ConnState}
+		ConnState: p.h2ConnState, MaxHeaderBytes: opts.MaxHeaderBytes,
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: h2MaxStreams, MaxReadFrameSize: h2MaxFrameSize,
+			MaxReceiveBufferPerConnection: h2ConnWindow, MaxReceiveBufferPerStream: h2StreamWindow}}
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	p.h2.Protocols = &protos
@@ -335,23 +395,37 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // else is HTTP/1.1.
 func (p *Proxy) serveConn(c net.Conn) {
 	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
-	lr := &limitedReader{r: c, n: maxHeaderBytes, c: c}
+	lr := &limitedReader{r: c, n: int64(p.opts.MaxHeaderBytes), c: c, bud: p.buffered, src: f.src.Addr(), counting: true}
 	br := getReader(lr) // back to the pool after HTTP/1; an HTTP/2 connection keeps it
 	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
 	isH2, err := sniffH2(br)
 	if isH2 {
 		c.SetReadDeadline(time.Time{})
+		lr.release()
 		lr.n = 1 << 62 // the HTTP/2 server bounds its frames and headers itself
+		// The connection's receive window is held for its life: what a destination that reads
+		// slowly leaves the proxy buffering.
+		if !p.buffered.take(f.src.Addr(), h2ConnWindow) {
+			p.refuseOverBudget(c, f, "HTTP/2 connection")
+			c.Close()
+			p.untrack(c)
+			putReader(br)
+			return
+		}
 		// The HTTP/2 server owns the connection from here (it untracks it when closed).
-		p.h2conns.Push(&peeked{Conn: c, r: br, f: f})
+		p.h2conns.Push(&peeked{Conn: c, r: br, f: f, reserved: h2ConnWindow})
 		return
 	}
 	defer func() {
+		lr.release()
 		c.Close()
 		p.untrack(c)
 		putReader(br)
 	}()
 	if err != nil {
+		if errors.Is(lr.err, errOverBudget) {
+			p.refuseOverBudget(c, f, "request header")
+		}
 		return
 	}
 	// After a response that said connection: close, this side closes first, as a server does:
@@ -412,6 +486,25 @@ func (p *Proxy) judge(f flow, r policy.HTTPRequest) policy.HTTPVerdict {
 		return policy.HTTPVerdict{Index: -1, Reason: "no policy is computed yet"}
 	}
 	return d.MatchHTTP(r)
+}
+
+// refuseOverBudget reports a connection the proxy refused because its source, or the node, holds
+// the most buffered bytes it may; an HTTP/1.1 client gets a 503 that says so, an HTTP/2 one a
+// reset.
+func (p *Proxy) refuseOverBudget(c net.Conn, f flow, what string) {
+	src, total := p.buffered.held(f.src.Addr())
+	why := fmt.Sprintf("%s refused: the source holds %d bytes buffered in the proxy (most %d), the node %d (most %d)",
+		what, src, p.opts.BufferedPerSource, total, p.opts.BufferedTotal)
+	if what == "HTTP/2 connection" {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+	} else {
+		bw := getWriter(c)
+		writeStatus(bw, http.StatusServiceUnavailable, "proxy overloaded: the source holds too many bytes of unfinished requests\r\n")
+		putWriter(bw)
+	}
+	p.report(Request{Src: f.src, Dst: f.dst, Refused: why, Status: http.StatusServiceUnavailable, Verdict: policy.HTTPVerdict{Index: -1, Reason: why}})
 }
 
 func (p *Proxy) report(r Request) {
@@ -501,12 +594,9 @@ func putWriter(bw *bufio.Writer) {
 	writers.Put(bw)
 }
 
-// maxHeaderBytes bounds a request's line and headers (net/http's DefaultMaxHeaderBytes): a pod
-// cannot make the proxy buffer without end.
-const maxHeaderBytes = 1 << 20
-
 // limitedReader fails reads once n bytes were read since the last setLimit: the bound on request
-// headers, lifted while a body is read.
+// headers, lifted while a body is read. While counting, the bytes it reads are taken from bud for
+// src until release: a header's bytes are held until it is parsed.
 type limitedReader struct {
 	r io.Reader
 	n int64
@@ -515,6 +605,11 @@ type limitedReader struct {
 	idle time.Duration
 	c    net.Conn
 	err  error // of the last read (net/http does not always pass it on as it came)
+
+	bud      *budget
+	src      netip.Addr
+	counting bool
+	held     int64
 }
 
 func (l *limitedReader) Read(b []byte) (int, error) {
@@ -530,7 +625,22 @@ func (l *limitedReader) Read(b []byte) (int, error) {
 	n, err := l.r.Read(b)
 	l.err = err
 	l.n -= int64(n)
+	if l.counting && n > 0 && l.bud != nil {
+		if !l.bud.take(l.src, int64(n)) {
+			l.err = errOverBudget
+			return n, errOverBudget
+		}
+		l.held += int64(n)
+	}
 	return n, err
+}
+
+// release gives back what the reader holds, and stops counting.
+func (l *limitedReader) release() {
+	if l.bud != nil {
+		l.bud.give(l.src, l.held)
+	}
+	l.held, l.counting = 0, false
 }
 
 var errHeaderTooLarge = errors.New("request header too large")
@@ -540,6 +650,8 @@ type peeked struct {
 	net.Conn
 	r *bufio.Reader
 	f flow
+	// reserved is what the connection holds of the proxy's budget (h2ConnWindow).
+	reserved int64
 }
 
 func (c *peeked) Read(b []byte) (int, error) { return c.r.Read(b) }

@@ -1,0 +1,195 @@
+package localnode
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/netpact/netpact/enforcer/proxy"
+	"github.com/netpact/netpact/policy"
+)
+
+// limitsPolicy lets b and c reach a:8081 with any path: every request is judged by the proxy.
+const limitsPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: any-path, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchExpressions: [{key: app, operator: In, values: [b, c]}]}]
+    toPorts:
+    - ports: [{port: "8081", protocol: TCP}]
+      rules:
+        http: [{path: "/.*"}]
+`
+
+// TestL7ProxyLimits: what one pod can make the node's proxy hold is bounded in bytes and time,
+// not only in connections. Each subtest fails without its bound: the proxy read request headers
+// up to 1 MiB, waited for the rest of a header for the whole idle timeout, held unfinished headers
+// without a budget, and waited for a destination's response header without end.
+func TestL7ProxyLimits(t *testing.T) {
+	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{IdleTimeout: time.Minute, HeaderTimeout: 500 * time.Millisecond,
+		ResponseHeaderTimeout: 500 * time.Millisecond, BufferedPerSource: 512 << 10}})
+	var ln net.Listener
+	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	stop := make(chan struct{})
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			select { // a destination that never answers
+			case <-stop:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		fmt.Fprintf(w, "served %s", r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { close(stop); srv.Close() })
+	b, err := policy.LoadBytes("limits.yaml", []byte(limitsPolicy), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	open := func(t *testing.T, from string) net.Conn {
+		t.Helper()
+		conn, err := dialA(t, n, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		return conn
+	}
+	answer := func(t *testing.T, conn net.Conn) (int, string) {
+		t.Helper()
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+
+	t.Run("served", func(t *testing.T) {
+		conn := open(t, "b")
+		fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: a\r\nX-Pad: %s\r\n\r\n", strings.Repeat("p", 50<<10))
+		if code, body := answer(t, conn); code != http.StatusOK || body != "served /x" {
+			t.Fatalf("a 50 KiB header: %d %q, want 200", code, body)
+		}
+	})
+	t.Run("header over 60 KiB", func(t *testing.T) {
+		conn := open(t, "b")
+		fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: a\r\nX-Pad: %s\r\n\r\n", strings.Repeat("p", 70<<10))
+		if code, _ := answer(t, conn); code != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("a 70 KiB header: %d, want 431", code)
+		}
+	})
+	t.Run("header stalled", func(t *testing.T) {
+		conn := open(t, "b")
+		start := time.Now()
+		fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: a\r\n")
+		code, _ := answer(t, conn)
+		if code != http.StatusRequestTimeout {
+			t.Fatalf("half a header, then nothing: %d after %v, want 408 after the 500 ms header timeout (the idle timeout is 1 min)", code, time.Since(start))
+		}
+	})
+	t.Run("buffered per source", func(t *testing.T) {
+		// Twelve unfinished 50 KiB headers from b: 600 KiB, over b's 512 KiB. Some are refused
+		// with 503 (the others end with the header timeout's 408); c, another source, is served
+		// meanwhile.
+		pad := strings.Repeat("p", 50<<10)
+		var conns []net.Conn
+		for range 12 {
+			conn := open(t, "b")
+			fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: a\r\nX-Pad: %s", pad)
+			conns = append(conns, conn)
+			time.Sleep(20 * time.Millisecond) // read by the proxy in order
+		}
+		other := open(t, "c")
+		fmt.Fprintf(other, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+		if code, body := answer(t, other); code != http.StatusOK {
+			t.Fatalf("c while b is over its budget: %d %q, want 200", code, body)
+		}
+		refused := 0
+		for _, conn := range conns {
+			conn.SetDeadline(time.Now().Add(2 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			switch {
+			case err != nil:
+				t.Errorf("an unfinished header: %v", err)
+			case resp.StatusCode == http.StatusServiceUnavailable:
+				refused++
+			case resp.StatusCode != http.StatusRequestTimeout: // the others: the header timeout
+				t.Errorf("an unfinished header got %d", resp.StatusCode)
+			}
+		}
+		if refused == 0 {
+			t.Fatalf("b held 600 KiB of unfinished headers with a 512 KiB budget: none refused")
+		}
+	})
+	t.Run("response header timeout", func(t *testing.T) {
+		conn := open(t, "b")
+		fmt.Fprintf(conn, "GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+		if code, body := answer(t, conn); code != http.StatusGatewayTimeout || body != "upstream request timeout\r\n" {
+			t.Fatalf("a destination that never answers: %d %q, want Envoy's 504", code, body)
+		}
+	})
+	t.Run("response header timeout, HTTP/2", func(t *testing.T) {
+		conn := open(t, "b")
+		tr := &http2.Transport{AllowHTTP: true}
+		cc, err := tr.NewClientConn(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest("GET", "http://a/stall", nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusGatewayTimeout || string(body) != "upstream request timeout\r\n" {
+			t.Fatalf("HTTP/2, a destination that never answers: %d %q, want Envoy's 504", resp.StatusCode, body)
+		}
+	})
+	t.Run("HTTP/2 settings", func(t *testing.T) {
+		// The proxy's SETTINGS bound the streams, frames, header list and window a client gets.
+		conn := open(t, "b")
+		io.WriteString(conn, http2.ClientPreface)
+		fr := http2.NewFramer(conn, conn)
+		if err := fr.WriteSettings(); err != nil {
+			t.Fatal(err)
+		}
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok {
+			t.Fatalf("first frame %T, want SETTINGS", f)
+		}
+		want := map[http2.SettingID]uint32{http2.SettingMaxConcurrentStreams: 100, http2.SettingMaxFrameSize: 16 << 10,
+			http2.SettingInitialWindowSize: 128 << 10}
+		for id, v := range want {
+			if got, ok := sf.Value(id); !ok || got != v {
+				t.Errorf("SETTINGS %v = %d (sent %v), want %d", id, got, ok, v)
+			}
+		}
+		if got, ok := sf.Value(http2.SettingMaxHeaderListSize); !ok || got > 64<<10 {
+			t.Errorf("SETTINGS MAX_HEADER_LIST_SIZE = %d (sent %v), want about 60 KiB", got, ok)
+		}
+	})
+}
