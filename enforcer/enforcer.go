@@ -185,7 +185,10 @@ func (e *Enforcer) programLocked(local []LocalPod) error {
 	e.state = st
 	e.failed = map[policy.EndpointKey]error{}
 	var errs []error
-	if err := e.dp.SetIPCache(st.IPCache(e.node)); err != nil {
+	// A policy whose CIDRs the node's ipcache cannot hold is refused here, and only the pods it
+	// selects close: never every pod of the node for one tenant's list.
+	ipc, refused := st.IPCacheWithin(e.node, e.dp.IPCacheCapacity())
+	if err := e.dp.SetIPCache(ipc); err != nil {
 		// Without a whole ipcache peers may be judged by the wrong identity: every pod closes.
 		for _, k := range keys {
 			e.closeLocked(k, want[k], fmt.Errorf("write ipcache: %w", err))
@@ -197,6 +200,10 @@ func (e *Enforcer) programLocked(local []LocalPod) error {
 		es, ok := st.Endpoint(k)
 		if !ok {
 			errs = append(errs, e.closeLocked(k, lp, errors.New("the pod is not in the cluster")))
+			continue
+		}
+		if err := refusedFor(st, k, refused, e.dp.IPCacheCapacity()); err != nil {
+			errs = append(errs, e.closeLocked(k, lp, err))
 			continue
 		}
 		ep := e.endpointLocked(k, lp, st)
@@ -299,6 +306,20 @@ func blame(err error, st *policy.State) string {
 		parts = append(parts, fmt.Sprintf("%s: %d entries", name, ce.EntriesByRule[id]))
 	}
 	return " (" + strings.Join(parts, "; ") + ")"
+}
+
+// refusedFor is why a pod cannot be programmed when a policy selecting it was refused for the
+// ipcache (policy.State.IPCacheWithin); nil when none was.
+func refusedFor(st *policy.State, k policy.EndpointKey, refused map[policy.Key]int, capacity int) error {
+	if len(refused) == 0 {
+		return nil
+	}
+	for _, pk := range st.PoliciesOf(k) {
+		if n, ok := refused[pk]; ok {
+			return fmt.Errorf("%s names %d CIDRs and the node's ipcache (%d entries) cannot hold them with the other policies' here: the policy is not enforced on this node", pk, n, capacity)
+		}
+	}
+	return nil
 }
 
 // closeLocked fails a local pod closed for reason and returns the error that reports it.

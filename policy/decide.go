@@ -69,6 +69,8 @@ type State struct {
 	hosts     map[string]*EndpointState
 	rules     map[RuleID]*RuleInfo
 	policies  map[Key]*Policy
+	// cidrsOf are the CIDRs each policy needs identities for.
+	cidrsOf map[Key][]netip.Prefix
 }
 
 // Endpoint returns the state of a pod (none for a pod of another node than Options.Node).
@@ -243,13 +245,126 @@ func (s *State) check(ds *DirectionState, peer ID, addr netip.Addr, proto Proto,
 	return dd
 }
 
+// NodeCIDRs are the CIDRs a node's datapath needs identities for, each with the policies that
+// name it: those of the policies with a section selecting a pod of the node or its host.
+func (s *State) NodeCIDRs(node string) map[netip.Prefix][]Key {
+	out := map[netip.Prefix][]Key{}
+	seen := map[Key]bool{}
+	add := func(g *group) {
+		for k := range g.policies {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			for _, p := range s.cidrsOf[k] {
+				out[p] = append(out[p], k)
+			}
+		}
+	}
+	if hg := s.u.hostGroup[node]; hg != nil {
+		add(hg)
+	}
+	for _, g := range s.u.groups {
+		for _, k := range g.endpoints {
+			if ep := s.u.endpoints[k]; ep != nil && ep.Node == node {
+				add(g)
+				break
+			}
+		}
+	}
+	for _, ks := range out {
+		sort.Slice(ks, func(i, j int) bool { return keyLess(ks[i], ks[j]) })
+	}
+	return out
+}
+
+// IPCacheWithin is IPCache for a datapath that holds at most max entries. When the node's CIDRs
+// do not fit, the policies naming the most of them are refused, one at a time, until what the
+// others need fits; refused maps each to the entries it needed. A refused policy is not enforced
+// on the node: the pods it selects must be failed closed (PoliciesOf), and no other pod loses an
+// identity a policy of its own needs.
+func (s *State) IPCacheWithin(node string, max int) (ipc map[netip.Prefix]ID, refused map[Key]int) {
+	ipc = s.IPCache(node)
+	if len(ipc) <= max {
+		return ipc, nil
+	}
+	need := s.NodeCIDRs(node)
+	count := map[Key]int{}
+	for _, ks := range need {
+		for _, k := range ks {
+			count[k]++
+		}
+	}
+	order := make([]Key, 0, len(count))
+	for k := range count {
+		order = append(order, k)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		if count[order[i]] != count[order[j]] {
+			return count[order[i]] > count[order[j]]
+		}
+		return keyLess(order[j], order[i]) // of equals, the last by name goes first
+	})
+	refused = map[Key]int{}
+	for _, k := range order {
+		if len(ipc) <= max {
+			break
+		}
+		refused[k] = count[k]
+		for _, p := range s.cidrsOf[k] {
+			if _, ok := ipc[p]; !ok || s.keptBy(need[p], refused) {
+				continue
+			}
+			// A pod or node address is never a policy CIDR's to remove.
+			if p.IsSingleIP() {
+				if _, pod := s.u.ipcache[p.Addr()]; pod {
+					continue
+				}
+			}
+			delete(ipc, p)
+		}
+	}
+	return ipc, refused
+}
+
+// keptBy says whether a policy not refused names the CIDR.
+func (s *State) keptBy(by []Key, refused map[Key]int) bool {
+	for _, k := range by {
+		if _, ok := refused[k]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// PoliciesOf are the policies with a section selecting the pod.
+func (s *State) PoliciesOf(k EndpointKey) []Key {
+	g := s.u.epGroup[k]
+	if g == nil {
+		return nil
+	}
+	out := make([]Key, 0, len(g.policies))
+	for pk := range g.policies {
+		out = append(out, pk)
+	}
+	sort.Slice(out, func(i, j int) bool { return keyLess(out[i], out[j]) })
+	return out
+}
+
 // IPCache returns what the datapath of a node resolves addresses to: each pod address, each node
-// address (host on the node itself, remote-node elsewhere) and each policy CIDR, with its identity.
-// Addresses in none of them are world-ipv4 or world-ipv6.
+// address (host on the node itself, remote-node elsewhere) and the CIDRs of the policies that
+// select an endpoint of the node (its pods, its host), with their identities. Addresses in none
+// of them are world-ipv4 or world-ipv6. The CIDRs of other policies are left out: no rule on the
+// node names them, and a rule's CIDR that contains one selects that one's identity too, so an
+// address in it is judged the same either way; a tenant's long CIDR list fills only the
+// ipcache of the nodes where it is enforced.
 func (s *State) IPCache(node string) map[netip.Prefix]ID {
-	out := make(map[netip.Prefix]ID, len(s.u.ipcache)+len(s.u.cidrs))
+	need := s.NodeCIDRs(node)
+	out := make(map[netip.Prefix]ID, len(s.u.ipcache)+len(need))
 	for _, ci := range s.u.cidrs {
-		out[ci.Prefix] = ci.ID
+		if _, ok := need[ci.Prefix]; ok {
+			out[ci.Prefix] = ci.ID
+		}
 	}
 	for ip := range s.u.ipcache {
 		id, _ := s.u.resolve(node, ip)

@@ -484,6 +484,12 @@ func (e *Engine) State() *State {
 		hosts:     make(map[string]*EndpointState, len(e.u.hostGroup)),
 		rules:     make(map[RuleID]*RuleInfo, len(e.rules)),
 		policies:  make(map[Key]*Policy, len(e.sources)),
+		cidrsOf:   make(map[Key][]netip.Prefix, len(e.policies)),
+	}
+	for k, np := range e.policies {
+		if len(np.cidrs) > 0 {
+			s.cidrsOf[k] = np.cidrs
+		}
 	}
 	for k, g := range e.u.epGroup {
 		s.endpoints[k] = g.state

@@ -38,6 +38,7 @@ type universe struct {
 	podsByNS    map[string][]*Identity
 	posting     map[string][]*Identity
 	cidrs       []*Identity
+	cidrByAddr  []int // indexes of cidrs by address, then length
 	cidrSet     map[netip.Prefix]bool
 	namespaces  map[string]*Namespace
 	nodes       map[string]*Node
@@ -131,9 +132,18 @@ func newUniverse(c *Cluster, alloc *allocator, cidrs map[netip.Prefix]bool) *uni
 		}
 	}
 	u.cidrs = cidrIdentities(alloc, cidrs)
-	for _, ci := range u.cidrs {
+	u.cidrByAddr = make([]int, len(u.cidrs))
+	for i, ci := range u.cidrs {
 		u.ids[ci.ID] = ci
+		u.cidrByAddr[i] = i
 	}
+	sort.Slice(u.cidrByAddr, func(i, j int) bool {
+		a, b := u.cidrs[u.cidrByAddr[i]].Prefix, u.cidrs[u.cidrByAddr[j]].Prefix
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c < 0
+		}
+		return a.Bits() < b.Bits()
+	})
 	return u
 }
 
@@ -273,10 +283,26 @@ func (u *universe) cidrIdentitiesFor(m cidrMatch) []ID {
 		}
 		return true
 	}
-	for _, ci := range u.cidrs {
-		if inside(ci.Prefix) {
-			ids = append(ids, ci.ID)
+	// The prefixes inside the rule's CIDR are a run of u.cidrByAddr: those whose address is in
+	// it. Found by binary search, not by a scan of every CIDR of every policy, so that a long
+	// CIDR list costs its length, not its length times everyone's.
+	start := m.prefix.Masked().Addr()
+	lo := sort.Search(len(u.cidrByAddr), func(i int) bool {
+		return u.cidrs[u.cidrByAddr[i]].Prefix.Addr().Compare(start) >= 0
+	})
+	var found []int
+	for _, i := range u.cidrByAddr[lo:] {
+		p := u.cidrs[i].Prefix
+		if p.Addr().Is4() != start.Is4() || !m.prefix.Contains(p.Addr()) {
+			break
 		}
+		if inside(p) {
+			found = append(found, i)
+		}
+	}
+	sort.Ints(found) // in u.cidrs' order, as a scan of it gives them
+	for _, i := range found {
+		ids = append(ids, u.cidrs[i].ID)
 	}
 	if m.prefix.Bits() == 0 {
 		if m.prefix.Addr().Is4() {

@@ -20,7 +20,29 @@ import (
 type pathErr struct{ path, msg string }
 
 type validator struct {
-	errs []pathErr
+	errs  []pathErr
+	named map[netip.Prefix]bool // the distinct CIDRs the policy names so far
+}
+
+// MaxCIDRsPerPolicy bounds the distinct CIDRs (except CIDRs included) one policy may name. Each is
+// an identity in the ipcache (65,536 entries) of every node where the policy is enforced, and at
+// least one entry in the maps of each pod it selects, which hold 16,384 (Cilium's default
+// bpf-policy-map-max): a policy with more could never be enforced whole.
+const MaxCIDRsPerPolicy = 16384
+
+// countCIDR notes a CIDR the policy names; the first one past MaxCIDRsPerPolicy is an error at
+// its field.
+func (v *validator) countCIDR(p netip.Prefix, path string) {
+	if v.named == nil {
+		v.named = map[netip.Prefix]bool{}
+	}
+	if v.named[p] {
+		return
+	}
+	v.named[p] = true
+	if len(v.named) == MaxCIDRsPerPolicy+1 {
+		v.add(path, "the policy's CIDR number %d: a policy may name at most %d distinct CIDRs (each takes an entry in the ipcache of every node that enforces it, and in the policy map of each pod it selects); split the list, or use wider prefixes", MaxCIDRsPerPolicy+1, MaxCIDRsPerPolicy)
+	}
 }
 
 func (v *validator) add(path, format string, args ...any) {
@@ -267,9 +289,12 @@ func parseCIDR(s string) (netip.Prefix, error) {
 
 func (v *validator) cidrs(plain []string, sets []ciliumv2.CIDRRule, path, plainField, setField string) {
 	for i, c := range plain {
-		if _, err := parseCIDR(c); err != nil {
+		p, err := parseCIDR(c)
+		if err != nil {
 			v.add(fmt.Sprintf("%s.%s[%d]", path, plainField, i), "%v", err)
+			continue
 		}
+		v.countCIDR(p, fmt.Sprintf("%s.%s[%d]", path, plainField, i))
 	}
 	for i, s := range sets {
 		sp := fmt.Sprintf("%s.%s[%d]", path, setField, i)
@@ -286,6 +311,7 @@ func (v *validator) cidrs(plain []string, sets []ciliumv2.CIDRRule, path, plainF
 			v.add(sp+".cidr", "%v", err)
 			continue
 		}
+		v.countCIDR(outer, sp+".cidr")
 		v.excepts(outer, s.ExceptCIDRs, sp+".except", false)
 	}
 }
@@ -299,6 +325,7 @@ func (v *validator) excepts(outer netip.Prefix, except []string, path string, st
 			v.add(ep, "%v", err)
 			continue
 		}
+		v.countCIDR(in, ep)
 		if in.Addr().Is4() != outer.Addr().Is4() || in.Bits() < outer.Bits() || !outer.Contains(in.Addr()) {
 			v.add(ep, "except %s is not inside cidr %s", e, outer)
 		} else if strict && in.Bits() == outer.Bits() {
@@ -616,6 +643,7 @@ func (v *validator) knpPeers(peers []networkingv1.NetworkPolicyPeer, path string
 				v.add(pp+".ipBlock.cidr", "%v", err)
 				continue
 			}
+			v.countCIDR(outer, pp+".ipBlock.cidr")
 			v.excepts(outer, peer.IPBlock.Except, pp+".ipBlock.except", true)
 		}
 	}

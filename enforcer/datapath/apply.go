@@ -201,6 +201,9 @@ func ipcachePrefix(k bpf.NetpactIpcacheKey) netip.Prefix {
 	return netip.PrefixFrom(a, int(k.Prefixlen)-32)
 }
 
+// IPCacheCapacity is how many prefixes the ipcache map holds.
+func (d *Datapath) IPCacheCapacity() int { return int(d.objs.Ipcache.MaxEntries()) }
+
 // SetIPCache makes the ipcache map hold exactly the given prefixes (policy.State.IPCache).
 func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
 	d.mu.Lock()
