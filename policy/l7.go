@@ -5,7 +5,6 @@ import (
 	"net/textproto"
 	"regexp"
 	"strings"
-	"sync"
 )
 
 // HTTPRequest is what an HTTP rule is matched against: :method, :path (the request target,
@@ -56,8 +55,9 @@ func (l *L7Policy) MatchHTTPActions(r HTTPRequest) (bool, int, []HeaderAction) {
 	}
 	first := -1
 	var actions []HeaderAction
+	rx := l.regexps()
 	for i, h := range l.HTTP {
-		if !fullMatch(h.Method, r.Method) || !fullMatch(h.Path, r.Path) || !fullMatch(h.Host, r.Host) {
+		if !rx[i].method.match(r.Method) || !rx[i].path.match(r.Path) || !rx[i].host.match(r.Host) {
 			continue
 		}
 		ok := true
@@ -124,40 +124,38 @@ func headerHas(h map[string][]string, name, value string, exact bool) bool {
 	return !exact || strings.Join(vs, ",") == value
 }
 
-// fullMatch reports whether the RE2 expression re matches all of s; an empty expression
-// matches anything and an invalid one nothing (validation refuses those before compilation).
-func fullMatch(re, s string) bool {
+// httpRegexps are one HTTP rule's method, path and host expressions, compiled.
+type httpRegexps struct{ method, path, host regex }
+
+// regex is an expression anchored to match a whole value: nil matches anything (an empty
+// expression), and one that did not compile matches nothing (validation refuses those).
+type regex struct {
+	rx  *regexp.Regexp
+	bad bool
+}
+
+func anchored(re string) regex {
 	if re == "" {
-		return true
-	}
-	rx, err := compiled(re)
-	return err == nil && rx.MatchString(s)
-}
-
-// regexps caches the anchored expressions of HTTP rules: the proxy matches every request.
-var regexps struct {
-	sync.Mutex
-	m map[string]*regexp.Regexp
-}
-
-// maxCachedRegexps bounds the cache (policies come and go): it starts over when full.
-const maxCachedRegexps = 4096
-
-func compiled(re string) (*regexp.Regexp, error) {
-	regexps.Lock()
-	defer regexps.Unlock()
-	if rx, ok := regexps.m[re]; ok {
-		return rx, nil
+		return regex{}
 	}
 	rx, err := regexp.Compile("^(?:" + re + ")$")
 	if err != nil {
-		return nil, err
+		return regex{bad: true}
 	}
-	if regexps.m == nil || len(regexps.m) >= maxCachedRegexps {
-		regexps.m = map[string]*regexp.Regexp{}
+	return regex{rx: rx}
+}
+
+func (r regex) match(s string) bool {
+	return !r.bad && (r.rx == nil || r.rx.MatchString(s))
+}
+
+// regexps are the HTTP rules' compiled expressions; an L7Policy written as a literal (not
+// loaded) has its compiled now.
+func (l *L7Policy) regexps() []httpRegexps {
+	if len(l.rx) == len(l.HTTP) {
+		return l.rx
 	}
-	regexps.m[re] = rx
-	return rx, nil
+	return newL7Policy(l.HTTP, nil, nil).rx
 }
 
 // HTTPVerdict is the judgement of one request on a flow: allowed or not, the side whose rules

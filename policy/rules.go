@@ -65,6 +65,18 @@ type L7Policy struct {
 	HTTP  []ciliumv2.PortRuleHTTP  `json:"http,omitempty"`
 	Kafka []ciliumv2.PortRuleKafka `json:"kafka,omitempty"`
 	DNS   []ciliumv2.PortRuleDNS   `json:"dns,omitempty"`
+	// rx are HTTP's expressions compiled, one per rule, when the policy was loaded: a request is
+	// matched without a lock or a cache that one policy's expressions could thrash.
+	rx []httpRegexps
+}
+
+// newL7Policy is an L7Policy with its HTTP expressions compiled (validation refused invalid ones).
+func newL7Policy(http []ciliumv2.PortRuleHTTP, kafka []ciliumv2.PortRuleKafka, dns []ciliumv2.PortRuleDNS) *L7Policy {
+	l := &L7Policy{HTTP: http, Kafka: kafka, DNS: dns, rx: make([]httpRegexps, len(http))}
+	for i, h := range http {
+		l.rx[i] = httpRegexps{method: anchored(h.Method), path: anchored(h.Path), host: anchored(h.Host)}
+	}
+	return l
 }
 
 func (l *L7Policy) merge(o *L7Policy) *L7Policy {
@@ -78,6 +90,7 @@ func (l *L7Policy) merge(o *L7Policy) *L7Policy {
 		HTTP:  append(append([]ciliumv2.PortRuleHTTP(nil), l.HTTP...), o.HTTP...),
 		Kafka: append(append([]ciliumv2.PortRuleKafka(nil), l.Kafka...), o.Kafka...),
 		DNS:   append(append([]ciliumv2.PortRuleDNS(nil), l.DNS...), o.DNS...),
+		rx:    append(append([]httpRegexps(nil), l.regexps()...), o.regexps()...),
 	}
 }
 
@@ -300,7 +313,7 @@ func (n *normalizer) finishCilium(nr *normRule, hasL3 bool, prs []ciliumv2.PortR
 	for _, pr := range prs {
 		var l7 *L7Policy
 		if pr.Rules != nil && (pr.Rules.HTTP != nil || pr.Rules.Kafka != nil || pr.Rules.DNS != nil) {
-			l7 = &L7Policy{HTTP: pr.Rules.HTTP, Kafka: pr.Rules.Kafka, DNS: pr.Rules.DNS}
+			l7 = newL7Policy(pr.Rules.HTTP, pr.Rules.Kafka, pr.Rules.DNS)
 		}
 		if len(pr.Ports) == 0 {
 			for _, proto := range []Proto{ProtoTCP, ProtoUDP, ProtoSCTP} {

@@ -22,7 +22,16 @@ type pathErr struct{ path, msg string }
 type validator struct {
 	errs  []pathErr
 	named map[netip.Prefix]bool // the distinct CIDRs the policy names so far
+	// httpRules counts the policy's HTTP rules so far.
+	httpRules int
 }
+
+// MaxHTTPRulesPerPolicy and MaxHTTPExpression bound what the L7 proxy matches each request
+// against: a policy's HTTP rules, and the length of each method, path and host expression.
+const (
+	MaxHTTPRulesPerPolicy = 1024
+	MaxHTTPExpression     = 4096
+)
 
 // MaxCIDRsPerPolicy bounds the distinct CIDRs (except CIDRs included) one policy may name. Each is
 // an identity in the ipcache (65,536 entries) of every node where the policy is enforced, and at
@@ -508,8 +517,14 @@ func (v *validator) l7(pr ciliumv2.PortRule, path string, ingress, deny, host bo
 	}
 	for i, h := range r.HTTP {
 		hp := fmt.Sprintf("%s.http[%d]", rp, i)
-		for field, re := range map[string]string{"path": h.Path, "method": h.Method, "host": h.Host} {
-			if _, err := regexp.Compile(re); err != nil {
+		if v.httpRules++; v.httpRules == MaxHTTPRulesPerPolicy+1 {
+			v.add(hp, "the policy's HTTP rule number %d: a policy may have at most %d (the proxy matches each request against every rule on its port)", MaxHTTPRulesPerPolicy+1, MaxHTTPRulesPerPolicy)
+		}
+		for _, field := range []string{"method", "path", "host"} {
+			re := map[string]string{"path": h.Path, "method": h.Method, "host": h.Host}[field]
+			if len(re) > MaxHTTPExpression {
+				v.add(hp+"."+field, "a %d-byte expression: at most %d bytes", len(re), MaxHTTPExpression)
+			} else if _, err := regexp.Compile(re); err != nil {
 				v.add(hp+"."+field, "invalid regular expression %q: %v", re, err)
 			}
 		}
