@@ -60,7 +60,7 @@ type Request struct {
 func (r Request) Flow(st *policy.State) datapath.Flow {
 	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
 		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
-		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
+		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: redactQuery(r.Path), Host: r.Host, Status: r.Status,
 			Denied: !r.Verdict.Allowed || r.Refused != "", HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
 	if r.Refused != "" {
 		f.L7.Why = r.Refused
@@ -75,6 +75,14 @@ func (r Request) Flow(st *policy.State) datapath.Flow {
 		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
 	}
 	return f
+}
+
+// redactQuery leaves a request target's query out of its flow event, as Hubble's
+// --hubble-redact-http-urlquery does: queries carry tokens and personal data, and the node's flow
+// log is read by others than the pod's owner. Rules still judge the whole target.
+func redactQuery(target string) string {
+	path, _, _ := strings.Cut(target, "?")
+	return path
 }
 
 // Options configure a proxy.
@@ -395,6 +403,16 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // else is HTTP/1.1.
 func (p *Proxy) serveConn(c net.Conn) {
 	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
+	if f.dst.Addr().IsLoopback() {
+		// A connection to the listener itself, which the datapath never hands over (a pod's
+		// flow keeps its original, non-loopback destination): forwarding it would make the
+		// proxy connect to itself, again and again.
+		c.Close()
+		p.untrack(c)
+		p.report(Request{Src: f.src, Dst: f.dst, Refused: "a connection to the proxy's own listener, not a flow the datapath handed it: closed",
+			Verdict: policy.HTTPVerdict{Index: -1}})
+		return
+	}
 	lr := &limitedReader{r: c, n: int64(p.opts.MaxHeaderBytes), c: c, bud: p.buffered, src: f.src.Addr(), counting: true}
 	br := getReader(lr) // back to the pool after HTTP/1; an HTTP/2 connection keeps it
 	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
