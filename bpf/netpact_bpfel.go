@@ -55,6 +55,30 @@ type NetpactCtKey struct {
 	Dport     uint16
 }
 
+type NetpactCtScratch struct {
+	_ structs.HostLayout
+	T struct {
+		_    structs.HostLayout
+		Ipv4 struct {
+			_     structs.HostLayout
+			Saddr uint32
+			Daddr uint32
+			Sport uint16
+			Dport uint16
+		}
+		_ [24]byte
+	}
+	Opts struct {
+		_        structs.HostLayout
+		NetnsId  int32
+		Error    int32
+		L4proto  uint8
+		Dir      uint8
+		Reserved [2]uint8
+	}
+	Client [16]uint8
+}
+
 type NetpactCtValue struct {
 	_         structs.HostLayout
 	LastSeen  uint64
@@ -366,6 +390,7 @@ type NetpactMapSpecs struct {
 	Backends       *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	CtScratch      *ebpf.MapSpec `ebpf:"ct_scratch"`
 	EndpointAddrs  *ebpf.MapSpec `ebpf:"endpoint_addrs"`
 	EndpointNetns  *ebpf.MapSpec `ebpf:"endpoint_netns"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
@@ -418,6 +443,7 @@ type NetpactMaps struct {
 	Backends       *ebpf.Map `ebpf:"backends"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	Counters       *ebpf.Map `ebpf:"counters"`
+	CtScratch      *ebpf.Map `ebpf:"ct_scratch"`
 	EndpointAddrs  *ebpf.Map `ebpf:"endpoint_addrs"`
 	EndpointNetns  *ebpf.Map `ebpf:"endpoint_netns"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
@@ -442,6 +468,7 @@ func (m *NetpactMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.Counters,
+		m.CtScratch,
 		m.EndpointAddrs,
 		m.EndpointNetns,
 		m.Endpoints,

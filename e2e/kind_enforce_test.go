@@ -520,6 +520,61 @@ spec:
 			HaveField("DstPod", "np-svc/b"), HaveField("Service", "np-svc/svc-b "+vip["svc-b"]+":80/TCP"))), "flows: %+v", flows)
 	})
 
+	It("judges a NodePort's client, not the node kube-proxy masqueraded it to: only the admitted pod gets through", func() {
+		createNamespace(ctx, client, "np-nodeport")
+		for _, name := range []string{"web", "allowed", "other"} {
+			args := []string{"probe-server"}
+			if name == "web" {
+				args = append(args, "--port=8080/TCP")
+			}
+			_, err := client.CoreV1().Pods("np-nodeport").Create(ctx, netpactPod("np-nodeport", name, map[string]string{"app": name}, args...),
+				metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+		}
+		svc, err := client.CoreV1().Services("np-nodeport").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{
+				{Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}}}, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		nodePort := uint16(svc.Spec.Ports[0].NodePort)
+		Expect(kubeapply.WaitPodsReady(ctx, client, "np-nodeport")).To(Succeed())
+		web, err := client.CoreV1().Pods("np-nodeport").Get(ctx, "web", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		// The node web runs on: kube-proxy there translates to web and masquerades to its address.
+		node, err := client.CoreV1().Nodes().Get(ctx, web.Spec.NodeName, metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		var nodeIP string
+		for _, a := range node.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP && !strings.Contains(a.Address, ":") {
+				nodeIP = a.Address
+			}
+		}
+		Expect(nodeIP).NotTo(BeEmpty())
+		// Open, the NodePort reaches web from both pods.
+		Eventually(func() string { return probeFrom(ctx, "np-nodeport", "other", nodeIP, nodePort) }).
+			WithTimeout(time.Minute).Should(Equal("allow"))
+		cfg, _ := kindClient(kindData)
+		applier, err := kubeapply.New(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		objs, err := kubeapply.Decode("e2e", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-allowed, namespace: np-nodeport}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: allowed}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`))
+		Expect(err).NotTo(HaveOccurred())
+		cnp, err := applier.ApplyOne(ctx, objs[0], "e2e")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { _ = applier.Delete(ctx, cnp) })
+		Eventually(func() error { return nodesAt(ctx, cnp, 1, "") }).WithTimeout(time.Minute).Should(Succeed())
+		Expect(probeFrom(ctx, "np-nodeport", "allowed", nodeIP, nodePort)).To(Equal("allow"), "the admitted pod through the NodePort")
+		Expect(probeFrom(ctx, "np-nodeport", "other", nodeIP, nodePort)).To(Equal("timeout"),
+			"another pod through the NodePort: judged as the node it was masqueraded to, the host allowance let it in")
+		Expect(probeFrom(ctx, "np-nodeport", "other", web.Status.PodIP, 8080)).To(Equal("timeout"), "the same pod, direct")
+	})
+
 	It("fails closed the pods of a policy too big to enforce, names it in the status, and programs the others", func() {
 		createNamespace(ctx, client, "np-big")
 		node := "netpact-e2e-worker"
