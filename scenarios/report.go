@@ -462,6 +462,26 @@ func Totals(w io.Writer, results []*Result) {
 			}
 		}
 	}
+	for _, r := range results {
+		for i := range r.Steps {
+			if s := &r.Steps[i]; s.Pending != "" {
+				fmt.Fprintf(w, "pending (not checked): %s / %s: %s\n", r.Scenario, s.Name, s.Pending)
+			}
+		}
+	}
 	fmt.Fprintf(w, "%d scenarios, %d steps: %d ok, %d pending, %d failed; %d probes, %d wrong\n",
 		len(results), steps, ok, pending, failed, probes, wrong)
+}
+
+// PendingSteps counts the steps that were not checked.
+func PendingSteps(results []*Result) int {
+	n := 0
+	for _, r := range results {
+		for i := range r.Steps {
+			if r.Steps[i].Pending != "" {
+				n++
+			}
+		}
+	}
+	return n
 }

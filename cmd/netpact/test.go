@@ -18,6 +18,7 @@ func newTestCommand() *cobra.Command {
 	var junit, output, summary string
 	var retain, verbose bool
 	var timeout time.Duration
+	var failOnPending bool
 	cmd := &cobra.Command{
 		Use:   "test FILE|DIR...",
 		Short: "Run scenario files on a local node of network namespaces; exit 1 on any mismatch",
@@ -77,9 +78,14 @@ See docs/scenarios.md.`,
 					return exitError{1}
 				}
 			}
+			if n := scenarios.PendingSteps(results); n > 0 && failOnPending {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d pending steps were not checked, and --fail-on-pending is set (its default under CI=true)\n", n)
+				return exitError{1}
+			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&failOnPending, "fail-on-pending", os.Getenv("CI") == "true", "exit 1 when a step is pending (not checked); the default under CI=true, so that a gate never passes what it did not check")
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
 	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts), the failing steps' tables and the totals to this file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")

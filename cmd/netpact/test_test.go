@@ -48,3 +48,20 @@ func TestTestCommandIsAGate(t *testing.T) {
 		t.Errorf("summary of a failing scenario lacks its tables:\n%s", data)
 	}
 }
+
+// TestPendingStepsFailUnderCI: a pending step is listed in the totals; it fails the run when
+// --fail-on-pending is set, which CI=true makes the default.
+func TestPendingStepsFailUnderCI(t *testing.T) {
+	testenv.RequireBPF(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
+	file := filepath.Join("..", "..", "scenarios", "testdata", "pending-step.yaml")
+	stdout, stderr, code := run(t, "test", "--fail-on-pending=false", file)
+	if code != 0 || !strings.Contains(stdout, "pending (not checked): a step that is not checked yet / not yet: waits for a feature\n") {
+		t.Fatalf("--fail-on-pending=false: exit %d, want 0 and the step listed\n%s%s", code, stdout, stderr)
+	}
+	t.Setenv("CI", "true")
+	stdout, stderr, code = run(t, "test", file)
+	if code != 1 || !strings.Contains(stderr, "1 pending steps were not checked") {
+		t.Fatalf("CI=true: exit %d, want 1 naming the pending step\n%s%s", code, stdout, stderr)
+	}
+}
