@@ -170,6 +170,10 @@ type HTTPVerdict struct {
 	Reason string
 	// Actions are the header actions the proxy applies to an allowed request, in order.
 	Actions []HeaderAction
+	// Unreachable, for a request the source's egress rules allow, says why the destination's
+	// ingress policy drops the connection the proxy makes for it: the client gets the proxy's
+	// 503 once the connect times out.
+	Unreachable string
 }
 
 // MatchHTTP judges a request on the decided flow: every side whose entry carries L7 rules (the
@@ -179,6 +183,19 @@ type HTTPVerdict struct {
 func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
 	switch d.Outcome {
 	case OutcomeDenied, OutcomeDefaultDenied:
+		if d.Direction == Ingress && d.Egress != nil && d.Egress.Outcome == OutcomeL7 && d.Egress.Match.Entry != nil {
+			// The source's egress hands the flow to its node's proxy, and the destination's
+			// ingress refuses it. As Cilium's egress proxy does, the request is judged by the
+			// source's rules: one they deny gets the 403; one they allow is forwarded, and the
+			// destination's policy drops the proxy's connection (Unreachable).
+			egress := d
+			egress.Outcome, egress.Direction, egress.Ingress = OutcomeL7, Egress, nil
+			v := egress.MatchHTTP(r)
+			if v.Allowed {
+				v.Unreachable = d.Reason()
+			}
+			return v
+		}
 		return HTTPVerdict{Direction: d.Direction, Rule: d.Rule, Index: -1, Reason: d.Reason()}
 	}
 	v := HTTPVerdict{Allowed: true, Direction: d.Direction, Rule: d.Rule, Index: -1}

@@ -486,10 +486,15 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	if d.Rule != nil {
 		rule = d.Rule.String()
 	}
-	switch d.Outcome {
-	case policy.OutcomeDenied, policy.OutcomeDefaultDenied:
-		return Timeout, d.Reason()
-	case policy.OutcomeL7:
+	// A source's egress proxy judges an HTTP request even when the destination refuses the flow.
+	egressL7 := d.Egress != nil && d.Egress.Outcome == policy.OutcomeL7
+	switch {
+	case d.Outcome == policy.OutcomeDenied || d.Outcome == policy.OutcomeDefaultDenied:
+		if !c.HTTP || !egressL7 {
+			return Timeout, d.Reason()
+		}
+		fallthrough
+	case d.Outcome == policy.OutcomeL7:
 		if !c.HTTP {
 			return Allow, rule
 		}
@@ -501,6 +506,11 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		v := d.MatchHTTP(policy.HTTPRequest{Method: c.method(), Path: target})
 		if v.Rule != nil {
 			rule = v.Rule.String()
+		}
+		if v.Unreachable != "" {
+			// Forwarded, and dropped at the destination: the proxy's 503 comes only after its
+			// connect timeout, longer than a probe's.
+			return Timeout, v.Unreachable
 		}
 		if c.GRPC {
 			if v.Allowed {

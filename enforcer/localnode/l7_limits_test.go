@@ -193,3 +193,58 @@ func TestL7ProxyLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestEgressL7ToAnIngressDeny: b's egress HTTP rule allows GET /ok to a, whose ingress admits
+// only c. As Cilium's egress proxy, the proxy judges by b's rules and forwards; a's ingress drops
+// the proxy's connection (from b's address), and b gets Envoy's 503 once the connect times out:
+// never a 403 that a's policy did not give. A GET the egress rule does not allow gets its 403.
+func TestEgressL7ToAnIngressDeny(t *testing.T) {
+	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{DialTimeout: 700 * time.Millisecond}})
+	serveHTTP(t, n)
+	b, err := policy.LoadBytes("p.yaml", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-get-ok, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+    toPorts:
+    - ports: [{port: "8081", protocol: TCP}]
+      rules: {http: [{method: GET, path: /ok}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a-from-c, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: c}}]
+`), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		conn, err := dialA(t, n, "b")
+		if err != nil {
+			t.Fatalf("b -> a: the proxy takes the connection: %v", err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("/ok"); code != http.StatusServiceUnavailable || !strings.Contains(body, "reset reason: connection timeout") {
+		t.Errorf("GET /ok (b's rule allows it, a's ingress does not admit b): %d %q, want Envoy's 503 connection timeout", code, body)
+	}
+	if code, _ := get("/no"); code != http.StatusForbidden {
+		t.Errorf("GET /no (b's rule does not allow it): %d, want 403", code)
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -72,7 +73,11 @@ func (p *Proxy) h2Proxy(hf *h2Flow) *httputil.ReverseProxy {
 			},
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				code, msg := http.StatusServiceUnavailable, upstreamConnectFailure
-				if isTimeout(err) {
+				var oe *net.OpError
+				switch dial := errors.As(err, &oe) && oe.Op == "dial"; {
+				case dial && isTimeout(err):
+					msg = upstreamConnectTimeout
+				case !dial && isTimeout(err):
 					code, msg = http.StatusGatewayTimeout, upstreamTimeout
 				}
 				w.Header().Set("Content-Type", "text/plain")

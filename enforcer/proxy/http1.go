@@ -28,6 +28,7 @@ const (
 	upstreamConnectFailure = "upstream connect error or disconnect/reset before headers. reset reason: connection failure\r\n"
 	upstreamTermination    = "upstream connect error or disconnect/reset before headers. reset reason: connection termination\r\n"
 	upstreamTimeout        = "upstream request timeout\r\n"
+	upstreamConnectTimeout = "upstream connect error or disconnect/reset before headers. reset reason: connection timeout\r\n"
 )
 
 // maxDrain is how much of a denied request's body is read so the connection can be kept.
@@ -197,8 +198,13 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			uc, err := p.dial(context.Background(), f)
 			if err != nil {
 				rec.Latency = time.Since(start)
+				rec.Status, rec.Refused = http.StatusServiceUnavailable, err.Error()
 				p.report(rec)
-				writeStatus(bw, http.StatusServiceUnavailable, upstreamConnectFailure)
+				msg := upstreamConnectFailure
+				if isTimeout(err) {
+					msg = upstreamConnectTimeout
+				}
+				writeStatus(bw, http.StatusServiceUnavailable, msg)
 				return false
 			}
 			ulr := &limitedReader{r: uc, n: 1 << 62, c: uc}
