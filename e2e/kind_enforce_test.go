@@ -455,6 +455,12 @@ spec:
 		Expect(err).NotTo(HaveOccurred(), "%s", out)
 		Expect(strings.TrimSpace(string(out))).To(ContainSubstring(enf.Status.HostIP + ":9879"))
 		Expect(string(out)).NotTo(MatchRegexp(`(\*|0\.0\.0\.0|\[::\]):9879`))
+		// A pod reaches the node's address, but not its flows without a token allowed to get them;
+		// its readiness stays open.
+		for path, want := range map[string]string{"/flows": "http-401", "/status": "http-401", "/metrics": "http-401", "/readyz": "http-200"} {
+			Expect(probeWith(ctx, "np-flows-client", "client", probeagent.Request{Proto: "TCP", Host: enf.Status.HostIP, Port: 9879,
+				HTTP: true, Path: path, TimeoutMS: 1500})).To(Equal(want), "a pod's GET %s on the node's endpoints", path)
+		}
 	})
 
 	It("translates ClusterIPs before egress policy: the rule to a Service's pods allows that Service, denies another, refuses one without backends, and flows name both", func() {

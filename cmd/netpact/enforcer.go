@@ -124,12 +124,15 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 			errs := make(chan error, 3)
 			go func() { errs <- enf.ServeCNI(ctx, socket, cniWait) }()
 			go func() { errs <- enf.Run(ctx) }()
+			// Every pod can reach the node's address: the endpoints answer the node itself, the
+			// API server (pods/proxy), and bearer tokens allowed to get the path; /readyz is open.
+			auth := &kubenode.EndpointAuth{Client: client, Trusted: enf.IsTrustedSource, Open: []string{"/readyz"}}
 			if listen != "" {
 				ln, err := net.Listen("tcp", listen)
 				if err != nil {
 					return fmt.Errorf("listen: %w", err)
 				}
-				srv := &http.Server{Handler: enforcerHandler(agent, enf, obs, flowsListen == "", metricsListen == ""),
+				srv := &http.Server{Handler: auth.Wrap(enforcerHandler(agent, enf, obs, flowsListen == "", metricsListen == "")),
 					ReadHeaderTimeout: 5 * time.Second}
 				go func() { _ = srv.Serve(ln) }()
 				defer srv.Shutdown(context.Background())
@@ -145,7 +148,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				}
 				mux := http.NewServeMux()
 				mux.Handle(l.path, obs.Handler())
-				srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+				srv := &http.Server{Handler: auth.Wrap(mux), ReadHeaderTimeout: 5 * time.Second}
 				go func() { _ = srv.Serve(ln) }()
 				defer srv.Shutdown(context.Background())
 			}
