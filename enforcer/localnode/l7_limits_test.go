@@ -7,11 +7,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/sys/unix"
 
+	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
 )
@@ -246,5 +249,70 @@ spec:
 	}
 	if code, _ := get("/no"); code != http.StatusForbidden {
 		t.Errorf("GET /no (b's rule does not allow it): %d, want 403", code)
+	}
+}
+
+// TestL7SourceAddressAndBypass: behind the proxy, a pod destination sees the client pod's own
+// address (the proxy connects from it), so its logs and its own rules see the client; a packet
+// from that address that did not come through the proxy (a host process borrowing it, without
+// the proxy's mark) is dropped at the destination, and the flow event says so.
+func TestL7SourceAddressAndBypass(t *testing.T) {
+	n, c := testNode(t)
+	var ln net.Listener
+	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 4)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		seen <- host
+		io.WriteString(w, "served")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	b, err := policy.LoadBytes("l7.yaml", []byte(l7Policy), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Enforce(c, b.Policies); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := dialA(t, n, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("b GET /ok through the proxy: %v %v", resp, err)
+	}
+	if got, want := <-seen, n.Pod("app/b").IPv4.String(); got != want {
+		t.Errorf("a saw the request from %s, want b's own address %s", got, want)
+	}
+
+	// The same source address from the host, without the proxy's mark.
+	n.ResetFlows()
+	d := net.Dialer{Timeout: 700 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: n.Pod("app/b").IPv4.AsSlice()},
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1) })
+			return serr
+		}}
+	if bc, err := d.Dial("tcp4", net.JoinHostPort(n.Pod("app/a").IPv4.String(), "8081")); err == nil {
+		bc.Close()
+		t.Fatal("a connection from b's address that skipped the proxy reached a")
+	}
+	bypass := false
+	n.mu.Lock()
+	for _, f := range n.flows {
+		if f.Reason == datapath.ReasonDropProxyBypass && f.Src == n.Pod("app/b").IPv4 {
+			bypass = true
+		}
+	}
+	n.mu.Unlock()
+	if !bypass {
+		t.Error("no flow event says the packet did not come through the L7 proxy")
 	}
 }
