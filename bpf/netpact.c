@@ -238,9 +238,11 @@ struct counter {
 	__u64 bytes;
 };
 
+// ratelimit is an endpoint's bucket of flow events on one CPU, and the events it held back.
 struct ratelimit {
 	__u64 last_ns;
 	__u64 tokens;
+	__u64 limited;
 };
 
 struct {
@@ -308,13 +310,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
+// event_ratelimit: a bucket per endpoint (its ep_id; 0 for packets of no endpoint), so that a pod
+// that makes flows faster than the rate holds back only its own events, not the node's.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct ratelimit);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_ratelimit SEC(".maps");
+
+// ratelimit_scratch holds a bucket lookup's key and a new bucket's value: off the stack, which
+// handle() fills.
+struct ratelimit_scratch {
+	struct ratelimit init;
+	__u32 key;
+};
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, struct ratelimit);
+	__type(value, struct ratelimit_scratch);
 	__uint(max_entries, 1);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} event_ratelimit SEC(".maps");
+} ratelimit_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -525,17 +542,29 @@ static __always_inline void count(__u32 reason, __u32 len)
 	}
 }
 
-static __always_inline int event_allowed(void)
+static __attribute__((noinline)) int event_allowed(struct endpoint_info *ep)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
-	struct ratelimit *rl = bpf_map_lookup_elem(&event_ratelimit, &zero);
-	if (!cfg || !rl)
+	if (!cfg)
 		return 0;
 	__u64 rate = cfg->events_per_sec;
 	if (rate == 0)
 		return 1;
+	struct ratelimit_scratch *rs = bpf_map_lookup_elem(&ratelimit_scratch, &zero);
+	if (!rs)
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
+	rs->key = ep ? ep->ep_id : 0;
+	struct ratelimit *rl = bpf_map_lookup_elem(&event_ratelimit, &rs->key);
+	if (!rl) {
+		// An endpoint's first event: its bucket starts full.
+		rs->init.last_ns = now;
+		rs->init.tokens = rate - 1;
+		rs->init.limited = 0;
+		bpf_map_update_elem(&event_ratelimit, &rs->key, &rs->init, BPF_ANY);
+		return 1;
+	}
 	__u64 elapsed = now - rl->last_ns;
 	__u64 refill = elapsed >= NS_PER_SEC ? rate : elapsed * rate / NS_PER_SEC;
 	if (refill > 0) {
@@ -544,8 +573,10 @@ static __always_inline int event_allowed(void)
 			rl->tokens = rate;
 		rl->last_ns = now;
 	}
-	if (rl->tokens == 0)
+	if (rl->tokens == 0) {
+		rl->limited++;
 		return 0;
+	}
 	rl->tokens--;
 	return 1;
 }
@@ -576,7 +607,7 @@ static __attribute__((noinline)) int to_service_frontend(struct pkt *p)
 static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir,
 				 __u8 verdict, __u8 reason, __u32 peer_id, __u32 rule_id)
 {
-	if (!event_allowed())
+	if (!event_allowed(ep))
 		return;
 	__u32 ifindex = skb->ifindex;
 	__u32 service = dir == DIR_EGRESS ? service_of(ifindex, p) : 0;
@@ -1180,10 +1211,11 @@ static __attribute__((noinline)) int deny_response_v4(struct __sk_buff *skb, __u
 static __attribute__((noinline)) int deny_response_v6(struct __sk_buff *skb, __u8 dir)
 {
 	struct ethhdr eth;
-	struct ipv6hdr orig;
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN, &orig, sizeof(orig)) < 0)
+	__u8 nexthdr;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct ipv6hdr, nexthdr), &nexthdr, 1) < 0)
 		return -1;
-	if (orig.nexthdr == PROTO_ICMPV6)
+	if (nexthdr == PROTO_ICMPV6)
 		return -1;
 	struct {
 		__u8 type;
@@ -1194,26 +1226,28 @@ static __attribute__((noinline)) int deny_response_v6(struct __sk_buff *skb, __u
 	} icmp = {.type = 1, .code = 1};
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, icmp.quote, sizeof(icmp.quote)) < 0)
 		return -1;
+	// The answer goes back: from the original destination to the original source (read from
+	// the quote, which holds the original header, before the packet is rewritten).
+	struct ipv6hdr ip = {};
+	ip.version = 6;
+	ip.payload_len = bpf_htons(sizeof(icmp));
+	ip.nexthdr = PROTO_ICMPV6;
+	ip.hop_limit = 64;
+	__builtin_memcpy(&ip.saddr, icmp.quote + __builtin_offsetof(struct ipv6hdr, daddr), 16);
+	__builtin_memcpy(&ip.daddr, icmp.quote + __builtin_offsetof(struct ipv6hdr, saddr), 16);
 	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(struct ipv6hdr) + sizeof(icmp), 0) < 0)
 		return -1;
 	struct ethhdr neth = {};
 	__builtin_memcpy(neth.h_dest, eth.h_source, ETH_ALEN);
 	__builtin_memcpy(neth.h_source, eth.h_dest, ETH_ALEN);
 	neth.h_proto = bpf_htons(ETH_P_IPV6);
-	struct ipv6hdr ip = {};
-	ip.version = 6;
-	ip.payload_len = bpf_htons(sizeof(icmp));
-	ip.nexthdr = PROTO_ICMPV6;
-	ip.hop_limit = 64;
-	ip.saddr = orig.daddr;
-	ip.daddr = orig.saddr;
+	// The pseudo-header: the addresses (contiguous in the header), then length and next header.
 	struct {
-		struct in6_addr saddr;
-		struct in6_addr daddr;
 		__be32 len;
 		__be32 next;
-	} pseudo = {.saddr = ip.saddr, .daddr = ip.daddr, .len = bpf_htonl(sizeof(icmp)), .next = bpf_htonl(PROTO_ICMPV6)};
-	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
+	} pseudo = {.len = bpf_htonl(sizeof(icmp)), .next = bpf_htonl(PROTO_ICMPV6)};
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&ip.saddr, 32, 0);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), (__u32)sum);
 	sum = bpf_csum_diff(0, 0, (__be32 *)&icmp, sizeof(icmp), (__u32)sum);
 	icmp.check = csum_fold((__u32)sum);
 	if (bpf_skb_store_bytes(skb, 0, &neth, sizeof(neth), 0) < 0 ||

@@ -254,9 +254,17 @@ type NetpactProxySynKey struct {
 }
 
 type NetpactRatelimit struct {
-	_      structs.HostLayout
-	LastNs uint64
-	Tokens uint64
+	_       structs.HostLayout
+	LastNs  uint64
+	Tokens  uint64
+	Limited uint64
+}
+
+type NetpactRatelimitScratch struct {
+	_    structs.HostLayout
+	Init NetpactRatelimit
+	Key  uint32
+	_    [4]byte
 }
 
 type NetpactReason uint32
@@ -387,27 +395,28 @@ type NetpactProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NetpactMapSpecs struct {
-	Backends       *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters       *ebpf.MapSpec `ebpf:"counters"`
-	CtScratch      *ebpf.MapSpec `ebpf:"ct_scratch"`
-	EndpointAddrs  *ebpf.MapSpec `ebpf:"endpoint_addrs"`
-	EndpointNetns  *ebpf.MapSpec `ebpf:"endpoint_netns"`
-	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
-	EventRatelimit *ebpf.MapSpec `ebpf:"event_ratelimit"`
-	Events         *ebpf.MapSpec `ebpf:"events"`
-	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
-	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy         *ebpf.MapSpec `ebpf:"policy"`
-	PrefixPolicy   *ebpf.MapSpec `ebpf:"prefix_policy"`
-	ProxyListeners *ebpf.MapSpec `ebpf:"proxy_listeners"`
-	ProxyPorts     *ebpf.MapSpec `ebpf:"proxy_ports"`
-	ProxySyns      *ebpf.MapSpec `ebpf:"proxy_syns"`
-	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
-	Services       *ebpf.MapSpec `ebpf:"services"`
-	Settings       *ebpf.MapSpec `ebpf:"settings"`
-	SockRevnat     *ebpf.MapSpec `ebpf:"sock_revnat"`
-	SvcFlows       *ebpf.MapSpec `ebpf:"svc_flows"`
+	Backends         *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack        *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters         *ebpf.MapSpec `ebpf:"counters"`
+	CtScratch        *ebpf.MapSpec `ebpf:"ct_scratch"`
+	EndpointAddrs    *ebpf.MapSpec `ebpf:"endpoint_addrs"`
+	EndpointNetns    *ebpf.MapSpec `ebpf:"endpoint_netns"`
+	Endpoints        *ebpf.MapSpec `ebpf:"endpoints"`
+	EventRatelimit   *ebpf.MapSpec `ebpf:"event_ratelimit"`
+	Events           *ebpf.MapSpec `ebpf:"events"`
+	Fragments        *ebpf.MapSpec `ebpf:"fragments"`
+	Ipcache          *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy           *ebpf.MapSpec `ebpf:"policy"`
+	PrefixPolicy     *ebpf.MapSpec `ebpf:"prefix_policy"`
+	ProxyListeners   *ebpf.MapSpec `ebpf:"proxy_listeners"`
+	ProxyPorts       *ebpf.MapSpec `ebpf:"proxy_ports"`
+	ProxySyns        *ebpf.MapSpec `ebpf:"proxy_syns"`
+	RatelimitScratch *ebpf.MapSpec `ebpf:"ratelimit_scratch"`
+	Scratch          *ebpf.MapSpec `ebpf:"scratch"`
+	Services         *ebpf.MapSpec `ebpf:"services"`
+	Settings         *ebpf.MapSpec `ebpf:"settings"`
+	SockRevnat       *ebpf.MapSpec `ebpf:"sock_revnat"`
+	SvcFlows         *ebpf.MapSpec `ebpf:"svc_flows"`
 }
 
 // NetpactVariableSpecs contains global variables before they are loaded into the kernel.
@@ -440,27 +449,28 @@ func (o *NetpactObjects) Close() error {
 //
 // It can be passed to LoadNetpactObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NetpactMaps struct {
-	Backends       *ebpf.Map `ebpf:"backends"`
-	Conntrack      *ebpf.Map `ebpf:"conntrack"`
-	Counters       *ebpf.Map `ebpf:"counters"`
-	CtScratch      *ebpf.Map `ebpf:"ct_scratch"`
-	EndpointAddrs  *ebpf.Map `ebpf:"endpoint_addrs"`
-	EndpointNetns  *ebpf.Map `ebpf:"endpoint_netns"`
-	Endpoints      *ebpf.Map `ebpf:"endpoints"`
-	EventRatelimit *ebpf.Map `ebpf:"event_ratelimit"`
-	Events         *ebpf.Map `ebpf:"events"`
-	Fragments      *ebpf.Map `ebpf:"fragments"`
-	Ipcache        *ebpf.Map `ebpf:"ipcache"`
-	Policy         *ebpf.Map `ebpf:"policy"`
-	PrefixPolicy   *ebpf.Map `ebpf:"prefix_policy"`
-	ProxyListeners *ebpf.Map `ebpf:"proxy_listeners"`
-	ProxyPorts     *ebpf.Map `ebpf:"proxy_ports"`
-	ProxySyns      *ebpf.Map `ebpf:"proxy_syns"`
-	Scratch        *ebpf.Map `ebpf:"scratch"`
-	Services       *ebpf.Map `ebpf:"services"`
-	Settings       *ebpf.Map `ebpf:"settings"`
-	SockRevnat     *ebpf.Map `ebpf:"sock_revnat"`
-	SvcFlows       *ebpf.Map `ebpf:"svc_flows"`
+	Backends         *ebpf.Map `ebpf:"backends"`
+	Conntrack        *ebpf.Map `ebpf:"conntrack"`
+	Counters         *ebpf.Map `ebpf:"counters"`
+	CtScratch        *ebpf.Map `ebpf:"ct_scratch"`
+	EndpointAddrs    *ebpf.Map `ebpf:"endpoint_addrs"`
+	EndpointNetns    *ebpf.Map `ebpf:"endpoint_netns"`
+	Endpoints        *ebpf.Map `ebpf:"endpoints"`
+	EventRatelimit   *ebpf.Map `ebpf:"event_ratelimit"`
+	Events           *ebpf.Map `ebpf:"events"`
+	Fragments        *ebpf.Map `ebpf:"fragments"`
+	Ipcache          *ebpf.Map `ebpf:"ipcache"`
+	Policy           *ebpf.Map `ebpf:"policy"`
+	PrefixPolicy     *ebpf.Map `ebpf:"prefix_policy"`
+	ProxyListeners   *ebpf.Map `ebpf:"proxy_listeners"`
+	ProxyPorts       *ebpf.Map `ebpf:"proxy_ports"`
+	ProxySyns        *ebpf.Map `ebpf:"proxy_syns"`
+	RatelimitScratch *ebpf.Map `ebpf:"ratelimit_scratch"`
+	Scratch          *ebpf.Map `ebpf:"scratch"`
+	Services         *ebpf.Map `ebpf:"services"`
+	Settings         *ebpf.Map `ebpf:"settings"`
+	SockRevnat       *ebpf.Map `ebpf:"sock_revnat"`
+	SvcFlows         *ebpf.Map `ebpf:"svc_flows"`
 }
 
 func (m *NetpactMaps) Close() error {
@@ -481,6 +491,7 @@ func (m *NetpactMaps) Close() error {
 		m.ProxyListeners,
 		m.ProxyPorts,
 		m.ProxySyns,
+		m.RatelimitScratch,
 		m.Scratch,
 		m.Services,
 		m.Settings,

@@ -97,6 +97,18 @@ func (e *Enforcer) EndpointID(k policy.EndpointKey) uint32 {
 	return e.ids[k]
 }
 
+// EndpointOf is the local pod whose datapath endpoint id is id.
+func (e *Enforcer) EndpointOf(id uint32) (policy.EndpointKey, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for k, v := range e.ids {
+		if v == id {
+			return k, true
+		}
+	}
+	return policy.EndpointKey{}, false
+}
+
 // Sync makes the datapath enforce the policies over the cluster for the given local pods: the
 // engine recompiles, the ipcache and every local pod's entries are written as diffs, and pods no
 // longer present are removed. A pod whose policy cannot be programmed is failed closed (all its

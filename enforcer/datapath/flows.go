@@ -256,6 +256,28 @@ func (d *Datapath) Counters() (map[Reason]Counter, error) {
 	return out, nil
 }
 
+// EventsLimited are the flow events the rate limit held back, by endpoint id (0: packets of no
+// endpoint): each endpoint has its own bucket per CPU, so one pod's flood holds back its own.
+func (d *Datapath) EventsLimited() (map[uint32]uint64, error) {
+	out := map[uint32]uint64{}
+	var id uint32
+	var per []bpf.NetpactRatelimit
+	it := d.objs.EventRatelimit.Iterate()
+	for it.Next(&id, &per) {
+		var n uint64
+		for _, p := range per {
+			n += p.Limited
+		}
+		if n > 0 {
+			out[id] = n
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read event_ratelimit: %w", err)
+	}
+	return out, nil
+}
+
 // MapFill is how full a map is: entries now, and the most it holds.
 type MapFill struct{ Entries, Max int }
 

@@ -59,13 +59,17 @@ func TestEndpointAuth(t *testing.T) {
 		Rules: []rbacv1.PolicyRule{{NonResourceURLs: []string{"/flows"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { kc.RbacV1().ClusterRoles().Delete(context.Background(), "np-auth-flows", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		kc.RbacV1().ClusterRoles().Delete(context.Background(), "np-auth-flows", metav1.DeleteOptions{})
+	})
 	if _, err := kc.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "np-auth-flows"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "np-auth-flows"},
 		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "flows-reader", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { kc.RbacV1().ClusterRoleBindings().Delete(context.Background(), "np-auth-flows", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		kc.RbacV1().ClusterRoleBindings().Delete(context.Background(), "np-auth-flows", metav1.DeleteOptions{})
+	})
 
 	node := netip.MustParseAddr("172.18.0.2")
 	auth := &EndpointAuth{Client: kc, Trusted: func(ip netip.Addr) bool { return ip == node }, Open: []string{"/readyz"}}

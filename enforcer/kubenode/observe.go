@@ -215,12 +215,32 @@ func (o *Observer) writeMetrics(w http.ResponseWriter) {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
-	fmt.Fprintln(w, "# HELP netpact_flow_events_total Flow events read from the datapath, by direction and reason (rate-limited per CPU).")
+	fmt.Fprintln(w, "# HELP netpact_flow_events_total Flow events read from the datapath, by direction and reason (rate-limited per pod and CPU).")
 	fmt.Fprintln(w, "# TYPE netpact_flow_events_total counter")
 	for _, k := range keys {
 		fmt.Fprintf(w, "netpact_flow_events_total{direction=%q,reason=%q} %d\n", k[0], k[1], o.events[k])
 	}
 	o.mu.Unlock()
+	if limited, err := o.dp.EventsLimited(); err == nil {
+		byPod := map[string]uint64{}
+		for id, n := range limited {
+			name := "(none)" // packets of no endpoint, or of a pod gone since
+			if k, ok := o.enf.EndpointOf(id); ok && id != 0 {
+				name = k.String()
+			}
+			byPod[name] += n
+		}
+		names := make([]string, 0, len(byPod))
+		for n := range byPod {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		fmt.Fprintln(w, "# HELP netpact_flow_events_limited_total Flow events the rate limit held back, by pod (each has its own bucket per CPU).")
+		fmt.Fprintln(w, "# TYPE netpact_flow_events_limited_total counter")
+		for _, n := range names {
+			fmt.Fprintf(w, "netpact_flow_events_limited_total{pod=%q} %d\n", n, byPod[n])
+		}
+	}
 	if fill, err := o.dp.Fill(); err == nil {
 		names := make([]string, 0, len(fill))
 		for n := range fill {
