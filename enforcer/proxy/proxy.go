@@ -407,10 +407,11 @@ func (p *Proxy) serveConn(c net.Conn) {
 		// A connection to the listener itself, which the datapath never hands over (a pod's
 		// flow keeps its original, non-loopback destination): forwarding it would make the
 		// proxy connect to itself, again and again.
-		c.Close()
-		p.untrack(c)
+		// Reported before the close, which the caller may be waiting on.
 		p.report(Request{Src: f.src, Dst: f.dst, Refused: "a connection to the proxy's own listener, not a flow the datapath handed it: closed",
 			Verdict: policy.HTTPVerdict{Index: -1}})
+		c.Close()
+		p.untrack(c)
 		return
 	}
 	lr := &limitedReader{r: c, n: int64(p.opts.MaxHeaderBytes), c: c, bud: p.buffered, src: f.src.Addr(), counting: true}
@@ -466,20 +467,6 @@ func sniffH2(br *bufio.Reader) (bool, error) {
 		}
 		if n == len(h2Preface) {
 			return true, nil
-		}
-	}
-}
-
-// applyActions does to an allowed request's headers what its rules' mismatch actions say.
-func applyActions(h http.Header, actions []policy.HeaderAction) {
-	for _, a := range actions {
-		switch a.Action {
-		case "ADD":
-			h.Add(a.Name, a.Value)
-		case "DELETE":
-			h.Del(a.Name)
-		case "REPLACE":
-			h.Set(a.Name, a.Value)
 		}
 	}
 }
