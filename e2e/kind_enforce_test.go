@@ -713,6 +713,18 @@ spec:
 			Expect(st.Failed).To(BeFalse(), "step %q:\n%s", st.Name, report)
 		}
 	})
+
+	It("proves header and Host rules where the request arrives, and the egress proxy towards an ingress deny: the local node's L7 scenarios, on kind", func() {
+		for _, file := range []string{"headers-and-host.yaml", "egress-l7-to-ingress-deny.yaml"} {
+			res, report := runOnKind("l7", file)
+			GinkgoWriter.Print(report)
+			Expect(res.Error).To(BeEmpty(), report)
+			for _, st := range res.Steps {
+				Expect(st.Pending).To(BeEmpty(), "%s step %q", file, st.Name)
+				Expect(st.Failed).To(BeFalse(), "%s step %q:\n%s", file, st.Name, report)
+			}
+		}
+	})
 })
 
 // runOnKind runs a scenario file under scenarios/ on the kind cluster: its result and report.

@@ -100,6 +100,23 @@ func (l *L7Policy) MatchHTTPActions(r HTTPRequest) (bool, int, []HeaderAction) {
 	return first >= 0, first, actions
 }
 
+// ApplyHeaderActions does to an allowed request's headers (canonical names, as net/http's
+// http.Header) what its rules' mismatch actions say: the one place the proxy and the prediction
+// of what a destination receives both use.
+func ApplyHeaderActions(h map[string][]string, actions []HeaderAction) {
+	for _, a := range actions {
+		name := textproto.CanonicalMIMEHeaderKey(a.Name)
+		switch a.Action {
+		case "ADD":
+			h[name] = append(h[name], a.Value)
+		case "DELETE":
+			delete(h, name)
+		case "REPLACE":
+			h[name] = []string{a.Value}
+		}
+	}
+}
+
 // hasActions says whether any rule has a headerMatch with a mismatch action.
 func (l *L7Policy) hasActions() bool {
 	for _, h := range l.HTTP {

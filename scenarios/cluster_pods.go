@@ -435,6 +435,7 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 				HTTP: cell.HTTP, TimeoutMS: int(c.opts.ProbeTimeout.Milliseconds())}
 			if cell.HTTP {
 				r.Method, r.Path = cell.method(), cell.path()
+				r.VHost, r.Headers, r.Seen = cell.VHost, cell.Headers, cell.Seen
 			}
 			if t.port == 53 && !cell.HTTP {
 				r.DNS = true

@@ -287,7 +287,7 @@ func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port ui
 	case c.GRPC:
 		return n.prober.grpc(from, addr, port, c.path())
 	case c.HTTP:
-		return n.prober.http(from, addr, port, c.method(), c.path())
+		return n.prober.http(from, addr, port, c)
 	case c.Port.Protocol == policy.ProtoTCP:
 		return n.prober.tcp(from, addr, port)
 	case c.Port.Protocol == policy.ProtoUDP:

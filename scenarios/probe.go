@@ -24,6 +24,7 @@ import (
 
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // classify turns a dial or read error into an outcome: refused when the peer's stack answered,
@@ -91,6 +92,7 @@ func startServers(p *podnet.Pod, workload string, ports []Port, lookup names) (*
 			}
 			if workload == "http" {
 				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					probeagent.WriteSaw(w.Header(), r.Header)
 					fmt.Fprintf(w, "%s %s from %s\n", r.Method, r.URL.Path, p.Name)
 				}), ReadHeaderTimeout: 5 * time.Second}
 				go srv.Serve(l)
@@ -198,7 +200,8 @@ func (pr *prober) udp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	return classify(err)
 }
 
-func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, method, urlPath string) Outcome {
+func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, c Cell) Outcome {
+	method, urlPath := c.Method, c.Path
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := from.Do(func() error {
@@ -220,13 +223,14 @@ func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, method, url
 	if err != nil {
 		return Timeout
 	}
+	probeagent.SetRequest(req, c.VHost, c.Headers, c.Seen)
 	resp, err := client.Do(req)
 	if err != nil {
 		return classify(err)
 	}
 	defer resp.Body.Close()
 	io.Copy(io.Discard, resp.Body)
-	return Outcome(fmt.Sprintf("http-%d", resp.StatusCode))
+	return Outcome(probeagent.SeenOutcome(resp.StatusCode, c.Seen, probeagent.Saw(resp.Header, c.Seen)))
 }
 
 // grpc makes a unary gRPC call to method (/package.Service/Method; the grpc workload serves

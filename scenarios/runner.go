@@ -3,7 +3,9 @@ package scenarios
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
+	"net/textproto"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -12,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // Cell is one probe: from a pod to a pod on a port, optionally an HTTP request. A cell through a
@@ -24,6 +27,11 @@ type Cell struct {
 	GRPC   bool
 	Method string
 	Path   string
+	// VHost is the request's Host header (the address when empty), Headers its other headers,
+	// and Seen the headers the destination must say it received ("" for absent).
+	VHost   string
+	Headers map[string]string
+	Seen    map[string]string
 	// Service (namespace/name), its port and how it is reached (clusterIP, nodePort, dns).
 	Service     string
 	ServicePort ServicePort
@@ -55,8 +63,23 @@ func (c Cell) String() string {
 	}
 	if c.HTTP {
 		s += " " + c.method() + " " + c.path()
+		if c.VHost != "" {
+			s += " host " + c.VHost
+		}
+		for _, k := range sortedKeys(c.Headers) {
+			s += fmt.Sprintf(" %s: %s", k, c.Headers[k])
+		}
 	}
 	return s
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func (c Cell) method() string {
@@ -336,6 +359,7 @@ func expectations(sc *Scenario, st *Step, cluster *policy.Cluster) ([]Cell, map[
 		want, _ := parseOutcome(p.Expect)
 		grpcCall := want == GRPCOK || want == GRPCDenied
 		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
+			VHost: p.Host, Headers: p.Headers, Seen: p.Seen,
 			HTTP: grpcCall || want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", GRPC: grpcCall, Explicit: true}
 		if grpcCall {
 			c.Method = "POST" // a gRPC method is a POST to its path
@@ -503,7 +527,8 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		if err != nil {
 			return Timeout, "the probe's path is not a valid request target: " + err.Error()
 		}
-		v := d.MatchHTTP(policy.HTTPRequest{Method: c.method(), Path: target})
+		req := c.request(target)
+		v := d.MatchHTTP(req)
 		if v.Rule != nil {
 			rule = v.Rule.String()
 		}
@@ -519,7 +544,10 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 			return GRPCDenied, rule
 		}
 		if v.Allowed {
-			return HTTP200, rule
+			// What the destination receives: the request's headers, as the rules' mismatch
+			// actions left them.
+			policy.ApplyHeaderActions(req.Header, v.Actions)
+			return c.seenOutcome(http.StatusOK, req.Header), rule
 		}
 		return HTTP403, rule
 	}
@@ -533,9 +561,33 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		return GRPCOK, rule
 	}
 	if c.HTTP {
-		return HTTP200, rule
+		return c.seenOutcome(http.StatusOK, c.request("").Header), rule
 	}
 	return Allow, rule
+}
+
+// request is the HTTP request the cell's probe sends, as the proxy reads it (target: the path
+// normalised).
+func (c Cell) request(target string) policy.HTTPRequest {
+	h := map[string][]string{}
+	for k, v := range c.Headers {
+		k = textproto.CanonicalMIMEHeaderKey(k)
+		h[k] = append(h[k], v)
+	}
+	return policy.HTTPRequest{Method: c.method(), Path: target, Host: c.VHost, Header: h}
+}
+
+// seenOutcome is an HTTP outcome with what the destination saw of c.Seen, given the headers it
+// received (probeagent.SeenOutcome: the probes' own comparison).
+func (c Cell) seenOutcome(code int, received map[string][]string) Outcome {
+	got := map[string]string{}
+	for n := range c.Seen {
+		got[n] = probeagent.Absent
+		if vs, ok := received[textproto.CanonicalMIMEHeaderKey(n)]; ok {
+			got[n] = strings.Join(vs, ",")
+		}
+	}
+	return Outcome(probeagent.SeenOutcome(code, c.Seen, got))
 }
 
 func addrs(state *policy.State, from, to *Pod) (netip.Addr, netip.Addr, bool) {

@@ -300,10 +300,16 @@ type ProbeSpec struct {
 	Lookup   string `yaml:"lookup"`
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"`
-	// Method and Path make an HTTP request (default GET /) for http-* expectations.
-	Method string `yaml:"method"`
-	Path   string `yaml:"path"`
-	Expect string `yaml:"expect"`
+	// Method and Path make an HTTP request (default GET /) for http-* expectations; Host sets
+	// its Host header (the address when empty) and Headers its other headers. Seen names
+	// headers the destination must have received, after every proxy on the way, with their
+	// values ("" for absent): only a pod of the http workload says what it received.
+	Method  string            `yaml:"method"`
+	Path    string            `yaml:"path"`
+	Host    string            `yaml:"host"`
+	Headers map[string]string `yaml:"headers"`
+	Seen    map[string]string `yaml:"seen"`
+	Expect  string            `yaml:"expect"`
 }
 
 func (s *Scenario) checkServiceProbe(where string, p ProbeSpec) []string {
@@ -508,8 +514,8 @@ func (s *Scenario) validate() error {
 				if _, ok := s.service(DNSService); !ok {
 					problems = append(problems, fmt.Sprintf("%s: lookup probes need the resolver's service %s in the scenario's services", where, DNSService))
 				}
-				if p.Via != "" || p.Port != 0 || p.Protocol != "" || p.Path != "" || p.Method != "" {
-					problems = append(problems, where+": a lookup probe takes no via, port, protocol, method or path")
+				if p.Via != "" || p.Port != 0 || p.Protocol != "" || p.Path != "" || p.Method != "" || p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0 {
+					problems = append(problems, where+": a lookup probe takes no via, port, protocol, method, path, host, headers or seen")
 				}
 			case p.To != "":
 				if _, ok := s.pod(p.To); !ok {
@@ -521,8 +527,17 @@ func (s *Scenario) validate() error {
 			default:
 				problems = append(problems, s.checkServiceProbe(where, p)...)
 			}
-			if _, err := parseOutcome(p.Expect); err != nil {
+			want, err := parseOutcome(p.Expect)
+			if err != nil {
 				problems = append(problems, where+": probe: "+err.Error())
+			}
+			if (p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0) && want != HTTP200 && want != HTTP403 && p.Method == "" && p.Path == "" {
+				problems = append(problems, where+": host, headers and seen are for HTTP probes (expect http-200 or http-403, or give a method or path)")
+			}
+			if len(p.Seen) > 0 {
+				if pod, ok := s.pod(p.To); !ok || pod.Workload != "http" {
+					problems = append(problems, where+": seen needs a destination pod of workload http, which says what headers it received")
+				}
 			}
 			if _, err := policy.ParseProto(p.Protocol); err != nil {
 				problems = append(problems, where+": probe: "+err.Error())

@@ -212,3 +212,30 @@ steps:
 		t.Fatalf("cell %q, want %q", c.String(), want)
 	}
 }
+
+// TestLoadRejectsBadHeaderProbes: headers, host and seen belong to HTTP probes, and seen to a
+// destination of the http workload, which says what it received.
+func TestLoadRejectsBadHeaderProbes(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte(`name: x
+namespaces: [{name: a}]
+pods:
+  - {name: web, namespace: a, labels: {app: web}, workload: nginx, ports: ["80/TCP"]}
+  - {name: c, namespace: a}
+steps:
+- name: s
+  expect:
+    probes:
+      - {from: a/c, to: a/web, port: 80, protocol: TCP, headers: {X-Team: blue}, expect: allow}
+      - {from: a/c, to: a/web, port: 80, protocol: TCP, path: /, seen: {X-Team: blue}, expect: http-200}
+`), 0o644)
+	_, err := Load([]string{bad})
+	for _, want := range []string{
+		"host, headers and seen are for HTTP probes",
+		"seen needs a destination pod of workload http",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}

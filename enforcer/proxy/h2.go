@@ -123,7 +123,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		p.report(rec)
 		return
 	}
-	applyActions(r.Header, rec.Verdict.Actions)
+	policy.ApplyHeaderActions(r.Header, rec.Verdict.Actions)
 	upstreamTarget(r.URL, target)
 	sw := &statusWriter{ResponseWriter: w}
 	p.h2Proxy(hf).ServeHTTP(sw, r)

@@ -45,7 +45,7 @@ func TestHeaderMatchRepeated(t *testing.T) {
 			if !ok {
 				t.Fatal("REPLACE denied the request")
 			}
-			applyActions(req.Header, actions)
+			policy.ApplyHeaderActions(req.Header, actions)
 			if got := req.Header.Values("X-Token"); !slices.Equal(got, tc.want) {
 				t.Errorf("X-Token to the destination %q, want %q (actions %v)", got, tc.want, actions)
 			}

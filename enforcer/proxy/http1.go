@@ -176,7 +176,7 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			}
 			continue
 		}
-		applyActions(req.Header, rec.Verdict.Actions)
+		policy.ApplyHeaderActions(req.Header, rec.Verdict.Actions)
 		upgrade, refused := upstreamHeader(req.Header)
 		if refused != "" {
 			// Envoy's upgrade_failed: a 403 with no body, and the connection ends (what the

@@ -27,10 +27,15 @@ type Request struct {
 	Proto string `json:"proto"` // TCP or UDP
 	Host  string `json:"host"`
 	Port  uint16 `json:"port"`
-	// HTTP makes a TCP probe an HTTP request with Method (GET when empty) and Path ("/").
-	HTTP   bool   `json:"http,omitempty"`
-	Method string `json:"method,omitempty"`
-	Path   string `json:"path,omitempty"`
+	// HTTP makes a TCP probe an HTTP request with Method (GET when empty) and Path ("/"), the
+	// Host header VHost (the address when empty) and Headers; Seen are the headers the
+	// destination must say it received ("" for absent: see EchoHeader).
+	HTTP    bool              `json:"http,omitempty"`
+	Method  string            `json:"method,omitempty"`
+	Path    string            `json:"path,omitempty"`
+	VHost   string            `json:"vhost,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+	Seen    map[string]string `json:"seen,omitempty"`
 	// DNS makes the probe a real DNS query for Name (type A), over UDP or TCP: a resolver
 	// answers it.
 	DNS  bool   `json:"dns,omitempty"`
@@ -91,7 +96,7 @@ func probe(r Request) (string, string) {
 	switch strings.ToUpper(r.Proto) {
 	case "TCP", "":
 		if r.HTTP {
-			return httpProbe(addr, r.Method, r.Path, timeout)
+			return httpProbe(addr, r, timeout)
 		}
 		c, err := net.DialTimeout("tcp", addr, timeout)
 		if err != nil {
@@ -165,10 +170,11 @@ func lookup(name string, timeout time.Duration) (string, string) {
 	return "timeout", err.Error()
 }
 
-func httpProbe(addr, method, path string, timeout time.Duration) (string, string) {
+func httpProbe(addr string, r Request, timeout time.Duration) (string, string) {
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: timeout}).DialContext}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 2 * timeout}
+	method, path := r.Method, r.Path
 	if method == "" {
 		method = http.MethodGet
 	}
@@ -179,13 +185,26 @@ func httpProbe(addr, method, path string, timeout time.Duration) (string, string
 	if err != nil {
 		return "error", err.Error()
 	}
+	SetRequest(req, r.VHost, r.Headers, r.Seen)
 	resp, err := client.Do(req)
 	if err != nil {
 		return classify(err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	return fmt.Sprintf("http-%d", resp.StatusCode), ""
+	return SeenOutcome(resp.StatusCode, r.Seen, Saw(resp.Header, r.Seen)), ""
+}
+
+// SetRequest gives an HTTP probe its Host, its headers, and the question of what the
+// destination saw.
+func SetRequest(req *http.Request, vhost string, headers, seen map[string]string) {
+	if vhost != "" {
+		req.Host = vhost
+	}
+	for k, v := range headers {
+		req.Header.Add(k, v)
+	}
+	AskSaw(req.Header, seen)
 }
 
 // dnsQuery is a recursive query for name, type A, class IN.
@@ -341,14 +360,24 @@ func handle(c net.Conn) {
 	first := string(line)
 	for _, m := range methods {
 		if strings.HasPrefix(first, m) {
-			for {
+			req := http.Header{}
+			for n := 0; n < 100; n++ {
 				line, err := br.ReadString('\n')
 				if err != nil || strings.TrimRight(line, "\r\n") == "" {
 					break
 				}
+				if k, v, ok := strings.Cut(strings.TrimRight(line, "\r\n"), ":"); ok {
+					req.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+				}
+			}
+			saw := http.Header{}
+			WriteSaw(saw, req)
+			var extra strings.Builder
+			for k, vs := range saw {
+				fmt.Fprintf(&extra, "%s: %s\r\n", k, vs[0])
 			}
 			body := "ok\n"
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(body))
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n", len(body), extra.String())
 			if !strings.HasPrefix(first, "HEAD ") {
 				_, _ = io.WriteString(c, body)
 			}
