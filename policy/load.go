@@ -64,6 +64,8 @@ type Policy struct {
 	// Raw is the object as written, as JSON (metadata.namespace as given, not defaulted): what a
 	// backend applies to an API server.
 	Raw []byte
+	// CIDRs is how many distinct CIDRs the policy names (except CIDRs included).
+	CIDRs int
 
 	index docIndex
 }
@@ -128,6 +130,7 @@ type loader struct {
 }
 
 func (l *loader) finish() (*Bundle, error) {
+	l.checkNamespaceBudgets()
 	if len(l.errs) > 0 {
 		l.errs.Sort()
 		return nil, l.errs

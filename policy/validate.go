@@ -76,15 +76,45 @@ func validatePolicy(p *Policy) []pathErr {
 	}
 	if p.KNP != nil {
 		v.knp(p.KNP)
-		return v.errs
+	} else {
+		if len(p.Cilium) == 0 {
+			v.add("spec", "the policy has neither spec nor specs")
+		}
+		for i := range p.Cilium {
+			v.ciliumRule(&p.Cilium[i], p.rulePath(i), p.Kind)
+		}
 	}
-	if len(p.Cilium) == 0 {
-		v.add("spec", "the policy has neither spec nor specs")
-	}
-	for i := range p.Cilium {
-		v.ciliumRule(&p.Cilium[i], p.rulePath(i), p.Kind)
-	}
+	p.CIDRs = len(v.named)
 	return v.errs
+}
+
+// MaxCIDRsPerNamespace bounds the CIDRs the policies of one namespace name together (each
+// policy's distinct CIDRs, summed; cluster-wide policies count as one namespace): half of a
+// node's ipcache, so that one tenant cannot fill it for the others.
+const MaxCIDRsPerNamespace = 32768
+
+// checkNamespaceBudgets refuses, at the policy that crosses it, a namespace whose policies
+// name more CIDRs than MaxCIDRsPerNamespace.
+func (l *loader) checkNamespaceBudgets() {
+	sum := map[string]int{}
+	for _, p := range l.bundle.Policies {
+		before := sum[p.Namespace]
+		sum[p.Namespace] += p.CIDRs
+		if before <= MaxCIDRsPerNamespace && sum[p.Namespace] > MaxCIDRsPerNamespace {
+			at := p.position("spec")
+			l.fail(p.Source.File, at.Line, at.Column, p.Key.String(), "spec", "%s", NamespaceBudgetError(p.Namespace, before, p.CIDRs))
+		}
+	}
+}
+
+// NamespaceBudgetError says why a policy naming n CIDRs does not fit beside the others of its
+// namespace, which name before.
+func NamespaceBudgetError(namespace string, before, n int) string {
+	where := "namespace " + namespace
+	if namespace == "" {
+		where = "the cluster-wide policies"
+	}
+	return fmt.Sprintf("%s would name %d CIDRs with this policy's %d, more than the %d a namespace may (half a node's ipcache): move CIDR lists into fewer, wider prefixes", where, before+n, n, MaxCIDRsPerNamespace)
 }
 
 func (v *validator) ciliumRule(r *ciliumv2.Rule, path string, kind Kind) {

@@ -24,9 +24,13 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/netpact/netpact/policy"
 )
@@ -37,6 +41,45 @@ import (
 // them; netpact refuses them at the API server.
 type AdmissionHandler struct {
 	Load policy.LoadOptions
+	// NamespaceCIDRs counts the CIDRs the namespace's other policies name (all but except;
+	// namespace "": the cluster-wide ones), for the budget of policy.MaxCIDRsPerNamespace. nil:
+	// only the policy's own budget is checked.
+	NamespaceCIDRs func(ctx context.Context, namespace string, except policy.Key) (int, error)
+}
+
+// NamespaceCIDRCounter counts a namespace's CIDRs from the API server, as the loader reads
+// each policy there: for AdmissionHandler.NamespaceCIDRs.
+func NamespaceCIDRCounter(c client.Reader) func(ctx context.Context, namespace string, except policy.Key) (int, error) {
+	return func(ctx context.Context, namespace string, except policy.Key) (int, error) {
+		kinds := []schema.GroupVersionKind{{Group: "cilium.io", Version: "v2", Kind: "CiliumNetworkPolicyList"},
+			{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicyList"}}
+		if namespace == "" {
+			kinds = []schema.GroupVersionKind{{Group: "cilium.io", Version: "v2", Kind: "CiliumClusterwideNetworkPolicyList"}}
+		}
+		total := 0
+		for _, gvk := range kinds {
+			list := &unstructured.UnstructuredList{}
+			list.SetGroupVersionKind(gvk)
+			if err := c.List(ctx, list, client.InNamespace(namespace)); err != nil {
+				if meta.IsNoMatchError(err) {
+					continue // Cilium's CRDs not installed: none of theirs
+				}
+				return 0, fmt.Errorf("list %s in %q: %w", gvk.Kind, namespace, err)
+			}
+			for i := range list.Items {
+				raw, err := list.Items[i].MarshalJSON()
+				if err != nil {
+					return 0, err
+				}
+				b, err := policy.LoadBytes(list.Items[i].GetName(), raw, policy.LoadOptions{})
+				if err != nil || len(b.Policies) != 1 || b.Policies[0].Key == except {
+					continue // refused by netpact, or the object being replaced
+				}
+				total += b.Policies[0].CIDRs
+			}
+		}
+		return total, nil
+	}
 }
 
 // maxAdmissionBody bounds an AdmissionReview (the API server's own limit for an object is 3 MiB).
@@ -91,6 +134,17 @@ func (h *AdmissionHandler) review(req *admissionv1.AdmissionRequest) *admissionv
 	}
 	if len(b.Policies) != 1 {
 		return deny(resp, fmt.Sprintf("%s: not one policy object (%d)", source, len(b.Policies)))
+	}
+	if p := b.Policies[0]; p.CIDRs > 0 && h.NamespaceCIDRs != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		before, err := h.NamespaceCIDRs(ctx, p.Namespace, p.Key)
+		if err != nil {
+			return deny(resp, fmt.Sprintf("%s: netpact cannot count the CIDRs of the namespace's other policies (%v): refused, as it cannot check the namespace's budget", source, err))
+		}
+		if before+p.CIDRs > policy.MaxCIDRsPerNamespace {
+			return deny(resp, "netpact refuses this policy: "+source+": "+policy.NamespaceBudgetError(p.Namespace, before, p.CIDRs))
+		}
 	}
 	for _, n := range b.Notices {
 		resp.Warnings = append(resp.Warnings, n.String())

@@ -107,7 +107,7 @@ func runController(ctx context.Context, o controllerOptions) error {
 		}
 		go cm.Run(ctx, time.Hour, func(err error) { log.Error("webhook certificate", "err", err) })
 		mux := http.NewServeMux()
-		mux.Handle("/validate-policy", &reconciler.AdmissionHandler{})
+		mux.Handle("/validate-policy", &reconciler.AdmissionHandler{NamespaceCIDRs: reconciler.NamespaceCIDRCounter(mgr.GetAPIReader())})
 		ln, err := net.Listen("tcp", o.admissionListen)
 		if err != nil {
 			return fmt.Errorf("admission webhook: %w", err)
