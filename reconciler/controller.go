@@ -56,6 +56,9 @@ type Controller struct {
 
 	mu      sync.Mutex
 	sources map[types.NamespacedName]*sourceState
+	// busy marks the namespaces one of whose sources a worker reconciles: a namespace has one
+	// worker at a time, so a tenant's slow sources cannot hold all of them.
+	busy map[string]bool
 	// pokes asks for a reconcile of one source (the webhook receiver).
 	pokes chan event.GenericEvent
 }
@@ -125,12 +128,15 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
+	if !c.acquire(req.Namespace) {
+		// Another source of the namespace holds a worker: this one waits its turn, and the
+		// other namespaces' sources go on.
+		return ctrl.Result{RequeueAfter: namespaceRetry}, nil
+	}
+	defer c.release(req.Namespace)
 	before := obj.DeepCopy()
 	st, err := c.state(ctx, &obj)
-	interval := obj.Spec.Interval.Duration
-	if interval <= 0 {
-		interval = time.Minute
-	}
+	interval := boundInterval(obj.Spec.Interval.Duration)
 	if err != nil {
 		conditions.MarkFalse(&obj, meta.ReadyCondition, v1alpha1.GitOperationFailedReason, "%s", err.Error())
 		conditions.MarkStalled(&obj, v1alpha1.GitOperationFailedReason, "%s", err.Error())
@@ -189,6 +195,50 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{RequeueAfter: interval}, nil
 }
 
+// namespaceRetry is how soon a source whose namespace's worker is busy is tried again.
+const namespaceRetry = 2 * time.Second
+
+func (c *Controller) acquire(ns string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.busy == nil {
+		c.busy = map[string]bool{}
+	}
+	if c.busy[ns] {
+		return false
+	}
+	c.busy[ns] = true
+	return true
+}
+
+func (c *Controller) release(ns string) {
+	c.mu.Lock()
+	delete(c.busy, ns)
+	c.mu.Unlock()
+}
+
+// boundInterval keeps an interval within the CRD's bounds (an object stored before them, or a
+// zero one: a minute).
+func boundInterval(d time.Duration) time.Duration {
+	switch {
+	case d <= 0:
+		return time.Minute
+	case d < v1alpha1.MinInterval:
+		return v1alpha1.MinInterval
+	case d > v1alpha1.MaxInterval:
+		return v1alpha1.MaxInterval
+	}
+	return d
+}
+
+// boundTimeout keeps a Git operation's timeout within the CRD's bound (0: the source's default).
+func boundTimeout(d time.Duration) time.Duration {
+	if d > v1alpha1.MaxTimeout {
+		return v1alpha1.MaxTimeout
+	}
+	return d
+}
+
 // finish writes the status when it changed, records an event for a Ready transition, and the
 // metrics.
 func (c *Controller) finish(ctx context.Context, before, obj *v1alpha1.PolicySource, start time.Time) {
@@ -241,7 +291,7 @@ func (c *Controller) state(ctx context.Context, obj *v1alpha1.PolicySource) (*so
 	}
 	target := &ClusterTarget{Config: c.Config, Source: metav1.ObjectMeta{Namespace: obj.Namespace, Name: obj.Name},
 		EnforceTimeout: c.EnforceTimeout, Prune: prune, OwnNamespaceOnly: obj.Namespace != own}
-	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Auth: auth, Timeout: obj.Spec.Timeout.Duration}
+	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Auth: auth, Timeout: boundTimeout(obj.Spec.Timeout.Duration)}
 	rec := New(obj.DeepCopy(), src, target)
 	rec.WorkDir, rec.Load = c.WorkDir, c.Load
 	if target.OwnNamespaceOnly {

@@ -7,6 +7,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -65,13 +67,28 @@ type GitRef struct {
 	Commit string `json:"commit,omitempty"`
 }
 
-// PolicySourceSpec says where the bundle lives and how often to look.
+// Bounds of a PolicySource's interval and timeout, which the CRD and the controller both keep.
+const (
+	MinInterval = 10 * time.Second
+	MaxInterval = 168 * time.Hour
+	MaxTimeout  = 5 * time.Minute
+)
+
+// PolicySourceSpec says where the bundle lives and how often to look. interval and timeout are
+// bounded: a tenant's source cannot poll without pause nor hold one of the controller's workers
+// for long (MinInterval, MaxInterval, MaxTimeout).
+// +kubebuilder:validation:XValidation:rule="duration(self.interval) >= duration('10s') && duration(self.interval) <= duration('168h')",message="interval must be between 10s and 168h"
+// +kubebuilder:validation:XValidation:rule="!has(self.timeout) || duration(self.timeout) == duration('0s') || (duration(self.timeout) >= duration('1s') && duration(self.timeout) <= duration('5m'))",message="timeout must be between 1s and 5m (0s: the default)"
 type PolicySourceSpec struct {
-	URL      string          `json:"url"`
-	Ref      GitRef          `json:"ref,omitempty"`
-	Path     string          `json:"path,omitempty"`
+	URL  string `json:"url"`
+	Ref  GitRef `json:"ref,omitempty"`
+	Path string `json:"path,omitempty"`
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
 	Interval metav1.Duration `json:"interval"`
-	Timeout  metav1.Duration `json:"timeout,omitempty"`
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
+	Timeout metav1.Duration `json:"timeout,omitempty"`
 	// Verify, when set, applies only commits signed by a key of this armored OpenPGP keyring.
 	VerifyKeyring string `json:"verifyKeyring,omitempty"`
 	Suspend       bool   `json:"suspend,omitempty"`

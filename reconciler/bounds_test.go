@@ -1,0 +1,72 @@
+package reconciler
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/netpact/netpact/api/v1alpha1"
+)
+
+// TestPolicySourceBounds: the API server refuses an interval or timeout outside the bounds, with
+// the CRD's message; the controller keeps them too (objects stored before the bounds), and gives
+// a namespace one worker at a time.
+func TestPolicySourceBounds(t *testing.T) {
+	cfg := apiServer.Start(t)
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "np-bounds"}}
+	if err := cl.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Delete(context.Background(), ns) })
+	for _, tc := range []struct {
+		name              string
+		interval, timeout time.Duration
+		refused           string
+	}{
+		{"busy loop", time.Millisecond, 0, "interval must be between 10s and 168h"},
+		{"a year", 365 * 24 * time.Hour, 0, "interval must be between 10s and 168h"},
+		{"a worker held for an hour", time.Minute, time.Hour, "timeout must be between 1s and 5m"},
+		{"within", 10 * time.Second, 5 * time.Minute, ""},
+	} {
+		ps := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: "np-bounds", Name: strings.ReplaceAll(tc.name, " ", "-")},
+			Spec: v1alpha1.PolicySourceSpec{URL: "https://git.example/p.git", Interval: metav1.Duration{Duration: tc.interval},
+				Timeout: metav1.Duration{Duration: tc.timeout}}}
+		err := cl.Create(ctx, ps)
+		switch {
+		case tc.refused == "" && err != nil:
+			t.Errorf("%s: refused: %v", tc.name, err)
+		case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), tc.refused)):
+			t.Errorf("%s: %v, want refused with %q", tc.name, err, tc.refused)
+		}
+	}
+	if boundInterval(time.Millisecond) != v1alpha1.MinInterval || boundInterval(0) != time.Minute ||
+		boundTimeout(time.Hour) != v1alpha1.MaxTimeout || boundTimeout(0) != 0 {
+		t.Error("the controller does not keep the bounds")
+	}
+	c := &Controller{}
+	if !c.acquire("tenant") || c.acquire("tenant") || !c.acquire("platform") {
+		t.Fatal("a namespace gets more than one worker, or another namespace none")
+	}
+	c.release("tenant")
+	if !c.acquire("tenant") {
+		t.Error("a released namespace cannot be taken again")
+	}
+}
