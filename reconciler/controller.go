@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -195,6 +197,20 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{RequeueAfter: interval}, nil
 }
 
+// sourceWorkDir is a source's own 0700 directory under the controller's work directory (the
+// system's temporary directory when empty), named by a hash so that no name can climb out.
+func sourceWorkDir(parent string, nn types.NamespacedName) string {
+	if parent == "" {
+		parent = os.TempDir()
+	}
+	sum := sha256.Sum256([]byte(nn.String()))
+	dir := filepath.Join(parent, fmt.Sprintf("source-%x", sum[:8]))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return parent // the checkout is still a 0700 directory of its own (os.MkdirTemp)
+	}
+	return dir
+}
+
 // namespaceRetry is how soon a source whose namespace's worker is busy is tried again.
 const namespaceRetry = 2 * time.Second
 
@@ -293,7 +309,8 @@ func (c *Controller) state(ctx context.Context, obj *v1alpha1.PolicySource) (*so
 		EnforceTimeout: c.EnforceTimeout, Prune: prune, OwnNamespaceOnly: obj.Namespace != own}
 	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Auth: auth, Timeout: boundTimeout(obj.Spec.Timeout.Duration)}
 	rec := New(obj.DeepCopy(), src, target)
-	rec.WorkDir, rec.Load = c.WorkDir, c.Load
+	// Each source checks out in a directory of its own, which only the controller reads.
+	rec.WorkDir, rec.Load = sourceWorkDir(c.WorkDir, nn), c.Load
 	if target.OwnNamespaceOnly {
 		rec.Load.DefaultNamespace = obj.Namespace // an object naming no namespace is the source's
 	}

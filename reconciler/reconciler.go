@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -275,8 +276,22 @@ func (r *Reconciler) guardEmpty(obj *v1alpha1.PolicySource, b *policy.Bundle) er
 func (r *Reconciler) load(obj *v1alpha1.PolicySource, dir, revision string) (*policy.Bundle, error) {
 	rel := filepath.Clean("/" + obj.Spec.Path)[1:]
 	root := filepath.Join(dir, rel)
-	if _, err := os.Stat(root); err != nil {
-		return nil, r.fail(obj, meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q does not exist", revision, obj.Spec.Path))
+	// Resolved beneath the checkout (os.Root refuses a path that leaves it through a symlink,
+	// such as a committed .p -> ..): a repository cannot point the loader at what is around its
+	// checkout, other sources' checkouts included.
+	if rel != "" {
+		checkout, err := os.OpenRoot(dir)
+		if err != nil {
+			return nil, r.fail(obj, meta.InvalidPathReason, true, fmt.Errorf("revision %s: open the checkout: %w", revision, errors.Unwrap(err)))
+		}
+		_, err = checkout.Stat(rel)
+		checkout.Close()
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, r.fail(obj, meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q does not exist", revision, obj.Spec.Path))
+		case err != nil:
+			return nil, r.fail(obj, meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q leaves the repository (through a symlink): refused", revision, obj.Spec.Path))
+		}
 	}
 	bundle, err := policy.Load([]string{root}, r.Load)
 	var list policy.ErrorList

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -600,5 +601,39 @@ PidFile %s/sshd.pid
 	noKnown := &Source{URL: url, Timeout: 10 * time.Second, Auth: Auth{SSHKey: userKey}}
 	if _, err := noKnown.Resolve(ctx); err == nil || !strings.Contains(err.Error(), "known_hosts") {
 		t.Errorf("an SSH key without known_hosts: %v", err)
+	}
+}
+
+// TestSymlinkedPathStaysInTheCheckout: a repository that commits `.p -> ..` and sets spec.path
+// .p would read the directory around its checkout, where other sources' checkouts are. The path
+// is resolved beneath the checkout: refused, naming only the path as written; nothing of the
+// neighbours is read, and no absolute path is in the status.
+func TestSymlinkedPathStaysInTheCheckout(t *testing.T) {
+	srv := newGitServer(t)
+	w := srv.clone(t)
+	w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
+	if err := os.Symlink("..", filepath.Join(w.dir, ".p")); err != nil {
+		t.Fatal(err)
+	}
+	w.commit("a link out", nil)
+	w.push("main")
+	target, _ := localNode(t)
+	obj := newObj(srv.httpURL())
+	obj.Spec.Path = ".p"
+	r := New(obj, &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Timeout: 5 * time.Second}, target)
+	r.WorkDir = t.TempDir()
+	// Another source's checkout, beside this one's.
+	neighbour := filepath.Join(r.WorkDir, "checkout-other", "policies")
+	os.MkdirAll(neighbour, 0o700)
+	os.WriteFile(filepath.Join(neighbour, "theirs.yaml"), []byte(strings.Replace(allowC, "name: a,", "name: theirs,", 1)), 0o600)
+	r.Reconcile(context.Background())
+	st := r.Status()
+	ok, reason, msg := ready(st)
+	if ok || reason != meta.InvalidPathReason || !strings.Contains(msg, `path ".p" leaves the repository`) {
+		t.Fatalf("spec.path .p -> ..: ready %v, %s: %s", ok, reason, msg)
+	}
+	all, _ := json.Marshal(st.Status)
+	if strings.Contains(string(all), "theirs") || strings.Contains(string(all), r.WorkDir) {
+		t.Errorf("the status shows the neighbour's policy or an absolute path: %s", all)
 	}
 }
