@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -69,6 +71,8 @@ type ClusterTarget struct {
 	nodes     nodeCount
 	// rolledBack says what the last failed Apply did about the objects it had written.
 	rolledBack string
+	// refused are the objects of the last Apply left out because another source owns them.
+	refused []string
 }
 
 type appliedObject struct {
@@ -183,21 +187,35 @@ func (t *ClusterTarget) Apply(ctx context.Context, revision string, b *policy.Bu
 			return fmt.Errorf("cluster: read what the source applied before: %w", err)
 		}
 	}
+	// Ownership comes from inventories, which only the controller writes (the sources' status),
+	// not from labels, which whoever may edit the object controls: an object in this source's
+	// inventory is this source's, whatever its labels say; one that another source's inventory
+	// lists is that source's, and is left out of this revision alone (server-side apply with
+	// force would take it over); a label no inventory backs claims nothing.
+	var refused []string
+	mine := objs[:0:0]
 	for _, o := range objs {
-		// An object another source applied is not this one's to take over (server-side apply
-		// with force would): a revision naming it is refused before anything is written.
-		if cur, err := t.applier.Get(ctx, o); err != nil {
-			return fmt.Errorf("cluster: read %s %s: %w", o.GetKind(), objName(o), err)
-		} else if cur != nil {
-			l := cur.GetLabels()
-			if n, ns := l[SourceNameLabel], l[SourceNamespaceLabel]; n != "" && (n != t.Source.Name || ns != t.Source.Namespace) {
-				return fmt.Errorf("cluster: %s %s belongs to PolicySource %s/%s, not to this one (nothing applied)", o.GetKind(), objName(o), ns, n)
+		if _, ours := prev[inventoryID(o)]; !ours {
+			cur, err := t.applier.Get(ctx, o)
+			if err != nil {
+				return fmt.Errorf("cluster: read %s %s: %w", o.GetKind(), objName(o), err)
+			}
+			if owner := t.otherOwner(ctx, cur); owner != "" {
+				refused = append(refused, fmt.Sprintf("%s %s belongs to PolicySource %s, not to this one (left out)", o.GetKind(), objName(o), owner))
+				continue
 			}
 		}
+		mine = append(mine, o)
+	}
+	objs = mine
+	for _, o := range objs {
 		if _, err := t.applier.DryRunOne(ctx, o, kubeapply.FieldManager); err != nil {
 			return fmt.Errorf("cluster: the API server refuses %s %s (dry run; nothing applied): %w", o.GetKind(), objName(o), err)
 		}
 	}
+	t.mu.Lock()
+	t.refused = refused
+	t.mu.Unlock()
 	next := map[string]appliedObject{}
 	var created []*unstructured.Unstructured
 	for _, o := range objs {
@@ -245,6 +263,64 @@ func (t *ClusterTarget) Apply(ctx context.Context, revision string, b *policy.Bu
 	return nil
 }
 
+// policySourceGVR is where the sources' inventories are.
+var policySourceGVR = schema.GroupVersionResource{Group: v1alpha1.GroupVersion.Group, Version: v1alpha1.GroupVersion.Version, Resource: "policysources"}
+
+// otherOwner names the other PolicySource ("namespace/name") whose inventory lists cur, as its
+// labels claim; "" when cur is nil, unclaimed, this source's, or claimed by a label that the
+// named source's inventory does not back.
+func (t *ClusterTarget) otherOwner(ctx context.Context, cur *unstructured.Unstructured) string {
+	if cur == nil {
+		return ""
+	}
+	l := cur.GetLabels()
+	n, ns := l[SourceNameLabel], l[SourceNamespaceLabel]
+	if n == "" || (n == t.Source.Name && ns == t.Source.Namespace) {
+		return ""
+	}
+	src, err := t.dyn.Resource(policySourceGVR).Namespace(ns).Get(ctx, n, metav1.GetOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return ""
+		}
+		return ns + "/" + n // unreadable: left out, failing closed
+	}
+	entries, _, _ := unstructured.NestedSlice(src.Object, "status", "inventory", "entries")
+	id := inventoryID(cur)
+	for _, e := range entries {
+		if m, ok := e.(map[string]any); ok && m["id"] == id {
+			return ns + "/" + n
+		}
+	}
+	return ""
+}
+
+// Refused lists the objects the last Apply left out because another source owns them.
+func (t *ClusterTarget) Refused() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.refused)
+}
+
+// CorrectDrift applies the objects of the enforced revision again, as Flux does every interval:
+// one deleted or edited behind the source's back is put back (server-side apply of an unchanged
+// object changes nothing). It returns how many it applied.
+func (t *ClusterTarget) CorrectDrift(ctx context.Context) (int, error) {
+	if err := t.init(); err != nil {
+		return 0, err
+	}
+	t.mu.Lock()
+	good := t.lastGood
+	t.mu.Unlock()
+	var errs []error
+	for _, o := range good {
+		if _, err := t.applier.ApplyOne(ctx, o, kubeapply.FieldManager); err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", o.GetKind(), objName(o), err))
+		}
+	}
+	return len(good), errors.Join(errs...)
+}
+
 func (t *ClusterTarget) enforceTimeout() time.Duration {
 	if t.EnforceTimeout > 0 {
 		return t.EnforceTimeout
@@ -278,6 +354,30 @@ func (t *ClusterTarget) rollback(ctx context.Context, created []*unstructured.Un
 	t.rolledBack = what
 	t.mu.Unlock()
 	return what
+}
+
+// adoptInventory reads back the objects a source's status inventory lists (Flux's ids, with
+// their versions); those gone since are left out.
+func (t *ClusterTarget) adoptInventory(ctx context.Context, entries []v1alpha1.ResourceRef) (map[string]appliedObject, error) {
+	out := map[string]appliedObject{}
+	for _, e := range entries {
+		parts := strings.Split(e.ID, "_")
+		if len(parts) != 4 {
+			continue
+		}
+		o := &unstructured.Unstructured{}
+		o.SetGroupVersionKind(schema.GroupVersionKind{Group: parts[2], Version: e.V, Kind: parts[3]})
+		o.SetNamespace(parts[0])
+		o.SetName(parts[1])
+		cur, err := t.applier.Get(ctx, o)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", e.ID, err)
+		}
+		if cur != nil {
+			out[e.ID] = appliedObject{obj: cur, uid: string(cur.GetUID()), generation: cur.GetGeneration()}
+		}
+	}
+	return out, nil
 }
 
 // readInventory finds what the source applied before (its owner labels): after a restart the

@@ -175,6 +175,12 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if v, ok := obj.Annotations[ReconcileRequestAnnotation]; ok {
 		obj.Status.LastHandledReconcileAt = v
 	}
+	if refused := st.target.Refused(); rerr == nil && len(refused) > 0 {
+		// Enforced without what other sources own: said where the source's status is read.
+		if ready := conditions.Get(&obj, meta.ReadyCondition); ready != nil && ready.Status == metav1.ConditionTrue {
+			conditions.MarkTrue(&obj, meta.ReadyCondition, ready.Reason, "%s; left out: %s", ready.Message, strings.Join(refused, "; "))
+		}
+	}
 	if rb := st.target.RolledBack(); rerr != nil && rb != "" {
 		conditions.MarkFalse(&obj, meta.ReadyCondition, v1alpha1.ApplyFailedReason, "%s", rerr.Error())
 	}
@@ -319,8 +325,16 @@ func (c *Controller) state(ctx context.Context, obj *v1alpha1.PolicySource) (*so
 		target.inventory, target.lastGood, target.enforced = old.target.inventory, old.target.lastGood, old.target.enforced
 		rec.enforcedNamespaces = old.rec.enforcedNamespaces
 	} else if err := target.init(); err == nil {
-		// After a restart the guard starts from what the cluster holds of the source.
-		if inv, err := target.readInventory(ctx); err == nil && len(inv) > 0 {
+		// After a restart the guard starts from what the cluster holds of the source: the
+		// inventory its status records (which only the controller writes), else its labels.
+		inv, err := target.readInventory(ctx)
+		if obj.Status.Inventory != nil {
+			inv, err = target.adoptInventory(ctx, obj.Status.Inventory.Entries)
+			if err == nil {
+				target.inventory = inv
+			}
+		}
+		if err == nil && len(inv) > 0 {
 			rec.enforcedNamespaces = map[string]int{}
 			for _, o := range inv {
 				rec.enforcedNamespaces[o.obj.GetNamespace()]++

@@ -521,9 +521,12 @@ func TestClusterControllerConfinesTenantSources(t *testing.T) {
 	dyn.Resource(cnpGVR).Namespace("tenant").Delete(ctx, "mine", metav1.DeleteOptions{})
 }
 
-// TestClusterTargetKeepsToItsOwn: a source cannot take over a policy another source applied
-// (server-side apply with force would), and the finalizers and owner references a bundle writes
-// are not applied.
+// TestClusterTargetKeepsToItsOwn: ownership comes from the sources' inventories (their status,
+// which only the controller writes), not from labels: a source leaves out, alone, an object
+// another source's inventory lists, and applies the rest; a label that no inventory backs
+// (a tenant relabelling a platform policy) claims nothing, and the owner re-applies its object;
+// what is deleted behind a source's back is put back at its next pass. The finalizers and owner
+// references a bundle writes are not applied.
 func TestClusterTargetKeepsToItsOwn(t *testing.T) {
 	cfg := apiServer.Start(t)
 	kc := kubernetes.NewForConfigOrDie(cfg)
@@ -533,13 +536,41 @@ func TestClusterTargetKeepsToItsOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	startNodeAgent(t, cfg, "own-node")
-	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: shared\n  namespace: own\n" +
-		"  finalizers: [example.com/never]\n  ownerReferences: [{apiVersion: v1, kind: ConfigMap, name: x, uid: 5f0c1a52-0000-4000-8000-000000000001}]\n" +
-		"spec:\n  endpointSelector: {matchLabels: {app: a}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: FROM}}]\n"
-	a := &ClusterTarget{Config: cfg, Source: metav1.ObjectMeta{Namespace: "own", Name: "a"}, Prune: true, EnforceTimeout: 10 * time.Second}
-	if err := a.Apply(ctx, "main@sha1:a", loadBundle(t, strings.Replace(doc, "FROM", "b", 1))); err != nil {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// publish writes a target's inventory into its PolicySource's status, as the controller does.
+	publish := func(name string, target *ClusterTarget) {
+		ps := newObj("https://git.example/p.git")
+		ps.Namespace, ps.Name = "own", name
+		if err := cl.Create(ctx, ps); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		if err := cl.Get(ctx, ktypes.NamespacedName{Namespace: "own", Name: name}, ps); err != nil {
+			t.Fatal(err)
+		}
+		ps.Status.Inventory = target.Inventory()
+		if err := cl.Status().Update(ctx, ps); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Delete(context.Background(), ps) })
+	}
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: NAME\n  namespace: own\n" +
+		"  finalizers: [example.com/never]\n  ownerReferences: [{apiVersion: v1, kind: ConfigMap, name: x, uid: 5f0c1a52-0000-4000-8000-000000000001}]\n" +
+		"spec:\n  endpointSelector: {matchLabels: {app: a}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: FROM}}]\n"
+	policyOf := func(name, from string) string {
+		return strings.Replace(strings.Replace(doc, "NAME", name, 1), "FROM", from, 1)
+	}
+	a := &ClusterTarget{Config: cfg, Source: metav1.ObjectMeta{Namespace: "own", Name: "a"}, Prune: true, EnforceTimeout: 10 * time.Second}
+	if err := a.Apply(ctx, "main@sha1:a", loadBundle(t, policyOf("shared", "b"), policyOf("also-a", "b"))); err != nil {
+		t.Fatal(err)
+	}
+	publish("a", a)
 	got, err := dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "shared", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -547,14 +578,48 @@ func TestClusterTargetKeepsToItsOwn(t *testing.T) {
 	if len(got.GetFinalizers()) != 0 || len(got.GetOwnerReferences()) != 0 {
 		t.Errorf("finalizers %v and owner references %v of the bundle were applied", got.GetFinalizers(), got.GetOwnerReferences())
 	}
+
+	// b's revision names a's policy and one of its own: a's is left out, b's is applied.
 	b := &ClusterTarget{Config: cfg, Source: metav1.ObjectMeta{Namespace: "own", Name: "b"}, Prune: true, EnforceTimeout: 10 * time.Second}
-	err = b.Apply(ctx, "main@sha1:b", loadBundle(t, strings.Replace(doc, "FROM", "c", 1)))
-	if err == nil || !strings.Contains(err.Error(), "belongs to PolicySource own/a") {
-		t.Fatalf("taking over another source's policy: %v", err)
+	if err := b.Apply(ctx, "main@sha1:b", loadBundle(t, policyOf("shared", "c"), policyOf("b-own", "c"))); err != nil {
+		t.Fatalf("a revision naming another source's policy is refused whole: %v", err)
+	}
+	if r := b.Refused(); len(r) != 1 || !strings.Contains(r[0], "CiliumNetworkPolicy own/shared belongs to PolicySource own/a") {
+		t.Errorf("refused %v, want own/shared, a's", r)
 	}
 	got, _ = dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "shared", metav1.GetOptions{})
 	if got.GetAnnotations()[v1alpha1.RevisionAnnotation] != "main@sha1:a" {
 		t.Errorf("the other source's revision was written: %v", got.GetAnnotations())
 	}
-	dyn.Resource(cnpGVR).Namespace("own").Delete(ctx, "shared", metav1.DeleteOptions{})
+	if _, err := dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "b-own", metav1.GetOptions{}); err != nil {
+		t.Errorf("b's own policy was not applied: %v", err)
+	}
+
+	// A tenant relabels a's policy as another source's (which has no inventory): a's next
+	// revision is not refused, and its labels are a's again.
+	got.SetLabels(map[string]string{SourceNameLabel: "x", SourceNamespaceLabel: "own"})
+	if _, err := dyn.Resource(cnpGVR).Namespace("own").Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Apply(ctx, "main@sha1:a2", loadBundle(t, policyOf("shared", "d"), policyOf("also-a", "b"))); err != nil {
+		t.Fatalf("a's revision after a tenant relabelled its policy: %v", err)
+	}
+	got, _ = dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "shared", metav1.GetOptions{})
+	if got.GetLabels()[SourceNameLabel] != "a" || got.GetAnnotations()[v1alpha1.RevisionAnnotation] != "main@sha1:a2" {
+		t.Errorf("a's policy after a's revision: labels %v, annotations %v", got.GetLabels(), got.GetAnnotations())
+	}
+
+	// Deleted behind a's back: put back at a's next pass.
+	if err := dyn.Resource(cnpGVR).Namespace("own").Delete(ctx, "also-a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CorrectDrift(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(cnpGVR).Namespace("own").Get(ctx, "also-a", metav1.GetOptions{}); err != nil {
+		t.Errorf("a deleted policy was not put back: %v", err)
+	}
+	for _, n := range []string{"shared", "also-a", "b-own"} {
+		dyn.Resource(cnpGVR).Namespace("own").Delete(ctx, n, metav1.DeleteOptions{})
+	}
 }

@@ -29,6 +29,11 @@ type Target interface {
 	Enforced() string
 }
 
+// driftCorrector is a Target that can put back what drifted from the enforced revision.
+type driftCorrector interface {
+	CorrectDrift(ctx context.Context) (int, error)
+}
+
 // Node is what a NodeTarget drives: the local node's enforcer.
 type Node interface {
 	Enforce(c *policy.Cluster, policies []*policy.Policy) error
@@ -173,6 +178,15 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		return r.stalledErr
 	}
 	if revision == obj.Status.LastEnforcedRevision && r.allEnforce(revision) {
+		// The same revision: what drifted (an object deleted or edited behind the source's
+		// back) is put back, every interval, as Flux does.
+		for _, t := range r.Targets {
+			if dc, ok := t.(driftCorrector); ok {
+				if _, err := dc.CorrectDrift(ctx); err != nil {
+					return r.fail(obj, v1alpha1.ApplyFailedReason, false, fmt.Errorf("revision %s: put back what drifted: %w", revision, err))
+				}
+			}
+		}
 		r.succeed(obj, revision)
 		return nil
 	}
