@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/go-git/go-git/v5/plumbing/transport/http"
@@ -227,11 +230,10 @@ func (s *Source) Fetch(ctx context.Context, parent string, rev Revision) (string
 	if err != nil {
 		return "", nil, fmt.Errorf("make checkout directory: %w", err)
 	}
-	opts := &git.CloneOptions{URL: s.URL, Auth: auth, Tags: git.NoTags}
+	// No checkout by go-git: checkOut writes the tree itself, within bounds.
+	opts := &git.CloneOptions{URL: s.URL, Auth: auth, Tags: git.NoTags, NoCheckout: true}
 	if rev.full != "" {
 		opts.ReferenceName, opts.SingleBranch, opts.Depth = rev.full, true, 1
-	} else {
-		opts.NoCheckout = true
 	}
 	repo, err := git.PlainCloneContext(ctx, dir, false, opts)
 	if err != nil {
@@ -241,27 +243,90 @@ func (s *Source) Fetch(ctx context.Context, parent string, rev Revision) (string
 		}
 		return "", nil, fmt.Errorf("clone %s at %s: %w", s.URL, rev, err)
 	}
-	if rev.full == "" {
-		wt, err := repo.Worktree()
-		if err == nil {
-			err = wt.Checkout(&git.CheckoutOptions{Hash: rev.Hash, Force: true})
-		}
+	hash := rev.Hash
+	if rev.full != "" {
+		head, err := repo.Head()
 		if err != nil {
 			os.RemoveAll(dir)
-			return "", nil, fmt.Errorf("check out commit %s: %w", rev.Hash, err)
+			return "", nil, fmt.Errorf("read HEAD of the clone: %w", err)
 		}
+		hash = head.Hash()
 	}
-	head, err := repo.Head()
+	commit, err := repo.CommitObject(hash)
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("read HEAD of the checkout: %w", err)
+		return "", nil, fmt.Errorf("read commit %s: %w", hash, err)
 	}
-	commit, err := repo.CommitObject(head.Hash())
-	if err != nil {
+	if err := checkOut(commit, dir); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("read commit %s: %w", head.Hash(), err)
+		return "", nil, fmt.Errorf("check out commit %s: %w", hash, err)
 	}
 	return dir, commit, nil
+}
+
+// Bounds of a checkout: a small repository can hold blobs that inflate to gigabytes, and the
+// controller's scratch directory is the node's disk.
+const (
+	maxCheckoutFile  = 16 << 20 // the loader's own bound on a policy file
+	maxCheckoutBytes = 128 << 20
+	maxCheckoutFiles = 20000
+)
+
+// checkOut writes the commit's tree into dir: regular files and symlinks, each blob's declared
+// size checked against the bounds before a byte of it is inflated, and paths kept beneath dir.
+func checkOut(commit *object.Commit, dir string) error {
+	tree, err := commit.Tree()
+	if err != nil {
+		return err
+	}
+	var total int64
+	files := 0
+	return tree.Files().ForEach(func(f *object.File) error {
+		if files++; files > maxCheckoutFiles {
+			return fmt.Errorf("the repository has more than %d files", maxCheckoutFiles)
+		}
+		rel := filepath.Clean(f.Name)
+		if rel == "." || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) || strings.Contains("/"+rel+"/", "/.git/") {
+			return fmt.Errorf("the tree has a path outside the checkout: %q", f.Name)
+		}
+		if f.Size > maxCheckoutFile {
+			return fmt.Errorf("%s is %d bytes, more than the %d a file may have", f.Name, f.Size, maxCheckoutFile)
+		}
+		if total += f.Size; total > maxCheckoutBytes {
+			return fmt.Errorf("the repository's files are more than %d bytes in all", maxCheckoutBytes)
+		}
+		path := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return err
+		}
+		switch f.Mode {
+		case filemode.Symlink:
+			target, err := f.Contents()
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, path) // the loader and os.Root keep it beneath
+		case filemode.Regular, filemode.Executable, filemode.Deprecated:
+			r, err := f.Reader()
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return err
+			}
+			n, err := io.Copy(out, io.LimitReader(r, f.Size+1))
+			if cerr := out.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil && n != f.Size {
+				err = fmt.Errorf("%s: %d bytes, not the %d declared", f.Name, n, f.Size)
+			}
+			return err
+		}
+		return nil // submodules: nothing to write
+	})
 }
 
 // ErrUnverifiable is returned for signatures go-git cannot check (SSH, x509).

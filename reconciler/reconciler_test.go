@@ -637,3 +637,39 @@ func TestSymlinkedPathStaysInTheCheckout(t *testing.T) {
 		t.Errorf("the status shows the neighbour's policy or an absolute path: %s", all)
 	}
 }
+
+// TestCheckoutBounds: a blob that inflates past the bound (20 MiB of zeros, a few KiB on the
+// wire) is refused by its declared size before it is written, and nothing of the checkout
+// stays; a normal repository still checks out.
+func TestCheckoutBounds(t *testing.T) {
+	srv := newGitServer(t)
+	w := srv.clone(t)
+	w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
+	w.push("main")
+	src := &Source{URL: srv.httpURL(), Ref: v1alpha1.GitRef{Branch: "main"}, Timeout: 10 * time.Second}
+	ctx := context.Background()
+	parent := t.TempDir()
+	rev, err := src.Resolve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _, err := src.Fetch(ctx, parent, rev)
+	if err != nil {
+		t.Fatalf("a normal repository: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "policies", "a.yaml")); err != nil || string(b) != allowB {
+		t.Fatalf("checked out %q, %v", b, err)
+	}
+	os.RemoveAll(dir)
+	w.commit("a bomb", map[string]string{"zeros.bin": strings.Repeat("\x00", 20<<20)})
+	w.push("main")
+	if rev, err = src.Resolve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dir, _, err = src.Fetch(ctx, parent, rev); err == nil || !strings.Contains(err.Error(), "zeros.bin is 20971520 bytes, more than the 16777216 a file may have") {
+		t.Fatalf("20 MiB of zeros: %v (%s)", err, dir)
+	}
+	if left, _ := os.ReadDir(parent); len(left) != 0 {
+		t.Errorf("the refused checkout left %d entries", len(left))
+	}
+}
