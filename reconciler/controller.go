@@ -43,6 +43,10 @@ const ReconcileRequestAnnotation = meta.ReconcileRequestAnnotation
 // conditions and the nodes enforced, events on every transition, and metrics in Flux's shape.
 type Controller struct {
 	Client client.Client
+	// APIReader reads the Secrets a source names, one by one from the API server (the manager's
+	// GetAPIReader): the cached Client would list and watch every Secret of the cluster. Client
+	// when nil.
+	APIReader client.Reader
 	Config *rest.Config
 	Events events.EventRecorder
 	// Namespace is the controller's own: its sources may write policy anywhere; a source of any
@@ -217,6 +221,14 @@ func sourceWorkDir(parent string, nn types.NamespacedName) string {
 	return dir
 }
 
+// secrets reads a Secret uncached (APIReader), with get alone.
+func (c *Controller) secrets() client.Reader {
+	if c.APIReader != nil {
+		return c.APIReader
+	}
+	return c.Client
+}
+
 // namespaceRetry is how soon a source whose namespace's worker is busy is tried again.
 const namespaceRetry = 2 * time.Second
 
@@ -352,7 +364,7 @@ func (c *Controller) auth(ctx context.Context, obj *v1alpha1.PolicySource) (Auth
 		return Auth{}, "", nil
 	}
 	var sec corev1.Secret
-	if err := c.Client.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.SecretRef.Name}, &sec); err != nil {
+	if err := c.secrets().Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.SecretRef.Name}, &sec); err != nil {
 		return Auth{}, "", fmt.Errorf("secretRef %s: %w", obj.Spec.SecretRef.Name, err)
 	}
 	a := Auth{Username: string(sec.Data["username"]), Password: string(sec.Data["password"]),
@@ -370,7 +382,7 @@ func (c *Controller) keyring(ctx context.Context, obj *v1alpha1.PolicySource) st
 		return obj.Spec.VerifyKeyring
 	}
 	var sec corev1.Secret
-	if err := c.Client.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.Verify.SecretRef.Name}, &sec); err != nil {
+	if err := c.secrets().Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.Verify.SecretRef.Name}, &sec); err != nil {
 		return "unreadable keyring secret " + obj.Spec.Verify.SecretRef.Name + ": " + err.Error()
 	}
 	if kr := string(sec.Data["keyring"]); kr != "" {

@@ -154,7 +154,7 @@ func startController(t *testing.T, cfg *rest.Config) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Controller{Client: mgr.GetClient(), Config: cfg, Events: mgr.GetEventRecorder("netpact-reconciler"),
+	c := &Controller{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Config: cfg, Events: mgr.GetEventRecorder("netpact-reconciler"),
 		Name: "policysource-" + strings.ToLower(t.Name()), WorkDir: t.TempDir(), EnforceTimeout: 5 * time.Second}
 	if err := c.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)

@@ -477,16 +477,7 @@ func TestPollingAndBasicAuth(t *testing.T) {
 	w := srv.clone(t)
 	w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
 	w.push("main")
-	// The same repository behind basic authentication.
-	authed := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if u, p, ok := r.BasicAuth(); !ok || u != "bot" || p != "token-123" {
-			rw.Header().Set("WWW-Authenticate", `Basic realm="git"`)
-			http.Error(rw, "unauthorized", http.StatusUnauthorized)
-			return
-		}
-		srv.http.Config.Handler.ServeHTTP(rw, r)
-	}))
-	defer authed.Close()
+	authed := basicAuthServer(t, srv)
 	ctx := context.Background()
 	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second}).Resolve(ctx); err == nil || !strings.Contains(err.Error(), "authentication required") {
 		t.Errorf("no credentials: %v", err)
@@ -516,6 +507,20 @@ func TestPollingAndBasicAuth(t *testing.T) {
 	if src.Clones != 2 {
 		t.Errorf("a new revision made %d clones in all, want 2", src.Clones)
 	}
+}
+
+// basicAuthServer is the repository behind basic authentication: user bot, password token-123.
+func basicAuthServer(t testing.TB, srv *gitServer) *httptest.Server {
+	authed := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "bot" || p != "token-123" {
+			rw.Header().Set("WWW-Authenticate", `Basic realm="git"`)
+			http.Error(rw, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		srv.http.Config.Handler.ServeHTTP(rw, r)
+	}))
+	t.Cleanup(authed.Close)
+	return authed
 }
 
 // TestSSHSource reads the repository over SSH from Debian's sshd, with a key and known_hosts;

@@ -67,7 +67,7 @@ func runController(ctx context.Context, o controllerOptions) error {
 	if err != nil {
 		return fmt.Errorf("controller manager: %w", err)
 	}
-	c := &reconciler.Controller{Client: mgr.GetClient(), Config: cfg, Events: mgr.GetEventRecorder("netpact-reconciler"),
+	c := &reconciler.Controller{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Config: cfg, Events: mgr.GetEventRecorder("netpact-reconciler"),
 		Namespace: o.namespace, WorkDir: os.TempDir(), EnforceTimeout: o.enforceTimeout}
 	if err := c.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the controller: %w", err)
