@@ -172,6 +172,30 @@ func TestAdmissionRefusesWhatTheLoaderRefuses(t *testing.T) {
 	if string(cm.CA()) == string(before) || string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
 		t.Errorf("certificate not rotated, or caBundle not following")
 	}
+	// A rotation now (a name added: the certificate no longer covers its names), and the API
+	// server calls the webhook through the new certificate: a policy the loader refuses is
+	// refused by netpact, a valid one admitted. Were the old certificate still served, or the
+	// caBundle stale, every policy write would fail here.
+	cm.Now = nil
+	before = cm.CA()
+	cm.DNSNames = append(cm.DNSNames, "rotated.netpact.test")
+	if err := cm.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if string(cm.CA()) == string(before) {
+		t.Fatal("no new certificate for a new name")
+	}
+	bad := strings.Replace(good, `"fromEndpoints":[{"matchLabels":{"app":"b"}}]`,
+		`"fromEndpoints":[{"matchLabels":{"app":"b"}}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}],"rules":{"http":[{"path":"("}]}}]`, 1)
+	badObjs, _ := kubeapply.Decode("bad", []byte(bad))
+	if _, err := applier.ApplyOne(ctx, badObjs[0], "kubectl"); err == nil || !strings.Contains(err.Error(), "netpact refuses this policy") {
+		t.Errorf("after a rotation, a policy the loader refuses: %v", err)
+		applier.Delete(ctx, badObjs[0])
+	}
+	if _, err := applier.ApplyOne(ctx, objs[0], "kubectl"); err != nil {
+		t.Errorf("after a rotation, a valid policy refused: %v", err)
+	}
+	applier.Delete(ctx, objs[0])
 }
 
 // TestAdmissionHandlerHostileRequests: what a caller of the webhook's port that is not the API

@@ -623,3 +623,28 @@ func TestClusterTargetKeepsToItsOwn(t *testing.T) {
 		dyn.Resource(cnpGVR).Namespace("own").Delete(ctx, n, metav1.DeleteOptions{})
 	}
 }
+
+// TestClusterTargetDryRunsTheWholeBundle: every object of a revision is dry-run through the API
+// server before any is written: one the API server refuses (a namespace that does not exist)
+// stops the revision with nothing written, not even the objects before it.
+func TestClusterTargetDryRunsTheWholeBundle(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dry"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	startNodeAgent(t, cfg, "dry-node")
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: NAME, namespace: NS}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n"
+	first := strings.NewReplacer("NAME", "aaa-first", "NS", "dry").Replace(doc)
+	missing := strings.NewReplacer("NAME", "zzz-second", "NS", "no-such-namespace").Replace(doc)
+	target := &ClusterTarget{Config: cfg, Source: metav1.ObjectMeta{Namespace: "netpact-system", Name: "dry"}, Prune: true, EnforceTimeout: 10 * time.Second}
+	err := target.Apply(ctx, "main@sha1:dry", loadBundle(t, first, missing))
+	if err == nil || !strings.Contains(err.Error(), "dry run; nothing applied") || !strings.Contains(err.Error(), "no-such-namespace/zzz-second") {
+		t.Fatalf("a bundle the API server refuses in part: %v", err)
+	}
+	if _, err := dyn.Resource(cnpGVR).Namespace("dry").Get(ctx, "aaa-first", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the object before the refused one was written: %v", err)
+	}
+}
