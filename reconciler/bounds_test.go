@@ -57,6 +57,14 @@ func TestPolicySourceBounds(t *testing.T) {
 			t.Errorf("%s: %v, want refused with %q", tc.name, err, tc.refused)
 		}
 	}
+	for url, ok := range map[string]bool{"file:///etc": false, "git@github.com:org/repo.git": false, "ext::sh -c id": false,
+		"ssh://git@github.com/org/repo.git": true, "https://git.example/p.git": true} {
+		ps := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: "np-bounds", GenerateName: "url-"},
+			Spec: v1alpha1.PolicySourceSpec{URL: url, Interval: metav1.Duration{Duration: time.Minute}}}
+		if err := cl.Create(ctx, ps); (err == nil) != ok {
+			t.Errorf("url %q: %v, want accepted %v", url, err, ok)
+		}
+	}
 	if boundInterval(time.Millisecond) != v1alpha1.MinInterval || boundInterval(0) != time.Minute ||
 		boundTimeout(time.Hour) != v1alpha1.MaxTimeout || boundTimeout(0) != 0 {
 		t.Error("the controller does not keep the bounds")

@@ -47,8 +47,8 @@ type Controller struct {
 	// GetAPIReader): the cached Client would list and watch every Secret of the cluster. Client
 	// when nil.
 	APIReader client.Reader
-	Config *rest.Config
-	Events events.EventRecorder
+	Config    *rest.Config
+	Events    events.EventRecorder
 	// Namespace is the controller's own: its sources may write policy anywhere; a source of any
 	// other namespace writes policy of its own namespace only. netpact-system when empty.
 	Namespace string
@@ -368,7 +368,7 @@ func (c *Controller) auth(ctx context.Context, obj *v1alpha1.PolicySource) (Auth
 		return Auth{}, "", fmt.Errorf("secretRef %s: %w", obj.Spec.SecretRef.Name, err)
 	}
 	a := Auth{Username: string(sec.Data["username"]), Password: string(sec.Data["password"]),
-		SSHKey: sec.Data["identity"], KnownHosts: sec.Data["known_hosts"]}
+		SSHKey: sec.Data["identity"], KnownHosts: sec.Data["known_hosts"], CABundle: sec.Data["ca.crt"]}
 	if a.Password == "" {
 		a.Password = string(sec.Data["token"])
 	}

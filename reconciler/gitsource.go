@@ -37,6 +37,8 @@ type Auth struct {
 	Password   string
 	SSHKey     []byte
 	KnownHosts []byte
+	// CABundle (PEM) is trusted for an https server with a private CA (the Secret's ca.crt).
+	CABundle []byte
 }
 
 // Source is a Git repository and the ref to follow.
@@ -89,6 +91,9 @@ func (s *Source) auth() (transport.AuthMethod, error) {
 		keys.HostKeyCallback = cb
 		return keys, nil
 	case s.Auth.Username != "" || s.Auth.Password != "":
+		if strings.HasPrefix(strings.ToLower(s.URL), "http://") {
+			return nil, errors.New("credentials are not sent over plain http: use https (ca.crt in the Secret for a private CA) or ssh")
+		}
 		user := s.Auth.Username
 		if user == "" {
 			user = "git" // a token alone: the user name is not checked by token-based servers
@@ -139,7 +144,7 @@ func (s *Source) Resolve(ctx context.Context) (Revision, error) {
 		return Revision{}, err
 	}
 	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{s.URL}})
-	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth, PeelingOption: git.AppendPeeled})
+	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth, PeelingOption: git.AppendPeeled, CABundle: s.Auth.CABundle})
 	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
 		refs, err = nil, nil // no refs at all: the ref lookup below names what is missing
 	}
@@ -231,7 +236,7 @@ func (s *Source) Fetch(ctx context.Context, parent string, rev Revision) (string
 		return "", nil, fmt.Errorf("make checkout directory: %w", err)
 	}
 	// No checkout by go-git: checkOut writes the tree itself, within bounds.
-	opts := &git.CloneOptions{URL: s.URL, Auth: auth, Tags: git.NoTags, NoCheckout: true}
+	opts := &git.CloneOptions{URL: s.URL, Auth: auth, Tags: git.NoTags, NoCheckout: true, CABundle: s.Auth.CABundle}
 	if rev.full != "" {
 		opts.ReferenceName, opts.SingleBranch, opts.Depth = rev.full, true, 1
 	}

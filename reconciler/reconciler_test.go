@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -477,18 +478,26 @@ func TestPollingAndBasicAuth(t *testing.T) {
 	w := srv.clone(t)
 	w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
 	w.push("main")
-	authed := basicAuthServer(t, srv)
+	authed, ca := basicAuthServer(t, srv)
 	ctx := context.Background()
-	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second}).Resolve(ctx); err == nil || !strings.Contains(err.Error(), "authentication required") {
+	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second, Auth: Auth{CABundle: ca}}).Resolve(ctx); err == nil || !strings.Contains(err.Error(), "authentication required") {
 		t.Errorf("no credentials: %v", err)
 	}
-	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "wrong"}}).Resolve(ctx); err == nil {
+	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "wrong", CABundle: ca}}).Resolve(ctx); err == nil {
 		t.Error("wrong credentials accepted")
+	}
+	if _, err := (&Source{URL: authed.URL + "/policies.git", Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "token-123"}}).Resolve(ctx); err == nil {
+		t.Error("a certificate of an unknown CA accepted")
+	}
+	// Credentials never go over plain http.
+	if _, err := (&Source{URL: srv.httpURL(), Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "token-123"}}).Resolve(ctx); err == nil ||
+		!strings.Contains(err.Error(), "credentials are not sent over plain http") {
+		t.Errorf("basic auth over http: %v", err)
 	}
 
 	target, _ := localNode(t)
 	obj := newObj(authed.URL + "/policies.git")
-	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "token-123"}}
+	src := &Source{URL: obj.Spec.URL, Ref: obj.Spec.Ref, Timeout: 5 * time.Second, Auth: Auth{Username: "bot", Password: "token-123", CABundle: ca}}
 	r := New(obj, src, target)
 	r.WorkDir = t.TempDir()
 	for i := 0; i < 3; i++ {
@@ -509,9 +518,10 @@ func TestPollingAndBasicAuth(t *testing.T) {
 	}
 }
 
-// basicAuthServer is the repository behind basic authentication: user bot, password token-123.
-func basicAuthServer(t testing.TB, srv *gitServer) *httptest.Server {
-	authed := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+// basicAuthServer is the repository over https behind basic authentication (user bot, password
+// token-123), with the PEM of the CA its certificate is from.
+func basicAuthServer(t testing.TB, srv *gitServer) (*httptest.Server, []byte) {
+	authed := httptest.NewTLSServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if u, p, ok := r.BasicAuth(); !ok || u != "bot" || p != "token-123" {
 			rw.Header().Set("WWW-Authenticate", `Basic realm="git"`)
 			http.Error(rw, "unauthorized", http.StatusUnauthorized)
@@ -520,7 +530,7 @@ func basicAuthServer(t testing.TB, srv *gitServer) *httptest.Server {
 		srv.http.Config.Handler.ServeHTTP(rw, r)
 	}))
 	t.Cleanup(authed.Close)
-	return authed
+	return authed, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: authed.Certificate().Raw})
 }
 
 // TestSSHSource reads the repository over SSH from Debian's sshd, with a key and known_hosts;

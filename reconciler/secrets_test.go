@@ -8,8 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/runtime"
+	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -48,12 +48,14 @@ func TestControllerRunsWithTheShippedRBAC(t *testing.T) {
 	w := srv.clone(t)
 	w.commit("allow b", map[string]string{"policies/a.yaml": strings.Replace(allowB, "namespace: app", "namespace: netpact-system", 1)})
 	w.push("main")
-	authed := basicAuthServer(t, srv)
+	authed, ca := basicAuthServer(t, srv)
 	if _, err := kc.CoreV1().Secrets("netpact-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "git-auth"},
-		Data: map[string][]byte{"username": []byte("bot"), "password": []byte("token-123")}}, metav1.CreateOptions{}); err != nil {
+		Data: map[string][]byte{"username": []byte("bot"), "password": []byte("token-123"), "ca.crt": ca}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { kc.CoreV1().Secrets("netpact-system").Delete(context.Background(), "git-auth", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		kc.CoreV1().Secrets("netpact-system").Delete(context.Background(), "git-auth", metav1.DeleteOptions{})
+	})
 	as := rest.CopyConfig(cfg)
 	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:netpact-system:netpact-reconciler"}
 	cl := startController(t, as)

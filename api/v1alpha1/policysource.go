@@ -80,6 +80,9 @@ const (
 // +kubebuilder:validation:XValidation:rule="duration(self.interval) >= duration('10s') && duration(self.interval) <= duration('168h')",message="interval must be between 10s and 168h"
 // +kubebuilder:validation:XValidation:rule="!has(self.timeout) || duration(self.timeout) == duration('0s') || (duration(self.timeout) >= duration('1s') && duration(self.timeout) <= duration('5m'))",message="timeout must be between 1s and 5m (0s: the default)"
 type PolicySourceSpec struct {
+	// URL is the repository: http(s) or ssh, as Flux's GitRepository takes it (an SSH remote is
+	// written ssh://git@host/path).
+	// +kubebuilder:validation:Pattern="^(http|https|ssh)://.+$"
 	URL  string `json:"url"`
 	Ref  GitRef `json:"ref,omitempty"`
 	Path string `json:"path,omitempty"`
