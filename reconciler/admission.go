@@ -352,6 +352,30 @@ func (m *CertManager) patchCABundle(ctx context.Context, ca []byte) error {
 }
 
 // Run keeps the certificate fresh until ctx ends, checking every interval.
+// EnsureRetrying is Ensure until it succeeds (or ctx ends), waiting 1 s, then twice as long each
+// time up to 16 s: at start-up the API server may not answer yet, or the webhook configuration
+// not exist yet, and a controller that exited would wait the kubelet's growing back-off instead.
+func (m *CertManager) EnsureRetrying(ctx context.Context, onErr func(error)) error {
+	wait := time.Second
+	for {
+		err := m.Ensure(ctx)
+		if err == nil {
+			return nil
+		}
+		if onErr != nil {
+			onErr(err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		if wait *= 2; wait > 16*time.Second {
+			wait = 16 * time.Second
+		}
+	}
+}
+
 func (m *CertManager) Run(ctx context.Context, interval time.Duration, onErr func(error)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -245,3 +245,46 @@ func TestAdmissionHandlerHostileRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestCertManagerRetriesAtStart: at start-up the webhook configuration may not exist yet: the
+// certificate manager keeps trying, and succeeds once it does, instead of failing the start.
+func TestCertManagerRetriesAtStart(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const ns = "cert-retry"
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	cm := &CertManager{Client: kc, Namespace: ns, Secret: "cert", Webhook: "netpact-retry-policies", DNSNames: []string{"x.cert-retry.svc"}}
+	failures := 0
+	done := make(chan error, 1)
+	go func() { done <- cm.EnsureRetrying(ctx, func(error) { failures++ }) }()
+	time.Sleep(1500 * time.Millisecond) // a start-up whose webhook configuration comes later
+	none := admissionv1.SideEffectClassNone
+	fail := admissionv1.Fail
+	path := "/validate-policy"
+	if _, err := kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, &admissionv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "netpact-retry-policies"},
+		Webhooks: []admissionv1.ValidatingWebhook{{Name: "retry.netpact.io", SideEffects: &none, FailurePolicy: &fail, AdmissionReviewVersions: []string{"v1"},
+			ClientConfig: admissionv1.WebhookClientConfig{Service: &admissionv1.ServiceReference{Namespace: ns, Name: "x", Path: &path}},
+			Rules: []admissionv1.RuleWithOperations{{Operations: []admissionv1.OperationType{admissionv1.Create},
+				Rule: admissionv1.Rule{APIGroups: []string{"example.com"}, APIVersions: []string{"v1"}, Resources: []string{"nothing"}}}}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), "netpact-retry-policies", metav1.DeleteOptions{})
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("the certificate manager gave up: %v", err)
+	}
+	if failures == 0 {
+		t.Error("no attempt failed before the configuration existed")
+	}
+	vwc, _ := kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "netpact-retry-policies", metav1.GetOptions{})
+	if string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
+		t.Error("the caBundle was not patched once the configuration existed")
+	}
+}

@@ -102,10 +102,15 @@ func runController(ctx context.Context, o controllerOptions) error {
 		svcNS, svcName, _ := strings.Cut(o.admissionService, "/")
 		cm := &reconciler.CertManager{Client: kc, Namespace: o.namespace, Secret: o.admissionCertSecret, Webhook: o.admissionConfig,
 			DNSNames: []string{svcName + "." + svcNS + ".svc", svcName + "." + svcNS + ".svc.cluster.local"}}
-		if err := cm.Ensure(ctx); err != nil {
-			return err
-		}
-		go cm.Run(ctx, time.Hour, func(err error) { log.Error("webhook certificate", "err", err) })
+		// The certificate is issued while the controller starts: until it is, the webhook's
+		// handshakes fail and the API server refuses policy writes (failurePolicy: Fail).
+		go func() {
+			onErr := func(err error) { log.Error("webhook certificate", "err", err) }
+			if cm.EnsureRetrying(ctx, onErr) == nil {
+				log.Info("webhook certificate ready")
+				cm.Run(ctx, time.Hour, onErr)
+			}
+		}()
 		mux := http.NewServeMux()
 		mux.Handle("/validate-policy", &reconciler.AdmissionHandler{NamespaceCIDRs: reconciler.NamespaceCIDRCounter(mgr.GetAPIReader())})
 		ln, err := net.Listen("tcp", o.admissionListen)
