@@ -78,3 +78,46 @@ func TestPolicySourceBounds(t *testing.T) {
 		t.Error("a released namespace cannot be taken again")
 	}
 }
+
+// TestHookSecretPerSource: a source that names a webhook Secret of its own is signed for by its
+// token alone, not by the receiver's shared secret; one that names none takes the shared one; one
+// whose Secret cannot be read takes none (every delivery refused).
+func TestHookSecretPerSource(t *testing.T) {
+	cfg := apiServer.Start(t)
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "np-hooks"}}
+	if err := cl.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Delete(context.Background(), ns) })
+	if err := cl.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "np-hooks", Name: "hook"}, Data: map[string][]byte{"token": []byte("tenant-token")}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, ref := range map[string]string{"own": "hook", "shared": "", "unreadable": "missing"} {
+		ps := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: "np-hooks", Name: name},
+			Spec: v1alpha1.PolicySourceSpec{URL: "https://git.example/p.git", Interval: metav1.Duration{Duration: time.Minute}}}
+		if ref != "" {
+			ps.Spec.WebhookSecretRef = &v1alpha1.LocalObjectReference{Name: ref}
+		}
+		if err := cl.Create(ctx, ps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := &Controller{Client: cl, APIReader: cl}
+	for name, want := range map[string]string{"own": "tenant-token", "shared": "platform", "unreadable": "", "no-such-source": "platform"} {
+		if got := string(c.HookSecret(ctx, "np-hooks", name, []byte("platform"))); got != want {
+			t.Errorf("%s: secret %q, want %q", name, got, want)
+		}
+	}
+}

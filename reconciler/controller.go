@@ -221,6 +221,24 @@ func sourceWorkDir(parent string, nn types.NamespacedName) string {
 	return dir
 }
 
+// HookSecret is the secret that signs the webhook deliveries of a source: its own
+// (spec.webhookSecretRef's token) when it names one, else shared. A source that names a Secret
+// that cannot be read gets none: every delivery is refused.
+func (c *Controller) HookSecret(ctx context.Context, namespace, name string, shared []byte) []byte {
+	var obj v1alpha1.PolicySource
+	if c.Client == nil {
+		return shared
+	}
+	if err := c.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, &obj); err != nil || obj.Spec.WebhookSecretRef == nil {
+		return shared
+	}
+	var sec corev1.Secret
+	if err := c.secrets().Get(ctx, types.NamespacedName{Namespace: namespace, Name: obj.Spec.WebhookSecretRef.Name}, &sec); err != nil {
+		return nil
+	}
+	return sec.Data["token"]
+}
+
 // secrets reads a Secret uncached (APIReader), with get alone.
 func (c *Controller) secrets() client.Reader {
 	if c.APIReader != nil {

@@ -24,6 +24,9 @@ type Receiver struct {
 	// SecretFunc, when set, gives the secret at each request instead of Secret (a mounted
 	// Secret that appears or rotates while the process runs).
 	SecretFunc func() []byte
+	// SecretFor, when set, gives the secret for a request (the source its path names may have
+	// one of its own) instead of SecretFunc and Secret.
+	SecretFor func(r *http.Request) []byte
 	// OnPush, when set, is called instead of Trigger with the authenticated request (the
 	// cluster controller pokes the source the request's path names).
 	OnPush func(r *http.Request)
@@ -59,7 +62,10 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secret := rc.Secret
-	if rc.SecretFunc != nil {
+	switch {
+	case rc.SecretFor != nil:
+		secret = rc.SecretFor(r)
+	case rc.SecretFunc != nil:
 		secret = rc.SecretFunc()
 	}
 	if len(secret) == 0 {

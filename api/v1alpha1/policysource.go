@@ -102,6 +102,10 @@ type PolicySourceSpec struct {
 	// username and password (or a token as password), or identity (an SSH private key) and
 	// known_hosts. In the cluster controller only.
 	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`
+	// WebhookSecretRef names a Secret of the PolicySource's namespace whose "token" signs this
+	// source's webhook deliveries; the receiver's shared secret is then refused for it. Without
+	// it, the shared secret signs them.
+	WebhookSecretRef *LocalObjectReference `json:"webhookSecretRef,omitempty"`
 	// Verify, when set, applies only commits signed by a key of the armored OpenPGP keyring in
 	// the Secret's "keyring" entry (cluster controller; VerifyKeyring inline on a local node).
 	Verify *VerifySpec `json:"verify,omitempty"`
@@ -183,6 +187,10 @@ func (in *PolicySource) DeepCopyInto(out *PolicySource) {
 	if in.Spec.SecretRef != nil {
 		r := *in.Spec.SecretRef
 		out.Spec.SecretRef = &r
+	}
+	if in.Spec.WebhookSecretRef != nil {
+		r := *in.Spec.WebhookSecretRef
+		out.Spec.WebhookSecretRef = &r
 	}
 	if in.Spec.Verify != nil {
 		v := *in.Spec.Verify

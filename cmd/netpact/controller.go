@@ -141,9 +141,13 @@ func runController(ctx context.Context, o controllerOptions) error {
 // authenticated push asks for a reconcile of that source.
 func clusterHookMux(c *reconciler.Controller, secret func() []byte) *http.ServeMux {
 	type key struct{}
-	rc := &reconciler.Receiver{SecretFunc: secret, OnPush: func(r *http.Request) {
+	rc := &reconciler.Receiver{OnPush: func(r *http.Request) {
 		nn := r.Context().Value(key{}).([2]string)
 		c.Poke(nn[0], nn[1])
+	}, SecretFor: func(r *http.Request) []byte {
+		// A source with a webhook secret of its own takes only that one.
+		nn := r.Context().Value(key{}).([2]string)
+		return c.HookSecret(r.Context(), nn[0], nn[1], secret())
 	}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/hook/{namespace}/{name}/{provider}", func(w http.ResponseWriter, r *http.Request) {
