@@ -18,24 +18,7 @@ import (
 // the CRD's message; the controller keeps them too (objects stored before the bounds), and gives
 // a namespace one worker at a time.
 func TestPolicySourceBounds(t *testing.T) {
-	cfg := apiServer.Start(t)
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	if err := corev1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	cl, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "np-bounds"}}
-	if err := cl.Create(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Delete(context.Background(), ns) })
+	cl, ctx := namespaceClient(t, "np-bounds")
 	for _, tc := range []struct {
 		name              string
 		interval, timeout time.Duration
@@ -83,24 +66,7 @@ func TestPolicySourceBounds(t *testing.T) {
 // token alone, not by the receiver's shared secret; one that names none takes the shared one; one
 // whose Secret cannot be read takes none (every delivery refused).
 func TestHookSecretPerSource(t *testing.T) {
-	cfg := apiServer.Start(t)
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	if err := corev1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	cl, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "np-hooks"}}
-	if err := cl.Create(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Delete(context.Background(), ns) })
+	cl, ctx := namespaceClient(t, "np-hooks")
 	if err := cl.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "np-hooks", Name: "hook"}, Data: map[string][]byte{"token": []byte("tenant-token")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -120,4 +86,29 @@ func TestHookSecretPerSource(t *testing.T) {
 			t.Errorf("%s: secret %q, want %q", name, got, want)
 		}
 	}
+}
+
+// namespaceClient is a client of the package's API server (PolicySources and core objects) and a
+// namespace made for the test.
+func namespaceClient(t *testing.T, name string) (client.Client, context.Context) {
+	t.Helper()
+	cfg := apiServer.Start(t)
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := cl.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Delete(context.Background(), ns) })
+	return cl, ctx
 }
