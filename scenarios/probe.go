@@ -229,7 +229,10 @@ func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, c Cell) Out
 		return classify(err)
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if probeagent.DroppedBehindProxy(resp.StatusCode, body) {
+		return Timeout
+	}
 	return Outcome(probeagent.SeenOutcome(resp.StatusCode, c.Seen, probeagent.Saw(resp.Header, c.Seen)))
 }
 

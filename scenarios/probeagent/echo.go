@@ -77,3 +77,12 @@ func SeenOutcome(code int, want, got map[string]string) string {
 	sort.Strings(diff)
 	return out + " saw " + strings.Join(diff, " ")
 }
+
+// DroppedBehindProxy says whether an HTTP answer is the L7 proxy's (and Envoy's) 503 for a
+// connection the destination never answered: the source's egress proxy forwarded the request
+// and the destination's policy dropped the proxy's connection. A probe reports it as timeout,
+// what the same drop gives a probe without a proxy, whether the probe waited long enough to see
+// the 503 or not.
+func DroppedBehindProxy(code int, body []byte) bool {
+	return code == http.StatusServiceUnavailable && strings.Contains(string(body), "reset reason: connection timeout")
+}

@@ -191,7 +191,10 @@ func httpProbe(addr string, r Request, timeout time.Duration) (string, string) {
 		return classify(err)
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if DroppedBehindProxy(resp.StatusCode, body) {
+		return "timeout", "the L7 proxy's connection was dropped: " + strings.TrimSpace(string(body))
+	}
 	return SeenOutcome(resp.StatusCode, r.Seen, Saw(resp.Header, r.Seen)), ""
 }
 
