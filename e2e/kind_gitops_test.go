@@ -23,6 +23,7 @@ import (
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -176,6 +177,11 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 			// Uninstall the controller and its admission webhook (the other specs apply policies
 			// netpact's loader refuses on purpose), the source's policies, and seed 001's pods.
 			_ = cl.Delete(ctx, &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: g.source.Namespace, Name: g.source.Name}})
+			// The controller prunes what the source applied, then lets it go: before it is
+			// uninstalled.
+			Eventually(func() bool {
+				return apierrors.IsNotFound(cl.Get(ctx, g.source, &v1alpha1.PolicySource{}))
+			}).WithTimeout(time.Minute).Should(BeTrue(), "the PolicySource is finalized")
 			dyn := dynamic.NewForConfigOrDie(cfg)
 			_ = dyn.Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}).Namespace("default").
 				DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: reconciler.SourceNameLabel + "=" + g.source.Name})

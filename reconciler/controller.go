@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -134,6 +135,16 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
+	if !obj.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, c.finalize(ctx, &obj)
+	}
+	if !controllerutil.ContainsFinalizer(&obj, PruneFinalizer) {
+		// Added before anything is applied: what the source applies is pruned when it is deleted.
+		controllerutil.AddFinalizer(&obj, PruneFinalizer)
+		if err := c.Client.Update(ctx, &obj); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	if !c.acquire(req.Namespace) {
 		// Another source of the namespace holds a worker: this one waits its turn, and the
 		// other namespaces' sources go on.
@@ -205,6 +216,46 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
 	}
 	return ctrl.Result{RequeueAfter: interval}, nil
+}
+
+// PruneFinalizer keeps a PolicySource until the controller has deleted what it applied (unless
+// spec.prune is false), as Flux garbage-collects a deleted Kustomization's objects.
+const PruneFinalizer = "netpact.io/prune"
+
+// finalize deletes what a deleted source applied (its status inventory; objects annotated
+// netpact.io/prune: disabled are kept; spec.prune: false keeps everything) and lets it go.
+func (c *Controller) finalize(ctx context.Context, obj *v1alpha1.PolicySource) error {
+	if !controllerutil.ContainsFinalizer(obj, PruneFinalizer) {
+		return nil
+	}
+	nn := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name}
+	if (obj.Spec.Prune == nil || *obj.Spec.Prune) && obj.Status.Inventory != nil {
+		target := &ClusterTarget{Config: c.Config, Source: metav1.ObjectMeta{Namespace: obj.Namespace, Name: obj.Name}}
+		if err := target.init(); err != nil {
+			return err
+		}
+		inv, err := target.adoptInventory(ctx, obj.Status.Inventory.Entries)
+		if err != nil {
+			return fmt.Errorf("prune the deleted source's objects: %w", err)
+		}
+		for _, o := range inv {
+			l := o.obj.GetLabels()
+			if o.obj.GetAnnotations()[PruneAnnotation] == "disabled" || l[SourceNameLabel] != obj.Name || l[SourceNamespaceLabel] != obj.Namespace {
+				continue // kept on purpose, or applied by another source since
+			}
+			if err := target.applier.Delete(ctx, o.obj); err != nil {
+				return fmt.Errorf("prune %s of the deleted source: %w", o.obj.GetName(), err)
+			}
+		}
+	}
+	controllerutil.RemoveFinalizer(obj, PruneFinalizer)
+	if err := c.Client.Update(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.sources, nn)
+	c.mu.Unlock()
+	return nil
 }
 
 // sourceWorkDir is a source's own 0700 directory under the controller's work directory (the

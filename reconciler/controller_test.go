@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/netpact/netpact/api/v1alpha1"
@@ -646,5 +648,58 @@ func TestClusterTargetDryRunsTheWholeBundle(t *testing.T) {
 	}
 	if _, err := dyn.Resource(cnpGVR).Namespace("dry").Get(ctx, "aaa-first", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the object before the refused one was written: %v", err)
+	}
+}
+
+// TestDeletedSourcePrunes: a PolicySource carries the prune finalizer; deleting it deletes what
+// it applied before it goes, as Flux does, unless spec.prune is false (then they stay).
+func TestDeletedSourcePrunes(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gc"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	startNodeAgent(t, cfg, "gc-node")
+	cl := startController(t, cfg)
+	for _, prune := range []bool{true, false} {
+		git := newGitServer(t)
+		wt := git.clone(t)
+		name := fmt.Sprintf("gc-%v", prune)
+		doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: NAME}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n"
+		wt.commit("one policy", map[string]string{"policies/p.yaml": strings.Replace(doc, "NAME", name, 1)})
+		wt.push("main")
+		src := newObj(git.httpURL())
+		src.Namespace, src.Name, src.Spec.Prune = "gc", name, &prune
+		if err := cl.Create(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		key := ktypes.NamespacedName{Namespace: "gc", Name: name}
+		got := waitFor(t, cl, key, "enforced", func(o *v1alpha1.PolicySource) bool {
+			ok, _, _ := ready(o)
+			return ok && o.Status.LastEnforcedRevision != "" && o.Status.Inventory != nil
+		})
+		if !controllerutil.ContainsFinalizer(got, PruneFinalizer) {
+			t.Errorf("prune %v: no finalizer %s: %v", prune, PruneFinalizer, got.Finalizers)
+		}
+		if err := cl.Delete(ctx, got); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for !apierrors.IsNotFound(cl.Get(ctx, key, &v1alpha1.PolicySource{})) {
+			if time.Now().After(deadline) {
+				t.Fatalf("prune %v: the deleted source is still there", prune)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		_, err := dyn.Resource(cnpGVR).Namespace("gc").Get(ctx, name, metav1.GetOptions{})
+		if prune && !apierrors.IsNotFound(err) {
+			t.Errorf("the deleted source's policy was not pruned: %v", err)
+		}
+		if !prune && err != nil {
+			t.Errorf("spec.prune false: the deleted source's policy is gone: %v", err)
+		}
+		dyn.Resource(cnpGVR).Namespace("gc").Delete(ctx, name, metav1.DeleteOptions{})
 	}
 }
