@@ -39,15 +39,19 @@ type universe struct {
 	posting     map[string][]*Identity
 	cidrs       []*Identity
 	cidrByAddr  []int // indexes of cidrs by address, then length
-	cidrSet     map[netip.Prefix]bool
-	namespaces  map[string]*Namespace
-	nodes       map[string]*Node
-	endpoints   map[EndpointKey]*Endpoint
-	groups      map[string]*group
-	groupsByID  map[ID][]*group
-	epGroup     map[EndpointKey]*group
-	hostGroup   map[string]*group
-	ipcache     map[netip.Addr]ipEntry
+	// cidrByPrefix finds a CIDR identity by its prefix; cidrBits are the lengths in use, longest
+	// first.
+	cidrByPrefix map[netip.Prefix]*Identity
+	cidrBits     []int
+	cidrSet      map[netip.Prefix]bool
+	namespaces   map[string]*Namespace
+	nodes        map[string]*Node
+	endpoints    map[EndpointKey]*Endpoint
+	groups       map[string]*group
+	groupsByID   map[ID][]*group
+	epGroup      map[EndpointKey]*group
+	hostGroup    map[string]*group
+	ipcache      map[netip.Addr]ipEntry
 	// namedPorts are the named ports of the pods of each identity.
 	namedPorts map[ID][]NamedPort
 	allPorts   []NamedPort
@@ -133,10 +137,18 @@ func newUniverse(c *Cluster, alloc *allocator, cidrs map[netip.Prefix]bool) *uni
 	}
 	u.cidrs = cidrIdentities(alloc, cidrs)
 	u.cidrByAddr = make([]int, len(u.cidrs))
+	u.cidrByPrefix = make(map[netip.Prefix]*Identity, len(u.cidrs))
+	lengths := map[int]bool{}
 	for i, ci := range u.cidrs {
 		u.ids[ci.ID] = ci
 		u.cidrByAddr[i] = i
+		u.cidrByPrefix[ci.Prefix] = ci
+		lengths[ci.Prefix.Bits()] = true
 	}
+	for b := range lengths {
+		u.cidrBits = append(u.cidrBits, b)
+	}
+	sort.Sort(sort.Reverse(sort.IntSlice(u.cidrBits)))
 	sort.Slice(u.cidrByAddr, func(i, j int) bool {
 		a, b := u.cidrs[u.cidrByAddr[i]].Prefix, u.cidrs[u.cidrByAddr[j]].Prefix
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
@@ -160,8 +172,17 @@ func (u *universe) resolve(observer string, ip netip.Addr) (ID, ipEntry) {
 		}
 		return e.identity.ID, e
 	}
-	for _, ci := range u.cidrs {
-		if ci.Prefix.Contains(ip) {
+	// The most specific CIDR identity holding ip: one map lookup per prefix length in use,
+	// longest first (not a scan of every CIDR of every policy).
+	for _, bits := range u.cidrBits {
+		if bits > ip.BitLen() {
+			continue
+		}
+		p, err := ip.Prefix(bits)
+		if err != nil {
+			continue
+		}
+		if ci, ok := u.cidrByPrefix[p]; ok {
 			return ci.ID, ipEntry{identity: ci}
 		}
 	}
