@@ -61,11 +61,11 @@ spec:
 		t.Fatal(err)
 	}
 	nodePort := net.JoinHostPort(node.String(), "30080")
-	dial := func(from string) error {
+	dial := func(from string, wait time.Duration) error {
 		var err error
 		if derr := n.Pod("app/" + from).Do(func() error {
 			var conn net.Conn
-			if conn, err = net.DialTimeout("tcp", nodePort, 700*time.Millisecond); err == nil {
+			if conn, err = net.DialTimeout("tcp", nodePort, wait); err == nil {
 				conn.Close()
 			}
 			return nil
@@ -74,10 +74,10 @@ spec:
 		}
 		return err
 	}
-	if err := dial("c"); err != nil {
+	if err := dial("c", 3*time.Second); err != nil {
 		t.Fatalf("c -> the NodePort (a admits c): %v", err)
 	}
-	if err := dial("b"); err == nil {
+	if err := dial("b", time.Second); err == nil {
 		t.Fatal("b -> the NodePort: connected, though a admits only c: the masqueraded client passed as the host")
 	}
 	// The drop names b's identity, though the packet came from the node's address.
@@ -93,7 +93,7 @@ spec:
 	if !named {
 		t.Error("no drop at a names b's identity")
 	}
-	conn, err := net.DialTimeout("tcp", net.JoinHostPort(a.String(), "8080"), time.Second)
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(a.String(), "8080"), 3*time.Second)
 	if err != nil {
 		t.Fatalf("the host -> a directly (as a kubelet probe): %v", err)
 	}
