@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -370,6 +371,9 @@ func (t *ClusterTarget) adoptInventory(ctx context.Context, entries []v1alpha1.R
 		o.SetNamespace(parts[0])
 		o.SetName(parts[1])
 		cur, err := t.applier.Get(ctx, o)
+		if meta.IsNoMatchError(err) {
+			continue // its kind is gone from the cluster (a CRD removed): nothing of it is left
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", e.ID, err)
 		}

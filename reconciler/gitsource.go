@@ -284,6 +284,13 @@ func checkOut(commit *object.Commit, dir string) error {
 	if err != nil {
 		return err
 	}
+	// Written through os.Root: no path, and no symlink the tree made before it, leads a file
+	// outside the checkout.
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
 	var total int64
 	files := 0
 	return tree.Files().ForEach(func(f *object.File) error {
@@ -300,9 +307,10 @@ func checkOut(commit *object.Commit, dir string) error {
 		if total += f.Size; total > maxCheckoutBytes {
 			return fmt.Errorf("the repository's files are more than %d bytes in all", maxCheckoutBytes)
 		}
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return err
+		if parent := filepath.Dir(rel); parent != "." {
+			if err := root.MkdirAll(parent, 0o700); err != nil {
+				return fmt.Errorf("%s: %w", f.Name, err)
+			}
 		}
 		switch f.Mode {
 		case filemode.Symlink:
@@ -310,16 +318,16 @@ func checkOut(commit *object.Commit, dir string) error {
 			if err != nil {
 				return err
 			}
-			return os.Symlink(target, path) // the loader and os.Root keep it beneath
+			return root.Symlink(target, rel) // never followed out of the checkout (os.Root, the loader)
 		case filemode.Regular, filemode.Executable, filemode.Deprecated:
 			r, err := f.Reader()
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			out, err := root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 			if err != nil {
-				return err
+				return fmt.Errorf("%s: %w", f.Name, err)
 			}
 			n, err := io.Copy(out, io.LimitReader(r, f.Size+1))
 			if cerr := out.Close(); err == nil {

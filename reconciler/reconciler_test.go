@@ -688,3 +688,42 @@ func TestCheckoutBounds(t *testing.T) {
 		t.Errorf("the refused checkout left %d entries", len(left))
 	}
 }
+
+// TestCheckoutStaysInside: a crafted tree (git accepts it) holds a symlink l to a directory
+// outside the checkout and, under the same name, a directory l with a file: written naively the
+// file would land outside. The checkout refuses it and nothing is written there.
+func TestCheckoutStaysInside(t *testing.T) {
+	srv := newGitServer(t)
+	w := srv.clone(t)
+	w.commit("allow b", map[string]string{"policies/a.yaml": allowB})
+	outside := t.TempDir()
+	sh := func(script string) string {
+		t.Helper()
+		cmd := exec.Command("sh", "-c", script)
+		cmd.Dir = w.dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", script, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	link := sh("printf '" + outside + "' | git hash-object -w --stdin")
+	file := sh("printf 'pwned' | git hash-object -w --stdin")
+	sub := sh(`printf '100644 blob ` + file + `\tevil\n' | git mktree`)
+	root := sh(`printf '120000 blob ` + link + `\tl\n040000 tree ` + sub + `\tl\n' | git mktree`)
+	commit := sh("git commit-tree " + root + " -p HEAD -m crafted")
+	sh("git update-ref refs/heads/main " + commit)
+	w.push("main")
+	src := &Source{URL: srv.httpURL(), Ref: v1alpha1.GitRef{Branch: "main"}, Timeout: 10 * time.Second}
+	ctx := context.Background()
+	rev, err := src.Resolve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dir, _, err := src.Fetch(ctx, t.TempDir(), rev); err == nil {
+		t.Errorf("the crafted tree was checked out in %s", dir)
+	}
+	if _, err := os.Stat(filepath.Join(outside, "evil")); err == nil {
+		t.Fatal("the checkout wrote a file outside itself")
+	}
+}

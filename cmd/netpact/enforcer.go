@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -110,7 +111,23 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				return err
 			}
 			defer fr.Close()
-			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, limits, denied403, uplink)
+			// A pod's L7 rule towards a node cannot make the proxy fetch the node agent's
+			// endpoints for it (the proxy connects to a host from the node's address).
+			endpointPorts := map[uint16]bool{}
+			for _, l := range []string{listen, flowsListen, metricsListen} {
+				if _, port, err := net.SplitHostPort(l); err == nil {
+					if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+						endpointPorts[uint16(n)] = true
+					}
+				}
+			}
+			refuse := func(dst netip.AddrPort) string {
+				if endpointPorts[dst.Port()] && enf.IsNodeAddr(dst.Addr()) {
+					return "the node agent's endpoints are not reached through the L7 proxy"
+				}
+				return ""
+			}
+			px, err := startNodeProxy(cmd.Context(), dp, node, log, proxyPort, limits, refuse, denied403, uplink)
 			if err != nil {
 				return err
 			}
@@ -265,14 +282,19 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // startNodeProxy runs the node's L7 HTTP proxy: the routing that delivers what the datapath hands
 // it, its listener (waiting for the previous enforcer's to go during a restart), the port and
 // mark the datapath needs, and the uplink program for flows from other nodes.
-func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, limits proxy.Limits, body, uplink string) (*proxy.Proxy, error) {
+func startNodeProxy(ctx context.Context, dp *datapath.Datapath, node *enforcer.Enforcer, log *slog.Logger, port uint16, limits proxy.Limits,
+	refuse func(netip.AddrPort) string, body, uplink string) (*proxy.Proxy, error) {
 	if limits.MaxConnsPerSource < 1 {
 		return nil, fmt.Errorf("--http-max-conns-per-pod %d: must be at least 1", limits.MaxConnsPerSource)
+	}
+	if limits.MaxHeaderBytes < 16<<10 {
+		// Pipelined requests already buffered (16 KiB) count against the next one's header.
+		return nil, fmt.Errorf("--http-max-header-bytes %d: must be at least 16384", limits.MaxHeaderBytes)
 	}
 	if err := (proxy.Routes{Table: 2004, Priority: 9}).Ensure(); err != nil {
 		return nil, err
 	}
-	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod, Limits: limits,
+	opts := proxy.Options{Decide: node.DecideTCP, Mark: dp.ProxyMark(), DeniedBody: body, KeepSource: node.IsPod, Limits: limits, Refuse: refuse,
 		OnRequest: func(r proxy.Request) { dp.PublishL7(r.Flow(node.State())) }}
 	var px *proxy.Proxy
 	var err error

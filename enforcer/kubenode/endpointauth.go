@@ -117,22 +117,13 @@ func (a *EndpointAuth) review(ctx context.Context, token, path string) int {
 	return 0
 }
 
-// IsTrustedSource says whether ip may read the node's endpoints without a token: one of this
-// node's own addresses, or an address of the API server (the endpoints of default/kubernetes),
-// whose pods/proxy requests carry no credentials. Other nodes are not trusted: where a node
-// masquerades its pods' traffic, their requests would come from it.
+// IsTrustedSource says whether ip may read the node's endpoints without a token: an address of
+// the API server (the endpoints of default/kubernetes), whose pods/proxy requests carry no
+// credentials. Not the node's own addresses, nor other nodes': a pod's connection can come from
+// them (the L7 proxy connects to a host from the node's address; a node may masquerade its pods).
+// The L7 proxy refuses to connect to a node's endpoint port (IsNodeEndpoint), so that a pod
+// cannot borrow the API server node's address either.
 func (e *Enforcement) IsTrustedSource(ip netip.Addr) bool {
-	if e.nodes != nil {
-		if obj, ok, _ := e.nodes.GetStore().GetByKey(e.cfg.NodeName); ok {
-			if node, ok := obj.(*corev1.Node); ok {
-				for _, a := range node.Status.Addresses {
-					if p, err := netip.ParseAddr(a.Address); err == nil && p.Unmap() == ip {
-						return true
-					}
-				}
-			}
-		}
-	}
 	if e.slices == nil {
 		return false
 	}
@@ -146,6 +137,25 @@ func (e *Enforcement) IsTrustedSource(ip netip.Addr) bool {
 				if p, err := netip.ParseAddr(a); err == nil && p.Unmap() == ip {
 					return true
 				}
+			}
+		}
+	}
+	return false
+}
+
+// IsNodeAddr says whether ip is an address (InternalIP or ExternalIP) of any node.
+func (e *Enforcement) IsNodeAddr(ip netip.Addr) bool {
+	if e.nodes == nil {
+		return false
+	}
+	for _, obj := range e.nodes.GetStore().List() {
+		node, ok := obj.(*corev1.Node)
+		if !ok {
+			continue
+		}
+		for _, a := range node.Status.Addresses {
+			if p, err := netip.ParseAddr(a.Address); err == nil && p.Unmap() == ip.Unmap() {
+				return true
 			}
 		}
 	}

@@ -101,6 +101,9 @@ type Options struct {
 	OnRequest func(Request)
 	// DeniedBody replaces DefaultDeniedBody (CRLF appended unless it ends in one).
 	DeniedBody string
+	// Refuse, when it says why (not ""), keeps the proxy from connecting to a destination,
+	// whatever the policy allows: a request for it gets a 403 that says so.
+	Refuse func(dst netip.AddrPort) string
 	Limits
 }
 
@@ -483,6 +486,11 @@ func upstreamTarget(u *url.URL, target string) {
 
 // judge decides a request on the flow with the policy as it is now.
 func (p *Proxy) judge(f flow, r policy.HTTPRequest) policy.HTTPVerdict {
+	if p.opts.Refuse != nil {
+		if why := p.opts.Refuse(f.dst); why != "" {
+			return policy.HTTPVerdict{Index: -1, Reason: why}
+		}
+	}
 	if p.opts.Decide == nil {
 		return policy.HTTPVerdict{Index: -1, Reason: "the proxy has no policy"}
 	}
@@ -632,8 +640,9 @@ func (l *limitedReader) Read(b []byte) (int, error) {
 	l.n -= int64(n)
 	if l.counting && n > 0 && l.bud != nil {
 		if !l.bud.take(l.src, int64(n)) {
+			// Nothing of what the budget cannot hold goes on: the header ends here.
 			l.err = errOverBudget
-			return n, errOverBudget
+			return 0, errOverBudget
 		}
 		l.held += int64(n)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -50,5 +51,27 @@ func TestConnectionToItselfIsClosed(t *testing.T) {
 	}
 	if n := reported.Load(); n != 1 {
 		t.Errorf("%d events, want 1 that says why the connection was closed", n)
+	}
+}
+
+// TestRefusedDestination: a destination the node refuses (the node agent's endpoints) gets no
+// request through the proxy, whatever the policy allows, and the verdict says why.
+func TestRefusedDestination(t *testing.T) {
+	endpoint := netip.MustParseAddrPort("172.18.0.2:9879")
+	p := &Proxy{opts: Options{
+		Decide: func(src, dst netip.AddrPort) (policy.Decision, bool) { return policy.Decision{Outcome: policy.OutcomeAllowed}, true },
+		Refuse: func(dst netip.AddrPort) string {
+			if dst == endpoint {
+				return "the node agent's endpoints are not reached through the L7 proxy"
+			}
+			return ""
+		},
+	}}
+	req := policy.HTTPRequest{Method: "GET", Path: "/flows"}
+	if v := p.judge(flow{src: netip.MustParseAddrPort("10.244.1.5:40000"), dst: endpoint}, req); v.Allowed || !strings.Contains(v.Reason, "node agent's endpoints") {
+		t.Errorf("to the node agent's endpoint: %+v", v)
+	}
+	if v := p.judge(flow{src: netip.MustParseAddrPort("10.244.1.5:40000"), dst: netip.MustParseAddrPort("172.18.0.2:9100")}, req); !v.Allowed {
+		t.Errorf("to another port of the node: %+v", v)
 	}
 }
