@@ -59,7 +59,9 @@ func TestConnectionToItselfIsClosed(t *testing.T) {
 func TestRefusedDestination(t *testing.T) {
 	endpoint := netip.MustParseAddrPort("172.18.0.2:9879")
 	p := &Proxy{opts: Options{
-		Decide: func(src, dst netip.AddrPort) (policy.Decision, bool) { return policy.Decision{Outcome: policy.OutcomeAllowed}, true },
+		Decide: func(src, dst netip.AddrPort) (policy.Decision, bool) {
+			return policy.Decision{Outcome: policy.OutcomeAllowed}, true
+		},
 		Refuse: func(dst netip.AddrPort) string {
 			if dst == endpoint {
 				return "the node agent's endpoints are not reached through the L7 proxy"
