@@ -23,6 +23,7 @@ import (
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -88,7 +89,8 @@ type gitops struct {
 
 // hook posts a signed generic-HMAC push notification to the receiver.
 func (g *gitops) hook() {
-	body := []byte(`{"ref":"refs/heads/main"}`)
+	// The signed timestamp bounds how long a captured notification could be replayed.
+	body := []byte(fmt.Sprintf(`{"ref":"refs/heads/main","timestamp":%d}`, time.Now().Unix()))
 	mac := hmac.New(sha256.New, g.secret)
 	mac.Write(body)
 	req, err := http.NewRequest(http.MethodPost, g.hookURL, bytes.NewReader(body))
@@ -351,6 +353,32 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 		Expect(err).To(HaveOccurred(), "the admission webhook admitted what the loader refuses")
 		Expect(err.Error()).To(ContainSubstring("netpact refuses this policy"))
 		Expect(err.Error()).To(ContainSubstring(list[0].Field + ": " + list[0].Message))
+
+		// The webhook runs apart from the controller, in two replicas a PodDisruptionBudget keeps:
+		// a drain evicts one, not both, and policy writes are still judged meanwhile.
+		adm, err := g.kc.CoreV1().Pods("netpact-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-admission"})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(adm.Items).To(HaveLen(2))
+		evict := func(name string) error {
+			return g.kc.PolicyV1().Evictions("netpact-system").Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "netpact-system"}})
+		}
+		Eventually(func() int32 {
+			pdb, err := g.kc.PolicyV1().PodDisruptionBudgets("netpact-system").Get(ctx, "netpact-admission", metav1.GetOptions{})
+			if err != nil {
+				return -1
+			}
+			return pdb.Status.DisruptionsAllowed
+		}).WithTimeout(time.Minute).Should(Equal(int32(1)), "the PodDisruptionBudget allows one eviction with both replicas ready")
+		Expect(evict(adm.Items[0].Name)).To(Succeed())
+		err = evict(adm.Items[1].Name)
+		Expect(apierrors.IsTooManyRequests(err)).To(BeTrue(), "the second replica was evicted too: %v", err)
+		_, err = applier.ApplyOne(ctx, objs[0], "kubectl")
+		Expect(err).To(HaveOccurred())
+		Expect(err.Error()).To(ContainSubstring("netpact refuses this policy"), "while one replica drains, the other judges")
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		Expect(kubeapply.WaitWorkloads(wctx, g.kc, []*unstructured.Unstructured{workload("Deployment", "netpact-system", "netpact-admission")})).To(Succeed())
+
 		pods, err := g.kc.CoreV1().Pods("netpact-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-reconciler"})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods.Items).To(HaveLen(1))
@@ -396,3 +424,12 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 type keepPods struct{ *gitopsBackend }
 
 func (k keepPods) Stop() error { return nil }
+
+// workload names a Deployment, DaemonSet or StatefulSet for kubeapply.WaitWorkloads.
+func workload(kind, namespace, name string) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{}
+	u.SetKind(kind)
+	u.SetNamespace(namespace)
+	u.SetName(name)
+	return u
+}

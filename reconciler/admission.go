@@ -160,7 +160,9 @@ func deny(resp *admissionv1.AdmissionResponse, msg string) *admissionv1.Admissio
 
 // CertManager keeps the webhook's serving certificate: a CA and a leaf for the webhook's DNS
 // names, kept in a Secret (so that every replica serves the same), renewed when a third of
-// its life is left, and the CA put in the ValidatingWebhookConfiguration's caBundle.
+// its life is left, and the CA put in the ValidatingWebhookConfiguration's caBundle. A renewal
+// keeps the previous CA in the bundle (ca.crt holds the new CA, then the old one): the replicas
+// that still serve the old certificate until they read the Secret again stay trusted.
 type CertManager struct {
 	Client kubernetes.Interface
 	// Secret holds ca.crt, tls.crt and tls.key.
@@ -218,9 +220,13 @@ func (m *CertManager) Ensure(ctx context.Context) error {
 		ca, crt, key = sec.Data["ca.crt"], sec.Data["tls.crt"], sec.Data["tls.key"]
 	}
 	if !m.fresh(crt, key) {
+		prev := ca
 		if ca, crt, key, err = m.issue(); err != nil {
 			return fmt.Errorf("webhook certificate: issue: %w", err)
 		}
+		// The previous CA stays trusted for one more rotation: another replica serves the
+		// certificate it signed until it reads the Secret again.
+		ca = append(ca, m.stillValidCA(prev)...)
 		data := map[string][]byte{"ca.crt": ca, "tls.crt": crt, "tls.key": key}
 		if !exists {
 			_, err = secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.Secret, Namespace: m.Namespace},
@@ -276,6 +282,20 @@ func (m *CertManager) fresh(crt, key []byte) bool {
 		}
 	}
 	return true
+}
+
+// stillValidCA is the first certificate of a stored bundle (the CA that signed the certificate
+// replicas serve) as PEM, when it is a CA and still valid; nothing otherwise.
+func (m *CertManager) stillValidCA(bundle []byte) []byte {
+	block, _ := pem.Decode(bundle)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !c.IsCA || m.now().After(c.NotAfter) {
+		return nil
+	}
+	return pem.EncodeToMemory(block)
 }
 
 // issue makes a new CA and a leaf it signs (ECDSA P-256).

@@ -63,6 +63,9 @@ func startAdmission(t *testing.T, kc kubernetes.Interface, ns string) *CertManag
 	mux.Handle("/validate-policy", &AdmissionHandler{})
 	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{GetCertificate: cm.GetCertificate, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 5 * time.Second}
+	// Every call of the API server makes a handshake: a rotation test must meet the certificate
+	// served now, not a connection kept from before.
+	srv.SetKeepAlivesEnabled(false)
 	go srv.ServeTLS(l, "", "")
 	t.Cleanup(func() {
 		srv.Close()
@@ -287,4 +290,51 @@ func TestCertManagerRetriesAtStart(t *testing.T) {
 	if string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
 		t.Error("the caBundle was not patched once the configuration existed")
 	}
+}
+
+// TestAdmissionReplicasAcrossRotation: two replicas share the Secret; one renews the certificate
+// while the other still serves the old one (it reads the Secret again only at its next check).
+// The API server calls the replica with the old certificate and must still trust it: the
+// caBundle keeps the previous CA. Then that replica takes the new certificate, and is trusted too.
+func TestAdmissionReplicasAcrossRotation(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	const ns = "admission-replicas"
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	serving := startAdmission(t, kc, ns) // the replica the API server calls
+	// The other replica renews now: it is configured with one more name than the certificate has.
+	other := &CertManager{Client: kc, Namespace: serving.Namespace, Secret: serving.Secret, Webhook: serving.Webhook,
+		DNSNames: append(append([]string(nil), serving.DNSNames...), "renewed.netpact.test"), IPs: serving.IPs}
+	if err := other.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if string(other.CA()) == string(serving.CA()) {
+		t.Fatal("the other replica did not renew")
+	}
+	applier, err := kubeapply.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"good","namespace":"` + ns + `"},
+	"spec":{"endpointSelector":{"matchLabels":{"app":"a"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"b"}}]}]}}`
+	objs, _ := kubeapply.Decode("good", []byte(good))
+	if _, err := applier.ApplyOne(ctx, objs[0], "kubectl"); err != nil {
+		t.Errorf("a replica still serving the previous certificate is not trusted: %v", err)
+	}
+	applier.Delete(ctx, objs[0])
+	// The serving replica's next check takes the renewed certificate from the Secret (it covers
+	// its names) instead of issuing its own.
+	if err := serving.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if string(serving.CA()) != string(other.CA()) {
+		t.Error("the serving replica issued its own certificate instead of reading the renewed one")
+	}
+	if _, err := applier.ApplyOne(ctx, objs[0], "kubectl"); err != nil {
+		t.Errorf("after taking the renewed certificate: %v", err)
+	}
+	applier.Delete(ctx, objs[0])
 }

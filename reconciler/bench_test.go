@@ -46,14 +46,18 @@ func BenchmarkPushToEnforced(b *testing.B) {
 				start := time.Now()
 				w.push("main")
 				if mode == "webhook" {
-					payload := `{"ref":"refs/heads/main"}`
+					payload := githubPush(time.Now())
 					req, _ := http.NewRequest(http.MethodPost, hook.URL+"/hook/github", strings.NewReader(payload))
 					req.Header.Set("X-Hub-Signature-256", "sha256="+hmacSHA256(secret, []byte(payload)))
+					req.Header.Set("X-GitHub-Event", "push")
 					resp, err := http.DefaultClient.Do(req)
 					if err != nil {
 						b.Fatal(err)
 					}
 					resp.Body.Close()
+					if resp.StatusCode != http.StatusAccepted {
+						b.Fatalf("webhook receiver: %s", resp.Status)
+					}
 				}
 				want := "main@sha1:" + head
 				for r.Status().Status.LastEnforcedRevision != want {

@@ -14,6 +14,7 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,7 +68,9 @@ type Controller struct {
 	// worker at a time, so a tenant's slow sources cannot hold all of them.
 	busy map[string]bool
 	// pokes asks for a reconcile of one source (the webhook receiver).
-	pokes chan event.GenericEvent
+	pokes      chan event.GenericEvent
+	pokeMu     sync.Mutex
+	pokeBudget map[types.NamespacedName]*pokeState
 }
 
 type sourceState struct {
@@ -113,14 +116,66 @@ func (c *Controller) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(c)
 }
 
-// Poke asks for a reconcile of one source now.
-func (c *Controller) Poke(namespace, name string) {
-	obj := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
-	select {
-	case c.pokes <- event.GenericEvent{Object: obj}:
-	default:
-	}
+// Pushes start at most one reconcile of a source per pokeEvery, after a burst of pokeBurst: a
+// replayed or flooded notification costs no more fetches than a short interval would.
+const (
+	pokeEvery = 2 * time.Second
+	pokeBurst = 30
+)
+
+// pokeState is a source's budget of pokes, and whether one waits for the budget.
+type pokeState struct {
+	limit   *rate.Limiter
+	pending bool
 }
+
+// Poke asks for a reconcile of one source now, or, past its budget, once the budget allows
+// (pokes in between are folded into that one).
+func (c *Controller) Poke(namespace, name string) {
+	key := types.NamespacedName{Namespace: namespace, Name: name}
+	c.pokeMu.Lock()
+	if c.pokeBudget == nil {
+		c.pokeBudget = map[types.NamespacedName]*pokeState{}
+	}
+	st := c.pokeBudget[key]
+	if st == nil {
+		if len(c.pokeBudget) >= maxPokeSources {
+			// Sources are few; a flood of names that are none is not remembered.
+			clear(c.pokeBudget)
+		}
+		st = &pokeState{limit: rate.NewLimiter(rate.Every(pokeEvery), pokeBurst)}
+		c.pokeBudget[key] = st
+	}
+	if st.pending {
+		c.pokeMu.Unlock()
+		return
+	}
+	res := st.limit.Reserve()
+	delay := res.Delay()
+	if delay > 0 {
+		st.pending = true
+	}
+	c.pokeMu.Unlock()
+	send := func() {
+		obj := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+		select {
+		case c.pokes <- event.GenericEvent{Object: obj}:
+		default:
+		}
+	}
+	if delay == 0 {
+		send()
+		return
+	}
+	time.AfterFunc(delay, func() {
+		c.pokeMu.Lock()
+		st.pending = false
+		c.pokeMu.Unlock()
+		send()
+	})
+}
+
+const maxPokeSources = 4096
 
 // Reconcile is one pass for one PolicySource.
 func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

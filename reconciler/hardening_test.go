@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/netpact/netpact/api/v1alpha1"
 )
@@ -223,8 +225,9 @@ func TestWebhookHardening(t *testing.T) {
 	if code, _ := post("/hook/github", "{}", nil); code != http.StatusUnauthorized {
 		t.Errorf("no signature: %d", code)
 	}
-	body := `{"ref":"refs/heads/main"}`
-	signed := map[string]string{"X-Hub-Signature-256": "sha256=" + hmacSHA256(secret, []byte(body)), "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+	body := githubPush(time.Now())
+	signed := map[string]string{"X-Hub-Signature-256": "sha256=" + hmacSHA256(secret, []byte(body)), "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+		"X-GitHub-Event": "push"}
 	if code, _ := post("/hook/github", body, signed); code != http.StatusAccepted {
 		t.Errorf("first delivery: %d", code)
 	}
@@ -256,5 +259,97 @@ func TestSecretFileTrailingNewline(t *testing.T) {
 		if err != nil || string(got) != c.want {
 			t.Errorf("%q: got %q, %v; want %q", c.data, got, err, c.want)
 		}
+	}
+}
+
+// TestWebhookDeliveryAge: a delivery id is not signed, so a captured push replayed with a new id
+// would trigger again; the time in the signed body bounds how long that works. GitHub's ping and
+// other events trigger nothing.
+func TestWebhookDeliveryAge(t *testing.T) {
+	secret := []byte("hook-secret")
+	triggered := 0
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	srv := httptest.NewServer(&Receiver{Secret: secret, Trigger: func() { triggered++ }, Now: func() time.Time { return now }})
+	defer srv.Close()
+	id := 0
+	post := func(kind, event, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/hook/"+kind, strings.NewReader(body))
+		id++
+		sig := "sha256=" + hmacSHA256(secret, []byte(body))
+		switch kind {
+		case "github":
+			req.Header.Set("X-Hub-Signature-256", sig)
+			req.Header.Set("X-GitHub-Delivery", fmt.Sprint(id))
+			req.Header.Set("X-GitHub-Event", event)
+		default:
+			req.Header.Set("X-Signature", sig)
+			req.Header.Set("X-Delivery-ID", fmt.Sprint(id))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	old := githubPush(now.Add(-20 * time.Minute))
+	for _, c := range []struct {
+		name, kind, event, body string
+		code                    int
+		triggers                bool
+	}{
+		{"fresh push", "github", "push", githubPush(now.Add(-time.Minute)), http.StatusAccepted, true},
+		{"a push of 20 minutes ago, new delivery id", "github", "push", old, http.StatusConflict, false},
+		{"the same again, another id", "github", "push", old, http.StatusConflict, false},
+		{"a push signed an hour ahead", "github", "push", githubPush(now.Add(time.Hour)), http.StatusConflict, false},
+		{"a push without pushed_at", "github", "push", `{"ref":"refs/heads/main"}`, http.StatusBadRequest, false},
+		{"no event header", "github", "", githubPush(now), http.StatusBadRequest, false},
+		{"ping", "github", "ping", `{"zen":"Keep it logically awesome."}`, http.StatusOK, false},
+		{"another event", "github", "issues", githubPush(now), http.StatusOK, false},
+		{"generic fresh", "generic-hmac", "", fmt.Sprintf(`{"timestamp":%d}`, now.Unix()), http.StatusAccepted, true},
+		{"generic RFC 3339", "generic-hmac", "", `{"timestamp":"2026-12-07T11:58:00Z"}`, http.StatusAccepted, true},
+		{"generic old", "generic-hmac", "", fmt.Sprintf(`{"timestamp":%d}`, now.Add(-11*time.Minute).Unix()), http.StatusConflict, false},
+		{"generic without a timestamp", "generic-hmac", "", `{"ref":"refs/heads/main"}`, http.StatusBadRequest, false},
+		{"generic, not JSON", "generic-hmac", "", `ref=main`, http.StatusBadRequest, false},
+		{"generic, a fraction", "generic-hmac", "", `{"timestamp":1.5}`, http.StatusBadRequest, false},
+	} {
+		before := triggered
+		if code := post(c.kind, c.event, c.body); code != c.code {
+			t.Errorf("%s: %d, want %d", c.name, code, c.code)
+		}
+		if (triggered > before) != c.triggers {
+			t.Errorf("%s: triggered %v, want %v", c.name, triggered > before, c.triggers)
+		}
+	}
+}
+
+// TestPokeBudget: a flood of notifications for one source (replays within the age bound, or a
+// sender gone wrong) starts a burst of reconciles, then one per pokeEvery: the pokes in between are
+// folded into one, not lost, and not each a fetch.
+func TestPokeBudget(t *testing.T) {
+	c := &Controller{pokes: make(chan event.GenericEvent, 1000)}
+	for range 100 {
+		c.Poke("tenant", "src")
+	}
+	c.Poke("other", "src") // another source has a budget of its own
+	if n := len(c.pokes); n != pokeBurst+1 {
+		t.Fatalf("%d reconciles asked at once, want the burst %d and the other source's", n, pokeBurst)
+	}
+	for range pokeBurst + 1 {
+		<-c.pokes
+	}
+	select {
+	case ev := <-c.pokes:
+		if ev.Object.GetNamespace() != "tenant" {
+			t.Errorf("the folded poke is for %s", ev.Object.GetNamespace())
+		}
+	case <-time.After(5 * pokeEvery):
+		t.Fatal("the pokes past the budget were lost, not folded into one")
+	}
+	select {
+	case <-c.pokes:
+		t.Error("more than one reconcile for the pokes past the budget")
+	case <-time.After(2 * pokeEvery):
 	}
 }

@@ -431,7 +431,7 @@ func TestWebhookSignatures(t *testing.T) {
 	rc := &Receiver{Secret: secret, Trigger: func() { triggered++ }}
 	srv := httptest.NewServer(rc)
 	defer srv.Close()
-	body := `{"ref":"refs/heads/main"}`
+	body := githubPush(time.Now())
 	mac := func(s string) string {
 		h := hmacSHA256(secret, []byte(s))
 		return "sha256=" + h
@@ -451,6 +451,7 @@ func TestWebhookSignatures(t *testing.T) {
 		before := triggered
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+tc.path, strings.NewReader(body))
 		req.Header.Set(tc.header, tc.value)
+		req.Header.Set("X-GitHub-Event", "push")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -463,6 +464,12 @@ func TestWebhookSignatures(t *testing.T) {
 			t.Errorf("%s: triggered=%v", tc.name, fired)
 		}
 	}
+}
+
+// githubPush is a push event's body signed at time at: repository.pushed_at as GitHub sends it
+// (Unix seconds), and a top-level timestamp as a generic-HMAC sender must.
+func githubPush(at time.Time) string {
+	return fmt.Sprintf(`{"ref":"refs/heads/main","timestamp":%d,"repository":{"pushed_at":%d}}`, at.Unix(), at.Unix())
 }
 
 func hmacSHA256(key, body []byte) string {

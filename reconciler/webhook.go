@@ -5,11 +5,14 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Receiver is an HTTP endpoint that triggers a reconcile on a push, as Flux's notification
@@ -17,7 +20,13 @@ import (
 // the shared secret itself) and generic HMAC (X-Signature: sha256=HMAC of the body). A bad
 // signature or token gets 401 and triggers nothing; a body over 1 MiB gets 413 before anything
 // else is read; a delivery id seen before (X-GitHub-Delivery, X-Gitlab-Event-UUID,
-// X-Delivery-ID) gets 409, so a captured request cannot be replayed.
+// X-Delivery-ID) gets 409. Delivery ids are not signed, so a captured request could be replayed
+// with a new id: the signed body bounds its age instead. A GitHub push carries
+// repository.pushed_at; a generic-HMAC body must carry "timestamp" (Unix seconds or RFC 3339).
+// A delivery more than MaxAge from now gets 409 and triggers nothing. GitLab's token is the
+// secret itself and signs nothing: whoever captured one request can forge any, so nothing more is
+// checked there (use a secret per source, over TLS). GitHub's ping is answered without a
+// trigger, and events other than push are ignored.
 type Receiver struct {
 	Secret  []byte
 	Trigger func()
@@ -30,6 +39,10 @@ type Receiver struct {
 	// OnPush, when set, is called instead of Trigger with the authenticated request (the
 	// cluster controller pokes the source the request's path names).
 	OnPush func(r *http.Request)
+	// MaxAge bounds how far a signed delivery's time may be from now; DefaultMaxHookAge when
+	// zero.
+	MaxAge time.Duration
+	Now    func() time.Time
 
 	mu   sync.Mutex
 	seen map[string]bool
@@ -39,6 +52,8 @@ type Receiver struct {
 const (
 	maxHookBody   = 1 << 20
 	maxDeliveries = 4096
+	// DefaultMaxHookAge is how old (or how far ahead, for clock skew) a delivery may be.
+	DefaultMaxHookAge = 10 * time.Minute
 )
 
 var errTooLarge = errors.New("body too large")
@@ -77,6 +92,7 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var ok bool
+	var body []byte
 	switch kind {
 	case "gitlab":
 		// The token authenticates without the body, which is not read at all.
@@ -91,7 +107,8 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !well {
 			break // no signature: nothing is worth reading
 		}
-		body, err := readBody(r.Body)
+		var err error
+		body, err = readBody(r.Body)
 		if errors.Is(err, errTooLarge) {
 			http.Error(w, errTooLarge.Error(), http.StatusRequestEntityTooLarge)
 			return
@@ -108,6 +125,40 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "invalid signature or token", http.StatusUnauthorized)
 		return
 	}
+	if kind == "github" {
+		switch event := r.Header.Get("X-GitHub-Event"); event {
+		case "push":
+		case "ping":
+			w.Write([]byte("pong\n"))
+			return
+		case "":
+			http.Error(w, "no X-GitHub-Event", http.StatusBadRequest)
+			return
+		default:
+			w.Write([]byte("event " + event + " ignored: only push triggers a reconcile\n"))
+			return
+		}
+	}
+	if kind != "gitlab" {
+		at, err := deliveryTime(kind, body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		maxAge := rc.MaxAge
+		if maxAge <= 0 {
+			maxAge = DefaultMaxHookAge
+		}
+		now := time.Now()
+		if rc.Now != nil {
+			now = rc.Now()
+		}
+		if age := now.Sub(at); age > maxAge || age < -maxAge {
+			http.Error(w, fmt.Sprintf("delivery signed for %s, %s from now (at most %s): a replay?",
+				at.UTC().Format(time.RFC3339), age.Round(time.Second), maxAge), http.StatusConflict)
+			return
+		}
+	}
 	if id := r.Header.Get(deliveryHeader); id != "" && !rc.firstDelivery(kind+"/"+id) {
 		http.Error(w, "delivery already seen", http.StatusConflict)
 		return
@@ -118,6 +169,51 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rc.Trigger()
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// deliveryTime reads the time a signed body carries: a GitHub push's repository.pushed_at
+// (Unix seconds), a generic-HMAC body's top-level "timestamp" (Unix seconds or RFC 3339).
+func deliveryTime(kind string, body []byte) (time.Time, error) {
+	var raw json.RawMessage
+	field := "timestamp"
+	if kind == "github" {
+		field = "repository.pushed_at"
+		var push struct {
+			Repository struct {
+				PushedAt json.RawMessage `json:"pushed_at"`
+			} `json:"repository"`
+		}
+		if err := json.Unmarshal(body, &push); err != nil {
+			return time.Time{}, fmt.Errorf("push body: %w", err)
+		}
+		raw = push.Repository.PushedAt
+	} else {
+		var msg struct {
+			Timestamp json.RawMessage `json:"timestamp"`
+		}
+		if err := json.Unmarshal(body, &msg); err != nil {
+			return time.Time{}, fmt.Errorf("body is not a JSON object with a \"timestamp\": %w", err)
+		}
+		raw = msg.Timestamp
+	}
+	if len(raw) == 0 || string(raw) == "null" {
+		return time.Time{}, fmt.Errorf("the signed body has no %s: it bounds how long a delivery can be replayed", field)
+	}
+	var secs json.Number
+	if err := json.Unmarshal(raw, &secs); err == nil {
+		n, err := secs.Int64()
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%s %s: want whole Unix seconds", field, secs)
+		}
+		return time.Unix(n, 0), nil
+	}
+	var text string
+	if err := json.Unmarshal(raw, &text); err == nil {
+		if t, err := time.Parse(time.RFC3339, text); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%s %s: want Unix seconds or an RFC 3339 time", field, raw)
 }
 
 // signature parses "sha256=<hex>".

@@ -100,19 +100,24 @@ func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, er
 		fmt.Fprintf(w, "enforcer:    DaemonSet kube-system/netpact desired %d, ready %d, available %d, up to date %d%s\n",
 			s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable, s.UpdatedNumberScheduled, bad(ok))
 	}
-	dep, err := kc.AppsV1().Deployments("netpact-system").Get(ctx, "netpact-reconciler", metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		fmt.Fprintln(w, "controller:  not installed (netpact-system/netpact-reconciler; deploy/reconciler)")
-	case err != nil:
-		return false, fmt.Errorf("read the controller Deployment: %w", err)
-	default:
-		want := int32(1)
-		if dep.Spec.Replicas != nil {
-			want = *dep.Spec.Replicas
+	for _, d := range []struct{ label, name, what string }{
+		{"controller: ", "netpact-reconciler", "controller"},
+		{"admission:  ", "netpact-admission", "admission webhook"},
+	} {
+		dep, err := kc.AppsV1().Deployments("netpact-system").Get(ctx, d.name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			fmt.Fprintf(w, "%s not installed (netpact-system/%s; deploy/reconciler)\n", d.label, d.name)
+		case err != nil:
+			return false, fmt.Errorf("read the %s Deployment: %w", d.what, err)
+		default:
+			want := int32(1)
+			if dep.Spec.Replicas != nil {
+				want = *dep.Spec.Replicas
+			}
+			fmt.Fprintf(w, "%s Deployment netpact-system/%s ready %d/%d%s\n", d.label, d.name,
+				dep.Status.ReadyReplicas, want, bad(dep.Status.ReadyReplicas >= want && want > 0))
 		}
-		fmt.Fprintf(w, "controller:  Deployment netpact-system/netpact-reconciler ready %d/%d%s\n",
-			dep.Status.ReadyReplicas, want, bad(dep.Status.ReadyReplicas >= want && want > 0))
 	}
 	cl, err := policySourceClient(cfg)
 	if err != nil {

@@ -89,6 +89,7 @@ func TestClusterStatus(t *testing.T) {
 	for _, want := range []string{
 		"enforcer:    DaemonSet kube-system/netpact desired 3, ready 3, available 3, up to date 3\n",
 		"controller:  not installed",
+		"admission:   not installed",
 		"  netpact-system/policies: Ready True, enforced on 3/3 nodes, revision main@sha1:abc\n",
 		"nodes:       2 report status, 1 with errors  <- not healthy",
 		"  node-b: CiliumNetworkPolicy app/a: spec.ingress[0]: the rule is too big for the datapath",

@@ -2,19 +2,15 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -27,17 +23,15 @@ import (
 // controllerOptions are the flags of `netpact reconciler` without --source: the cluster's
 // PolicySource controller.
 type controllerOptions struct {
-	kubeconfig, namespace                string
-	leaderElect                          bool
-	metricsListen, healthListen          string
-	receiverListen, receiverSecretFile   string
-	admissionListen, admissionService    string
-	admissionConfig, admissionCertSecret string
-	enforceTimeout                       time.Duration
+	kubeconfig, namespace              string
+	leaderElect                        bool
+	metricsListen, healthListen        string
+	receiverListen, receiverSecretFile string
+	enforceTimeout                     time.Duration
 }
 
 // runController runs the PolicySource controller until ctx ends: the manager (leader election,
-// metrics, health), the webhook receiver, and the admission webhook with its certificates.
+// metrics, health) and the webhook receiver. The admission webhook runs apart (netpact admission).
 func runController(ctx context.Context, o controllerOptions) error {
 	cfg, err := restConfig(o.kubeconfig)
 	if err != nil {
@@ -47,6 +41,11 @@ func runController(ctx context.Context, o controllerOptions) error {
 	// client-go's default of 5 requests per second would space the polls out to a second.
 	cfg.QPS, cfg.Burst = 50, 100
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The container's memory limit, 90% of it as Go's soft limit: the collector works harder
+	// before the kernel kills the process.
+	if limit, ok := softMemoryLimit("/sys/fs/cgroup/memory.max"); ok {
+		log.Info("Go soft memory limit from the container's", "bytes", limit)
+	}
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -78,11 +77,7 @@ func runController(ctx context.Context, o controllerOptions) error {
 	if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	errs := make(chan error, 3)
+	errs := make(chan error, 2)
 	if o.receiverListen != "" {
 		if _, err := reconciler.ReadSecretFile(o.receiverSecretFile); errors.Is(err, os.ErrNotExist) {
 			// The Secret is optional: every hook is refused (401) until its file exists.
@@ -98,33 +93,9 @@ func runController(ctx context.Context, o controllerOptions) error {
 		go func() { errs <- srv.ListenAndServe() }()
 		defer srv.Close()
 	}
-	if o.admissionListen != "" {
-		svcNS, svcName, _ := strings.Cut(o.admissionService, "/")
-		cm := &reconciler.CertManager{Client: kc, Namespace: o.namespace, Secret: o.admissionCertSecret, Webhook: o.admissionConfig,
-			DNSNames: []string{svcName + "." + svcNS + ".svc", svcName + "." + svcNS + ".svc.cluster.local"}}
-		// The certificate is issued while the controller starts: until it is, the webhook's
-		// handshakes fail and the API server refuses policy writes (failurePolicy: Fail).
-		go func() {
-			onErr := func(err error) { log.Error("webhook certificate", "err", err) }
-			if cm.EnsureRetrying(ctx, onErr) == nil {
-				log.Info("webhook certificate ready")
-				cm.Run(ctx, time.Hour, onErr)
-			}
-		}()
-		mux := http.NewServeMux()
-		mux.Handle("/validate-policy", &reconciler.AdmissionHandler{NamespaceCIDRs: reconciler.NamespaceCIDRCounter(mgr.GetAPIReader())})
-		ln, err := net.Listen("tcp", o.admissionListen)
-		if err != nil {
-			return fmt.Errorf("admission webhook: %w", err)
-		}
-		srv := newServer("", mux)
-		srv.TLSConfig = &tls.Config{GetCertificate: cm.GetCertificate, MinVersion: tls.VersionTLS12}
-		go func() { errs <- srv.ServeTLS(ln, "", "") }()
-		defer srv.Close()
-	}
 	go func() { errs <- mgr.Start(ctx) }()
 	log.Info("PolicySource controller starting", "namespace", o.namespace, "leaderElection", o.leaderElect,
-		"receiver", o.receiverListen, "admission", o.admissionListen)
+		"receiver", o.receiverListen)
 	select {
 	case err := <-errs:
 		if err == http.ErrServerClosed {

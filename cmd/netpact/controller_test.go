@@ -5,9 +5,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/netpact/netpact/reconciler"
 )
@@ -18,7 +20,7 @@ import (
 func TestClusterHookMux(t *testing.T) {
 	secret := []byte("")
 	mux := clusterHookMux(&reconciler.Controller{}, func() []byte { return secret })
-	body := []byte(`{"ref":"refs/heads/main"}`)
+	body := []byte(fmt.Sprintf(`{"ref":"refs/heads/main","timestamp":%d}`, time.Now().Unix()))
 	sign := func(key []byte) string {
 		m := hmac.New(sha256.New, key)
 		m.Write(body)

@@ -23,7 +23,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
+	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newAdmissionCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
 		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand())
 	return root
 }

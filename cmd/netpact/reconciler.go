@@ -52,8 +52,8 @@ Without --source it is the cluster's controller (in-cluster, or --kubeconfig): e
 is fetched, validated as one unit, server-side applied (field manager netpact, netpact.io/revision,
 owner labels), pruned, and reported Ready only once every node's NodePolicyStatus holds the
 applied generations ("enforced on N/N nodes", the lagging named). It also serves the webhook
-receiver (/hook/NAMESPACE/NAME/{github,gitlab,generic-hmac}) and the admission webhook that
-refuses what netpact validate refuses (/validate-policy, certificates issued and rotated here).`,
+receiver (/hook/NAMESPACE/NAME/{github,gitlab,generic-hmac}). The admission webhook that refuses
+what netpact validate refuses runs apart, in replicas of its own: netpact admission.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if src.URL == "" {
@@ -184,10 +184,6 @@ refuses what netpact validate refuses (/validate-policy, certificates issued and
 	f.BoolVar(&co.leaderElect, "leader-elect", true, "cluster controller: one active replica at a time (a Lease)")
 	f.StringVar(&co.metricsListen, "metrics-listen", ":8080", "cluster controller: Prometheus metrics address (0: none)")
 	f.StringVar(&co.healthListen, "health-listen", ":8081", "cluster controller: /healthz and /readyz address (0: none)")
-	f.StringVar(&co.admissionListen, "admission-listen", "", "cluster controller: address of the admission webhook (HTTPS), such as :9443")
-	f.StringVar(&co.admissionService, "admission-service", "netpact-system/netpact-reconciler", "cluster controller: the webhook's Service (namespace/name), for the certificate's names")
-	f.StringVar(&co.admissionConfig, "admission-config", "netpact-policies", "cluster controller: the ValidatingWebhookConfiguration whose caBundle is kept")
-	f.StringVar(&co.admissionCertSecret, "admission-cert-secret", "netpact-webhook-cert", "cluster controller: Secret holding the webhook's CA and certificate")
 	f.DurationVar(&co.enforceTimeout, "enforce-timeout", 2*time.Minute, "cluster controller: how long a revision may take to be enforced on every node")
 	return cmd
 }
