@@ -434,6 +434,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoint_netns SEC(".maps");
 
+// Each endpoint's pod network namespace as the node's namespace numbers it (its nsid): where
+// tc looks up the pod's sockets.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);  // ifindex of the host-side veth
+	__type(value, __s32); // the nsid of the pod's network namespace
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoint_nsid SEC(".maps");
+
 // The node's endpoints by address, for the ingress L7 redirect where a packet enters the node.
 struct endpoint_addr_key {
 	__u32 family;
@@ -1303,18 +1313,70 @@ static __always_inline void ct_revoke(struct ct_key *k)
 		cv->flags |= CT_REVOKED;
 }
 
-// recover_reply: a mid-stream TCP packet (ACK, no SYN) with no conntrack entry may be a reply
-// of a flow whose entry the node's LRU evicted (another pod opened many flows). Rather than drop
-// it (it was about to be dropped by default deny, with no entry of its own, not even a revoked
-// one), check the policy of the flow it would answer (the other direction, ports swapped) as it
-// stands now; if the policy allows that flow, re-create its entry and pass the packet as its
-// reply: the traffic is then what the policy allows for a flow opened the other way. Returns 1
-// when it did; p is swapped back when it did not.
-static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u32 dir, __u32 peer_id, struct pkt *p,
+// own_tuple is the packet's own tuple, for a socket lookup.
+static __always_inline __u32 own_tuple(struct pkt *p, struct bpf_sock_tuple *t)
+{
+	if (p->family == FAMILY_V4) {
+		__builtin_memcpy(&t->ipv4.saddr, p->saddr, 4);
+		__builtin_memcpy(&t->ipv4.daddr, p->daddr, 4);
+		t->ipv4.sport = p->sport;
+		t->ipv4.dport = p->dport;
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+	__builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+	t->ipv6.sport = p->sport;
+	t->ipv6.dport = p->dport;
+	return sizeof(t->ipv6);
+}
+
+// udp_connected_reply: a UDP datagram to a pod that a socket of the pod connected to its sender
+// receives (connect(2) on both addresses and ports, as resolvers and most UDP clients do) answers
+// a flow the pod opened. A socket bound but not connected says nothing about who spoke first.
+static __attribute__((noinline)) int udp_connected_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 ifindex = skb->ifindex;
+	__s32 *nsid = bpf_map_lookup_elem(&endpoint_nsid, &ifindex);
+	if (!nsid || *nsid < 0)
+		return 0;
+	struct bpf_sock_tuple t = {};
+	__u32 len = own_tuple(p, &t);
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, len, (__u32)*nsid, 0);
+	if (!sk)
+		return 0;
+	int ok = sk->dst_port == p->sport;
+	if (p->family == FAMILY_V4)
+		ok = ok && sk->dst_ip4 == t.ipv4.saddr;
+	else
+		ok = ok && sk->dst_ip6[0] == t.ipv6.saddr[0] && sk->dst_ip6[1] == t.ipv6.saddr[1] &&
+		     sk->dst_ip6[2] == t.ipv6.saddr[2] && sk->dst_ip6[3] == t.ipv6.saddr[3];
+	bpf_sk_release(sk);
+	return ok;
+}
+
+// recover_reply: a packet with no conntrack entry may be a reply of a flow whose entry the
+// node's LRU evicted (another pod opened many flows): a mid-stream TCP packet (ACK, no SYN), or
+// (udp_reply) a UDP datagram to a pod's socket connected to its sender. Rather than drop it (it
+// was about to be dropped by default deny, with no entry of its own, not even a revoked one),
+// check the policy of the flow it would answer (the other direction, ports swapped) as it stands
+// now; if the policy allows that flow, re-create its entry and pass the packet as its reply: the
+// traffic is then what the policy allows for a flow opened the other way. how is the direction,
+// with RECOVER_UDP when udp_connected_reply said yes (a BPF function takes five arguments).
+// Returns 1 when it did; p is swapped back when it did not.
+#define RECOVER_UDP 0x100
+static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u32 how, __u32 peer_id, struct pkt *p,
 						   __u32 rev)
 {
-	if (p->proto != PROTO_TCP || !(p->tcp_flags & 0x10) || (p->tcp_flags & 0x02) || p->is_frag)
+	__u32 dir = how & 1;
+	int udp_reply = (how & RECOVER_UDP) != 0;
+	if (p->is_frag)
 		return 0;
+	if (p->proto == PROTO_TCP) {
+		if (!(p->tcp_flags & 0x10) || (p->tcp_flags & 0x02))
+			return 0;
+	} else if (p->proto != PROTO_UDP || !udp_reply) {
+		return 0;
+	}
 	__u8 tmp[16];
 	__be16 port;
 	__builtin_memcpy(tmp, p->saddr, 16);
@@ -1351,22 +1413,6 @@ static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u
 // its packets enter the node's stack (a pod's host veth ingress, the uplink's ingress), to the
 // proxy's socket of that flow when there is one, else to the parser's listener on 127.0.0.1 or
 // ::1; MARK_TO_PROXY makes the node deliver it locally.
-
-static __always_inline __u32 own_tuple(struct pkt *p, struct bpf_sock_tuple *t)
-{
-	if (p->family == FAMILY_V4) {
-		__builtin_memcpy(&t->ipv4.saddr, p->saddr, 4);
-		__builtin_memcpy(&t->ipv4.daddr, p->daddr, 4);
-		t->ipv4.sport = p->sport;
-		t->ipv4.dport = p->dport;
-		return sizeof(t->ipv4);
-	}
-	__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
-	__builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
-	t->ipv6.sport = p->sport;
-	t->ipv6.dport = p->dport;
-	return sizeof(t->ipv6);
-}
 
 static __always_inline void mark_to_proxy(struct __sk_buff *skb)
 {
@@ -1723,7 +1769,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (best.verdict == 0 && enforced) {
 		// No entry at all, not even a revoked one: this may be a reply whose flow's entry the
 		// LRU evicted.
-		if (!had_entry && !p->is_frag && recover_reply(ep, dir, peer_id, p, rev)) {
+		int udp_reply = !had_entry && !p->is_frag && p->proto == PROTO_UDP && dir == DIR_INGRESS &&
+				udp_connected_reply(skb, p);
+		if (!had_entry && !p->is_frag && recover_reply(ep, dir | (udp_reply ? RECOVER_UDP : 0), peer_id, p, rev)) {
 			count(REASON_FORWARD_REPLY_RECOVERED, skb->len);
 			return TC_ACT_OK;
 		}

@@ -401,6 +401,7 @@ type NetpactMapSpecs struct {
 	CtScratch        *ebpf.MapSpec `ebpf:"ct_scratch"`
 	EndpointAddrs    *ebpf.MapSpec `ebpf:"endpoint_addrs"`
 	EndpointNetns    *ebpf.MapSpec `ebpf:"endpoint_netns"`
+	EndpointNsid     *ebpf.MapSpec `ebpf:"endpoint_nsid"`
 	Endpoints        *ebpf.MapSpec `ebpf:"endpoints"`
 	EventRatelimit   *ebpf.MapSpec `ebpf:"event_ratelimit"`
 	Events           *ebpf.MapSpec `ebpf:"events"`
@@ -455,6 +456,7 @@ type NetpactMaps struct {
 	CtScratch        *ebpf.Map `ebpf:"ct_scratch"`
 	EndpointAddrs    *ebpf.Map `ebpf:"endpoint_addrs"`
 	EndpointNetns    *ebpf.Map `ebpf:"endpoint_netns"`
+	EndpointNsid     *ebpf.Map `ebpf:"endpoint_nsid"`
 	Endpoints        *ebpf.Map `ebpf:"endpoints"`
 	EventRatelimit   *ebpf.Map `ebpf:"event_ratelimit"`
 	Events           *ebpf.Map `ebpf:"events"`
@@ -481,6 +483,7 @@ func (m *NetpactMaps) Close() error {
 		m.CtScratch,
 		m.EndpointAddrs,
 		m.EndpointNetns,
+		m.EndpointNsid,
 		m.Endpoints,
 		m.EventRatelimit,
 		m.Events,

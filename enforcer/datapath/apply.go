@@ -76,6 +76,9 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 		}
 		d.netns[ep.Ifindex] = ep.NetnsCookie
 	}
+	if err := d.writeNsid(ep.Ifindex); err != nil {
+		return false, err
+	}
 	if err := d.writeAddrs(ep.Ifindex, info); err != nil {
 		return false, err
 	}
@@ -530,8 +533,31 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 	return nil
 }
 
-// forgetNetns deletes an interface's network namespace cookie (flow events name no Service for it).
+// forgetNetns deletes an interface's network namespace cookie (flow events name no Service for
+// it) and id (no UDP reply is recovered for it).
 func (d *Datapath) forgetNetns(ifindex int) {
 	_ = d.objs.EndpointNetns.Delete(uint32(ifindex))
 	delete(d.netns, ifindex)
+	_ = d.objs.EndpointNsid.Delete(uint32(ifindex))
+	delete(d.nsid, ifindex)
+}
+
+// writeNsid writes the id the node's network namespace gives the namespace at the other end of
+// the endpoint's veth (IFLA_LINK_NETNSID, allocated by the kernel when the link is read): with it
+// tc finds the pod's UDP sockets, to recover the answers of flows whose conntrack entries another
+// pod's flows evicted. An interface without a peer namespace gets none (-1): nothing to recover.
+func (d *Datapath) writeNsid(ifindex int) error {
+	if _, ok := d.nsid[ifindex]; ok {
+		return nil
+	}
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("read endpoint interface %d: %w", ifindex, err)
+	}
+	id := int32(l.Attrs().NetNsID)
+	if err := d.objs.EndpointNsid.Put(uint32(ifindex), id); err != nil {
+		return fmt.Errorf("write endpoint network namespace id: %w", err)
+	}
+	d.nsid[ifindex] = id
+	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netpact/netpact/enforcer/podnet"
 )
 
 // Real frames from pod namespaces that tried to walk around policy: tagged and non-IP frames,
@@ -547,5 +549,120 @@ spec:
 	after, _ := d.Counters()
 	if after[ReasonForwardRecovered].Packets == before[ReasonForwardRecovered].Packets {
 		t.Error("no reply was counted as recovered after the eviction")
+	}
+}
+
+// TestUDPAnswerAfterConntrackEviction: a pod's conntrack entries can be evicted by another pod's
+// flows (one LRU for the node). A UDP answer has no ACK to tell it from a new flow, so without
+// its entry it met a's ingress default deny: a resolver waiting on its open flow lost the answer.
+// An answer to a socket of a connected to the answer's sender is a reply of a flow a opened; it
+// passes when a's egress policy allows that flow now, and is counted as recovered. The same
+// datagram to a socket of a that is only bound, or from a peer a's egress does not allow, is
+// still dropped.
+func TestUDPAnswerAfterConntrackEviction(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.apply(t, d, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: nobody}}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: b}}]
+    toPorts: [{ports: [{port: "5353", protocol: UDP}]}]
+`)
+	a, b, c := n.pods["a"], n.pods["b"], n.pods["c"]
+	listen := func(p *podnet.Pod, addr string) *net.UDPConn {
+		var conn *net.UDPConn
+		if err := p.Do(func() error {
+			pc, err := net.ListenPacket("udp", addr)
+			if err == nil {
+				conn = pc.(*net.UDPConn)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	dial := func(p *podnet.Pod, to netip.AddrPort) *net.UDPConn {
+		var conn *net.UDPConn
+		if err := p.Do(func() (err error) {
+			conn, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	read := func(conn *net.UDPConn) (string, netip.AddrPort, error) {
+		conn.SetReadDeadline(time.Now().Add(probeTimeout))
+		buf := make([]byte, 64)
+		k, from, err := conn.ReadFromUDPAddrPort(buf)
+		return string(buf[:k]), from, err
+	}
+	server := listen(b, ":5353")
+	rogue := listen(c, ":5353")
+	for _, fam := range []struct {
+		name    string
+		a, b, c netip.Addr
+	}{{"IPv4", a.IPv4, b.IPv4, c.IPv4}, {"IPv6", a.IPv6, b.IPv6, c.IPv6}} {
+		resolver := dial(a, netip.AddrPortFrom(fam.b, 5353))
+		// ask sends a query on the resolver's open flow; b receives it and answers after evict.
+		ask := func(q string, evict bool) error {
+			if _, err := resolver.Write([]byte(q)); err != nil {
+				return err
+			}
+			got, from, err := read(server)
+			if err != nil || got != q {
+				return fmt.Errorf("b did not receive %q: %q %v", q, got, err)
+			}
+			if evict && clearConntrack(t, d) == 0 {
+				t.Fatal("no conntrack entries to evict")
+			}
+			if _, err := server.WriteToUDPAddrPort([]byte("answer "+q), from); err != nil {
+				return err
+			}
+			got, _, err = read(resolver)
+			if err != nil || got != "answer "+q {
+				return fmt.Errorf("answer: %q %v", got, err)
+			}
+			return nil
+		}
+		if err := ask("before", false); err != nil {
+			t.Fatalf("%s: the answer on a's open flow: %v", fam.name, err)
+		}
+		before, _ := d.Counters()
+		if err := ask("after", true); err != nil {
+			t.Errorf("%s: the answer on a's open flow after its conntrack entry was evicted: %v", fam.name, err)
+		}
+		after, _ := d.Counters()
+		if after[ReasonForwardRecovered].Packets == before[ReasonForwardRecovered].Packets {
+			t.Errorf("%s: no answer was counted as recovered after the eviction", fam.name)
+		}
+
+		// Not a way in: a datagram from b's port 5353 to a socket of a that is bound, not
+		// connected, is a new flow a's ingress denies.
+		bound := listen(a, net.JoinHostPort(fam.a.String(), "0"))
+		if _, err := server.WriteToUDPAddrPort([]byte("unasked"), netip.MustParseAddrPort(bound.LocalAddr().String())); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := read(bound); err == nil {
+			t.Errorf("%s: %q reached a's bound socket past its ingress policy", fam.name, got)
+		}
+		// Nor a connected socket towards a peer a's egress does not allow (c): its answer is not
+		// the reply of an allowed flow.
+		toC := dial(a, netip.AddrPortFrom(fam.c, 5353))
+		if _, err := rogue.WriteToUDPAddrPort([]byte("from c"), netip.MustParseAddrPort(toC.LocalAddr().String())); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := read(toC); err == nil {
+			t.Errorf("%s: %q from c reached a past its policy", fam.name, got)
+		}
 	}
 }

@@ -87,6 +87,10 @@ type Datapath struct {
 	lookupLink    link.Link // proxy_lookup in this process's network namespace (SetProxyListeners)
 	// netns are the endpoints' network namespace cookies the endpoint_netns map holds.
 	netns map[int]uint64
+	// nsid are the ids of the endpoints' network namespaces this process wrote to the
+	// endpoint_nsid map (each read anew once per process: an interface index may have been
+	// reused while the node agent was down).
+	nsid map[int]int32
 	// l7 carries the L7 proxy's events to the flow reader.
 	l7 chan Flow
 }
@@ -124,7 +128,7 @@ func Open(opts Options) (d *Datapath, err error) {
 	if err := dropStaleStatsPins(opts.PinPath); err != nil {
 		return nil, err
 	}
-	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}}
+	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}, nsid: map[int]int32{}}
 	err = loadObjects(&d.objs, opts)
 	if err != nil {
 		var ve *ebpf.VerifierError
