@@ -418,6 +418,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sock_revnat SEC(".maps");
 
+// A pod's own share of reverse translations: an LRU per pod network namespace (the node agent
+// adds one per endpoint), so that a pod that makes many translated sockets evicts only its own
+// entries. sock_revnat holds those of sockets in no endpoint's namespace (the node's).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u64); // the pod's network namespace cookie
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);
+		__type(key, struct revnat_key);
+		__type(value, struct revnat_value);
+		__uint(max_entries, 4096);
+	});
+} sock_revnat_pod SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct svc_flow_key);
@@ -496,6 +512,37 @@ struct {
 	__type(value, struct proxy_syn);
 	__uint(max_entries, 4096);
 } proxy_syns SEC(".maps");
+
+// A pod's own share of proxy_syns: an LRU per endpoint (the node agent adds one per endpoint),
+// so that a pod whose SYNs write many entries evicts only its own. proxy_syns holds the SYNs of
+// other nodes' pods.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32); // ifindex of the endpoint's host-side veth
+	__uint(max_entries, 4096);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);
+		__type(key, struct proxy_syn_key);
+		__type(value, struct proxy_syn);
+		__uint(max_entries, 256);
+	});
+} proxy_syns_pod SEC(".maps");
+
+// local_endpoint_ifindex is the host-side veth of the node's endpoint with this address, or 0.
+static __always_inline __u32 local_endpoint_ifindex(__u32 family, const __u8 *addr)
+{
+	struct endpoint_addr_key ak = {.family = family};
+	__builtin_memcpy(ak.addr, addr, 16);
+	__u32 *ifindex = bpf_map_lookup_elem(&endpoint_addrs, &ak);
+	return ifindex ? *ifindex : 0;
+}
+
+// proxy_syns_of is the proxy_syns share of the endpoint on ifindex, or the shared map.
+static __always_inline void *proxy_syns_of(__u32 ifindex)
+{
+	void *m = bpf_map_lookup_elem(&proxy_syns_pod, &ifindex);
+	return m ? m : (void *)&proxy_syns;
+}
 
 // The proxy's listeners for proxy_lookup, at parser * 2 (127.0.0.1) and parser * 2 + 1 (::1).
 // Sockets of the enforcer's process: not pinned; a closed listener leaves the map.
@@ -1481,7 +1528,10 @@ static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struc
 		__builtin_memcpy(k.saddr, p->saddr, 16);
 		__builtin_memcpy(k.daddr, p->daddr, 16);
 		struct proxy_syn v = {.parser = l7, .at = bpf_ktime_get_ns()};
-		if (bpf_map_update_elem(&proxy_syns, &k, &v, BPF_ANY))
+		// From a pod of this node: its own share (tc_from_uplink's packets are other nodes').
+		__u32 ifindex = skb->ifindex;
+		void *syns = local_endpoint_ifindex(p->family, p->saddr) == ifindex ? proxy_syns_of(ifindex) : (void *)&proxy_syns;
+		if (bpf_map_update_elem(syns, &k, &v, BPF_ANY))
 			return REASON_DROP_PROXY_DOWN;
 		mark_to_proxy(skb);
 		return 0;
@@ -1535,12 +1585,15 @@ int proxy_lookup(struct bpf_sk_lookup *ctx)
 	}
 	k.sport = ctx->remote_port;
 	k.dport = bpf_htons((__u16)ctx->local_port);
-	struct proxy_syn *v = bpf_map_lookup_elem(&proxy_syns, &k);
+	// A pod of this node wrote into its own share.
+	__u32 ifindex = local_endpoint_ifindex(k.family, k.saddr);
+	void *syns = ifindex ? proxy_syns_of(ifindex) : (void *)&proxy_syns;
+	struct proxy_syn *v = bpf_map_lookup_elem(syns, &k);
 	if (!v)
 		return SK_PASS;
 	__u32 slot = v->parser * 2 + v6;
 	__u64 age = bpf_ktime_get_ns() - v->at;
-	bpf_map_delete_elem(&proxy_syns, &k);
+	bpf_map_delete_elem(syns, &k);
 	if (age > PROXY_SYN_NS)
 		return SK_PASS; // not this SYN's: the lookup goes on as the kernel does it
 	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_listeners, &slot);
@@ -1939,6 +1992,14 @@ static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 	return 0;
 }
 
+// revnat_of is the reverse translations of the pod whose network namespace is netns, or the
+// shared map.
+static __always_inline void *revnat_of(__u64 netns)
+{
+	void *m = bpf_map_lookup_elem(&sock_revnat_pod, &netns);
+	return m ? m : (void *)&sock_revnat;
+}
+
 // sock_xlate_fwd translates a destination that is a service frontend to one of its backends.
 static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, int v6, int udp_only)
 {
@@ -1971,8 +2032,9 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, int v6, int
 	__builtin_memcpy(rk.addr, be->addr, 16);
 	struct revnat_value rv = {.port = sk.port, .id = svc->id};
 	__builtin_memcpy(rv.addr, sk.addr, 16);
-	bpf_map_update_elem(&sock_revnat, &rk, &rv, BPF_ANY);
-	struct svc_flow_key fk = {.netns = bpf_get_netns_cookie(ctx), .port = be->port, .proto = proto, .family = be->family};
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	bpf_map_update_elem(revnat_of(netns), &rk, &rv, BPF_ANY);
+	struct svc_flow_key fk = {.netns = netns, .port = be->port, .proto = proto, .family = be->family};
 	__builtin_memcpy(fk.addr, be->addr, 16);
 	__u32 id = svc->id;
 	bpf_map_update_elem(&svc_flows, &fk, &id, BPF_ANY);
@@ -1987,14 +2049,15 @@ static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, int v6)
 	int mapped;
 	sock_addr_get(ctx, v6, rk.addr, &rk.family, &mapped);
 	rk.port = (__be16)ctx->user_port;
-	struct revnat_value *rv = bpf_map_lookup_elem(&sock_revnat, &rk);
+	void *revnat = revnat_of(bpf_get_netns_cookie(ctx));
+	struct revnat_value *rv = bpf_map_lookup_elem(revnat, &rk);
 	if (!rv)
 		return 1;
 	struct svc_key sk = {.port = rv->port, .proto = sock_proto(ctx), .family = rk.family};
 	__builtin_memcpy(sk.addr, rv->addr, 16);
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc || svc->id != rv->id) {
-		bpf_map_delete_elem(&sock_revnat, &rk); // the service is gone or another one now
+		bpf_map_delete_elem(revnat, &rk); // the service is gone or another one now
 		return 1;
 	}
 	sock_addr_set(ctx, v6, rv->addr, rk.family, mapped, rv->port);

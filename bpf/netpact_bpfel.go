@@ -412,11 +412,13 @@ type NetpactMapSpecs struct {
 	ProxyListeners   *ebpf.MapSpec `ebpf:"proxy_listeners"`
 	ProxyPorts       *ebpf.MapSpec `ebpf:"proxy_ports"`
 	ProxySyns        *ebpf.MapSpec `ebpf:"proxy_syns"`
+	ProxySynsPod     *ebpf.MapSpec `ebpf:"proxy_syns_pod"`
 	RatelimitScratch *ebpf.MapSpec `ebpf:"ratelimit_scratch"`
 	Scratch          *ebpf.MapSpec `ebpf:"scratch"`
 	Services         *ebpf.MapSpec `ebpf:"services"`
 	Settings         *ebpf.MapSpec `ebpf:"settings"`
 	SockRevnat       *ebpf.MapSpec `ebpf:"sock_revnat"`
+	SockRevnatPod    *ebpf.MapSpec `ebpf:"sock_revnat_pod"`
 	SvcFlows         *ebpf.MapSpec `ebpf:"svc_flows"`
 }
 
@@ -467,11 +469,13 @@ type NetpactMaps struct {
 	ProxyListeners   *ebpf.Map `ebpf:"proxy_listeners"`
 	ProxyPorts       *ebpf.Map `ebpf:"proxy_ports"`
 	ProxySyns        *ebpf.Map `ebpf:"proxy_syns"`
+	ProxySynsPod     *ebpf.Map `ebpf:"proxy_syns_pod"`
 	RatelimitScratch *ebpf.Map `ebpf:"ratelimit_scratch"`
 	Scratch          *ebpf.Map `ebpf:"scratch"`
 	Services         *ebpf.Map `ebpf:"services"`
 	Settings         *ebpf.Map `ebpf:"settings"`
 	SockRevnat       *ebpf.Map `ebpf:"sock_revnat"`
+	SockRevnatPod    *ebpf.Map `ebpf:"sock_revnat_pod"`
 	SvcFlows         *ebpf.Map `ebpf:"svc_flows"`
 }
 
@@ -494,11 +498,13 @@ func (m *NetpactMaps) Close() error {
 		m.ProxyListeners,
 		m.ProxyPorts,
 		m.ProxySyns,
+		m.ProxySynsPod,
 		m.RatelimitScratch,
 		m.Scratch,
 		m.Services,
 		m.Settings,
 		m.SockRevnat,
+		m.SockRevnatPod,
 		m.SvcFlows,
 	)
 }

@@ -79,6 +79,9 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 	if err := d.writeNsid(ep.Ifindex); err != nil {
 		return false, err
 	}
+	if err := d.shares.add(&d.objs.NetpactMaps, ep.Ifindex, d.netns[ep.Ifindex]); err != nil {
+		return false, err
+	}
 	if err := d.writeAddrs(ep.Ifindex, info); err != nil {
 		return false, err
 	}
@@ -536,6 +539,7 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 // forgetNetns deletes an interface's network namespace cookie (flow events name no Service for
 // it) and id (no UDP reply is recovered for it).
 func (d *Datapath) forgetNetns(ifindex int) {
+	d.shares.forget(&d.objs.NetpactMaps, ifindex, d.netns[ifindex])
 	_ = d.objs.EndpointNetns.Delete(uint32(ifindex))
 	delete(d.netns, ifindex)
 	_ = d.objs.EndpointNsid.Delete(uint32(ifindex))

@@ -87,6 +87,8 @@ type Datapath struct {
 	lookupLink    link.Link // proxy_lookup in this process's network namespace (SetProxyListeners)
 	// netns are the endpoints' network namespace cookies the endpoint_netns map holds.
 	netns map[int]uint64
+	// shares are the endpoints' own LRU maps.
+	shares *podShares
 	// nsid are the ids of the endpoints' network namespaces this process wrote to the
 	// endpoint_nsid map (each read anew once per process: an interface index may have been
 	// reused while the node agent was down).
@@ -136,6 +138,10 @@ func Open(opts Options) (d *Datapath, err error) {
 			return nil, fmt.Errorf("load programs: verifier: %+v", ve)
 		}
 		return nil, fmt.Errorf("load programs (pinned maps in %s may be from an incompatible version; Teardown removes them): %w", opts.PinPath, err)
+	}
+	if d.shares, err = loadPodShares(&d.objs.NetpactMaps); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
 	// Continue the policy revision of an earlier process: tracked flows are checked again once.
 	if err := d.objs.Settings.Lookup(uint32(0), &d.cfg); err != nil {
@@ -236,7 +242,8 @@ func loadObjects(objs *bpf.NetpactObjects, opts Options) error {
 		SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
 	}
 	err = spec.LoadAndAssign(&sock, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"services": m.Services, "backends": m.Backends, "sock_revnat": m.SockRevnat, "svc_flows": m.SvcFlows}})
+		"services": m.Services, "backends": m.Backends, "sock_revnat": m.SockRevnat, "sock_revnat_pod": m.SockRevnatPod,
+		"svc_flows": m.SvcFlows}})
 	if err != nil {
 		objs.Close()
 		return fmt.Errorf("socket programs for Service translation (kernel >= 5.18 needed; without --cgroup-root, policy is enforced and Services are left to kube-proxy): %w", err)

@@ -112,7 +112,8 @@ func (d *Datapath) attachLookup() error {
 		ProxyLookup *ebpf.Program `ebpf:"proxy_lookup"`
 	}
 	if err := spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"proxy_syns": d.objs.ProxySyns, "proxy_listeners": d.objs.ProxyListeners}}); err != nil {
+		"proxy_syns": d.objs.ProxySyns, "proxy_syns_pod": d.objs.ProxySynsPod, "proxy_listeners": d.objs.ProxyListeners,
+		"endpoint_addrs": d.objs.EndpointAddrs}}); err != nil {
 		return fmt.Errorf("load the proxy's listener lookup (sk_lookup, kernel >= 5.9): %w", err)
 	}
 	ns, err := os.Open("/proc/self/ns/net")

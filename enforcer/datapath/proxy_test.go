@@ -1,10 +1,16 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/netpact/netpact/bpf"
 	"github.com/netpact/netpact/policy"
@@ -142,5 +148,99 @@ func TestUplinkHandsOnlyL7FlowsToTheProxy(t *testing.T) {
 	}
 	if count(ReasonDropProxyDown) != before+1 {
 		t.Errorf("SYN to the L7 port with the proxy's listener down: not counted as %q", ReasonDropProxyDown)
+	}
+}
+
+// skLookupCtx is struct bpf_sk_lookup as BPF_PROG_TEST_RUN takes it.
+type skLookupCtx struct {
+	Cookie     uint64
+	Family     uint32
+	Protocol   uint32
+	RemoteIP4  [4]byte
+	RemoteIP6  [16]byte
+	RemotePort uint16 // network byte order
+	_          uint16
+	LocalIP4   [4]byte
+	LocalIP6   [16]byte
+	LocalPort  uint32
+	Ifindex    uint32
+	_          uint32
+}
+
+// TestProxySynSharePerPod: a SYN tc hands to the proxy past a TIME_WAIT socket leaves an entry
+// for proxy_lookup; the entries were one LRU for the node, so another pod's SYNs (or other nodes')
+// could evict a pod's before the kernel's lookup took it, and its connection went unjudged to no
+// listener. Each pod now has its own share: a's entry outlives 10,000 of b's and of other nodes'.
+// proxy_lookup, run on a's tuple, still finds it (and, with no proxy listening here, drops the
+// SYN: fail closed), where a missing entry would pass it on.
+func TestProxySynSharePerPod(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.apply(t, d, "")
+	if err := d.attachLookup(); err != nil {
+		t.Fatal(err)
+	}
+	now := func() uint64 {
+		var ts unix.Timespec
+		unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		return uint64(ts.Nano())
+	}
+	key := func(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byte {
+		k := make([]byte, 40)               // struct proxy_syn_key: family, saddr, daddr, sport, dport (network order)
+		binary.LittleEndian.PutUint32(k, 4) // FAMILY_V4
+		s4, d4 := src.As4(), dst.As4()
+		copy(k[4:], s4[:])
+		copy(k[20:], d4[:])
+		binary.BigEndian.PutUint16(k[36:], sport)
+		binary.BigEndian.PutUint16(k[38:], dport)
+		return k
+	}
+	value := func() []byte {
+		v := make([]byte, 16) // struct proxy_syn: parser, pad, at
+		binary.LittleEndian.PutUint64(v[8:], now())
+		return v
+	}
+	share := func(pod string) *ebpf.Map {
+		var id ebpf.MapID
+		if err := d.objs.ProxySynsPod.Lookup(uint32(n.pods[pod].Ifindex), &id); err != nil {
+			t.Fatalf("no proxy SYN share for %s: %v", pod, err)
+		}
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	a, b, c := n.pods["a"], n.pods["b"], n.pods["c"]
+	// a's SYN to c:8080 from port 40000, as tc would write it: into a's share.
+	if err := share("a").Put(key(a.IPv4, 40000, c.IPv4, 8080), value()); err != nil {
+		t.Fatal(err)
+	}
+	bShare := share("b")
+	for i := range 10000 {
+		port := uint16(20000 + i%40000)
+		if err := bShare.Put(key(b.IPv4, port, c.IPv4, uint16(8080+i/40000)), value()); err != nil {
+			t.Fatal(err)
+		}
+		other := netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 250)})
+		if err := d.objs.ProxySyns.Put(key(other, port, c.IPv4, 8080), value()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(src netip.Addr, sport uint16) uint32 {
+		ctx := skLookupCtx{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, RemoteIP4: src.As4(), LocalIP4: c.IPv4.As4(), LocalPort: 8080}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&ctx.RemotePort))[:], sport)
+		ret, err := d.objs.ProxyLookup.Run(&ebpf.RunOptions{Context: ctx})
+		if err != nil {
+			t.Fatalf("run proxy_lookup: %v", err)
+		}
+		return ret
+	}
+	if ret := run(a.IPv4, 40000); ret != 0 {
+		t.Errorf("a's SYN after 20,000 entries of others: proxy_lookup returned %d (passed on: its entry was evicted), want 0 (found, dropped with no listener)", ret)
+	}
+	if ret := run(a.IPv4, 40001); ret != 1 {
+		t.Errorf("a SYN with no entry: proxy_lookup returned %d, want 1 (the kernel's own lookup)", ret)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/netpact/netpact/policy"
 )
 
@@ -180,4 +182,74 @@ func TestServiceTranslation(t *testing.T) {
 		}
 	}
 	expect(t, "c -> service a over IPv6 once no services", false, func() error { return n.tcpProbeAddr("c", vipA6, 80) })
+}
+
+// TestReverseTranslationSharePerPod: reverse translations were one LRU for the node, so a pod
+// that connects many sockets to a Service (each socket an entry, kept after it closes) evicted
+// another pod's: that pod's resolver then read its answer from the backend's address, not the
+// ClusterIP it asked, and dropped it. Each pod now has its own share: b connects twice as many
+// sockets as the node-wide map holds, and c's pending answer still comes from the ClusterIP.
+func TestReverseTranslationSharePerPod(t *testing.T) {
+	n := newTrafficNode(t)
+	cg, err := OwnCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := fmt.Sprintf("%s-test/revnat-%d", DefaultPinPath, os.Getpid())
+	os.RemoveAll(pin)
+	d, err := Open(Options{PinPath: pin, Cgroup: cg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Teardown(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	n.serve(t, "a", 8080)
+	n.apply(t, d, servicesPolicy)
+	id := byte(os.Getpid() % 200)
+	vip := netip.AddrFrom4([4]byte{10, 254, id, 9})
+	a := n.pods["a"]
+	if err := d.SetServices([]Service{{Name: "app/a", Frontend: netip.AddrPortFrom(vip, 53), Proto: policy.ProtoUDP,
+		Backends: []netip.AddrPort{netip.AddrPortFrom(a.IPv4, 8080)}}}); err != nil {
+		t.Fatal(err)
+	}
+	// c asks (sendto, unconnected, as a resolver may); the answer waits in its socket.
+	var pc net.PacketConn
+	if err := n.pods["c"].Do(func() error { pc, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.WriteTo([]byte("query"), net.UDPAddrFromAddrPort(netip.AddrPortFrom(vip, 53))); err != nil {
+		t.Fatal(err)
+	}
+	// b connects (no datagram sent) and closes a socket to the Service, over and over.
+	flood := 2 * int(d.objs.SockRevnat.MaxEntries())
+	sa := &unix.SockaddrInet4{Port: 53, Addr: vip.As4()}
+	if err := n.pods["b"].Do(func() error {
+		for range flood {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			err = unix.Connect(fd, sa)
+			unix.Close(fd)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("b's sockets: %v", err)
+	}
+	pc.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 16)
+	k, from, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:k]) != "query" {
+		t.Fatalf("c's answer: %q, %v", buf[:k], err)
+	}
+	if got := from.(*net.UDPAddr).AddrPort(); got != netip.AddrPortFrom(vip, 53) {
+		t.Errorf("after b connected %d sockets, c's answer came from %s, not the ClusterIP %s:53 it asked", flood, got, vip)
+	}
 }
