@@ -33,21 +33,9 @@ spec:
 // the ClusterIP asked (unconnected sendto/recvfrom and connected sockets' getpeername), IPv6.
 func TestServiceTranslation(t *testing.T) {
 	n := newTrafficNode(t)
-	cg, err := OwnCgroup()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := fmt.Sprintf("%s-test/services-%d", DefaultPinPath, os.Getpid())
-	os.RemoveAll(pin)
-	d, err := Open(Options{PinPath: pin, Cgroup: cg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Teardown(); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-	})
+	var d *Datapath
+	pin, cg := openWithSockets(t, "services", &d)
+	var err error
 	n.serve(t, "a", 8080)
 	n.serve(t, "b", 8080)
 	n.apply(t, d, servicesPolicy)
@@ -191,21 +179,9 @@ func TestServiceTranslation(t *testing.T) {
 // sockets as the node-wide map holds, and c's pending answer still comes from the ClusterIP.
 func TestReverseTranslationSharePerPod(t *testing.T) {
 	n := newTrafficNode(t)
-	cg, err := OwnCgroup()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := fmt.Sprintf("%s-test/revnat-%d", DefaultPinPath, os.Getpid())
-	os.RemoveAll(pin)
-	d, err := Open(Options{PinPath: pin, Cgroup: cg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Teardown(); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-	})
+	var d *Datapath
+	openWithSockets(t, "revnat", &d)
+	var err error
 	n.serve(t, "a", 8080)
 	n.apply(t, d, servicesPolicy)
 	id := byte(os.Getpid() % 200)
@@ -252,4 +228,26 @@ func TestReverseTranslationSharePerPod(t *testing.T) {
 	if got := from.(*net.UDPAddr).AddrPort(); got != netip.AddrPortFrom(vip, 53) {
 		t.Errorf("after b connected %d sockets, c's answer came from %s, not the ClusterIP %s:53 it asked", flood, got, vip)
 	}
+}
+
+// openWithSockets opens a datapath with the socket programs on this process's cgroup (the test's
+// pods are its threads), pinned apart under name, into *d; whatever *d is when the test ends (a
+// test may reopen it) is torn down.
+func openWithSockets(t *testing.T, name string, d **Datapath) (pin, cg string) {
+	t.Helper()
+	cg, err := OwnCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin = fmt.Sprintf("%s-test/%s-%d", DefaultPinPath, name, os.Getpid())
+	os.RemoveAll(pin)
+	if *d, err = Open(Options{PinPath: pin, Cgroup: cg}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := (*d).Teardown(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	return pin, cg
 }
