@@ -115,7 +115,7 @@ demo: deps-demo build
 	echo "== GitOps: a Git repository made from policies/, reconciled onto a local node"; \
 	cp -r policies "$$tmp/repo" && git -C "$$tmp/repo" init -q -b main && git -C "$$tmp/repo" add -A && \
 	git -C "$$tmp/repo" -c user.name=demo -c user.email=demo@netpact.io commit -q -m "seed policies" && \
-	./$(BIN) reconciler --once --source "file://$$tmp/repo" --branch main --path . \
+	./$(BIN) reconciler local --once --source "file://$$tmp/repo" --branch main --path . \
 		--node docs/examples/cluster.yaml --status-file "$$tmp/status.json" >/dev/null || rc=1; \
 	echo; echo "== summary: the seed scenarios on a local node (matrices above, a failing step's tables below)"; \
 	cat "$$tmp/summary" 2>/dev/null || echo "no summary: netpact test did not finish"; \

@@ -20,7 +20,7 @@ import (
 	"github.com/netpact/netpact/reconciler"
 )
 
-// controllerOptions are the flags of `netpact reconciler` without --source: the cluster's
+// controllerOptions are the flags of `netpact reconciler`: the cluster's
 // PolicySource controller.
 type controllerOptions struct {
 	kubeconfig, namespace              string

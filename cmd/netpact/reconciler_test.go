@@ -32,7 +32,7 @@ func TestReconcilerOnceAndStatus(t *testing.T) {
 	}
 	head, _ := exec.Command("git", "-C", repo, "rev-parse", "HEAD").Output()
 	status := filepath.Join(tmp, "status.json")
-	_, stderr, code := run(t, "reconciler", "--once", "--source", "file://"+repo, "--path", ".",
+	_, stderr, code := run(t, "reconciler", "local", "--once", "--source", "file://"+repo, "--path", ".",
 		"--node", filepath.Join("..", "..", "docs", "examples", "cluster.yaml"), "--status-file", status)
 	if code != 0 {
 		t.Fatalf("reconciler exit %d: %s", code, stderr)

@@ -40,8 +40,8 @@ spec:
 func TestL7ProxyLimits(t *testing.T) {
 	// The header timeout (3 s) is long enough that all the budget subtest's unfinished headers
 	// are held together, however slowly a busy machine opens them.
-	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{IdleTimeout: time.Minute, HeaderTimeout: 3 * time.Second,
-		ResponseHeaderTimeout: 500 * time.Millisecond, BufferedPerSource: 512 << 10}})
+	n, c := testNodeWith(t, Options{HTTP: proxy.Options{Limits: proxy.Limits{IdleTimeout: time.Minute, HeaderTimeout: 3 * time.Second,
+		ResponseHeaderTimeout: 500 * time.Millisecond, BufferedPerSource: 512 << 10}}})
 	var ln net.Listener
 	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
 		t.Fatal(err)
@@ -204,7 +204,7 @@ func TestL7ProxyLimits(t *testing.T) {
 // the proxy's connection (from b's address), and b gets Envoy's 503 once the connect times out:
 // never a 403 that a's policy did not give. A GET the egress rule does not allow gets its 403.
 func TestEgressL7ToAnIngressDeny(t *testing.T) {
-	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{DialTimeout: 700 * time.Millisecond}})
+	n, c := testNodeWith(t, Options{HTTP: proxy.Options{Limits: proxy.Limits{DialTimeout: 700 * time.Millisecond}}})
 	serveHTTP(t, n)
 	b, err := policy.LoadBytes("p.yaml", []byte(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

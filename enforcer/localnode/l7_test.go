@@ -436,7 +436,7 @@ func timeWait(t *testing.T, ss []string, a netip.Addr, col int) map[string]bool 
 // waited the idle timeout (408), while a body that keeps coming slowly, for longer than that in
 // all, goes through: a client cannot hold a connection and its upstream by stalling.
 func TestL7ProxyStalledBody(t *testing.T) {
-	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{IdleTimeout: time.Second}})
+	n, c := testNodeWith(t, Options{HTTP: proxy.Options{Limits: proxy.Limits{IdleTimeout: time.Second}}})
 	serveHTTP(t, n)
 	b, err := policy.LoadBytes("l7.yaml", []byte(strings.Replace(l7Policy, "{method: GET, path: /ok}", "{path: /ok}", 1)), policy.LoadOptions{})
 	if err != nil {
@@ -566,7 +566,7 @@ func TestL7RuleChangesOnOpenConnections(t *testing.T) {
 // proxy, which every pod of the node shares; one more is reset at once and an L7 event says why,
 // and once one closes the pod connects again. Another pod is not held back.
 func TestL7ProxyConnectionsPerPod(t *testing.T) {
-	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{MaxConnsPerSource: 3}})
+	n, c := testNodeWith(t, Options{HTTP: proxy.Options{Limits: proxy.Limits{MaxConnsPerSource: 3}}})
 	serveHTTP(t, n)
 	yaml := strings.Replace(l7Policy, "  - fromEndpoints: [{matchLabels: {app: b}}]", "  - fromEndpoints: [{matchLabels: {app: b}}, {matchLabels: {app: c}}]", 1)
 	b, err := policy.LoadBytes("l7.yaml", []byte(yaml), policy.LoadOptions{})
@@ -648,7 +648,7 @@ func TestL7ProxyConnectionsPerPod(t *testing.T) {
 // was told the connection ends, and the destination never sees the request (a POST is not done
 // behind its back).
 func TestL7ProxyNothingAfterTheLastResponse(t *testing.T) {
-	n, c := testNodeWith(t, Options{ProxyLimits: proxy.Limits{MaxConnsPerSource: 1}})
+	n, c := testNodeWith(t, Options{HTTP: proxy.Options{Limits: proxy.Limits{MaxConnsPerSource: 1}}})
 	var ln net.Listener
 	if err := n.Pod("app/a").Do(func() (err error) { ln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
 		t.Fatal(err)

@@ -30,8 +30,9 @@ type Options struct {
 	// process of a parallel test suite); AddPod adopts them instead of creating its own, and Stop
 	// leaves them in place.
 	Pods map[string]*podnet.Pod
-	// ProxyLimits are the L7 proxy's limits; a zero field takes its default.
-	ProxyLimits proxy.Limits
+	// HTTP are the L7 HTTP proxy's options (its Limits: a zero field takes its default); the
+	// node fills in its own decisions, mark and flow events.
+	HTTP proxy.Options
 	// DriftInterval is how often the datapath maps are compared with what the enforcer wrote
 	// and repaired (enforcer.RunDriftRepair): 10 s when 0, never when negative.
 	DriftInterval time.Duration
@@ -59,8 +60,8 @@ type Node struct {
 	flows []datapath.Flow
 	fr    *datapath.FlowReader
 
-	proxy  *proxy.Proxy
-	routes *proxy.Routes
+	// rt is the node's runtime (enforcer.StartNode); dp, enf and fr are its parts.
+	rt *enforcer.Node
 	// stopDrift ends the drift repair loop and waits for it.
 	stopDrift func()
 }
@@ -80,7 +81,9 @@ func (n *Node) pinPath() string {
 	return filepath.Join(runPinRoot, fmt.Sprintf("%d-%d", os.Getpid(), n.id))
 }
 
-// Start claims a run id, turns on forwarding, opens the datapath and starts reading its flows.
+// Start claims a run id, turns on forwarding, and starts the node's runtime (enforcer.StartNode):
+// the datapath pinned under the run's directory, its flow events, and the L7 proxy on a port and
+// routing table of the run's own (nodes of parallel runs share the host's network namespace).
 // After an error, Stop releases what Start made.
 func (n *Node) Start() error {
 	id, release, err := ClaimRunID()
@@ -98,58 +101,37 @@ func (n *Node) Start() error {
 	if err != nil {
 		return err
 	}
-	dp, err := datapath.Open(datapath.Options{PinPath: n.pinPath(), Cgroup: cg})
-	if err != nil {
-		return fmt.Errorf("open datapath: %w", err)
+	http := n.opts.HTTP
+	if http.OnRequest == nil {
+		http.OnRequest = n.publishL7
 	}
-	n.dp = dp
-	n.enf = enforcer.New("local", dp, n.opts.Policy)
+	rt, err := enforcer.StartNode(context.Background(), enforcer.NodeOptions{Name: "local",
+		Datapath: datapath.Options{PinPath: n.pinPath(), Cgroup: cg}, Policy: n.opts.Policy,
+		HTTP: http, Routes: proxyRoutes(n.id)})
+	if err != nil {
+		return err
+	}
+	n.rt, n.dp, n.enf, n.fr = rt, rt.Datapath, rt.Enforcer, rt.Flows
 	n.startDriftRepair()
-	fr, err := dp.Flows()
-	if err != nil {
-		return fmt.Errorf("open flow events: %w", err)
-	}
-	n.fr = fr
 	go n.collectFlows()
-	return n.startProxy()
-}
-
-// startProxy runs the node's L7 proxy on a port of its own (nodes of parallel runs share the
-// host's network namespace) with a routing table of the run's own, and tells the datapath.
-func (n *Node) startProxy() error {
-	routes := proxyRoutes(n.id)
-	if err := routes.Ensure(); err != nil {
-		return err
-	}
-	n.routes = routes
-	px, err := proxy.Listen(0, proxy.Options{Limits: n.opts.ProxyLimits, Decide: n.enf.DecideTCP, Mark: n.dp.ProxyMark(), KeepSource: n.enf.IsPod, OnRequest: n.publishL7})
-	if err != nil {
-		return err
-	}
-	n.proxy = px
-	if err := n.dp.SetProxyListeners(datapath.ParserHTTP, px.Listeners()); err != nil {
-		return err
-	}
-	return n.dp.SetProxyPort(datapath.ParserHTTP, px.Port())
+	return nil
 }
 
 // proxyRoutes is the routing of run id's proxy: a table and rule of its own.
-func proxyRoutes(id int) *proxy.Routes { return &proxy.Routes{Table: 2100 + id, Priority: 9} }
+func proxyRoutes(id int) proxy.Routes { return proxy.Routes{Table: 2100 + id, Priority: 9} }
 
 // StopProxy stops the node's L7 proxy (tests of failing closed): flows an L7 rule governs are
 // dropped from then on.
 func (n *Node) StopProxy() error {
-	if n.proxy == nil {
+	if n.rt == nil {
 		return nil
 	}
-	err := n.proxy.Close()
-	n.proxy = nil
-	return err
+	return n.rt.StopProxy()
 }
 
 // publishL7 puts a request the proxy judged on the node's flow stream.
 func (n *Node) publishL7(r proxy.Request) {
-	n.dp.PublishL7(r.Flow(n.enf.State()))
+	n.dp.PublishL7(enforcer.L7Flow(r, n.enf.State()))
 }
 
 // sweepDeadRuns removes the pin directories of local nodes whose process is gone (killed before
@@ -401,28 +383,20 @@ func (n *Node) Stop() error {
 		n.stopDrift()
 		n.stopDrift = nil
 	}
-	if n.fr != nil {
-		n.fr.Close()
-	}
 	var errs []error
-	errs = append(errs, n.StopProxy())
-	if n.opts.Retain {
-		return errors.Join(errs...)
-	}
-	if n.routes != nil {
-		errs = append(errs, n.routes.Remove())
-		n.routes = nil
+	if n.rt != nil {
+		if n.opts.Retain {
+			return n.rt.Close()
+		}
+		errs = append(errs, n.rt.Teardown())
+		// The runs' common parent goes with the last run (another run's pins keep it).
+		_ = os.Remove(runPinRoot)
+		n.rt, n.dp = nil, nil
 	}
 	for _, p := range n.owned {
 		errs = append(errs, p.Delete())
 	}
 	n.owned = nil
-	if n.dp != nil {
-		errs = append(errs, n.dp.Teardown())
-		// The runs' common parent goes with the last run (another run's pins keep it).
-		_ = os.Remove(runPinRoot)
-		n.dp = nil
-	}
 	if n.releaseID != nil {
 		n.releaseID()
 		n.releaseID = nil

@@ -30,7 +30,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -53,36 +52,6 @@ type Request struct {
 	// not switch to, a destination that switched protocols unasked. The event is then a drop.
 	Refused string
 	Latency time.Duration
-}
-
-// Flow is the request as an L7 event of the flow stream: the deciding side and rule, and the
-// identities the state gives the addresses.
-func (r Request) Flow(st *policy.State) datapath.Flow {
-	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
-		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
-		L7: &datapath.L7Flow{Protocol: r.Protocol, Method: r.Method, Path: redactQuery(r.Path), Host: r.Host, Status: r.Status,
-			Denied: !r.Verdict.Allowed || r.Refused != "", HTTPRule: r.Verdict.Index, Why: r.Verdict.Reason, Latency: r.Latency}}
-	if r.Refused != "" {
-		f.L7.Why = r.Refused
-	}
-	for _, a := range r.Verdict.Actions {
-		f.L7.HeaderActions = append(f.L7.HeaderActions, a.Action+" "+a.Name)
-	}
-	if r.Verdict.Rule != nil {
-		f.Rule = r.Verdict.Rule.ID
-	}
-	if st != nil {
-		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
-	}
-	return f
-}
-
-// redactQuery leaves a request target's query out of its flow event, as Hubble's
-// --hubble-redact-http-urlquery does: queries carry tokens and personal data, and the node's flow
-// log is read by others than the pod's owner. Rules still judge the whole target.
-func redactQuery(target string) string {
-	path, _, _ := strings.Cut(target, "?")
-	return path
 }
 
 // Options configure a proxy.
