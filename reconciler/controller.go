@@ -207,24 +207,58 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	defer c.release(req.Namespace)
 	before := obj.DeepCopy()
-	st, err := c.state(ctx, &obj)
+	// The status is written once, whatever the steps below did, as Flux's controllers patch it
+	// in a deferred call: conditions, metrics and events follow from it.
+	defer c.finish(ctx, before, &obj, start)
+	return c.reconcile(ctx, &obj, before, start), nil
+}
+
+// reconcile is one pass of a source the caller holds a worker for: fetch, verify, validate,
+// apply and wait for the nodes (the source's Reconciler), then the status from the target.
+// Each failure marks a condition with its reason; the caller writes the status.
+func (c *Controller) reconcile(ctx context.Context, obj, before *v1alpha1.PolicySource, start time.Time) ctrl.Result {
 	interval := boundInterval(obj.Spec.Interval.Duration)
+	obj.Status.ObservedGeneration = obj.Generation
+	st, err := c.state(ctx, obj)
 	if err != nil {
-		conditions.MarkFalse(&obj, meta.ReadyCondition, v1alpha1.GitOperationFailedReason, "%s", err.Error())
-		conditions.MarkStalled(&obj, v1alpha1.GitOperationFailedReason, "%s", err.Error())
-		obj.Status.ObservedGeneration = obj.Generation
-		c.finish(ctx, before, &obj, start)
-		return ctrl.Result{RequeueAfter: interval}, nil
+		conditions.MarkFalse(obj, meta.ReadyCondition, v1alpha1.GitOperationFailedReason, "%s", err.Error())
+		conditions.MarkStalled(obj, v1alpha1.GitOperationFailedReason, "%s", err.Error())
+		return ctrl.Result{RequeueAfter: interval}
 	}
 	// The reconciler works on the object as the API server has it (status included).
-	spec := obj.Spec
-	if kr := c.keyring(ctx, &obj); kr != "" {
-		spec.VerifyKeyring = kr
-	}
 	work := obj.DeepCopy()
-	work.Spec = spec
+	kr, err := c.keyring(ctx, obj)
+	if err != nil {
+		conditions.MarkFalse(obj, meta.ReadyCondition, v1alpha1.VerificationFailedReason, "%s", err.Error())
+		conditions.MarkStalled(obj, v1alpha1.VerificationFailedReason, "%s", err.Error())
+		return ctrl.Result{RequeueAfter: interval}
+	}
+	work.Spec.VerifyKeyring = kr
 	st.rec.store(work)
 	rerr := st.rec.Reconcile(ctx)
+	c.report(obj, st, rerr)
+	rev := obj.Status.LastAttemptedRevision
+	c.mu.Lock()
+	if rev != st.seen {
+		st.seen, st.seenAt = rev, start
+	}
+	seenAt := st.seenAt
+	c.mu.Unlock()
+	if rerr == nil && obj.Status.LastEnforcedRevision == rev && before.Status.LastEnforcedRevision != rev {
+		pushToEnforced.WithLabelValues(obj.Name, obj.Namespace).Observe(time.Since(seenAt).Seconds())
+	}
+	if applied := st.target.Applied(); applied != "" && st.target.Enforced() != applied && interval > 10*time.Second {
+		// Applied and waiting for nodes (one down, one slow): look again soon, not at the
+		// next interval.
+		return ctrl.Result{RequeueAfter: 10 * time.Second}
+	}
+	return ctrl.Result{RequeueAfter: interval}
+}
+
+// report puts into the source's status what its reconciler and its cluster target say: the
+// revisions and conditions, the inventory, the nodes that enforce it, what was left out because
+// other sources own it, and a rollback.
+func (c *Controller) report(obj *v1alpha1.PolicySource, st *sourceState, rerr error) {
 	out := st.rec.Status()
 	obj.Status = out.Status
 	obj.Status.ObservedGeneration = obj.Generation
@@ -236,9 +270,9 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if applied := st.target.Applied(); applied != "" {
 		obj.Status.LastAppliedRevision = applied
 		if st.target.Enforced() == applied {
-			conditions.MarkTrue(&obj, v1alpha1.EnforcedCondition, v1alpha1.EnforcedReason, "revision %s is enforced on %d/%d nodes", applied, enf, total)
+			conditions.MarkTrue(obj, v1alpha1.EnforcedCondition, v1alpha1.EnforcedReason, "revision %s is enforced on %d/%d nodes", applied, enf, total)
 		} else {
-			conditions.MarkFalse(&obj, v1alpha1.EnforcedCondition, meta.ProgressingReason, "revision %s is applied, enforced on %d/%d nodes; lagging: %s",
+			conditions.MarkFalse(obj, v1alpha1.EnforcedCondition, meta.ProgressingReason, "revision %s is applied, enforced on %d/%d nodes; lagging: %s",
 				applied, enf, total, strings.Join(lagging, "; "))
 		}
 	}
@@ -247,30 +281,13 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if refused := st.target.Refused(); rerr == nil && len(refused) > 0 {
 		// Enforced without what other sources own: said where the source's status is read.
-		if ready := conditions.Get(&obj, meta.ReadyCondition); ready != nil && ready.Status == metav1.ConditionTrue {
-			conditions.MarkTrue(&obj, meta.ReadyCondition, ready.Reason, "%s; left out: %s", ready.Message, strings.Join(refused, "; "))
+		if ready := conditions.Get(obj, meta.ReadyCondition); ready != nil && ready.Status == metav1.ConditionTrue {
+			conditions.MarkTrue(obj, meta.ReadyCondition, ready.Reason, "%s; left out: %s", ready.Message, strings.Join(refused, "; "))
 		}
 	}
 	if rb := st.target.RolledBack(); rerr != nil && rb != "" {
-		conditions.MarkFalse(&obj, meta.ReadyCondition, v1alpha1.ApplyFailedReason, "%s", rerr.Error())
+		conditions.MarkFalse(obj, meta.ReadyCondition, v1alpha1.ApplyFailedReason, "%s", rerr.Error())
 	}
-	rev := obj.Status.LastAttemptedRevision
-	c.mu.Lock()
-	if rev != st.seen {
-		st.seen, st.seenAt = rev, start
-	}
-	seenAt := st.seenAt
-	c.mu.Unlock()
-	if rerr == nil && obj.Status.LastEnforcedRevision == rev && before.Status.LastEnforcedRevision != rev {
-		pushToEnforced.WithLabelValues(obj.Name, obj.Namespace).Observe(time.Since(seenAt).Seconds())
-	}
-	c.finish(ctx, before, &obj, start)
-	if applied := st.target.Applied(); applied != "" && st.target.Enforced() != applied && interval > 10*time.Second {
-		// Applied and waiting for nodes (one down, one slow): look again soon, not at the
-		// next interval.
-		return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
-	}
-	return ctrl.Result{RequeueAfter: interval}, nil
 }
 
 // PruneFinalizer keeps a PolicySource until the controller has deleted what it applied (unless
@@ -499,20 +516,22 @@ func (c *Controller) auth(ctx context.Context, obj *v1alpha1.PolicySource) (Auth
 	return a, sec.ResourceVersion, nil
 }
 
-// keyring is the armored keyring of spec.verify's secret ("" without verify; a secret that
-// cannot be read makes verification fail closed with an unusable keyring).
-func (c *Controller) keyring(ctx context.Context, obj *v1alpha1.PolicySource) string {
+// keyring is the armored keyring of spec.verify's secret (spec.verifyKeyring without verify). A
+// secret that cannot be read, or holds no keyring, is an error: the source is not reconciled,
+// and its Ready condition says why (VerificationFailed).
+func (c *Controller) keyring(ctx context.Context, obj *v1alpha1.PolicySource) (string, error) {
 	if obj.Spec.Verify == nil {
-		return obj.Spec.VerifyKeyring
+		return obj.Spec.VerifyKeyring, nil
 	}
+	name := obj.Spec.Verify.SecretRef.Name
 	var sec corev1.Secret
-	if err := c.secrets().Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.Verify.SecretRef.Name}, &sec); err != nil {
-		return "unreadable keyring secret " + obj.Spec.Verify.SecretRef.Name + ": " + err.Error()
+	if err := c.secrets().Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: name}, &sec); err != nil {
+		return "", fmt.Errorf("verify: read the keyring secret %s: %w", name, err)
 	}
 	if kr := string(sec.Data["keyring"]); kr != "" {
-		return kr
+		return kr, nil
 	}
-	return "empty keyring secret " + obj.Spec.Verify.SecretRef.Name
+	return "", fmt.Errorf("verify: the keyring secret %s has no keyring: nothing could be trusted", name)
 }
 
 // RequestReconcile sets the reconcile-request annotation of a PolicySource to now and returns

@@ -703,3 +703,46 @@ func TestDeletedSourcePrunes(t *testing.T) {
 		dyn.Resource(cnpGVR).Namespace("gc").Delete(ctx, name, metav1.DeleteOptions{})
 	}
 }
+
+// TestKeyringSecretMissing: a source whose spec.verify names a keyring secret that does not exist,
+// or holds no keyring, is not reconciled: Ready and Stalled say VerificationFailed and name the
+// secret, and nothing of the revision is applied.
+func TestKeyringSecretMissing(t *testing.T) {
+	cfg := apiServer.Start(t)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "verify"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if _, err := kc.CoreV1().Secrets("verify").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "empty-keyring"},
+		Data: map[string][]byte{"other": []byte("x")}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	cl := startController(t, cfg)
+	git := newGitServer(t)
+	wt := git.clone(t)
+	wt.commit("one policy", map[string]string{"policies/p.yaml": "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: unverified}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n"})
+	wt.push("main")
+	for _, secret := range []string{"no-such-secret", "empty-keyring"} {
+		src := newObj(git.httpURL())
+		src.Namespace, src.Name = "verify", secret
+		src.Spec.Verify = &v1alpha1.VerifySpec{SecretRef: v1alpha1.LocalObjectReference{Name: secret}}
+		if err := cl.Create(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		got := waitFor(t, cl, ktypes.NamespacedName{Namespace: "verify", Name: secret}, "verification failed", func(o *v1alpha1.PolicySource) bool {
+			r := conditions.Get(o, meta.ReadyCondition)
+			return r != nil && r.Reason == v1alpha1.VerificationFailedReason
+		})
+		if msg := conditions.Get(got, meta.ReadyCondition).Message; !strings.Contains(msg, secret) {
+			t.Errorf("%s: Ready says %q, which does not name the secret", secret, msg)
+		}
+		if !conditions.IsStalled(got) {
+			t.Errorf("%s: not Stalled", secret)
+		}
+		if _, err := dyn.Resource(cnpGVR).Namespace("verify").Get(ctx, "unverified", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("%s: the unverified revision was applied: %v", secret, err)
+		}
+	}
+}
