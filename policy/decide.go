@@ -16,6 +16,18 @@ const (
 	OutcomeL7            Outcome = "l7"
 )
 
+// Mark is the outcome's one-character form in a connectivity matrix: "." allowed, "L" handed to
+// the L7 proxy, "X" dropped (by default deny or by a deny rule alike: the table shows traffic).
+func (o Outcome) Mark() string {
+	switch o {
+	case OutcomeAllowed:
+		return "."
+	case OutcomeL7:
+		return "L"
+	}
+	return "X"
+}
+
 // DirectionDecision is the verdict of one side of a flow: the source's egress or the
 // destination's ingress.
 type DirectionDecision struct {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/netpact/netpact/policy/matrix"
 )
 
 // legend explains the marks of Tables; compactLegend those of Compact.
@@ -23,93 +25,25 @@ const (
 	compactRows  = 24
 )
 
-// matrixOf returns a step's matrix cells (explicit probes left out) and its pods in the
-// scenario's order: the sources as the cells list them, then destinations that are no source.
-func matrixOf(sr *StepResult) (matrix []CellResult, pods []string) {
-	for _, c := range sr.Cells {
-		if !c.Cell.Explicit {
-			matrix = append(matrix, c)
+// matrixOf is a step's matrix: every cell but the explicit probes, which the tables leave out.
+// Its endpoints come in the scenario's order, as the runner lists the cells.
+func matrixOf(sr *StepResult) *matrix.Matrix[Outcome] {
+	m := matrix.New[Outcome]()
+	for i := range sr.Cells {
+		if c := &sr.Cells[i]; !c.Cell.Explicit {
+			m.Set(c.matrixCell())
 		}
 	}
-	seen := map[string]bool{}
-	for _, sources := range []bool{true, false} {
-		for _, c := range matrix {
-			p := c.To
-			if sources {
-				p = c.From
-			}
-			if !seen[p] {
-				seen[p] = true
-				pods = append(pods, p)
-			}
-		}
-	}
-	return matrix, pods
-}
-
-// cellsOf indexes a matrix's cells of one port by (from, to).
-func cellsOf(matrix []CellResult, port string) map[[2]string]*CellResult {
-	cell := map[[2]string]*CellResult{}
-	for i := range matrix {
-		if c := &matrix[i]; c.Port == port {
-			cell[[2]string{c.From, c.To}] = c
-		}
-	}
-	return cell
-}
-
-// observedMark is a cell of an observed table: the outcome, then "~" for loopback (not
-// compared) or "!" where expected, predicted and observed disagree.
-func observedMark(c *CellResult) string {
-	switch {
-	case c.Loopback:
-		return c.Observed.Mark() + "~"
-	case !c.OK:
-		return c.Observed.Mark() + "!"
-	}
-	return c.Observed.Mark() + " "
+	return m
 }
 
 // Tables prints, for each port of a step, the expected, predicted and observed matrices side by
 // side: "." allowed, "X" blocked (timed out), "R" refused, "4" HTTP 403, "-" not probed; a cell
 // that disagrees is marked with "!" in the observed table, loopback cells with "~" (not compared).
 func Tables(w io.Writer, sr *StepResult) {
-	matrix, pods := matrixOf(sr)
-	width := 0
-	for _, p := range pods {
-		width = max(width, len(p))
-	}
-	for _, port := range portsOf(matrix) {
-		cell := cellsOf(matrix, port)
-		fmt.Fprintf(w, "  %s\n", port)
-		header := func(title string) string {
-			s := title + strings.Repeat(" ", max(0, len(pods)*2+1-len(title)))
-			return s
-		}
-		fmt.Fprintf(w, "  %-*s  %s  %s  %s\n", width, "from \\ to", header("expected"), header("predicted"), header("observed"))
-		idx := ""
-		for i := range pods {
-			idx += fmt.Sprintf("%-2d", i%100)[:2]
-		}
-		fmt.Fprintf(w, "  %-*s  %s  %s  %s\n", width, "", pad(idx, len(pods)*2+1), pad(idx, len(pods)*2+1), idx)
-		for i, from := range pods {
-			var e, p, o strings.Builder
-			for _, to := range pods {
-				c, ok := cell[[2]string{from, to}]
-				if !ok {
-					e.WriteString("- ")
-					p.WriteString("- ")
-					o.WriteString("- ")
-					continue
-				}
-				e.WriteString(c.Expected.Mark() + " ")
-				p.WriteString(c.Predicted.Mark() + " ")
-				o.WriteString(observedMark(c))
-			}
-			fmt.Fprintf(w, "  %-*s  %s  %s  %s  %d\n", width, from, pad(e.String(), len(pods)*2+1), pad(p.String(), len(pods)*2+1), o.String(), i)
-		}
-	}
-	if len(matrix) > 0 {
+	m := matrixOf(sr)
+	m.SideBySide(w, "  ")
+	if m.Len() > 0 {
 		fmt.Fprintln(w, legend)
 	}
 	for _, c := range sr.Cells {
@@ -123,22 +57,18 @@ func Tables(w io.Writer, sr *StepResult) {
 	}
 }
 
-func pad(s string, n int) string {
-	if len(s) >= n {
-		return s
-	}
-	return s + strings.Repeat(" ", n-len(s))
-}
-
 // Compact prints a step's matrix as one table of observed outcomes: a row per pod, numbered, and
 // a column group per port holding only the pods that serve it, named by their row numbers; a
 // cell is marked as in Tables' observed table. A step too large for a 100-column terminal gets a
 // count line instead, and the explicit probes a line of counts. It reports whether it printed a
 // matrix, which needs compactLegend.
 func Compact(w io.Writer, sr *StepResult) (table bool) {
-	matrix, pods := matrixOf(sr)
-	if len(matrix) > 0 {
-		table = compactMatrix(w, matrix, pods)
+	if m := matrixOf(sr); m.Len() > 0 {
+		table = m.Compact(w, "    ", compactWidth, compactRows)
+		if !table {
+			fmt.Fprintf(w, "    matrix: %d cells over %d pods and %d ports, %d wrong (too large to show here: -v prints it)\n",
+				m.Len(), len(m.Endpoints()), len(m.Ports()), len(m.Disagreements(matrix.All)))
+		}
 	}
 	var explicit []CellResult
 	var seen []Outcome
@@ -165,81 +95,6 @@ func Compact(w io.Writer, sr *StepResult) (table bool) {
 	}
 	fmt.Fprintf(w, "    probes: %s; %s\n", strings.Join(outcomes, ", "), verdict)
 	return table
-}
-
-// compactGroup is a port's columns in a compact matrix: the pods that serve it.
-type compactGroup struct {
-	port  string
-	to    []string
-	width int
-	cell  map[[2]string]*CellResult
-}
-
-func compactGroups(matrix []CellResult, pods []string, cellWidth int) []compactGroup {
-	var groups []compactGroup
-	for _, port := range portsOf(matrix) {
-		g := compactGroup{port: port, cell: cellsOf(matrix, port)}
-		for _, to := range pods {
-			for _, from := range pods {
-				if g.cell[[2]string{from, to}] != nil {
-					g.to = append(g.to, to)
-					break
-				}
-			}
-		}
-		g.width = max(len(port), len(g.to)*cellWidth)
-		groups = append(groups, g)
-	}
-	return groups
-}
-
-// compactMatrix is Compact's table, or its count line when the table would not fit.
-func compactMatrix(w io.Writer, matrix []CellResult, pods []string) bool {
-	row := map[string]int{}
-	name := 0
-	for i, p := range pods {
-		row[p] = i
-		name = max(name, len(p))
-	}
-	num := len(fmt.Sprint(len(pods) - 1))
-	cellWidth := max(2, num+1)
-	groups := compactGroups(matrix, pods, cellWidth)
-	width := 4 + num + 1 + name
-	for _, g := range groups {
-		width += 2 + g.width
-	}
-	if width > compactWidth || len(pods) > compactRows {
-		fmt.Fprintf(w, "    matrix: %d cells over %d pods and %d ports, %d wrong (too large to show here: -v prints it)\n",
-			len(matrix), len(pods), len(groups), wrongOf(matrix))
-		return false
-	}
-	ports, numbers := pad("from \\ to", num+1+name), strings.Repeat(" ", num+1+name)
-	for _, g := range groups {
-		var n strings.Builder
-		for _, to := range g.to {
-			n.WriteString(pad(fmt.Sprint(row[to]), cellWidth))
-		}
-		ports += "  " + pad(g.port, g.width)
-		numbers += "  " + pad(n.String(), g.width)
-	}
-	fmt.Fprintln(w, "    "+strings.TrimRight(ports, " "))
-	fmt.Fprintln(w, "    "+strings.TrimRight(numbers, " "))
-	for i, from := range pods {
-		line := fmt.Sprintf("%*d %-*s", num, i, name, from)
-		for _, g := range groups {
-			var cells strings.Builder
-			for _, to := range g.to {
-				mark := "- "
-				if c := g.cell[[2]string{from, to}]; c != nil {
-					mark = observedMark(c)
-				}
-				cells.WriteString(pad(mark, cellWidth))
-			}
-			line += "  " + pad(cells.String(), g.width)
-		}
-		fmt.Fprintln(w, "    "+strings.TrimRight(line, " "))
-	}
-	return true
 }
 
 // Detail prints everything a step has to show: its three tables, its wrong cells with the

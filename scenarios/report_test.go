@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/netpact/netpact/policy/matrix"
 )
 
 // cellResult is a matrix cell as the runner makes it: OK when expected, predicted and observed
@@ -14,12 +16,12 @@ func cellResult(from, to, port string, expected, predicted, observed Outcome) Ce
 	if err != nil {
 		panic(err)
 	}
-	loopback := from == to
-	return CellResult{
+	c := CellResult{
 		Cell: Cell{From: from, To: to, Port: p}, From: from, To: to, Port: port,
-		Expected: expected, Predicted: predicted, Observed: observed, Loopback: loopback,
-		OK: loopback || (expected == predicted && predicted == observed),
+		Expected: expected, Predicted: predicted, Observed: observed, Loopback: from == to,
 	}
+	c.OK = c.matrixCell().Agrees(matrix.All)
+	return c
 }
 
 // echoStep is seed 003's second step: echo/echo serves 80 and 8080, universe/curl reaches 80.

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/policy/matrix"
 	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
@@ -144,6 +145,14 @@ type CellResult struct {
 	OK       bool `json:"ok"`
 	// Note says more of a wrong cell (NotSeen).
 	Note string `json:"note,omitempty"`
+}
+
+// matrixCell is the cell's place and answers in its step's matrix, which judges and prints them.
+func (c *CellResult) matrixCell() matrix.Cell[Outcome] {
+	return matrix.Cell[Outcome]{
+		Key:      matrix.Key{From: c.From, To: c.To, Port: matrix.Port{Number: c.Cell.Port.Port, Protocol: c.Cell.Port.Protocol}},
+		Expected: c.Expected, Predicted: c.Predicted, Observed: c.Observed, Rule: c.Rule,
+	}
 }
 
 // StepResult is one step.
@@ -429,9 +438,7 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 	out := make([]CellResult, len(cells))
 	if bp, ok := r.Backend.(BatchProber); ok {
 		for i, c := range cells {
-			pred, rule := predict(sc, state, c)
-			out[i] = CellResult{Cell: c, From: c.From, To: c.To, Port: c.Port.String(), Expected: expected[c.String()],
-				Predicted: pred, Rule: rule, Loopback: c.From == c.To}
+			out[i] = unprobed(sc, state, c, expected[c.String()])
 		}
 		observed := bp.ProbeBatch(cells)
 		// A cell that disagrees is probed once more, as below.
@@ -450,7 +457,7 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 		}
 		for i := range out {
 			cr := &out[i]
-			cr.OK = cr.Loopback || (cr.Expected == cr.Predicted && cr.Predicted == cr.Observed)
+			cr.OK = cr.matrixCell().Agrees(matrix.All)
 		}
 		return out
 	}
@@ -461,9 +468,7 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
 	for i, c := range cells {
-		pred, rule := predict(sc, state, c)
-		out[i] = CellResult{Cell: c, From: c.From, To: c.To, Port: c.Port.String(), Expected: expected[c.String()],
-			Predicted: pred, Rule: rule, Loopback: c.From == c.To}
+		out[i] = unprobed(sc, state, c, expected[c.String()])
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -474,11 +479,18 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 			if cr.Observed != cr.Expected && !cr.Loopback {
 				cr.Observed = r.Backend.Probe(cr.Cell)
 			}
-			cr.OK = cr.Loopback || (cr.Expected == cr.Predicted && cr.Predicted == cr.Observed)
+			cr.OK = cr.matrixCell().Agrees(matrix.All)
 		}(i)
 	}
 	wg.Wait()
 	return out
+}
+
+// unprobed is a cell's result before its probe: what the file expects and what the engine predicts.
+func unprobed(sc *Scenario, state *policy.State, c Cell, expected Outcome) CellResult {
+	pred, rule := predict(sc, state, c)
+	return CellResult{Cell: c, From: c.From, To: c.To, Port: c.Port.String(), Expected: expected,
+		Predicted: pred, Rule: rule, Loopback: c.From == c.To}
 }
 
 // predict is the engine's answer for a cell, in probe outcomes.
@@ -598,20 +610,6 @@ func addrs(state *policy.State, from, to *Pod) (netip.Addr, netip.Addr, bool) {
 	return s, d, ok1 && ok2
 }
 
-// portsOf lists the distinct ports of a step's cells in order, for tables.
-func portsOf(cells []CellResult) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, c := range cells {
-		if !seen[c.Port] {
-			seen[c.Port] = true
-			out = append(out, c.Port)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 // Soak runs a scenario up to the step named step (its policies enforced), then probes that
 // step's matrix round after round while keepGoing(probes so far) says so, and returns every
 // cell whose observed outcome differed from the expectation. It is how a test holds the
@@ -675,9 +673,7 @@ func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool
 func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expected map[string]Outcome) []CellResult {
 	out := make([]CellResult, len(cells))
 	for i, c := range cells {
-		pred, rule := predict(sc, state, c)
-		out[i] = CellResult{Cell: c, From: c.From, To: c.To, Port: c.Port.String(), Expected: expected[c.String()],
-			Predicted: pred, Rule: rule, Loopback: c.From == c.To}
+		out[i] = unprobed(sc, state, c, expected[c.String()])
 	}
 	var observed []Outcome
 	if bp, ok := r.Backend.(BatchProber); ok {
@@ -693,7 +689,7 @@ func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expe
 	}
 	for i := range out {
 		out[i].Observed = observed[i]
-		out[i].OK = out[i].Loopback || (out[i].Expected == out[i].Predicted && out[i].Predicted == out[i].Observed)
+		out[i].OK = out[i].matrixCell().Agrees(matrix.All)
 	}
 	return out
 }

@@ -6,18 +6,17 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/policy/matrix"
 )
 
-// probeResult is one cell of the predicted matrix.
+// probeResult is one cell of the predicted matrix in predict's JSON.
 type probeResult struct {
 	From     string  `json:"from"`
 	To       string  `json:"to"`
@@ -74,14 +73,14 @@ func newPredictCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			results := predict(state, cf, override, ipv6)
+			predicted := predictedMatrix(state, cf, override, ipv6)
 			switch output {
 			case "json":
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(results)
+				return enc.Encode(probeResults(predicted))
 			case "text", "":
-				printMatrix(cmd.OutOrStdout(), results, verbose)
+				printPredicted(cmd.OutOrStdout(), predicted, verbose)
 				return nil
 			}
 			return fmt.Errorf("unknown output format %q: use text or json", output)
@@ -134,7 +133,9 @@ func parsePorts(specs []string) ([]policy.NamedPort, error) {
 	return out, nil
 }
 
-func predict(state *policy.State, cf *policy.ClusterFile, override []policy.NamedPort, ipv6 bool) []probeResult {
+// predictedMatrix is the engine's verdict for every pair of hosts on each destination's ports
+// (or the override's): pods by name, then external addresses as the file lists them.
+func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []policy.NamedPort, ipv6 bool) *matrix.Matrix[policy.Outcome] {
 	var hosts []host
 	for _, ep := range cf.Endpoints {
 		hosts = append(hosts, host{name: ep.Namespace + "/" + ep.Name, ips: ep.IPs, ports: ep.Ports})
@@ -143,7 +144,7 @@ func predict(state *policy.State, cf *policy.ClusterFile, override []policy.Name
 	for _, ex := range cf.External {
 		hosts = append(hosts, host{name: ex.Name, ips: []netip.Addr{ex.IP}, ports: ex.Ports})
 	}
-	results := []probeResult{}
+	m := matrix.New[policy.Outcome]()
 	for _, src := range hosts {
 		for _, dst := range hosts {
 			ports := dst.ports
@@ -157,89 +158,42 @@ func predict(state *policy.State, cf *policy.ClusterFile, override []policy.Name
 					continue
 				}
 				d := state.Decide(sa, da, p.Protocol, p.Port)
-				r := probeResult{From: src.name, To: dst.name, Port: p.Port, Protocol: p.Protocol.String(),
-					Verdict: string(d.Outcome), Reason: d.Reason()}
+				c := matrix.Cell[policy.Outcome]{Key: matrix.Key{From: src.name, To: dst.name, Port: matrix.Port{Number: p.Port, Protocol: p.Protocol}},
+					Predicted: d.Outcome, Reason: d.Reason()}
 				if d.Rule != nil {
-					s := d.Rule.String()
-					r.Rule = &s
+					c.Rule = d.Rule.String()
 				}
-				results = append(results, r)
+				m.Set(c)
 			}
 		}
+	}
+	return m
+}
+
+// probeResults is predict's JSON: a probeResult per cell, as docs/cluster-file.md documents it.
+func probeResults(m *matrix.Matrix[policy.Outcome]) []probeResult {
+	results := []probeResult{}
+	for _, c := range m.Cells() {
+		r := probeResult{From: c.From, To: c.To, Port: c.Number, Protocol: c.Protocol.String(),
+			Verdict: string(c.Predicted), Reason: c.Reason}
+		if c.Rule != "" {
+			rule := c.Rule
+			r.Rule = &rule
+		}
+		results = append(results, r)
 	}
 	return results
 }
 
-// printMatrix prints one table per port and protocol: sources down, destinations across;
-// "." allowed, "X" dropped, "L" handed to the L7 proxy.
-func printMatrix(w io.Writer, results []probeResult, verbose bool) {
-	type pp struct {
-		port  uint16
-		proto string
-	}
-	byPort := map[pp][]probeResult{}
-	var order []pp
-	for _, r := range results {
-		k := pp{r.Port, r.Protocol}
-		if _, ok := byPort[k]; !ok {
-			order = append(order, k)
-		}
-		byPort[k] = append(byPort[k], r)
-	}
-	sort.Slice(order, func(i, j int) bool {
-		if order[i].port != order[j].port {
-			return order[i].port < order[j].port
-		}
-		return order[i].proto < order[j].proto
-	})
-	for _, k := range order {
-		fmt.Fprintf(w, "%d/%s\n", k.port, k.proto)
-		var froms, tos []string
-		cell := map[[2]string]string{}
-		for _, r := range byPort[k] {
-			if !slices.Contains(froms, r.From) {
-				froms = append(froms, r.From)
-			}
-			if !slices.Contains(tos, r.To) {
-				tos = append(tos, r.To)
-			}
-			cell[[2]string{r.From, r.To}] = verdictMark(r.Verdict)
-		}
-		tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
-		fmt.Fprint(tw, "from \\ to")
-		for _, t := range tos {
-			fmt.Fprintf(tw, "\t%s", t)
-		}
-		fmt.Fprintln(tw)
-		for _, f := range froms {
-			fmt.Fprint(tw, f)
-			for _, t := range tos {
-				mark, ok := cell[[2]string{f, t}]
-				if !ok {
-					mark = "-"
-				}
-				fmt.Fprintf(tw, "\t%s", mark)
-			}
-			fmt.Fprintln(tw)
-		}
-		tw.Flush()
-		fmt.Fprintln(w)
-	}
+// printPredicted prints the predicted matrix, a table per port and protocol, then its legend;
+// verbose adds a line per probe with the engine's reason.
+func printPredicted(w io.Writer, m *matrix.Matrix[policy.Outcome], verbose bool) {
+	m.Table(w, "", matrix.Predicted)
 	fmt.Fprintln(w, `"." allowed   "X" dropped   "L" handed to the L7 proxy   "-" not probed`)
 	if verbose {
 		fmt.Fprintln(w)
-		for _, r := range results {
-			fmt.Fprintf(w, "%s -> %s %d/%s: %s\n", r.From, r.To, r.Port, r.Protocol, r.Reason)
+		for _, c := range m.Cells() {
+			fmt.Fprintf(w, "%s -> %s %s: %s\n", c.From, c.To, c.Port, c.Reason)
 		}
 	}
-}
-
-func verdictMark(v string) string {
-	switch policy.Outcome(v) {
-	case policy.OutcomeAllowed:
-		return "."
-	case policy.OutcomeL7:
-		return "L"
-	}
-	return "X"
 }
