@@ -29,13 +29,42 @@ const enum l7_parser *unused_l7_parser __attribute__((unused));
 const enum reason *unused_reason __attribute__((unused));
 const struct flow_event *unused_flow_event __attribute__((unused));
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+// What the stages of handle() learned about a packet, for the stages after them.
+struct tc_state {
+	struct pkt *p;
+	struct endpoint_info *ep;
+	struct config *cfg; // the node's settings, 0 when the map has none
+	__u64 now;
+	__u32 peer_id; // the identity of the other end: the source for ingress, the destination for egress
+	__u32 rev;     // the policy revision the flow is checked against
+	__u32 rule;    // the rule that decided, 0 when none did
+	__u32 l7;      // the parser whose proxy the flow goes to, 0 when it goes past the proxy
+	// An open TCP flow (not a new SYN) checked again at a new revision: the proxy's parser when
+	// the proxy carries it, or that it goes past the proxy.
+	__u32 prev_l7;
+	int prev_direct;
+	int from_proxy; // the L7 proxy's own packet towards a pod
+	int had_entry;  // the flow had a conntrack entry in its original direction, revoked or not
+	__u8 dir;
+	__u8 verdict; // the verdict of the policy entry, 0 when none matched
+};
+
+// A stage returns STAGE_NEXT when the stages after it decide the packet, else the program's
+// return value (a TC_ACT_ or a redirect's: never negative).
+#define STAGE_NEXT -2
+
+// stage_parse: the packet, parsed, comes from or goes to an endpoint that is programmed, is of a
+// kind a pod needs and, from a pod, carries the pod's own address. ARP and link-scoped neighbour
+// discovery pass here. Learns the peer's identity, and a later fragment's ports.
+static __always_inline int stage_parse(struct __sk_buff *skb, struct tc_state *s)
 {
+	__u8 dir = s->dir;
 	__u32 zero = 0;
 	struct pkt *p = bpf_map_lookup_elem(&scratch, &zero);
 	if (!p)
 		return TC_ACT_SHOT;
 	__builtin_memset(p, 0, sizeof(*p));
+	s->p = p;
 	__u32 ifindex = skb->ifindex;
 	__u32 mark = response_mark();
 	if (mark && skb->mark == mark) {
@@ -46,6 +75,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int kind = parse(skb, p);
 	if (!ep)
 		return drop(skb, 0, p, dir, REASON_DROP_NOT_ENDPOINT, 0, 0);
+	s->ep = ep;
 	if (ep->flags & EP_FAIL_CLOSED)
 		return drop(skb, ep, p, dir, REASON_DROP_FAIL_CLOSED, 0, 0);
 	// A pod needs IPv4, IPv6 and ARP, untagged. Anything else could be untagged or decapsulated
@@ -69,28 +99,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	const __u8 *peer_addr = dir == DIR_EGRESS ? p->daddr : p->saddr;
-	__u32 peer_id = ipcache_identity(p->family, peer_addr);
+	s->peer_id = ipcache_identity(p->family, peer_addr);
 
 	// Later fragments carry no ports: take them from the first fragment, if it was allowed.
-	if (p->later_frag) {
-		struct frag_key fk = {};
-		fk.family = p->family;
-		fk.proto = p->frag_proto;
-		fk.id = p->frag_id;
-		__builtin_memcpy(fk.saddr, p->saddr, 16);
-		__builtin_memcpy(fk.daddr, p->daddr, 16);
-		struct frag_value *fv = bpf_map_lookup_elem(&fragments, &fk);
-		if (!fv)
-			return drop(skb, ep, p, dir, REASON_DROP_FRAG_NO_FIRST, peer_id, 0);
-		p->sport = fv->sport;
-		p->dport = fv->dport;
-		p->proto = fv->proto;
-	}
+	if (p->later_frag && !frag_restore(p))
+		return drop(skb, ep, p, dir, REASON_DROP_FRAG_NO_FIRST, s->peer_id, 0);
+	return STAGE_NEXT;
+}
 
+// stage_conntrack: replies and related ICMP errors of tracked flows pass, and so does a flow in
+// its original direction that was checked at the current policy revision (to the proxy, when it
+// goes there). Leaves k the key of the flow in its original direction.
+static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_state *s, struct ct_key *k)
+{
+	struct endpoint_info *ep = s->ep;
+	struct pkt *p = s->p;
+	__u8 dir = s->dir;
+	__u32 peer_id = s->peer_id;
 	__u64 now = bpf_ktime_get_ns();
-	struct ct_key k;
+	s->now = now;
 	// A reply: the flow was opened in the other direction of this endpoint.
-	ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->dport, p->sport);
+	ct_fill(k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->dport, p->sport);
 	if (p->proto == PROTO_ICMP || p->proto == PROTO_ICMPV6) {
 		// ICMP echo replies answer requests tracked with type 8/128 and the echo id; errors
 		// are related to the flow whose header they carry.
@@ -104,17 +133,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			int related = skb->len <= ETH_HLEN + cap && bytes_equal(p->daddr, p->inner_saddr, 16);
 			if (dir == DIR_EGRESS)
 				related = related && bytes_equal(p->saddr, p->inner_daddr, 16);
-			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->inner_proto, p->inner_saddr, p->inner_daddr,
+			ct_fill(k, ep->ep_id, dir ^ 1, p->family, p->inner_proto, p->inner_saddr, p->inner_daddr,
 				p->inner_sport, p->inner_dport);
-			struct ct_value *rel = ct_live(&k, now);
+			struct ct_value *rel = ct_live(k, now);
 			if (related && rel && !(rel->flags & CT_REVOKED)) {
 				count(REASON_FORWARD_RELATED, skb->len);
 				return TC_ACT_OK;
 			}
 		} else if (p->icmp_type == 0 || p->icmp_type == 129) {
 			__be16 req = bpf_htons(p->icmp_type == 0 ? 8 : 128);
-			ct_fill(&k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->sport, req);
-			struct ct_value *cv = ct_live(&k, now);
+			ct_fill(k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->sport, req);
+			struct ct_value *cv = ct_live(k, now);
 			if (cv && !(cv->flags & CT_REVOKED)) {
 				cv->last_seen = now;
 				frag_record(p);
@@ -123,7 +152,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			}
 		}
 	} else {
-		struct ct_value *cv = ct_live(&k, now);
+		struct ct_value *cv = ct_live(k, now);
 		if (cv && !(cv->flags & CT_REVOKED)) {
 			cv->last_seen = now;
 			cv->flags |= CT_SEEN_REPLY;
@@ -141,142 +170,191 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	// Original direction: checked against every policy revision, so a revoked allow cuts an open
 	// flow at its next packet. A flow already checked at the current revision skips the lookups.
-	__u32 rev = 0;
+	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	s->cfg = cfg;
 	if (cfg)
-		rev = cfg->policy_rev;
-	ct_fill(&k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
+		s->rev = cfg->policy_rev;
+	ct_fill(k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
 	// The L7 proxy's own packets towards a pod carry its mark (SO_MARK; a pod's marks do not
 	// cross its veth).
 	__u32 pmark = cfg ? cfg->proxy_mark : 0;
-	int from_proxy = dir == DIR_INGRESS && pmark && skb->mark == pmark;
-	int had_entry = 0;
-	// An open TCP flow (not a new SYN) checked again at a new revision: the proxy's parser when
-	// the proxy carries it, or that it goes past the proxy.
-	__u32 prev_l7 = 0;
-	int prev_direct = 0;
-	if (!p->is_frag) {
-		struct ct_value *fast = ct_live(&k, now);
-		had_entry = fast != 0;
-		if (fast && fast->policy_rev == rev && !(fast->flags & CT_REVOKED)) {
-			if ((fast->flags & CT_PROXY) && !from_proxy)
-				return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, fast->rule_id);
-			if (fast->flags & CT_REDIRECT) {
-				int why = proxy_redirect(skb, p, fast->l7);
-				if (why)
-					return drop(skb, ep, p, dir, why, peer_id, fast->rule_id);
-			}
-			fast->last_seen = now;
-			if (p->tcp_flags & 0x05)
-				fast->flags |= CT_CLOSING;
-			count(fast->flags & CT_REDIRECT ? REASON_FORWARD_PROXY
-				  : fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
-			return TC_ACT_OK;
+	s->from_proxy = dir == DIR_INGRESS && pmark && skb->mark == pmark;
+	if (p->is_frag)
+		return STAGE_NEXT;
+	struct ct_value *fast = ct_live(k, now);
+	s->had_entry = fast != 0;
+	if (fast && fast->policy_rev == s->rev && !(fast->flags & CT_REVOKED)) {
+		if ((fast->flags & CT_PROXY) && !s->from_proxy)
+			return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, fast->rule_id);
+		if (fast->flags & CT_REDIRECT) {
+			int why = proxy_redirect(skb, p, fast->l7);
+			if (why)
+				return drop(skb, ep, p, dir, why, peer_id, fast->rule_id);
 		}
-		if (fast && !(fast->flags & CT_REVOKED) && p->proto == PROTO_TCP &&
-		    !((p->tcp_flags & 0x02) && !(p->tcp_flags & 0x10))) {
-			if (fast->flags & CT_REDIRECT)
-				prev_l7 = fast->l7;
-			else
-				prev_direct = 1;
-		}
+		fast->last_seen = now;
+		if (p->tcp_flags & 0x05)
+			fast->flags |= CT_CLOSING;
+		count(fast->flags & CT_REDIRECT ? REASON_FORWARD_PROXY
+			  : fast->rule_id ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED, skb->len);
+		return TC_ACT_OK;
 	}
+	if (fast && !(fast->flags & CT_REVOKED) && p->proto == PROTO_TCP &&
+	    !((p->tcp_flags & 0x02) && !(p->tcp_flags & 0x10))) {
+		if (fast->flags & CT_REDIRECT)
+			s->prev_l7 = fast->l7;
+		else
+			s->prev_direct = 1;
+	}
+	return STAGE_NEXT;
+}
+
+// stage_policy: the endpoint's policy for the flow as it stands now. A deny, no entry where the
+// direction is enforced (unless the packet answers a flow whose conntrack entry was evicted), or
+// an L7 rule's flow that did not come through the proxy is dropped; else the entry's verdict,
+// rule and parser go on.
+static __always_inline int stage_policy(struct __sk_buff *skb, struct tc_state *s, struct ct_key *k)
+{
+	struct endpoint_info *ep = s->ep;
+	struct pkt *p = s->p;
+	__u8 dir = s->dir;
 	// From a pod to a Service frontend: its socket should have been translated. A packet that was
 	// not (a raw socket) would be DNATed by kube-proxy after this program, to a backend policy
 	// never saw: dropped.
-	if (dir == DIR_EGRESS && cfg && (cfg->flags & CFG_SOCKET_LB) && to_service_frontend(p)) {
-		ct_revoke(&k);
-		return drop(skb, ep, p, dir, REASON_DROP_SERVICE_UNTRANSLATED, peer_id, 0);
+	if (dir == DIR_EGRESS && s->cfg && (s->cfg->flags & CFG_SOCKET_LB) && to_service_frontend(p)) {
+		ct_revoke(k);
+		return drop(skb, ep, p, dir, REASON_DROP_SERVICE_UNTRANSLATED, s->peer_id, 0);
 	}
 	// From a node address: Service traffic the host translated and masqueraded is judged as its
 	// client, not as the host.
-	if (dir == DIR_INGRESS && peer_id == ID_HOST && !from_proxy && !p->is_frag &&
+	if (dir == DIR_INGRESS && s->peer_id == ID_HOST && !s->from_proxy && !p->is_frag &&
 	    (p->proto == PROTO_TCP || p->proto == PROTO_UDP)) {
 		__u32 client = nat_client_identity(skb, p);
 		if (client)
-			peer_id = client;
+			s->peer_id = client;
 	}
+	__u32 peer_id = s->peer_id;
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
 	policy_lookup(ep, dir, peer_id, p, &best);
 	__u32 rule = best.verdict ? best.rule_id : 0;
 	__u32 enforced = ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
 	if (best.verdict == VERDICT_DENY) {
-		ct_revoke(&k);
+		ct_revoke(k);
 		return drop(skb, ep, p, dir, REASON_DROP_DENY, peer_id, rule);
 	}
 	// An L7 rule: the source's egress hands the flow to the proxy; the destination's ingress lets
 	// through only what the proxy sends (it applied the rule).
-	__u32 l7 = 0;
 	if (best.verdict == VERDICT_PROXY) {
-		if (dir == DIR_INGRESS && !from_proxy) {
-			ct_revoke(&k);
+		if (dir == DIR_INGRESS && !s->from_proxy) {
+			ct_revoke(k);
 			return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, rule);
 		}
 		if (dir == DIR_EGRESS)
-			l7 = best.l7 ? best.l7 : L7_HTTP;
+			s->l7 = best.l7 ? best.l7 : L7_HTTP;
 	}
 	if (best.verdict == 0 && enforced) {
 		// No entry at all, not even a revoked one: this may be a reply whose flow's entry the
 		// LRU evicted.
-		int udp_reply = !had_entry && !p->is_frag && p->proto == PROTO_UDP && dir == DIR_INGRESS &&
+		int udp_reply = !s->had_entry && !p->is_frag && p->proto == PROTO_UDP && dir == DIR_INGRESS &&
 				udp_connected_reply(skb, p);
-		if (!had_entry && !p->is_frag && recover_reply(ep, dir | (udp_reply ? RECOVER_UDP : 0), peer_id, p, rev)) {
+		if (!s->had_entry && !p->is_frag &&
+		    recover_reply(ep, dir | (udp_reply ? RECOVER_UDP : 0), peer_id, p, s->rev)) {
 			count(REASON_FORWARD_REPLY_RECOVERED, skb->len);
 			return TC_ACT_OK;
 		}
-		ct_revoke(&k);
+		ct_revoke(k);
 		return drop(skb, ep, p, dir, REASON_DROP_DEFAULT_DENY, peer_id, 0);
 	}
+	s->verdict = best.verdict;
+	s->rule = rule;
+	return STAGE_NEXT;
+}
 
+// stage_proxy: a flow an L7 rule governs goes to the node's proxy, where it enters the node: the
+// source's egress rule, or the ingress rule of a destination pod on this node. A flow that went
+// past the proxy is cut when a rule now governs it; one the proxy carries stays with it.
+static __always_inline int stage_proxy(struct __sk_buff *skb, struct tc_state *s, struct ct_key *k)
+{
+	struct endpoint_info *ep = s->ep;
+	struct pkt *p = s->p;
+	__u8 dir = s->dir;
 	// A TCP flow to a pod of this node whose ingress has an L7 rule for it: the proxy judges it
 	// here, where the packet enters the node (tc_to_pod cannot hand it over).
-	if (!l7 && dir == DIR_EGRESS && p->proto == PROTO_TCP) {
+	if (!s->l7 && dir == DIR_EGRESS && p->proto == PROTO_TCP) {
 		__u32 irule = 0;
-		l7 = ingress_l7(local_endpoint(p->family, p->daddr), ep->identity, p, &irule);
-		if (l7)
-			rule = irule;
+		s->l7 = ingress_l7(local_endpoint(p->family, p->daddr), ep->identity, p, &irule);
+		if (s->l7)
+			s->rule = irule;
 	}
 	if (dir == DIR_EGRESS && p->proto == PROTO_TCP) {
-		if (!l7 && prev_l7) {
+		if (!s->l7 && s->prev_l7) {
 			// Its L7 rules are gone but the flow is still allowed: the proxy keeps carrying it
 			// (it holds both halves) and judges its requests by the policy of now.
-			l7 = prev_l7;
-		} else if (l7 && prev_direct) {
+			s->l7 = s->prev_l7;
+		} else if (s->l7 && s->prev_direct) {
 			// An L7 rule now governs a flow that went past the proxy: the proxy cannot take over
 			// an open connection, and the rule cannot be bypassed. Cut, and said so.
-			ct_revoke(&k);
-			return drop(skb, ep, p, dir, REASON_DROP_PROXY_MIDFLOW, peer_id, rule);
+			ct_revoke(k);
+			return drop(skb, ep, p, dir, REASON_DROP_PROXY_MIDFLOW, s->peer_id, s->rule);
 		}
 	}
-	if (l7) {
-		int why = proxy_redirect(skb, p, l7);
+	if (s->l7) {
+		int why = proxy_redirect(skb, p, s->l7);
 		if (why) {
-			ct_revoke(&k);
-			return drop(skb, ep, p, dir, why, peer_id, rule);
+			ct_revoke(k);
+			return drop(skb, ep, p, dir, why, s->peer_id, s->rule);
 		}
 	}
+	return STAGE_NEXT;
+}
 
+// forward passes a packet the stages let through in its flow's original direction: the flow's
+// conntrack entry records the revision, rule and proxy it was checked with, and a new flow is
+// reported.
+static __always_inline int forward(struct __sk_buff *skb, struct tc_state *s, struct ct_key *k)
+{
+	struct pkt *p = s->p;
 	frag_record(p);
 
-	__u8 reason = l7 ? REASON_FORWARD_PROXY : best.verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
-	__u32 ctf = (l7 ? CT_REDIRECT : 0) | (from_proxy ? CT_PROXY : 0);
-	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &k);
+	__u8 reason = s->l7 ? REASON_FORWARD_PROXY : s->verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
+	__u32 ctf = (s->l7 ? CT_REDIRECT : 0) | (s->from_proxy ? CT_PROXY : 0);
+	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, k);
 	if (cv) {
-		cv->last_seen = now;
-		cv->rule_id = rule;
-		cv->policy_rev = rev;
-		cv->l7 = l7;
+		cv->last_seen = s->now;
+		cv->rule_id = s->rule;
+		cv->policy_rev = s->rev;
+		cv->l7 = s->l7;
 		cv->flags = (cv->flags & ~(CT_REVOKED | CT_REDIRECT | CT_PROXY)) | ctf;
 		if (p->tcp_flags & 0x05)
 			cv->flags |= CT_CLOSING;
 	} else {
-		struct ct_value nv = {.last_seen = now, .rule_id = rule, .policy_rev = rev, .flags = ctf, .l7 = l7};
-		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
-		emit(skb, ep, p, dir, VERDICT_ALLOW, reason, peer_id, rule);
+		struct ct_value nv = {.last_seen = s->now, .rule_id = s->rule, .policy_rev = s->rev, .flags = ctf, .l7 = s->l7};
+		bpf_map_update_elem(&conntrack, k, &nv, BPF_ANY);
+		emit(skb, s->ep, p, s->dir, VERDICT_ALLOW, reason, s->peer_id, s->rule);
 	}
 	count(reason, skb->len);
 	return TC_ACT_OK;
+}
+
+// handle judges a packet on a pod's host veth in stages, each of which may decide it.
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct tc_state s = {.dir = dir};
+	struct ct_key k;
+	int ret = stage_parse(skb, &s);
+	if (ret != STAGE_NEXT)
+		return ret;
+	ret = stage_conntrack(skb, &s, &k);
+	if (ret != STAGE_NEXT)
+		return ret;
+	ret = stage_policy(skb, &s, &k);
+	if (ret != STAGE_NEXT)
+		return ret;
+	ret = stage_proxy(skb, &s, &k);
+	if (ret != STAGE_NEXT)
+		return ret;
+	return forward(skb, &s, &k);
 }
 
 SEC("tc")

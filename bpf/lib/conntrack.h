@@ -111,6 +111,31 @@ static __always_inline struct ct_value *ct_live(struct ct_key *k, __u64 now)
 #define RELATED_MAX_V4 576
 #define RELATED_MAX_V6 1280
 
+// frag_key_of is the key of the datagram p is a fragment of (fk zeroed before).
+static __always_inline void frag_key_of(struct frag_key *fk, struct pkt *p)
+{
+	fk->family = p->family;
+	fk->proto = p->frag_proto;
+	fk->id = p->frag_id;
+	__builtin_memcpy(fk->saddr, p->saddr, 16);
+	__builtin_memcpy(fk->daddr, p->daddr, 16);
+}
+
+// frag_restore gives a later fragment, which carries no ports, those of its first fragment.
+// Returns 0 when no first fragment of its datagram passed.
+static __always_inline int frag_restore(struct pkt *p)
+{
+	struct frag_key fk = {};
+	frag_key_of(&fk, p);
+	struct frag_value *fv = bpf_map_lookup_elem(&fragments, &fk);
+	if (!fv)
+		return 0;
+	p->sport = fv->sport;
+	p->dport = fv->dport;
+	p->proto = fv->proto;
+	return 1;
+}
+
 // frag_record remembers the ports of a first fragment that passed, for its later fragments
 // (which carry none). Called for every first fragment that passes: by policy and as a reply.
 static __attribute__((noinline)) int frag_record(struct pkt *p)
@@ -118,11 +143,7 @@ static __attribute__((noinline)) int frag_record(struct pkt *p)
 	if (!p->is_frag || p->later_frag)
 		return 0;
 	struct frag_key fk = {};
-	fk.family = p->family;
-	fk.proto = p->frag_proto;
-	fk.id = p->frag_id;
-	__builtin_memcpy(fk.saddr, p->saddr, 16);
-	__builtin_memcpy(fk.daddr, p->daddr, 16);
+	frag_key_of(&fk, p);
 	struct frag_value fv = {.sport = p->sport, .dport = p->dport, .proto = p->proto};
 	bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
 	return 0;
