@@ -131,8 +131,14 @@ func Open(opts Options) (d *Datapath, err error) {
 		return nil, err
 	}
 	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.TcEndpointInfo{}, netns: map[int]uint64{}, nsid: map[int]int32{}}
-	err = loadObjects(&d.objs, opts)
-	if err != nil {
+	// From here on, a failure closes what Open loaded and attached.
+	defer func() {
+		if err != nil {
+			d.closeCgroupLinks()
+			d.objs.Close()
+		}
+	}()
+	if err := loadObjects(&d.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load programs: verifier: %+v", ve)
@@ -140,12 +146,10 @@ func Open(opts Options) (d *Datapath, err error) {
 		return nil, fmt.Errorf("load programs (pinned maps in %s may be from an incompatible version; Teardown removes them): %w", opts.PinPath, err)
 	}
 	if d.shares, err = loadPodShares(&d.objs); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	// Continue the policy revision of an earlier process: tracked flows are checked again once.
 	if err := d.objs.Settings.Lookup(uint32(0), &d.cfg); err != nil {
-		d.objs.Close()
 		return nil, fmt.Errorf("read settings: %w", err)
 	}
 	d.cfg.EventsPerSec, d.cfg.Flags = opts.EventsPerSecond, 0
@@ -154,7 +158,6 @@ func Open(opts Options) (d *Datapath, err error) {
 	for d.cfg.ResponseMark == 0 {
 		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			d.objs.Close()
 			return nil, fmt.Errorf("draw the response mark: %w", err)
 		}
 		d.cfg.ResponseMark = binary.LittleEndian.Uint32(b[:])
@@ -164,7 +167,6 @@ func Open(opts Options) (d *Datapath, err error) {
 	for d.cfg.ProxyMark&0xffff0000 == 0 || d.cfg.ProxyMark&0xffff != 0 || d.cfg.ProxyMark == d.cfg.ResponseMark {
 		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			d.objs.Close()
 			return nil, fmt.Errorf("draw the proxy mark: %w", err)
 		}
 		d.cfg.ProxyMark = binary.LittleEndian.Uint32(b[:]) &^ 0xffff
@@ -176,31 +178,24 @@ func Open(opts Options) (d *Datapath, err error) {
 		d.cfg.Flags |= cfgSocketLB
 	}
 	if err := d.bumpRevision(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if err := d.pinPrograms(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	d.attach = &attacher{pinDir: filepath.Join(opts.PinPath, "links"), forceLegacy: opts.ForceLegacyTC,
 		fromPod: d.objs.TcFromPod, toPod: d.objs.TcToPod, fromUplink: d.objs.TcFromUplink}
 	if err := d.attach.adopt(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if err := d.loadApplied(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if err := d.loadServices(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if opts.Cgroup != "" {
 		if err := d.attachCgroup(opts.Cgroup); err != nil {
-			d.closeCgroupLinks()
-			d.objs.Close()
 			return nil, err
 		}
 	}
@@ -239,14 +234,12 @@ func loadObjects(objs *objects, opts Options) error {
 		return err
 	}
 	if err := bpf.LoadSockObjects(&objs.sock.SockMaps, pinned); err != nil {
-		objs.Close()
 		return err
 	}
 	if opts.Cgroup == "" {
 		return nil
 	}
 	if err := bpf.LoadSockObjects(&objs.sock.SockPrograms, pinned); err != nil {
-		objs.Close()
 		return fmt.Errorf("socket programs for Service translation (kernel >= 5.18 needed; without --cgroup-root, policy is enforced and Services are left to kube-proxy): %w", err)
 	}
 	return nil
