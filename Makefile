@@ -4,7 +4,7 @@ GO        ?= go
 BIN       := bin/netpact
 FUZZTIME  ?= 2m
 # bpf2go's compiler and flags, pinned: Debian's clang 14 (apt-get install clang-14 llvm-14
-# libbpf-dev linux-libc-dev).
+# libbpf-dev; the Linux UAPI headers are vendored in bpf/headers).
 export BPF_CLANG  := clang-14
 export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror

@@ -63,7 +63,7 @@ func (d *Datapath) upsert(ep Endpoint, st *policy.EndpointState) error {
 
 // writeInfo writes the endpoint's entry (id, identity, addresses, flags) when it changed.
 func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, error) {
-	info := bpf.NetpactEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: flags, PrefixPortBits: prefixPortBits}
+	info := bpf.TcEndpointInfo{EpId: ep.ID, Identity: uint32(ep.Identity), Flags: flags, PrefixPortBits: prefixPortBits}
 	if ep.IPv4.IsValid() {
 		info.Ipv4 = ep.IPv4.As4()
 	}
@@ -79,7 +79,7 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 	if err := d.writeNsid(ep.Ifindex); err != nil {
 		return false, err
 	}
-	if err := d.shares.add(&d.objs.NetpactMaps, ep.Ifindex, d.netns[ep.Ifindex]); err != nil {
+	if err := d.shares.add(&d.objs, ep.Ifindex, d.netns[ep.Ifindex]); err != nil {
 		return false, err
 	}
 	if err := d.writeAddrs(ep.Ifindex, info); err != nil {
@@ -193,11 +193,11 @@ func (d *Datapath) RemoveEndpoint(ep Endpoint) error {
 	return nil
 }
 
-func ipcacheKey(p netip.Prefix) bpf.NetpactIpcacheKey {
-	return bpf.NetpactIpcacheKey{Prefixlen: uint32(32 + p.Bits()), Family: family(p.Addr()), Addr: addr16(p.Masked().Addr())}
+func ipcacheKey(p netip.Prefix) bpf.TcIpcacheKey {
+	return bpf.TcIpcacheKey{Prefixlen: uint32(32 + p.Bits()), Family: family(p.Addr()), Addr: addr16(p.Masked().Addr())}
 }
 
-func ipcachePrefix(k bpf.NetpactIpcacheKey) netip.Prefix {
+func ipcachePrefix(k bpf.TcIpcacheKey) netip.Prefix {
 	var a netip.Addr
 	if k.Family == familyV4 {
 		a = netip.AddrFrom4([4]byte(k.Addr[:4]))
@@ -219,7 +219,7 @@ func (d *Datapath) SetIPCache(want map[netip.Prefix]policy.ID) error {
 		if old, ok := d.ipcache[p]; ok && old == id {
 			continue
 		}
-		if err := d.objs.Ipcache.Put(ipcacheKey(p), bpf.NetpactIpcacheValue{Identity: uint32(id)}); err != nil {
+		if err := d.objs.Ipcache.Put(ipcacheKey(p), bpf.TcIpcacheValue{Identity: uint32(id)}); err != nil {
 			return fmt.Errorf("write ipcache %s: %w", p, err)
 		}
 		d.ipcache[p] = id
@@ -273,13 +273,13 @@ func (e DriftEntry) String() string {
 func (d *Datapath) Resync() ([]DriftEntry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	policyWant := map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue{}
-	prefixWant := map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue{}
+	policyWant := map[bpf.TcPolicyKey]bpf.TcPolicyValue{}
+	prefixWant := map[bpf.TcPrefixPolicyKey]bpf.TcPolicyValue{}
 	for _, e := range d.applied {
 		maps.Copy(policyWant, e.Policy)
 		maps.Copy(prefixWant, e.Prefix)
 	}
-	endpointsWant := make(map[uint32]bpf.NetpactEndpointInfo, len(d.endpointInfo))
+	endpointsWant := make(map[uint32]bpf.TcEndpointInfo, len(d.endpointInfo))
 	for ifindex, info := range d.endpointInfo {
 		endpointsWant[uint32(ifindex)] = info
 	}
@@ -367,13 +367,13 @@ func diffMap[K, V comparable](m *ebpf.Map, name string, want map[K]V, describe f
 }
 
 // describePolicy renders a policy entry through FromBPF, in the terms Dump uses.
-func describePolicy(k bpf.NetpactPolicyKey, v bpf.NetpactPolicyValue) (uint32, string, string) {
+func describePolicy(k bpf.TcPolicyKey, v bpf.TcPolicyValue) (uint32, string, string) {
 	e := newEntries()
 	e.Policy[k] = v
 	return k.EpId, describeKey(FromBPF(e), k), describeValue(v)
 }
 
-func describePrefix(k bpf.NetpactPrefixPolicyKey, v bpf.NetpactPolicyValue) (uint32, string, string) {
+func describePrefix(k bpf.TcPrefixPolicyKey, v bpf.TcPolicyValue) (uint32, string, string) {
 	e := newEntries()
 	e.Prefix[k] = v
 	return k.EpId, describeKey(FromBPF(e), k), describeValue(v)
@@ -387,7 +387,7 @@ func describeKey(dump []DumpEntry, raw any) string {
 	return fmt.Sprintf("%s %s", dump[0].Direction, dump[0].Key)
 }
 
-func describeValue(v bpf.NetpactPolicyValue) string {
+func describeValue(v bpf.TcPolicyValue) string {
 	s := fmt.Sprintf("%s rule %d", policy.Verdict(v.Verdict), v.RuleId)
 	if policy.Verdict(v.Verdict) == policy.VerdictProxy {
 		s += " to the " + Parser(v.L7).String() + " proxy"
@@ -404,7 +404,7 @@ var endpointFlagNames = []struct {
 	{flagFailClosed, "fail-closed"}, {flagHasL7, "l7"}, {flagHasL7Ingress, "l7-ingress"},
 }
 
-func describeEndpoint(ifindex uint32, info bpf.NetpactEndpointInfo) (uint32, string, string) {
+func describeEndpoint(ifindex uint32, info bpf.TcEndpointInfo) (uint32, string, string) {
 	var flags []string
 	rest := info.Flags
 	for _, f := range endpointFlagNames {
@@ -433,8 +433,8 @@ func (d *Datapath) Dump(epID uint32) ([]DumpEntry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e := newEntries()
-	var k bpf.NetpactPolicyKey
-	var v bpf.NetpactPolicyValue
+	var k bpf.TcPolicyKey
+	var v bpf.TcPolicyValue
 	it := d.objs.Policy.Iterate()
 	for it.Next(&k, &v) {
 		if k.EpId == epID {
@@ -444,7 +444,7 @@ func (d *Datapath) Dump(epID uint32) ([]DumpEntry, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump policy map: %w", err)
 	}
-	var pk bpf.NetpactPrefixPolicyKey
+	var pk bpf.TcPrefixPolicyKey
 	pit := d.objs.PrefixPolicy.Iterate()
 	for pit.Next(&pk, &v) {
 		if pk.EpId == epID {
@@ -539,7 +539,7 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 // forgetNetns deletes an interface's network namespace cookie (flow events name no Service for
 // it) and id (no UDP reply is recovered for it).
 func (d *Datapath) forgetNetns(ifindex int) {
-	d.shares.forget(&d.objs.NetpactMaps, ifindex, d.netns[ifindex])
+	d.shares.forget(&d.objs, ifindex, d.netns[ifindex])
 	_ = d.objs.EndpointNetns.Delete(uint32(ifindex))
 	delete(d.netns, ifindex)
 	_ = d.objs.EndpointNsid.Delete(uint32(ifindex))

@@ -15,12 +15,12 @@ const (
 	dirIngress = 0
 	dirEgress  = 1
 
-	flagEnforceIngress = uint32(bpf.NetpactEndpointFlagEP_ENFORCE_INGRESS)
-	flagEnforceEgress  = uint32(bpf.NetpactEndpointFlagEP_ENFORCE_EGRESS)
-	flagHasPrefix      = uint32(bpf.NetpactEndpointFlagEP_HAS_PREFIX_POLICY)
-	flagFailClosed     = uint32(bpf.NetpactEndpointFlagEP_FAIL_CLOSED)
-	flagHasL7          = uint32(bpf.NetpactEndpointFlagEP_HAS_L7)
-	flagHasL7Ingress   = uint32(bpf.NetpactEndpointFlagEP_HAS_L7INGRESS)
+	flagEnforceIngress = uint32(bpf.TcEndpointFlagEP_ENFORCE_INGRESS)
+	flagEnforceEgress  = uint32(bpf.TcEndpointFlagEP_ENFORCE_EGRESS)
+	flagHasPrefix      = uint32(bpf.TcEndpointFlagEP_HAS_PREFIX_POLICY)
+	flagFailClosed     = uint32(bpf.TcEndpointFlagEP_FAIL_CLOSED)
+	flagHasL7          = uint32(bpf.TcEndpointFlagEP_HAS_L7)
+	flagHasL7Ingress   = uint32(bpf.TcEndpointFlagEP_HAS_L7INGRESS)
 
 	familyV4 = 4
 	familyV6 = 6
@@ -28,8 +28,8 @@ const (
 
 // Entries is one endpoint's policy in the datapath's layout.
 type Entries struct {
-	Policy map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue
-	Prefix map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue
+	Policy map[bpf.TcPolicyKey]bpf.TcPolicyValue
+	Prefix map[bpf.TcPrefixPolicyKey]bpf.TcPolicyValue
 	// Flags are the endpoint's enforcement flags (default deny per direction).
 	Flags uint32
 	// PrefixPortBits has bit b set when a Prefix entry wildcards b low port bits.
@@ -37,7 +37,7 @@ type Entries struct {
 }
 
 func newEntries() Entries {
-	return Entries{Policy: map[bpf.NetpactPolicyKey]bpf.NetpactPolicyValue{}, Prefix: map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue{}}
+	return Entries{Policy: map[bpf.TcPolicyKey]bpf.TcPolicyValue{}, Prefix: map[bpf.TcPrefixPolicyKey]bpf.TcPolicyValue{}}
 }
 
 // htons turns a host-order port into the value whose little-endian layout is network order.
@@ -57,7 +57,7 @@ func rank(v uint8) int {
 
 // stronger reports whether a wins over b, with the engine's order: deny, allow, proxy; ties go
 // to the lowest rule id.
-func stronger(a, b bpf.NetpactPolicyValue) bool {
+func stronger(a, b bpf.TcPolicyValue) bool {
 	if rank(a.Verdict) != rank(b.Verdict) {
 		return rank(a.Verdict) > rank(b.Verdict)
 	}
@@ -66,7 +66,7 @@ func stronger(a, b bpf.NetpactPolicyValue) bool {
 
 type interval struct {
 	lo, hi uint16
-	val    bpf.NetpactPolicyValue
+	val    bpf.TcPolicyValue
 }
 
 // flatten turns overlapping port ranges into disjoint intervals, each with the strongest value
@@ -83,7 +83,7 @@ func flatten(in []interval) []interval {
 		if lo > hi || lo > 65535 {
 			continue
 		}
-		var best *bpf.NetpactPolicyValue
+		var best *bpf.TcPolicyValue
 		for j := range in {
 			if int(in[j].lo) <= lo && hi <= int(in[j].hi) && (best == nil || stronger(in[j].val, *best)) {
 				best = &in[j].val
@@ -117,8 +117,8 @@ func portBlocks(lo, hi uint16) [][2]int {
 
 const policyKeyBits = 8 * (4 + 4 + 1 + 1) // ep_id, identity, direction, proto: matched exactly
 
-func value(e *policy.Entry) bpf.NetpactPolicyValue {
-	v := bpf.NetpactPolicyValue{RuleId: uint32(e.Rules[0]), Verdict: uint8(e.Verdict)}
+func value(e *policy.Entry) bpf.TcPolicyValue {
+	v := bpf.TcPolicyValue{RuleId: uint32(e.Rules[0]), Verdict: uint8(e.Verdict)}
 	if e.Verdict == policy.VerdictProxy {
 		v.L7 = uint16(ParserOf(e.L7))
 	}
@@ -217,7 +217,7 @@ func toBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 		for g, ivs := range groups {
 			for _, iv := range flatten(ivs) {
 				for _, b := range portBlocks(iv.lo, iv.hi) {
-					key := bpf.NetpactPolicyKey{Prefixlen: uint32(policyKeyBits + b[1]), EpId: epID, Identity: uint32(g.identity),
+					key := bpf.TcPolicyKey{Prefixlen: uint32(policyKeyBits + b[1]), EpId: epID, Identity: uint32(g.identity),
 						Direction: dir, Proto: uint8(g.proto), Port: htons(uint16(b[0]))}
 					out.Policy[key] = iv.val
 				}
@@ -234,9 +234,9 @@ const prefixKeyBits = 8 * (4 + 1 + 1 + 1 + 1 + 2 + 2 + 4) // ep_id, direction, p
 
 // addPrefix writes an address-matched entry as aligned port blocks (any protocol: one entry) and
 // returns the block sizes it used, as bits of prefix_port_bits.
-func addPrefix(into map[bpf.NetpactPrefixPolicyKey]bpf.NetpactPolicyValue, epID uint32, dir uint8, p netip.Prefix, k policy.MapKey, v bpf.NetpactPolicyValue) uint32 {
+func addPrefix(into map[bpf.TcPrefixPolicyKey]bpf.TcPolicyValue, epID uint32, dir uint8, p netip.Prefix, k policy.MapKey, v bpf.TcPolicyValue) uint32 {
 	put := func(proto uint8, base uint16, wild int) {
-		key := bpf.NetpactPrefixPolicyKey{Prefixlen: uint32(prefixKeyBits + p.Bits()), EpId: epID, Direction: dir,
+		key := bpf.TcPrefixPolicyKey{Prefixlen: uint32(prefixKeyBits + p.Bits()), EpId: epID, Direction: dir,
 			Proto: proto, PortBits: uint8(wild), Port: htons(base), Family: family(p.Addr()), Addr: addr16(p.Masked().Addr())}
 		if old, ok := into[key]; !ok || stronger(v, old) {
 			into[key] = v

@@ -26,7 +26,7 @@ import (
 )
 
 const (
-	cfgDenyICMP = 1 // CFG_DENY_ICMP in bpf/netpact.c
+	cfgDenyICMP = 1 // CFG_DENY_ICMP in bpf/lib/config.h
 	cfgSocketLB = 2 // CFG_SOCKET_LB
 )
 
@@ -69,18 +69,18 @@ type Endpoint struct {
 type Datapath struct {
 	mu      sync.Mutex
 	opts    Options
-	objs    bpf.NetpactObjects
+	objs    objects
 	attach  *attacher
 	applied map[uint32]Entries // per endpoint id, what the maps hold
 	ipcache map[netip.Prefix]policy.ID
-	cfg     bpf.NetpactConfig
+	cfg     bpf.TcConfig
 	// endpointInfo is what the endpoints map holds, by ifindex.
-	endpointInfo map[int]bpf.NetpactEndpointInfo
+	endpointInfo map[int]bpf.TcEndpointInfo
 	// pinnedInfo and pinnedIPCache are what the maps held when Open adopted them.
-	pinnedInfo    map[int]bpf.NetpactEndpointInfo
+	pinnedInfo    map[int]bpf.TcEndpointInfo
 	pinnedIPCache map[netip.Prefix]policy.ID
 	// services are the frontends the maps hold, serviceNames their Services by id.
-	services      map[bpf.NetpactSvcKey]appliedService
+	services      map[bpf.TcSvcKey]appliedService
 	serviceNames  map[uint32]string
 	lastServiceID uint32
 	cgroupLinks   []link.Link
@@ -130,22 +130,26 @@ func Open(opts Options) (d *Datapath, err error) {
 	if err := dropStaleStatsPins(opts.PinPath); err != nil {
 		return nil, err
 	}
-	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.NetpactEndpointInfo{}, netns: map[int]uint64{}, nsid: map[int]int32{}}
-	err = loadObjects(&d.objs, opts)
-	if err != nil {
+	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.TcEndpointInfo{}, netns: map[int]uint64{}, nsid: map[int]int32{}}
+	// From here on, a failure closes what Open loaded and attached.
+	defer func() {
+		if err != nil {
+			d.closeCgroupLinks()
+			d.objs.Close()
+		}
+	}()
+	if err := loadObjects(&d.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load programs: verifier: %+v", ve)
 		}
 		return nil, fmt.Errorf("load programs (pinned maps in %s may be from an incompatible version; Teardown removes them): %w", opts.PinPath, err)
 	}
-	if d.shares, err = loadPodShares(&d.objs.NetpactMaps); err != nil {
-		d.objs.Close()
+	if d.shares, err = loadPodShares(&d.objs); err != nil {
 		return nil, err
 	}
 	// Continue the policy revision of an earlier process: tracked flows are checked again once.
 	if err := d.objs.Settings.Lookup(uint32(0), &d.cfg); err != nil {
-		d.objs.Close()
 		return nil, fmt.Errorf("read settings: %w", err)
 	}
 	d.cfg.EventsPerSec, d.cfg.Flags = opts.EventsPerSecond, 0
@@ -154,7 +158,6 @@ func Open(opts Options) (d *Datapath, err error) {
 	for d.cfg.ResponseMark == 0 {
 		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			d.objs.Close()
 			return nil, fmt.Errorf("draw the response mark: %w", err)
 		}
 		d.cfg.ResponseMark = binary.LittleEndian.Uint32(b[:])
@@ -164,7 +167,6 @@ func Open(opts Options) (d *Datapath, err error) {
 	for d.cfg.ProxyMark&0xffff0000 == 0 || d.cfg.ProxyMark&0xffff != 0 || d.cfg.ProxyMark == d.cfg.ResponseMark {
 		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			d.objs.Close()
 			return nil, fmt.Errorf("draw the proxy mark: %w", err)
 		}
 		d.cfg.ProxyMark = binary.LittleEndian.Uint32(b[:]) &^ 0xffff
@@ -176,31 +178,24 @@ func Open(opts Options) (d *Datapath, err error) {
 		d.cfg.Flags |= cfgSocketLB
 	}
 	if err := d.bumpRevision(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if err := d.pinPrograms(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	d.attach = &attacher{pinDir: filepath.Join(opts.PinPath, "links"), forceLegacy: opts.ForceLegacyTC,
 		fromPod: d.objs.TcFromPod, toPod: d.objs.TcToPod, fromUplink: d.objs.TcFromUplink}
 	if err := d.attach.adopt(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if err := d.loadApplied(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if err := d.loadServices(); err != nil {
-		d.objs.Close()
 		return nil, err
 	}
 	if opts.Cgroup != "" {
 		if err := d.attachCgroup(opts.Cgroup); err != nil {
-			d.closeCgroupLinks()
-			d.objs.Close()
 			return nil, err
 		}
 	}
@@ -209,48 +204,44 @@ func Open(opts Options) (d *Datapath, err error) {
 	return d, nil
 }
 
+// objects are the datapath's programs and maps, one collection per object of package bpf: the tc
+// programs and their maps; the socket programs' maps, and with Service translation the socket
+// programs; the proxy's listener lookup once SetProxyListeners asks for it. Maps that several
+// objects use are pinned by name, so every object's load adopts the same map.
+type objects struct {
+	bpf.TcObjects
+	sock   bpf.SockObjects
+	lookup bpf.LookupObjects
+}
+
+func (o *objects) Close() error {
+	return errors.Join(o.TcObjects.Close(), o.sock.Close(), o.lookup.Close())
+}
+
 // loadObjects loads the maps (adopting pinned ones) and the tc programs, and the socket programs
 // only when translation is asked for: a kernel without them (bpf_set_retval, the getpeername
-// hooks) still enforces policy.
-func loadObjects(objs *bpf.NetpactObjects, opts Options) error {
-	spec, err := bpf.LoadNetpact()
-	if err != nil {
+// hooks) still enforces policy. The socket programs' maps are loaded either way: Services and the
+// pods' shares of reverse translations are written to them.
+func loadObjects(objs *objects, opts Options) error {
+	pinned := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}
+	// Not the tc object's variables: they are there only so that bpf2go mirrors the C enums, and
+	// loading them would make a map for nothing.
+	tc := struct {
+		*bpf.TcMaps
+		*bpf.TcPrograms
+	}{&objs.TcMaps, &objs.TcPrograms}
+	if err := bpf.LoadTcObjects(&tc, pinned); err != nil {
 		return err
 	}
-	var tc struct {
-		bpf.NetpactMaps
-		TcFromPod *ebpf.Program `ebpf:"tc_from_pod"`
-		TcToPod   *ebpf.Program `ebpf:"tc_to_pod"`
-		TcUplink  *ebpf.Program `ebpf:"tc_from_uplink"`
-	}
-	if err := spec.LoadAndAssign(&tc, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}}); err != nil {
+	if err := bpf.LoadSockObjects(&objs.sock.SockMaps, pinned); err != nil {
 		return err
 	}
-	objs.NetpactMaps, objs.TcFromPod, objs.TcToPod, objs.TcFromUplink = tc.NetpactMaps, tc.TcFromPod, tc.TcToPod, tc.TcUplink
 	if opts.Cgroup == "" {
 		return nil
 	}
-	m := &objs.NetpactMaps
-	var sock struct {
-		SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
-		SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
-		SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
-		SockGetpeername6 *ebpf.Program `ebpf:"sock_getpeername6"`
-		SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
-		SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
-		SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
-		SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
-	}
-	err = spec.LoadAndAssign(&sock, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"services": m.Services, "backends": m.Backends, "sock_revnat": m.SockRevnat, "sock_revnat_pod": m.SockRevnatPod,
-		"svc_flows": m.SvcFlows}})
-	if err != nil {
-		objs.Close()
+	if err := bpf.LoadSockObjects(&objs.sock.SockPrograms, pinned); err != nil {
 		return fmt.Errorf("socket programs for Service translation (kernel >= 5.18 needed; without --cgroup-root, policy is enforced and Services are left to kube-proxy): %w", err)
 	}
-	p := &objs.NetpactPrograms
-	p.SockConnect4, p.SockConnect6, p.SockGetpeername4, p.SockGetpeername6 = sock.SockConnect4, sock.SockConnect6, sock.SockGetpeername4, sock.SockGetpeername6
-	p.SockRecvmsg4, p.SockRecvmsg6, p.SockSendmsg4, p.SockSendmsg6 = sock.SockRecvmsg4, sock.SockRecvmsg6, sock.SockSendmsg4, sock.SockSendmsg6
 	return nil
 }
 
@@ -262,7 +253,7 @@ var statsMaps = map[string]bool{"counters": true, "event_ratelimit": true}
 // dropStaleStatsPins removes pinned statistics maps whose type, key, value or size differ from
 // the programs' now.
 func dropStaleStatsPins(pinPath string) error {
-	spec, err := bpf.LoadNetpact()
+	spec, err := bpf.LoadTc()
 	if err != nil {
 		return fmt.Errorf("load program spec: %w", err)
 	}
@@ -334,8 +325,8 @@ func (d *Datapath) pinPrograms() error {
 // loadApplied reads what the policy maps hold, so that the first update after a restart is a
 // diff against the real state and entries that stay the same are never touched.
 func (d *Datapath) loadApplied() error {
-	var k bpf.NetpactPolicyKey
-	var v bpf.NetpactPolicyValue
+	var k bpf.TcPolicyKey
+	var v bpf.TcPolicyValue
 	it := d.objs.Policy.Iterate()
 	for it.Next(&k, &v) {
 		e := d.entriesOf(k.EpId)
@@ -344,7 +335,7 @@ func (d *Datapath) loadApplied() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read policy map: %w", err)
 	}
-	var pk bpf.NetpactPrefixPolicyKey
+	var pk bpf.TcPrefixPolicyKey
 	pit := d.objs.PrefixPolicy.Iterate()
 	for pit.Next(&pk, &v) {
 		e := d.entriesOf(pk.EpId)
@@ -354,7 +345,7 @@ func (d *Datapath) loadApplied() error {
 		return fmt.Errorf("read prefix policy map: %w", err)
 	}
 	var ifindex uint32
-	var info bpf.NetpactEndpointInfo
+	var info bpf.TcEndpointInfo
 	eit := d.objs.Endpoints.Iterate()
 	for eit.Next(&ifindex, &info) {
 		d.endpointInfo[int(ifindex)] = info
@@ -370,8 +361,8 @@ func (d *Datapath) loadApplied() error {
 	if err := nit.Err(); err != nil {
 		return fmt.Errorf("read endpoint_netns map: %w", err)
 	}
-	var ik bpf.NetpactIpcacheKey
-	var iv bpf.NetpactIpcacheValue
+	var ik bpf.TcIpcacheKey
+	var iv bpf.TcIpcacheValue
 	d.ipcache = map[netip.Prefix]policy.ID{}
 	iit := d.objs.Ipcache.Iterate()
 	for iit.Next(&ik, &iv) {

@@ -19,30 +19,30 @@ import (
 // Reason is why the datapath forwarded or dropped a packet; it indexes the counters.
 type Reason uint8
 
-// Reasons: bpf/netpact.c's enum reason, through the constants bpf2go generates from it.
+// Reasons: bpf/lib/events.h's enum reason, through the constants bpf2go generates from it.
 const (
-	ReasonForwardPolicy     = Reason(bpf.NetpactReasonREASON_FORWARD_POLICY)
-	ReasonForwardReply      = Reason(bpf.NetpactReasonREASON_FORWARD_REPLY)
-	ReasonForwardRelated    = Reason(bpf.NetpactReasonREASON_FORWARD_RELATED)
-	ReasonForwardUnenforced = Reason(bpf.NetpactReasonREASON_FORWARD_UNENFORCED)
-	ReasonForwardARP        = Reason(bpf.NetpactReasonREASON_FORWARD_ARP)
-	ReasonForwardND         = Reason(bpf.NetpactReasonREASON_FORWARD_ND)
-	ReasonDropDeny          = Reason(bpf.NetpactReasonREASON_DROP_DENY)
-	ReasonDropDefaultDeny   = Reason(bpf.NetpactReasonREASON_DROP_DEFAULT_DENY)
-	ReasonDropSpoof         = Reason(bpf.NetpactReasonREASON_DROP_SPOOF)
-	ReasonDropNotEndpoint   = Reason(bpf.NetpactReasonREASON_DROP_NOT_ENDPOINT)
-	ReasonDropMalformed     = Reason(bpf.NetpactReasonREASON_DROP_MALFORMED)
-	ReasonDropFragNoFirst   = Reason(bpf.NetpactReasonREASON_DROP_FRAG_NO_FIRST)
-	ReasonDropNoProxy       = Reason(bpf.NetpactReasonREASON_DROP_NO_PROXY)
-	ReasonDropEthertype     = Reason(bpf.NetpactReasonREASON_DROP_ETHERTYPE)
-	ReasonDropFailClosed    = Reason(bpf.NetpactReasonREASON_DROP_FAIL_CLOSED)
-	ReasonForwardRecovered  = Reason(bpf.NetpactReasonREASON_FORWARD_REPLY_RECOVERED)
-	ReasonDropUntranslated  = Reason(bpf.NetpactReasonREASON_DROP_SERVICE_UNTRANSLATED)
-	ReasonForwardProxy      = Reason(bpf.NetpactReasonREASON_FORWARD_PROXY)
-	ReasonDropProxyDown     = Reason(bpf.NetpactReasonREASON_DROP_PROXY_DOWN)
-	ReasonDropProxyBypass   = Reason(bpf.NetpactReasonREASON_DROP_PROXY_BYPASS)
-	ReasonDropProxyMidflow  = Reason(bpf.NetpactReasonREASON_DROP_PROXY_MIDFLOW)
-	reasonMax               = Reason(bpf.NetpactReasonREASON_MAX)
+	ReasonForwardPolicy     = Reason(bpf.TcReasonREASON_FORWARD_POLICY)
+	ReasonForwardReply      = Reason(bpf.TcReasonREASON_FORWARD_REPLY)
+	ReasonForwardRelated    = Reason(bpf.TcReasonREASON_FORWARD_RELATED)
+	ReasonForwardUnenforced = Reason(bpf.TcReasonREASON_FORWARD_UNENFORCED)
+	ReasonForwardARP        = Reason(bpf.TcReasonREASON_FORWARD_ARP)
+	ReasonForwardND         = Reason(bpf.TcReasonREASON_FORWARD_ND)
+	ReasonDropDeny          = Reason(bpf.TcReasonREASON_DROP_DENY)
+	ReasonDropDefaultDeny   = Reason(bpf.TcReasonREASON_DROP_DEFAULT_DENY)
+	ReasonDropSpoof         = Reason(bpf.TcReasonREASON_DROP_SPOOF)
+	ReasonDropNotEndpoint   = Reason(bpf.TcReasonREASON_DROP_NOT_ENDPOINT)
+	ReasonDropMalformed     = Reason(bpf.TcReasonREASON_DROP_MALFORMED)
+	ReasonDropFragNoFirst   = Reason(bpf.TcReasonREASON_DROP_FRAG_NO_FIRST)
+	ReasonDropNoProxy       = Reason(bpf.TcReasonREASON_DROP_NO_PROXY)
+	ReasonDropEthertype     = Reason(bpf.TcReasonREASON_DROP_ETHERTYPE)
+	ReasonDropFailClosed    = Reason(bpf.TcReasonREASON_DROP_FAIL_CLOSED)
+	ReasonForwardRecovered  = Reason(bpf.TcReasonREASON_FORWARD_REPLY_RECOVERED)
+	ReasonDropUntranslated  = Reason(bpf.TcReasonREASON_DROP_SERVICE_UNTRANSLATED)
+	ReasonForwardProxy      = Reason(bpf.TcReasonREASON_FORWARD_PROXY)
+	ReasonDropProxyDown     = Reason(bpf.TcReasonREASON_DROP_PROXY_DOWN)
+	ReasonDropProxyBypass   = Reason(bpf.TcReasonREASON_DROP_PROXY_BYPASS)
+	ReasonDropProxyMidflow  = Reason(bpf.TcReasonREASON_DROP_PROXY_MIDFLOW)
+	reasonMax               = Reason(bpf.TcReasonREASON_MAX)
 )
 
 // reasonNames names every reason, indexed by it (TestReasonNames checks that none is missing).
@@ -162,7 +162,7 @@ func eventAddr(fam uint8, b [16]uint8) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-func flowFromEvent(e *bpf.NetpactFlowEvent) Flow {
+func flowFromEvent(e *bpf.TcFlowEvent) Flow {
 	dir := policy.Ingress
 	if e.Direction == dirEgress {
 		dir = policy.Egress
@@ -222,7 +222,7 @@ func (r *FlowReader) Read(deadline time.Time) (Flow, error) {
 		}
 		return Flow{}, err
 	}
-	var e bpf.NetpactFlowEvent
+	var e bpf.TcFlowEvent
 	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.LittleEndian, &e); err != nil {
 		return Flow{}, fmt.Errorf("decode flow event: %w", err)
 	}
@@ -242,7 +242,7 @@ type Counter struct{ Packets, Bytes uint64 }
 func (d *Datapath) Counters() (map[Reason]Counter, error) {
 	out := map[Reason]Counter{}
 	for r := Reason(0); r < reasonMax; r++ {
-		var per []bpf.NetpactCounter
+		var per []bpf.TcCounter
 		if err := d.objs.Counters.Lookup(uint32(r), &per); err != nil {
 			return nil, fmt.Errorf("read counter %s: %w", r, err)
 		}
@@ -261,7 +261,7 @@ func (d *Datapath) Counters() (map[Reason]Counter, error) {
 func (d *Datapath) EventsLimited() (map[uint32]uint64, error) {
 	out := map[uint32]uint64{}
 	var id uint32
-	var per []bpf.NetpactRatelimit
+	var per []bpf.TcRatelimit
 	it := d.objs.EventRatelimit.Iterate()
 	for it.Next(&id, &per) {
 		var n uint64
@@ -287,7 +287,7 @@ func (d *Datapath) Fill() (map[string]MapFill, error) {
 	out := map[string]MapFill{}
 	for name, m := range map[string]*ebpf.Map{"conntrack": d.objs.Conntrack, "fragments": d.objs.Fragments,
 		"ipcache": d.objs.Ipcache, "endpoints": d.objs.Endpoints, "policy": d.objs.Policy, "prefix_policy": d.objs.PrefixPolicy,
-		"services": d.objs.Services, "backends": d.objs.Backends, "sock_revnat": d.objs.SockRevnat} {
+		"services": d.objs.Services, "backends": d.objs.sock.Backends, "sock_revnat": d.objs.sock.SockRevnat} {
 		n := 0
 		var key, val []byte
 		it := m.Iterate()

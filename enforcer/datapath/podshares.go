@@ -21,22 +21,19 @@ type podShares struct {
 }
 
 // loadPodShares reads the inner maps' specs, and which pods the pinned sock_revnat_pod serves.
-func loadPodShares(m *bpf.NetpactMaps) (*podShares, error) {
-	spec, err := bpf.LoadNetpact()
+func loadPodShares(o *objects) (*podShares, error) {
+	revnat, err := innerSpec(bpf.LoadSock, "sock_revnat_pod")
 	if err != nil {
-		return nil, fmt.Errorf("load program spec: %w", err)
+		return nil, err
 	}
-	s := &podShares{revnat: map[uint64]bool{}, syns: map[int]bool{}}
-	for name, dst := range map[string]**ebpf.MapSpec{"sock_revnat_pod": &s.revnatSpec, "proxy_syns_pod": &s.synsSpec} {
-		ms, ok := spec.Maps[name]
-		if !ok || ms.InnerMap == nil {
-			return nil, fmt.Errorf("program spec: no map of maps %s", name)
-		}
-		*dst = ms.InnerMap
+	syns, err := innerSpec(bpf.LoadTc, "proxy_syns_pod")
+	if err != nil {
+		return nil, err
 	}
+	s := &podShares{revnatSpec: revnat, synsSpec: syns, revnat: map[uint64]bool{}, syns: map[int]bool{}}
 	var cookie uint64
 	var id ebpf.MapID
-	it := m.SockRevnatPod.Iterate()
+	it := o.sock.SockRevnatPod.Iterate()
 	for it.Next(&cookie, &id) {
 		s.revnat[cookie] = true
 	}
@@ -46,16 +43,29 @@ func loadPodShares(m *bpf.NetpactMaps) (*podShares, error) {
 	return s, nil
 }
 
+// innerSpec is the spec of the maps that the map of maps name of an object holds.
+func innerSpec(load func() (*ebpf.CollectionSpec, error), name string) (*ebpf.MapSpec, error) {
+	spec, err := load()
+	if err != nil {
+		return nil, fmt.Errorf("load program spec: %w", err)
+	}
+	ms, ok := spec.Maps[name]
+	if !ok || ms.InnerMap == nil {
+		return nil, fmt.Errorf("program spec: no map of maps %s", name)
+	}
+	return ms.InnerMap, nil
+}
+
 // add makes the endpoint's maps, where it has none yet.
-func (s *podShares) add(m *bpf.NetpactMaps, ifindex int, cookie uint64) error {
+func (s *podShares) add(o *objects, ifindex int, cookie uint64) error {
 	if !s.syns[ifindex] {
-		if err := putInner(m.ProxySynsPod, uint32(ifindex), s.synsSpec); err != nil {
+		if err := putInner(o.ProxySynsPod, uint32(ifindex), s.synsSpec); err != nil {
 			return fmt.Errorf("proxy SYN share of interface %d: %w", ifindex, err)
 		}
 		s.syns[ifindex] = true
 	}
 	if cookie != 0 && !s.revnat[cookie] {
-		if err := putInner(m.SockRevnatPod, cookie, s.revnatSpec); err != nil {
+		if err := putInner(o.sock.SockRevnatPod, cookie, s.revnatSpec); err != nil {
 			return fmt.Errorf("reverse translation share of network namespace %d: %w", cookie, err)
 		}
 		s.revnat[cookie] = true
@@ -64,14 +74,14 @@ func (s *podShares) add(m *bpf.NetpactMaps, ifindex int, cookie uint64) error {
 }
 
 // forget deletes the endpoint's maps (the map of maps held the only reference).
-func (s *podShares) forget(m *bpf.NetpactMaps, ifindex int, cookie uint64) {
-	if err := m.ProxySynsPod.Delete(uint32(ifindex)); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+func (s *podShares) forget(o *objects, ifindex int, cookie uint64) {
+	if err := o.ProxySynsPod.Delete(uint32(ifindex)); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
 		delete(s.syns, ifindex)
 	}
 	if cookie == 0 {
 		return
 	}
-	if err := m.SockRevnatPod.Delete(cookie); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := o.sock.SockRevnatPod.Delete(cookie); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
 		delete(s.revnat, cookie)
 	}
 }

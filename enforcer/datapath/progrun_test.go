@@ -539,8 +539,8 @@ func TestFlattenAndBlocks(t *testing.T) {
 	}
 }
 
-func valueOf(v policy.Verdict, rule uint32) bpf.NetpactPolicyValue {
-	return bpf.NetpactPolicyValue{RuleId: rule, Verdict: uint8(v)}
+func valueOf(v policy.Verdict, rule uint32) bpf.TcPolicyValue {
+	return bpf.TcPolicyValue{RuleId: rule, Verdict: uint8(v)}
 }
 
 // TestFlowEventsRateLimited floods drops and checks that events stay within the configured rate
@@ -706,9 +706,9 @@ func TestEngineAndDatapathAgree(t *testing.T) {
 // returns how many there were.
 func clearConntrack(t testing.TB, d *Datapath) int {
 	t.Helper()
-	var k bpf.NetpactCtKey
-	var v bpf.NetpactCtValue
-	var keys []bpf.NetpactCtKey
+	var k bpf.TcCtKey
+	var v bpf.TcCtValue
+	var keys []bpf.TcCtKey
 	it := d.objs.Conntrack.Iterate()
 	for it.Next(&k, &v) {
 		keys = append(keys, k)

@@ -17,13 +17,13 @@ import (
 )
 
 // Parser is an L7 parser: which of the node's proxies a flow an L7 rule governs goes to
-// (bpf/netpact.c's enum l7_parser).
+// (bpf/lib/common.h's enum l7_parser).
 type Parser uint32
 
 const (
-	ParserHTTP  = Parser(bpf.NetpactL7ParserL7HTTP)
-	ParserKafka = Parser(bpf.NetpactL7ParserL7KAFKA)
-	ParserDNS   = Parser(bpf.NetpactL7ParserL7DNS)
+	ParserHTTP  = Parser(bpf.TcL7ParserL7HTTP)
+	ParserKafka = Parser(bpf.TcL7ParserL7KAFKA)
+	ParserDNS   = Parser(bpf.TcL7ParserL7DNS)
 )
 
 func (p Parser) String() string {
@@ -88,7 +88,7 @@ func (d *Datapath) SetProxyListeners(p Parser, lns []net.Listener) error {
 			return fmt.Errorf("hand the %s proxy's listener %s to the lookup: %w", p, ln.Addr(), err)
 		}
 		var uerr error
-		if err := rc.Control(func(fd uintptr) { uerr = d.objs.ProxyListeners.Update(slot, uint64(fd), ebpf.UpdateAny) }); err != nil {
+		if err := rc.Control(func(fd uintptr) { uerr = d.objs.lookup.ProxyListeners.Update(slot, uint64(fd), ebpf.UpdateAny) }); err != nil {
 			return fmt.Errorf("hand the %s proxy's listener %s to the lookup: %w", p, ln.Addr(), err)
 		}
 		if uerr != nil {
@@ -104,30 +104,34 @@ func (d *Datapath) attachLookup() error {
 	if d.lookupLink != nil {
 		return nil
 	}
-	spec, err := bpf.LoadNetpact()
+	spec, err := bpf.LoadLookup()
 	if err != nil {
 		return fmt.Errorf("load the proxy's listener lookup: %w", err)
 	}
-	var o struct {
-		ProxyLookup *ebpf.Program `ebpf:"proxy_lookup"`
+	// endpoint_addrs is pinned; the SYNs tc delivered past a TIME_WAIT socket are not (an entry
+	// lives two seconds, a pod's share is made by this process), so the lookup is given tc's maps.
+	// proxy_listeners is the lookup's own and stays unpinned: it holds this process's listeners.
+	var names bpf.LookupMapSpecs
+	if err := spec.Assign(&names); err != nil {
+		return fmt.Errorf("load the proxy's listener lookup: %w", err)
 	}
-	if err := spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"proxy_syns": d.objs.ProxySyns, "proxy_syns_pod": d.objs.ProxySynsPod, "proxy_listeners": d.objs.ProxyListeners,
-		"endpoint_addrs": d.objs.EndpointAddrs}}); err != nil {
+	var o bpf.LookupObjects
+	if err := spec.LoadAndAssign(&o, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.opts.PinPath},
+		MapReplacements: map[string]*ebpf.Map{names.ProxySyns.Name: d.objs.ProxySyns, names.ProxySynsPod.Name: d.objs.ProxySynsPod}}); err != nil {
 		return fmt.Errorf("load the proxy's listener lookup (sk_lookup, kernel >= 5.9): %w", err)
 	}
 	ns, err := os.Open("/proc/self/ns/net")
 	if err != nil {
-		o.ProxyLookup.Close()
+		o.Close()
 		return fmt.Errorf("attach the proxy's listener lookup: %w", err)
 	}
 	defer ns.Close()
 	l, err := link.AttachNetNs(int(ns.Fd()), o.ProxyLookup)
 	if err != nil {
-		o.ProxyLookup.Close()
+		o.Close()
 		return fmt.Errorf("attach the proxy's listener lookup to this network namespace: %w", err)
 	}
-	d.objs.ProxyLookup, d.lookupLink = o.ProxyLookup, l
+	d.objs.lookup, d.lookupLink = o, l
 	return nil
 }
 
@@ -195,13 +199,13 @@ func (d *Datapath) AttachUplink(ifname string) error {
 }
 
 // addrKeys are the endpoint_addrs keys of an endpoint entry's addresses.
-func addrKeys(info bpf.NetpactEndpointInfo) []bpf.NetpactEndpointAddrKey {
-	var out []bpf.NetpactEndpointAddrKey
+func addrKeys(info bpf.TcEndpointInfo) []bpf.TcEndpointAddrKey {
+	var out []bpf.TcEndpointAddrKey
 	if info.Ipv4 != [4]uint8{} {
-		out = append(out, bpf.NetpactEndpointAddrKey{Family: familyV4, Addr: addr16(netip.AddrFrom4(info.Ipv4))})
+		out = append(out, bpf.TcEndpointAddrKey{Family: familyV4, Addr: addr16(netip.AddrFrom4(info.Ipv4))})
 	}
 	if info.Ipv6 != [16]uint8{} {
-		out = append(out, bpf.NetpactEndpointAddrKey{Family: familyV6, Addr: info.Ipv6})
+		out = append(out, bpf.TcEndpointAddrKey{Family: familyV6, Addr: info.Ipv6})
 	}
 	return out
 }
@@ -210,7 +214,7 @@ func addrKeys(info bpf.NetpactEndpointInfo) []bpf.NetpactEndpointAddrKey {
 // be written for ifindex, and no longer those of the entry it replaces. The old addresses come
 // from the endpoint entries (adopted from the pins after a restart), so nothing is kept twice.
 // The new ones are written every time: a map that an upgrade just created fills at the first sync.
-func (d *Datapath) writeAddrs(ifindex int, info bpf.NetpactEndpointInfo) error {
+func (d *Datapath) writeAddrs(ifindex int, info bpf.TcEndpointInfo) error {
 	want := addrKeys(info)
 	for _, k := range want {
 		if err := d.objs.EndpointAddrs.Put(k, uint32(ifindex)); err != nil {
@@ -233,7 +237,7 @@ func (d *Datapath) writeAddrs(ifindex int, info bpf.NetpactEndpointInfo) error {
 
 // deleteAddr deletes an address of ifindex from endpoint_addrs, unless another endpoint has
 // taken it since.
-func (d *Datapath) deleteAddr(ifindex int, k bpf.NetpactEndpointAddrKey) error {
+func (d *Datapath) deleteAddr(ifindex int, k bpf.TcEndpointAddrKey) error {
 	var owner uint32
 	if err := d.objs.EndpointAddrs.Lookup(k, &owner); err == nil && owner != uint32(ifindex) {
 		return nil

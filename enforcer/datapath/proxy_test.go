@@ -46,7 +46,7 @@ func TestEndpointAddrsFollowEndpoints(t *testing.T) {
 	lookup := func(d *Datapath, name string) (uint32, bool) {
 		p := n.pods[name]
 		var ifindex uint32
-		err := d.objs.EndpointAddrs.Lookup(bpf.NetpactEndpointAddrKey{Family: familyV4, Addr: addr16(p.IPv4)}, &ifindex)
+		err := d.objs.EndpointAddrs.Lookup(bpf.TcEndpointAddrKey{Family: familyV4, Addr: addr16(p.IPv4)}, &ifindex)
 		return ifindex, err == nil
 	}
 	for _, name := range []string{"a", "b", "c"} {
@@ -55,7 +55,7 @@ func TestEndpointAddrsFollowEndpoints(t *testing.T) {
 		}
 	}
 	flags := func(d *Datapath, name string) uint32 {
-		var info bpf.NetpactEndpointInfo
+		var info bpf.TcEndpointInfo
 		if err := d.objs.Endpoints.Lookup(uint32(n.pods[name].Ifindex), &info); err != nil {
 			t.Fatal(err)
 		}
@@ -231,7 +231,7 @@ func TestProxySynSharePerPod(t *testing.T) {
 	run := func(src netip.Addr, sport uint16) uint32 {
 		ctx := skLookupCtx{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, RemoteIP4: src.As4(), LocalIP4: c.IPv4.As4(), LocalPort: 8080}
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&ctx.RemotePort))[:], sport)
-		ret, err := d.objs.ProxyLookup.Run(&ebpf.RunOptions{Context: ctx})
+		ret, err := d.objs.lookup.ProxyLookup.Run(&ebpf.RunOptions{Context: ctx})
 		if err != nil {
 			t.Fatalf("run proxy_lookup: %v", err)
 		}

@@ -24,28 +24,28 @@ func TestResyncRepairsDrift(t *testing.T) {
 		return uint32(ident.ID)
 	}
 	idB, idC := identity("b"), identity("c")
-	policyKey := func(identity uint32, port uint16) bpf.NetpactPolicyKey {
-		return bpf.NetpactPolicyKey{Prefixlen: policyKeyBits + 16, EpId: ep.ID, Identity: identity, Direction: dirIngress,
+	policyKey := func(identity uint32, port uint16) bpf.TcPolicyKey {
+		return bpf.TcPolicyKey{Prefixlen: policyKeyBits + 16, EpId: ep.ID, Identity: identity, Direction: dirIngress,
 			Proto: uint8(policy.ProtoTCP), Port: htons(port)}
 	}
 	applied := d.applied[ep.ID]
 	denyC22, allowB80 := policyKey(idC, 22), policyKey(idB, 80)
-	for _, k := range []bpf.NetpactPolicyKey{denyC22, allowB80} {
+	for _, k := range []bpf.TcPolicyKey{denyC22, allowB80} {
 		if _, ok := applied.Policy[k]; !ok {
 			t.Fatalf("no policy entry %+v to tamper with", k)
 		}
 	}
 	policyBefore := snapshotPolicy(t, d)
-	var infoBefore bpf.NetpactEndpointInfo
+	var infoBefore bpf.TcEndpointInfo
 	if err := d.objs.Endpoints.Lookup(uint32(ep.Ifindex), &infoBefore); err != nil {
 		t.Fatal(err)
 	}
 	rev := d.cfg.PolicyRev
 
 	// What root could do to the pinned maps.
-	strayPolicy := bpf.NetpactPolicyKey{Prefixlen: policyKeyBits + 16, EpId: 99, Identity: 7, Direction: dirEgress,
+	strayPolicy := bpf.TcPolicyKey{Prefixlen: policyKeyBits + 16, EpId: 99, Identity: 7, Direction: dirEgress,
 		Proto: uint8(policy.ProtoUDP), Port: htons(53)}
-	strayPrefix := bpf.NetpactPrefixPolicyKey{Prefixlen: prefixKeyBits + 24, EpId: 99, Direction: dirEgress,
+	strayPrefix := bpf.TcPrefixPolicyKey{Prefixlen: prefixKeyBits + 24, EpId: 99, Direction: dirEgress,
 		Proto: uint8(policy.ProtoTCP), Port: htons(443), Family: familyV4, Addr: addr16(netip.MustParseAddr("10.9.0.0"))}
 	const strayIfindex = 1 << 30
 	cleared := infoBefore
@@ -56,7 +56,7 @@ func TestResyncRepairsDrift(t *testing.T) {
 		d.objs.Policy.Put(strayPolicy, valueOf(policy.VerdictAllow, 5)),
 		d.objs.PrefixPolicy.Put(strayPrefix, valueOf(policy.VerdictAllow, 6)),
 		d.objs.Endpoints.Put(uint32(ep.Ifindex), cleared),
-		d.objs.Endpoints.Put(uint32(strayIfindex), bpf.NetpactEndpointInfo{EpId: 99}),
+		d.objs.Endpoints.Put(uint32(strayIfindex), bpf.TcEndpointInfo{EpId: 99}),
 	} {
 		if err != nil {
 			t.Fatal(err)
@@ -68,7 +68,7 @@ func TestResyncRepairsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	addrs := " 10.0.0.1 fd00::1"
-	rule := func(k bpf.NetpactPolicyKey) uint32 { return applied.Policy[k].RuleId }
+	rule := func(k bpf.TcPolicyKey) uint32 { return applied.Policy[k].RuleId }
 	want := []DriftEntry{
 		{Map: "policy", Endpoint: ep.ID, Key: fmt.Sprintf("ingress identity %d TCP 22", idC), Wrote: fmt.Sprintf("deny rule %d", rule(denyC22))},
 		{Map: "policy", Endpoint: ep.ID, Key: fmt.Sprintf("ingress identity %d TCP 80", idB), Found: "deny rule 0",
@@ -93,13 +93,13 @@ func TestResyncRepairsDrift(t *testing.T) {
 	if after := snapshotPolicy(t, d); after != policyBefore {
 		t.Errorf("the policy map after resync differs from before the tampering")
 	}
-	var info bpf.NetpactEndpointInfo
+	var info bpf.TcEndpointInfo
 	if err := d.objs.Endpoints.Lookup(uint32(ep.Ifindex), &info); err != nil || info != infoBefore {
 		t.Errorf("the endpoint entry after resync is %+v (err %v), want %+v", info, err, infoBefore)
 	}
 	for name, err := range map[string]error{
-		"prefix_policy": d.objs.PrefixPolicy.Lookup(strayPrefix, new(bpf.NetpactPolicyValue)),
-		"endpoints":     d.objs.Endpoints.Lookup(uint32(strayIfindex), new(bpf.NetpactEndpointInfo)),
+		"prefix_policy": d.objs.PrefixPolicy.Lookup(strayPrefix, new(bpf.TcPolicyValue)),
+		"endpoints":     d.objs.Endpoints.Lookup(uint32(strayIfindex), new(bpf.TcEndpointInfo)),
 	} {
 		if err == nil {
 			t.Errorf("the %s entry netpact never wrote is still there", name)

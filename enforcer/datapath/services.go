@@ -34,8 +34,8 @@ func (s Service) label() string {
 }
 
 // key is the frontend's services-map key.
-func (s Service) key() bpf.NetpactSvcKey {
-	return bpf.NetpactSvcKey{Addr: addr16(s.Frontend.Addr()), Port: htons(s.Frontend.Port()), Proto: uint8(s.Proto), Family: uint8(family(s.Frontend.Addr()))}
+func (s Service) key() bpf.TcSvcKey {
+	return bpf.TcSvcKey{Addr: addr16(s.Frontend.Addr()), Port: htons(s.Frontend.Port()), Proto: uint8(s.Proto), Family: uint8(family(s.Frontend.Addr()))}
 }
 
 // maxBackends bounds the backends of one frontend (the backends map holds 262,144 in all).
@@ -62,8 +62,8 @@ func checkService(s Service) error {
 }
 
 // backendValue is a backend in the backends map's layout.
-func backendValue(b netip.AddrPort) bpf.NetpactBackendValue {
-	return bpf.NetpactBackendValue{Addr: addr16(b.Addr()), Port: htons(b.Port()), Family: uint8(family(b.Addr()))}
+func backendValue(b netip.AddrPort) bpf.SockBackendValue {
+	return bpf.SockBackendValue{Addr: addr16(b.Addr()), Port: htons(b.Port()), Family: uint8(family(b.Addr()))}
 }
 
 // SetServices makes the socket programs translate exactly these frontends. A frontend keeps its
@@ -73,7 +73,7 @@ func backendValue(b netip.AddrPort) bpf.NetpactBackendValue {
 func (d *Datapath) SetServices(want []Service) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	wantBy := map[bpf.NetpactSvcKey]Service{}
+	wantBy := map[bpf.TcSvcKey]Service{}
 	for _, s := range want {
 		if err := checkService(s); err != nil {
 			return fmt.Errorf("set services: %w", err)
@@ -114,7 +114,7 @@ func (d *Datapath) SetServices(want []Service) error {
 			continue
 		}
 		for slot := 1; slot <= len(have.Backends); slot++ {
-			_ = d.objs.Backends.Delete(bpf.NetpactBackendKey{Id: have.id, Slot: uint32(slot)})
+			_ = d.objs.sock.Backends.Delete(bpf.SockBackendKey{Id: have.id, Slot: uint32(slot)})
 		}
 		delete(d.services, k)
 		delete(d.serviceNames, have.id)
@@ -131,9 +131,9 @@ func (d *Datapath) SetServices(want []Service) error {
 }
 
 // writeService moves frontend k from backends have to want.
-func (d *Datapath) writeService(k bpf.NetpactSvcKey, id uint32, have, want []netip.AddrPort) error {
+func (d *Datapath) writeService(k bpf.TcSvcKey, id uint32, have, want []netip.AddrPort) error {
 	putCount := func() error {
-		if err := d.objs.Services.Put(k, bpf.NetpactSvcValue{Id: id, Count: uint32(len(want))}); err != nil {
+		if err := d.objs.Services.Put(k, bpf.TcSvcValue{Id: id, Count: uint32(len(want))}); err != nil {
 			return fmt.Errorf("write service %d: %w", id, err)
 		}
 		return nil
@@ -147,7 +147,7 @@ func (d *Datapath) writeService(k bpf.NetpactSvcKey, id uint32, have, want []net
 		if i < len(have) && have[i] == b {
 			continue
 		}
-		if err := d.objs.Backends.Put(bpf.NetpactBackendKey{Id: id, Slot: uint32(i + 1)}, backendValue(b)); err != nil {
+		if err := d.objs.sock.Backends.Put(bpf.SockBackendKey{Id: id, Slot: uint32(i + 1)}, backendValue(b)); err != nil {
 			return fmt.Errorf("write backend %s of service %d: %w", b, id, err)
 		}
 	}
@@ -157,7 +157,7 @@ func (d *Datapath) writeService(k bpf.NetpactSvcKey, id uint32, have, want []net
 		}
 	}
 	for slot := len(want) + 1; slot <= len(have); slot++ {
-		if err := d.objs.Backends.Delete(bpf.NetpactBackendKey{Id: id, Slot: uint32(slot)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.objs.sock.Backends.Delete(bpf.SockBackendKey{Id: id, Slot: uint32(slot)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete backend slot %d of service %d: %w", slot, id, err)
 		}
 	}
@@ -184,18 +184,18 @@ type appliedService struct {
 
 // loadServices reads the frontends and backends an earlier process wrote.
 func (d *Datapath) loadServices() error {
-	d.services = map[bpf.NetpactSvcKey]appliedService{}
+	d.services = map[bpf.TcSvcKey]appliedService{}
 	d.serviceNames = map[uint32]string{}
-	var k bpf.NetpactSvcKey
-	var v bpf.NetpactSvcValue
+	var k bpf.TcSvcKey
+	var v bpf.TcSvcValue
 	it := d.objs.Services.Iterate()
 	for it.Next(&k, &v) {
 		s := appliedService{id: v.Id}
 		addr := addrFrom16(k.Addr, uint32(k.Family))
 		s.Frontend, s.Proto = netip.AddrPortFrom(addr, htons(k.Port)), policy.Proto(k.Proto)
 		for slot := uint32(1); slot <= v.Count; slot++ {
-			var b bpf.NetpactBackendValue
-			if err := d.objs.Backends.Lookup(bpf.NetpactBackendKey{Id: v.Id, Slot: slot}, &b); err != nil {
+			var b bpf.SockBackendValue
+			if err := d.objs.sock.Backends.Lookup(bpf.SockBackendKey{Id: v.Id, Slot: slot}, &b); err != nil {
 				// A slot missing: rewrite the whole list at the next SetServices.
 				s.Backends = nil
 				break
@@ -231,7 +231,7 @@ func (d *Datapath) sockPrograms() map[string]struct {
 	prog *ebpf.Program
 	at   ebpf.AttachType
 } {
-	o := &d.objs
+	o := &d.objs.sock
 	type pa = struct {
 		prog *ebpf.Program
 		at   ebpf.AttachType

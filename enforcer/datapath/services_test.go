@@ -201,7 +201,7 @@ func TestReverseTranslationSharePerPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	// b connects (no datagram sent) and closes a socket to the Service, over and over.
-	flood := 2 * int(d.objs.SockRevnat.MaxEntries())
+	flood := 2 * int(d.objs.sock.SockRevnat.MaxEntries())
 	sa := &unix.SockaddrInet4{Port: 53, Addr: vip.As4()}
 	if err := n.pods["b"].Do(func() error {
 		for range flood {

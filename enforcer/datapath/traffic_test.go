@@ -526,8 +526,8 @@ func holdDatapath() {
 }
 
 type (
-	bpfPolicyKey   = bpf.NetpactPolicyKey
-	bpfPolicyValue = bpf.NetpactPolicyValue
+	bpfPolicyKey   = bpf.TcPolicyKey
+	bpfPolicyValue = bpf.TcPolicyValue
 )
 
 func sortStrings(s []string) []string { sort.Strings(s); return s }

@@ -51,9 +51,9 @@ func TestDriftRepairLoggedAndCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	stray := bpf.NetpactPolicyKey{Prefixlen: 96, EpId: 42, Identity: 7, Direction: 1, Proto: uint8(policy.ProtoUDP),
+	stray := bpf.TcPolicyKey{Prefixlen: 96, EpId: 42, Identity: 7, Direction: 1, Proto: uint8(policy.ProtoUDP),
 		Port: bits.ReverseBytes16(53)}
-	if err := m.Put(stray, bpf.NetpactPolicyValue{RuleId: 5, Verdict: uint8(policy.VerdictAllow)}); err != nil {
+	if err := m.Put(stray, bpf.TcPolicyValue{RuleId: 5, Verdict: uint8(policy.VerdictAllow)}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -74,7 +74,7 @@ func TestDriftRepairLoggedAndCounted(t *testing.T) {
 	if !strings.Contains(logs.String(), wantLog) {
 		t.Errorf("the log has no line with %s:\n%s", wantLog, logs)
 	}
-	if err := m.Lookup(stray, new(bpf.NetpactPolicyValue)); err == nil {
+	if err := m.Lookup(stray, new(bpf.TcPolicyValue)); err == nil {
 		t.Error("the stray policy entry is still there")
 	}
 	rec := httptest.NewRecorder()

@@ -268,8 +268,8 @@ spec:
 	id := n.enf.EndpointID(a)
 	identB, _ := n.enf.State().Identity(policy.EndpointKey{Namespace: "app", Name: "b"})
 	policyMap, endpoints := pinnedMap(t, n, "policy"), pinnedMap(t, n, "endpoints")
-	var key bpf.NetpactPolicyKey
-	var val, want bpf.NetpactPolicyValue
+	var key bpf.TcPolicyKey
+	var val, want bpf.TcPolicyValue
 	found := false
 	for it := policyMap.Iterate(); it.Next(&key, &val); {
 		if key.EpId == id && key.Identity == uint32(identB.ID) {
@@ -281,7 +281,7 @@ spec:
 		t.Fatalf("no policy entry of a (endpoint %d) for b (identity %d)", id, identB.ID)
 	}
 	ifindex := uint32(n.Pod("app/a").Ifindex)
-	var wantInfo bpf.NetpactEndpointInfo
+	var wantInfo bpf.TcEndpointInfo
 	if err := endpoints.Lookup(ifindex, &wantInfo); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ spec:
 	// b's entry now says deny, and a enforces nothing: c could reach it.
 	cleared := wantInfo
 	cleared.Flags = 0
-	if err := policyMap.Put(key, bpf.NetpactPolicyValue{Verdict: uint8(policy.VerdictDeny)}); err != nil {
+	if err := policyMap.Put(key, bpf.TcPolicyValue{Verdict: uint8(policy.VerdictDeny)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := endpoints.Put(ifindex, cleared); err != nil {
@@ -303,8 +303,8 @@ spec:
 		fmt.Sprintf("drift repaired: pod app/a, endpoints map, endpoint %d, ifindex %d: was ", id, ifindex),
 	}
 	repaired := func() []string {
-		var got bpf.NetpactPolicyValue
-		var info bpf.NetpactEndpointInfo
+		var got bpf.TcPolicyValue
+		var info bpf.TcEndpointInfo
 		var missing []string
 		if err := policyMap.Lookup(key, &got); err != nil || got != want {
 			missing = append(missing, fmt.Sprintf("policy entry is %+v (err %v), want %+v", got, err, want))

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MarkToProxy and MarkToProxyMask are bpf/netpact.c's MARK_TO_PROXY: the datapath marks what it
+// MarkToProxy and MarkToProxyMask are bpf/lib/proxy.h's MARK_TO_PROXY: the datapath marks what it
 // hands to the proxy, and the routing rule below delivers it locally.
 const (
 	MarkToProxy     = 0x200

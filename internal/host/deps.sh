@@ -21,7 +21,7 @@ declare -A NEED=(
 	# make bench: iperf3 and iptables-restore for the datapath throughput baselines.
 	[bench]="iperf3 iptables"
 	# make generate / check-generate: bpf2go with Debian's clang 14 and libbpf headers.
-	[generate]="clang-14 llvm-14 libbpf-dev linux-libc-dev"
+	[generate]="clang-14 llvm-14 libbpf-dev"
 	# make e2e: the private Docker engine (kind/dockerd.sh), jq for its runc wrapper, debootstrap
 	# for the offline base image (kind/images.sh).
 	[e2e]="docker.io jq debootstrap"
