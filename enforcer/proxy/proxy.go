@@ -172,6 +172,30 @@ type Proxy struct {
 // Listen starts the proxy on 127.0.0.1:port and [::1]:port with IP_TRANSPARENT (port 0: one
 // the kernel picks, the same for both families). Port returns it.
 func Listen(port uint16, opts Options) (*Proxy, error) {
+	var listeners []net.Listener
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		listeners, err = listenBoth(port)
+		if err == nil || port != 0 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := newProxy(opts)
+	p.listeners = listeners
+	p.port = uint16(listeners[0].Addr().(*net.TCPAddr).Port)
+	for _, l := range listeners {
+		p.wg.Add(1)
+		go p.accept(l)
+	}
+	return p, nil
+}
+
+// newProxy is a proxy without listeners, its HTTP/2 server running: apart from Listen, the unit
+// tests hand it connections (serveFlow), since IP_TRANSPARENT needs CAP_NET_ADMIN.
+func newProxy(opts Options) *Proxy {
 	opts.Limits.setDefaults()
 	body := opts.DeniedBody
 	if body == "" {
@@ -182,17 +206,6 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 	}
 	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{},
 		buffered: newBudget(opts.BufferedPerSource, opts.BufferedTotal)}
-	var err error
-	for attempt := 0; attempt < 20; attempt++ {
-		p.listeners, err = listenBoth(port)
-		if err == nil || port != 0 {
-			break
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	p.port = uint16(p.listeners[0].Addr().(*net.TCPAddr).Port)
 	p.h2conns = newConnQueue()
 	p.h2 = &http.Server{Handler: http.HandlerFunc(p.serveH2), ConnContext: p.h2ConnContext, IdleTimeout: opts.IdleTimeout,
 		ConnState: p.h2ConnState, MaxHeaderBytes: opts.MaxHeaderBytes,
@@ -206,11 +219,7 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 		defer p.wg.Done()
 		p.h2.Serve(p.h2conns)
 	}()
-	for _, l := range p.listeners {
-		p.wg.Add(1)
-		go p.accept(l)
-	}
-	return p, nil
+	return p
 }
 
 // Port is the port the proxy listens on.
@@ -371,8 +380,8 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// serveConn reads the first bytes: the HTTP/2 preface goes to the HTTP/2 server, everything
-// else is HTTP/1.1.
+// serveConn serves a connection the datapath handed over: its socket's addresses are the flow's
+// original ones.
 func (p *Proxy) serveConn(c net.Conn) {
 	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
 	if f.dst.Addr().IsLoopback() {
@@ -386,6 +395,12 @@ func (p *Proxy) serveConn(c net.Conn) {
 		p.untrack(c)
 		return
 	}
+	p.serveFlow(c, f)
+}
+
+// serveFlow serves a connection of the flow f until it ends. The first bytes choose: the HTTP/2
+// preface goes to the HTTP/2 server, everything else is HTTP/1.1.
+func (p *Proxy) serveFlow(c net.Conn, f flow) {
 	lr := &limitedReader{r: c, n: int64(p.opts.MaxHeaderBytes), c: c, bud: p.buffered, src: f.src.Addr(), counting: true}
 	br := getReader(lr) // back to the pool after HTTP/1; an HTTP/2 connection keeps it
 	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
