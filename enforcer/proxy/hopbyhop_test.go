@@ -27,7 +27,9 @@ func TestHopByHopHeaders(t *testing.T) {
 				"TE: trailers\r\nTrailer: X-Checksum\r\nUpgrade: websocket\r\nProxy-Authorization: Basic eDp5\r\nX-Hop: 1\r\n"+
 				"X-Team: blue\r\nAccept: */*\r\n", ""),
 			forwarded: http.Header{"X-Team": {"blue"}, "Accept": {"*/*"}},
-			dropped:   []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Upgrade", "Proxy-Authorization", "X-Hop"}},
+			// No User-Agent of the client's: none of Go's either.
+			dropped: []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Upgrade", "Proxy-Authorization", "X-Hop",
+				"User-Agent"}},
 		{name: "websocket upgrade",
 			request: request("GET", "/public/ws", "Connection: keep-alive, Upgrade, X-Hop\r\nUpgrade: websocket\r\nKeep-Alive: timeout=5\r\n"+
 				"X-Hop: 1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n", ""),
@@ -40,9 +42,9 @@ func TestHopByHopHeaders(t *testing.T) {
 		// Chunked framing overrides a Content-Length, which must not go on with it (RFC 9112
 		// section 6.1): a destination that took the length would read the rest as a request.
 		{name: "chunked body and a length",
-			request: "POST /public/upload HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-Team: blue\r\n\r\n" +
+			request: "POST /public/upload HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-Team: blue\r\nUser-Agent: curl/8.0\r\n\r\n" +
 				"2\r\nhe\r\n3;ext=1\r\nllo\r\n0\r\n\r\n",
-			forwarded: http.Header{"X-Team": {"blue"}, "Transfer-Encoding": {"chunked"}},
+			forwarded: http.Header{"X-Team": {"blue"}, "Transfer-Encoding": {"chunked"}, "User-Agent": {"curl/8.0"}},
 			dropped:   []string{"Content-Length"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -274,6 +274,11 @@ func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string,
 	// destination closes first and holds the TIME_WAIT, as it would for the client directly: the
 	// node keeps none for the pod's address (see upstreamSocket).
 	clientClose := req.Close
+	// The destination gets the client's headers, not Go's: without a User-Agent of the client's,
+	// req.Write would add its own (an empty value is written as none).
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""}
+	}
 	if err := req.Write(up.bw); err != nil {
 		if isTimeout(lr.err) { // a read of the client's body waited the idle timeout
 			writeStatus(bw, http.StatusRequestTimeout, "request body timeout\r\n")
