@@ -148,34 +148,8 @@ func Open(opts Options) (d *Datapath, err error) {
 	if d.shares, err = loadPodShares(&d.objs); err != nil {
 		return nil, err
 	}
-	// Continue the policy revision of an earlier process: tracked flows are checked again once.
-	if err := d.objs.Settings.Lookup(uint32(0), &d.cfg); err != nil {
-		return nil, fmt.Errorf("read settings: %w", err)
-	}
-	d.cfg.EventsPerSec, d.cfg.Flags = opts.EventsPerSecond, 0
-	// The mark of the deny responses: random, kept across restarts (responses in flight keep
-	// passing), never 0 (unmarked).
-	for d.cfg.ResponseMark == 0 {
-		var b [4]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, fmt.Errorf("draw the response mark: %w", err)
-		}
-		d.cfg.ResponseMark = binary.LittleEndian.Uint32(b[:])
-	}
-	// The proxy's mark: random, high 16 bits only (clear of MARK_TO_PROXY's 0xf00 and of
-	// kube-proxy's 0x4000 and 0x8000), kept across restarts like the response mark.
-	for d.cfg.ProxyMark&0xffff0000 == 0 || d.cfg.ProxyMark&0xffff != 0 || d.cfg.ProxyMark == d.cfg.ResponseMark {
-		var b [4]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, fmt.Errorf("draw the proxy mark: %w", err)
-		}
-		d.cfg.ProxyMark = binary.LittleEndian.Uint32(b[:]) &^ 0xffff
-	}
-	if opts.DenyResponseICMP {
-		d.cfg.Flags |= cfgDenyICMP
-	}
-	if opts.Cgroup != "" {
-		d.cfg.Flags |= cfgSocketLB
+	if err := d.initSettings(opts); err != nil {
+		return nil, err
 	}
 	if err := d.bumpRevision(); err != nil {
 		return nil, err
@@ -202,6 +176,41 @@ func Open(opts Options) (d *Datapath, err error) {
 	d.pinnedInfo = maps.Clone(d.endpointInfo)
 	d.pinnedIPCache = maps.Clone(d.ipcache)
 	return d, nil
+}
+
+// initSettings reads the settings an earlier process left and sets this one's: the event rate,
+// the flags, and the random marks (kept across restarts).
+func (d *Datapath) initSettings(opts Options) error {
+	// Continue the policy revision of an earlier process: tracked flows are checked again once.
+	if err := d.objs.Settings.Lookup(uint32(0), &d.cfg); err != nil {
+		return fmt.Errorf("read settings: %w", err)
+	}
+	d.cfg.EventsPerSec, d.cfg.Flags = opts.EventsPerSecond, 0
+	// The mark of the deny responses: random, kept across restarts (responses in flight keep
+	// passing), never 0 (unmarked).
+	for d.cfg.ResponseMark == 0 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("draw the response mark: %w", err)
+		}
+		d.cfg.ResponseMark = binary.LittleEndian.Uint32(b[:])
+	}
+	// The proxy's mark: random, high 16 bits only (clear of MARK_TO_PROXY's 0xf00 and of
+	// kube-proxy's 0x4000 and 0x8000), kept across restarts like the response mark.
+	for d.cfg.ProxyMark&0xffff0000 == 0 || d.cfg.ProxyMark&0xffff != 0 || d.cfg.ProxyMark == d.cfg.ResponseMark {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("draw the proxy mark: %w", err)
+		}
+		d.cfg.ProxyMark = binary.LittleEndian.Uint32(b[:]) &^ 0xffff
+	}
+	if opts.DenyResponseICMP {
+		d.cfg.Flags |= cfgDenyICMP
+	}
+	if opts.Cgroup != "" {
+		d.cfg.Flags |= cfgSocketLB
+	}
+	return nil
 }
 
 // objects are the datapath's programs and maps, one collection per object of package bpf: the tc

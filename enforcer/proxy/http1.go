@@ -102,40 +102,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 	var up *upstream
 	defer func() { up.close() }()
 	for {
-		// The next request's first byte within the idle timeout; its line and headers, held
-		// against the source's budget until parsed, within the header timeout from there.
-		lr.idle = 0
-		lr.counting = true
-		lr.n = int64(p.opts.MaxHeaderBytes - br.Buffered()) // what is buffered is this header's
-		c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
-		if _, err := br.Peek(1); err != nil {
-			if errors.Is(lr.err, errOverBudget) {
-				p.refuseOverBudget(c, f, "request header")
-			}
+		req := p.nextRequest(c, br, lr, f, bw)
+		if req == nil {
 			return false
-		}
-		c.SetReadDeadline(time.Now().Add(p.opts.HeaderTimeout))
-		req, err := http.ReadRequest(br)
-		overBudget := errors.Is(lr.err, errOverBudget)
-		lr.release()
-		if err != nil {
-			switch {
-			case overBudget:
-				p.refuseOverBudget(c, f, "request header")
-			case errors.Is(err, errHeaderTooLarge):
-				writeStatus(bw, http.StatusRequestHeaderFieldsTooLarge, "request header too large\r\n")
-			case isTimeout(err):
-				writeStatus(bw, http.StatusRequestTimeout, "request header timeout\r\n")
-			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
-				writeStatus(bw, http.StatusBadRequest, "bad request\r\n")
-			}
-			return false
-		}
-		lr.n = 1 << 62 // the body: its framing bounds it
-		if req.ContentLength != 0 {
-			// A body may take longer than the idle timeout as a whole, but no read of it may
-			// wait that long: a client cannot hold the connection and its upstream by stalling.
-			lr.idle = p.opts.IdleTimeout
 		}
 		start := time.Now()
 		target, redirect, err := policy.NormalizeHTTPTarget(req.RequestURI)
@@ -158,21 +127,8 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 		}
 		rec.Verdict = p.judge(f, policy.HTTPRequest{Method: req.Method, Path: target, Host: req.Host, Header: req.Header})
 		if !rec.Verdict.Allowed {
-			// Judged before the body: a client waiting on Expect: 100-continue never sends it.
-			expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue")
-			lr.idle = 0 // drain bounds the whole body
-			closing := req.Close || expect || !drain(c, req)
-			rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
-			p.writeDenied(bw, closing)
-			var err error
-			if closing {
-				err = finish(c, bw)
-			} else {
-				err = bw.Flush()
-			}
-			p.report(rec)
-			if err != nil || closing {
-				return err == nil
+			if goOn, completed := p.deny(c, req, &rec, lr, bw, start); !goOn {
+				return completed
 			}
 			continue
 		}
@@ -195,20 +151,9 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			}
 		}
 		if up == nil {
-			uc, err := p.dial(context.Background(), f)
-			if err != nil {
-				rec.Latency = time.Since(start)
-				rec.Status, rec.Refused = http.StatusServiceUnavailable, err.Error()
-				p.report(rec)
-				msg := upstreamConnectFailure
-				if isTimeout(err) {
-					msg = upstreamConnectTimeout
-				}
-				writeStatus(bw, http.StatusServiceUnavailable, msg)
+			if up = p.connectUpstream(f, &rec, bw, start); up == nil {
 				return false
 			}
-			ulr := &limitedReader{r: uc, n: 1 << 62, c: uc}
-			up = &upstream{c: uc, lr: ulr, br: getReader(ulr), bw: getWriter(uc), wg: &p.wg}
 		}
 		keep, reuse := p.forward(&rec, req, target, upgrade, up, c, lr, br, bw)
 		rec.Latency = time.Since(start)
@@ -221,6 +166,87 @@ func (p *Proxy) serveHTTP1(c net.Conn, br *bufio.Reader, lr *limitedReader, f fl
 			up = nil
 		}
 	}
+}
+
+// nextRequest reads the connection's next request line and headers: its first byte within the
+// idle timeout, then held against the source's budget until parsed, within the header timeout
+// from there. nil: the connection ends (what went wrong was answered, when it can be).
+func (p *Proxy) nextRequest(c net.Conn, br *bufio.Reader, lr *limitedReader, f flow, bw *bufio.Writer) *http.Request {
+	lr.idle = 0
+	lr.counting = true
+	lr.n = int64(p.opts.MaxHeaderBytes - br.Buffered()) // what is buffered is this header's
+	c.SetReadDeadline(time.Now().Add(p.opts.IdleTimeout))
+	if _, err := br.Peek(1); err != nil {
+		if errors.Is(lr.err, errOverBudget) {
+			p.refuseOverBudget(c, f, "request header")
+		}
+		return nil
+	}
+	c.SetReadDeadline(time.Now().Add(p.opts.HeaderTimeout))
+	req, err := http.ReadRequest(br)
+	overBudget := errors.Is(lr.err, errOverBudget)
+	lr.release()
+	if err != nil {
+		switch {
+		case overBudget:
+			p.refuseOverBudget(c, f, "request header")
+		case errors.Is(err, errHeaderTooLarge):
+			writeStatus(bw, http.StatusRequestHeaderFieldsTooLarge, "request header too large\r\n")
+		case isTimeout(err):
+			writeStatus(bw, http.StatusRequestTimeout, "request header timeout\r\n")
+		case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
+			writeStatus(bw, http.StatusBadRequest, "bad request\r\n")
+		}
+		return nil
+	}
+	lr.n = 1 << 62 // the body: its framing bounds it
+	if req.ContentLength != 0 {
+		// A body may take longer than the idle timeout as a whole, but no read of it may
+		// wait that long: a client cannot hold the connection and its upstream by stalling.
+		lr.idle = p.opts.IdleTimeout
+	}
+	return req
+}
+
+// deny answers a request the rules deny with the 403, judged before its body: a client waiting on
+// Expect: 100-continue never sends it. goOn says whether the connection takes another request;
+// when it does not, completed says whether it ended after a complete response.
+func (p *Proxy) deny(c net.Conn, req *http.Request, rec *Request, lr *limitedReader, bw *bufio.Writer, start time.Time) (goOn, completed bool) {
+	expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue")
+	lr.idle = 0 // drain bounds the whole body
+	closing := req.Close || expect || !drain(c, req)
+	rec.Status, rec.Latency = http.StatusForbidden, time.Since(start)
+	p.writeDenied(bw, closing)
+	var err error
+	if closing {
+		err = finish(c, bw)
+	} else {
+		err = bw.Flush()
+	}
+	p.report(*rec)
+	if err != nil || closing {
+		return false, err == nil
+	}
+	return true, false
+}
+
+// connectUpstream opens the connection to the flow's destination; nil when it cannot, after a
+// 503 as Envoy words it.
+func (p *Proxy) connectUpstream(f flow, rec *Request, bw *bufio.Writer, start time.Time) *upstream {
+	uc, err := p.dial(context.Background(), f)
+	if err != nil {
+		rec.Latency = time.Since(start)
+		rec.Status, rec.Refused = http.StatusServiceUnavailable, err.Error()
+		p.report(*rec)
+		msg := upstreamConnectFailure
+		if isTimeout(err) {
+			msg = upstreamConnectTimeout
+		}
+		writeStatus(bw, http.StatusServiceUnavailable, msg)
+		return nil
+	}
+	ulr := &limitedReader{r: uc, n: 1 << 62, c: uc}
+	return &upstream{c: uc, lr: ulr, br: getReader(ulr), bw: getWriter(uc), wg: &p.wg}
 }
 
 func isTimeout(err error) bool {
