@@ -355,12 +355,3 @@ func (e *Enforcement) WaitProgrammed(ctx context.Context, namespace, name, uid s
 		e.done.Wait()
 	}
 }
-
-// Pods lists the informer's pods (a test hook for the trimmed store).
-func (e *Enforcement) Pods() []*corev1.Pod {
-	var out []*corev1.Pod
-	for _, o := range e.pods.GetStore().List() {
-		out = append(out, o.(*corev1.Pod))
-	}
-	return out
-}
