@@ -14,15 +14,7 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
-const restartPolicy = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: a, namespace: app}
-spec:
-  endpointSelector: {matchLabels: {app: a}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: b}}]
----
-apiVersion: cilium.io/v2
+var restartPolicy = testPolicy("a-allows-b.yaml") + "---\n" + `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: b, namespace: app}
 spec:
@@ -142,4 +134,14 @@ func TestRestartKeepsIdsAndIdentities(t *testing.T) {
 	if err := e2.Verify(); err != nil {
 		t.Error(err)
 	}
+}
+
+// testPolicy is a policy of the repository's testdata/policies, which the tests of several
+// packages share.
+func testPolicy(name string) string {
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "policies", name))
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }

@@ -376,63 +376,16 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 			return
 		}
 	}
-	var target any
-	var pk Kind
-	switch {
-	case kind == string(KindCNP) || kind == string(KindCCNP):
-		if apiVersion != ciliumv2.GroupVersion {
-			l.fail(file, apiKey.Line, apiKey.Column, describeObject(Kind(kind), n, nsOverride, l.defaultNamespace()), "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
-			return
-		}
-		pk = Kind(kind)
-		if pk == KindCNP {
-			target = &ciliumv2.CiliumNetworkPolicy{}
-		} else {
-			target = &ciliumv2.CiliumClusterwideNetworkPolicy{}
-		}
-	case kind == string(KindKNP) && strings.HasPrefix(apiVersion, "networking.k8s.io/"):
-		if apiVersion != "networking.k8s.io/v1" {
-			l.fail(file, apiKey.Line, apiKey.Column, kind, "apiVersion", "apiVersion %q is not served for NetworkPolicy; use networking.k8s.io/v1", apiVersion)
-			return
-		}
-		pk = KindKNP
-		target = &networkingv1.NetworkPolicy{}
-	default:
-		name := ""
-		if md := childNode(n, "metadata"); md != nil {
-			name, _ = scalarField(md, "name")
-		}
-		l.bundle.Notices = append(l.bundle.Notices, Notice{File: file, Line: n.Line,
-			Message: fmt.Sprintf("skipped %s %s %q: not a network policy", apiVersion, kind, name)})
+	target, pk, ok := l.policyTarget(file, n, apiKey, apiVersion, kind, nsOverride)
+	if !ok {
 		return
 	}
-
-	w := &walker{index: docIndex{}}
-	w.walk(n, reflect.TypeOf(target).Elem(), "")
 	object := describeObject(pk, n, nsOverride, l.defaultNamespace())
-	for _, is := range w.issues {
-		l.fail(file, is.pos.line, is.pos.col, object, is.path, "%s", is.msg)
-	}
-	if len(w.issues) > 0 {
+	index, raw, ok := l.decode(file, n, target, object)
+	if !ok {
 		return
 	}
-	v, err := nodeValue(n, 0)
-	if err != nil {
-		l.fail(file, n.Line, n.Column, object, "", "%v", err)
-		return
-	}
-	raw, err := json.Marshal(v)
-	if err != nil {
-		l.fail(file, n.Line, n.Column, object, "", "cannot convert document: %v", err)
-		return
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(target); err != nil {
-		l.fail(file, n.Line, n.Column, object, "", "cannot decode: %v", err)
-		return
-	}
-	p := &Policy{Key: Key{Kind: pk}, Source: Source{File: file, Line: n.Line, Column: n.Column}, index: w.index, Raw: raw}
+	p := &Policy{Key: Key{Kind: pk}, Source: Source{File: file, Line: n.Line, Column: n.Column}, index: index, Raw: raw}
 	switch obj := target.(type) {
 	case *ciliumv2.CiliumNetworkPolicy:
 		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace, nsOverride)
@@ -449,6 +402,72 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		p.Name, p.Namespace = obj.Name, obj.Namespace
 		p.KNP = obj
 	}
+	l.admit(file, n, p)
+}
+
+// policyTarget is the Go type an object of kind decodes into, and its policy kind. It is false
+// for an object that is no network policy (noted, and skipped) or of an API version not served
+// (refused).
+func (l *loader) policyTarget(file string, n, apiKey *yaml.Node, apiVersion, kind, nsOverride string) (any, Kind, bool) {
+	switch {
+	case kind == string(KindCNP) || kind == string(KindCCNP):
+		if apiVersion != ciliumv2.GroupVersion {
+			l.fail(file, apiKey.Line, apiKey.Column, describeObject(Kind(kind), n, nsOverride, l.defaultNamespace()), "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
+			return nil, "", false
+		}
+		if Kind(kind) == KindCNP {
+			return &ciliumv2.CiliumNetworkPolicy{}, KindCNP, true
+		}
+		return &ciliumv2.CiliumClusterwideNetworkPolicy{}, KindCCNP, true
+	case kind == string(KindKNP) && strings.HasPrefix(apiVersion, "networking.k8s.io/"):
+		if apiVersion != "networking.k8s.io/v1" {
+			l.fail(file, apiKey.Line, apiKey.Column, kind, "apiVersion", "apiVersion %q is not served for NetworkPolicy; use networking.k8s.io/v1", apiVersion)
+			return nil, "", false
+		}
+		return &networkingv1.NetworkPolicy{}, KindKNP, true
+	}
+	name := ""
+	if md := childNode(n, "metadata"); md != nil {
+		name, _ = scalarField(md, "name")
+	}
+	l.bundle.Notices = append(l.bundle.Notices, Notice{File: file, Line: n.Line,
+		Message: fmt.Sprintf("skipped %s %s %q: not a network policy", apiVersion, kind, name)})
+	return nil, "", false
+}
+
+// decode checks the object against target's type as a strict API server would, then decodes
+// it into target; it returns the fields' positions and the object as JSON. It is false when
+// the object was refused.
+func (l *loader) decode(file string, n *yaml.Node, target any, object string) (docIndex, []byte, bool) {
+	w := &walker{index: docIndex{}}
+	w.walk(n, reflect.TypeOf(target).Elem(), "")
+	for _, is := range w.issues {
+		l.fail(file, is.pos.line, is.pos.col, object, is.path, "%s", is.msg)
+	}
+	if len(w.issues) > 0 {
+		return nil, nil, false
+	}
+	v, err := nodeValue(n, 0)
+	if err != nil {
+		l.fail(file, n.Line, n.Column, object, "", "%v", err)
+		return nil, nil, false
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		l.fail(file, n.Line, n.Column, object, "", "cannot convert document: %v", err)
+		return nil, nil, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(target); err != nil {
+		l.fail(file, n.Line, n.Column, object, "", "cannot decode: %v", err)
+		return nil, nil, false
+	}
+	return w.index, raw, true
+}
+
+// admit adds a policy to the bundle unless it is invalid or its key is taken.
+func (l *loader) admit(file string, n *yaml.Node, p *Policy) {
 	errs := validatePolicy(p)
 	for _, e := range errs {
 		at := p.position(e.path)

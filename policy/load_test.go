@@ -141,3 +141,17 @@ func TestLoadNeverPanics(t *testing.T) {
 		policy.LoadBytes("fuzz.yaml", []byte(in), policy.LoadOptions{})
 	}
 }
+
+// TestSharedTestPoliciesLoad: each policy that other packages' tests share (testdata/policies at
+// the repository's root) loads, so that a test using one fails on what it tests, not on it.
+func TestSharedTestPoliciesLoad(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("..", "testdata", "policies", "*.yaml"))
+	if len(files) == 0 {
+		t.Fatal("no shared test policies")
+	}
+	for _, f := range files {
+		if b, err := policy.Load([]string{f}, policy.LoadOptions{}); err != nil || len(b.Policies) != 1 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}

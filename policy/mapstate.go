@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"sync"
 )
 
@@ -93,18 +92,6 @@ type Entry struct {
 	Rules   []RuleID
 }
 
-// Equal reports whether two entries program the datapath identically.
-func (e *Entry) Equal(o *Entry) bool {
-	return e.Verdict == o.Verdict && slices.Equal(e.Rules, o.Rules) && l7Equal(e.L7, o.L7)
-}
-
-func l7Equal(a, b *L7Policy) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return fmt.Sprint(*a) == fmt.Sprint(*b)
-}
-
 // DirectionState is the compiled policy of one endpoint in one direction.
 type DirectionState struct {
 	// Enforced means default deny: traffic no entry allows is dropped.
@@ -158,24 +145,6 @@ func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 	case v == VerdictDeny, e.Verdict == VerdictProxy && v == VerdictAllow:
 		e.Verdict, e.L7, e.Rules = v, nil, []RuleID{rule}
 	}
-}
-
-// Diff returns what turns the old state into the new one: entries to write (new or changed) and
-// keys to delete. Writing before deleting never drops traffic that stays allowed.
-func Diff(old, cur *DirectionState) (upserts map[MapKey]*Entry, deletes []MapKey) {
-	upserts = map[MapKey]*Entry{}
-	for k, e := range cur.Entries {
-		if o, ok := old.Entries[k]; !ok || !o.Equal(e) {
-			upserts[k] = e
-		}
-	}
-	for k := range old.Entries {
-		if _, ok := cur.Entries[k]; !ok {
-			deletes = append(deletes, k)
-		}
-	}
-	sort.Slice(deletes, func(i, j int) bool { return deletes[i].String() < deletes[j].String() })
-	return upserts, deletes
 }
 
 // lookupIndex finds the entries a packet can match without scanning the whole state.

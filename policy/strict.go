@@ -78,50 +78,12 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t == intOrStringType {
-		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
-			w.issue(path, n, "must be a number or a string")
-		}
-		return
-	}
-	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
-		return
-	}
-	if reflect.PointerTo(t).Implements(textUnmarshaler) {
-		if n.Kind != yaml.ScalarNode {
-			w.issue(path, n, "must be a string, not %s", describe(n))
-			return
-		}
-		v := reflect.New(t).Interface().(encoding.TextUnmarshaler)
-		if err := v.UnmarshalText([]byte(n.Value)); err != nil {
-			w.issue(path, n, "%v", err)
-		}
+	if w.decodesItself(n, t, path) {
 		return
 	}
 	switch t.Kind() {
 	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			w.issue(path, n, "must be an object, not %s", describe(n))
-			return
-		}
-		fields := jsonFields(t)
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			fp := join(path, k.Value)
-			w.index[fp] = pos{k.Line, k.Column}
-			if seen[k.Value] {
-				w.issue(fp, k, "field %q is given twice", k.Value)
-				continue
-			}
-			seen[k.Value] = true
-			ft, ok := fields[k.Value]
-			if !ok {
-				w.issue(fp, k, "unknown field %q%s", k.Value, suggest(k.Value, fields))
-				continue
-			}
-			w.walk(v, ft, fp)
-		}
+		w.walkStruct(n, t, path)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			w.issue(path, n, "must be a list, not %s", describe(n))
@@ -131,26 +93,90 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 			w.walk(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
 		}
 	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			w.issue(path, n, "must be an object, not %s", describe(n))
-			return
-		}
-		// A key given twice would let the last one win silently (matchLabels {app: web,
-		// app: db} selects db): refused, as the API server's strict field validation does.
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			fp := join(path, k.Value)
-			w.index[fp] = pos{k.Line, k.Column}
-			if seen[k.Value] {
-				w.issue(fp, k, "key %q is given twice", printable(k.Value, 60))
-				continue
-			}
-			seen[k.Value] = true
-			w.walk(v, t.Elem(), fp)
-		}
+		w.walkMap(n, t, path)
 	case reflect.Interface:
 		// Free-form content: any value is accepted.
+	default:
+		w.checkScalar(n, t, path)
+	}
+}
+
+// decodesItself checks a value whose type decodes itself (IntOrString, a JSON or text
+// unmarshaler) and says whether it did.
+func (w *walker) decodesItself(n *yaml.Node, t reflect.Type, path string) bool {
+	if t == intOrStringType {
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
+			w.issue(path, n, "must be a number or a string")
+		}
+		return true
+	}
+	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return true
+	}
+	if !reflect.PointerTo(t).Implements(textUnmarshaler) {
+		return false
+	}
+	if n.Kind != yaml.ScalarNode {
+		w.issue(path, n, "must be a string, not %s", describe(n))
+		return true
+	}
+	v := reflect.New(t).Interface().(encoding.TextUnmarshaler)
+	if err := v.UnmarshalText([]byte(n.Value)); err != nil {
+		w.issue(path, n, "%v", err)
+	}
+	return true
+}
+
+func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
+	if n.Kind != yaml.MappingNode {
+		w.issue(path, n, "must be an object, not %s", describe(n))
+		return
+	}
+	fields := jsonFields(t)
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		fp := join(path, k.Value)
+		w.index[fp] = pos{k.Line, k.Column}
+		if seen[k.Value] {
+			w.issue(fp, k, "field %q is given twice", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		ft, ok := fields[k.Value]
+		if !ok {
+			w.issue(fp, k, "unknown field %q%s", k.Value, suggest(k.Value, fields))
+			continue
+		}
+		w.walk(v, ft, fp)
+	}
+}
+
+func (w *walker) walkMap(n *yaml.Node, t reflect.Type, path string) {
+	if n.Kind != yaml.MappingNode {
+		w.issue(path, n, "must be an object, not %s", describe(n))
+		return
+	}
+	// A key given twice would let the last one win silently (matchLabels {app: web,
+	// app: db} selects db): refused, as the API server's strict field validation does.
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		fp := join(path, k.Value)
+		w.index[fp] = pos{k.Line, k.Column}
+		if seen[k.Value] {
+			w.issue(fp, k, "key %q is given twice", printable(k.Value, 60))
+			continue
+		}
+		seen[k.Value] = true
+		w.walk(v, t.Elem(), fp)
+	}
+}
+
+// checkScalar checks a string, boolean or number against the node's YAML tag; integers must
+// fit their Go type.
+func (w *walker) checkScalar(n *yaml.Node, t reflect.Type, path string) {
+	switch t.Kind() {
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
 			hint := ""

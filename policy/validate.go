@@ -487,19 +487,7 @@ func parsePortString(s string) (num int, named bool, err error) {
 func (v *validator) l7(pr ciliumv2.PortRule, path string, ingress, deny, host bool) {
 	r := pr.Rules
 	rp := path + ".rules"
-	var kinds []string
-	if r.HTTP != nil {
-		kinds = append(kinds, "http")
-	}
-	if r.Kafka != nil {
-		kinds = append(kinds, "kafka")
-	}
-	if r.DNS != nil {
-		kinds = append(kinds, "dns")
-	}
-	if r.L7Proto != "" || r.L7 != nil {
-		kinds = append(kinds, "l7proto")
-	}
+	kinds := l7Kinds(r)
 	if len(kinds) > 1 {
 		v.add(rp+"."+kinds[1], "a port rule takes one kind of L7 rules, not both %s and %s", kinds[0], kinds[1])
 	}
@@ -521,10 +509,43 @@ func (v *validator) l7(pr ciliumv2.PortRule, path string, ingress, deny, host bo
 	if kind == "dns" && ingress {
 		v.add(rp+".dns", "DNS rules are only allowed in egress rules")
 	}
-	if len(pr.Ports) == 0 {
+	v.l7Ports(pr.Ports, path, kind)
+	for i, h := range r.HTTP {
+		v.httpRule(h, fmt.Sprintf("%s.http[%d]", rp, i))
+	}
+	for i, k := range r.Kafka {
+		v.kafkaRule(k, fmt.Sprintf("%s.kafka[%d]", rp, i))
+	}
+	for i, d := range r.DNS {
+		v.fqdn(d.MatchName, d.MatchPattern, fmt.Sprintf("%s.dns[%d]", rp, i))
+	}
+}
+
+// l7Kinds are the kinds of L7 rules a port rule has, in the order they are reported.
+func l7Kinds(r *ciliumv2.L7Rules) []string {
+	var kinds []string
+	if r.HTTP != nil {
+		kinds = append(kinds, "http")
+	}
+	if r.Kafka != nil {
+		kinds = append(kinds, "kafka")
+	}
+	if r.DNS != nil {
+		kinds = append(kinds, "dns")
+	}
+	if r.L7Proto != "" || r.L7 != nil {
+		kinds = append(kinds, "l7proto")
+	}
+	return kinds
+}
+
+// l7Ports checks the ports of a port rule with L7 rules of kind: each one explicit port of a
+// protocol the kind's proxy speaks.
+func (v *validator) l7Ports(ports []ciliumv2.PortProtocol, path, kind string) {
+	if len(ports) == 0 {
 		v.add(path+".ports", "L7 rules need an explicit port")
 	}
-	for j, port := range pr.Ports {
+	for j, port := range ports {
 		pp := fmt.Sprintf("%s.ports[%d]", path, j)
 		if n, named, err := parsePortString(port.Port); err == nil && n == 0 && !named {
 			v.add(pp+".port", "L7 rules need an explicit port, not all ports")
@@ -545,47 +566,44 @@ func (v *validator) l7(pr ciliumv2.PortRule, path string, ingress, deny, host bo
 			v.add(pp+".protocol", "%s rules need protocol TCP, not %s", strings.ToUpper(kind), proto)
 		}
 	}
-	for i, h := range r.HTTP {
-		hp := fmt.Sprintf("%s.http[%d]", rp, i)
-		if v.httpRules++; v.httpRules == MaxHTTPRulesPerPolicy+1 {
-			v.add(hp, "the policy's HTTP rule number %d: a policy may have at most %d (the proxy matches each request against every rule on its port)", MaxHTTPRulesPerPolicy+1, MaxHTTPRulesPerPolicy)
-		}
-		for _, field := range []string{"method", "path", "host"} {
-			re := map[string]string{"path": h.Path, "method": h.Method, "host": h.Host}[field]
-			if len(re) > MaxHTTPExpression {
-				v.add(hp+"."+field, "a %d-byte expression: at most %d bytes", len(re), MaxHTTPExpression)
-			} else if _, err := regexp.Compile(re); err != nil {
-				v.add(hp+"."+field, "invalid regular expression %q: %v", re, err)
-			}
-		}
-		for j, hm := range h.HeaderMatches {
-			if hm.Name == "" {
-				v.add(fmt.Sprintf("%s.headerMatches[%d].name", hp, j), "missing header name")
-			}
-			if hm.Secret != nil {
-				v.add(fmt.Sprintf("%s.headerMatches[%d].secret", hp, j), "header secrets are not supported by netpact yet")
-			}
-			switch hm.Mismatch {
-			case "", "LOG", "ADD", "DELETE", "REPLACE":
-			default:
-				v.add(fmt.Sprintf("%s.headerMatches[%d].mismatch", hp, j), "unknown mismatch action %q: use LOG, ADD, DELETE or REPLACE", hm.Mismatch)
-			}
+}
+
+func (v *validator) httpRule(h ciliumv2.PortRuleHTTP, hp string) {
+	if v.httpRules++; v.httpRules == MaxHTTPRulesPerPolicy+1 {
+		v.add(hp, "the policy's HTTP rule number %d: a policy may have at most %d (the proxy matches each request against every rule on its port)", MaxHTTPRulesPerPolicy+1, MaxHTTPRulesPerPolicy)
+	}
+	for _, field := range []string{"method", "path", "host"} {
+		re := map[string]string{"path": h.Path, "method": h.Method, "host": h.Host}[field]
+		if len(re) > MaxHTTPExpression {
+			v.add(hp+"."+field, "a %d-byte expression: at most %d bytes", len(re), MaxHTTPExpression)
+		} else if _, err := regexp.Compile(re); err != nil {
+			v.add(hp+"."+field, "invalid regular expression %q: %v", re, err)
 		}
 	}
-	for i, k := range r.Kafka {
-		kp := fmt.Sprintf("%s.kafka[%d]", rp, i)
-		switch {
-		case k.Role != "" && k.APIKey != "":
-			v.add(kp+".apiKey", "role and apiKey cannot both be set")
-		case k.Role != "" && k.Role != "produce" && k.Role != "consume":
-			v.add(kp+".role", "unknown role %q: use produce or consume", k.Role)
+	for j, hm := range h.HeaderMatches {
+		if hm.Name == "" {
+			v.add(fmt.Sprintf("%s.headerMatches[%d].name", hp, j), "missing header name")
 		}
-		if len(k.Topic) > 255 || (k.Topic != "" && !kafkaTopicRE.MatchString(k.Topic)) {
-			v.add(kp+".topic", "invalid Kafka topic %q: up to 255 letters, digits, '.', '_' and '-'", k.Topic)
+		if hm.Secret != nil {
+			v.add(fmt.Sprintf("%s.headerMatches[%d].secret", hp, j), "header secrets are not supported by netpact yet")
+		}
+		switch hm.Mismatch {
+		case "", "LOG", "ADD", "DELETE", "REPLACE":
+		default:
+			v.add(fmt.Sprintf("%s.headerMatches[%d].mismatch", hp, j), "unknown mismatch action %q: use LOG, ADD, DELETE or REPLACE", hm.Mismatch)
 		}
 	}
-	for i, d := range r.DNS {
-		v.fqdn(d.MatchName, d.MatchPattern, fmt.Sprintf("%s.dns[%d]", rp, i))
+}
+
+func (v *validator) kafkaRule(k ciliumv2.PortRuleKafka, kp string) {
+	switch {
+	case k.Role != "" && k.APIKey != "":
+		v.add(kp+".apiKey", "role and apiKey cannot both be set")
+	case k.Role != "" && k.Role != "produce" && k.Role != "consume":
+		v.add(kp+".role", "unknown role %q: use produce or consume", k.Role)
+	}
+	if len(k.Topic) > 255 || (k.Topic != "" && !kafkaTopicRE.MatchString(k.Topic)) {
+		v.add(kp+".topic", "invalid Kafka topic %q: up to 255 letters, digits, '.', '_' and '-'", k.Topic)
 	}
 }
 

@@ -156,9 +156,9 @@ func TestAdmissionRefusesWhatTheLoaderRefuses(t *testing.T) {
 	if len(byWebhook) < 29 {
 		t.Errorf("only %d files reached and were refused by the webhook", len(byWebhook))
 	}
-	good := `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"good","namespace":"admission"},
-	"spec":{"endpointSelector":{"matchLabels":{"app":"a"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"b"}}]}]}}`
+	good := testPolicy("a-allows-b.yaml")
 	objs, _ := kubeapply.Decode("good", []byte(good))
+	objs[0].SetNamespace(ns)
 	if _, err := applier.ApplyOne(ctx, objs[0], "kubectl"); err != nil {
 		t.Errorf("a valid policy refused: %v", err)
 	}
@@ -188,9 +188,10 @@ func TestAdmissionRefusesWhatTheLoaderRefuses(t *testing.T) {
 	if string(cm.CA()) == string(before) {
 		t.Fatal("no new certificate for a new name")
 	}
-	bad := strings.Replace(good, `"fromEndpoints":[{"matchLabels":{"app":"b"}}]`,
-		`"fromEndpoints":[{"matchLabels":{"app":"b"}}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}],"rules":{"http":[{"path":"("}]}}]`, 1)
+	bad := strings.Replace(good, "  - fromEndpoints: [{matchLabels: {app: b}}]\n",
+		"  - fromEndpoints: [{matchLabels: {app: b}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: \"(\"}]}}]\n", 1)
 	badObjs, _ := kubeapply.Decode("bad", []byte(bad))
+	badObjs[0].SetNamespace(ns)
 	if _, err := applier.ApplyOne(ctx, badObjs[0], "kubectl"); err == nil || !strings.Contains(err.Error(), "netpact refuses this policy") {
 		t.Errorf("after a rotation, a policy the loader refuses: %v", err)
 		applier.Delete(ctx, badObjs[0])
@@ -318,9 +319,8 @@ func TestAdmissionReplicasAcrossRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"good","namespace":"` + ns + `"},
-	"spec":{"endpointSelector":{"matchLabels":{"app":"a"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"b"}}]}]}}`
-	objs, _ := kubeapply.Decode("good", []byte(good))
+	objs, _ := kubeapply.Decode("good", []byte(testPolicy("a-allows-b.yaml")))
+	objs[0].SetNamespace(ns)
 	if _, err := applier.ApplyOne(ctx, objs[0], "kubectl"); err != nil {
 		t.Errorf("a replica still serving the previous certificate is not trusted: %v", err)
 	}

@@ -200,14 +200,7 @@ func requestReconcile(t *testing.T, cl client.Client, key ktypes.NamespacedName)
 	return at
 }
 
-const policyB = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b, namespace: app}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: a}}]
-`
+var policyB = testPolicy("b-allows-a.yaml")
 
 const knpDeny = `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy

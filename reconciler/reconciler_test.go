@@ -131,15 +131,17 @@ func (w *workTree) push(args ...string) {
 	run(w.t, w.dir, append([]string{"git", "push", "-q", "origin"}, args...)...)
 }
 
-const allowB = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: a, namespace: app}
-spec:
-  endpointSelector: {matchLabels: {app: a}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: b}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-`
+var allowB = testPolicy("a-allows-b-on-8080.yaml")
+
+// testPolicy is a policy of the repository's testdata/policies, which the tests of several
+// packages share.
+func testPolicy(name string) string {
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "policies", name))
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
 
 const allowC = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

@@ -58,38 +58,68 @@ const (
 
 var errTooLarge = errors.New("body too large")
 
+// deliveryHeaders is the header naming a delivery's id, for each kind of hook served.
+var deliveryHeaders = map[string]string{
+	"github":       "X-GitHub-Delivery",
+	"gitlab":       "X-Gitlab-Event-UUID",
+	"generic-hmac": "X-Delivery-ID",
+}
+
+// ServeHTTP takes a delivery through its checks in turn; each that refuses it has answered.
 func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		http.Error(w, "POST only", http.StatusMethodNotAllowed)
 		return
 	}
 	kind := strings.TrimPrefix(r.URL.Path, "/hook/")
-	var deliveryHeader string
-	switch kind {
-	case "github":
-		deliveryHeader = "X-GitHub-Delivery"
-	case "gitlab":
-		deliveryHeader = "X-Gitlab-Event-UUID"
-	case "generic-hmac":
-		deliveryHeader = "X-Delivery-ID"
-	default:
+	deliveryHeader, ok := deliveryHeaders[kind]
+	if !ok {
 		http.NotFound(w, r)
 		return
 	}
-	secret := rc.Secret
+	body, ok := rc.authenticate(w, r, kind)
+	if !ok {
+		return
+	}
+	if kind == "github" && !isGitHubPush(w, r) {
+		return
+	}
+	if kind != "gitlab" && !rc.recent(w, kind, body) {
+		return
+	}
+	if id := r.Header.Get(deliveryHeader); id != "" && !rc.firstDelivery(kind+"/"+id) {
+		http.Error(w, "delivery already seen", http.StatusConflict)
+		return
+	}
+	if rc.OnPush != nil {
+		rc.OnPush(r)
+	} else {
+		rc.Trigger()
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (rc *Receiver) secret(r *http.Request) []byte {
 	switch {
 	case rc.SecretFor != nil:
-		secret = rc.SecretFor(r)
+		return rc.SecretFor(r)
 	case rc.SecretFunc != nil:
-		secret = rc.SecretFunc()
+		return rc.SecretFunc()
 	}
+	return rc.Secret
+}
+
+// authenticate checks a delivery's token or signature, and returns the body it read to check
+// a signature; false when it refused the delivery.
+func (rc *Receiver) authenticate(w http.ResponseWriter, r *http.Request, kind string) ([]byte, bool) {
+	secret := rc.secret(r)
 	if len(secret) == 0 {
 		http.Error(w, "invalid signature or token", http.StatusUnauthorized)
-		return
+		return nil, false
 	}
 	if r.ContentLength > maxHookBody {
 		http.Error(w, errTooLarge.Error(), http.StatusRequestEntityTooLarge)
-		return
+		return nil, false
 	}
 	var ok bool
 	var body []byte
@@ -111,11 +141,11 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body, err = readBody(r.Body)
 		if errors.Is(err, errTooLarge) {
 			http.Error(w, errTooLarge.Error(), http.StatusRequestEntityTooLarge)
-			return
+			return nil, false
 		}
 		if err != nil {
 			http.Error(w, "cannot read body", http.StatusBadRequest)
-			return
+			return nil, false
 		}
 		mac := hmac.New(sha256.New, secret)
 		mac.Write(body)
@@ -123,52 +153,48 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		http.Error(w, "invalid signature or token", http.StatusUnauthorized)
-		return
+		return nil, false
 	}
-	if kind == "github" {
-		switch event := r.Header.Get("X-GitHub-Event"); event {
-		case "push":
-		case "ping":
-			w.Write([]byte("pong\n"))
-			return
-		case "":
-			http.Error(w, "no X-GitHub-Event", http.StatusBadRequest)
-			return
-		default:
-			w.Write([]byte("event " + event + " ignored: only push triggers a reconcile\n"))
-			return
-		}
+	return body, true
+}
+
+// isGitHubPush answers a GitHub event other than push, and says whether the event is a push.
+func isGitHubPush(w http.ResponseWriter, r *http.Request) bool {
+	switch event := r.Header.Get("X-GitHub-Event"); event {
+	case "push":
+		return true
+	case "ping":
+		w.Write([]byte("pong\n"))
+	case "":
+		http.Error(w, "no X-GitHub-Event", http.StatusBadRequest)
+	default:
+		w.Write([]byte("event " + event + " ignored: only push triggers a reconcile\n"))
 	}
-	if kind != "gitlab" {
-		at, err := deliveryTime(kind, body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		maxAge := rc.MaxAge
-		if maxAge <= 0 {
-			maxAge = DefaultMaxHookAge
-		}
-		now := time.Now()
-		if rc.Now != nil {
-			now = rc.Now()
-		}
-		if age := now.Sub(at); age > maxAge || age < -maxAge {
-			http.Error(w, fmt.Sprintf("delivery signed for %s, %s from now (at most %s): a replay?",
-				at.UTC().Format(time.RFC3339), age.Round(time.Second), maxAge), http.StatusConflict)
-			return
-		}
+	return false
+}
+
+// recent refuses a delivery whose signed body is older (or further ahead) than MaxAge: a
+// replay under a new delivery id.
+func (rc *Receiver) recent(w http.ResponseWriter, kind string, body []byte) bool {
+	at, err := deliveryTime(kind, body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return false
 	}
-	if id := r.Header.Get(deliveryHeader); id != "" && !rc.firstDelivery(kind+"/"+id) {
-		http.Error(w, "delivery already seen", http.StatusConflict)
-		return
+	maxAge := rc.MaxAge
+	if maxAge <= 0 {
+		maxAge = DefaultMaxHookAge
 	}
-	if rc.OnPush != nil {
-		rc.OnPush(r)
-	} else {
-		rc.Trigger()
+	now := time.Now()
+	if rc.Now != nil {
+		now = rc.Now()
 	}
-	w.WriteHeader(http.StatusAccepted)
+	if age := now.Sub(at); age > maxAge || age < -maxAge {
+		http.Error(w, fmt.Sprintf("delivery signed for %s, %s from now (at most %s): a replay?",
+			at.UTC().Format(time.RFC3339), age.Round(time.Second), maxAge), http.StatusConflict)
+		return false
+	}
+	return true
 }
 
 // deliveryTime reads the time a signed body carries: a GitHub push's repository.pushed_at

@@ -80,26 +80,52 @@ func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, er
 	if err != nil {
 		return false, err
 	}
-	healthy := true
-	bad := func(ok bool) string {
-		if !ok {
-			healthy = false
-			return "  <- not healthy"
+	r := &statusReport{w: w, healthy: true}
+	for _, step := range []func() error{
+		func() error { return r.enforcer(ctx, kc) },
+		func() error { return r.deployments(ctx, kc) },
+		func() error { return r.sources(ctx, cfg) },
+		func() error { return r.nodes(ctx, cfg) },
+	} {
+		if err := step(); err != nil {
+			return false, err
 		}
-		return ""
 	}
+	return r.healthy, nil
+}
+
+// statusReport is clusterStatus's screen, and whether a line of it was not healthy.
+type statusReport struct {
+	w       io.Writer
+	healthy bool
+}
+
+// bad is the end of a line: a marker when the line is not healthy.
+func (r *statusReport) bad(ok bool) string {
+	if !ok {
+		r.healthy = false
+		return "  <- not healthy"
+	}
+	return ""
+}
+
+func (r *statusReport) enforcer(ctx context.Context, kc kubernetes.Interface) error {
 	ds, err := kc.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		fmt.Fprintf(w, "enforcer:    not installed (kube-system/netpact DaemonSet)%s\n", bad(false))
+		fmt.Fprintf(r.w, "enforcer:    not installed (kube-system/netpact DaemonSet)%s\n", r.bad(false))
 	case err != nil:
-		return false, fmt.Errorf("read the enforcer DaemonSet: %w", err)
+		return fmt.Errorf("read the enforcer DaemonSet: %w", err)
 	default:
 		s := ds.Status
 		ok := s.DesiredNumberScheduled > 0 && s.NumberReady == s.DesiredNumberScheduled && s.NumberAvailable == s.DesiredNumberScheduled
-		fmt.Fprintf(w, "enforcer:    DaemonSet kube-system/netpact desired %d, ready %d, available %d, up to date %d%s\n",
-			s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable, s.UpdatedNumberScheduled, bad(ok))
+		fmt.Fprintf(r.w, "enforcer:    DaemonSet kube-system/netpact desired %d, ready %d, available %d, up to date %d%s\n",
+			s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable, s.UpdatedNumberScheduled, r.bad(ok))
 	}
+	return nil
+}
+
+func (r *statusReport) deployments(ctx context.Context, kc kubernetes.Interface) error {
 	for _, d := range []struct{ label, name, what string }{
 		{"controller: ", "netpact-reconciler", "controller"},
 		{"admission:  ", "netpact-admission", "admission webhook"},
@@ -107,27 +133,31 @@ func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, er
 		dep, err := kc.AppsV1().Deployments("netpact-system").Get(ctx, d.name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
-			fmt.Fprintf(w, "%s not installed (netpact-system/%s; deploy/reconciler)\n", d.label, d.name)
+			fmt.Fprintf(r.w, "%s not installed (netpact-system/%s; deploy/reconciler)\n", d.label, d.name)
 		case err != nil:
-			return false, fmt.Errorf("read the %s Deployment: %w", d.what, err)
+			return fmt.Errorf("read the %s Deployment: %w", d.what, err)
 		default:
 			want := int32(1)
 			if dep.Spec.Replicas != nil {
 				want = *dep.Spec.Replicas
 			}
-			fmt.Fprintf(w, "%s Deployment netpact-system/%s ready %d/%d%s\n", d.label, d.name,
-				dep.Status.ReadyReplicas, want, bad(dep.Status.ReadyReplicas >= want && want > 0))
+			fmt.Fprintf(r.w, "%s Deployment netpact-system/%s ready %d/%d%s\n", d.label, d.name,
+				dep.Status.ReadyReplicas, want, r.bad(dep.Status.ReadyReplicas >= want && want > 0))
 		}
 	}
+	return nil
+}
+
+func (r *statusReport) sources(ctx context.Context, cfg *rest.Config) error {
 	cl, err := policySourceClient(cfg)
 	if err != nil {
-		return false, err
+		return err
 	}
 	var list v1alpha1.PolicySourceList
 	if err := cl.List(ctx, &list); err != nil {
-		return false, fmt.Errorf("list PolicySources: %w", err)
+		return fmt.Errorf("list PolicySources: %w", err)
 	}
-	fmt.Fprintf(w, "sources:     %d PolicySource(s)\n", len(list.Items))
+	fmt.Fprintf(r.w, "sources:     %d PolicySource(s)\n", len(list.Items))
 	for i := range list.Items {
 		ps := &list.Items[i]
 		ready := conditions.Get(ps, meta.ReadyCondition)
@@ -135,22 +165,26 @@ func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, er
 		if ready != nil {
 			state, msg = string(ready.Status), ready.Message
 		}
-		fmt.Fprintf(w, "  %s/%s: Ready %s, enforced on %s nodes, revision %s%s\n", ps.Namespace, ps.Name, state,
-			orDash(ps.Status.EnforcedNodes), orDash(ps.Status.LastEnforcedRevision), bad(state == "True"))
+		fmt.Fprintf(r.w, "  %s/%s: Ready %s, enforced on %s nodes, revision %s%s\n", ps.Namespace, ps.Name, state,
+			orDash(ps.Status.EnforcedNodes), orDash(ps.Status.LastEnforcedRevision), r.bad(state == "True"))
 		if state != "True" && msg != "" {
-			fmt.Fprintf(w, "    %s\n", msg)
+			fmt.Fprintf(r.w, "    %s\n", msg)
 		}
 		for _, l := range ps.Status.LaggingNodes {
-			fmt.Fprintf(w, "    lagging: %s\n", l)
+			fmt.Fprintf(r.w, "    lagging: %s\n", l)
 		}
 	}
+	return nil
+}
+
+func (r *statusReport) nodes(ctx context.Context, cfg *rest.Config) error {
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return false, err
+		return err
 	}
 	npsList, err := dyn.Resource(v1alpha1.GroupVersion.WithResource("nodepolicystatuses")).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return false, fmt.Errorf("list NodePolicyStatuses: %w", err)
+		return fmt.Errorf("list NodePolicyStatuses: %w", err)
 	}
 	var troubled []string
 	for _, u := range npsList.Items {
@@ -159,28 +193,33 @@ func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, er
 		if json.Unmarshal(raw, &nps) != nil {
 			continue
 		}
-		var why []string
-		if nps.Status.Error != "" {
-			why = append(why, nps.Status.Error)
-		}
-		for _, p := range nps.Status.Policies {
-			if p.Error != "" {
-				why = append(why, fmt.Sprintf("%s %s/%s: %s", p.Kind, p.Namespace, p.Name, p.Error))
-			}
-		}
-		for _, e := range nps.Status.EndpointErrors {
-			why = append(why, fmt.Sprintf("pod %s failed closed: %s", e.Pod, e.Error))
-		}
-		if len(why) > 0 {
+		if why := nodeTroubles(&nps); len(why) > 0 {
 			troubled = append(troubled, fmt.Sprintf("  %s: %s", nps.Name, strings.Join(why, "; ")))
 		}
 	}
 	sort.Strings(troubled)
-	fmt.Fprintf(w, "nodes:       %d report status, %d with errors%s\n", len(npsList.Items), len(troubled), bad(len(troubled) == 0))
+	fmt.Fprintf(r.w, "nodes:       %d report status, %d with errors%s\n", len(npsList.Items), len(troubled), r.bad(len(troubled) == 0))
 	for _, t := range troubled {
-		fmt.Fprintln(w, t)
+		fmt.Fprintln(r.w, t)
 	}
-	return healthy, nil
+	return nil
+}
+
+// nodeTroubles are the errors a node's status reports: its sync's, its policies', its pods'.
+func nodeTroubles(nps *v1alpha1.NodePolicyStatus) []string {
+	var why []string
+	if nps.Status.Error != "" {
+		why = append(why, nps.Status.Error)
+	}
+	for _, p := range nps.Status.Policies {
+		if p.Error != "" {
+			why = append(why, fmt.Sprintf("%s %s/%s: %s", p.Kind, p.Namespace, p.Name, p.Error))
+		}
+	}
+	for _, e := range nps.Status.EndpointErrors {
+		why = append(why, fmt.Sprintf("pod %s failed closed: %s", e.Pod, e.Error))
+	}
+	return why
 }
 
 func orDash(s string) string {

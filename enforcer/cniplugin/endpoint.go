@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/netpact/netpact/internal/fileutil"
 )
 
 // Endpoint is a pod the plugin wired on this node: the record the enforcer reads to find the
@@ -35,11 +37,7 @@ func WriteEndpoint(dir string, ep Endpoint) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "."+ep.ContainerID+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("write endpoint: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, ep.ContainerID+".json")); err != nil {
+	if err := fileutil.WriteAtomic(filepath.Join(dir, ep.ContainerID+".json"), b, 0o644); err != nil {
 		return fmt.Errorf("write endpoint: %w", err)
 	}
 	return nil

@@ -122,30 +122,60 @@ func cmdAdd(args *skel.CmdArgs) error {
 			_ = ipam.ExecDel(conf.IPAM.Type, args.StdinData)
 		}
 	}()
+	res, addrs, err := ipamAddrs(r)
+	if err != nil {
+		return err
+	}
+	hostName := HostVethName(args.ContainerID)
+	hostIf, contIf, cookie, err := wirePod(args, netns, hostName, mtu, addrs)
+	if err != nil {
+		return err
+	}
+	fillResult(res, args, conf, hostIf, contIf)
+	ep := Endpoint{
+		ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, HostVeth: hostName,
+		HostIfIndex: hostIf.Index, Namespace: string(k8s.K8S_POD_NAMESPACE), Pod: string(k8s.K8S_POD_NAME),
+		PodUID: string(k8s.K8S_POD_UID), NetnsCookie: cookie,
+	}
+	for _, ipc := range res.IPs {
+		ep.IPs = append(ep.IPs, ipc.Address.IP.String())
+	}
+	if err := recordEndpoint(conf, ep); err != nil {
+		removePodLink(netns, args.IfName)
+		return err
+	}
+	success = true
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// ipamAddrs is the IPAM plugin's result and the addresses it gave.
+func ipamAddrs(r types.Result) (*current.Result, []netip.Addr, error) {
 	res, err := current.NewResultFromResult(r)
 	if err != nil {
-		return fmt.Errorf("ipam result: %w", err)
+		return nil, nil, fmt.Errorf("ipam result: %w", err)
 	}
 	if len(res.IPs) == 0 {
-		return errors.New("ipam returned no address")
+		return nil, nil, errors.New("ipam returned no address")
 	}
 	var addrs []netip.Addr
 	for _, ipc := range res.IPs {
 		a, ok := netip.AddrFromSlice(ipc.Address.IP)
 		if !ok {
-			return fmt.Errorf("ipam returned an invalid address %v", ipc.Address.IP)
+			return nil, nil, fmt.Errorf("ipam returned an invalid address %v", ipc.Address.IP)
 		}
 		addrs = append(addrs, a.Unmap())
 	}
+	return res, addrs, nil
+}
 
-	hostName := HostVethName(args.ContainerID)
+// wirePod makes the pod's veth pair and routes, and returns both ends and the pod network
+// namespace's cookie. On failure it removes the pair.
+func wirePod(args *skel.CmdArgs, netns ns.NetNS, hostName string, mtu int, addrs []netip.Addr) (hostIf, contIf net.Interface, cookie uint64, err error) {
 	hostNS, err := ns.GetCurrentNS()
 	if err != nil {
-		return fmt.Errorf("current netns: %w", err)
+		return hostIf, contIf, 0, fmt.Errorf("current netns: %w", err)
 	}
 	defer hostNS.Close()
-	var hostIf, contIf net.Interface
-	var cookie uint64
 	err = netns.Do(func(ns.NetNS) error {
 		var err error
 		hostIf, contIf, err = ip.SetupVethWithName(args.IfName, hostName, mtu, "", hostNS)
@@ -159,19 +189,28 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("pod interface: %w", err)
+		return hostIf, contIf, 0, fmt.Errorf("pod interface: %w", err)
 	}
 	if err := podnet.ConfigureHost(hostName, addrs); err != nil {
-		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
-		return fmt.Errorf("host side of %s: %w", hostName, err)
+		removePodLink(netns, args.IfName)
+		return hostIf, contIf, 0, fmt.Errorf("host side of %s: %w", hostName, err)
 	}
 	// The pod's interface transmits only once the kernel has activated its queue, which it does
 	// asynchronously after the host end came up; the workload may send as soon as ADD returns.
 	if err := netns.Do(func(ns.NetNS) error { return podnet.WaitLinkUp(args.IfName, podnet.ReadyTimeout) }); err != nil {
-		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
-		return fmt.Errorf("pod interface %s: %w", args.IfName, err)
+		removePodLink(netns, args.IfName)
+		return hostIf, contIf, 0, fmt.Errorf("pod interface %s: %w", args.IfName, err)
 	}
+	return hostIf, contIf, cookie, nil
+}
 
+// removePodLink deletes the pod's end of the veth pair, and with it the host's end.
+func removePodLink(netns ns.NetNS, ifName string) {
+	_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(ifName) })
+}
+
+// fillResult completes the IPAM result with the interfaces and the gateways ADD returns.
+func fillResult(res *current.Result, args *skel.CmdArgs, conf *NetConf, hostIf, contIf net.Interface) {
 	res.Interfaces = []*current.Interface{
 		{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String()},
 		{Name: contIf.Name, Mac: contIf.HardwareAddr.String(), Sandbox: args.Netns},
@@ -186,33 +225,28 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	res.Routes = nil
 	res.DNS = conf.DNS
-	ep := Endpoint{
-		ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, HostVeth: hostName,
-		HostIfIndex: hostIf.Index, Namespace: string(k8s.K8S_POD_NAMESPACE), Pod: string(k8s.K8S_POD_NAME),
-		PodUID: string(k8s.K8S_POD_UID), NetnsCookie: cookie,
-	}
-	for _, ipc := range res.IPs {
-		ep.IPs = append(ep.IPs, ipc.Address.IP.String())
-	}
+}
+
+// recordEndpoint writes the pod's endpoint record and, with an agent socket, waits for the
+// enforcer to program the pod; when it cannot, the record is removed again.
+func recordEndpoint(conf *NetConf, ep Endpoint) error {
 	if err := WriteEndpoint(conf.EndpointDir, ep); err != nil {
-		_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
 		return err
 	}
-	if conf.AgentSocket != "" {
-		timeout := 20 * time.Second
-		if conf.AgentTimeoutSeconds > 0 {
-			timeout = time.Duration(conf.AgentTimeoutSeconds) * time.Second
-		}
-		err := AskAgent(conf.AgentSocket, AgentRequest{Op: "add", Namespace: ep.Namespace, Pod: ep.Pod,
-			PodUID: ep.PodUID, ContainerID: ep.ContainerID}, timeout)
-		if err != nil {
-			_ = RemoveEndpoint(conf.EndpointDir, args.ContainerID)
-			_ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
-			return types.NewError(types.ErrTryAgainLater, "the pod's policy is not programmed", err.Error())
-		}
+	if conf.AgentSocket == "" {
+		return nil
 	}
-	success = true
-	return types.PrintResult(res, conf.CNIVersion)
+	timeout := 20 * time.Second
+	if conf.AgentTimeoutSeconds > 0 {
+		timeout = time.Duration(conf.AgentTimeoutSeconds) * time.Second
+	}
+	err := AskAgent(conf.AgentSocket, AgentRequest{Op: "add", Namespace: ep.Namespace, Pod: ep.Pod,
+		PodUID: ep.PodUID, ContainerID: ep.ContainerID}, timeout)
+	if err != nil {
+		_ = RemoveEndpoint(conf.EndpointDir, ep.ContainerID)
+		return types.NewError(types.ErrTryAgainLater, "the pod's policy is not programmed", err.Error())
+	}
+	return nil
 }
 
 // defaultMTU is the MTU of the interface the host's default route uses, 1500 without one.

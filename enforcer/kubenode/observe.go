@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -190,97 +193,107 @@ func (o *Observer) Handler() http.Handler {
 	return mux
 }
 
-func (o *Observer) writeMetrics(w http.ResponseWriter) {
+func (o *Observer) writeMetrics(w io.Writer) {
+	o.writeDatapathMetrics(w)
+	o.writeFlowEventMetrics(w)
+	o.writeMapMetrics(w)
+	header(w, "netpact_datapath_drift_repaired_entries_total", "counter", "Datapath map entries found changed behind the enforcer's back and repaired.")
+	fmt.Fprintf(w, "netpact_datapath_drift_repaired_entries_total %d\n", o.enf.DriftRepairs())
+	writeMemoryMetrics(w)
+	o.writeSyncMetrics(w)
+}
+
+// header is a metric's HELP and TYPE lines.
+func header(w io.Writer, name, kind, help string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+}
+
+func (o *Observer) writeDatapathMetrics(w io.Writer) {
 	counters, err := o.dp.Counters()
-	if err == nil {
-		fmt.Fprintln(w, "# HELP netpact_datapath_packets_total Packets the datapath forwarded or dropped, by reason.")
-		fmt.Fprintln(w, "# TYPE netpact_datapath_packets_total counter")
-		reasons := make([]datapath.Reason, 0, len(counters))
-		for r := range counters {
-			reasons = append(reasons, r)
-		}
-		sort.Slice(reasons, func(i, j int) bool { return reasons[i] < reasons[j] })
-		for _, r := range reasons {
-			fmt.Fprintf(w, "netpact_datapath_packets_total{reason=%q,verdict=%q} %d\n", r.String(), verdict(r), counters[r].Packets)
-		}
-		fmt.Fprintln(w, "# HELP netpact_datapath_bytes_total Bytes the datapath forwarded or dropped, by reason.")
-		fmt.Fprintln(w, "# TYPE netpact_datapath_bytes_total counter")
-		for _, r := range reasons {
-			fmt.Fprintf(w, "netpact_datapath_bytes_total{reason=%q,verdict=%q} %d\n", r.String(), verdict(r), counters[r].Bytes)
-		}
+	if err != nil {
+		return
 	}
+	reasons := make([]datapath.Reason, 0, len(counters))
+	for r := range counters {
+		reasons = append(reasons, r)
+	}
+	sort.Slice(reasons, func(i, j int) bool { return reasons[i] < reasons[j] })
+	header(w, "netpact_datapath_packets_total", "counter", "Packets the datapath forwarded or dropped, by reason.")
+	for _, r := range reasons {
+		fmt.Fprintf(w, "netpact_datapath_packets_total{reason=%q,verdict=%q} %d\n", r.String(), verdict(r), counters[r].Packets)
+	}
+	header(w, "netpact_datapath_bytes_total", "counter", "Bytes the datapath forwarded or dropped, by reason.")
+	for _, r := range reasons {
+		fmt.Fprintf(w, "netpact_datapath_bytes_total{reason=%q,verdict=%q} %d\n", r.String(), verdict(r), counters[r].Bytes)
+	}
+}
+
+// writeFlowEventMetrics counts the flow events read, and those the rate limit held back.
+func (o *Observer) writeFlowEventMetrics(w io.Writer) {
 	o.mu.Lock()
 	keys := make([][2]string, 0, len(o.events))
 	for k := range o.events {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
-	fmt.Fprintln(w, "# HELP netpact_flow_events_total Flow events read from the datapath, by direction and reason (rate-limited per pod and CPU).")
-	fmt.Fprintln(w, "# TYPE netpact_flow_events_total counter")
+	header(w, "netpact_flow_events_total", "counter", "Flow events read from the datapath, by direction and reason (rate-limited per pod and CPU).")
 	for _, k := range keys {
 		fmt.Fprintf(w, "netpact_flow_events_total{direction=%q,reason=%q} %d\n", k[0], k[1], o.events[k])
 	}
 	o.mu.Unlock()
-	if limited, err := o.dp.EventsLimited(); err == nil {
-		byPod := map[string]uint64{}
-		for id, n := range limited {
-			name := "(none)" // packets of no endpoint, or of a pod gone since
-			if k, ok := o.enf.EndpointOf(id); ok && id != 0 {
-				name = k.String()
-			}
-			byPod[name] += n
-		}
-		names := make([]string, 0, len(byPod))
-		for n := range byPod {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		fmt.Fprintln(w, "# HELP netpact_flow_events_limited_total Flow events the rate limit held back, by pod (each has its own bucket per CPU).")
-		fmt.Fprintln(w, "# TYPE netpact_flow_events_limited_total counter")
-		for _, n := range names {
-			fmt.Fprintf(w, "netpact_flow_events_limited_total{pod=%q} %d\n", n, byPod[n])
-		}
+	limited, err := o.dp.EventsLimited()
+	if err != nil {
+		return
 	}
-	if fill, err := o.dp.Fill(); err == nil {
-		names := make([]string, 0, len(fill))
-		for n := range fill {
-			names = append(names, n)
+	byPod := map[string]uint64{}
+	for id, n := range limited {
+		name := "(none)" // packets of no endpoint, or of a pod gone since
+		if k, ok := o.enf.EndpointOf(id); ok && id != 0 {
+			name = k.String()
 		}
-		sort.Strings(names)
-		fmt.Fprintln(w, "# HELP netpact_map_entries Entries in a datapath map.")
-		fmt.Fprintln(w, "# TYPE netpact_map_entries gauge")
-		for _, n := range names {
-			fmt.Fprintf(w, "netpact_map_entries{map=%q} %d\n", n, fill[n].Entries)
-		}
-		fmt.Fprintln(w, "# HELP netpact_map_capacity Entries a datapath map holds at most.")
-		fmt.Fprintln(w, "# TYPE netpact_map_capacity gauge")
-		for _, n := range names {
-			fmt.Fprintf(w, "netpact_map_capacity{map=%q} %d\n", n, fill[n].Max)
-		}
+		byPod[name] += n
 	}
-	fmt.Fprintln(w, "# HELP netpact_datapath_drift_repaired_entries_total Datapath map entries found changed behind the enforcer's back and repaired.")
-	fmt.Fprintln(w, "# TYPE netpact_datapath_drift_repaired_entries_total counter")
-	fmt.Fprintf(w, "netpact_datapath_drift_repaired_entries_total %d\n", o.enf.DriftRepairs())
+	header(w, "netpact_flow_events_limited_total", "counter", "Flow events the rate limit held back, by pod (each has its own bucket per CPU).")
+	for _, n := range slices.Sorted(maps.Keys(byPod)) {
+		fmt.Fprintf(w, "netpact_flow_events_limited_total{pod=%q} %d\n", n, byPod[n])
+	}
+}
+
+func (o *Observer) writeMapMetrics(w io.Writer) {
+	fill, err := o.dp.Fill()
+	if err != nil {
+		return
+	}
+	names := slices.Sorted(maps.Keys(fill))
+	header(w, "netpact_map_entries", "gauge", "Entries in a datapath map.")
+	for _, n := range names {
+		fmt.Fprintf(w, "netpact_map_entries{map=%q} %d\n", n, fill[n].Entries)
+	}
+	header(w, "netpact_map_capacity", "gauge", "Entries a datapath map holds at most.")
+	for _, n := range names {
+		fmt.Fprintf(w, "netpact_map_capacity{map=%q} %d\n", n, fill[n].Max)
+	}
+}
+
+func writeMemoryMetrics(w io.Writer) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	fmt.Fprintln(w, "# HELP go_memstats_heap_inuse_bytes Bytes of the Go heap in use.")
-	fmt.Fprintln(w, "# TYPE go_memstats_heap_inuse_bytes gauge")
+	header(w, "go_memstats_heap_inuse_bytes", "gauge", "Bytes of the Go heap in use.")
 	fmt.Fprintf(w, "go_memstats_heap_inuse_bytes %d\n", ms.HeapInuse)
 	if rss, ok := residentBytes(); ok {
-		fmt.Fprintln(w, "# HELP process_resident_memory_bytes Resident memory of the enforcer.")
-		fmt.Fprintln(w, "# TYPE process_resident_memory_bytes gauge")
+		header(w, "process_resident_memory_bytes", "gauge", "Resident memory of the enforcer.")
 		fmt.Fprintf(w, "process_resident_memory_bytes %d\n", rss)
 	}
+}
+
+func (o *Observer) writeSyncMetrics(w io.Writer) {
 	st := o.e.Status()
 	dur, _ := time.ParseDuration(st.SyncDuration)
-	fmt.Fprintln(w, "# HELP netpact_sync_duration_seconds How long the last sync took.")
-	fmt.Fprintln(w, "# TYPE netpact_sync_duration_seconds gauge")
+	header(w, "netpact_sync_duration_seconds", "gauge", "How long the last sync took.")
 	fmt.Fprintf(w, "netpact_sync_duration_seconds %g\n", dur.Seconds())
-	fmt.Fprintln(w, "# HELP netpact_syncs_total Syncs of the node's datapath with the cluster.")
-	fmt.Fprintln(w, "# TYPE netpact_syncs_total counter")
+	header(w, "netpact_syncs_total", "counter", "Syncs of the node's datapath with the cluster.")
 	fmt.Fprintf(w, "netpact_syncs_total %d\n", o.e.Syncs())
-	fmt.Fprintln(w, "# HELP netpact_policies Policy objects the enforcer holds, by whether it refused them.")
-	fmt.Fprintln(w, "# TYPE netpact_policies gauge")
+	header(w, "netpact_policies", "gauge", "Policy objects the enforcer holds, by whether it refused them.")
 	refused := 0
 	for _, p := range st.Policies {
 		if p.Error != "" {
@@ -288,8 +301,7 @@ func (o *Observer) writeMetrics(w http.ResponseWriter) {
 		}
 	}
 	fmt.Fprintf(w, "netpact_policies{refused=\"false\"} %d\nnetpact_policies{refused=\"true\"} %d\n", st.PolicyCount-refused, refused)
-	fmt.Fprintln(w, "# HELP netpact_endpoints The node's pods, programmed or failed closed.")
-	fmt.Fprintln(w, "# TYPE netpact_endpoints gauge")
+	header(w, "netpact_endpoints", "gauge", "The node's pods, programmed or failed closed.")
 	fmt.Fprintf(w, "netpact_endpoints{state=\"programmed\"} %d\nnetpact_endpoints{state=\"failed\"} %d\n", st.Endpoints, st.FailedEndpoints)
 }
 

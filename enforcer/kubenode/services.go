@@ -1,6 +1,9 @@
 package kubenode
 
 import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -127,4 +130,43 @@ func backendsOf(eps []*discoveryv1.EndpointSlice, sp corev1.ServicePort, v4, loc
 // serviceKey sorts frontends for a stable comparison.
 func serviceKey(s datapath.Service) string {
 	return s.Frontend.String() + "/" + strings.ToLower(s.Proto.String())
+}
+
+// syncServices hands the Services and EndpointSlices to the datapath when they changed.
+func (e *Enforcement) syncServices() error {
+	var newest newestVersion
+	var svcs []*corev1.Service
+	for _, o := range e.svcs.GetStore().List() {
+		if s, ok := o.(*corev1.Service); ok {
+			svcs = append(svcs, s)
+			newest.see(s.ResourceVersion)
+		}
+	}
+	var eps []*discoveryv1.EndpointSlice
+	for _, o := range e.slices.GetStore().List() {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			eps = append(eps, s)
+			newest.see(s.ResourceVersion)
+		}
+	}
+	fes := serviceFrontends(e.cfg.NodeName, svcs, eps)
+	slices.SortFunc(fes, func(a, b datapath.Service) int { return strings.Compare(serviceKey(a), serviceKey(b)) })
+	b, _ := json.Marshal(fes)
+	sum := sha256.Sum256(b)
+	e.mu.Lock()
+	same := sum == e.servicesSum
+	if same {
+		e.servicesObserved = int64(newest)
+	}
+	e.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := e.cfg.Enforcer.SetServices(fes); err != nil {
+		return fmt.Errorf("services: %w", err)
+	}
+	e.mu.Lock()
+	e.servicesSum, e.servicesObserved = sum, int64(newest)
+	e.mu.Unlock()
+	return nil
 }

@@ -254,15 +254,10 @@ func ParsePort(s string) (Port, error) {
 	return Port{Port: uint16(n), Proto: proto}, nil
 }
 
-// Serve listens on every port (IPv4 and IPv6) and, once all are bound, creates readyFile (when
-// not empty). TCP connections get HTTP 200 to an HTTP request, else an echo; UDP datagrams are
-// echoed. It returns when ctx ends or a listener fails.
-func Serve(ctx context.Context, ports []Port, readyFile string) error {
-	return ServeLogging(ctx, ports, readyFile, nil)
-}
-
-// ServeLogging is Serve that also writes "from ADDR" to log the first time a source address
-// reaches it (TCP connection or UDP datagram).
+// ServeLogging listens on every port (IPv4 and IPv6) and, once all are bound, creates readyFile
+// (when not empty). TCP connections get HTTP 200 to an HTTP request, else an echo; UDP datagrams
+// are echoed. It writes "from ADDR" to log (when not nil) the first time a source address
+// reaches it (TCP connection or UDP datagram). It returns when ctx ends or a listener fails.
 func ServeLogging(ctx context.Context, ports []Port, readyFile string, log io.Writer) error {
 	sources := &sourceLog{w: log, seen: map[string]bool{}}
 	var closers []io.Closer

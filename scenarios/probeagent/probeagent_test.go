@@ -25,7 +25,7 @@ func TestServeAndRun(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, []Port{{tcp, "TCP"}, {udp, "UDP"}}, ready) }()
+	go func() { done <- ServeLogging(ctx, []Port{{tcp, "TCP"}, {udp, "UDP"}}, ready, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -1,0 +1,209 @@
+package scenarios
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// validate reports every problem of the file at once, so that one run fixes them all.
+func (s *Scenario) validate() error {
+	var problems []string
+	if s.Name == "" {
+		problems = append(problems, "missing name")
+	}
+	nss := map[string]bool{}
+	for _, ns := range s.Namespaces {
+		nss[ns.Name] = true
+	}
+	problems = append(problems, s.checkPods(nss)...)
+	problems = append(problems, s.checkServices(nss)...)
+	if len(s.Steps) == 0 {
+		problems = append(problems, "no steps")
+	}
+	for i, st := range s.Steps {
+		problems = append(problems, s.checkStep(fmt.Sprintf("steps[%d] %q", i, st.Name), st, nss)...)
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func (s *Scenario) checkPods(nss map[string]bool) []string {
+	var problems []string
+	seen := map[string]bool{}
+	for _, p := range s.Pods {
+		if !nss[p.Namespace] {
+			problems = append(problems, fmt.Sprintf("pod %s: namespace %q is not listed", p.Key(), p.Namespace))
+		}
+		if seen[p.Key()] {
+			problems = append(problems, fmt.Sprintf("pod %s is listed twice", p.Key()))
+		}
+		seen[p.Key()] = true
+		switch p.Workload {
+		case "", "probe", "http", "grpc", "nginx", "postgres", "dns":
+		default:
+			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, grpc, nginx, postgres or dns", p.Key(), p.Workload))
+		}
+	}
+	return problems
+}
+
+func (s *Scenario) checkServices(nss map[string]bool) []string {
+	var problems []string
+	for _, svc := range s.Services {
+		if !nss[svc.Namespace] {
+			problems = append(problems, fmt.Sprintf("service %s: namespace %q is not listed", svc.Key(), svc.Namespace))
+		}
+		switch svc.Type {
+		case "", "ClusterIP", "NodePort", "Headless":
+		default:
+			problems = append(problems, fmt.Sprintf("service %s: unknown type %q: use ClusterIP, NodePort or Headless", svc.Key(), svc.Type))
+		}
+		if len(svc.Ports) == 0 {
+			problems = append(problems, fmt.Sprintf("service %s: no ports", svc.Key()))
+		}
+		for _, sp := range svc.Ports {
+			if _, err := policy.ParseProto(sp.Protocol); err != nil {
+				problems = append(problems, fmt.Sprintf("service %s: %v", svc.Key(), err))
+			}
+			if sp.NodePort != 0 && svc.Type != "NodePort" {
+				problems = append(problems, fmt.Sprintf("service %s: nodePort on a %s service", svc.Key(), svc.Type))
+			}
+			if _, _, ok := s.backend(&svc, sp); !ok {
+				problems = append(problems, fmt.Sprintf("service %s: no pod it selects serves port %d", svc.Key(), sp.Port))
+			}
+		}
+	}
+	return problems
+}
+
+// checkStep checks one step; where names it in each problem.
+func (s *Scenario) checkStep(where string, st Step, nss map[string]bool) []string {
+	var problems []string
+	for _, a := range st.Apply {
+		if (a.File == "") == (a.Inline == "") {
+			problems = append(problems, where+": each apply entry needs exactly one of file and inline")
+		}
+	}
+	for _, pl := range st.SetPodLabels {
+		if _, ok := s.pod(pl.Pod); !ok {
+			problems = append(problems, fmt.Sprintf("%s: setPodLabels: unknown pod %q", where, pl.Pod))
+		}
+	}
+	for _, nl := range st.SetNamespaceLabels {
+		if !nss[nl.Namespace] {
+			problems = append(problems, fmt.Sprintf("%s: setNamespaceLabels: unknown namespace %q", where, nl.Namespace))
+		}
+	}
+	if m := st.Expect.Matrix; m != nil {
+		problems = append(problems, checkMatrix(where, m)...)
+	}
+	for _, p := range st.Expect.Probes {
+		problems = append(problems, s.checkProbe(where, p)...)
+	}
+	if st.Expect.Matrix == nil && len(st.Expect.Probes) == 0 && st.Pending == "" {
+		problems = append(problems, where+": expects nothing: give a matrix or probes")
+	}
+	return problems
+}
+
+func checkMatrix(where string, m *Matrix) []string {
+	var problems []string
+	if len(m.Ports) == 0 {
+		problems = append(problems, where+": matrix needs ports")
+	}
+	if _, err := parseOutcome(m.Default); err != nil {
+		problems = append(problems, where+": matrix default: "+err.Error())
+	}
+	for _, ex := range m.Exceptions {
+		if _, err := parseOutcome(ex.Expect); err != nil {
+			problems = append(problems, where+": exception: "+err.Error())
+		}
+	}
+	return problems
+}
+
+func (s *Scenario) checkProbe(where string, p ProbeSpec) []string {
+	var problems []string
+	if _, ok := s.pod(p.From); !ok {
+		problems = append(problems, fmt.Sprintf("%s: probe from unknown pod %q", where, p.From))
+	}
+	problems = append(problems, s.checkProbeTarget(where, p)...)
+	want, err := parseOutcome(p.Expect)
+	if err != nil {
+		problems = append(problems, where+": probe: "+err.Error())
+	}
+	if (p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0) && want != HTTP200 && want != HTTP403 && p.Method == "" && p.Path == "" {
+		problems = append(problems, where+": host, headers and seen are for HTTP probes (expect http-200 or http-403, or give a method or path)")
+	}
+	if len(p.Seen) > 0 {
+		if pod, ok := s.pod(p.To); !ok || pod.Workload != "http" {
+			problems = append(problems, where+": seen needs a destination pod of workload http, which says what headers it received")
+		}
+	}
+	if _, err := policy.ParseProto(p.Protocol); err != nil {
+		problems = append(problems, where+": probe: "+err.Error())
+	}
+	return problems
+}
+
+// checkProbeTarget checks the one target a probe has: a pod, a service or a name to look up.
+func (s *Scenario) checkProbeTarget(where string, p ProbeSpec) []string {
+	targets := 0
+	for _, t := range []string{p.To, p.Service, p.Lookup} {
+		if t != "" {
+			targets++
+		}
+	}
+	var problems []string
+	switch {
+	case targets != 1:
+		problems = append(problems, where+": a probe needs exactly one of to, service and lookup")
+	case p.Lookup != "":
+		if _, ok := s.service(DNSService); !ok {
+			problems = append(problems, fmt.Sprintf("%s: lookup probes need the resolver's service %s in the scenario's services", where, DNSService))
+		}
+		if p.Via != "" || p.Port != 0 || p.Protocol != "" || p.Path != "" || p.Method != "" || p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0 {
+			problems = append(problems, where+": a lookup probe takes no via, port, protocol, method, path, host, headers or seen")
+		}
+	case p.To != "":
+		if _, ok := s.pod(p.To); !ok {
+			problems = append(problems, fmt.Sprintf("%s: probe to unknown pod %q", where, p.To))
+		}
+		if p.Via != "" {
+			problems = append(problems, where+": via is for service probes")
+		}
+	default:
+		problems = append(problems, s.checkServiceProbe(where, p)...)
+	}
+	return problems
+}
+
+func (s *Scenario) checkServiceProbe(where string, p ProbeSpec) []string {
+	svc, ok := s.service(p.Service)
+	if !ok {
+		return []string{fmt.Sprintf("%s: probe to unknown service %q", where, p.Service)}
+	}
+	var problems []string
+	if _, ok := svc.port(p.Port); !ok {
+		problems = append(problems, fmt.Sprintf("%s: service %s has no port %d", where, p.Service, p.Port))
+	}
+	switch p.Via {
+	case "", "clusterIP":
+		if svc.Type == "Headless" {
+			problems = append(problems, fmt.Sprintf("%s: service %s is headless: probe it via dns", where, p.Service))
+		}
+	case "nodePort":
+		if svc.Type != "NodePort" {
+			problems = append(problems, fmt.Sprintf("%s: service %s is not a NodePort service", where, p.Service))
+		}
+	case "dns":
+	default:
+		problems = append(problems, fmt.Sprintf("%s: unknown via %q: use clusterIP, nodePort or dns", where, p.Via))
+	}
+	return problems
+}
