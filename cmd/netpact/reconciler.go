@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/internal/fileutil"
 	"github.com/netpact/netpact/reconciler"
 )
 
@@ -96,15 +97,10 @@ func writeStatus(file string, st *v1alpha1.PolicySource) error {
 	if err != nil {
 		return fmt.Errorf("write status: %w", err)
 	}
-	tmp := file + ".tmp"
-	os.Remove(tmp)
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	if err := fileutil.WriteAtomic(file, data, 0o600); err != nil {
 		return fmt.Errorf("write status: %w", err)
 	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return fmt.Errorf("write status: %w", err)
-	}
-	return os.Rename(tmp, file)
+	return nil
 }
 
 func printStatus(w io.Writer, st *v1alpha1.PolicySource) {

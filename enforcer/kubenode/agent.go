@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,10 +30,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/cniplugin"
 	"github.com/netpact/netpact/enforcer/podnet"
-	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/internal/fileutil"
 )
 
 // Config is where the agent puts things on the node.
@@ -287,11 +285,7 @@ func writeConf(dir string, conf []byte) (bool, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return false, fmt.Errorf("cni conf dir: %w", err)
 	}
-	tmp := filepath.Join(dir, ".netpact.tmp")
-	if err := os.WriteFile(tmp, conf, 0o644); err != nil {
-		return false, fmt.Errorf("write cni conf: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fileutil.WriteAtomic(path, conf, 0o644); err != nil {
 		return false, fmt.Errorf("write cni conf: %w", err)
 	}
 	return true, nil
@@ -314,19 +308,7 @@ func (a *Agent) installBinary() error {
 	if err := os.MkdirAll(a.cfg.CNIBinDir, 0o755); err != nil {
 		return fmt.Errorf("install cni plugin: %w", err)
 	}
-	tmp := filepath.Join(a.cfg.CNIBinDir, ".netpact.tmp")
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
-	if err != nil {
-		return fmt.Errorf("install cni plugin: %w", err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("install cni plugin: %w", err)
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("install cni plugin: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(a.cfg.CNIBinDir, "netpact")); err != nil {
+	if err := fileutil.WriteAtomicFrom(filepath.Join(a.cfg.CNIBinDir, "netpact"), in, 0o755); err != nil {
 		return fmt.Errorf("install cni plugin: %w", err)
 	}
 	return nil
@@ -344,20 +326,6 @@ func EnableForwarding() error {
 		}
 	}
 	return nil
-}
-
-// LocalPods are the pods the CNI plugin wired on this node, as the enforcer programs them.
-func (a *Agent) LocalPods() ([]enforcer.LocalPod, error) {
-	eps, err := cniplugin.Endpoints(a.cfg.EndpointDir)
-	if err != nil {
-		return nil, err
-	}
-	var out []enforcer.LocalPod
-	for _, ep := range eps {
-		out = append(out, enforcer.LocalPod{Key: policy.EndpointKey{Namespace: ep.Namespace, Name: ep.Pod},
-			Ifindex: ep.HostIfIndex, HostIfname: ep.HostVeth, NetnsCookie: ep.NetnsCookie})
-	}
-	return out, nil
 }
 
 // Handler serves /readyz (200 once the configuration and routes are in place and the last sync

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -271,7 +272,7 @@ func TestSyncWithoutPodCIDRIsNotReady(t *testing.T) {
 // temporary file of a record being written is not a pod.
 func TestLocalPods(t *testing.T) {
 	dir := t.TempDir()
-	a := New(Config{NodeName: "w1", EndpointDir: dir})
+	e := &Enforcement{cfg: EnforceConfig{EndpointDir: dir}}
 	for _, ep := range []cniplugin.Endpoint{
 		{ContainerID: "c1", Namespace: "db", Pod: "postgres-0", Netns: "/run/netns/x", IfName: "eth0", HostVeth: "np1", HostIfIndex: 11, IPs: []string{"10.244.1.5/32"}},
 		{ContainerID: "c2", Namespace: "db", Pod: "flask-app-1", Netns: "/run/netns/y", IfName: "eth0", HostVeth: "np2", HostIfIndex: 12, IPs: []string{"10.244.1.6/32"}},
@@ -287,10 +288,15 @@ func TestLocalPods(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, ".c4.tmp"), []byte("{"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pods, err := a.LocalPods()
+	records, err := e.localRecords()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var pods []enforcer.LocalPod
+	for k, r := range records {
+		pods = append(pods, localPod(k, r))
+	}
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Key.Name < pods[j].Key.Name })
 	got := fmt.Sprint(pods)
 	want := fmt.Sprint([]enforcer.LocalPod{
 		{Key: policy.EndpointKey{Namespace: "db", Name: "flask-app-1"}, Ifindex: 12, HostIfname: "np2"},

@@ -3,6 +3,8 @@
 package fileutil
 
 import (
+	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -11,7 +13,12 @@ import (
 // in the same directory renamed over path, so that a reader sees the old file or the new one,
 // never a part of it. The temporary file is named ".<base>.<random>.tmp", which globs for the
 // real files skip, and is removed when a step fails.
-func WriteAtomic(path string, data []byte, perm os.FileMode) (err error) {
+func WriteAtomic(path string, data []byte, perm os.FileMode) error {
+	return WriteAtomicFrom(path, bytes.NewReader(data), perm)
+}
+
+// WriteAtomicFrom is WriteAtomic with what r reads (a binary copied as it is read).
+func WriteAtomicFrom(path string, r io.Reader, perm os.FileMode) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
@@ -22,7 +29,7 @@ func WriteAtomic(path string, data []byte, perm os.FileMode) (err error) {
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err := f.Write(data); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
 		return err
 	}
 	if err := f.Chmod(perm); err != nil {
