@@ -160,9 +160,11 @@ func deny(resp *admissionv1.AdmissionResponse, msg string) *admissionv1.Admissio
 
 // CertManager keeps the webhook's serving certificate: a CA and a leaf for the webhook's DNS
 // names, kept in a Secret (so that every replica serves the same), renewed when a third of
-// its life is left, and the CA put in the ValidatingWebhookConfiguration's caBundle. A renewal
-// keeps the previous CA in the bundle (ca.crt holds the new CA, then the old one): the replicas
-// that still serve the old certificate until they read the Secret again stay trusted.
+// its life is left, and the CA put in the ValidatingWebhookConfiguration's caBundle. The CA
+// (its key in ca.key) lives three times as long and signs the renewals, so that a renewal
+// leaves the caBundle as it is; a new CA keeps the previous one in the bundle (ca.crt holds the
+// new CA, then the old one), so the replicas that still serve the old certificate until they
+// read the Secret again stay trusted.
 type CertManager struct {
 	Client kubernetes.Interface
 	// Secret holds ca.crt, tls.crt and tls.key.
@@ -220,14 +222,14 @@ func (m *CertManager) Ensure(ctx context.Context) error {
 		ca, crt, key = sec.Data["ca.crt"], sec.Data["tls.crt"], sec.Data["tls.key"]
 	}
 	if !m.fresh(crt, key) {
-		prev := ca
-		if ca, crt, key, err = m.issue(); err != nil {
+		var caKeyPEM []byte
+		if exists {
+			caKeyPEM = sec.Data["ca.key"]
+		}
+		if ca, caKeyPEM, crt, key, err = m.renew(ca, caKeyPEM); err != nil {
 			return fmt.Errorf("webhook certificate: issue: %w", err)
 		}
-		// The previous CA stays trusted for one more rotation: another replica serves the
-		// certificate it signed until it reads the Secret again.
-		ca = append(ca, m.stillValidCA(prev)...)
-		data := map[string][]byte{"ca.crt": ca, "tls.crt": crt, "tls.key": key}
+		data := map[string][]byte{"ca.crt": ca, "ca.key": caKeyPEM, "tls.crt": crt, "tls.key": key}
 		if !exists {
 			_, err = secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.Secret, Namespace: m.Namespace},
 				Type: corev1.SecretTypeTLS, Data: data}, metav1.CreateOptions{})
@@ -298,51 +300,100 @@ func (m *CertManager) stillValidCA(bundle []byte) []byte {
 	return pem.EncodeToMemory(block)
 }
 
-// issue makes a new CA and a leaf it signs (ECDSA P-256).
-func (m *CertManager) issue() (caPEM, crtPEM, keyPEM []byte, err error) {
+// renew issues a new serving certificate. The stored CA signs it while it will outlive it, so
+// the caBundle does not change and the API server trusts the new certificate at once; otherwise
+// a new CA does, and the bundle keeps the previous one for the replicas that serve the
+// certificate it signed until they read the Secret again (ECDSA P-256 throughout).
+func (m *CertManager) renew(bundle, caKeyPEM []byte) (caBundle, caKeyOut, crtPEM, keyPEM []byte, err error) {
 	validity := m.Validity
 	if validity == 0 {
 		validity = 365 * 24 * time.Hour
 	}
-	now := m.now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, nil, err
+	caCert, caKey := m.usableCA(bundle, caKeyPEM, validity)
+	caBundle, caKeyOut = bundle, caKeyPEM
+	if caCert == nil {
+		if caCert, caKey, err = m.newCA(3 * validity); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if caKeyOut, err = marshalKey(caKey); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		caBundle = append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), m.stillValidCA(bundle)...)
 	}
-	serial := func() *big.Int {
-		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-		return n
-	}
-	caTmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: "netpact webhook CA"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(validity), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	cn := "netpact-webhook"
 	if len(m.DNSNames) > 0 {
 		cn = m.DNSNames[0]
 	}
-	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: cn}, DNSNames: m.DNSNames,
+	now := m.now()
+	tmpl := &x509.Certificate{SerialNumber: serialNumber(), Subject: pkix.Name{CommonName: cn}, DNSNames: m.DNSNames,
 		IPAddresses: m.IPs, NotBefore: now.Add(-time.Minute), NotAfter: now.Add(validity),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
+	if keyPEM, err = marshalKey(key); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return caBundle, caKeyOut, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+}
+
+// usableCA is the bundle's first certificate and its stored key, when they belong together and
+// the CA will outlive a certificate issued now for validity; nil otherwise.
+func (m *CertManager) usableCA(bundle, keyPEM []byte, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey) {
+	cb, _ := pem.Decode(bundle)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil || cb.Type != "CERTIFICATE" || kb.Type != "EC PRIVATE KEY" {
+		return nil, nil
+	}
+	c, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil || !c.IsCA {
+		return nil, nil
+	}
+	k, err := x509.ParseECPrivateKey(kb.Bytes)
+	if err != nil || !k.PublicKey.Equal(c.PublicKey) {
+		return nil, nil
+	}
+	now := m.now()
+	if now.Before(c.NotBefore) || now.Add(validity).After(c.NotAfter) {
+		return nil, nil
+	}
+	return c, k
+}
+
+// newCA makes a self-signed CA valid for validity.
+func (m *CertManager) newCA(validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	now := m.now()
+	tmpl := &x509.Certificate{SerialNumber: serialNumber(), Subject: pkix.Name{CommonName: "netpact webhook CA"},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(validity), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	return c, key, err
+}
+
+func serialNumber() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	return n
+}
+
+func marshalKey(k *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }
 
 // patchCABundle puts the CA into every webhook of the configuration whose caBundle differs.

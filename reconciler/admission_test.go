@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/netpact/netpact/internal/kubeapply"
@@ -72,7 +76,36 @@ func startAdmission(t *testing.T, kc kubernetes.Interface, ns string) *CertManag
 		kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(ctx, vwc.Name, metav1.DeleteOptions{})
 		kc.CoreV1().Secrets("default").Delete(ctx, cm.Secret, metav1.DeleteOptions{})
 	})
+	awaitWebhook(t, kc, ns)
 	return cm
+}
+
+// awaitWebhook waits until the API server calls the webhook with the CA it was given: it reads
+// webhook configurations through an informer, so a configuration just created or patched takes
+// effect a moment later, and a test's first write could go unjudged or fail the handshake.
+func awaitWebhook(t *testing.T, kc kubernetes.Interface, ns string) {
+	t.Helper()
+	if ns == "" {
+		ns = "default"
+	}
+	ctx := context.Background()
+	probe := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+		"metadata": map[string]any{"name": "webhook-probe", "namespace": ns},
+		"spec": map[string]any{"endpointSelector": map[string]any{}, "ingress": []any{map[string]any{"toPorts": []any{map[string]any{
+			"ports": []any{map[string]any{"port": "80", "protocol": "TCP"}}, "rules": map[string]any{"http": []any{map[string]any{"path": "("}}}}}}}}}}
+	res := dynamic.NewForConfigOrDie(apiServer.Start(t)).Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}).Namespace(ns)
+	var last error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, last = res.Create(ctx, probe, metav1.CreateOptions{})
+		if last == nil {
+			res.Delete(ctx, "webhook-probe", metav1.DeleteOptions{}) // not judged yet
+			continue
+		}
+		if strings.Contains(last.Error(), "netpact refuses this policy") {
+			return
+		}
+	}
+	t.Fatalf("the API server does not call the webhook: %v", last)
 }
 
 // TestAdmissionRefusesWhatTheLoaderRefuses applies each file of the loader's invalid policies
@@ -164,28 +197,28 @@ func TestAdmissionRefusesWhatTheLoaderRefuses(t *testing.T) {
 	}
 	applier.Delete(ctx, objs[0])
 
-	// Rotation: a certificate with less than a third of its life left is replaced, and the
-	// caBundle follows.
-	before := cm.CA()
+	// Rotation: a certificate with less than a third of its life left is replaced, signed by the
+	// same CA: the caBundle the API server holds stays as it is.
+	before, beforeLeaf := cm.CA(), served(t, cm)
 	cm.Now = func() time.Time { return time.Now().Add(300 * 24 * time.Hour) }
 	if err := cm.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
 	vwc, _ = kc.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "netpact-test-policies", metav1.GetOptions{})
-	if string(cm.CA()) == string(before) || string(vwc.Webhooks[0].ClientConfig.CABundle) != string(cm.CA()) {
-		t.Errorf("certificate not rotated, or caBundle not following")
+	if served(t, cm) == beforeLeaf || string(cm.CA()) != string(before) || string(vwc.Webhooks[0].ClientConfig.CABundle) != string(before) {
+		t.Errorf("certificate not renewed, or renewed under another CA (the caBundle would have to follow)")
 	}
-	// A rotation now (a name added: the certificate no longer covers its names), and the API
-	// server calls the webhook through the new certificate: a policy the loader refuses is
-	// refused by netpact, a valid one admitted. Were the old certificate still served, or the
-	// caBundle stale, every policy write would fail here.
+	// A renewal now (a name added: the certificate no longer covers its names), and the API
+	// server calls the webhook through the new certificate at once: a policy the loader refuses
+	// is refused by netpact, a valid one admitted. Were the old certificate still served, or the
+	// new one signed by a CA the API server does not know yet, every policy write would fail here.
 	cm.Now = nil
-	before = cm.CA()
+	beforeLeaf = served(t, cm)
 	cm.DNSNames = append(cm.DNSNames, "rotated.netpact.test")
 	if err := cm.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if string(cm.CA()) == string(before) {
+	if served(t, cm) == beforeLeaf {
 		t.Fatal("no new certificate for a new name")
 	}
 	bad := strings.Replace(good, "  - fromEndpoints: [{matchLabels: {app: b}}]\n",
@@ -294,9 +327,10 @@ func TestCertManagerRetriesAtStart(t *testing.T) {
 }
 
 // TestAdmissionReplicasAcrossRotation: two replicas share the Secret; one renews the certificate
-// while the other still serves the old one (it reads the Secret again only at its next check).
-// The API server calls the replica with the old certificate and must still trust it: the
-// caBundle keeps the previous CA. Then that replica takes the new certificate, and is trusted too.
+// under a new CA (the Secret holds no CA key, as an earlier version wrote it) while the other
+// still serves the old one (it reads the Secret again only at its next check). The API server
+// calls the replica with the old certificate and must still trust it: the caBundle keeps the
+// previous CA. Then that replica takes the new certificate, and is trusted too.
 func TestAdmissionReplicasAcrossRotation(t *testing.T) {
 	cfg := apiServer.Start(t)
 	kc := kubernetes.NewForConfigOrDie(cfg)
@@ -306,6 +340,16 @@ func TestAdmissionReplicasAcrossRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	serving := startAdmission(t, kc, ns) // the replica the API server calls
+	// The Secret as a version of netpact that kept no CA key wrote it: the next renewal makes a
+	// new CA.
+	sec, err := kc.CoreV1().Secrets(serving.Namespace).Get(ctx, serving.Secret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(sec.Data, "ca.key")
+	if _, err := kc.CoreV1().Secrets(serving.Namespace).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	// The other replica renews now: it is configured with one more name than the certificate has.
 	other := &CertManager{Client: kc, Namespace: serving.Namespace, Secret: serving.Secret, Webhook: serving.Webhook,
 		DNSNames: append(append([]string(nil), serving.DNSNames...), "renewed.netpact.test"), IPs: serving.IPs}
@@ -313,7 +357,7 @@ func TestAdmissionReplicasAcrossRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if string(other.CA()) == string(serving.CA()) {
-		t.Fatal("the other replica did not renew")
+		t.Fatal("the other replica did not renew under a new CA")
 	}
 	applier, err := kubeapply.New(cfg)
 	if err != nil {
@@ -337,4 +381,18 @@ func TestAdmissionReplicasAcrossRotation(t *testing.T) {
 		t.Errorf("after taking the renewed certificate: %v", err)
 	}
 	applier.Delete(ctx, objs[0])
+}
+
+// served is the serial number of the certificate cm serves.
+func served(t *testing.T, cm *CertManager) string {
+	t.Helper()
+	c, err := cm.GetCertificate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf.SerialNumber.String()
 }
