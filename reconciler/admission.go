@@ -221,7 +221,7 @@ func (m *CertManager) Ensure(ctx context.Context) error {
 	if exists {
 		ca, crt, key = sec.Data["ca.crt"], sec.Data["tls.crt"], sec.Data["tls.key"]
 	}
-	if !m.fresh(crt, key) {
+	if !m.fresh(ca, crt, key) {
 		var caKeyPEM []byte
 		if exists {
 			caKeyPEM = sec.Data["ca.key"]
@@ -258,14 +258,24 @@ func (m *CertManager) Ensure(ctx context.Context) error {
 	return m.patchCABundle(ctx, ca)
 }
 
-// fresh says whether the stored pair is valid now, for the names, with a third of its life left.
-func (m *CertManager) fresh(crt, key []byte) bool {
+// fresh says whether the stored pair is valid now, for the names, with a third of its life left,
+// and signed by the bundle's CA (a pair and a bundle that do not belong together, however they
+// came to be stored, would have the API server refuse every handshake).
+func (m *CertManager) fresh(bundle, crt, key []byte) bool {
 	pair, err := tls.X509KeyPair(crt, key)
 	if err != nil {
 		return false
 	}
 	leaf, err := x509.ParseCertificate(pair.Certificate[0])
 	if err != nil {
+		return false
+	}
+	cb, _ := pem.Decode(bundle)
+	if cb == nil {
+		return false
+	}
+	ca, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil || leaf.CheckSignatureFrom(ca) != nil {
 		return false
 	}
 	now := m.now()

@@ -396,3 +396,23 @@ func served(t *testing.T, cm *CertManager) string {
 	}
 	return leaf.SerialNumber.String()
 }
+
+// TestCertManagerRefusesAPairItsCADidNotSign: a Secret whose serving pair its CA did not sign
+// (written by hand, or half-updated) is renewed, not served: the API server trusts the bundle.
+func TestCertManagerRefusesAPairItsCADidNotSign(t *testing.T) {
+	m := &CertManager{DNSNames: []string{"x.netpact.test"}}
+	ca1, _, crt1, leaf1, err := m.renew(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.fresh(ca1, crt1, leaf1) {
+		t.Fatal("a pair its own CA signed is not fresh")
+	}
+	ca2, _, _, _, err := m.renew(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.fresh(ca2, crt1, leaf1) {
+		t.Error("a pair another CA signed is served as fresh")
+	}
+}

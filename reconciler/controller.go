@@ -68,9 +68,7 @@ type Controller struct {
 	// worker at a time, so a tenant's slow sources cannot hold all of them.
 	busy map[string]bool
 	// pokes asks for a reconcile of one source (the webhook receiver).
-	pokes      chan event.GenericEvent
-	pokeMu     sync.Mutex
-	pokeBudget map[types.NamespacedName]*pokeState
+	pokes chan event.GenericEvent
 }
 
 type sourceState struct {
@@ -80,6 +78,8 @@ type sourceState struct {
 	// seenAt is when the newest revision was first seen, for push-to-enforced.
 	seen   string
 	seenAt time.Time
+	// poke is the source's budget of reconciles pushes start (guarded by Controller.mu).
+	poke pokeState
 }
 
 var (
@@ -130,32 +130,23 @@ type pokeState struct {
 }
 
 // Poke asks for a reconcile of one source now, or, past its budget, once the budget allows
-// (pokes in between are folded into that one).
+// (pokes in between are folded into that one). Only a source the controller has reconciled has a
+// budget: a poke for any other name (the hook's path is the sender's to choose) does nothing, and
+// a new source is reconciled when it is created anyway.
 func (c *Controller) Poke(namespace, name string) {
 	key := types.NamespacedName{Namespace: namespace, Name: name}
-	c.pokeMu.Lock()
-	if c.pokeBudget == nil {
-		c.pokeBudget = map[types.NamespacedName]*pokeState{}
-	}
-	st := c.pokeBudget[key]
-	if st == nil {
-		if len(c.pokeBudget) >= maxPokeSources {
-			// Sources are few; a flood of names that are none is not remembered.
-			clear(c.pokeBudget)
-		}
-		st = &pokeState{limit: rate.NewLimiter(rate.Every(pokeEvery), pokeBurst)}
-		c.pokeBudget[key] = st
-	}
-	if st.pending {
-		c.pokeMu.Unlock()
+	c.mu.Lock()
+	src := c.sources[key]
+	if src == nil || src.poke.pending {
+		c.mu.Unlock()
 		return
 	}
-	res := st.limit.Reserve()
-	delay := res.Delay()
-	if delay > 0 {
-		st.pending = true
+	if src.poke.limit == nil {
+		src.poke.limit = rate.NewLimiter(rate.Every(pokeEvery), pokeBurst)
 	}
-	c.pokeMu.Unlock()
+	delay := src.poke.limit.Reserve().Delay()
+	src.poke.pending = delay > 0
+	c.mu.Unlock()
 	send := func() {
 		obj := &v1alpha1.PolicySource{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
 		select {
@@ -168,14 +159,12 @@ func (c *Controller) Poke(namespace, name string) {
 		return
 	}
 	time.AfterFunc(delay, func() {
-		c.pokeMu.Lock()
-		st.pending = false
-		c.pokeMu.Unlock()
+		c.mu.Lock()
+		src.poke.pending = false
+		c.mu.Unlock()
 		send()
 	})
 }
-
-const maxPokeSources = 4096
 
 // Reconcile is one pass for one PolicySource.
 func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

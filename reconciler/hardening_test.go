@@ -14,6 +14,7 @@ import (
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/netpact/netpact/api/v1alpha1"
@@ -326,9 +327,17 @@ func TestWebhookDeliveryAge(t *testing.T) {
 
 // TestPokeBudget: a flood of notifications for one source (replays within the age bound, or a
 // sender gone wrong) starts a burst of reconciles, then one per pokeEvery: the pokes in between are
-// folded into one, not lost, and not each a fetch.
+// folded into one, not lost, and not each a fetch. Names that are no source get nothing and
+// cannot reset the sources' budgets.
 func TestPokeBudget(t *testing.T) {
-	c := &Controller{pokes: make(chan event.GenericEvent, 1000)}
+	c := &Controller{pokes: make(chan event.GenericEvent, 1000), sources: map[types.NamespacedName]*sourceState{
+		{Namespace: "tenant", Name: "src"}: {}, {Namespace: "other", Name: "src"}: {}}}
+	for i := range 5000 {
+		c.Poke("tenant", fmt.Sprint("none-", i)) // names that are no source: nothing, nothing kept
+	}
+	if n := len(c.pokes); n != 0 {
+		t.Fatalf("%d reconciles asked for names that are no source", n)
+	}
 	for range 100 {
 		c.Poke("tenant", "src")
 	}

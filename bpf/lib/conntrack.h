@@ -172,7 +172,9 @@ static __attribute__((noinline)) int udp_connected_reply(struct __sk_buff *skb, 
 	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, len, (__u32)*nsid, 0);
 	if (!sk)
 		return 0;
-	int ok = sk->dst_port == p->sport;
+	// A socket that is not connected has port 0 for its peer: never a match, even for a datagram
+	// from port 0.
+	int ok = sk->dst_port != 0 && sk->dst_port == p->sport;
 	if (p->family == FAMILY_V4)
 		ok = ok && sk->dst_ip4 == t.ipv4.saddr;
 	else

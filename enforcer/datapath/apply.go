@@ -71,6 +71,11 @@ func (d *Datapath) writeInfo(ep Endpoint, flags, prefixPortBits uint32) (bool, e
 		info.Ipv6 = ep.IPv6.As16()
 	}
 	if ep.NetnsCookie != 0 && d.netns[ep.Ifindex] != ep.NetnsCookie {
+		if old := d.netns[ep.Ifindex]; old != 0 {
+			// Another namespace behind the same interface index: what was its goes.
+			d.shares.forget(&d.objs, ep.Ifindex, old)
+			delete(d.nsid, ep.Ifindex)
+		}
 		if err := d.objs.EndpointNetns.Put(uint32(ep.Ifindex), ep.NetnsCookie); err != nil {
 			return false, fmt.Errorf("write endpoint network namespace: %w", err)
 		}
@@ -496,9 +501,16 @@ func (d *Datapath) Prune(keep map[uint32]bool) error {
 	var errs []error
 	changed := false
 	inUse := map[uint32]bool{}
+	interfaces := map[uint32]int{}
+	for _, info := range d.endpointInfo {
+		interfaces[info.EpId]++
+	}
 	for ifindex, info := range d.endpointInfo {
-		// Interfaces of the endpoints keep names exist; only the others are looked up.
-		if keep[info.EpId] && info.EpId != 0 {
+		// Interfaces of the endpoints keep names exist; only the others are looked up, and an id
+		// on two interfaces (a pod whose sandbox was made again: the old veth goes with the old
+		// sandbox) has both looked up, so the old one's entry and maps do not stay for the pod's
+		// life.
+		if keep[info.EpId] && info.EpId != 0 && interfaces[info.EpId] == 1 {
 			inUse[info.EpId] = true
 			continue
 		}

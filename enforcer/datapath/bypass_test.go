@@ -3,18 +3,23 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netpact/netpact/bpf"
 	"github.com/netpact/netpact/enforcer/podnet"
+	"github.com/netpact/netpact/policy"
 )
 
 // Real frames from pod namespaces that tried to walk around policy: tagged and non-IP frames,
@@ -664,5 +669,47 @@ spec:
 		if got, _, err := read(toC); err == nil {
 			t.Errorf("%s: %q from c reached a past its policy", fam.name, got)
 		}
+	}
+}
+
+// TestPruneOldSandboxInterface: a pod whose sandbox is made again keeps its endpoint id on a new
+// veth. The old veth goes with the old sandbox; its endpoint entry and its own maps must go too,
+// although the id is still kept, or every sandbox made again leaks them for the pod's life.
+func TestPruneOldSandboxInterface(t *testing.T) {
+	n := newTrafficNode(t)
+	d := openTest(t, Options{})
+	n.apply(t, d, "")
+	a := n.pods["a"]
+	id := os.Getpid() % 10000
+	again, err := podnet.CreatePod("a-again", fmt.Sprintf("np-%d-a2", id), fmt.Sprintf("np%da2", id), a.IPv4, a.IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.Delete() })
+	st := compileYAML(t, n.cluster, "")
+	key := policy.EndpointKey{Namespace: "app", Name: "a"}
+	es, _ := st.Endpoint(key)
+	ident, _ := st.Identity(key)
+	if err := d.UpsertEndpoint(Endpoint{Ifindex: again.Ifindex, Ifname: again.HostIfname, ID: 1, Identity: ident.ID,
+		IPv4: again.IPv4, IPv6: again.IPv6, NetnsCookie: again.NetnsCookie}, es); err != nil {
+		t.Fatal(err)
+	}
+	old := a.Ifindex
+	if err := a.Delete(); err != nil { // the old sandbox goes, and its veth with it
+		t.Fatal(err)
+	}
+	if err := d.Prune(map[uint32]bool{1: true, 2: true, 3: true}); err != nil {
+		t.Fatal(err)
+	}
+	var info bpf.TcEndpointInfo
+	if err := d.objs.Endpoints.Lookup(uint32(old), &info); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("the old sandbox's endpoint entry stays: %v", err)
+	}
+	var inner ebpf.MapID
+	if err := d.objs.ProxySynsPod.Lookup(uint32(old), &inner); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("the old sandbox's proxy SYN map stays: %v", err)
+	}
+	if err := d.objs.Endpoints.Lookup(uint32(again.Ifindex), &info); err != nil || info.EpId != 1 {
+		t.Errorf("the new sandbox's endpoint entry: %+v, %v", info, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -351,4 +352,47 @@ func pinnedMap(t *testing.T, n *Node, name string) *ebpf.Map {
 	}
 	t.Cleanup(func() { m.Close() })
 	return m
+}
+
+// TestClaimRemovesStalePods: a process killed before Stop leaves its pods (namespaces and host
+// veths named after its run id). The next process to claim that id deletes them: no live process
+// but the claimer makes pods under it.
+func TestClaimRemovesStalePods(t *testing.T) {
+	testenv.RequireBPF(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
+	id, release, err := ClaimRunID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := MakePod("dead/pod", id, 99)
+	if err != nil {
+		release()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stale.Delete() })
+	// Its owner dies: the id's pid is one of a process that has exited.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		release()
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fmt.Sprintf("%s/%d/pid", idDir, id), []byte(fmt.Sprint(dead.Process.Pid)), 0o644); err != nil {
+		release()
+		t.Fatal(err)
+	}
+	again, release2, err := ClaimRunID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release2()
+	if again != id {
+		// This process's ids start at its own; only a claim racing this one could take it.
+		t.Fatalf("claimed run id %d, not the dead owner's %d", again, id)
+	}
+	if _, err := os.Stat("/run/netns/" + stale.Netns); !os.IsNotExist(err) {
+		t.Errorf("the stale pod's namespace %s stays: %v", stale.Netns, err)
+	}
+	if _, err := netlink.LinkByName(stale.HostIfname); err == nil {
+		t.Errorf("the stale pod's veth %s stays", stale.HostIfname)
+	}
 }

@@ -3,6 +3,11 @@ package localnode
 import (
 	"fmt"
 	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/netpact/netpact/enforcer/podnet"
 )
 
 // idDir holds one directory per run id in use on this host, with the owner's pid inside.
@@ -23,6 +28,7 @@ func ClaimRunID() (id int, release func(), err error) {
 			dir := fmt.Sprintf("%s/%d", idDir, id)
 			if err := os.Mkdir(dir, 0o755); err == nil {
 				os.WriteFile(dir+"/pid", []byte(fmt.Sprint(os.Getpid())), 0o644)
+				removeStalePods(id)
 				return id, func() { os.RemoveAll(dir) }, nil
 			}
 			if pass == 1 {
@@ -59,6 +65,24 @@ func sweepDeadIDs() {
 		}
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
 			os.RemoveAll(dir)
+		}
+	}
+}
+
+// removeStalePods deletes the pods of run id (namespaces np<id>-*, host veths np<id>h*) that a
+// process which held the id before left behind (killed before it could delete them): every
+// process makes its pods under the id it holds, and this one holds id now, so none is another's.
+func removeStalePods(id int) {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), fmt.Sprintf("np%d-", id)) {
+			(&podnet.Pod{Netns: e.Name()}).Delete()
+		}
+	}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, fmt.Sprintf("np%dh", id)) {
+			netlink.LinkDel(l)
 		}
 	}
 }
