@@ -306,14 +306,9 @@ func TestL7SourceAddressAndBypass(t *testing.T) {
 		bc.Close()
 		t.Fatal("a connection from b's address that skipped the proxy reached a")
 	}
-	bypass := false
-	n.mu.Lock()
-	for _, f := range n.flows {
-		if f.Reason == datapath.ReasonDropProxyBypass && f.Src == n.Pod("app/b").IPv4 {
-			bypass = true
-		}
-	}
-	n.mu.Unlock()
+	bypass := waitFlow(t, n, func(f datapath.Flow) bool {
+		return f.Reason == datapath.ReasonDropProxyBypass && f.Src == n.Pod("app/b").IPv4
+	})
 	if !bypass {
 		t.Error("no flow event says the packet did not come through the L7 proxy")
 	}

@@ -202,14 +202,9 @@ func TestL7ProxyJudgesEachRequest(t *testing.T) {
 		cc.Close()
 		t.Fatal("b reaches a:8081 with the proxy stopped: an L7 rule is bypassed")
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, f := range n.flows {
-		if f.Reason == datapath.ReasonDropProxyDown {
-			return
-		}
+	if !waitFlow(t, n, func(f datapath.Flow) bool { return f.Reason == datapath.ReasonDropProxyDown }) {
+		t.Fatalf("no flow event says the proxy's listener is down")
 	}
-	t.Fatalf("no flow event says the proxy's listener is down; events: %v", n.flows)
 }
 
 // TestL7ProxyHostileRequests: what a pod may send the proxy on an L7 port. Oversized headers get
@@ -547,13 +542,7 @@ func TestL7RuleChangesOnOpenConnections(t *testing.T) {
 	if code, body, err := get(direct, "/other"); err == nil {
 		t.Fatalf("GET /other on a connection opened before the L7 rule, past the proxy: %d %q; want the connection cut", code, body)
 	}
-	cut := false
-	n.mu.Lock()
-	for _, f := range n.flows {
-		cut = cut || f.Reason == datapath.ReasonDropProxyMidflow
-	}
-	n.mu.Unlock()
-	if !cut {
+	if !waitFlow(t, n, func(f datapath.Flow) bool { return f.Reason == datapath.ReasonDropProxyMidflow }) {
 		t.Errorf("no flow event says %q", datapath.ReasonDropProxyMidflow)
 	}
 	fresh := open()
@@ -618,13 +607,7 @@ func TestL7ProxyConnectionsPerPod(t *testing.T) {
 	} else {
 		cc.Close()
 	}
-	said := false
-	n.mu.Lock()
-	for _, f := range n.flows {
-		said = said || f.L7 != nil && strings.Contains(f.L7.Why, "the most it may")
-	}
-	n.mu.Unlock()
-	if !said {
+	if !waitL7Flow(t, n, func(f *datapath.L7Flow) bool { return strings.Contains(f.Why, "the most it may") }) {
 		t.Error("no L7 event says why the fourth connection was reset")
 	}
 	open[0].Close()

@@ -130,17 +130,27 @@ func h2Get(w io.Writer, r io.Reader, path string) (status int, body string, err 
 // waitL7Flow waits up to 3 s for an L7 event that ok accepts.
 func waitL7Flow(t *testing.T, n *Node, ok func(*datapath.L7Flow) bool) bool {
 	t.Helper()
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	return waitFlow(t, n, func(f datapath.Flow) bool { return f.L7 != nil && ok(f.L7) })
+}
+
+// waitFlow waits up to 3 s for a flow event that ok accepts. Events reach the node's log
+// asynchronously (the datapath's ring buffer or the proxy's channel, then the collector), so a
+// test that has just seen a drop or a reset may not find its event yet.
+func waitFlow(t *testing.T, n *Node, ok func(datapath.Flow) bool) bool {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		n.mu.Lock()
 		for _, f := range n.flows {
-			if f.L7 != nil && ok(f.L7) {
+			if ok(f) {
 				n.mu.Unlock()
 				return true
 			}
 		}
 		n.mu.Unlock()
+		if time.Now().After(deadline) {
+			return false
+		}
 	}
-	return false
 }
 
 // TestL7ProxyProtocolSwitch: only a WebSocket upgrade switches protocols through the proxy (as

@@ -113,15 +113,7 @@ func TestNewPodClosedUntilProgrammed(t *testing.T) {
 		t.Fatal("a pod not yet programmed is open")
 	}
 	// A closed pod does not even resolve its gateway: its ARP is dropped too.
-	n.mu.Lock()
-	closed := 0
-	for _, f := range n.flows {
-		if f.Reason == datapath.ReasonDropFailClosed {
-			closed++
-		}
-	}
-	n.mu.Unlock()
-	if closed == 0 {
+	if !waitFlow(t, n, func(f datapath.Flow) bool { return f.Reason == datapath.ReasonDropFailClosed }) {
 		t.Error("no flow event says an endpoint is closed")
 	}
 	if err := n.Enforce(c, nil); err != nil {

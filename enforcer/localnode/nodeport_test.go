@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
 )
@@ -82,15 +83,9 @@ spec:
 	}
 	// The drop names b's identity, though the packet came from the node's address.
 	bID, _ := n.enf.State().Identity(policy.EndpointKey{Namespace: "app", Name: "b"})
-	named := false
-	n.mu.Lock()
-	for _, f := range n.flows {
-		if f.Src == node && f.Dst == a && f.Dropped() && bID != nil && f.SrcIdentity == bID.ID {
-			named = true
-		}
-	}
-	n.mu.Unlock()
-	if !named {
+	if !waitFlow(t, n, func(f datapath.Flow) bool {
+		return f.Src == node && f.Dst == a && f.Dropped() && bID != nil && f.SrcIdentity == bID.ID
+	}) {
 		t.Error("no drop at a names b's identity")
 	}
 	conn, err := net.DialTimeout("tcp", net.JoinHostPort(a.String(), "8080"), 3*time.Second)

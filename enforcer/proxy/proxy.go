@@ -348,13 +348,14 @@ func (p *Proxy) accept(l net.Listener) {
 			return
 		}
 		if over {
-			// Reset at once (no TIME_WAIT, no read): the source's other connections go on.
+			// Reset at once (no TIME_WAIT, no read): the source's other connections go on. The
+			// event is out before the reset, as for every refusal the client can see.
+			p.report(Request{Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Verdict: policy.HTTPVerdict{Index: -1,
+				Reason: fmt.Sprintf("connection reset: the source has %d connections open through the proxy, the most it may", p.opts.MaxConnsPerSource)}})
 			if tc, ok := c.(*net.TCPConn); ok {
 				tc.SetLinger(0)
 			}
 			c.Close()
-			p.report(Request{Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Verdict: policy.HTTPVerdict{Index: -1,
-				Reason: fmt.Sprintf("connection reset: the source has %d connections open through the proxy, the most it may", p.opts.MaxConnsPerSource)}})
 			continue
 		}
 		p.wg.Add(1)
