@@ -382,5 +382,10 @@ func (s *State) IPCache(node string) map[netip.Prefix]ID {
 		id, _ := s.u.resolve(node, ip)
 		out[netip.PrefixFrom(ip, ip.BitLen())] = id
 	}
+	if m := s.u.learned.Load(); m != nil {
+		for ip, ci := range *m {
+			out[netip.PrefixFrom(ip, ip.BitLen())] = ci.ID
+		}
+	}
 	return out
 }

@@ -57,6 +57,8 @@ type Engine struct {
 	selCache map[string][]ID
 	// gen counts universe rebuilds; a rule's resolved peers are valid for one generation.
 	gen uint64
+	// learned is what DNS answers taught the node (SetLearned).
+	learned Learned
 }
 
 // NewEngine returns an engine with an empty cluster and no policies.
@@ -120,9 +122,41 @@ func (e *Engine) policyCIDRs() map[netip.Prefix]bool {
 	return set
 }
 
+// policyFQDNs are the toFQDNs selectors of every policy, by key.
+func (e *Engine) policyFQDNs() map[string]FQDNSelector {
+	set := map[string]FQDNSelector{}
+	for _, np := range e.policies {
+		for _, f := range np.fqdns {
+			set[f.String()] = f
+		}
+	}
+	return set
+}
+
+// idInputs are what the policies need identities for: a change to them renumbers peers.
+type idInputs struct {
+	cidrs map[netip.Prefix]bool
+	fqdns map[string]FQDNSelector
+}
+
+func (e *Engine) idInputs() idInputs { return idInputs{e.policyCIDRs(), e.policyFQDNs()} }
+
+func (a idInputs) same(b idInputs) bool {
+	if !sameCIDRs(a.cidrs, b.cidrs) || len(a.fqdns) != len(b.fqdns) {
+		return false
+	}
+	for k := range a.fqdns {
+		if _, ok := b.fqdns[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // rebuild derives the universe again and recompiles every endpoint.
 func (e *Engine) rebuild() {
 	e.u = newUniverse(e.cluster, e.alloc, e.policyCIDRs())
+	e.u.addFQDNs(e.alloc, e.policyFQDNs(), e.learned)
 	e.selCache = map[string][]ID{}
 	e.gen++
 	for _, np := range e.policies {
@@ -196,7 +230,7 @@ func (e *Engine) SetPolicies(ps []*Policy) {
 
 // Upsert adds or replaces one policy and returns the endpoints whose state changed.
 func (e *Engine) Upsert(p *Policy) []EndpointKey {
-	before := e.policyCIDRs()
+	before := e.idInputs()
 	old := e.policies[p.Key]
 	np := normalize(p, e.newRuleID)
 	affected := map[*group]bool{}
@@ -220,7 +254,7 @@ func (e *Engine) Delete(k Key) []EndpointKey {
 	if !ok {
 		return nil
 	}
-	before := e.policyCIDRs()
+	before := e.idInputs()
 	affected := map[*group]bool{}
 	for _, g := range e.groupsOf(old) {
 		affected[g] = true
@@ -231,8 +265,8 @@ func (e *Engine) Delete(k Key) []EndpointKey {
 	return e.refresh(before, nil, affected)
 }
 
-func (e *Engine) refresh(cidrsBefore map[netip.Prefix]bool, np *normPolicy, affected map[*group]bool) []EndpointKey {
-	if !sameCIDRs(cidrsBefore, e.policyCIDRs()) {
+func (e *Engine) refresh(before idInputs, np *normPolicy, affected map[*group]bool) []EndpointKey {
+	if !before.same(e.idInputs()) {
 		e.rebuild()
 		var changed []EndpointKey
 		for _, g := range e.allGroups() {
@@ -341,6 +375,7 @@ func (e *Engine) resolvePeers(ps *peerSpec) peerSet {
 	for _, c := range ps.cidrs {
 		out.ids = append(out.ids, e.u.cidrIdentitiesFor(c)...)
 	}
+	out.ids = e.u.withFQDNClasses(out.ids, ps.fqdns)
 	return out
 }
 

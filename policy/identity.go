@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 )
 
 // ID is a numeric security identity, as in Cilium.
@@ -42,6 +43,9 @@ const (
 	IdentityReserved IdentityKind = iota
 	IdentityPod
 	IdentityCIDR
+	// IdentityFQDN is a node-local identity of addresses DNS answers gave for names that
+	// toFQDNs selectors match: one per set of selectors and CIDR identity the address has.
+	IdentityFQDN
 )
 
 // Identity is a security identity and the labels it stands for.
@@ -50,8 +54,13 @@ type Identity struct {
 	Kind IdentityKind
 	// Namespace is the namespace of a pod identity.
 	Namespace string
-	// Prefix is the CIDR of a CIDR identity, and 0.0.0.0/0 or ::/0 for world-ipv4/world-ipv6.
+	// Prefix is the CIDR of a CIDR identity, and 0.0.0.0/0 or ::/0 for world-ipv4/world-ipv6;
+	// for an FQDN identity, the prefix of the CIDR identity its addresses have besides.
 	Prefix netip.Prefix
+	// FQDNs are the toFQDNs selectors an FQDN identity's addresses are selected by, and Base
+	// the identity they would have without them (a CIDR identity, world-ipv4 or world-ipv6).
+	FQDNs  []string
+	Base   ID
 	labels labelSet
 }
 
@@ -64,6 +73,9 @@ func (id *Identity) String() string {
 	}
 	if id.Kind == IdentityCIDR {
 		return fmt.Sprintf("%d (cidr:%s)", id.ID, id.Prefix)
+	}
+	if id.Kind == IdentityFQDN {
+		return fmt.Sprintf("%d (fqdn:%s)", id.ID, strings.Join(id.FQDNs, ","))
 	}
 	return fmt.Sprintf("%d", id.ID)
 }
@@ -117,7 +129,12 @@ func (a *allocator) give(k string, id ID) ID {
 }
 
 func (a *allocator) cidr(p netip.Prefix) ID {
-	k := "cidr:" + p.String()
+	return a.local("cidr:"+p.String(), p)
+}
+
+// local gives a node-local identity (a CIDR's, an FQDN class's) to a key, preferring the number
+// an earlier engine gave the prefix.
+func (a *allocator) local(k string, p netip.Prefix) ID {
 	if id, ok := a.byLabels[k]; ok {
 		return id
 	}

@@ -108,6 +108,9 @@ type peerSpec struct {
 	cidrs     []cidrMatch
 	// blocks are Kubernetes ipBlocks, matched on the peer's address whatever its identity.
 	blocks []netip.Prefix
+	// fqdns are toFQDNs selectors (FQDNSelector.String()): they select the addresses DNS
+	// answers gave for the names.
+	fqdns []string
 }
 
 // portSpec is the L4 part of a rule: a protocol, a port range or a named port, and L7 rules.
@@ -152,6 +155,8 @@ type normPolicy struct {
 	sections []*section
 	// cidrs are the CIDRs the policy needs identities for.
 	cidrs []netip.Prefix
+	// fqdns are its toFQDNs selectors, which need identities too.
+	fqdns []FQDNSelector
 	infos []*RuleInfo
 }
 
@@ -267,6 +272,12 @@ func (n *normalizer) ciliumEgress(r *ciliumv2.EgressRule, path, sectionName stri
 	}
 	nr.peers.entities = r.ToEntities
 	n.cidrPeers(&nr.peers, r.ToCIDR, r.ToCIDRSet)
+	for _, f := range r.ToFQDNs {
+		if sel, err := NewFQDNSelector(f.MatchName, f.MatchPattern); err == nil {
+			nr.peers.fqdns = append(nr.peers.fqdns, sel.String())
+			n.np.fqdns = append(n.np.fqdns, sel)
+		}
+	}
 	n.finishCilium(nr, hasL3, r.ToPorts, r.ICMPs)
 	return nr
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync/atomic"
 )
 
 // group is a set of endpoints that necessarily share one policy state: same identity and same
@@ -56,6 +57,14 @@ type universe struct {
 	namedPorts map[ID][]NamedPort
 	allPorts   []NamedPort
 	podIPs     []netip.Addr
+	// fqdnSels are the policies' toFQDNs selectors by key (fqdnKeys, sorted); classes the FQDN
+	// identities; learned the learned addresses' (replaced whole by SetLearned, read by any
+	// goroutine holding a State).
+	fqdnSels   map[string]FQDNSelector
+	fqdnKeys   []string
+	classes    []*Identity
+	classByKey map[string]*Identity
+	learned    atomic.Pointer[map[netip.Addr]*Identity]
 }
 
 func postingKey(key, value string) string { return key + "\x00" + value }
@@ -172,8 +181,16 @@ func (u *universe) resolve(observer string, ip netip.Addr) (ID, ipEntry) {
 		}
 		return e.identity.ID, e
 	}
-	// The most specific CIDR identity holding ip: one map lookup per prefix length in use,
-	// longest first (not a scan of every CIDR of every policy).
+	if ci, ok := u.learnedIdentity(ip); ok {
+		return ci.ID, ipEntry{identity: ci}
+	}
+	ci := u.cidrIdentityOf(ip)
+	return ci.ID, ipEntry{identity: ci}
+}
+
+// cidrIdentityOf is the most specific CIDR identity holding ip, or world-ipv4 / world-ipv6: one
+// map lookup per prefix length in use, longest first (not a scan of every CIDR of every policy).
+func (u *universe) cidrIdentityOf(ip netip.Addr) *Identity {
 	for _, bits := range u.cidrBits {
 		if bits > ip.BitLen() {
 			continue
@@ -183,13 +200,13 @@ func (u *universe) resolve(observer string, ip netip.Addr) (ID, ipEntry) {
 			continue
 		}
 		if ci, ok := u.cidrByPrefix[p]; ok {
-			return ci.ID, ipEntry{identity: ci}
+			return ci
 		}
 	}
 	if ip.Is4() {
-		return IDWorldIPv4, ipEntry{identity: u.ids[IDWorldIPv4]}
+		return u.ids[IDWorldIPv4]
 	}
-	return IDWorldIPv6, ipEntry{identity: u.ids[IDWorldIPv6]}
+	return u.ids[IDWorldIPv6]
 }
 
 // candidates narrows the pod identities a selector can match using the namespace and
