@@ -48,6 +48,11 @@ type Enforcer struct {
 	services []Service
 	// driftRepairs counts the datapath entries RepairDrift wrote back or deleted.
 	driftRepairs atomic.Uint64
+	// fqdn is what DNS answers taught the node; lastLocal the local pods of the last program, and
+	// synced whether there was one (learning before it only tells the engine).
+	fqdn      *fqdnCache
+	lastLocal []LocalPod
+	synced    bool
 }
 
 // New returns an enforcer for node that programs dp. What dp's pinned maps already hold (an
@@ -57,7 +62,7 @@ func New(node string, dp *datapath.Datapath, opts policy.Options) *Enforcer {
 	e := &Enforcer{node: node, engine: policy.NewEngine(opts), dp: dp, local: map[policy.EndpointKey]LocalPod{},
 		ids: map[policy.EndpointKey]uint32{}, nextID: 1, applied: map[policy.EndpointKey]datapath.Endpoint{},
 		known:  map[policy.EndpointKey]datapath.Endpoint{},
-		failed: map[policy.EndpointKey]error{}}
+		failed: map[policy.EndpointKey]error{}, fqdn: newFQDNCache(FQDNOptions{})}
 	pinned, ipcache := dp.Pinned()
 	e.engine.PreferIdentities(ipcache)
 	e.pinned = pinned
@@ -195,6 +200,7 @@ func (e *Enforcer) programLocked(local []LocalPod) error {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 	e.state = st
+	e.lastLocal, e.synced = local, true
 	e.failed = map[policy.EndpointKey]error{}
 	var errs []error
 	// A policy whose CIDRs the node's ipcache cannot hold is refused here, and only the pods it
