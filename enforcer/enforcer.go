@@ -80,13 +80,19 @@ func (e *Enforcer) State() *policy.State {
 }
 
 // DecideTCP is the last compiled state's decision for a TCP flow (false before the first
-// compile): what the L7 proxy judges each request on.
+// compile): what the L7 HTTP proxy judges each request on.
 func (e *Enforcer) DecideTCP(src, dst netip.AddrPort) (policy.Decision, bool) {
+	return e.Decide(src, dst, policy.ProtoTCP)
+}
+
+// Decide is the last compiled state's decision for a flow of a protocol (false before the first
+// compile): what the DNS proxy judges each query on.
+func (e *Enforcer) Decide(src, dst netip.AddrPort, proto policy.Proto) (policy.Decision, bool) {
 	st := e.State()
 	if st == nil {
 		return policy.Decision{}, false
 	}
-	return st.Decide(src.Addr(), dst.Addr(), policy.ProtoTCP, dst.Port()), true
+	return st.Decide(src.Addr(), dst.Addr(), proto, dst.Port()), true
 }
 
 // IsPod reports whether an address is a pod's in the last compiled state.
