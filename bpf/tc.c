@@ -107,6 +107,25 @@ static __always_inline int stage_parse(struct __sk_buff *skb, struct tc_state *s
 	return STAGE_NEXT;
 }
 
+// proxy_reply judges a reply of a flow the L7 proxy is part of (flags: its conntrack entry's).
+// A pod answering the proxy's own connection or query goes back to the proxy's socket, not on to
+// the pod whose address the proxy borrowed; with that socket gone it is dropped, so that the pod
+// never gets an answer the proxy did not see (a DNS answer it would learn names from). A datagram
+// to a pod answering a flow the proxy carries must be the proxy's (its mark) for the same reason.
+// Returns 0 or the drop reason.
+static __always_inline int proxy_reply(struct __sk_buff *skb, struct tc_state *s, __u32 flags)
+{
+	struct pkt *p = s->p;
+	if ((flags & CT_PROXY) && s->dir == DIR_EGRESS) {
+		if (p->proto == PROTO_UDP)
+			return proxy_answer_udp(skb, p) == PE_ASSIGNED ? 0 : REASON_DROP_PROXY_SOCKET_GONE;
+		return proxy_established(skb, p) == PE_ASSIGNED ? 0 : REASON_DROP_PROXY_DOWN;
+	}
+	if ((flags & CT_REDIRECT) && s->dir == DIR_INGRESS && p->proto == PROTO_UDP && !s->from_proxy)
+		return REASON_DROP_PROXY_BYPASS;
+	return 0;
+}
+
 // stage_conntrack: replies and related ICMP errors of tracked flows pass, and so does a flow in
 // its original direction that was checked at the current policy revision (to the proxy, when it
 // goes there). Leaves k the key of the flow in its original direction.
@@ -118,6 +137,15 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 	__u32 peer_id = s->peer_id;
 	__u64 now = bpf_ktime_get_ns();
 	s->now = now;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	s->cfg = cfg;
+	if (cfg)
+		s->rev = cfg->policy_rev;
+	// The L7 proxy's own packets towards a pod carry its mark (SO_MARK; a pod's marks do not
+	// cross its veth).
+	__u32 pmark = cfg ? cfg->proxy_mark : 0;
+	s->from_proxy = dir == DIR_INGRESS && pmark && skb->mark == pmark;
 	// A reply: the flow was opened in the other direction of this endpoint.
 	ct_fill(k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->dport, p->sport);
 	if (p->proto == PROTO_ICMP || p->proto == PROTO_ICMPV6) {
@@ -158,10 +186,9 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 			cv->flags |= CT_SEEN_REPLY;
 			if (p->tcp_flags & 0x05) // FIN or RST
 				cv->flags |= CT_CLOSING;
-			// A pod answering the L7 proxy's connection: back to the proxy's socket, not on
-			// to the address the proxy borrowed.
-			if ((cv->flags & CT_PROXY) && dir == DIR_EGRESS && proxy_established(skb, p) != PE_ASSIGNED)
-				return drop(skb, ep, p, dir, REASON_DROP_PROXY_DOWN, peer_id, cv->rule_id);
+			int why = proxy_reply(skb, s, cv->flags);
+			if (why)
+				return drop(skb, ep, p, dir, why, peer_id, cv->rule_id);
 			frag_record(p);
 			count(REASON_FORWARD_REPLY, skb->len);
 			return TC_ACT_OK;
@@ -170,16 +197,7 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 
 	// Original direction: checked against every policy revision, so a revoked allow cuts an open
 	// flow at its next packet. A flow already checked at the current revision skips the lookups.
-	__u32 zero = 0;
-	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
-	s->cfg = cfg;
-	if (cfg)
-		s->rev = cfg->policy_rev;
 	ct_fill(k, ep->ep_id, dir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
-	// The L7 proxy's own packets towards a pod carry its mark (SO_MARK; a pod's marks do not
-	// cross its veth).
-	__u32 pmark = cfg ? cfg->proxy_mark : 0;
-	s->from_proxy = dir == DIR_INGRESS && pmark && skb->mark == pmark;
 	if (p->is_frag)
 		return STAGE_NEXT;
 	struct ct_value *fast = ct_live(k, now);
@@ -369,9 +387,33 @@ int tc_to_pod(struct __sk_buff *skb)
 	return handle(skb, DIR_INGRESS);
 }
 
+// uplink_udp: a datagram from another node that answers the L7 proxy's upstream query (sent from
+// a pod's address) goes to the proxy's socket of its tuple; with that socket gone (closed, timed
+// out), an answer to a pod's flow the proxy carries is dropped here, so that the pod never gets
+// an answer the proxy did not see. Everything else goes on to the pod's tc_to_pod.
+static __always_inline int uplink_udp(struct __sk_buff *skb, struct pkt *p)
+{
+	// A later fragment of an answer takes the ports of its first, which the lines below recorded.
+	if (p->later_frag && !frag_restore(p))
+		return TC_ACT_OK;
+	struct endpoint_info *ep = local_endpoint(p->family, p->daddr);
+	// Only a pod with L7 rules has proxied flows: the lookups are for those alone.
+	if (!ep || !(ep->flags & EP_HAS_L7))
+		return TC_ACT_OK;
+	if (proxy_answer_udp(skb, p) == PE_ASSIGNED) {
+		frag_record(p);
+		return TC_ACT_OK;
+	}
+	if (!udp_redirected(ep, p))
+		return TC_ACT_OK;
+	frag_record(p);
+	return drop(skb, ep, p, DIR_INGRESS, REASON_DROP_PROXY_SOCKET_GONE, ipcache_identity(p->family, p->saddr), 0);
+}
+
 // tc_from_uplink (tcx ingress of the node's uplink) hands the L7 proxy the TCP flows from other
 // nodes that a local pod's ingress L7 rules govern, and the replies to the proxy's own
-// connections. Everything else passes untouched: policy is the endpoints' programs' business.
+// connections and queries. Everything else passes untouched: policy is the endpoints' programs'
+// business.
 SEC("tc")
 int tc_from_uplink(struct __sk_buff *skb)
 {
@@ -380,7 +422,11 @@ int tc_from_uplink(struct __sk_buff *skb)
 	if (!p)
 		return TC_ACT_OK;
 	__builtin_memset(p, 0, sizeof(*p));
-	if (skb->vlan_present || parse(skb, p) != PARSE_IP || p->proto != PROTO_TCP || p->is_frag)
+	if (skb->vlan_present || parse(skb, p) != PARSE_IP)
+		return TC_ACT_OK;
+	if (p->proto == PROTO_UDP)
+		return uplink_udp(skb, p);
+	if (p->proto != PROTO_TCP || p->is_frag)
 		return TC_ACT_OK;
 	struct endpoint_info *ep = local_endpoint(p->family, p->daddr);
 	// Only a pod with L7 rules has proxied flows: the socket lookup is for those alone.

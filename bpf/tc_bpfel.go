@@ -277,7 +277,8 @@ const (
 	TcReasonREASON_DROP_PROXY_DOWN           TcReason = 18
 	TcReasonREASON_DROP_PROXY_BYPASS         TcReason = 19
 	TcReasonREASON_DROP_PROXY_MIDFLOW        TcReason = 20
-	TcReasonREASON_MAX                       TcReason = 21
+	TcReasonREASON_DROP_PROXY_SOCKET_GONE    TcReason = 21
+	TcReasonREASON_MAX                       TcReason = 22
 )
 
 type TcSvcFlowKey struct {

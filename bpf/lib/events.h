@@ -33,7 +33,8 @@ enum reason {
 	REASON_DROP_PROXY_DOWN = 18,   // an L7 rule applies but the proxy's listener (or its socket of the flow) is not up
 	REASON_DROP_PROXY_BYPASS = 19, // an L7 rule applies to a packet that did not come through the proxy
 	REASON_DROP_PROXY_MIDFLOW = 20, // an L7 rule now applies to a flow opened before it, past the proxy
-	REASON_MAX = 21,
+	REASON_DROP_PROXY_SOCKET_GONE = 21, // an answer to the L7 proxy's UDP query, whose socket is gone
+	REASON_MAX = 22,
 };
 
 struct flow_event {

@@ -5,6 +5,8 @@
 #pragma once
 
 #include "common.h"
+#include "config.h"
+#include "conntrack.h"
 #include "endpoint_addrs.h"
 #include "endpoints.h"
 #include "events.h"
@@ -30,7 +32,9 @@ struct {
 // The L7 redirect. bpf_sk_assign works only at tc ingress: a flow is handed to the proxy where
 // its packets enter the node's stack (a pod's host veth ingress, the uplink's ingress), to the
 // proxy's socket of that flow when there is one, else to the parser's listener on 127.0.0.1 or
-// ::1; MARK_TO_PROXY makes the node deliver it locally.
+// ::1; MARK_TO_PROXY makes the node deliver it locally. A datagram (UDP, the DNS proxy's only)
+// always goes to the listener, unchanged: the proxy reads its original destination
+// (IP_RECVORIGDSTADDR) and answers from it.
 
 static __always_inline void mark_to_proxy(struct __sk_buff *skb)
 {
@@ -61,16 +65,89 @@ static __attribute__((noinline)) int proxy_established(struct __sk_buff *skb, st
 	return ret;
 }
 
-// proxy_redirect hands a TCP packet to the proxy of parser l7. Returns 0, or the drop reason:
-// no proxy configured, or its listener (for a new flow: a SYN) or its socket of the flow is not
-// there. Fails closed: a flow an L7 rule governs never goes on unjudged.
+// proxy_answer_udp assigns a UDP datagram to the L7 proxy's upstream socket of its tuple: the
+// socket the proxy sent a pod's query from (IP_TRANSPARENT, bound to the pod's address and port,
+// connected to the server, SO_MARK the proxy's mark). Only that socket: the lookup matched its
+// bound address and port, and its peer's when it is connected (the kernel's UDP lookup), but
+// it also finds sockets that are not connected, and other processes' of the node.
+static __attribute__((noinline)) int proxy_answer_udp(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg || !cfg->proxy_mark)
+		return PE_NONE;
+	__u32 mark = cfg->proxy_mark;
+	struct bpf_sock_tuple t = {};
+	__u32 len = own_tuple(p, &t);
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return PE_NONE;
+	int own = sk->mark == mark && sk->dst_port != 0 && sk->dst_port == p->sport;
+	int ret = own && bpf_sk_assign(skb, sk, 0) == 0 ? PE_ASSIGNED : PE_NONE;
+	bpf_sk_release(sk);
+	if (ret == PE_ASSIGNED)
+		mark_to_proxy(skb);
+	return ret;
+}
+
+// udp_redirected says whether a UDP datagram from another node to a pod of this node answers a
+// flow of the pod's that the L7 proxy carries (the pod's egress entry of the flow is
+// CT_REDIRECT): the answer is the proxy's to see.
+static __attribute__((noinline)) int udp_redirected(struct endpoint_info *ep, struct pkt *p)
+{
+	struct ct_key k;
+	ct_fill(&k, ep->ep_id, DIR_EGRESS, p->family, p->proto, p->daddr, p->saddr, p->dport, p->sport);
+	struct ct_value *cv = ct_live(&k, bpf_ktime_get_ns());
+	return cv && (cv->flags & CT_REDIRECT) && !(cv->flags & CT_REVOKED);
+}
+
+// listener_tuple is the tuple of a packet from p's source to the proxy's listener on port:
+// 127.0.0.1 or ::1.
+static __always_inline __u32 listener_tuple(struct pkt *p, struct bpf_sock_tuple *t, __u32 port)
+{
+	__u32 len = own_tuple(p, t);
+	if (p->family == FAMILY_V4) {
+		t->ipv4.daddr = bpf_htonl(0x7f000001);
+		t->ipv4.dport = bpf_htons((__u16)port);
+	} else {
+		__builtin_memset(t->ipv6.daddr, 0, 16);
+		t->ipv6.daddr[3] = bpf_htonl(1);
+		t->ipv6.dport = bpf_htons((__u16)port);
+	}
+	return len;
+}
+
+// proxy_listener_udp hands a datagram to the proxy's UDP socket on port. Returns 0, or
+// REASON_DROP_PROXY_DOWN when none listens.
+static __attribute__((noinline)) int proxy_listener_udp(struct __sk_buff *skb, struct pkt *p, __u32 port)
+{
+	struct bpf_sock_tuple t = {};
+	__u32 len = listener_tuple(p, &t, port);
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return REASON_DROP_PROXY_DOWN;
+	int ok = bpf_sk_assign(skb, sk, 0) == 0;
+	bpf_sk_release(sk);
+	if (!ok)
+		return REASON_DROP_PROXY_DOWN;
+	mark_to_proxy(skb);
+	return 0;
+}
+
+// proxy_redirect hands a packet to the proxy of parser l7: TCP to any parser's, UDP to the DNS
+// proxy's only. Returns 0, or the drop reason: no proxy configured, or its listener (for a new
+// TCP flow: a SYN; for every datagram) or its socket of the flow is not there. Fails closed: a
+// flow an L7 rule governs never goes on unjudged.
 static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struct pkt *p, __u32 l7)
 {
-	if (p->proto != PROTO_TCP || p->is_frag)
+	int udp = p->proto == PROTO_UDP && l7 == L7_DNS;
+	if ((p->proto != PROTO_TCP && !udp) || p->is_frag)
 		return REASON_DROP_NO_PROXY;
 	__u32 *port = bpf_map_lookup_elem(&proxy_ports, &l7);
 	if (!port || *port == 0 || *port > 65535)
 		return REASON_DROP_NO_PROXY;
+	if (udp)
+		return proxy_listener_udp(skb, p, *port);
 	int est = proxy_established(skb, p);
 	if (est == PE_ASSIGNED)
 		return 0;
@@ -78,15 +155,7 @@ static __attribute__((noinline)) int proxy_redirect(struct __sk_buff *skb, struc
 		return REASON_DROP_PROXY_DOWN;
 	int timewait = est == PE_TIMEWAIT;
 	struct bpf_sock_tuple t = {};
-	__u32 len = own_tuple(p, &t);
-	if (p->family == FAMILY_V4) {
-		t.ipv4.daddr = bpf_htonl(0x7f000001);
-		t.ipv4.dport = bpf_htons((__u16)*port);
-	} else {
-		__builtin_memset(t.ipv6.daddr, 0, 16);
-		t.ipv6.daddr[3] = bpf_htonl(1);
-		t.ipv6.dport = bpf_htons((__u16)*port);
-	}
+	__u32 len = listener_tuple(p, &t, *port);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return REASON_DROP_PROXY_DOWN;

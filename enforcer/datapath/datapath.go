@@ -131,11 +131,13 @@ func Open(opts Options) (d *Datapath, err error) {
 		return nil, err
 	}
 	d = &Datapath{opts: opts, applied: map[uint32]Entries{}, endpointInfo: map[int]bpf.TcEndpointInfo{}, netns: map[int]uint64{}, nsid: map[int]int32{}}
-	// From here on, a failure closes what Open loaded and attached.
+	// From here on, a failure closes what Open loaded and attached. The cleanup holds its own
+	// pointer: `return nil, err` sets the named result d to nil before deferred calls run.
+	loaded := d
 	defer func() {
 		if err != nil {
-			d.closeCgroupLinks()
-			d.objs.Close()
+			loaded.closeCgroupLinks()
+			loaded.objs.Close()
 		}
 	}()
 	if err := loadObjects(&d.objs, opts); err != nil {

@@ -42,6 +42,7 @@ const (
 	ReasonDropProxyDown     = Reason(bpf.TcReasonREASON_DROP_PROXY_DOWN)
 	ReasonDropProxyBypass   = Reason(bpf.TcReasonREASON_DROP_PROXY_BYPASS)
 	ReasonDropProxyMidflow  = Reason(bpf.TcReasonREASON_DROP_PROXY_MIDFLOW)
+	ReasonDropProxyGone     = Reason(bpf.TcReasonREASON_DROP_PROXY_SOCKET_GONE)
 	reasonMax               = Reason(bpf.TcReasonREASON_MAX)
 )
 
@@ -68,6 +69,7 @@ var reasonNames = [reasonMax]string{
 	ReasonDropProxyDown:     "dropped: an L7 rule applies and the L7 proxy's listener is not up",
 	ReasonDropProxyBypass:   "dropped: an L7 rule applies and the packet did not come through the L7 proxy",
 	ReasonDropProxyMidflow:  "dropped: an L7 rule now applies to a connection opened before it, which did not go through the L7 proxy",
+	ReasonDropProxyGone:     "dropped: an answer to the L7 proxy's query whose socket is gone (closed or timed out), which the pod must not get unseen",
 }
 
 func (r Reason) String() string {

@@ -38,8 +38,9 @@ func (p Parser) String() string {
 	return fmt.Sprintf("parser %d", uint32(p))
 }
 
-// ParserOf is the parser of an entry's L7 rules: Kafka and DNS rules go to their own proxies
-// (none runs yet: such flows are dropped as having no proxy), every other rule set to HTTP.
+// ParserOf is the parser of an entry's L7 rules: Kafka rules go to the Kafka proxy (none runs
+// yet: such flows are dropped as having no proxy), DNS rules to the DNS proxy (UDP and TCP), every
+// other rule set to HTTP (TCP only: a datagram of an HTTP entry is dropped as having no proxy).
 func ParserOf(l *policy.L7Policy) Parser {
 	switch {
 	case l != nil && len(l.Kafka) > 0:
@@ -51,7 +52,9 @@ func ParserOf(l *policy.L7Policy) Parser {
 }
 
 // SetProxyPort names the port a parser's proxy listens on (127.0.0.1 and ::1 of the node, with
-// IP_TRANSPARENT); 0 says no proxy runs, and flows for it are dropped ("no L7 proxy").
+// IP_TRANSPARENT; the DNS proxy on UDP and TCP, with IP_RECVORIGDSTADDR on UDP, as the datagrams
+// it is handed keep their destination); 0 says no proxy runs, and flows for it are dropped ("no
+// L7 proxy").
 func (d *Datapath) SetProxyPort(p Parser, port uint16) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -67,7 +70,8 @@ func (d *Datapath) SetProxyPort(p Parser, port uint16) error {
 // keep its handshake from completing), and the kernel's TIME_WAIT processing then looks up a
 // listener for the pod's destination: proxy_lookup, attached to this process's network namespace
 // (the node's) on the first call, answers with these. A closed listener leaves the map by itself;
-// such a SYN is then dropped.
+// such a SYN is then dropped. Each parser has its own slots: call it once per parser whose proxy
+// takes TCP (the DNS proxy's TCP listeners too).
 func (d *Datapath) SetProxyListeners(p Parser, lns []net.Listener) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

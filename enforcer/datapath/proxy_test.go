@@ -1,8 +1,10 @@
 package datapath
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -180,26 +182,8 @@ func TestProxySynSharePerPod(t *testing.T) {
 	if err := d.attachLookup(); err != nil {
 		t.Fatal(err)
 	}
-	now := func() uint64 {
-		var ts unix.Timespec
-		unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-		return uint64(ts.Nano())
-	}
-	key := func(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byte {
-		k := make([]byte, 40)               // struct proxy_syn_key: family, saddr, daddr, sport, dport (network order)
-		binary.LittleEndian.PutUint32(k, 4) // FAMILY_V4
-		s4, d4 := src.As4(), dst.As4()
-		copy(k[4:], s4[:])
-		copy(k[20:], d4[:])
-		binary.BigEndian.PutUint16(k[36:], sport)
-		binary.BigEndian.PutUint16(k[38:], dport)
-		return k
-	}
-	value := func() []byte {
-		v := make([]byte, 16) // struct proxy_syn: parser, pad, at
-		binary.LittleEndian.PutUint64(v[8:], now())
-		return v
-	}
+	key := proxySynKey
+	value := func() []byte { return proxySynValue(ParserHTTP) }
 	share := func(pod string) *ebpf.Map {
 		var id ebpf.MapID
 		if err := d.objs.ProxySynsPod.Lookup(uint32(n.pods[pod].Ifindex), &id); err != nil {
@@ -229,12 +213,7 @@ func TestProxySynSharePerPod(t *testing.T) {
 		}
 	}
 	run := func(src netip.Addr, sport uint16) uint32 {
-		ctx := skLookupCtx{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, RemoteIP4: src.As4(), LocalIP4: c.IPv4.As4(), LocalPort: 8080}
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&ctx.RemotePort))[:], sport)
-		ret, err := d.objs.lookup.ProxyLookup.Run(&ebpf.RunOptions{Context: ctx})
-		if err != nil {
-			t.Fatalf("run proxy_lookup: %v", err)
-		}
+		ret, _ := runLookup(t, d, src, sport, c.IPv4, 8080)
 		return ret
 	}
 	if ret := run(a.IPv4, 40000); ret != 0 {
@@ -242,5 +221,104 @@ func TestProxySynSharePerPod(t *testing.T) {
 	}
 	if ret := run(a.IPv4, 40001); ret != 1 {
 		t.Errorf("a SYN with no entry: proxy_lookup returned %d, want 1 (the kernel's own lookup)", ret)
+	}
+}
+
+// proxySynKey is a struct proxy_syn_key: family, saddr, daddr, sport, dport (network order).
+func proxySynKey(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byte {
+	k := make([]byte, 40)
+	binary.LittleEndian.PutUint32(k, family(src))
+	s16, d16 := addr16(src), addr16(dst)
+	copy(k[4:], s16[:])
+	copy(k[20:], d16[:])
+	binary.BigEndian.PutUint16(k[36:], sport)
+	binary.BigEndian.PutUint16(k[38:], dport)
+	return k
+}
+
+// proxySynValue is a struct proxy_syn (parser, pad, at) of a SYN tc delivered now.
+func proxySynValue(p Parser) []byte {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	v := make([]byte, 16)
+	binary.LittleEndian.PutUint32(v, uint32(p))
+	binary.LittleEndian.PutUint64(v[8:], uint64(ts.Nano()))
+	return v
+}
+
+// runLookup runs proxy_lookup on a TCP lookup from src:sport to dst:dport; it returns the verdict
+// and the cookie of the socket it selected (0: none).
+func runLookup(t testing.TB, d *Datapath, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) (uint32, uint64) {
+	t.Helper()
+	ctx := skLookupCtx{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, LocalPort: uint32(dport)}
+	if src.Is4() {
+		ctx.RemoteIP4, ctx.LocalIP4 = src.As4(), dst.As4()
+	} else {
+		ctx.Family, ctx.RemoteIP6, ctx.LocalIP6 = unix.AF_INET6, src.As16(), dst.As16()
+	}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&ctx.RemotePort))[:], sport)
+	var out skLookupCtx
+	ret, err := d.objs.lookup.ProxyLookup.Run(&ebpf.RunOptions{Context: ctx, ContextOut: &out})
+	if err != nil {
+		t.Fatalf("run proxy_lookup: %v", err)
+	}
+	return ret, out.Cookie
+}
+
+// TestProxyListenersPerParser: SetProxyListeners gives each parser its own slots, so a second
+// parser whose proxy takes TCP (DNS) gets the SYNs tc delivered for it past a TIME_WAIT socket,
+// and the first (HTTP) keeps its own: proxy_lookup, run on a recorded tuple, selects the listener
+// of the parser and family recorded, whichever parser's listeners were set last.
+func TestProxyListenersPerParser(t *testing.T) {
+	d := openTest(t, Options{})
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(false) // a sockmap takes plain TCP sockets
+	listeners := map[Parser][]net.Listener{}
+	for _, p := range []Parser{ParserHTTP, ParserDNS} {
+		for _, host := range []string{"127.0.0.1", "::1"} {
+			l, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort(host, "0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			listeners[p] = append(listeners[p], l)
+		}
+		if err := d.SetProxyListeners(p, listeners[p]); err != nil {
+			t.Fatalf("set the %s proxy's listeners: %v", p, err)
+		}
+	}
+	cookie := func(l net.Listener) uint64 {
+		rc, err := l.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c uint64
+		var gerr error
+		if err := rc.Control(func(fd uintptr) { c, gerr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) }); err != nil || gerr != nil {
+			t.Fatal(err, gerr)
+		}
+		return c
+	}
+	for i, c := range []struct {
+		parser   Parser
+		src, dst string
+	}{
+		{ParserHTTP, "192.0.2.1", "192.0.2.2"}, {ParserDNS, "192.0.2.1", "192.0.2.3"},
+		{ParserHTTP, "2001:db8::1", "2001:db8::2"}, {ParserDNS, "2001:db8::1", "2001:db8::3"},
+	} {
+		src, dst, sport := netip.MustParseAddr(c.src), netip.MustParseAddr(c.dst), uint16(40000+i)
+		// Not a pod of this node: tc records it in the shared map.
+		if err := d.objs.ProxySyns.Put(proxySynKey(src, sport, dst, 53), proxySynValue(c.parser)); err != nil {
+			t.Fatal(err)
+		}
+		l := listeners[c.parser][0]
+		if src.Is6() {
+			l = listeners[c.parser][1]
+		}
+		ret, got := runLookup(t, d, src, sport, dst, 53)
+		if want := cookie(l); ret != 1 || got != want {
+			t.Errorf("%s SYN from %s: proxy_lookup returned %d and socket %d, want 1 (pass) and the %s proxy's listener %s (%d)",
+				c.parser, src, ret, got, c.parser, l.Addr(), want)
+		}
 	}
 }

@@ -42,20 +42,28 @@ func newTrafficNode(t testing.TB) *trafficNode {
 		Nodes:      []policy.Node{{Name: "node-1"}},
 		Namespaces: []policy.Namespace{{Name: "app"}},
 	}}
-	id := os.Getpid() % 10000
 	for i, name := range []string{"a", "b", "c"} {
-		v4 := netip.AddrFrom4([4]byte{10, 200, byte(id % 200), byte(i + 1)})
-		v6 := netip.MustParseAddr(fmt.Sprintf("fd00:200:%x::%d", id, i+1))
-		p, err := podnet.CreatePod(name, fmt.Sprintf("np-%d-%s", id, name), fmt.Sprintf("np%d%s", id, name), v4, v6)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Delete() })
+		p := createTestPod(t, name, i)
 		n.pods[name] = p
 		n.cluster.Endpoints = append(n.cluster.Endpoints, policy.Endpoint{Namespace: "app", Name: name, Node: "node-1",
-			Labels: map[string]string{"app": name}, IPs: []netip.Addr{v4, v6}})
+			Labels: map[string]string{"app": name}, IPs: []netip.Addr{p.IPv4, p.IPv6}})
 	}
 	return n
+}
+
+// createTestPod makes the i-th pod of this test process (names and addresses from its pid), and
+// deletes it when the test ends.
+func createTestPod(t testing.TB, name string, i int) *podnet.Pod {
+	t.Helper()
+	id := os.Getpid() % 10000
+	v4 := netip.AddrFrom4([4]byte{10, 200, byte(id % 200), byte(i + 1)})
+	v6 := netip.MustParseAddr(fmt.Sprintf("fd00:200:%x::%d", id, i+1))
+	p, err := podnet.CreatePod(name, fmt.Sprintf("np-%d-%s", id, name), fmt.Sprintf("np%d%s", id, name), v4, v6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Delete() })
+	return p
 }
 
 // apply compiles the policies for the node and programs every pod.
