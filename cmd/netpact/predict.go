@@ -69,6 +69,7 @@ func newPredictCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			printNotices(cmd.ErrOrStderr(), b.AllNotices(state))
 			override, err := parsePorts(ports)
 			if err != nil {
 				return err
@@ -110,9 +111,7 @@ func readClusterFile(stderr io.Writer, what, path string) (*policy.ClusterFile, 
 		fmt.Fprintln(stderr, err)
 		return nil, exitError{1}
 	}
-	for _, n := range cf.Notices {
-		fmt.Fprintln(stderr, "notice:", n)
-	}
+	printNotices(stderr, cf.Notices)
 	return cf, nil
 }
 
