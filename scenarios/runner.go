@@ -548,11 +548,12 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	if d.Rule != nil {
 		rule = d.Rule.String()
 	}
-	// A source's egress proxy judges an HTTP request even when the destination refuses the flow.
-	egressL7 := d.Egress != nil && d.Egress.Outcome == policy.OutcomeL7
+	// A source's egress HTTP proxy judges an HTTP request even when the destination refuses the
+	// flow. A flow for a proxy that does not run (Kafka rules) is denied: it times out.
+	egressHTTP := d.Egress.Proxy() == policy.ParserHTTP
 	switch {
 	case d.Outcome == policy.OutcomeDenied || d.Outcome == policy.OutcomeDefaultDenied:
-		if !c.HTTP || !egressL7 {
+		if !c.HTTP || !egressHTTP {
 			return Timeout, d.Reason()
 		}
 		fallthrough

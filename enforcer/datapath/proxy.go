@@ -38,13 +38,14 @@ func (p Parser) String() string {
 	return fmt.Sprintf("parser %d", uint32(p))
 }
 
-// ParserOf is the parser of an entry's L7 rules: Kafka and DNS rules go to their own proxies
-// (none runs yet: such flows are dropped as having no proxy), every other rule set to HTTP.
+// ParserOf is the parser of an entry's L7 rules (policy.L7Policy.Parser): Kafka and DNS rules
+// go to their own proxies, every other rule set to HTTP. A parser whose proxy has no port
+// (SetProxyPort) has its flows dropped as having no proxy: Kafka's, and DNS's until its proxy runs.
 func ParserOf(l *policy.L7Policy) Parser {
-	switch {
-	case l != nil && len(l.Kafka) > 0:
+	switch l.Parser() {
+	case policy.ParserKafka:
 		return ParserKafka
-	case l != nil && len(l.DNS) > 0:
+	case policy.ParserDNS:
 		return ParserDNS
 	}
 	return ParserHTTP
