@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 )
 
@@ -12,20 +13,48 @@ type Outcome string
 const (
 	OutcomeAllowed       Outcome = "allowed"
 	OutcomeDefaultDenied Outcome = "default-denied"
-	OutcomeDenied        Outcome = "denied"
-	OutcomeL7            Outcome = "l7"
+	// OutcomeDenied is a drop by a deny rule, or of a flow whose rules' proxy does not run
+	// (Decision.Proxy says which: Kafka).
+	OutcomeDenied Outcome = "denied"
+	// OutcomeL7 hands the flow to the HTTP proxy, which judges each request by the HTTP rules. In
+	// a DirectionDecision it is any proxy verdict of the map state, whichever parser's.
+	OutcomeL7 Outcome = "l7"
+	// OutcomeDNS hands the flow to the DNS proxy: it answers the names the dns rules allow and
+	// REFUSES the others (and learns the answers for toFQDNs).
+	OutcomeDNS Outcome = "dns-proxy"
 )
 
-// Mark is the outcome's one-character form in a connectivity matrix: "." allowed, "L" handed to
-// the L7 proxy, "X" dropped (by default deny or by a deny rule alike: the table shows traffic).
+// marks are the outcomes' one-character forms in a connectivity matrix and what each means, as
+// predict's legend prints them: "X" is a drop by default deny, by a deny rule or for want of a
+// proxy alike (the table shows traffic; -v and JSON say why). A new kind of cell, such as the
+// toFQDNs cell (an address allowed once a DNS answer names it), is one more outcome and line here.
+var marks = []struct {
+	mark, meaning string
+	of            []Outcome
+}{
+	{".", "allowed", []Outcome{OutcomeAllowed}},
+	{"X", "dropped", []Outcome{OutcomeDefaultDenied, OutcomeDenied}},
+	{"L", "HTTP proxy: each request is judged by the HTTP rules", []Outcome{OutcomeL7}},
+	{"D", "DNS proxy: names the dns rules allow are answered, others REFUSED", []Outcome{OutcomeDNS}},
+}
+
+// Mark is the outcome's one-character form in a connectivity matrix.
 func (o Outcome) Mark() string {
-	switch o {
-	case OutcomeAllowed:
-		return "."
-	case OutcomeL7:
-		return "L"
+	for _, m := range marks {
+		if slices.Contains(m.of, o) {
+			return m.mark
+		}
 	}
 	return "X"
+}
+
+// Legend is what each mark of the engine's outcomes means, one `"mark" meaning` per mark.
+func Legend() []string {
+	out := make([]string, len(marks))
+	for i, m := range marks {
+		out[i] = fmt.Sprintf("%q %s", m.mark, m.meaning)
+	}
+	return out
 }
 
 // DirectionDecision is the verdict of one side of a flow: the source's egress or the
@@ -35,6 +64,14 @@ type DirectionDecision struct {
 	Enforced bool
 	Peer     ID
 	Match    Match
+}
+
+// Proxy is the proxy this side's map state hands the flow to; empty when it hands it to none.
+func (dd *DirectionDecision) Proxy() L7Parser {
+	if dd == nil || dd.Outcome != OutcomeL7 || dd.Match.Entry == nil {
+		return ""
+	}
+	return dd.Match.Entry.L7.Parser()
 }
 
 // Decision is the verdict for a new flow from one address to another. Replies are not
@@ -49,8 +86,11 @@ type Decision struct {
 	// EnforcedBy are the policy sections that switched default deny on, for default-deny drops.
 	EnforcedBy []*RuleInfo
 	L7         *L7Policy
-	Egress     *DirectionDecision
-	Ingress    *DirectionDecision
+	// Proxy is the proxy the flow goes to (OutcomeL7, OutcomeDNS), or the one it would go to
+	// and that does not run (OutcomeDenied of a Kafka rule's flow); empty for any other decision.
+	Proxy   L7Parser
+	Egress  *DirectionDecision
+	Ingress *DirectionDecision
 
 	rules map[RuleID]*RuleInfo // the state's, for MatchHTTP
 }
@@ -64,9 +104,14 @@ func (d Decision) Reason() string {
 		}
 		return fmt.Sprintf("default deny on %s (no rule allows it; enforcement mode always)", d.Direction)
 	case OutcomeDenied:
+		if d.Proxy != "" {
+			return fmt.Sprintf("dropped on %s: %s governs it with %s rules, which are not enforced by netpact yet (no %s proxy runs)", d.Direction, d.Rule, d.Proxy, d.Proxy.Name())
+		}
 		return fmt.Sprintf("denied on %s by %s", d.Direction, d.Rule)
 	case OutcomeL7:
-		return fmt.Sprintf("handed to the L7 proxy on %s by %s", d.Direction, d.Rule)
+		return fmt.Sprintf("handed to the HTTP proxy on %s by %s: each request is judged by the HTTP rules", d.Direction, d.Rule)
+	case OutcomeDNS:
+		return fmt.Sprintf("handed to the DNS proxy on %s by %s: names the dns rules allow are answered, others REFUSED", d.Direction, d.Rule)
 	}
 	if d.Rule == nil {
 		return "allowed: no policy enforces this traffic"
@@ -198,6 +243,12 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 			}
 			return d
 		}
+		if p := side.dd.Proxy(); p != "" && !p.runs() {
+			// The datapath redirects the flow to a proxy that is not there: dropped.
+			e := side.dd.Match.Entry
+			d.Outcome, d.Direction, d.Rule, d.L7, d.Proxy = OutcomeDenied, side.dir, s.rules[e.Rules[0]], e.L7, p
+			return d
+		}
 	}
 	d.Outcome, d.Direction = OutcomeAllowed, Ingress
 	for _, side := range []struct {
@@ -207,14 +258,17 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 		if side.dd == nil || side.dd.Match.Entry == nil {
 			continue
 		}
-		if side.dd.Outcome == OutcomeL7 {
-			d.Outcome, d.Direction, d.Rule, d.L7 = OutcomeL7, side.dir, s.rules[side.dd.Match.Entry.Rules[0]], side.dd.Match.Entry.L7
+		if p := side.dd.Proxy(); p != "" {
+			d.Outcome, d.Direction, d.Rule, d.L7, d.Proxy = p.outcome(), side.dir, s.rules[side.dd.Match.Entry.Rules[0]], side.dd.Match.Entry.L7, p
 			return d
 		}
 		if d.Rule == nil {
 			d.Direction, d.Rule = side.dir, s.rules[side.dd.Match.Entry.Rules[0]]
 		}
 	}
+	// The toFQDNs cell goes here: an allow whose peer is an address the DNS proxy learned for a
+	// toFQDNs selector is an outcome of its own (allowed once a DNS answer names it), with its
+	// mark and legend line in marks.
 	return d
 }
 

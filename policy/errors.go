@@ -1,8 +1,9 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -22,17 +23,22 @@ type Error struct {
 // Error is what a terminal shows: every part with control characters escaped, since names,
 // field paths and messages come from the files.
 func (e *Error) Error() string {
+	return fmt.Sprintf("%s:%d:%d: ", printable(e.File, 500), e.Line, e.Column) + described("", e.Object, e.Field, e.Message)
+}
+
+// described is "level: Object: Field: message", each part escaped and only the parts there are.
+func described(level, object, field, msg string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s:%d:%d: ", printable(e.File, 500), e.Line, e.Column)
-	if e.Object != "" {
-		b.WriteString(printable(e.Object, 300))
-		b.WriteString(": ")
+	for _, part := range []struct {
+		s   string
+		max int
+	}{{level, 20}, {object, 300}, {field, 300}} {
+		if part.s != "" {
+			b.WriteString(printable(part.s, part.max))
+			b.WriteString(": ")
+		}
 	}
-	if e.Field != "" {
-		b.WriteString(printable(e.Field, 300))
-		b.WriteString(": ")
-	}
-	b.WriteString(printable(e.Message, 1000))
+	b.WriteString(printable(msg, 1000))
 	return b.String()
 }
 
@@ -50,23 +56,67 @@ func (l ErrorList) Error() string {
 
 // Sort orders errors by file, line and column.
 func (l ErrorList) Sort() {
-	sort.SliceStable(l, func(i, j int) bool {
-		a, b := l[i], l[j]
-		if a.File != b.File {
-			return a.File < b.File
-		}
-		if a.Line != b.Line {
-			return a.Line < b.Line
-		}
-		return a.Column < b.Column
+	slices.SortStableFunc(l, func(a, b *Error) int {
+		return comparePlace(Source{a.File, a.Line, a.Column}, Source{b.File, b.Line, b.Column})
 	})
 }
 
-// Notice is something the loader skipped or adjusted and wants the user to know about.
+// SortNotices orders notices by file, line and column.
+func SortNotices(ns []Notice) {
+	slices.SortStableFunc(ns, func(a, b Notice) int {
+		return comparePlace(Source{a.File, a.Line, a.Column}, Source{b.File, b.Line, b.Column})
+	})
+}
+
+func comparePlace(a, b Source) int {
+	return cmp.Or(strings.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column))
+}
+
+// Notice is something a bundle's reader should know: a notice (an object skipped, a label
+// ignored) or a warning, which says the policy is valid but will not do what it seems to (a rule
+// netpact does not enforce, a toFQDNs rule nothing teaches names to). Neither makes a bundle invalid.
 type Notice struct {
+	// Warning marks a policy that behaves otherwise than it reads; false is a plain notice.
+	Warning bool   `json:"warning"`
 	File    string `json:"file"`
 	Line    int    `json:"line"`
+	Column  int    `json:"column,omitempty"`
+	// Object and Field locate a warning as an Error is located.
+	Object  string `json:"object,omitempty"`
+	Field   string `json:"field,omitempty"`
 	Message string `json:"message"`
 }
 
-func (n Notice) String() string { return fmt.Sprintf("%s:%d: %s", n.File, n.Line, n.Message) }
+// String is what a terminal shows: "notice: FILE:LINE: message" for a notice, and for a warning
+// "FILE:LINE:COLUMN: warning: Kind namespace/name: field.path: message", in the shape of an Error.
+func (n Notice) String() string {
+	if !n.Warning {
+		return "notice: " + n.Located()
+	}
+	return n.place() + described("warning", n.Object, n.Field, n.Message)
+}
+
+// Located is the notice without its level, shaped as an Error: for lists that say what they hold
+// (a status's warnings).
+func (n Notice) Located() string {
+	return n.place() + described("", n.Object, n.Field, n.Message)
+}
+
+// place is "FILE:LINE:COLUMN: ", without the column when it is unknown.
+func (n Notice) place() string {
+	if n.Column > 0 {
+		return fmt.Sprintf("%s:%d:%d: ", printable(n.File, 500), n.Line, n.Column)
+	}
+	return fmt.Sprintf("%s:%d: ", printable(n.File, 500), n.Line)
+}
+
+// CountWarnings counts the warnings among notices.
+func CountWarnings(ns []Notice) int {
+	n := 0
+	for _, x := range ns {
+		if x.Warning {
+			n++
+		}
+	}
+	return n
+}

@@ -7,6 +7,52 @@ import (
 	"strings"
 )
 
+// L7Parser names an L7 proxy of the node: the one a flow whose entry has L7 rules goes to, by
+// the kind of its rules.
+type L7Parser string
+
+const (
+	ParserHTTP  L7Parser = "http"
+	ParserDNS   L7Parser = "dns"
+	ParserKafka L7Parser = "kafka"
+)
+
+// Parser is the proxy the rules' flows go to: Kafka and DNS rules each to their own, every other
+// rule set (HTTP rules, or an empty list) to the HTTP proxy. The datapath routes by it too
+// (datapath.ParserOf).
+func (l *L7Policy) Parser() L7Parser {
+	switch {
+	case l != nil && len(l.Kafka) > 0:
+		return ParserKafka
+	case l != nil && len(l.DNS) > 0:
+		return ParserDNS
+	}
+	return ParserHTTP
+}
+
+// runs says whether the node runs the parser's proxy. The datapath drops a flow it would hand to
+// a proxy that does not run; Kafka's is the one netpact does not have (validate warns of it).
+func (p L7Parser) runs() bool { return p != ParserKafka }
+
+// Name is the parser as prose names it: HTTP, DNS, Kafka.
+func (p L7Parser) Name() string {
+	switch p {
+	case ParserHTTP, ParserDNS:
+		return strings.ToUpper(string(p))
+	case ParserKafka:
+		return "Kafka"
+	}
+	return string(p)
+}
+
+// outcome is the decision of a flow handed to the parser's proxy.
+func (p L7Parser) outcome() Outcome {
+	if p == ParserDNS {
+		return OutcomeDNS
+	}
+	return OutcomeL7
+}
+
 // HTTPRequest is what an HTTP rule is matched against: :method, :path (the request target,
 // query included), :authority (the Host, with a port when the request has one) and headers.
 type HTTPRequest struct {
@@ -200,7 +246,7 @@ type HTTPVerdict struct {
 func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
 	switch d.Outcome {
 	case OutcomeDenied, OutcomeDefaultDenied:
-		if d.Direction == Ingress && d.Egress != nil && d.Egress.Outcome == OutcomeL7 && d.Egress.Match.Entry != nil {
+		if d.Direction == Ingress && d.Egress.Proxy() == ParserHTTP {
 			// The source's egress hands the flow to its node's proxy, and the destination's
 			// ingress refuses it. As Cilium's egress proxy does, the request is judged by the
 			// source's rules: one they deny gets the 403; one they allow is forwarded, and the
@@ -221,7 +267,7 @@ func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
 		dir Direction
 		dd  *DirectionDecision
 	}{{Egress, d.Egress}, {Ingress, d.Ingress}} {
-		if side.dd == nil || side.dd.Outcome != OutcomeL7 || side.dd.Match.Entry == nil {
+		if side.dd.Proxy() != ParserHTTP {
 			continue
 		}
 		e := side.dd.Match.Entry

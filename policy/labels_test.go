@@ -169,8 +169,8 @@ pods:
 		t.Fatal(err)
 	}
 	want := []string{
-		`cluster.yaml:8: pod a/attacker: label "io.cilium.k8s.namespace.labels.team" is ignored for policy`,
-		`cluster.yaml:9: pod a/attacker: label "io.kubernetes.pod.namespace" is ignored for policy`,
+		`notice: cluster.yaml:8: pod a/attacker: label "io.cilium.k8s.namespace.labels.team" is ignored for policy`,
+		`notice: cluster.yaml:9: pod a/attacker: label "io.kubernetes.pod.namespace" is ignored for policy`,
 	}
 	if len(cf.Notices) != len(want) {
 		t.Fatalf("notices %v, want %d", cf.Notices, len(want))

@@ -430,10 +430,25 @@ func (l *loader) policyTarget(file string, n, apiKey *yaml.Node, apiVersion, kin
 	if md := childNode(n, "metadata"); md != nil {
 		name, _ = scalarField(md, "name")
 	}
+	if clusterPolicyAPIKinds[kind] && strings.HasPrefix(apiVersion, clusterPolicyAPIGroup+"/") {
+		_, kindKey := scalarField(n, "kind")
+		l.bundle.Notices = append(l.bundle.Notices, Notice{Warning: true, File: file, Line: kindKey.Line, Column: kindKey.Column,
+			Object: Key{Kind: Kind(kind), Name: name}.String(), Field: "kind",
+			Message: fmt.Sprintf("not enforced by netpact: %s changes connectivity on clusters that implement it (%s); netpact's verdicts leave it out", kind, apiVersion)})
+		return nil, "", false
+	}
 	l.bundle.Notices = append(l.bundle.Notices, Notice{File: file, Line: n.Line,
 		Message: fmt.Sprintf("skipped %s %s %q: not a network policy", apiVersion, kind, name)})
 	return nil, "", false
 }
+
+// clusterPolicyAPIGroup and its kinds are sigs.k8s.io/network-policy-api's: AdminNetworkPolicy
+// and BaselineAdminNetworkPolicy (v1alpha1), and ClusterNetworkPolicy, which replaces both
+// (v1alpha2). Cilium 1.20 and Calico, Antrea and others enforce them, ahead of or behind every
+// NetworkPolicy, so skipping one in silence would hide a policy that decides traffic.
+const clusterPolicyAPIGroup = "policy.networking.k8s.io"
+
+var clusterPolicyAPIKinds = map[string]bool{"ClusterNetworkPolicy": true, "AdminNetworkPolicy": true, "BaselineAdminNetworkPolicy": true}
 
 // decode checks the object against target's type as a strict API server would, then decodes
 // it into target; it returns the fields' positions and the object as JSON. It is false when
@@ -468,7 +483,7 @@ func (l *loader) decode(file string, n *yaml.Node, target any, object string) (d
 
 // admit adds a policy to the bundle unless it is invalid or its key is taken.
 func (l *loader) admit(file string, n *yaml.Node, p *Policy) {
-	errs := validatePolicy(p)
+	errs, warns := validatePolicy(p)
 	for _, e := range errs {
 		at := p.position(e.path)
 		l.fail(file, at.Line, at.Column, p.Key.String(), e.path, "%s", e.msg)
@@ -479,6 +494,11 @@ func (l *loader) admit(file string, n *yaml.Node, p *Policy) {
 	if prev, dup := l.seen[p.Key]; dup {
 		l.fail(file, n.Line, n.Column, p.Key.String(), "metadata.name", "%s is defined twice; the first is at %s", p.Key, prev)
 		return
+	}
+	for _, w := range warns {
+		at := p.position(w.path)
+		l.bundle.Notices = append(l.bundle.Notices, Notice{Warning: true, File: file, Line: at.Line, Column: at.Column,
+			Object: p.Key.String(), Field: w.path, Message: w.msg})
 	}
 	l.seen[p.Key] = p.Source
 	defaultPolicy(p)

@@ -20,7 +20,9 @@ import (
 type pathErr struct{ path, msg string }
 
 type validator struct {
-	errs  []pathErr
+	errs []pathErr
+	// warns are what is valid but will not be enforced as it reads.
+	warns []pathErr
 	named map[netip.Prefix]bool // the distinct CIDRs the policy names so far
 	// httpRules counts the policy's HTTP rules so far.
 	httpRules int
@@ -58,9 +60,14 @@ func (v *validator) add(path, format string, args ...any) {
 	v.errs = append(v.errs, pathErr{path: path, msg: fmt.Sprintf(format, args...)})
 }
 
+func (v *validator) warn(path, format string, args ...any) {
+	v.warns = append(v.warns, pathErr{path: path, msg: fmt.Sprintf(format, args...)})
+}
+
 // validatePolicy rejects what Cilium's agent and the Kubernetes API server reject, so that a
-// bundle netpact accepts is one the cluster accepts too, and one that does not fail open.
-func validatePolicy(p *Policy) []pathErr {
+// bundle netpact accepts is one the cluster accepts too, and one that does not fail open. The
+// warnings are what it accepts but does not enforce as written.
+func validatePolicy(p *Policy) (errs, warns []pathErr) {
 	v := &validator{}
 	if p.Name == "" {
 		v.add("metadata.name", "missing name")
@@ -85,7 +92,7 @@ func validatePolicy(p *Policy) []pathErr {
 		}
 	}
 	p.CIDRs = len(v.named)
-	return v.errs
+	return v.errs, v.warns
 }
 
 // MaxCIDRsPerNamespace bounds the CIDRs the policies of one namespace name together (each
@@ -516,6 +523,9 @@ func (v *validator) l7(pr ciliumv2.PortRule, path string, ingress, deny, host bo
 	for i, k := range r.Kafka {
 		v.kafkaRule(k, fmt.Sprintf("%s.kafka[%d]", rp, i))
 	}
+	if kind == "kafka" {
+		v.warn(rp+".kafka", "%s", kafkaNotEnforced)
+	}
 	for i, d := range r.DNS {
 		v.fqdn(d.MatchName, d.MatchPattern, fmt.Sprintf("%s.dns[%d]", rp, i))
 	}
@@ -608,6 +618,10 @@ func (v *validator) kafkaRule(k ciliumv2.PortRuleKafka, kp string) {
 }
 
 var kafkaTopicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
+
+// kafkaNotEnforced is what becomes of a Kafka rule: the datapath hands the flows it governs to a
+// Kafka proxy, and none runs, so they are dropped. (Cilium 1.20 removed Kafka rules altogether.)
+const kafkaNotEnforced = "kafka rules are not enforced by netpact yet: flows this rule governs are dropped (no Kafka proxy runs; Cilium 1.20 removed Kafka rules too)"
 
 // knp applies the Kubernetes API server's NetworkPolicy validation.
 func (v *validator) knp(np *networkingv1.NetworkPolicy) {

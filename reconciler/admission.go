@@ -146,8 +146,15 @@ func (h *AdmissionHandler) review(req *admissionv1.AdmissionRequest) *admissionv
 			return deny(resp, "netpact refuses this policy: "+source+": "+policy.NamespaceBudgetError(p.Namespace, before, p.CIDRs))
 		}
 	}
+	// The client knows the object: a warning names the field (kubectl prints "Warning: " before
+	// it). Warnings that take the whole bundle (toFQDNs without a dns rule) need the cluster's
+	// other policies, and are validate's and the reconciler's.
 	for _, n := range b.Notices {
-		resp.Warnings = append(resp.Warnings, n.String())
+		if n.Field != "" {
+			resp.Warnings = append(resp.Warnings, n.Field+": "+n.Message)
+		} else {
+			resp.Warnings = append(resp.Warnings, n.Message)
+		}
 	}
 	return resp
 }

@@ -320,6 +320,13 @@ func (r *Reconciler) load(obj *v1alpha1.PolicySource, dir, revision string) (*po
 	if err != nil {
 		return nil, r.fail(obj, v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
 	}
+	obj.Status.Warnings = nil
+	for _, n := range bundle.AllNotices(nil) {
+		if n.Warning {
+			n.File = strings.TrimPrefix(n.File, dir+string(filepath.Separator))
+			obj.Status.Warnings = append(obj.Status.Warnings, n.Located())
+		}
+	}
 	return bundle, nil
 }
 

@@ -59,6 +59,9 @@ func redactStatus(obj *v1alpha1.PolicySource, src *Source) {
 	for i := range obj.Status.Errors {
 		obj.Status.Errors[i] = clean(obj.Status.Errors[i])
 	}
+	for i := range obj.Status.Warnings {
+		obj.Status.Warnings[i] = clean(obj.Status.Warnings[i])
+	}
 	obj.Spec.URL = redactURL(obj.Spec.URL)
 }
 

@@ -127,6 +127,9 @@ func Print(w io.Writer, results []*Result, verbose bool) {
 		for i := range r.Steps {
 			s := &r.Steps[i]
 			stepLine(w, s)
+			for _, n := range s.Warnings {
+				fmt.Fprintf(w, "    %s\n", n)
+			}
 			switch {
 			case s.Pending != "" || s.Error != "":
 			case verbose || s.Failed:

@@ -163,7 +163,10 @@ type StepResult struct {
 	Failed  bool         `json:"failed"`
 	Error   string       `json:"error,omitempty"`
 	Flows   []string     `json:"flows,omitempty"`
-	ports   []Port
+	// Warnings are the notices and warnings of the step's policies (policy.Bundle.AllNotices
+	// over the step's cluster) that no earlier step of the scenario reported.
+	Warnings []string `json:"warnings,omitempty"`
+	ports    []Port
 }
 
 // Result is one scenario.
@@ -209,10 +212,12 @@ func (r *Runner) Run(sc *Scenario) *Result {
 	}
 	defer r.Backend.Stop()
 	policies := map[policy.Key]*policy.Policy{}
+	shown := noticesShown{}
 	for i := range sc.Steps {
 		st := &sc.Steps[i]
 		sr := StepResult{Name: st.Name, Pending: st.Pending}
-		if err := r.change(sc, st, cluster, policies); err != nil {
+		loaded, err := r.change(sc, st, cluster, policies)
+		if err != nil {
 			sr.Failed, sr.Error = true, err.Error()
 			res.Steps = append(res.Steps, sr)
 			continue
@@ -225,8 +230,10 @@ func (r *Runner) Run(sc *Scenario) *Result {
 		for _, p := range policies {
 			list = append(list, p)
 		}
-		state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, r.Options)
+		bundle := &policy.Bundle{Policies: list, Notices: loaded}
+		state, err := policy.Compile(cluster, bundle, r.Options)
 		if err == nil {
+			sr.Warnings = shown.add(bundle.AllNotices(state))
 			err = r.Backend.Enforce(cluster, list)
 		}
 		if errors.Is(err, ErrNotEnforced) {
@@ -276,8 +283,26 @@ func (r *Runner) Run(sc *Scenario) *Result {
 	return res
 }
 
-// change applies a step's policy and label changes to the running state.
-func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policies map[policy.Key]*policy.Policy) error {
+// noticesShown are the notices a scenario's steps reported so far, so that each is reported once:
+// at the first step whose policies have it.
+type noticesShown map[string]bool
+
+// add returns the notices not reported yet, as text, and remembers them.
+func (s noticesShown) add(ns []policy.Notice) []string {
+	var out []string
+	for _, n := range ns {
+		if t := n.String(); !s[t] {
+			s[t] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// change applies a step's policy and label changes to the running state; it returns the notices
+// of the files it read.
+func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policies map[policy.Key]*policy.Policy) ([]policy.Notice, error) {
+	var notices []policy.Notice
 	for _, src := range st.Apply {
 		var b *policy.Bundle
 		var err error
@@ -287,11 +312,12 @@ func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policie
 			b, err = policy.LoadBytes(sc.file+" (inline policy of step "+st.Name+")", []byte(src.Inline), policy.LoadOptions{})
 		}
 		if err != nil {
-			return fmt.Errorf("apply: %w", err)
+			return nil, fmt.Errorf("apply: %w", err)
 		}
 		for _, p := range b.Policies {
 			policies[p.Key] = p
 		}
+		notices = append(notices, b.Notices...)
 	}
 	for _, d := range st.Delete {
 		found := false
@@ -302,7 +328,7 @@ func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policie
 			}
 		}
 		if !found {
-			return fmt.Errorf("delete: no policy %q is applied", d)
+			return nil, fmt.Errorf("delete: no policy %q is applied", d)
 		}
 	}
 	for _, pl := range st.SetPodLabels {
@@ -319,7 +345,7 @@ func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policie
 			}
 		}
 	}
-	return nil
+	return notices, nil
 }
 
 // expectations lists a step's cells with what the file expects for each.
@@ -522,11 +548,12 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	if d.Rule != nil {
 		rule = d.Rule.String()
 	}
-	// A source's egress proxy judges an HTTP request even when the destination refuses the flow.
-	egressL7 := d.Egress != nil && d.Egress.Outcome == policy.OutcomeL7
+	// A source's egress HTTP proxy judges an HTTP request even when the destination refuses the
+	// flow. A flow for a proxy that does not run (Kafka rules) is denied: it times out.
+	egressHTTP := d.Egress.Proxy() == policy.ParserHTTP
 	switch {
 	case d.Outcome == policy.OutcomeDenied || d.Outcome == policy.OutcomeDefaultDenied:
-		if !c.HTTP || !egressL7 {
+		if !c.HTTP || !egressHTTP {
 			return Timeout, d.Reason()
 		}
 		fallthrough
@@ -628,7 +655,7 @@ func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool
 	policies := map[policy.Key]*policy.Policy{}
 	var st *Step
 	for i := range sc.Steps {
-		if err := r.change(sc, &sc.Steps[i], cluster, policies); err != nil {
+		if _, err := r.change(sc, &sc.Steps[i], cluster, policies); err != nil {
 			return 0, nil, err
 		}
 		if sc.Steps[i].Name == step {

@@ -149,6 +149,9 @@ type PolicySourceStatus struct {
 	LastEnforcedAt       *metav1.Time `json:"lastEnforcedAt,omitempty"`
 	// Errors are the problems of the last failed revision, each with file:line.
 	Errors []string `json:"errors,omitempty"`
+	// Warnings are those of the last revision that validated, each with file:line: policies it
+	// applies that will not do what they read as (a Kafka rule, a toFQDNs rule without a dns rule).
+	Warnings []string `json:"warnings,omitempty"`
 	// Inventory is what the last applied revision put in the cluster (cluster controller).
 	Inventory *ResourceInventory `json:"inventory,omitempty"`
 	// EnforcedNodes is "N/M": nodes whose datapath holds every applied object's generation, of
@@ -183,6 +186,9 @@ func (in *PolicySource) DeepCopyInto(out *PolicySource) {
 	}
 	if in.Status.Errors != nil {
 		out.Status.Errors = append([]string(nil), in.Status.Errors...)
+	}
+	if in.Status.Warnings != nil {
+		out.Status.Warnings = append([]string(nil), in.Status.Warnings...)
 	}
 	if in.Spec.SecretRef != nil {
 		r := *in.Spec.SecretRef

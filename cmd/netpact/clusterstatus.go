@@ -173,6 +173,9 @@ func (r *statusReport) sources(ctx context.Context, cfg *rest.Config) error {
 		for _, l := range ps.Status.LaggingNodes {
 			fmt.Fprintf(r.w, "    lagging: %s\n", l)
 		}
+		for _, w := range ps.Status.Warnings {
+			fmt.Fprintf(r.w, "    warning: %s\n", w)
+		}
 	}
 	return nil
 }

@@ -18,13 +18,16 @@ import (
 
 // probeResult is one cell of the predicted matrix in predict's JSON.
 type probeResult struct {
-	From     string  `json:"from"`
-	To       string  `json:"to"`
-	Port     uint16  `json:"port"`
-	Protocol string  `json:"protocol"`
-	Verdict  string  `json:"verdict"`
-	Rule     *string `json:"rule"`
-	Reason   string  `json:"reason"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Port     uint16 `json:"port"`
+	Protocol string `json:"protocol"`
+	Verdict  string `json:"verdict"`
+	// Proxy is the L7 proxy the flow goes to (http, dns), or the one it would go to and that does
+	// not run (kafka: dropped); absent when no L7 rule decided.
+	Proxy  string  `json:"proxy,omitempty"`
+	Rule   *string `json:"rule"`
+	Reason string  `json:"reason"`
 }
 
 // host is a probe source or destination: a pod or an external address.
@@ -69,6 +72,7 @@ func newPredictCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			printNotices(cmd.ErrOrStderr(), b.AllNotices(state))
 			override, err := parsePorts(ports)
 			if err != nil {
 				return err
@@ -110,9 +114,7 @@ func readClusterFile(stderr io.Writer, what, path string) (*policy.ClusterFile, 
 		fmt.Fprintln(stderr, err)
 		return nil, exitError{1}
 	}
-	for _, n := range cf.Notices {
-		fmt.Fprintln(stderr, "notice:", n)
-	}
+	printNotices(stderr, cf.Notices)
 	return cf, nil
 }
 
@@ -159,7 +161,7 @@ func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []pol
 				}
 				d := state.Decide(sa, da, p.Protocol, p.Port)
 				c := matrix.Cell[policy.Outcome]{Key: matrix.Key{From: src.name, To: dst.name, Port: matrix.Port{Number: p.Port, Protocol: p.Protocol}},
-					Predicted: d.Outcome, Reason: d.Reason()}
+					Predicted: d.Outcome, Reason: d.Reason(), Proxy: d.Proxy}
 				if d.Rule != nil {
 					c.Rule = d.Rule.String()
 				}
@@ -175,7 +177,7 @@ func probeResults(m *matrix.Matrix[policy.Outcome]) []probeResult {
 	results := []probeResult{}
 	for _, c := range m.Cells() {
 		r := probeResult{From: c.From, To: c.To, Port: c.Number, Protocol: c.Protocol.String(),
-			Verdict: string(c.Predicted), Reason: c.Reason}
+			Verdict: string(c.Predicted), Proxy: string(c.Proxy), Reason: c.Reason}
 		if c.Rule != "" {
 			rule := c.Rule
 			r.Rule = &rule
@@ -189,7 +191,18 @@ func probeResults(m *matrix.Matrix[policy.Outcome]) []probeResult {
 // verbose adds a line per probe with the engine's reason.
 func printPredicted(w io.Writer, m *matrix.Matrix[policy.Outcome], verbose bool) {
 	m.Table(w, "", matrix.Predicted)
-	fmt.Fprintln(w, `"." allowed   "X" dropped   "L" handed to the L7 proxy   "-" not probed`)
+	line := ""
+	for _, l := range append(policy.Legend(), `"-" not probed`) {
+		if line != "" && len(line)+3+len(l) > 100 {
+			fmt.Fprintln(w, line)
+			line = ""
+		}
+		if line != "" {
+			line += "   "
+		}
+		line += l
+	}
+	fmt.Fprintln(w, line)
 	if verbose {
 		fmt.Fprintln(w)
 		for _, c := range m.Cells() {

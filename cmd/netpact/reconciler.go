@@ -122,6 +122,9 @@ func printStatus(w io.Writer, st *v1alpha1.PolicySource) {
 	for _, e := range st.Status.Errors {
 		fmt.Fprintf(w, "error:     %s\n", e)
 	}
+	for _, e := range st.Status.Warnings {
+		fmt.Fprintf(w, "warning:   %s\n", e)
+	}
 }
 
 func newStatusCommand() *cobra.Command {

@@ -34,7 +34,7 @@ func newValidateCommand() *cobra.Command {
 			case err != nil:
 				return err
 			default:
-				res.Notices = append(res.Notices, b.Notices...)
+				res.Notices = append(res.Notices, b.AllNotices(nil)...)
 				for _, p := range b.Policies {
 					res.Policies = append(res.Policies, p.Key.String())
 				}
@@ -47,6 +47,26 @@ func newValidateCommand() *cobra.Command {
 	return cmd
 }
 
+// printNotices prints notices and warnings, each on its line, in file and line order.
+func printNotices(w io.Writer, ns []policy.Notice) {
+	for _, n := range ns {
+		fmt.Fprintln(w, n)
+	}
+}
+
+// warningCount is ", N warnings" for a summary line, empty without warnings: a valid bundle with
+// warnings is still valid (exit 0), but behaves otherwise than it reads.
+func warningCount(ns []policy.Notice) string {
+	switch n := policy.CountWarnings(ns); n {
+	case 0:
+		return ""
+	case 1:
+		return ", 1 warning"
+	default:
+		return fmt.Sprintf(", %d warnings", n)
+	}
+}
+
 func writeValidate(stdout, stderr io.Writer, output string, res validateResult) error {
 	switch output {
 	case "json":
@@ -56,14 +76,12 @@ func writeValidate(stdout, stderr io.Writer, output string, res validateResult) 
 			return err
 		}
 	case "text", "":
-		for _, n := range res.Notices {
-			fmt.Fprintln(stderr, "notice:", n)
-		}
+		printNotices(stderr, res.Notices)
 		for _, e := range res.Errors {
 			fmt.Fprintln(stderr, e)
 		}
 		if res.Valid {
-			fmt.Fprintf(stdout, "%d policies valid\n", len(res.Policies))
+			fmt.Fprintf(stdout, "%d policies valid%s\n", len(res.Policies), warningCount(res.Notices))
 		} else {
 			if len(res.Errors) == 1 {
 				fmt.Fprintln(stderr, "1 error")

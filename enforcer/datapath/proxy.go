@@ -38,14 +38,15 @@ func (p Parser) String() string {
 	return fmt.Sprintf("parser %d", uint32(p))
 }
 
-// ParserOf is the parser of an entry's L7 rules: Kafka rules go to the Kafka proxy (none runs
-// yet: such flows are dropped as having no proxy), DNS rules to the DNS proxy (UDP and TCP), every
-// other rule set to HTTP (TCP only: a datagram of an HTTP entry is dropped as having no proxy).
+// ParserOf is the parser of an entry's L7 rules (policy.L7Policy.Parser): Kafka rules go to the
+// Kafka proxy (none runs yet: such flows are dropped as having no proxy), DNS rules to the DNS
+// proxy (UDP and TCP), every other rule set to HTTP (TCP only: a datagram of an HTTP entry is
+// dropped as having no proxy).
 func ParserOf(l *policy.L7Policy) Parser {
-	switch {
-	case l != nil && len(l.Kafka) > 0:
+	switch l.Parser() {
+	case policy.ParserKafka:
 		return ParserKafka
-	case l != nil && len(l.DNS) > 0:
+	case policy.ParserDNS:
 		return ParserDNS
 	}
 	return ParserHTTP

@@ -1,0 +1,69 @@
+package scenarios
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// paperNode is a backend with no datapath: pods are addresses, nothing is enforced and every
+// probe times out. It is enough for what the runner reports besides probes.
+type paperNode struct{}
+
+func (paperNode) Start(sc *Scenario) (*policy.Cluster, error) {
+	c := &policy.Cluster{}
+	for _, ns := range sc.Namespaces {
+		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
+	}
+	for i, p := range sc.Pods {
+		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})}}
+		for _, port := range p.Ports {
+			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+		}
+		c.Endpoints = append(c.Endpoints, ep)
+	}
+	return c, nil
+}
+
+func (paperNode) Enforce(*policy.Cluster, []*policy.Policy) error { return nil }
+func (paperNode) Probe(Cell) Outcome                              { return Timeout }
+func (paperNode) Flows([]Cell) []string                           { return nil }
+func (paperNode) BeginStep()                                      {}
+func (paperNode) Stop() error                                     { return nil }
+
+// TestStepWarnings: a step reports the warnings of its policies over the scenario's pods, each
+// once: the toFQDNs rule's at the step that applies it, nothing at the next, and at the step that
+// adds the dns rule only the Kafka rule's.
+func TestStepWarnings(t *testing.T) {
+	sc, err := LoadFile("testdata/warnings.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := (&Runner{Backend: paperNode{}}).Run(sc)
+	if len(r.Steps) != 3 {
+		t.Fatalf("steps %+v", r.Steps)
+	}
+	want := [][]string{
+		{"allow-external-api.yaml:12:7: warning: CiliumNetworkPolicy default/allow-external-api: spec.egress[0].toFQDNs: toFQDNs selects addresses learned from DNS answers, but no egress rule with rules.dns on port 53 applies to default/backend"},
+		nil,
+		{"kafka-produce-consume.yaml:22:13: warning: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: kafka rules are not enforced by netpact yet"},
+	}
+	for i, s := range r.Steps {
+		if len(s.Warnings) != len(want[i]) {
+			t.Errorf("step %q: warnings %q, want %d", s.Name, s.Warnings, len(want[i]))
+			continue
+		}
+		for j, w := range want[i] {
+			if !strings.Contains(s.Warnings[j], w) {
+				t.Errorf("step %q: warning %q, want %q", s.Name, s.Warnings[j], w)
+			}
+		}
+	}
+	var b strings.Builder
+	Print(&b, []*Result{r}, false)
+	if !strings.Contains(b.String(), "\n    ../policies/000-l7-dns-and-namespace-default-deny/allow-external-api.yaml:12:7: warning: ") {
+		t.Errorf("the report does not show the warning under its step:\n%s", b.String())
+	}
+}
