@@ -415,6 +415,7 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 	if st.Ingress.Enforced && !e.opts.EnforceHost && g.node == nil {
 		st.Ingress.add(MapKey{Identity: IDHost, Proto: ProtoAny, PortLo: 0, PortHi: 65535}, VerdictAllow, nil, RuleAllowLocalhost)
 	}
+	st.Egress.widenDNSRedirects()
 	return st
 }
 

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
+
+	"github.com/netpact/netpact/api/ciliumv2"
 )
 
 // Verdict is what a map-state entry or a decision does with traffic.
@@ -125,15 +128,17 @@ func newEndpointState() *EndpointState {
 	}
 }
 
-// add merges a verdict into the state: deny beats allow and proxy, allow beats proxy (a plain
-// allow lets every request through, so the proxy's rules could only allow it too), and two proxy
-// entries merge their L7 rules.
+// add merges a verdict into the state: deny beats allow and proxy; a redirect to the DNS proxy
+// and a plain allow make a redirect whose rules allow every name (Cilium's redirect wins, and the
+// answers are learned); otherwise allow beats proxy (a plain allow lets every request through,
+// so the proxy's rules could only allow it too), and two proxy entries merge their L7 rules.
 func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 	e, ok := ds.Entries[k]
 	if !ok {
 		ds.Entries[k] = &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
 		return
 	}
+	dnsProxy := v == VerdictProxy && l7.Parser() == ParserDNS
 	switch {
 	case e.Verdict == v:
 		if !slices.Contains(e.Rules, rule) {
@@ -142,9 +147,53 @@ func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 		if v == VerdictProxy && l7 != e.L7 {
 			e.L7 = e.L7.merge(l7)
 		}
-	case v == VerdictDeny, e.Verdict == VerdictProxy && v == VerdictAllow:
+	case v == VerdictDeny:
+		e.Verdict, e.L7, e.Rules = v, nil, []RuleID{rule}
+	case e.isDNSProxy() && v == VerdictAllow:
+		e.L7 = e.L7.merge(allDNSNames)
+		if !slices.Contains(e.Rules, rule) {
+			e.Rules = append(e.Rules, rule)
+		}
+	case e.Verdict == VerdictAllow && dnsProxy:
+		e.Verdict, e.L7, e.Rules = v, l7.merge(allDNSNames), append([]RuleID{rule}, e.Rules...)
+	case e.Verdict == VerdictProxy && v == VerdictAllow:
 		e.Verdict, e.L7, e.Rules = v, nil, []RuleID{rule}
 	}
+}
+
+// allDNSNames is a DNS rule that allows every name.
+var allDNSNames = newL7Policy(nil, nil, []ciliumv2.PortRuleDNS{{MatchPattern: "*"}})
+
+// widenDNSRedirects gives each redirect to the DNS proxy that a plain allow of another entry
+// also covers (a wider port range, any peer) a rule allowing every name: the redirect wins in the
+// lookup (Rank), and the plain allow would have let every query through.
+func (ds *DirectionState) widenDNSRedirects() {
+	for k, e := range ds.Entries {
+		if !e.isDNSProxy() || e.L7.allowsAllNames() {
+			continue
+		}
+		for ak, a := range ds.Entries {
+			if a.Verdict != VerdictAllow || ak.pfxLen != 0 || (ak.Identity != 0 && ak.Identity != k.Identity) ||
+				(ak.Proto != ProtoAny && ak.Proto != k.Proto) || ak.PortLo > k.PortLo || ak.PortHi < k.PortHi {
+				continue
+			}
+			e.L7 = e.L7.merge(allDNSNames)
+			if !slices.Contains(e.Rules, a.Rules[0]) {
+				e.Rules = append(e.Rules, a.Rules[0])
+			}
+			break
+		}
+	}
+}
+
+// allowsAllNames says whether a DNS rule of l allows every name.
+func (l *L7Policy) allowsAllNames() bool {
+	for _, d := range l.DNS {
+		if d.MatchName == "" && strings.TrimSuffix(d.MatchPattern, ".") == "*" {
+			return true
+		}
+	}
+	return false
 }
 
 // lookupIndex finds the entries a packet can match without scanning the whole state.
@@ -184,9 +233,9 @@ type Match struct {
 	Entry   *Entry
 }
 
-// Lookup finds the verdict for a peer (identity and address), protocol and port: a matching deny
-// wins; otherwise a plain allow; otherwise a proxy entry; otherwise no entry matched (Verdict 0).
-// Among entries of the same verdict, the one with the lowest deciding rule id is reported.
+// Lookup finds the verdict for a peer (identity and address), protocol and port: the matching
+// entry of highest Rank (deny, DNS redirect, allow, other redirect), or no entry (Verdict 0).
+// Among entries of the same rank, the one with the lowest deciding rule id is reported.
 func (ds *DirectionState) Lookup(peer ID, addr netip.Addr, proto Proto, port uint16) Match {
 	ix := ds.lookupIndex()
 	var best Match
@@ -202,8 +251,8 @@ func (ds *DirectionState) Lookup(peer ID, addr netip.Addr, proto Proto, port uin
 			if port < k.PortLo || port > k.PortHi {
 				continue
 			}
-			if best.Entry == nil || rank(c.entry.Verdict) > rank(best.Verdict) ||
-				(c.entry.Verdict == best.Verdict && c.entry.Rules[0] < best.Entry.Rules[0]) {
+			if best.Entry == nil || c.entry.rank() > best.Entry.rank() ||
+				(c.entry.rank() == best.Entry.rank() && c.entry.Rules[0] < best.Entry.Rules[0]) {
 				best = Match{Verdict: c.entry.Verdict, Key: k, Entry: c.entry}
 			}
 		}
@@ -216,14 +265,25 @@ func (ds *DirectionState) Lookup(peer ID, addr netip.Addr, proto Proto, port uin
 	return best
 }
 
-func rank(v Verdict) int {
+// Rank orders entries, the datapath's order too: deny; then a redirect to the DNS proxy (it
+// learns the answers toFQDNs needs, and where a plain allow also applies its rules allow every
+// name: Cilium redirects there as well); then allow (a plain allow lets every request through, so
+// another proxy's rules could only allow it too); then a redirect to another proxy.
+func Rank(v Verdict, dnsProxy bool) int {
 	switch v {
 	case VerdictDeny:
-		return 3
+		return 4
+	case VerdictProxy:
+		if dnsProxy {
+			return 3
+		}
+		return 1
 	case VerdictAllow:
 		return 2
-	case VerdictProxy:
-		return 1
 	}
 	return 0
 }
+
+func (e *Entry) rank() int { return Rank(e.Verdict, e.isDNSProxy()) }
+
+func (e *Entry) isDNSProxy() bool { return e.Verdict == VerdictProxy && e.L7.Parser() == ParserDNS }

@@ -64,13 +64,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } prefix_policy SEC(".maps");
 
-static __always_inline int rank(__u8 verdict)
+// rank orders entries: deny, then a redirect to the DNS proxy (which learns the answers
+// toFQDNs needs; the engine widened its rules to every name where a plain allow also applies, as
+// Cilium's redirect wins there), then allow, then a redirect to another proxy.
+static __always_inline int rank(const struct policy_value *v)
 {
-	if (verdict == VERDICT_DENY)
+	if (v->verdict == VERDICT_DENY)
+		return 4;
+	if (v->verdict == VERDICT_PROXY && v->l7 == L7_DNS)
 		return 3;
-	if (verdict == VERDICT_ALLOW)
+	if (v->verdict == VERDICT_ALLOW)
 		return 2;
-	if (verdict == VERDICT_PROXY)
+	if (v->verdict == VERDICT_PROXY)
 		return 1;
 	return 0;
 }
@@ -79,13 +84,13 @@ static __always_inline void consider(struct policy_value *v, struct policy_value
 {
 	if (!v)
 		return;
-	if (rank(v->verdict) > rank(best->verdict) ||
+	if (rank(v) > rank(best) ||
 	    (v->verdict == best->verdict && v->rule_id < best->rule_id))
 		*best = *v;
 }
 
-// policy_lookup finds the strongest entry for a peer: deny beats allow beats proxy, ties go to
-// the lowest rule id; the same order the engine's Lookup uses.
+// policy_lookup finds the strongest entry for a peer (rank), ties going to the lowest rule id:
+// the same order the engine's Lookup uses.
 // policy_lookup finds the strongest entry for the packet (a function of its own: its keys do
 // not fit on handle's stack next to the deny responses').
 static __attribute__((noinline)) int policy_lookup(struct endpoint_info *ep, __u8 dir, __u32 peer_id, struct pkt *p,

@@ -43,23 +43,16 @@ func newEntries() Entries {
 // htons turns a host-order port into the value whose little-endian layout is network order.
 func htons(p uint16) uint16 { return bits.ReverseBytes16(p) }
 
-func rank(v uint8) int {
-	switch policy.Verdict(v) {
-	case policy.VerdictDeny:
-		return 3
-	case policy.VerdictAllow:
-		return 2
-	case policy.VerdictProxy:
-		return 1
-	}
-	return 0
+// rank is bpf/lib/policy.h's: the engine's policy.Rank of a value.
+func rank(v bpf.TcPolicyValue) int {
+	return policy.Rank(policy.Verdict(v.Verdict), v.L7 == uint16(ParserDNS))
 }
 
-// stronger reports whether a wins over b, with the engine's order: deny, allow, proxy; ties go
-// to the lowest rule id.
+// stronger reports whether a wins over b, with the engine's order (policy.Rank); ties go to the
+// lowest rule id.
 func stronger(a, b bpf.TcPolicyValue) bool {
-	if rank(a.Verdict) != rank(b.Verdict) {
-		return rank(a.Verdict) > rank(b.Verdict)
+	if rank(a) != rank(b) {
+		return rank(a) > rank(b)
 	}
 	return a.RuleId < b.RuleId
 }
