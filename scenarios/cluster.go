@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -92,6 +93,9 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 	ctx := context.Background()
 	c.sc = sc
 	c.pods = map[string][]corev1.Pod{}
+	if err := c.supports(ctx, sc); err != nil {
+		return nil, err
+	}
 	nodes, err := c.opts.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
@@ -168,6 +172,55 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		return nil, err
 	}
 	return pc, nil
+}
+
+// supports fails for what a scenario asks that this backend cannot give yet, rather than run
+// the scenario without it and pass.
+func (c *Cluster) supports(ctx context.Context, sc *Scenario) error {
+	var problems []string
+	if len(sc.Externals) > 0 {
+		problems = append(problems, "externals are not supported on kind yet: their hosts, and their names in DNS, "+
+			"exist only on the local node (netpact test)")
+	}
+	if sc.DNSTTL != nil {
+		problems = append(problems, "dnsTTL is not supported on kind yet: the cluster's CoreDNS answers with its own TTLs")
+	}
+	if sc.EnforcementMode != "" {
+		mode, err := c.enforcerMode(ctx)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("enforcementMode %s: %v", sc.EnforcementMode, err))
+		case mode != sc.EnforcementMode:
+			problems = append(problems, fmt.Sprintf("enforcementMode %s: the cluster's enforcers run with "+
+				"--policy-enforcement-mode=%s, and switching it per scenario is not supported on kind yet "+
+				"(install netpact with policyEnforcementMode=%[1]s to run this scenario)", sc.EnforcementMode, mode))
+		}
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// enforcerMode is the --policy-enforcement-mode of the netpact DaemonSet's enforcer container.
+func (c *Cluster) enforcerMode(ctx context.Context) (EnforcementMode, error) {
+	ds, err := c.opts.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read the enforcers' mode from DaemonSet kube-system/netpact: %w", err)
+	}
+	for _, ctr := range ds.Spec.Template.Spec.Containers {
+		if ctr.Name != "enforcer" {
+			continue
+		}
+		for _, arg := range ctr.Args {
+			if v, ok := strings.CutPrefix(arg, "--policy-enforcement-mode="); ok {
+				mode, err := policy.ParseMode(v)
+				return EnforcementMode(mode), err
+			}
+		}
+		return EnforcementMode(policy.ModeDefault), nil
+	}
+	return "", errors.New("DaemonSet kube-system/netpact has no enforcer container")
 }
 
 // waitServiceEndpoints waits until each scenario Service with pods behind it has ready endpoints
@@ -505,7 +558,8 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 	var kind string
 	switch {
 	case cell.Lookup != "":
-		// The pod's resolver (resolv.conf) asked once: dig exits 0 when a server answered.
+		// The pod's resolver (resolv.conf) asked once: dig exits 0 when a server answered, and
+		// prints the answer's rcode (status: NOERROR, NXDOMAIN, REFUSED...).
 		kind = "dig"
 		cmd = []string{"dig", "+time=" + secs, "+tries=1", "+search", cell.Lookup}
 	case cell.Port.Protocol != policy.ProtoTCP:
@@ -559,7 +613,7 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 	case "dig":
 		switch {
 		case code == 0:
-			return Allow, note
+			return digOutcome(stdout, cell.ExactRCode), note
 		case strings.Contains(lower, "refused"):
 			return Refused, note
 		case code == 9 || strings.Contains(lower, "timed out"):
@@ -576,6 +630,27 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 		}
 	}
 	return "error", note
+}
+
+// digStatus finds the rcode in dig's answer header (";; ->>HEADER<<- opcode: QUERY, status: NXDOMAIN, id: 1").
+var digStatus = regexp.MustCompile(`status: ([A-Z]+)`)
+
+// digOutcome is a lookup's outcome from what dig printed when a server answered: allow for
+// NOERROR, and NXDOMAIN unless exact (dns-nxdomain then), dns-refused and the like for others.
+func digOutcome(out string, exact bool) Outcome {
+	m := digStatus.FindStringSubmatch(out)
+	if m == nil {
+		return Allow
+	}
+	switch m[1] {
+	case "NOERROR":
+		return Allow
+	case "NXDOMAIN":
+		if !exact {
+			return Allow
+		}
+	}
+	return Outcome("dns-" + strings.ToLower(m[1]))
 }
 
 // Exec runs a command in the pod's first container and returns its output and exit code.

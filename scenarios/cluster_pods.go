@@ -441,7 +441,7 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 				r.DNS = true
 			}
 			if cell.Lookup != "" {
-				r.DNS, r.Lookup, r.Name = false, true, cell.Lookup
+				r.DNS, r.Lookup, r.Name, r.ExactRCode = false, true, cell.Lookup, cell.ExactRCode
 			}
 			owner[r.ID] = i
 			reqs = append(reqs, r)

@@ -12,14 +12,18 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 )
 
-// names answers a DNS name ("backend.default.svc.cluster.local.") with its addresses, or
-// reports that it does not exist.
-type names func(name string) ([]netip.Addr, bool)
+// zone is what the dns workload answers: a DNS name's addresses (a Service's,
+// "backend.default.svc.cluster.local.", or an external host's), or that it does not exist; and
+// the TTL of every record.
+type zone struct {
+	lookup func(name string) ([]netip.Addr, bool)
+	ttl    uint32
+}
 
 // dnsAnswer is the reply to a query the server parsed, or nil when msg is not a DNS query.
-// Known names get their A or AAAA records (TTL 5 s); unknown names NXDOMAIN: the local node's
-// DNS knows only the scenario's Services, as kube-dns of an offline cluster does.
-func dnsAnswer(msg []byte, lookup names) []byte {
+// Known names get their A or AAAA records; unknown names NXDOMAIN: the local node's DNS knows
+// only the scenario's Services and external hosts, as kube-dns of an offline cluster would.
+func dnsAnswer(msg []byte, z zone) []byte {
 	var p dnsmessage.Parser
 	h, err := p.Start(msg)
 	if err != nil || h.Response {
@@ -31,7 +35,7 @@ func dnsAnswer(msg []byte, lookup names) []byte {
 	}
 	resp := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired,
 		RecursionAvailable: true}
-	addrs, ok := lookup(strings.ToLower(q.Name.String()))
+	addrs, ok := z.lookup(strings.ToLower(q.Name.String()))
 	if !ok {
 		resp.RCode = dnsmessage.RCodeNameError
 	}
@@ -40,7 +44,7 @@ func dnsAnswer(msg []byte, lookup names) []byte {
 	if b.StartQuestions() != nil || b.Question(q) != nil || b.StartAnswers() != nil {
 		return nil
 	}
-	rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 5}
+	rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: z.ttl}
 	for _, a := range addrs {
 		switch {
 		case q.Type == dnsmessage.TypeA && a.Is4():
@@ -64,14 +68,14 @@ func dnsAnswer(msg []byte, lookup names) []byte {
 
 // serveDNSPacket answers DNS queries on pc; a datagram that is not a query is echoed, so the
 // matrix's plain UDP probe of the port is answered as by the other workloads.
-func serveDNSPacket(pc net.PacketConn, lookup names) {
+func serveDNSPacket(pc net.PacketConn, z zone) {
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		if out := dnsAnswer(buf[:n], lookup); out != nil {
+		if out := dnsAnswer(buf[:n], z); out != nil {
 			pc.WriteTo(out, from)
 		} else {
 			pc.WriteTo(buf[:n], from)
@@ -81,7 +85,7 @@ func serveDNSPacket(pc net.PacketConn, lookup names) {
 
 // serveDNSStream answers length-prefixed DNS queries on a TCP connection; one that does not
 // start with a query is echoed (the matrix's TCP probe).
-func serveDNSStream(c net.Conn, lookup names) {
+func serveDNSStream(c net.Conn, z zone) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReaderSize(c, 4096)
@@ -98,7 +102,7 @@ func serveDNSStream(c net.Conn, lookup names) {
 			msg, err := br.Peek(2 + n)
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			if err == nil {
-				out = dnsAnswer(msg[2:], lookup)
+				out = dnsAnswer(msg[2:], z)
 			}
 		}
 		if out == nil {

@@ -1,9 +1,11 @@
 package scenarios
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/netpact/netpact/enforcer/localnode"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // LocalOptions configure a local node.
@@ -52,15 +55,19 @@ func NewLocal(opts LocalOptions) *LocalNode {
 	return &LocalNode{opts: opts}
 }
 
-// Start brings up the node, creates the pods and starts their workloads.
+// Start brings up the node in the scenario's enforcement mode, makes its external hosts,
+// creates the pods and starts their workloads.
 func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
-	n.node = localnode.NewNode(localnode.Options{Retain: n.opts.Retain, Policy: n.opts.Policy, Pods: n.opts.Pods})
+	n.sc = sc
+	n.node = localnode.NewNode(localnode.Options{Retain: n.opts.Retain, Policy: sc.engineOptions(n.opts.Policy), Pods: n.opts.Pods})
 	n.podServers = map[string]*servers{}
 	if err := n.node.Start(); err != nil {
 		return nil, err
 	}
 	n.prober = &prober{timeout: n.opts.ProbeTimeout, sctp: newSCTPListeners()}
-	n.sc = sc
+	if err := n.addExternals(); err != nil {
+		return nil, err
+	}
 	n.vips = map[string][2]netip.Addr{}
 	for i, svc := range sc.Services {
 		if svc.Type != "Headless" {
@@ -82,6 +89,25 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 	return c, nil
 }
 
+// addExternals makes the scenario's external hosts, at their addresses (ExternalAddrs), and
+// starts their workloads.
+func (n *LocalNode) addExternals() error {
+	for i := range n.sc.Externals {
+		e := &n.sc.Externals[i]
+		v4, v6 := ExternalAddrs(i)
+		p, err := n.node.AddExternal(ExternalKey(e.Name), i, v4, v6)
+		if err != nil {
+			return err
+		}
+		srv, err := startTLS(p, e)
+		if err != nil {
+			return err
+		}
+		n.servers = append(n.servers, srv)
+	}
+	return nil
+}
+
 // AddPod adds a pod to the running node (the i-th of the run; i picks its addresses), starts its
 // workloads and returns it as an endpoint for the cluster. Enforce must follow to program it.
 func (n *LocalNode) AddPod(p Pod, i int) (policy.Endpoint, error) {
@@ -89,7 +115,7 @@ func (n *LocalNode) AddPod(p Pod, i int) (policy.Endpoint, error) {
 	if err != nil {
 		return policy.Endpoint{}, err
 	}
-	srv, err := startServers(lp, p.Workload, p.Ports, n.lookupName)
+	srv, err := startServers(lp, p.Workload, p.Ports, zone{lookup: n.lookupName, ttl: n.sc.dnsTTL()})
 	if err != nil {
 		return policy.Endpoint{}, err
 	}
@@ -127,7 +153,8 @@ func (n *LocalNode) Enforce(c *policy.Cluster, policies []*policy.Policy) error 
 
 // setServices gives every ClusterIP (and NodePort) service of the scenario its frontends on the
 // node's virtual addresses, IPv4 and IPv6, per port, with the selected pods serving the target
-// port as backends; and the DNS names the dns workload answers.
+// port as backends; and the DNS names the dns workload answers: the services' and the external
+// hosts'.
 func (n *LocalNode) setServices(c *policy.Cluster) error {
 	labels := func(p *Pod) map[string]string {
 		for _, ep := range c.Endpoints {
@@ -139,8 +166,14 @@ func (n *LocalNode) setServices(c *policy.Cluster) error {
 	}
 	var fes []enforcer.Service
 	dnsNames := map[string][]netip.Addr{}
+	for i, e := range n.sc.Externals {
+		v4, v6 := ExternalAddrs(i)
+		for _, name := range e.Names {
+			dnsNames[policy.FQDN(name)] = []netip.Addr{v4, v6}
+		}
+	}
 	for _, svc := range n.sc.Services {
-		name := svc.Name + "." + svc.Namespace + ".svc.cluster.local."
+		name := serviceName(svc)
 		vip, ok := n.vips[svc.Key()]
 		if ok {
 			dnsNames[name] = vip[:]
@@ -213,19 +246,22 @@ func (n *LocalNode) resolverAddr() (netip.Addr, bool) {
 func (n *LocalNode) BeginStep() { n.node.ResetFlows() }
 
 // Probe runs one probe from the source pod: to the destination pod, through the service's
-// virtual address, or a lookup with the pod's resolver (kube-dns's virtual address).
+// virtual address, to an external host, or a lookup with the pod's resolver (kube-dns's virtual
+// address).
 func (n *LocalNode) Probe(c Cell) Outcome {
 	from := n.node.Pod(c.From)
 	if from == nil {
 		return Timeout
 	}
+	if c.External != "" {
+		return n.probeExternal(from, c)
+	}
 	if c.Lookup != "" {
-		resolver, ok := n.resolverAddr()
-		if !ok {
+		a, err := n.resolve(from, c)
+		if err == errNoResolver {
 			return "error"
 		}
-		_, o := n.prober.lookup(from, resolver, c.Lookup)
-		return o
+		return Outcome(probeagent.LookupOutcome(a, err, c.ExactRCode))
 	}
 	addr, port := netip.Addr{}, c.Port.Port
 	if c.Service != "" {
@@ -264,22 +300,64 @@ func (n *LocalNode) serviceTarget(from *podnet.Pod, c Cell) (netip.Addr, uint16,
 	if svc.Type == "Headless" {
 		port = c.Port.Port
 	}
-	name := svc.Name + "." + svc.Namespace + ".svc.cluster.local."
-	if resolver, ok := n.resolverAddr(); ok {
-		addrs, o := n.prober.lookup(from, resolver, name)
-		if o != Allow || len(addrs) == 0 {
+	name := serviceName(*svc)
+	if _, ok := n.resolverAddr(); ok {
+		a, err := n.resolve(from, Cell{From: c.From, Lookup: name})
+		if o := Outcome(probeagent.LookupOutcome(a, err, false)); o != Allow || len(a.Addrs) == 0 {
 			if o == Allow {
 				o = "error"
 			}
 			return netip.Addr{}, 0, o
 		}
-		return addrs[0], port, ""
+		return a.Addrs[0], port, ""
 	}
 	addrs, ok := n.lookupName(name)
 	if !ok || len(addrs) == 0 {
 		return netip.Addr{}, 0, "error"
 	}
 	return addrs[0], port, ""
+}
+
+// errNoResolver: the scenario has no kube-dns served by the dns workload (validation requires
+// one for lookup probes).
+var errNoResolver = errors.New("no kube-dns service over a pod of the dns workload")
+
+// resolve resolves a lookup cell's name from its source pod with the pod's resolver: kube-dns's
+// virtual address, and the search list of the pod's namespace.
+func (n *LocalNode) resolve(from *podnet.Pod, c Cell) (probeagent.Answer, error) {
+	resolver, ok := n.resolverAddr()
+	if !ok {
+		return probeagent.Answer{}, errNoResolver
+	}
+	ns, _, _ := strings.Cut(c.From, "/")
+	return n.prober.resolve(from, ns, resolver, c.Lookup)
+}
+
+// probeExternal connects from a pod to an external host over HTTPS: to its IPv4 address, or
+// for a lookup-then-connect cell to the address its name resolved to with the pod's resolver
+// (the outcome of a lookup that gave none ends the probe). The host must answer with its name.
+func (n *LocalNode) probeExternal(from *podnet.Pod, c Cell) Outcome {
+	ext := n.node.External(ExternalKey(c.External))
+	e, _, ok := n.sc.external(c.External)
+	if ext == nil || !ok {
+		return "error"
+	}
+	to, serverName := ext.IPv4, ext.IPv4.String()
+	if len(e.Names) > 0 {
+		serverName = e.Names[0]
+	}
+	if c.Resolve != nil {
+		a, err := n.resolve(from, *c.Resolve)
+		if err == errNoResolver {
+			return "error"
+		}
+		addr, o := probeagent.ConnectTarget(a, err)
+		if o != "" {
+			return Outcome(o)
+		}
+		to, serverName = addr, strings.TrimSuffix(c.Resolve.Lookup, ".")
+	}
+	return n.prober.tlsGet(from, netip.AddrPortFrom(to, c.Port.Port), serverName, probeagent.ExternalBody(c.External))
 }
 
 func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port uint16) Outcome {
@@ -298,16 +376,35 @@ func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port ui
 	return Timeout
 }
 
-// Flows returns the datapath's flow events between the cells' pods, with the deciding rule.
+// Flows returns the datapath's flow events between the cells' pods (and external hosts, and the
+// resolver's pod of a lookup-then-connect cell), with the deciding rule.
 func (n *LocalNode) Flows(cells []Cell) []string {
 	pairs := map[[2]netip.Addr]bool{}
 	for _, c := range cells {
-		from, to := n.node.Pod(c.From), n.node.Pod(c.To)
-		if from != nil && to != nil {
-			pairs[[2]netip.Addr{from.IPv4, to.IPv4}] = true
+		for _, c := range []*Cell{&c, c.Resolve} {
+			if c == nil {
+				continue
+			}
+			from := n.node.Pod(c.From)
+			if to, ok := n.target(c.To); from != nil && ok {
+				pairs[[2]netip.Addr{from.IPv4, to}] = true
+			}
 		}
 	}
 	return n.node.Flows(pairs, 50)
+}
+
+// target is the IPv4 address of a cell's destination: a pod, or an external host.
+func (n *LocalNode) target(key string) (netip.Addr, bool) {
+	if p := n.node.Pod(key); p != nil {
+		return p.IPv4, true
+	}
+	if name, ok := strings.CutPrefix(key, ExternalKey("")); ok {
+		if p := n.node.External(ExternalKey(name)); p != nil {
+			return p.IPv4, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // Seen reports whether a packet from the cell's source pod to its destination pod (IPv4, as the
@@ -324,11 +421,11 @@ func (n *LocalNode) Seen(c Cell) (bool, bool) {
 		return false, false
 	}
 	for _, t := range targets {
-		to := n.node.Pod(t)
-		if to == nil {
+		to, ok := n.target(t)
+		if !ok {
 			return false, false
 		}
-		if seen, known := n.node.SawPair(from.IPv4, to.IPv4); seen || !known {
+		if seen, known := n.node.SawPair(from.IPv4, to); seen || !known {
 			return seen, known
 		}
 	}

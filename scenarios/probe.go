@@ -53,9 +53,9 @@ func (s *servers) Close() {
 
 // startServers starts the pod's workload: nginx or PostgreSQL from Debian on the TCP ports, or a
 // built-in TCP server (echo, or HTTP answering every path for the http workload); and a UDP echo
-// server on each UDP port. The dns workload answers DNS on its ports from lookup (the local
-// node's kube-dns).
-func startServers(p *podnet.Pod, workload string, ports []Port, lookup names) (*servers, error) {
+// server on each UDP port. The dns workload answers DNS on its ports from z (the local node's
+// kube-dns).
+func startServers(p *podnet.Pod, workload string, ports []Port, z zone) (*servers, error) {
 	s := &servers{}
 	if workload == "nginx" || workload == "postgres" {
 		proc, err := startWorkload(p, workload, ports)
@@ -105,7 +105,7 @@ func startServers(p *podnet.Pod, workload string, ports []Port, lookup names) (*
 						return
 					}
 					if workload == "dns" {
-						go serveDNSStream(c, lookup)
+						go serveDNSStream(c, z)
 						continue
 					}
 					go func() {
@@ -127,7 +127,7 @@ func startServers(p *podnet.Pod, workload string, ports []Port, lookup names) (*
 			}
 			s.closers = append(s.closers, pc)
 			if workload == "dns" {
-				go serveDNSPacket(pc, lookup)
+				go serveDNSPacket(pc, z)
 				continue
 			}
 			go func() {
@@ -202,15 +202,7 @@ func (pr *prober) udp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 
 func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, c Cell) Outcome {
 	method, urlPath := c.Method, c.Path
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := from.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: pr.dialer(from)}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 2 * pr.timeout}
 	if method == "" {
@@ -240,15 +232,7 @@ func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, c Cell) Out
 // grpc.health.v1.Health) over h2c from the source pod: grpc-ok when it answered, grpc-denied for
 // PermissionDenied (what a gRPC client makes of the L7 proxy's 403).
 func (pr *prober) grpc(from *podnet.Pod, to netip.Addr, port uint16, method string) Outcome {
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := from.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
+	dial := func(ctx context.Context, addr string) (net.Conn, error) { return pr.dialer(from)(ctx, "tcp", addr) }
 	conn, err := grpc.NewClient("passthrough:///"+hostPort(to, port), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dial))
 	if err != nil {
@@ -426,30 +410,37 @@ func (l *sctpListeners) Close() {
 	l.fds = nil
 }
 
-// lookup resolves name with a pod's resolver pointed at the resolver address (port 53, as a
-// pod's resolv.conf names kube-dns): allow when it answered (addresses or NXDOMAIN), else how the
-// query failed.
-func (pr *prober) lookup(from *podnet.Pod, resolver netip.Addr, name string) ([]netip.Addr, Outcome) {
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+// dialer opens connections from inside a pod, each attempt bounded by the probe timeout.
+func (pr *prober) dialer(from *podnet.Pod) probeagent.Dialer {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := from.Do(func() error {
 			var err error
-			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, network, hostPort(resolver, 53))
+			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, network, addr)
 			return err
 		})
 		return c, err
-	}}
+	}
+}
+
+// resolve resolves name from inside a pod of namespace ns with the resolv.conf kubelet would
+// give it (probeagent.PodResolvConf: the resolver at port 53, the namespace's search list, ndots
+// 5), within twice the probe timeout.
+func (pr *prober) resolve(from *podnet.Pod, ns string, resolver netip.Addr, name string) (probeagent.Answer, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
 	defer cancel()
-	addrs, err := r.LookupNetIP(ctx, "ip4", name)
-	var de *net.DNSError
-	switch {
-	case err == nil:
-		return addrs, Allow
-	case errors.As(err, &de) && de.IsNotFound:
-		return nil, Allow
-	case errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &de) && strings.Contains(de.Err, "connection refused")):
-		return nil, Refused
+	return probeagent.Resolve(ctx, probeagent.PodResolvConf(resolver, ns), name, pr.dialer(from))
+}
+
+// tlsGet makes an HTTPS GET / from a pod to an external host (probeagent.TLSGet), trusting the
+// harness's CA, within twice the probe timeout.
+func (pr *prober) tlsGet(from *podnet.Pod, to netip.AddrPort, serverName, want string) Outcome {
+	_, _, roots, err := certificateAuthority()
+	if err != nil {
+		return "error"
 	}
-	return nil, Timeout
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
+	defer cancel()
+	o, _ := probeagent.TLSGet(ctx, pr.dialer(from), to, serverName, roots, want)
+	return Outcome(o)
 }

@@ -41,16 +41,29 @@ type Cell struct {
 	// predicts each, as translation may pick any.
 	Backends []string
 	// Lookup is a DNS name the source pod resolves with its resolver (Service is then kube-dns
-	// and Port 53/UDP: what the resolver's query needs from policy).
-	Lookup string
+	// and Port 53/UDP: what the resolver's query needs from policy). ExactRCode makes an NXDOMAIN
+	// answer dns-nxdomain rather than allow: the probe expects a dns- outcome.
+	Lookup     string
+	ExactRCode bool
+	// External is the external host (Scenario.Externals) the probe connects to on Port; To is
+	// then ExternalKey(External). Resolve, when set, is a lookup the probe makes first (a Lookup
+	// cell): it connects to the address the name resolved to, an address of External.
+	External string
+	Resolve  *Cell
 	// Explicit cells come from a step's probes list; the matrix tables leave them out.
 	Explicit bool
 }
 
 func (c Cell) String() string {
 	s := fmt.Sprintf("%s -> %s %s", c.From, c.To, c.Port)
+	if c.Lookup != "" && c.ExactRCode {
+		return fmt.Sprintf("%s -> lookup %s (resolver %s, exact rcode)", c.From, c.Lookup, c.Service)
+	}
 	if c.Lookup != "" {
 		return fmt.Sprintf("%s -> lookup %s (resolver %s)", c.From, c.Lookup, c.Service)
+	}
+	if c.Resolve != nil {
+		return fmt.Sprintf("%s -> lookup %s, then %s %s", c.From, c.Resolve.Lookup, c.To, c.Port)
 	}
 	if c.Service != "" {
 		to := c.To
@@ -195,7 +208,8 @@ type Runner struct {
 	Backend Backend
 	// Parallel probes at once; 32 when zero.
 	Parallel int
-	// Options are the policy engine's, for predictions; they must match the backend's.
+	// Options are the policy engine's, for predictions; they must match the backend's. A
+	// scenario's enforcementMode replaces their Mode (and the backend's) while it runs.
 	Options policy.Options
 	// Verbose keeps a few flow events of every step, not only of failing ones.
 	Verbose bool
@@ -231,7 +245,7 @@ func (r *Runner) Run(sc *Scenario) *Result {
 			list = append(list, p)
 		}
 		bundle := &policy.Bundle{Policies: list, Notices: loaded}
-		state, err := policy.Compile(cluster, bundle, r.Options)
+		state, err := policy.Compile(cluster, bundle, sc.engineOptions(r.Options))
 		if err == nil {
 			sr.Warnings = shown.add(bundle.AllNotices(state))
 			err = r.Backend.Enforce(cluster, list)
@@ -390,49 +404,10 @@ func expectations(sc *Scenario, st *Step, cluster *policy.Cluster) ([]Cell, map[
 		}
 	}
 	for _, p := range st.Expect.Probes {
-		proto, _ := policy.ParseProto(p.Protocol)
 		want, _ := parseOutcome(p.Expect)
-		grpcCall := want == GRPCOK || want == GRPCDenied
-		c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
-			VHost: p.Host, Headers: p.Headers, Seen: p.Seen,
-			HTTP: grpcCall || want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", GRPC: grpcCall, Explicit: true}
-		if grpcCall {
-			c.Method = "POST" // a gRPC method is a POST to its path
-		}
-		if p.Lookup != "" {
-			// The resolver's query: UDP to kube-dns on 53.
-			c.Lookup, c.HTTP, p.Service, p.Port, p.Via = p.Lookup, false, DNSService, 53, "clusterIP"
-			if svc, ok := sc.service(DNSService); ok {
-				for _, sp := range svc.Ports {
-					if sp.Port == 53 && strings.EqualFold(sp.Protocol, "UDP") {
-						c.ServicePort = sp
-					}
-				}
-			}
-		}
-		if p.Service != "" {
-			svc, _ := sc.service(p.Service)
-			sp, ok := svc.port(p.Port)
-			if c.Lookup != "" && c.ServicePort.Port != 0 {
-				sp, ok = c.ServicePort, true
-			}
-			if !ok {
-				return nil, nil, nil, fmt.Errorf("service %s has no port %d", p.Service, p.Port)
-			}
-			pods, tp := sc.backends(svc, sp, labels)
-			if len(pods) == 0 {
-				c.To = ""
-			} else {
-				c.To = pods[0].Key()
-			}
-			c.Backends = nil
-			for _, b := range pods {
-				c.Backends = append(c.Backends, b.Key())
-			}
-			c.Port, c.Service, c.ServicePort, c.Via = tp, p.Service, sp, p.Via
-			if c.Via == "" {
-				c.Via = "clusterIP"
-			}
+		c, err := probeCell(sc, p, want, labels)
+		if err != nil {
+			return nil, nil, nil, err
 		}
 		if _, dup := expected[c.String()]; !dup {
 			cells = append(cells, c)
@@ -440,6 +415,59 @@ func expectations(sc *Scenario, st *Step, cluster *policy.Cluster) ([]Cell, map[
 		expected[c.String()] = want
 	}
 	return cells, expected, ports, nil
+}
+
+// probeCell is the cell of an explicit probe that expects want: to a pod; through a service; a
+// lookup, which goes through kube-dns on 53/UDP as its query does; to an external host; or a
+// lookup then a connection to the external host whose name it is.
+func probeCell(sc *Scenario, p ProbeSpec, want Outcome, labels func(*Pod) map[string]string) (Cell, error) {
+	if p.External != "" || p.Lookup != "" && p.Port != 0 {
+		return externalCell(sc, p, labels)
+	}
+	proto, _ := policy.ParseProto(p.Protocol)
+	grpcCall := want == GRPCOK || want == GRPCDenied
+	c := Cell{From: p.From, To: p.To, Port: Port{Port: p.Port, Protocol: proto}, Method: p.Method, Path: p.Path,
+		VHost: p.Host, Headers: p.Headers, Seen: p.Seen,
+		HTTP: grpcCall || want == HTTP200 || want == HTTP403 || p.Method != "" || p.Path != "", GRPC: grpcCall, Explicit: true}
+	if grpcCall {
+		c.Method = "POST" // a gRPC method is a POST to its path
+	}
+	if p.Lookup != "" {
+		// The resolver's query: UDP to kube-dns on 53.
+		c.Lookup, c.ExactRCode, c.HTTP, p.Service, p.Port, p.Via = p.Lookup, want.isDNS(), false, DNSService, 53, "clusterIP"
+		if svc, ok := sc.service(DNSService); ok {
+			for _, sp := range svc.Ports {
+				if sp.Port == 53 && strings.EqualFold(sp.Protocol, "UDP") {
+					c.ServicePort = sp
+				}
+			}
+		}
+	}
+	if p.Service != "" {
+		svc, _ := sc.service(p.Service)
+		sp, ok := svc.port(p.Port)
+		if c.Lookup != "" && c.ServicePort.Port != 0 {
+			sp, ok = c.ServicePort, true
+		}
+		if !ok {
+			return Cell{}, fmt.Errorf("service %s has no port %d", p.Service, p.Port)
+		}
+		pods, tp := sc.backends(svc, sp, labels)
+		if len(pods) == 0 {
+			c.To = ""
+		} else {
+			c.To = pods[0].Key()
+		}
+		c.Backends = nil
+		for _, b := range pods {
+			c.Backends = append(c.Backends, b.Key())
+		}
+		c.Port, c.Service, c.ServicePort, c.Via = tp, p.Service, sp, p.Via
+		if c.Via == "" {
+			c.Via = "clusterIP"
+		}
+	}
+	return c, nil
 }
 
 // globMatch matches namespace/name against a pattern where * matches any run of characters,
@@ -521,6 +549,9 @@ func unprobed(sc *Scenario, state *policy.State, c Cell, expected Outcome) CellR
 
 // predict is the engine's answer for a cell, in probe outcomes.
 func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
+	if c.External != "" {
+		return predictExternal(sc, state, c)
+	}
 	if c.Service != "" {
 		// Translation may pick any backend: each is predicted, and backends that disagree make
 		// a mixed outcome. No backend: refused at once.
@@ -558,6 +589,9 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		}
 		fallthrough
 	case d.Outcome == policy.OutcomeL7:
+		if c.Lookup != "" {
+			return predictLookup(sc, c, rule)
+		}
 		if !c.HTTP {
 			return Allow, rule
 		}
@@ -594,13 +628,25 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		return Refused, rule
 	}
 	if c.Lookup != "" {
-		return Allow, rule // the resolver answers (an answer or NXDOMAIN)
+		return predictLookup(sc, c, rule)
 	}
 	if c.GRPC {
 		return GRPCOK, rule
 	}
 	if c.HTTP {
 		return c.seenOutcome(http.StatusOK, c.request("").Header), rule
+	}
+	return Allow, rule
+}
+
+// predictLookup is a lookup's answer once its query reaches the resolver: allow (addresses, or
+// NXDOMAIN), or dns-nxdomain for a name the scenario's DNS server does not know when the probe
+// asks for the exact answer. A DNS rule on the way (the source's L7 DNS policy) is to answer
+// here too: REFUSED for a name it does not allow.
+func predictLookup(sc *Scenario, c Cell, rule string) (Outcome, string) {
+	ns, _, _ := strings.Cut(c.From, "/")
+	if c.ExactRCode && !sc.resolves(ns, c.Lookup) {
+		return DNSNXDomain, "the scenario's DNS server does not know " + c.Lookup
 	}
 	return Allow, rule
 }
@@ -670,7 +716,7 @@ func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool
 	for _, p := range policies {
 		list = append(list, p)
 	}
-	state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, r.Options)
+	state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, sc.engineOptions(r.Options))
 	if err != nil {
 		return 0, nil, err
 	}

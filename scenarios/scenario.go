@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // Outcome is what a probe sees.
@@ -32,11 +33,20 @@ const (
 	// it answered, or it ended with PermissionDenied (a 403 from the L7 proxy).
 	GRPCOK     Outcome = "grpc-ok"
 	GRPCDenied Outcome = "grpc-denied"
+	// DNSRefused and DNSNXDomain are a lookup's answers without addresses: the resolver (or a DNS
+	// proxy on the way) answered REFUSED or NXDOMAIN. DNSTimeout is a lookup-then-connect probe
+	// whose lookup got no answer: it never connected.
+	DNSRefused  Outcome = probeagent.DNSRefused
+	DNSNXDomain Outcome = probeagent.DNSNXDomain
+	DNSTimeout  Outcome = probeagent.DNSTimeout
 )
+
+// isDNS says whether an outcome is a lookup's answer rather than a connection's.
+func (o Outcome) isDNS() bool { return strings.HasPrefix(string(o), "dns-") }
 
 func parseOutcome(s string) (Outcome, error) {
 	switch o := Outcome(s); o {
-	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied:
+	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied, DNSRefused, DNSNXDomain, DNSTimeout:
 		return o, nil
 	}
 	// mixed(a,b): a service probe whose backends disagree (what a connection gets depends on the
@@ -54,7 +64,7 @@ func parseOutcome(s string) (Outcome, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("unknown expectation %q: use allow, timeout, refused, http-200, http-403 or mixed(...) of them", s)
+	return "", fmt.Errorf("unknown expectation %q: use allow, timeout, refused, http-200, http-403, grpc-ok, grpc-denied, mixed(...) of them, or for lookups dns-refused, dns-nxdomain and dns-timeout", s)
 }
 
 // Mark is the one-character form of an outcome in tables.
@@ -74,12 +84,20 @@ func (o Outcome) Mark() string {
 
 // Scenario is one scenario file.
 type Scenario struct {
-	Name        string      `yaml:"name"`
-	Description string      `yaml:"description"`
-	Namespaces  []Namespace `yaml:"namespaces"`
-	Pods        []Pod       `yaml:"pods"`
-	Services    []Service   `yaml:"services"`
-	Steps       []Step      `yaml:"steps"`
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	// EnforcementMode is the node's policy enforcement mode while the scenario runs (Cilium's
+	// policy-enforcement-mode): default when empty, always or never.
+	EnforcementMode EnforcementMode `yaml:"enforcementMode"`
+	Namespaces      []Namespace     `yaml:"namespaces"`
+	Pods            []Pod           `yaml:"pods"`
+	Services        []Service       `yaml:"services"`
+	// Externals are hosts outside the cluster (external.go).
+	Externals []External `yaml:"externals"`
+	// DNSTTL is the TTL in seconds of the answers of the scenario's DNS server (the dns
+	// workload): DefaultDNSTTL when not set.
+	DNSTTL *int   `yaml:"dnsTTL"`
+	Steps  []Step `yaml:"steps"`
 
 	file string
 	dir  string
@@ -87,6 +105,41 @@ type Scenario struct {
 
 // File is where the scenario was read from.
 func (s *Scenario) File() string { return s.file }
+
+// DefaultDNSTTL is the TTL of the dns workload's answers when the scenario sets none.
+const DefaultDNSTTL = 5
+
+func (s *Scenario) dnsTTL() uint32 {
+	if s.DNSTTL == nil {
+		return DefaultDNSTTL
+	}
+	return uint32(*s.DNSTTL)
+}
+
+// EnforcementMode is a policy enforcement mode, read from a file with policy.ParseMode.
+type EnforcementMode policy.EnforcementMode
+
+// UnmarshalYAML reads default, always or never.
+func (m *EnforcementMode) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: enforcementMode is default, always or never", n.Line)
+	}
+	mode, err := policy.ParseMode(s)
+	if err != nil {
+		return fmt.Errorf("line %d: enforcementMode: %w", n.Line, err)
+	}
+	*m = EnforcementMode(mode)
+	return nil
+}
+
+// engineOptions are opts with the scenario's enforcement mode, when it sets one.
+func (s *Scenario) engineOptions(opts policy.Options) policy.Options {
+	if s.EnforcementMode != "" {
+		opts.Mode = policy.EnforcementMode(s.EnforcementMode)
+	}
+	return opts
+}
 
 // Namespace is a namespace and its labels.
 type Namespace struct {
@@ -296,8 +349,13 @@ type ProbeSpec struct {
 	Via     string `yaml:"via"`
 	// Lookup resolves a DNS name with the source pod's resolver instead (its resolv.conf on a
 	// cluster: kube-dns's ClusterIP; on the local node the scenario's kube-system/kube-dns
-	// service, served by a pod with the dns workload). allow: the resolver answered.
-	Lookup   string `yaml:"lookup"`
+	// service, served by a pod with the dns workload). allow: the resolver answered (addresses
+	// or NXDOMAIN); dns-refused, dns-nxdomain: that answer. With a Port, the name is an external
+	// host's and the probe then connects to the address it got (allow, timeout, refused; or
+	// dns-timeout, dns-refused, dns-nxdomain when the lookup failed).
+	Lookup string `yaml:"lookup"`
+	// External names an external host (Scenario.Externals) to connect to on Port.
+	External string `yaml:"external"`
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"`
 	// Method and Path make an HTTP request (default GET /) for http-* expectations; Host sets

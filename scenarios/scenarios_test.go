@@ -26,6 +26,18 @@ func runFiles(t *testing.T, paths ...string) []*Result {
 	return out
 }
 
+// requirePass fails the test with the report of every step when a scenario failed.
+func requirePass(t *testing.T, results []*Result) {
+	t.Helper()
+	for _, r := range results {
+		if r.Failed() {
+			var b bytes.Buffer
+			Print(&b, results, true)
+			t.Fatalf("scenario %s failed:\n%s", r.Scenario, b.String())
+		}
+	}
+}
+
 // TestWrongExpectationFails checks that a wrong expectation fails with the side-by-side tables
 // and the flow events, and that the JUnit report names the failing cell.
 func TestWrongExpectationFails(t *testing.T) {
@@ -119,7 +131,7 @@ steps:
 		"service a/web has no port 81",
 		"service a/web is not a NodePort service",
 		`probe to unknown service "a/nope"`,
-		"a probe needs exactly one of to, service and lookup",
+		"a probe needs exactly one of to, service, lookup and external",
 		`unknown via "carrier-pigeon"`,
 		"service a/db: nodePort on a Headless service",
 		"service a/db: no pod it selects serves port 5432",
@@ -171,12 +183,7 @@ steps:
       - {from: a/c, service: a/one, port: 80, expect: refused}
       - {from: a/c, service: a/web, port: 80, expect: timeout}
 `), 0o644)
-	results := runFiles(t, f)
-	var b bytes.Buffer
-	Print(&b, results, true)
-	if results[0].Failed() {
-		t.Fatalf("scenario failed:\n%s", b.String())
-	}
+	requirePass(t, runFiles(t, f))
 }
 
 // A service probe is predicted, and probed on the local node, as its first backend pod on the

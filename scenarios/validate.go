@@ -20,6 +20,13 @@ func (s *Scenario) validate() error {
 	}
 	problems = append(problems, s.checkPods(nss)...)
 	problems = append(problems, s.checkServices(nss)...)
+	problems = append(problems, s.checkExternals()...)
+	if len(s.Externals) > 0 && nss["external"] {
+		problems = append(problems, `namespace "external": the name is taken by the external hosts (external/NAME) when a scenario has externals`)
+	}
+	if s.DNSTTL != nil && (*s.DNSTTL < 0 || *s.DNSTTL > maxDNSTTL) {
+		problems = append(problems, fmt.Sprintf("dnsTTL: %d: a TTL is from 0 to %d seconds", *s.DNSTTL, maxDNSTTL))
+	}
 	if len(s.Steps) == 0 {
 		problems = append(problems, "no steps")
 	}
@@ -31,6 +38,9 @@ func (s *Scenario) validate() error {
 	}
 	return nil
 }
+
+// maxDNSTTL bounds a scenario's dnsTTL: a day, far more than a run lasts.
+const maxDNSTTL = 86400
 
 func (s *Scenario) checkPods(nss map[string]bool) []string {
 	var problems []string
@@ -116,12 +126,16 @@ func checkMatrix(where string, m *Matrix) []string {
 	if len(m.Ports) == 0 {
 		problems = append(problems, where+": matrix needs ports")
 	}
-	if _, err := parseOutcome(m.Default); err != nil {
+	if o, err := parseOutcome(m.Default); err != nil {
 		problems = append(problems, where+": matrix default: "+err.Error())
+	} else if o.isDNS() {
+		problems = append(problems, fmt.Sprintf("%s: matrix default: %s is a lookup probe's outcome", where, o))
 	}
 	for _, ex := range m.Exceptions {
-		if _, err := parseOutcome(ex.Expect); err != nil {
+		if o, err := parseOutcome(ex.Expect); err != nil {
 			problems = append(problems, where+": exception: "+err.Error())
+		} else if o.isDNS() {
+			problems = append(problems, fmt.Sprintf("%s: exception: %s is a lookup probe's outcome", where, o))
 		}
 	}
 	return problems
@@ -137,6 +151,7 @@ func (s *Scenario) checkProbe(where string, p ProbeSpec) []string {
 	if err != nil {
 		problems = append(problems, where+": probe: "+err.Error())
 	}
+	problems = append(problems, checkDNSOutcome(where, p, want)...)
 	if (p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0) && want != HTTP200 && want != HTTP403 && p.Method == "" && p.Path == "" {
 		problems = append(problems, where+": host, headers and seen are for HTTP probes (expect http-200 or http-403, or give a method or path)")
 	}
@@ -151,24 +166,56 @@ func (s *Scenario) checkProbe(where string, p ProbeSpec) []string {
 	return problems
 }
 
-// checkProbeTarget checks the one target a probe has: a pod, a service or a name to look up.
+// checkDNSOutcome checks that the dns- outcomes go to lookups: dns-refused and dns-nxdomain to
+// any, dns-timeout to a lookup with a port (a plain lookup without an answer times out).
+func checkDNSOutcome(where string, p ProbeSpec, want Outcome) []string {
+	switch {
+	case want.isDNS() && p.Lookup == "":
+		return []string{fmt.Sprintf("%s: expect %s: only a lookup probe has a DNS answer", where, want)}
+	case want == DNSTimeout && p.Port == 0:
+		return []string{fmt.Sprintf("%s: expect dns-timeout: a lookup without a port that gets no answer expects timeout", where)}
+	}
+	return nil
+}
+
+// checkProbeTarget checks the one target a probe has: a pod, a service, a name to look up (and
+// connect to, with a port) or an external host.
 func (s *Scenario) checkProbeTarget(where string, p ProbeSpec) []string {
 	targets := 0
-	for _, t := range []string{p.To, p.Service, p.Lookup} {
+	for _, t := range []string{p.To, p.Service, p.Lookup, p.External} {
 		if t != "" {
 			targets++
 		}
 	}
+	notHTTP := p.Via == "" && p.Path == "" && p.Method == "" && p.Host == "" && len(p.Headers) == 0 && len(p.Seen) == 0
+	proto, _ := policy.ParseProto(p.Protocol)
 	var problems []string
+	if _, ok := s.service(DNSService); p.Lookup != "" && !ok {
+		problems = append(problems, fmt.Sprintf("%s: lookup probes need the resolver's service %s in the scenario's services", where, DNSService))
+	}
 	switch {
 	case targets != 1:
-		problems = append(problems, where+": a probe needs exactly one of to, service and lookup")
-	case p.Lookup != "":
-		if _, ok := s.service(DNSService); !ok {
-			problems = append(problems, fmt.Sprintf("%s: lookup probes need the resolver's service %s in the scenario's services", where, DNSService))
+		problems = append(problems, where+": a probe needs exactly one of to, service, lookup and external")
+	case p.Lookup != "" && p.Port != 0:
+		if _, ok := s.externalNamed(p.Lookup); !ok {
+			problems = append(problems, fmt.Sprintf("%s: lookup %s with a port connects to the external host of that name, and no external has it in its names", where, p.Lookup))
 		}
-		if p.Via != "" || p.Port != 0 || p.Protocol != "" || p.Path != "" || p.Method != "" || p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0 {
-			problems = append(problems, where+": a lookup probe takes no via, port, protocol, method, path, host, headers or seen")
+		if !notHTTP || proto != policy.ProtoTCP {
+			problems = append(problems, where+": a lookup probe with a port connects over TCP (HTTPS to an external host): it takes no via, protocol other than TCP, method, path, host, headers or seen")
+		}
+	case p.Lookup != "":
+		if !notHTTP || p.Protocol != "" {
+			problems = append(problems, where+": a lookup probe takes no via, protocol, method, path, host, headers or seen (and a port only to connect to an external host)")
+		}
+	case p.External != "":
+		if _, _, ok := s.external(p.External); !ok {
+			problems = append(problems, fmt.Sprintf("%s: probe to unknown external %q", where, p.External))
+		}
+		if p.Port == 0 {
+			problems = append(problems, fmt.Sprintf("%s: a probe to external %s needs a port", where, p.External))
+		}
+		if !notHTTP || proto != policy.ProtoTCP {
+			problems = append(problems, where+": a probe to an external host connects over TCP (HTTPS): it takes no via, protocol other than TCP, method, path, host, headers or seen")
 		}
 	case p.To != "":
 		if _, ok := s.pod(p.To); !ok {

@@ -20,7 +20,12 @@ func TestMain(m *testing.M) {
 		holdWorkloads()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if err := apiServer.Stop(); err != nil {
+		os.Stderr.WriteString("stop the API server: " + err.Error() + "\n")
+		code = 1
+	}
+	os.Exit(code)
 }
 
 // holdWorkloads is the child of TestWorkloadsDieWithTheirParent: a local node with an nginx

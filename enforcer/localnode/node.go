@@ -53,6 +53,8 @@ type Node struct {
 	enf       *enforcer.Enforcer
 	pods      map[string]*podnet.Pod
 	owned     []*podnet.Pod
+	// externals are the hosts outside the cluster the pods reach (external.go), by name.
+	externals map[string]*podnet.Pod
 	// ready are the pods whose network was seen carrying traffic (awaitReady).
 	ready map[*podnet.Pod]bool
 
@@ -71,7 +73,7 @@ const maxFlows = 100000
 
 // NewNode returns a local node; Start brings it up (it needs root).
 func NewNode(opts Options) *Node {
-	return &Node{opts: opts, pods: map[string]*podnet.Pod{}, ready: map[*podnet.Pod]bool{}}
+	return &Node{opts: opts, pods: map[string]*podnet.Pod{}, externals: map[string]*podnet.Pod{}, ready: map[*podnet.Pod]bool{}}
 }
 
 // runPinRoot is the bpffs directory under which each local node pins its datapath.
@@ -149,6 +151,7 @@ func sweepDeadRuns() {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
 			os.RemoveAll(filepath.Join(runPinRoot, e.Name()))
 			_ = proxyRoutes(id).Remove() // its proxy's routing too
+			_ = removeExternalRules(id)
 		}
 	}
 }
@@ -179,6 +182,11 @@ func (n *Node) AddPod(key string, i int) (*podnet.Pod, error) {
 	n.pods[key] = p
 	if err := n.dp.CloseEndpoint(datapath.Endpoint{Ifindex: p.Ifindex, Ifname: p.HostIfname}); err != nil {
 		return nil, fmt.Errorf("add pod %s: %w", key, err)
+	}
+	if len(n.externals) > 0 {
+		if err := n.routeToExternals(p); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -220,6 +228,11 @@ func (n *Node) RemovePod(key string) error {
 	}
 	delete(n.pods, key)
 	delete(n.ready, p)
+	if len(n.externals) > 0 {
+		if err := n.unrouteFromExternals(p); err != nil {
+			return err
+		}
+	}
 	for i, o := range n.owned {
 		if o == p {
 			n.owned = append(n.owned[:i], n.owned[i+1:]...)
@@ -346,6 +359,19 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 	}
 	var out []string
 	st := n.enf.State()
+	// A peer is named pod:port, or, when it is no pod (an external host, the host),
+	// address:port and the identity the datapath gave it.
+	peer := func(a netip.Addr, port uint16, id policy.ID) string {
+		name := n.enf.Resolve(a)
+		if st == nil || name != a.String() {
+			return fmt.Sprintf("%s:%d", name, port)
+		}
+		addr := netip.AddrPortFrom(a, port).String()
+		if ident, ok := st.IdentityOf(id); ok {
+			return fmt.Sprintf("%s [identity %s]", addr, ident)
+		}
+		return fmt.Sprintf("%s [identity %d]", addr, id)
+	}
 	for _, f := range flows {
 		if len(out) >= limit {
 			break
@@ -362,22 +388,22 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 			} else if f.L7.HTTPRule >= 0 {
 				rule += fmt.Sprintf(", http rule %d", f.L7.HTTPRule)
 			}
-			out = append(out, fmt.Sprintf("%s %s:%d -> %s:%d %s (%s)", f.Direction, n.enf.Resolve(f.Src), f.SrcPort,
-				n.enf.Resolve(f.Dst), f.DstPort, f.L7String(), rule))
+			out = append(out, fmt.Sprintf("%s %s -> %s %s (%s)", f.Direction, peer(f.Src, f.SrcPort, f.SrcIdentity),
+				peer(f.Dst, f.DstPort, f.DstIdentity), f.L7String(), rule))
 			continue
 		}
 		via := ""
 		if f.Service != 0 {
 			via = " via service " + n.dp.ServiceName(f.Service)
 		}
-		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d%s %s (%s)", f.Direction, f.Proto, n.enf.Resolve(f.Src), f.SrcPort,
-			n.enf.Resolve(f.Dst), f.DstPort, via, f.Reason, rule))
+		out = append(out, fmt.Sprintf("%s %s %s -> %s%s %s (%s)", f.Direction, f.Proto, peer(f.Src, f.SrcPort, f.SrcIdentity),
+			peer(f.Dst, f.DstPort, f.DstIdentity), via, f.Reason, rule))
 	}
 	return out
 }
 
-// Stop stops reading flows and, unless retained, deletes the pods the node made, tears the
-// datapath down (programs, links and pins) and releases the run id.
+// Stop stops reading flows and, unless retained, deletes the pods the node made and its external
+// hosts, tears the datapath down (programs, links and pins) and releases the run id.
 func (n *Node) Stop() error {
 	if n.stopDrift != nil {
 		n.stopDrift()
@@ -397,6 +423,7 @@ func (n *Node) Stop() error {
 		errs = append(errs, p.Delete())
 	}
 	n.owned = nil
+	errs = append(errs, n.stopExternals())
 	if n.releaseID != nil {
 		n.releaseID()
 		n.releaseID = nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,11 +200,17 @@ func TestDeadRunsAreSwept(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(ids, "pid"), []byte(fmt.Sprint(dead)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The dead run's proxy left its routing rule and table.
+	// The dead run's proxy left its routing rule and table, and its pods their rules to its
+	// external hosts.
 	if err := proxyRoutes(7).Ensure(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { proxyRoutes(7).Remove() })
+	deadPod := &podnet.Pod{Name: "dead/pod", IPv4: netip.MustParseAddr("10.250.7.1"), IPv6: netip.MustParseAddr("fd00:250:7::1")}
+	if err := (&Node{id: 7}).routeToExternals(deadPod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeExternalRules(7) })
 	n := NewNode(Options{})
 	if err := n.Start(); err != nil {
 		t.Fatal(err)
@@ -218,6 +225,9 @@ func TestDeadRunsAreSwept(t *testing.T) {
 	for _, r := range rules {
 		if r.Table == proxyRoutes(7).Table || r.Table == proxyRoutes(n.id).Table {
 			t.Errorf("a proxy routing rule is left: %v", r)
+		}
+		if r.Table == externalTable(7) {
+			t.Errorf("an external hosts' routing rule is left: %v", r)
 		}
 	}
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
@@ -362,6 +372,19 @@ func TestClaimRemovesStalePods(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stale.Delete() })
+	// And an external host, with the pod's rule to it.
+	staleExt, err := podnet.CreateRouted("dead/external", fmt.Sprintf("np%d-x0", id), fmt.Sprintf("np%dx0", id),
+		netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8::1"), externalTable(id))
+	if err != nil {
+		release()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { staleExt.Delete() })
+	if err := (&Node{id: id}).routeToExternals(stale); err != nil {
+		release()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeExternalRules(id) })
 	// Its owner dies: the id's pid is one of a process that has exited.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
@@ -386,5 +409,20 @@ func TestClaimRemovesStalePods(t *testing.T) {
 	}
 	if _, err := netlink.LinkByName(stale.HostIfname); err == nil {
 		t.Errorf("the stale pod's veth %s stays", stale.HostIfname)
+	}
+	if _, err := os.Stat("/run/netns/" + staleExt.Netns); !os.IsNotExist(err) {
+		t.Errorf("the stale external host's namespace %s stays: %v", staleExt.Netns, err)
+	}
+	if _, err := netlink.LinkByName(staleExt.HostIfname); err == nil {
+		t.Errorf("the stale external host's veth %s stays", staleExt.HostIfname)
+	}
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if r.Table == externalTable(id) {
+			t.Errorf("the stale pod's rule to the external hosts stays: %v", r)
+		}
 	}
 }

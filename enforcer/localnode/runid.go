@@ -69,9 +69,10 @@ func sweepDeadIDs() {
 	}
 }
 
-// removeStalePods deletes the pods of run id (namespaces np<id>-*, host veths np<id>h*) that a
-// process which held the id before left behind (killed before it could delete them): every
-// process makes its pods under the id it holds, and this one holds id now, so none is another's.
+// removeStalePods deletes the pods and external hosts of run id (namespaces np<id>-*, host veths
+// np<id>h* and np<id>x*, the external hosts' routing rules) that a process which held the id
+// before left behind (killed before it could delete them): every process makes its pods under
+// the id it holds, and this one holds id now, so none is another's.
 func removeStalePods(id int) {
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
@@ -81,8 +82,10 @@ func removeStalePods(id int) {
 	}
 	links, _ := netlink.LinkList()
 	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, fmt.Sprintf("np%dh", id)) {
+		name := l.Attrs().Name
+		if strings.HasPrefix(name, fmt.Sprintf("np%dh", id)) || strings.HasPrefix(name, fmt.Sprintf("np%dx", id)) {
 			netlink.LinkDel(l)
 		}
 	}
+	_ = removeExternalRules(id)
 }

@@ -28,6 +28,9 @@ type Pod struct {
 	IPv6       netip.Addr
 	// NetnsCookie is the namespace's cookie (SO_NETNS_COOKIE): what the socket programs see.
 	NetnsCookie uint64
+	// Table is the host routing table that routes the addresses to HostIfname: 0 for the main
+	// table (pods), another for a namespace only some sources reach (see CreateRouted).
+	Table int
 }
 
 func run(args ...string) error {
@@ -51,13 +54,27 @@ func PrepareHost() error {
 // CreatePod makes a namespace, a veth pair named hostIfname on the host and eth0 inside, and
 // the addresses and routes. The caller owns the names (see ClaimRunID): leftovers of a crashed
 // run under them are removed first. Whatever it created is removed again when a step fails.
-func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, err error) {
-	p = &Pod{Name: name, Netns: netnsName, HostIfname: hostIfname, IPv4: v4, IPv6: v6}
+func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (*Pod, error) {
+	return create(&Pod{Name: name, Netns: netnsName, HostIfname: hostIfname, IPv4: v4, IPv6: v6})
+}
+
+// CreateRouted makes a namespace wired as CreatePod does, except that the host routes its
+// addresses in routing table table, not in the main one: only the sources a routing rule sends
+// to that table reach it. Several such namespaces on one host may then hold the same addresses
+// (the local node's external hosts: every run on this host has its own).
+func CreateRouted(name, netnsName, hostIfname string, v4, v6 netip.Addr, table int) (*Pod, error) {
+	if table == 0 {
+		return nil, fmt.Errorf("create %s: a routed namespace needs a routing table other than main", name)
+	}
+	return create(&Pod{Name: name, Netns: netnsName, HostIfname: hostIfname, IPv4: v4, IPv6: v6, Table: table})
+}
+
+func create(p *Pod) (_ *Pod, err error) {
+	name, netnsName, hostIfname := p.Name, p.Netns, p.HostIfname
 	p.Delete()
 	defer func() {
 		if err != nil {
 			p.Delete()
-			p = nil
 		}
 	}()
 	for _, step := range [][]string{
@@ -65,12 +82,12 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 		{"ip", "link", "add", hostIfname, "type", "veth", "peer", "name", "eth0", "netns", netnsName},
 	} {
 		if err := run(step...); err != nil {
-			return p, fmt.Errorf("create pod %s: %w", name, err)
+			return nil, fmt.Errorf("create pod %s: %w", name, err)
 		}
 	}
 	// The same wiring the CNI plugin gives a Kubernetes pod.
 	var addrs []netip.Addr
-	for _, a := range []netip.Addr{v4, v6} {
+	for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
 		if a.IsValid() {
 			addrs = append(addrs, a)
 		}
@@ -82,19 +99,19 @@ func CreatePod(name, netnsName, hostIfname string, v4, v6 netip.Addr) (p *Pod, e
 		p.NetnsCookie, err = CurrentNetnsCookie()
 		return err
 	}); err != nil {
-		return p, fmt.Errorf("create pod %s: %w", name, err)
+		return nil, fmt.Errorf("create pod %s: %w", name, err)
 	}
-	if err := ConfigureHost(hostIfname, addrs); err != nil {
-		return p, fmt.Errorf("create pod %s: %w", name, err)
+	if err := configureHost(hostIfname, addrs, p.Table); err != nil {
+		return nil, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	// The pod end's queue is activated asynchronously once the host end is up: until then what
 	// the pod sends is dropped (ready.go).
 	if err := p.Do(func() error { return WaitLinkUp("eth0", ReadyTimeout) }); err != nil {
-		return p, fmt.Errorf("create pod %s: %w", name, err)
+		return nil, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	l, err := netlink.LinkByName(hostIfname)
 	if err != nil {
-		return p, fmt.Errorf("create pod %s: %w", name, err)
+		return nil, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	p.Ifindex = l.Attrs().Index
 	return p, nil

@@ -77,6 +77,11 @@ func ConfigurePod(ifName string, addrs []netip.Addr) error {
 // ConfigureHost makes the host side of a pod's veth answer for the gateways, brings it up and
 // routes the pod's addresses to it. It runs in the host's network namespace.
 func ConfigureHost(hostIfname string, addrs []netip.Addr) error {
+	return configureHost(hostIfname, addrs, 0)
+}
+
+// configureHost is ConfigureHost with the routes in table (0: main).
+func configureHost(hostIfname string, addrs []netip.Addr, table int) error {
 	link, err := netlink.LinkByName(hostIfname)
 	if err != nil {
 		return fmt.Errorf("host veth %s: %w", hostIfname, err)
@@ -102,7 +107,7 @@ func ConfigureHost(hostIfname string, addrs []netip.Addr) error {
 	}
 	for _, a := range addrs {
 		rt := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: HostPrefix(a), Scope: netlink.SCOPE_LINK,
-			Protocol: RouteProtocol}
+			Protocol: RouteProtocol, Table: table}
 		if err := netlink.RouteReplace(rt); err != nil {
 			return fmt.Errorf("route %s: %w", rt.Dst, err)
 		}

@@ -91,11 +91,19 @@ func checkAddrs(ifName string, addrs []netip.Addr) error {
 	return nil
 }
 
-// waitRoute waits, in the calling thread's namespace, until dst is routed out of the interface.
-func waitRoute(linkIndex int, ifName string, dst netip.Addr, timeout time.Duration) error {
+// waitRoute waits, in the calling thread's namespace, until dst is routed out of the interface:
+// by the main routing (table 0), or by a route of the given table.
+func waitRoute(linkIndex int, ifName string, dst netip.Addr, table int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		rs, err := netlink.RouteGet(net.IP(dst.AsSlice()))
+		var rs []netlink.Route
+		var err error
+		if table == 0 {
+			rs, err = netlink.RouteGet(net.IP(dst.AsSlice()))
+		} else {
+			rs, err = netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table, Dst: HostPrefix(dst)},
+				netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		}
 		state := fmt.Sprintf("routed %v", rs)
 		if err != nil {
 			state = err.Error()
@@ -222,7 +230,7 @@ func (p *Pod) WaitReady(addrs []netip.Addr, timeout time.Duration) error {
 			return fmt.Errorf("link eth0: %w", err)
 		}
 		if has4 {
-			if err := waitRoute(l.Attrs().Index, "eth0", GatewayV4, timeout); err != nil {
+			if err := waitRoute(l.Attrs().Index, "eth0", GatewayV4, 0, timeout); err != nil {
 				return err
 			}
 			return ResolveNeighbor(l.Attrs().Index, "eth0", GatewayV4, timeout)
@@ -236,7 +244,7 @@ func (p *Pod) WaitReady(addrs []netip.Addr, timeout time.Duration) error {
 		return named(err)
 	}
 	for _, a := range addrs {
-		if err := waitRoute(p.Ifindex, p.HostIfname, a, timeout); err != nil {
+		if err := waitRoute(p.Ifindex, p.HostIfname, a, p.Table, timeout); err != nil {
 			return named(err)
 		}
 		if err := ResolveNeighbor(p.Ifindex, p.HostIfname, a, timeout); err != nil {

@@ -42,17 +42,21 @@ type Request struct {
 	Name string `json:"name,omitempty"`
 	// Lookup resolves Name with the pod's own resolver (its /etc/resolv.conf: kube-dns's
 	// ClusterIP, search domains, ndots) instead; Host and Port are not used. allow: it answered,
-	// with addresses or NXDOMAIN.
-	Lookup bool `json:"lookup,omitempty"`
+	// with addresses or NXDOMAIN (dns-nxdomain when ExactRCode); dns-refused and the like for
+	// other answers (LookupOutcome).
+	Lookup     bool `json:"lookup,omitempty"`
+	ExactRCode bool `json:"exactRCode,omitempty"`
 	// TimeoutMS bounds the connection attempt; 3000 when zero.
 	TimeoutMS int `json:"timeoutMS,omitempty"`
 }
 
-// Result is a probe's outcome: allow, refused, timeout, http-<code>, or error, with a note.
+// Result is a probe's outcome: allow, refused, timeout, http-<code>, dns-<rcode> or error, with
+// a note; a lookup's answer also gives its rcode (NOERROR, NXDOMAIN, REFUSED...).
 type Result struct {
 	ID      int    `json:"id"`
 	Outcome string `json:"outcome"`
 	Note    string `json:"note,omitempty"`
+	RCode   string `json:"rcode,omitempty"`
 }
 
 // Run makes every probe concurrently (at most 64 at a time) and returns the results in order.
@@ -66,6 +70,10 @@ func Run(reqs []Request) []Result {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
+			if r.Lookup {
+				out[i] = lookup(r)
+				return
+			}
 			o, note := probe(r)
 			out[i] = Result{ID: r.ID, Outcome: o, Note: note}
 		}()
@@ -88,9 +96,6 @@ func probe(r Request) (string, string) {
 	timeout := 3 * time.Second
 	if r.TimeoutMS > 0 {
 		timeout = time.Duration(r.TimeoutMS) * time.Millisecond
-	}
-	if r.Lookup {
-		return lookup(r.Name, timeout)
 	}
 	addr := net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
 	switch strings.ToUpper(r.Proto) {
@@ -152,22 +157,27 @@ func probe(r Request) (string, string) {
 	return "error", "unsupported protocol " + r.Proto
 }
 
-// lookup resolves name as the pod's programs do, with Go's resolver reading /etc/resolv.conf.
-func lookup(name string, timeout time.Duration) (string, string) {
+// lookup resolves a name as the pod's stub resolver does, from /etc/resolv.conf, and reports
+// the answer's rcode.
+func lookup(r Request) Result {
+	timeout := 3 * time.Second
+	if r.TimeoutMS > 0 {
+		timeout = time.Duration(r.TimeoutMS) * time.Millisecond
+	}
+	data, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return Result{ID: r.ID, Outcome: "error", Note: err.Error()}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout)
 	defer cancel()
-	r := &net.Resolver{PreferGo: true}
-	addrs, err := r.LookupNetIP(ctx, "ip4", name)
-	var de *net.DNSError
-	switch {
-	case err == nil:
-		return "allow", fmt.Sprintf("%s: %v", name, addrs)
-	case errors.As(err, &de) && de.IsNotFound:
-		return "allow", err.Error()
-	case errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &de) && strings.Contains(de.Err, "connection refused")):
-		return "refused", err.Error()
+	a, err := Resolve(ctx, ParseResolvConf(data), r.Name, (&net.Dialer{}).DialContext)
+	res := Result{ID: r.ID, Outcome: LookupOutcome(a, err, r.ExactRCode), Note: a.Note()}
+	if err != nil {
+		res.Note = err.Error()
+	} else {
+		res.RCode = RCodeName(a.RCode)
 	}
-	return "timeout", err.Error()
+	return res
 }
 
 func httpProbe(addr string, r Request, timeout time.Duration) (string, string) {

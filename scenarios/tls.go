@@ -1,0 +1,130 @@
+package scenarios
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/netpact/netpact/enforcer/podnet"
+	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
+)
+
+// harnessCA is the certificate authority of this process's tls workloads: made at first use,
+// trusted by this process's probes and by nothing else (it is never written anywhere).
+var harnessCA struct {
+	once sync.Once
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+	err  error
+}
+
+func certificateAuthority() (*x509.Certificate, *ecdsa.PrivateKey, *x509.CertPool, error) {
+	harnessCA.once.Do(func() {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			harnessCA.err = fmt.Errorf("scenario CA key: %w", err)
+			return
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "netpact scenario CA"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(7 * 24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			harnessCA.err = fmt.Errorf("scenario CA certificate: %w", err)
+			return
+		}
+		cert, _ := x509.ParseCertificate(der)
+		harnessCA.cert, harnessCA.key, harnessCA.pool = cert, key, x509.NewCertPool()
+		harnessCA.pool.AddCert(cert)
+	})
+	return harnessCA.cert, harnessCA.key, harnessCA.pool, harnessCA.err
+}
+
+// serverCertificate is a certificate from the harness's CA for the DNS names and addresses.
+func serverCertificate(names []string, addrs []netip.Addr) (tls.Certificate, error) {
+	ca, caKey, _, err := certificateAuthority()
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("server key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("server certificate serial: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: "netpact scenario server"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames: names,
+	}
+	for _, a := range addrs {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("server certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// startTLS starts the tls workload of an external host in its namespace: HTTPS on each of its
+// ports with a certificate for its names and addresses, GET / answering 200 and the host's name
+// (probeagent.ExternalBody), any other path 404.
+func startTLS(p *podnet.Pod, e *External) (*servers, error) {
+	cert, err := serverCertificate(e.Names, []netip.Addr{p.IPv4, p.IPv6})
+	if err != nil {
+		return nil, fmt.Errorf("external %s: %w", e.Name, err)
+	}
+	body := probeagent.ExternalBody(e.Name)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, body)
+	})
+	s := &servers{}
+	for _, port := range e.Ports {
+		if port.Protocol != policy.ProtoTCP {
+			continue
+		}
+		var l net.Listener
+		if err := p.Do(func() error {
+			var err error
+			l, err = net.Listen("tcp", fmt.Sprintf(":%d", port.Port))
+			return err
+		}); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("external %s: listen %s: %w", e.Name, port, err)
+		}
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second,
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+			// A probe's handshake that a policy cuts short is not worth a log line.
+			ErrorLog: discardLog}
+		s.closers = append(s.closers, srv)
+		go srv.ServeTLS(l, "", "")
+	}
+	return s, nil
+}
+
+// discardLog drops an HTTP server's error log.
+var discardLog = log.New(io.Discard, "", 0)
