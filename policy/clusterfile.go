@@ -25,8 +25,11 @@ type ClusterFile struct {
 
 // ExternalHost is an address outside the cluster, used as a probe source and destination.
 type ExternalHost struct {
-	Name  string      `json:"name"`
-	IP    netip.Addr  `json:"ip"`
+	Name string     `json:"name"`
+	IP   netip.Addr `json:"ip"`
+	// Names are DNS names that resolve to IP: toFQDNs rules selecting one allow the host once a
+	// pod resolves it through an allowed DNS rule (State.DecideResolved).
+	Names []string    `json:"names,omitempty"`
 	Ports []NamedPort `json:"ports,omitempty"`
 }
 

@@ -22,6 +22,9 @@ const (
 	// OutcomeDNS hands the flow to the DNS proxy: it answers the names the dns rules allow and
 	// REFUSES the others (and learns the answers for toFQDNs).
 	OutcomeDNS Outcome = "dns-proxy"
+	// OutcomeOnceResolved is allowed by a toFQDNs rule once the source resolves a name of the
+	// destination through the DNS proxy with a dns rule that allows it (State.DecideResolved).
+	OutcomeOnceResolved Outcome = "allowed-once-resolved"
 )
 
 // marks are the outcomes' one-character forms in a connectivity matrix and what each means, as
@@ -36,6 +39,7 @@ var marks = []struct {
 	{"X", "dropped", []Outcome{OutcomeDefaultDenied, OutcomeDenied}},
 	{"L", "HTTP proxy: each request is judged by the HTTP rules", []Outcome{OutcomeL7}},
 	{"D", "DNS proxy: names the dns rules allow are answered, others REFUSED", []Outcome{OutcomeDNS}},
+	{"N", "allowed once its name is resolved through an allowed DNS rule (toFQDNs)", []Outcome{OutcomeOnceResolved}},
 }
 
 // Mark is the outcome's one-character form in a connectivity matrix.
@@ -88,8 +92,10 @@ type Decision struct {
 	L7         *L7Policy
 	// Proxy is the proxy the flow goes to (OutcomeL7, OutcomeDNS), or the one it would go to
 	// and that does not run (OutcomeDenied of a Kafka rule's flow); empty for any other decision.
-	Proxy   L7Parser
-	Egress  *DirectionDecision
+	Proxy L7Parser
+	// Resolved says, for a destination known by name (DecideResolved), how toFQDNs decides it.
+	Resolved Resolution
+	Egress   *DirectionDecision
 	Ingress *DirectionDecision
 
 	rules map[RuleID]*RuleInfo // the state's, for MatchHTTP
@@ -97,6 +103,15 @@ type Decision struct {
 
 // Reason explains the decision in a sentence.
 func (d Decision) Reason() string {
+	r := d.reason()
+	if d.Resolved.Unlearned != nil {
+		r += fmt.Sprintf("; %s would allow it once %s is resolved, but no dns rule lets the source resolve it through the DNS proxy: nothing is learned",
+			d.Resolved.Unlearned, d.Resolved.Name)
+	}
+	return r
+}
+
+func (d Decision) reason() string {
 	switch d.Outcome {
 	case OutcomeDefaultDenied:
 		if len(d.EnforcedBy) > 0 {
@@ -112,6 +127,8 @@ func (d Decision) Reason() string {
 		return fmt.Sprintf("handed to the HTTP proxy on %s by %s: each request is judged by the HTTP rules", d.Direction, d.Rule)
 	case OutcomeDNS:
 		return fmt.Sprintf("handed to the DNS proxy on %s by %s: names the dns rules allow are answered, others REFUSED", d.Direction, d.Rule)
+	case OutcomeOnceResolved:
+		return fmt.Sprintf("allowed on egress by %s once %s is resolved through an allowed DNS rule (%s)", d.Rule, d.Resolved.Name, d.Resolved.DNSRule)
 	}
 	if d.Rule == nil {
 		return "allowed: no policy enforces this traffic"
@@ -266,9 +283,6 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 			d.Direction, d.Rule = side.dir, s.rules[side.dd.Match.Entry.Rules[0]]
 		}
 	}
-	// The toFQDNs cell goes here: an allow whose peer is an address the DNS proxy learned for a
-	// toFQDNs selector is an outcome of its own (allowed once a DNS answer names it), with its
-	// mark and legend line in marks.
 	return d
 }
 

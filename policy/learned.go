@@ -159,3 +159,89 @@ func (s *State) FQDNSelectors() []FQDNSelector {
 	}
 	return out
 }
+
+// Resolution is how toFQDNs decides a flow to a destination known by DNS names.
+type Resolution struct {
+	// Name is the destination's name the source resolves.
+	Name string
+	// DNSRule is the dns rule that lets the source resolve it through the DNS proxy
+	// (OutcomeOnceResolved).
+	DNSRule *RuleInfo
+	// Unlearned is the toFQDNs rule that would allow the flow once the name is learned, when no
+	// dns rule lets the source resolve it (the flow stays dropped).
+	Unlearned *RuleInfo
+}
+
+// DecideResolved is Decide for a destination outside the cluster that answers to DNS names: a
+// flow default deny drops but that a toFQDNs rule would allow once an answer naming the
+// destination is learned is OutcomeOnceResolved when the source's own lookups of a name go
+// through the DNS proxy with a dns rule that allows it (only then is the answer learned), and
+// stays dropped, with Resolution.Unlearned saying why, when they do not.
+func (s *State) DecideResolved(src, dst netip.Addr, names []string, proto Proto, port uint16) Decision {
+	d := s.Decide(src, dst, proto, port)
+	if len(names) == 0 || d.Outcome != OutcomeDefaultDenied || d.Direction != Egress {
+		return d
+	}
+	src, dst = src.Unmap(), dst.Unmap()
+	_, srcEnt := s.u.resolve("", src)
+	st, _ := s.sideState(srcEnt)
+	sels, base, ok := s.u.classOf(dst, names)
+	if st == nil || !ok {
+		return d
+	}
+	// The class the answer would give the address; when it has no identity yet (names of several
+	// selectors, an address in a policy CIDR), that of each selector alone.
+	var ids []ID
+	if ci, ok := s.u.classByKey[classKey(sels, base)]; ok {
+		ids = append(ids, ci.ID)
+	} else {
+		for _, sel := range sels {
+			if ci, ok := s.u.classByKey[classKey([]string{sel}, s.u.cidrIdentityOf(dst))]; ok {
+				ids = append(ids, ci.ID)
+			} else if ci, ok := s.u.classByKey[classKey([]string{sel}, s.u.familyWorld(dst))]; ok {
+				ids = append(ids, ci.ID)
+			}
+		}
+	}
+	for _, id := range ids {
+		dd := s.check(&st.Egress, id, dst, proto, port)
+		if dd.Outcome == OutcomeDenied || dd.Outcome == OutcomeDefaultDenied {
+			continue
+		}
+		rule := s.rules[dd.Match.Entry.Rules[0]]
+		for _, name := range names {
+			if dnsRule := s.dnsRuleAllowing(&st.Egress, name); dnsRule != nil {
+				return Decision{Outcome: OutcomeOnceResolved, Direction: Egress, Rule: rule, Egress: dd, rules: s.rules,
+					Resolved: Resolution{Name: name, DNSRule: dnsRule}}
+			}
+		}
+		d.Resolved = Resolution{Name: names[0], Unlearned: rule}
+		return d
+	}
+	return d
+}
+
+func (u *universe) familyWorld(ip netip.Addr) *Identity {
+	if ip.Is4() {
+		return u.ids[IDWorldIPv4]
+	}
+	return u.ids[IDWorldIPv6]
+}
+
+// dnsRuleAllowing is the rule of a redirect to the DNS proxy in an egress state whose dns rules
+// allow name, whichever DNS server it is to; nil when none does.
+func (s *State) dnsRuleAllowing(ds *DirectionState, name string) *RuleInfo {
+	var best *Entry
+	for _, e := range ds.Entries {
+		if !e.isDNSProxy() {
+			continue
+		}
+		if ok, _ := e.L7.MatchDNS(name); ok && (best == nil || e.Rules[0] < best.Rules[0]) {
+			best = e
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return s.rules[best.Rules[0]]
+}

@@ -99,3 +99,57 @@ func TestLearnedAddresses(t *testing.T) {
 	check("forgotten", stripe, 443, OutcomeDefaultDenied, "")
 	check("forgotten, in the CIDR", inCIDR, 80, OutcomeAllowed, "to-stripe")
 }
+
+const dnsForA = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: b}}]
+    toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchName: api.stripe.com}]}}]
+`
+
+// TestDecideResolved: a toFQDNs cell is allowed once resolved only when the source's lookups of
+// the name go through the DNS proxy with a rule allowing it; otherwise it stays dropped and
+// says why.
+func TestDecideResolved(t *testing.T) {
+	c := twoNodeCluster(map[string]string{"a": "n1", "b": "n1"})
+	var src netip.Addr
+	for _, ep := range c.Endpoints {
+		if ep.Name == "a" {
+			src = ep.IPs[0]
+		}
+	}
+	stripe := netip.MustParseAddr("192.0.2.10")
+	for _, tc := range []struct {
+		name, policies string
+		names          []string
+		want           Outcome
+		reason         string
+	}{
+		{"no dns rule", fqdnPolicies, []string{"api.stripe.com"}, OutcomeDefaultDenied, "nothing is learned"},
+		{"with a dns rule", fqdnPolicies + "---\n" + dnsForA, []string{"api.stripe.com"}, OutcomeOnceResolved, "once api.stripe.com is resolved"},
+		{"a name the dns rule refuses", fqdnPattern + "---\n" + dnsForA, []string{"shop.stripe.com"}, OutcomeDefaultDenied, "nothing is learned"},
+		{"a name no toFQDNs selects", fqdnPolicies + "---\n" + dnsForA, []string{"www.example.org"}, OutcomeDefaultDenied, "default deny"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := LoadBytes("p.yaml", []byte(tc.policies), LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := Compile(c, b, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := uint16(443)
+			if strings.Contains(tc.policies, "to-any-stripe") {
+				port = 8443
+			}
+			d := st.DecideResolved(src, stripe, tc.names, ProtoTCP, port)
+			if d.Outcome != tc.want || !strings.Contains(d.Reason(), tc.reason) {
+				t.Errorf("%s (%s), want %s saying %q", d.Outcome, d.Reason(), tc.want, tc.reason)
+			}
+		})
+	}
+}

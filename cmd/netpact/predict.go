@@ -35,6 +35,8 @@ type host struct {
 	name  string
 	ips   []netip.Addr
 	ports []policy.NamedPort
+	// names are an external host's DNS names.
+	names []string
 }
 
 func (h host) addr(v6 bool) (netip.Addr, bool) {
@@ -144,7 +146,7 @@ func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []pol
 	}
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].name < hosts[j].name })
 	for _, ex := range cf.External {
-		hosts = append(hosts, host{name: ex.Name, ips: []netip.Addr{ex.IP}, ports: ex.Ports})
+		hosts = append(hosts, host{name: ex.Name, ips: []netip.Addr{ex.IP}, ports: ex.Ports, names: ex.Names})
 	}
 	m := matrix.New[policy.Outcome]()
 	for _, src := range hosts {
@@ -159,7 +161,7 @@ func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []pol
 				if !ok1 || !ok2 {
 					continue
 				}
-				d := state.Decide(sa, da, p.Protocol, p.Port)
+				d := state.DecideResolved(sa, da, dst.names, p.Protocol, p.Port)
 				c := matrix.Cell[policy.Outcome]{Key: matrix.Key{From: src.name, To: dst.name, Port: matrix.Port{Number: p.Port, Protocol: p.Protocol}},
 					Predicted: d.Outcome, Reason: d.Reason(), Proxy: d.Proxy}
 				if d.Rule != nil {
