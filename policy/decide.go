@@ -96,7 +96,7 @@ type Decision struct {
 	// Resolved says, for a destination known by name (DecideResolved), how toFQDNs decides it.
 	Resolved Resolution
 	Egress   *DirectionDecision
-	Ingress *DirectionDecision
+	Ingress  *DirectionDecision
 
 	rules map[RuleID]*RuleInfo // the state's, for MatchHTTP
 }
