@@ -246,13 +246,9 @@ type HTTPVerdict struct {
 func (d Decision) MatchHTTP(r HTTPRequest) HTTPVerdict {
 	switch d.Outcome {
 	case OutcomeDenied, OutcomeDefaultDenied:
-		if d.Direction == Ingress && d.Egress.Proxy() == ParserHTTP {
-			// The source's egress hands the flow to its node's proxy, and the destination's
-			// ingress refuses it. As Cilium's egress proxy does, the request is judged by the
-			// source's rules: one they deny gets the 403; one they allow is forwarded, and the
-			// destination's policy drops the proxy's connection (Unreachable).
-			egress := d
-			egress.Outcome, egress.Direction, egress.Ingress = OutcomeL7, Egress, nil
+		if egress, ok := d.egressProxied(ParserHTTP); ok {
+			// A request the source's rules deny gets the 403; one they allow is forwarded, and
+			// the destination's policy drops the proxy's connection (Unreachable).
 			v := egress.MatchHTTP(r)
 			if v.Allowed {
 				v.Unreachable = d.Reason()

@@ -42,7 +42,7 @@ func (p *Proxy) h2ConnState(c net.Conn, st http.ConnState) {
 			}
 		}
 		if pc, ok := c.(*peeked); ok {
-			p.buffered.give(pc.f.src.Addr(), pc.reserved)
+			p.buffered.Give(pc.f.src.Addr(), pc.reserved)
 			pc.reserved = 0
 			p.untrack(pc.Conn)
 		}

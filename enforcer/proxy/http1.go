@@ -81,7 +81,7 @@ func (u *upstream) close() {
 		return
 	}
 	// Let the destination close first, as it means to: the TIME_WAIT is then its socket's and
-	// not the node's, which holds the pod's address (see upstreamSocket).
+	// not the node's, which holds the pod's address (see tproxy.Dial).
 	u.wg.Add(1) // within a connection's goroutine, which the proxy's Close waits for
 	go func() {
 		defer u.wg.Done()
@@ -298,7 +298,7 @@ func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string,
 	upstreamTarget(req.URL, target)
 	// A request after which the client's connection ends says so to the destination too, so the
 	// destination closes first and holds the TIME_WAIT, as it would for the client directly: the
-	// node keeps none for the pod's address (see upstreamSocket).
+	// node keeps none for the pod's address (see tproxy.Dial).
 	clientClose := req.Close
 	// The destination gets the client's headers, not Go's: without a User-Agent of the client's,
 	// req.Write would add its own (an empty value is written as none).

@@ -22,14 +22,11 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/netpact/netpact/enforcer/internal/tproxy"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -164,7 +161,7 @@ type Proxy struct {
 	conns  map[net.Conn]struct{}
 	perSrc map[netip.Addr]int // open connections by source address
 	// buffered counts the bytes held for each source (Limits.BufferedPerSource).
-	buffered *budget
+	buffered *tproxy.Budget
 	closed   bool
 	wg       sync.WaitGroup
 }
@@ -172,21 +169,13 @@ type Proxy struct {
 // Listen starts the proxy on 127.0.0.1:port and [::1]:port with IP_TRANSPARENT (port 0: one
 // the kernel picks, the same for both families). Port returns it.
 func Listen(port uint16, opts Options) (*Proxy, error) {
-	var listeners []net.Listener
-	var err error
-	for attempt := 0; attempt < 20; attempt++ {
-		listeners, err = listenBoth(port)
-		if err == nil || port != 0 {
-			break
-		}
-	}
+	ls, err := tproxy.Listen("the L7 proxy", port, false, false)
 	if err != nil {
 		return nil, err
 	}
 	p := newProxy(opts)
-	p.listeners = listeners
-	p.port = uint16(listeners[0].Addr().(*net.TCPAddr).Port)
-	for _, l := range listeners {
+	p.listeners, p.port = ls.TCP, ls.Port
+	for _, l := range p.listeners {
 		p.wg.Add(1)
 		go p.accept(l)
 	}
@@ -205,7 +194,7 @@ func newProxy(opts Options) *Proxy {
 		body += "\r\n"
 	}
 	p := &Proxy{opts: opts, body: body, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{},
-		buffered: newBudget(opts.BufferedPerSource, opts.BufferedTotal)}
+		buffered: tproxy.NewBudget(opts.BufferedPerSource, opts.BufferedTotal)}
 	p.h2conns = newConnQueue()
 	p.h2 = &http.Server{Handler: http.HandlerFunc(p.serveH2), ConnContext: p.h2ConnContext, IdleTimeout: opts.IdleTimeout,
 		ConnState: p.h2ConnState, MaxHeaderBytes: opts.MaxHeaderBytes,
@@ -228,61 +217,6 @@ func (p *Proxy) Port() uint16 { return p.port }
 // Listeners are the proxy's listening sockets, on 127.0.0.1 and ::1 (for the datapath's
 // listener lookup; they stay the proxy's).
 func (p *Proxy) Listeners() []net.Listener { return slices.Clone(p.listeners) }
-
-// transparent sets IP_TRANSPARENT (IPV6_TRANSPARENT) and, when mark is not 0, SO_MARK.
-func transparent(network string, c syscall.RawConn, mark uint32) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		if network == "tcp6" {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-		} else {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-		}
-		if serr == nil && mark != 0 {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
-}
-
-// upstreamSocket makes a connection to a destination transparent (see transparent), and leaves
-// the choice of its port to connect (IP_BIND_ADDRESS_NO_PORT): bound to the pod's address with
-// port 0, the kernel would pick a port no socket of that address holds, TIME_WAIT ones of every
-// destination included, and a pod's connections through the proxy would run out of ports at
-// about 470 a second (28,000 a minute); at connect, a port is only taken for that destination.
-func upstreamSocket(network string, c syscall.RawConn, mark uint32) error {
-	if err := transparent(network, c, mark); err != nil {
-		return err
-	}
-	var serr error
-	if err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-	}); err != nil {
-		return err
-	}
-	return serr
-}
-
-func listenBoth(port uint16) ([]net.Listener, error) {
-	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error { return transparent(network, c, 0) }}
-	// Plain TCP (Go listens with MPTCP where the kernel has it): the datapath's listener lookup
-	// keeps these sockets in a sockmap, which takes TCP sockets only.
-	lc.SetMultipathTCP(false)
-	l4, err := lc.Listen(context.Background(), "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
-	if err != nil {
-		return nil, fmt.Errorf("listen for the L7 proxy on 127.0.0.1:%d (IP_TRANSPARENT needs CAP_NET_ADMIN): %w", port, err)
-	}
-	got := l4.Addr().(*net.TCPAddr).Port
-	l6, err := lc.Listen(context.Background(), "tcp6", net.JoinHostPort("::1", strconv.Itoa(got)))
-	if err != nil {
-		l4.Close()
-		return nil, fmt.Errorf("listen for the L7 proxy on [::1]:%d: %w", got, err)
-	}
-	return []net.Listener{l4, l6}, nil
-}
 
 // Close stops listening and closes every connection.
 func (p *Proxy) Close() error {
@@ -310,7 +244,7 @@ func (p *Proxy) track(c net.Conn) (closed, over bool) {
 	if p.closed {
 		return true, false
 	}
-	src := addrPort(c.RemoteAddr()).Addr()
+	src := tproxy.AddrPort(c.RemoteAddr()).Addr()
 	if p.perSrc[src] >= p.opts.MaxConnsPerSource {
 		return false, true
 	}
@@ -323,7 +257,7 @@ func (p *Proxy) untrack(c net.Conn) {
 	p.mu.Lock()
 	if _, ok := p.conns[c]; ok {
 		delete(p.conns, c)
-		src := addrPort(c.RemoteAddr()).Addr()
+		src := tproxy.AddrPort(c.RemoteAddr()).Addr()
 		if p.perSrc[src]--; p.perSrc[src] <= 0 {
 			delete(p.perSrc, src)
 		}
@@ -333,37 +267,27 @@ func (p *Proxy) untrack(c net.Conn) {
 
 func (p *Proxy) accept(l net.Listener) {
 	defer p.wg.Done()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return
-		}
+	tproxy.Accept(l, func(c net.Conn) bool {
 		closed, over := p.track(c)
 		if closed {
 			c.Close()
-			return
+			return false
 		}
 		if over {
 			// Reset at once (no TIME_WAIT, no read): the source's other connections go on. The
 			// event is out before the reset, as for every refusal the client can see.
-			p.report(Request{Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Verdict: policy.HTTPVerdict{Index: -1,
+			p.report(Request{Src: tproxy.AddrPort(c.RemoteAddr()), Dst: tproxy.AddrPort(c.LocalAddr()), Verdict: policy.HTTPVerdict{Index: -1,
 				Reason: fmt.Sprintf("connection reset: the source has %d connections open through the proxy, the most it may", p.opts.MaxConnsPerSource)}})
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.SetLinger(0)
-			}
-			c.Close()
-			continue
+			tproxy.Reset(c)
+			return true
 		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			p.serveConn(c)
 		}()
-	}
+		return true
+	})
 }
 
 // flow is one client connection: the original addresses the datapath kept.
@@ -371,20 +295,12 @@ type flow struct {
 	src, dst netip.AddrPort
 }
 
-func addrPort(a net.Addr) netip.AddrPort {
-	if t, ok := a.(*net.TCPAddr); ok {
-		ap := t.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
-}
-
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // serveConn serves a connection the datapath handed over: its socket's addresses are the flow's
 // original ones.
 func (p *Proxy) serveConn(c net.Conn) {
-	f := flow{src: addrPort(c.RemoteAddr()), dst: addrPort(c.LocalAddr())}
+	f := flow{src: tproxy.AddrPort(c.RemoteAddr()), dst: tproxy.AddrPort(c.LocalAddr())}
 	if f.dst.Addr().IsLoopback() {
 		// A connection to the listener itself, which the datapath never hands over (a pod's
 		// flow keeps its original, non-loopback destination): forwarding it would make the
@@ -412,7 +328,7 @@ func (p *Proxy) serveFlow(c net.Conn, f flow) {
 		lr.n = 1 << 62 // the HTTP/2 server bounds its frames and headers itself
 		// The connection's receive window is held for its life: what a destination that reads
 		// slowly leaves the proxy buffering.
-		if !p.buffered.take(f.src.Addr(), h2ConnWindow) {
+		if !p.buffered.Take(f.src.Addr(), h2ConnWindow) {
 			p.refuseOverBudget(c, f, "HTTP/2 connection")
 			c.Close()
 			p.untrack(c)
@@ -490,7 +406,7 @@ func (p *Proxy) judge(f flow, r policy.HTTPRequest) policy.HTTPVerdict {
 // the most buffered bytes it may; an HTTP/1.1 client gets a 503 that says so, an HTTP/2 one a
 // reset.
 func (p *Proxy) refuseOverBudget(c net.Conn, f flow, what string) {
-	src, total := p.buffered.held(f.src.Addr())
+	src, total := p.buffered.Held(f.src.Addr())
 	why := fmt.Sprintf("%s refused: the source holds %d bytes buffered in the proxy (most %d), the node %d (most %d)",
 		what, src, p.opts.BufferedPerSource, total, p.opts.BufferedTotal)
 	if what == "HTTP/2 connection" {
@@ -514,20 +430,8 @@ func (p *Proxy) report(r Request) {
 // dial connects to the flow's destination from its source address (IP_TRANSPARENT), with the
 // proxy's mark.
 func (p *Proxy) dial(ctx context.Context, f flow) (net.Conn, error) {
-	network := "tcp4"
-	if f.src.Addr().Is6() {
-		network = "tcp6"
-	}
-	d := net.Dialer{Timeout: p.opts.DialTimeout}
-	if p.opts.KeepSource == nil || p.opts.KeepSource(f.dst.Addr()) {
-		d.LocalAddr = &net.TCPAddr{IP: f.src.Addr().AsSlice()}
-		d.Control = func(network, _ string, c syscall.RawConn) error { return upstreamSocket(network, c, p.opts.Mark) }
-	}
-	c, err := d.DialContext(ctx, network, f.dst.String())
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s from %s: %w", f.dst, f.src.Addr(), err)
-	}
-	return c, nil
+	keep := p.opts.KeepSource == nil || p.opts.KeepSource(f.dst.Addr())
+	return tproxy.Dial(ctx, "tcp", f.src, f.dst, keep, p.opts.Mark, p.opts.DialTimeout)
 }
 
 // connQueue is a net.Listener fed with connections (the HTTP/2 server's).
@@ -604,7 +508,7 @@ type limitedReader struct {
 	c    net.Conn
 	err  error // of the last read (net/http does not always pass it on as it came)
 
-	bud      *budget
+	bud      *tproxy.Budget
 	src      netip.Addr
 	counting bool
 	held     int64
@@ -624,7 +528,7 @@ func (l *limitedReader) Read(b []byte) (int, error) {
 	l.err = err
 	l.n -= int64(n)
 	if l.counting && n > 0 && l.bud != nil {
-		if !l.bud.take(l.src, int64(n)) {
+		if !l.bud.Take(l.src, int64(n)) {
 			// Nothing of what the budget cannot hold goes on: the header ends here.
 			l.err = errOverBudget
 			return 0, errOverBudget
@@ -637,12 +541,15 @@ func (l *limitedReader) Read(b []byte) (int, error) {
 // release gives back what the reader holds, and stops counting.
 func (l *limitedReader) release() {
 	if l.bud != nil {
-		l.bud.give(l.src, l.held)
+		l.bud.Give(l.src, l.held)
 	}
 	l.held, l.counting = 0, false
 }
 
 var errHeaderTooLarge = errors.New("request header too large")
+
+// errOverBudget ends a request header whose bytes the source's or the node's budget cannot hold.
+var errOverBudget = errors.New("over the proxy's buffered-bytes budget")
 
 // peeked is a connection whose first bytes were read into r.
 type peeked struct {
