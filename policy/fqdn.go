@@ -97,9 +97,8 @@ func (l *L7Policy) MatchDNS(name string) (bool, int) {
 	if l == nil || len(l.DNS) == 0 {
 		return true, -1
 	}
-	for i, d := range l.DNS {
-		s, err := NewFQDNSelector(d.MatchName, d.MatchPattern)
-		if err == nil && s.Matches(name) {
+	for i, s := range l.dnsSelectors() {
+		if s.Matches(name) {
 			return true, i
 		}
 	}

@@ -68,13 +68,19 @@ type L7Policy struct {
 	// rx are HTTP's expressions compiled, one per rule, when the policy was loaded: a request is
 	// matched without a lock or a cache that one policy's expressions could thrash.
 	rx []httpRegexps
+	// dnsSel are the DNS rules compiled, one per rule, likewise.
+	dnsSel []FQDNSelector
 }
 
-// newL7Policy is an L7Policy with its HTTP expressions compiled (validation refused invalid ones).
+// newL7Policy is an L7Policy with its HTTP expressions and DNS names compiled (validation
+// refused invalid ones).
 func newL7Policy(http []ciliumv2.PortRuleHTTP, kafka []ciliumv2.PortRuleKafka, dns []ciliumv2.PortRuleDNS) *L7Policy {
-	l := &L7Policy{HTTP: http, Kafka: kafka, DNS: dns, rx: make([]httpRegexps, len(http))}
+	l := &L7Policy{HTTP: http, Kafka: kafka, DNS: dns, rx: make([]httpRegexps, len(http)), dnsSel: make([]FQDNSelector, len(dns))}
 	for i, h := range http {
 		l.rx[i] = httpRegexps{method: anchored(h.Method), path: anchored(h.Path), host: anchored(h.Host)}
+	}
+	for i, d := range dns {
+		l.dnsSel[i], _ = NewFQDNSelector(d.MatchName, d.MatchPattern) // a failed one matches nothing
 	}
 	return l
 }
@@ -87,11 +93,20 @@ func (l *L7Policy) merge(o *L7Policy) *L7Policy {
 		return l
 	}
 	return &L7Policy{
-		HTTP:  append(append([]ciliumv2.PortRuleHTTP(nil), l.HTTP...), o.HTTP...),
-		Kafka: append(append([]ciliumv2.PortRuleKafka(nil), l.Kafka...), o.Kafka...),
-		DNS:   append(append([]ciliumv2.PortRuleDNS(nil), l.DNS...), o.DNS...),
-		rx:    append(append([]httpRegexps(nil), l.regexps()...), o.regexps()...),
+		HTTP:   append(append([]ciliumv2.PortRuleHTTP(nil), l.HTTP...), o.HTTP...),
+		Kafka:  append(append([]ciliumv2.PortRuleKafka(nil), l.Kafka...), o.Kafka...),
+		DNS:    append(append([]ciliumv2.PortRuleDNS(nil), l.DNS...), o.DNS...),
+		rx:     append(append([]httpRegexps(nil), l.regexps()...), o.regexps()...),
+		dnsSel: append(append([]FQDNSelector(nil), l.dnsSelectors()...), o.dnsSelectors()...),
 	}
+}
+
+// dnsSelectors are the compiled DNS rules (compiled now for an L7Policy not made by newL7Policy).
+func (l *L7Policy) dnsSelectors() []FQDNSelector {
+	if len(l.dnsSel) == len(l.DNS) {
+		return l.dnsSel
+	}
+	return newL7Policy(nil, nil, l.DNS).dnsSel
 }
 
 // cidrMatch selects CIDR identities inside prefix and outside every exception (Cilium CIDR rules).

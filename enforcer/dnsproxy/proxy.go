@@ -180,7 +180,7 @@ func listen(port uint16, opts Options, redirect func(netip.AddrPort) netip.AddrP
 	}
 	var replies *tproxy.Replier
 	if redirect == nil {
-		r, err := tproxy.NewReplier()
+		r, err := tproxy.NewReplier(opts.Mark)
 		if err != nil {
 			return nil, fmt.Errorf("DNS proxy: %w", err)
 		}

@@ -68,18 +68,20 @@ type Replier struct {
 	fd4, fd6 int
 }
 
-// NewReplier opens the raw sockets (CAP_NET_ADMIN and CAP_NET_RAW).
-func NewReplier() (_ *Replier, err error) {
+// NewReplier opens the raw sockets (CAP_NET_ADMIN and CAP_NET_RAW). Its datagrams carry mark
+// (SO_MARK, the datapath's proxy mark: a pod takes an answer to a flow handed to the proxy only
+// from the proxy).
+func NewReplier(mark uint32) (_ *Replier, err error) {
 	r := &Replier{fd4: -1, fd6: -1}
 	defer func() {
 		if err != nil {
 			r.Close()
 		}
 	}()
-	if r.fd4, err = rawUDP(unix.AF_INET); err != nil {
+	if r.fd4, err = rawUDP(unix.AF_INET, mark); err != nil {
 		return nil, err
 	}
-	if r.fd6, err = rawUDP(unix.AF_INET6); err != nil {
+	if r.fd6, err = rawUDP(unix.AF_INET6, mark); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -89,14 +91,14 @@ func NewReplier() (_ *Replier, err error) {
 // datagram the node receives.
 var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
 
-func rawUDP(family int) (int, error) {
+func rawUDP(family int, mark uint32) (int, error) {
 	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return -1, fmt.Errorf("raw UDP socket for replies (needs CAP_NET_RAW): %w", err)
 	}
 	err = unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: 1, Filter: &dropAll[0]})
 	if err == nil {
-		err = setTransparent(fd, family == unix.AF_INET6, 0)
+		err = setTransparent(fd, family == unix.AF_INET6, mark)
 	}
 	if err != nil {
 		unix.Close(fd)
