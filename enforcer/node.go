@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/enforcer/dnsproxy"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
 )
@@ -36,6 +39,16 @@ type NodeOptions struct {
 	PortWait time.Duration
 	// Routes deliver to the node's own sockets what the datapath marks for the proxy.
 	Routes proxy.Routes
+	// DNS configures the DNS proxy. Its Decide, Learn, OnQuery, Mark and KeepSource are the
+	// node's own when left nil or zero: the enforcer's decisions, what it learns for toFQDNs, the
+	// judged queries on the flow stream, the datapath's mark.
+	DNS dnsproxy.Options
+	// DNSPort is the DNS proxy's port on 127.0.0.1 and ::1 (UDP and TCP); 0 picks a free one.
+	DNSPort uint16
+	// FQDN configures what the node learns from DNS answers for toFQDNs rules; LearnedGC is how
+	// often it expires and saves them (1 s when 0).
+	FQDN      FQDNOptions
+	LearnedGC time.Duration
 	// Uplink is the interface traffic from other nodes arrives on, where ingress L7 rules hand it
 	// to the proxy: "auto" is the IPv4 default route's, "" none.
 	Uplink string
@@ -50,10 +63,14 @@ type Node struct {
 	// Flows reads the datapath's flow events; its reader is the caller's (an observer, a log).
 	Flows *datapath.FlowReader
 	// Proxy is the L7 HTTP proxy; nil once StopProxy stopped it.
-	Proxy  *proxy.Proxy
-	routes *proxy.Routes
-	uplink string
-	log    *slog.Logger
+	Proxy *proxy.Proxy
+	// DNSProxy is the DNS proxy; nil once StopProxy stopped it.
+	DNSProxy *dnsproxy.Proxy
+	routes   *proxy.Routes
+	uplink   string
+	log      *slog.Logger
+	// stopGC ends the learned names' expiry loop and waits for it.
+	stopGC func()
 }
 
 // startStep is one named step of a node's start. A step that fails leaves the node to Close.
@@ -65,9 +82,11 @@ type startStep struct {
 // startSteps are the node's start, in order. The DNS and Kafka proxies come as one step each.
 var startSteps = []startStep{
 	{"open datapath", (*Node).openDatapath},
+	{"restore learned DNS names", (*Node).restoreLearned},
 	{"read flow events", (*Node).readFlows},
 	{"route redirected flows to the proxy", (*Node).routeToProxy},
 	{"start the HTTP proxy", (*Node).startHTTPProxy},
+	{"start the DNS proxy", (*Node).startDNSProxy},
 	{"attach the uplink", (*Node).attachUplink},
 }
 
@@ -131,19 +150,10 @@ func (n *Node) startHTTPProxy(ctx context.Context, o *NodeOptions) error {
 		opts.OnRequest = func(r proxy.Request) { n.Datapath.PublishL7(L7Flow(r, n.Enforcer.State())) }
 	}
 	var px *proxy.Proxy
-	var err error
-	for deadline := time.Now().Add(o.PortWait); ; {
-		if px, err = proxy.Listen(o.HTTPPort, opts); err == nil || !time.Now().Before(deadline) {
-			break
-		}
-		n.log.Info("L7 proxy port busy, waiting for it", "port", o.HTTPPort, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	if err != nil {
+	if err := n.listenWaiting(ctx, "L7 proxy", o.HTTPPort, o.PortWait, func() (err error) {
+		px, err = proxy.Listen(o.HTTPPort, opts)
+		return err
+	}); err != nil {
 		return err
 	}
 	n.Proxy = px
@@ -154,6 +164,89 @@ func (n *Node) startHTTPProxy(ctx context.Context, o *NodeOptions) error {
 		return err
 	}
 	n.log.Info("L7 proxy listening", "port", px.Port())
+	return nil
+}
+
+// listenWaiting runs listen until it succeeds, for at most wait while another process (the
+// enforcer this one replaces) still holds the port.
+func (n *Node) listenWaiting(ctx context.Context, what string, port uint16, wait time.Duration, listen func() error) error {
+	for deadline := time.Now().Add(wait); ; {
+		err := listen()
+		if err == nil || !time.Now().Before(deadline) {
+			return err
+		}
+		n.log.Info(what+" port busy, waiting for it", "port", port, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// restoreLearned configures what the node learns from DNS answers and reads back what an
+// earlier enforcer learned, before the first sync programs it, then expires and saves it every
+// LearnedGC.
+func (n *Node) restoreLearned(_ context.Context, o *NodeOptions) error {
+	n.Enforcer.SetFQDNOptions(o.FQDN)
+	count, err := n.Enforcer.RestoreLearned()
+	if err != nil {
+		// The addresses an earlier enforcer learned are then learned again from new answers;
+		// until then toFQDNs rules do not select them (fail closed), and the log says so.
+		n.log.Error("learned DNS names not restored", "err", err)
+	} else if count > 0 {
+		n.log.Info("learned DNS names restored", "addresses", count)
+	}
+	gc := o.LearnedGC
+	if gc <= 0 {
+		gc = time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.Enforcer.RunLearnedGC(ctx, gc, func(err error) { n.log.Error("learned DNS names", "err", err) })
+	}()
+	n.stopGC = func() { cancel(); <-done }
+	return nil
+}
+
+// startDNSProxy starts the DNS proxy (waiting for the previous enforcer's to go during a restart)
+// and gives the datapath its port and TCP listeners.
+func (n *Node) startDNSProxy(ctx context.Context, o *NodeOptions) error {
+	opts := o.DNS
+	if opts.Decide == nil {
+		opts.Decide = n.Enforcer.Decide
+	}
+	if opts.Learn == nil {
+		opts.Learn = func(_ netip.AddrPort, qname string, addrs []netip.Addr, ttl time.Duration) error {
+			return n.Enforcer.Learn(qname, addrs, ttl)
+		}
+	}
+	if opts.Mark == 0 {
+		opts.Mark = n.Datapath.ProxyMark()
+	}
+	if opts.KeepSource == nil {
+		opts.KeepSource = n.Enforcer.IsPod
+	}
+	if opts.OnQuery == nil {
+		opts.OnQuery = func(q dnsproxy.Query) { n.Datapath.PublishL7(DNSFlow(q, n.Enforcer.State())) }
+	}
+	var px *dnsproxy.Proxy
+	if err := n.listenWaiting(ctx, "DNS proxy", o.DNSPort, o.PortWait, func() (err error) {
+		px, err = dnsproxy.Listen(o.DNSPort, opts)
+		return err
+	}); err != nil {
+		return err
+	}
+	n.DNSProxy = px
+	if err := n.Datapath.SetProxyListeners(datapath.ParserDNS, px.Listeners()); err != nil {
+		return err
+	}
+	if err := n.Datapath.SetProxyPort(datapath.ParserDNS, px.Port()); err != nil {
+		return err
+	}
+	n.log.Info("DNS proxy listening", "port", px.Port())
 	return nil
 }
 
@@ -194,15 +287,19 @@ func defaultRouteLink() (string, error) {
 	return "", errors.New("no IPv4 default route")
 }
 
-// StopProxy stops the L7 HTTP proxy (tests of failing closed): flows an L7 rule governs are
-// dropped from then on.
+// StopProxy stops the L7 proxies, HTTP and DNS (tests of failing closed): flows an L7 rule
+// governs are dropped from then on.
 func (n *Node) StopProxy() error {
-	if n.Proxy == nil {
-		return nil
+	var errs []error
+	if n.Proxy != nil {
+		errs = append(errs, n.Proxy.Close())
+		n.Proxy = nil
 	}
-	err := n.Proxy.Close()
-	n.Proxy = nil
-	return err
+	if n.DNSProxy != nil {
+		errs = append(errs, n.DNSProxy.Close())
+		n.DNSProxy = nil
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops the node's runtime and leaves what enforces: pins (the datapath's programs keep
@@ -231,9 +328,14 @@ func (n *Node) Teardown() error {
 	return errors.Join(errs...)
 }
 
-// stop stops reading flow events and the proxy.
+// stop stops reading flow events, the proxies and the learned names' loop (saving them).
 func (n *Node) stop() []error {
 	var errs []error
+	if n.stopGC != nil {
+		n.stopGC()
+		n.stopGC = nil
+		errs = append(errs, n.Enforcer.SaveLearned())
+	}
 	if n.Flows != nil {
 		errs = append(errs, n.Flows.Close())
 		n.Flows = nil
@@ -256,6 +358,28 @@ func L7Flow(r proxy.Request, st *policy.State) datapath.Flow {
 	}
 	if r.Verdict.Rule != nil {
 		f.Rule = r.Verdict.Rule.ID
+	}
+	if st != nil {
+		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
+	}
+	return f
+}
+
+// DNSFlow is a query the DNS proxy judged as an L7 event of the flow stream.
+func DNSFlow(q dnsproxy.Query, st *policy.State) datapath.Flow {
+	f := datapath.Flow{Direction: policy.Egress, Reason: datapath.ReasonForwardProxy, Proto: q.Proto,
+		Src: q.Src.Addr(), Dst: q.Dst.Addr(), SrcPort: q.Src.Port(), DstPort: q.Dst.Port(),
+		L7: &datapath.L7Flow{Protocol: "DNS", Denied: !q.Verdict.Allowed || q.Refused != "", HTTPRule: q.Verdict.Index,
+			Why: q.Verdict.Reason, Latency: q.Latency,
+			DNS: &datapath.DNSFlow{Query: q.Name, Type: dns.TypeToString[q.Type], IPs: q.Answers, TTL: q.TTL}}}
+	if q.Rcode != dnsproxy.NoAnswer {
+		f.L7.DNS.RCode = dns.RcodeToString[q.Rcode]
+	}
+	if q.Refused != "" {
+		f.L7.Why = q.Refused
+	}
+	if q.Verdict.Rule != nil {
+		f.Rule = q.Verdict.Rule.ID
 	}
 	if st != nil {
 		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)

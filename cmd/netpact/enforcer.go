@@ -9,10 +9,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 
+	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/cniplugin"
 	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/enforcer/dnsproxy"
 	"github.com/netpact/netpact/enforcer/kubenode"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
@@ -23,6 +26,8 @@ func newEnforcerCommand() *cobra.Command {
 		c                           kubenode.RunConfig
 		kubeconfig, mode, denied403 string
 		limits                      proxy.Limits
+		rejectCode                  string
+		minTTL                      int
 	)
 	cmd := &cobra.Command{
 		Use:   "enforcer",
@@ -66,6 +71,18 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 				c.Log.Info("Go soft memory limit: 90% of the container's", "bytes", limit)
 			}
 			c.HTTP = proxy.Options{DeniedBody: denied403, Limits: limits}
+			switch rejectCode {
+			case "refused":
+				c.DNS.Reject = dns.RcodeRefused
+			case "nameError":
+				c.DNS.Reject = dns.RcodeNameError
+			default:
+				return fmt.Errorf("--tofqdns-dns-reject-response-code %q: want refused or nameError", rejectCode)
+			}
+			if minTTL < 0 {
+				return fmt.Errorf("--tofqdns-min-ttl %d: must not be negative", minTTL)
+			}
+			c.FQDN.MinTTL = time.Duration(minTTL) * time.Second
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return kubenode.Run(ctx, c)
@@ -93,6 +110,14 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	f.Int64Var(&limits.BufferedPerSource, "http-buffered-per-pod", proxy.DefaultBufferedPerSource, "bytes the proxy may hold for one source (unfinished request headers, HTTP/2 receive windows); more is refused with 503 or a reset")
 	f.Int64Var(&limits.BufferedTotal, "http-buffered-total", proxy.DefaultBufferedTotal, "bytes the proxy may hold for all sources together")
 	f.StringVar(&c.Uplink, "uplink", "auto", "interface traffic from other nodes arrives on, where ingress L7 rules redirect it (auto: the default route's; empty: none, and such flows from other nodes are dropped)")
+	f.Uint16Var(&c.DNSPort, "tofqdns-proxy-port", 14053, "port of the DNS proxy on the node's 127.0.0.1 and ::1, UDP and TCP (the datapath hands it the queries dns rules govern; fixed, so that a restarted enforcer takes over the port the pinned datapath names)")
+	f.StringVar(&rejectCode, "tofqdns-dns-reject-response-code", "refused", "rcode of a DNS query no dns rule allows: refused or nameError (NXDOMAIN), as Cilium's flag")
+	f.IntVar(&minTTL, "tofqdns-min-ttl", 0, "least time in seconds an address learned from a DNS answer stays allowed for toFQDNs (0: the answer's TTL, Cilium's default since 1.13)")
+	f.IntVar(&c.FQDN.MaxAddrsPerName, "tofqdns-endpoint-max-ip-per-hostname", enforcer.DefaultMaxAddrsPerName, "addresses kept per DNS name (node-wide); over it those expiring first go, but none an open connection uses")
+	f.IntVar(&c.FQDN.MaxAddrs, "tofqdns-max-addrs", enforcer.DefaultMaxAddrs, "addresses learned from DNS answers the node keeps in all (ipcache entries); an answer over it gets SERVFAIL")
+	f.StringVar(&c.FQDN.StatePath, "tofqdns-state-file", "/var/run/netpact/fqdn-cache.json", "where learned DNS names are kept across enforcer restarts")
+	f.IntVar(&c.DNS.PerSource, "dnsproxy-concurrency-per-pod", dnsproxy.DefaultPerSource, "DNS queries one pod may have in flight in the DNS proxy; more get SERVFAIL")
+	f.IntVar(&c.DNS.Total, "dnsproxy-concurrency-limit", dnsproxy.DefaultTotal, "DNS queries all pods may have in flight in the DNS proxy; more get SERVFAIL")
 	f.StringVar(&mode, "policy-enforcement-mode", "default", "default, always or never (as Cilium's policy-enforcement-mode)")
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -121,6 +122,20 @@ type L7Flow struct {
 	Latency  time.Duration
 	// HeaderActions are the mismatch actions applied ("LOG X-Token", "REPLACE X-Team").
 	HeaderActions []string
+	// DNS is a DNS query the DNS proxy judged (Protocol "DNS"); nil for HTTP.
+	DNS *DNSFlow
+}
+
+// DNSFlow is a DNS query and what the pod got back: the query name (lower case, trailing dot)
+// and type, the rcode ("NOERROR", "REFUSED", "SERVFAIL"; "" when no answer was sent), the
+// addresses the answer gave and its TTL. HTTPRule is then the index of the DNS rule that allowed
+// it.
+type DNSFlow struct {
+	Query string
+	Type  string
+	RCode string
+	IPs   []netip.Addr
+	TTL   time.Duration
 }
 
 // Dropped reports whether the flow event is a drop: a dropped packet, or a denied request.
@@ -144,6 +159,18 @@ func (f Flow) Verdict() string {
 func (f Flow) L7String() string {
 	if f.L7 == nil {
 		return ""
+	}
+	if d := f.L7.DNS; d != nil {
+		// Hubble's forms: the query, or the answer with the query it answers.
+		if len(d.IPs) == 0 {
+			return fmt.Sprintf("dns-request %s (DNS Query %s %s) %s", f.Verdict(), d.Query, d.Type, d.RCode)
+		}
+		ips := make([]string, len(d.IPs))
+		for i, ip := range d.IPs {
+			ips[i] = ip.String()
+		}
+		return fmt.Sprintf("dns-response %s (DNS Answer %q TTL: %d (Proxy %s %s)) %s", f.Verdict(), strings.Join(ips, ","),
+			int(d.TTL.Seconds()), d.Query, d.Type, d.RCode)
 	}
 	return fmt.Sprintf("http-request %s (%s %s http://%s%s) %d", f.Verdict(), f.L7.Protocol, f.L7.Method, f.L7.Host, f.L7.Path, f.L7.Status)
 }

@@ -46,7 +46,7 @@ type FlowRecord struct {
 
 // L7Record is an L7 event's request: Hubble's flow type L7, l7.type REQUEST, l7.http.
 type L7Record struct {
-	Type      string `json:"type"` // http-request
+	Type      string `json:"type"` // http-request, dns
 	Protocol  string `json:"protocol"`
 	Method    string `json:"method"`
 	URL       string `json:"url"`
@@ -56,6 +56,13 @@ type L7Record struct {
 	LatencyNS int64  `json:"latencyNs"`
 	// HeaderActions are the headerMatches mismatch actions applied ("LOG X-Token").
 	HeaderActions []string `json:"headerActions,omitempty"`
+	// A DNS query (type dns): its name and type, the rcode the pod got ("" when none), the
+	// answer's addresses and TTL in seconds; httpRule is then the index of the DNS rule.
+	Query  string   `json:"query,omitempty"`
+	QType  string   `json:"qtype,omitempty"`
+	RCode  string   `json:"rcode,omitempty"`
+	IPs    []string `json:"ips,omitempty"`
+	TTLSec uint32   `json:"ttl,omitempty"`
 }
 
 // flowLogSize is how many flow events the enforcer keeps for /flows.
@@ -113,6 +120,13 @@ func (o *Observer) record(f datapath.Flow) FlowRecord {
 		rec.L7 = &L7Record{Type: "http-request", Protocol: f.L7.Protocol, Method: f.L7.Method, URL: "http://" + f.L7.Host + f.L7.Path,
 			Code: f.L7.Status, HTTPRule: f.L7.HTTPRule, Why: f.L7.Why, LatencyNS: f.L7.Latency.Nanoseconds(),
 			HeaderActions: f.L7.HeaderActions}
+		if d := f.L7.DNS; d != nil {
+			rec.L7 = &L7Record{Type: "dns", Protocol: "DNS", HTTPRule: f.L7.HTTPRule, Why: f.L7.Why, LatencyNS: f.L7.Latency.Nanoseconds(),
+				Query: d.Query, QType: d.Type, RCode: d.RCode, TTLSec: uint32(d.TTL.Seconds())}
+			for _, ip := range d.IPs {
+				rec.L7.IPs = append(rec.L7.IPs, ip.String())
+			}
+		}
 	}
 	if f.Service != 0 {
 		rec.Service = o.dp.ServiceName(f.Service)

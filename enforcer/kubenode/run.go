@@ -20,6 +20,7 @@ import (
 
 	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/datapath"
+	"github.com/netpact/netpact/enforcer/dnsproxy"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
 )
@@ -44,6 +45,10 @@ type RunConfig struct {
 	HTTP     proxy.Options
 	HTTPPort uint16
 	Uplink   string
+	// DNS, DNSPort and FQDN are the DNS proxy's and what the node learns for toFQDNs.
+	DNS     dnsproxy.Options
+	DNSPort uint16
+	FQDN    enforcer.FQDNOptions
 	Log      *slog.Logger
 }
 
@@ -86,6 +91,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		Datapath: datapath.Options{PinPath: cfg.PinPath, Cgroup: cgroup},
 		Policy:   policy.Options{Mode: cfg.Mode, Node: cfg.NodeName},
 		HTTP:     httpOpts, HTTPPort: cfg.HTTPPort, PortWait: 30 * time.Second,
+		DNS: cfg.DNS, DNSPort: cfg.DNSPort, FQDN: cfg.FQDN,
 		Routes: proxy.Routes{Table: 2004, Priority: 9}, Uplink: cfg.Uplink, Log: cfg.Log})
 	if err != nil {
 		return err

@@ -385,6 +385,8 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 		if f.L7 != nil {
 			if f.L7.Denied && f.L7.Why != "" {
 				rule = f.L7.Why
+			} else if f.L7.HTTPRule >= 0 && f.L7.DNS != nil {
+				rule += fmt.Sprintf(", dns rule %d", f.L7.HTTPRule)
 			} else if f.L7.HTTPRule >= 0 {
 				rule += fmt.Sprintf(", http rule %d", f.L7.HTTPRule)
 			}
