@@ -96,6 +96,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	f.StringVar(&c.Listen, "listen", ":9879", "address of /readyz, /status, /routes, /flows and /metrics (empty: none); the DaemonSet gives the node's IP, not every interface")
 	f.StringVar(&c.FlowsListen, "flows-listen", "", "address of /flows when not on --listen")
 	f.StringVar(&c.MetricsListen, "metrics-listen", "", "address of /metrics when not on --listen")
+	f.BoolVar(&c.Masquerade, "masquerade", true, "masquerade pods' packets to hosts outside the cluster (pod CIDRs and node addresses excepted) behind the node's address, with nftables (table inet netpact)")
 	f.IntVar(&c.MTU, "mtu", 0, "MTU of pod interfaces (the default route's when 0)")
 	f.StringVar(&c.PinPath, "pin-path", datapath.DefaultPinPath, "bpffs directory of the datapath's pins (on the node's bpffs)")
 	f.StringVar(&c.AgentSocket, "cni-socket", cniplugin.DefaultAgentSocket, "unix socket the CNI plugin's ADD waits on")

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/knftables"
 
 	"github.com/netpact/netpact/enforcer/cniplugin"
 	"github.com/netpact/netpact/enforcer/podnet"
@@ -51,6 +52,9 @@ type Config struct {
 	MTU int
 	// Resync repairs routes this often even without Node events; 30 s when zero.
 	Resync time.Duration
+	// Masquerade makes the node masquerade its pods' packets to hosts outside the cluster
+	// (nftables table inet netpact; needs the nft command).
+	Masquerade bool
 	Log    *slog.Logger
 }
 
@@ -65,6 +69,7 @@ type Agent struct {
 	ready   bool
 	lastErr error
 	routes  []Route
+	nft     knftables.Interface
 }
 
 // New returns an agent; Run starts it.
@@ -156,6 +161,11 @@ func (a *Agent) Sync(nodes []*corev1.Node) error {
 	want := DesiredRoutes(a.cfg.NodeName, nodes)
 	if err := ReplaceRoutes(want); err != nil {
 		return err
+	}
+	if a.cfg.Masquerade {
+		if err := a.syncMasquerade(cidrs, nodes); err != nil {
+			return err
+		}
 	}
 	a.mu.Lock()
 	a.ready, a.routes = true, want

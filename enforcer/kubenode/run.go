@@ -49,7 +49,9 @@ type RunConfig struct {
 	DNS     dnsproxy.Options
 	DNSPort uint16
 	FQDN    enforcer.FQDNOptions
-	Log      *slog.Logger
+	// Masquerade: pods' packets to hosts outside the cluster leave from the node's address.
+	Masquerade bool
+	Log        *slog.Logger
 }
 
 // Run runs the node agent until ctx ends or a part of it fails: the node's runtime
@@ -104,7 +106,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	obs := NewObserver(node.Datapath, node.Enforcer, enf)
 	go obs.Run(node.Flows)
 	agent := New(Config{NodeName: cfg.NodeName, Client: client, CNIBinDir: cfg.CNIBinDir,
-		CNIConfDir: cfg.CNIConfDir, MTU: cfg.MTU, AgentSocket: cfg.AgentSocket, Log: cfg.Log})
+		CNIConfDir: cfg.CNIConfDir, MTU: cfg.MTU, AgentSocket: cfg.AgentSocket, Masquerade: cfg.Masquerade, Log: cfg.Log})
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	errs := make(chan error, 3)
