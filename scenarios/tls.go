@@ -7,12 +7,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
-	"io"
-	"log"
 	"math/big"
 	"net"
-	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -87,21 +85,12 @@ func serverCertificate(names []string, addrs []netip.Addr) (tls.Certificate, err
 }
 
 // startTLS starts the tls workload of an external host in its namespace: HTTPS on each of its
-// ports with a certificate for its names and addresses, GET / answering 200 and the host's name
-// (probeagent.ExternalBody), any other path 404.
+// ports with a certificate for its names and addresses (probeagent.NewTLSServer).
 func startTLS(p *podnet.Pod, e *External) (*servers, error) {
 	cert, err := serverCertificate(e.Names, []netip.Addr{p.IPv4, p.IPv6})
 	if err != nil {
 		return nil, fmt.Errorf("external %s: %w", e.Name, err)
 	}
-	body := probeagent.ExternalBody(e.Name)
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/" {
-			http.NotFound(w, r)
-			return
-		}
-		fmt.Fprint(w, body)
-	})
 	s := &servers{}
 	for _, port := range e.Ports {
 		if port.Protocol != policy.ProtoTCP {
@@ -116,15 +105,29 @@ func startTLS(p *podnet.Pod, e *External) (*servers, error) {
 			s.Close()
 			return nil, fmt.Errorf("external %s: listen %s: %w", e.Name, port, err)
 		}
-		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second,
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-			// A probe's handshake that a policy cuts short is not worth a log line.
-			ErrorLog: discardLog}
+		srv := probeagent.NewTLSServer(e.Name, cert)
 		s.closers = append(s.closers, srv)
 		go srv.ServeTLS(l, "", "")
 	}
 	return s, nil
 }
 
-// discardLog drops an HTTP server's error log.
-var discardLog = log.New(io.Discard, "", 0)
+// externalCertificate is the PEM certificate and key of an external host's tls workload, for
+// its names and addresses, and the harness CA's certificate (PEM) that probes trust.
+func externalCertificate(e *External, addrs []netip.Addr) (cert, key, ca []byte, err error) {
+	c, err := serverCertificate(e.Names, addrs)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("external %s: %w", e.Name, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("external %s: key: %w", e.Name, err)
+	}
+	caCert, _, _, err := certificateAuthority()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), nil
+}

@@ -24,7 +24,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newValidateCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newAdmissionCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
-		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand())
+		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newExternalServerCommand())
 	return root
 }
 

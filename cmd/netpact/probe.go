@@ -1,15 +1,21 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
@@ -94,4 +100,71 @@ func newProbeFloodCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&interval, "interval", 2*time.Millisecond, "time between datagrams")
 	cmd.Flags().DurationVar(&d, "for", 30*time.Second, "how long to send")
 	return cmd
+}
+
+// newExternalServerCommand is an external host of a scenario on kind: a container on the kind
+// Docker network that carries the external's fixed addresses on its loopback (the nodes route
+// them to it) and serves the tls workload on its ports.
+func newExternalServerCommand() *cobra.Command {
+	var name string
+	var ports []uint
+	var addrs []string
+	cmd := &cobra.Command{
+		Use:    "external-server",
+		Short:  "Serve a scenario's external host: HTTPS on its ports, its addresses on the loopback",
+		Long:   "The certificate and key (PEM) are read from the NETPACT_TLS_CERT and NETPACT_TLS_KEY environment variables.",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cert, err := tls.X509KeyPair([]byte(os.Getenv("NETPACT_TLS_CERT")), []byte(os.Getenv("NETPACT_TLS_KEY")))
+			if err != nil {
+				return fmt.Errorf("certificate from NETPACT_TLS_CERT and NETPACT_TLS_KEY: %w", err)
+			}
+			if err := addLoopbackAddrs(addrs); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			errs := make(chan error, len(ports))
+			for _, p := range ports {
+				l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+				if err != nil {
+					return fmt.Errorf("listen %d/TCP: %w", p, err)
+				}
+				srv := probeagent.NewTLSServer(name, cert)
+				defer srv.Close()
+				go func() { errs <- srv.ServeTLS(l, "", "") }()
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "serving external %s on %v at %v\n", name, ports, addrs)
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-errs:
+				return fmt.Errorf("serve: %w", err)
+			}
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "the external host's name (GET / answers with it)")
+	cmd.Flags().UintSliceVar(&ports, "port", nil, "a TCP port to serve HTTPS on (repeatable)")
+	cmd.Flags().StringArrayVar(&addrs, "address", nil, "an address to add to the loopback (repeatable)")
+	return cmd
+}
+
+// addLoopbackAddrs puts the addresses on lo (a host route each), where packets routed to this
+// container for them are delivered.
+func addLoopbackAddrs(addrs []string) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	for _, s := range addrs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("address %q: %w", s, err)
+		}
+		if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: podnet.HostPrefix(a)}); err != nil {
+			return fmt.Errorf("add %s to lo (the container needs NET_ADMIN): %w", a, err)
+		}
+	}
+	return nil
 }

@@ -46,6 +46,13 @@ type Request struct {
 	// other answers (LookupOutcome).
 	Lookup     bool `json:"lookup,omitempty"`
 	ExactRCode bool `json:"exactRCode,omitempty"`
+	// TLS makes a TCP probe an HTTPS GET / to an external host (TLSGet): its certificate must be
+	// for ServerName and signed by CA (PEM), its answer Want. With Lookup, the probe connects to
+	// the first address Name resolves to with the pod's resolver instead of Host.
+	TLS        bool   `json:"tls,omitempty"`
+	ServerName string `json:"serverName,omitempty"`
+	CA         string `json:"ca,omitempty"`
+	Want       string `json:"want,omitempty"`
 	// TimeoutMS bounds the connection attempt; 3000 when zero.
 	TimeoutMS int `json:"timeoutMS,omitempty"`
 }
@@ -70,6 +77,10 @@ func Run(reqs []Request) []Result {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
+			if r.TLS {
+				out[i] = tlsProbe(r, r.timeout())
+				return
+			}
 			if r.Lookup {
 				out[i] = lookup(r)
 				return
@@ -80,6 +91,14 @@ func Run(reqs []Request) []Result {
 	}
 	wg.Wait()
 	return out
+}
+
+// timeout bounds a probe's connection attempt.
+func (r Request) timeout() time.Duration {
+	if r.TimeoutMS > 0 {
+		return time.Duration(r.TimeoutMS) * time.Millisecond
+	}
+	return 3 * time.Second
 }
 
 func classify(err error) (string, string) {
@@ -93,10 +112,7 @@ func classify(err error) (string, string) {
 }
 
 func probe(r Request) (string, string) {
-	timeout := 3 * time.Second
-	if r.TimeoutMS > 0 {
-		timeout = time.Duration(r.TimeoutMS) * time.Millisecond
-	}
+	timeout := r.timeout()
 	addr := net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
 	switch strings.ToUpper(r.Proto) {
 	case "TCP", "":
@@ -160,10 +176,7 @@ func probe(r Request) (string, string) {
 // lookup resolves a name as the pod's stub resolver does, from /etc/resolv.conf, and reports
 // the answer's rcode.
 func lookup(r Request) Result {
-	timeout := 3 * time.Second
-	if r.TimeoutMS > 0 {
-		timeout = time.Duration(r.TimeoutMS) * time.Millisecond
-	}
+	timeout := r.timeout()
 	data, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil {
 		return Result{ID: r.ID, Outcome: "error", Note: err.Error()}
