@@ -374,10 +374,12 @@ func LoadImages(name string, images []string) error {
 	return errors.Join(errs...)
 }
 
-// Delete deletes the cluster's nodes and its kubeconfig entry, then kind's "kind" Docker network
+// Delete deletes the cluster's external hosts, its nodes and its kubeconfig entry, then kind's "kind" Docker network
 // when no container uses it any more (kind keeps it).
 func Delete(name, kubeconfig string) error {
 	UsePrivateDocker()
+	// The external hosts first: the kind network cannot go while a container uses it.
+	_ = RemoveExternals(name)
 	if err := provider().Delete(name, kubeconfig); err != nil {
 		return fmt.Errorf("delete cluster %s: %w", name, err)
 	}

@@ -53,9 +53,9 @@ func MasqueradeTransaction(nft knftables.Interface, own []netip.Prefix, nodes []
 	v4, v6 := clusterAddrs(nodes)
 	tx := nft.NewTransaction()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("netpact: masquerade of pod traffic leaving the cluster")})
-	tx.Add(&knftables.Chain{Name: "masquerade", Type: knftables.PtrTo(knftables.NATType),
+	tx.Add(&knftables.Chain{Name: "pod-egress", Type: knftables.PtrTo(knftables.NATType),
 		Hook: knftables.PtrTo(knftables.PostroutingHook), Priority: knftables.PtrTo(knftables.SNATPriority)})
-	tx.Flush(&knftables.Chain{Name: "masquerade"})
+	tx.Flush(&knftables.Chain{Name: "pod-egress"})
 	for _, set := range []struct {
 		name, typ string
 		elems     []string
@@ -72,7 +72,7 @@ func MasqueradeTransaction(nft knftables.Interface, own []netip.Prefix, nodes []
 		if c.Addr().Is6() {
 			family, set = "ip6", "cluster-v6"
 		}
-		tx.Add(&knftables.Rule{Chain: "masquerade",
+		tx.Add(&knftables.Rule{Chain: "pod-egress",
 			Rule: knftables.Concat(family, "saddr", c.String(), family, "daddr", "!=", "@"+set, "masquerade")})
 	}
 	return tx

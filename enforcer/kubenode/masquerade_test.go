@@ -29,8 +29,8 @@ func TestMasqueradeRules(t *testing.T) {
 	}
 	dump := nft.Dump()
 	for _, want := range []string{
-		"add rule inet netpact masquerade ip saddr 10.244.0.0/24 ip daddr != @cluster-v4 masquerade",
-		"add rule inet netpact masquerade ip6 saddr fd00:10:244::/64 ip6 daddr != @cluster-v6 masquerade",
+		"add rule inet netpact pod-egress ip saddr 10.244.0.0/24 ip daddr != @cluster-v4 masquerade",
+		"add rule inet netpact pod-egress ip6 saddr fd00:10:244::/64 ip6 daddr != @cluster-v6 masquerade",
 		"add element inet netpact cluster-v4 { 10.244.1.0/24 }",
 		"add element inet netpact cluster-v4 { 172.18.0.3 }",
 		"add element inet netpact cluster-v6 { fc00::3 }",
