@@ -732,7 +732,8 @@ func runOnKind(path ...string) (*scenarios.Result, string) {
 	sc, err := scenarios.LoadFile(filepath.Join(append([]string{root, "scenarios"}, path...)...))
 	Expect(err).NotTo(HaveOccurred())
 	cfg, client := kindClient(kindData)
-	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
+	backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage,
+		Kind: kindData.Name})
 	res := (&scenarios.Runner{Backend: backend}).Run(sc)
 	var report bytes.Buffer
 	scenarios.Print(&report, []*scenarios.Result{res}, false)

@@ -376,7 +376,8 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 			for _, f := range files {
 				sc, err := scenarios.LoadFile(f)
 				Expect(err).NotTo(HaveOccurred())
-				backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage})
+				backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: kindData.ProbeImage,
+					Kind: kindData.Name})
 				start := time.Now()
 				res := (&scenarios.Runner{Backend: backend}).Run(sc)
 				AddReportEntry(fmt.Sprintf("%s on kind, round %d", filepath.Base(f), round+1), time.Since(start).Round(100*time.Millisecond).String())

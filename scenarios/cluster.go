@@ -29,6 +29,7 @@ import (
 
 	"github.com/netpact/netpact/internal/kubeapply"
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // ErrNotEnforced is what a backend answers to policies it cannot enforce yet; the runner reports
@@ -47,6 +48,9 @@ type ClusterOptions struct {
 	ProbeImage string
 	// EnforceTimeout bounds the wait for every node to enforce a step's policies; 60 s when zero.
 	EnforceTimeout time.Duration
+	// Kind is the kind cluster's name: a scenario's external hosts run as containers on its
+	// Docker network (kind.StartExternal). Without it, scenarios with externals are refused.
+	Kind string
 }
 
 // Cluster is a Backend on a running Kubernetes cluster (kind): the scenario's pods are pods of the
@@ -75,6 +79,11 @@ type Cluster struct {
 	// minServicesVersion is the newest resourceVersion of the scenario's Services' EndpointSlices:
 	// every node must translate them before a probe.
 	minServicesVersion int64
+	// externals says the run started external hosts; caPEM is the CA their certificates are from.
+	externals bool
+	caPEM     string
+	// dnsChanged says the run changed CoreDNS's Corefile.
+	dnsChanged bool
 }
 
 // NewCluster returns a cluster backend.
@@ -101,9 +110,12 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	c.nodes = nodes.Items
-	// What a killed run left enforced.
+	// What a killed run left enforced, or changed.
 	if err := c.cleanPolicies(); err != nil {
 		return nil, fmt.Errorf("remove earlier scenario policies: %w", err)
+	}
+	if err := c.undoCluster(); err != nil {
+		return nil, fmt.Errorf("undo an earlier scenario's changes: %w", err)
 	}
 	pc := &policy.Cluster{}
 	for _, n := range c.nodes {
@@ -142,6 +154,10 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 	if err := c.waitReady(wctx, created); err != nil {
 		return nil, err
 	}
+	// Before the pods are found: restarting CoreDNS gives its pods new addresses.
+	if err := c.prepareCluster(sc, created); err != nil {
+		return nil, err
+	}
 	for _, p := range sc.Pods {
 		found, err := c.findPods(ctx, p)
 		if err != nil {
@@ -174,30 +190,54 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 	return pc, nil
 }
 
-// supports fails for what a scenario asks that this backend cannot give yet, rather than run
-// the scenario without it and pass.
-func (c *Cluster) supports(ctx context.Context, sc *Scenario) error {
+// supports fails for what a scenario asks that this backend cannot give, rather than run the
+// scenario without it and pass.
+func (c *Cluster) supports(_ context.Context, sc *Scenario) error {
 	var problems []string
-	if len(sc.Externals) > 0 {
-		problems = append(problems, "externals are not supported on kind yet: their hosts, and their names in DNS, "+
-			"exist only on the local node (netpact test)")
+	if len(sc.Externals) > 0 && c.opts.Kind == "" {
+		problems = append(problems, "externals need a kind cluster: their hosts run as containers on its Docker "+
+			"network (the cluster backend was given no kind cluster name)")
 	}
-	if sc.DNSTTL != nil {
-		problems = append(problems, "dnsTTL is not supported on kind yet: the cluster's CoreDNS answers with its own TTLs")
-	}
-	if sc.EnforcementMode != "" {
-		mode, err := c.enforcerMode(ctx)
-		switch {
-		case err != nil:
-			problems = append(problems, fmt.Sprintf("enforcementMode %s: %v", sc.EnforcementMode, err))
-		case mode != sc.EnforcementMode:
-			problems = append(problems, fmt.Sprintf("enforcementMode %s: the cluster's enforcers run with "+
-				"--policy-enforcement-mode=%s, and switching it per scenario is not supported on kind yet "+
-				"(install netpact with policyEnforcementMode=%[1]s to run this scenario)", sc.EnforcementMode, mode))
-		}
+	if len(sc.Externals) > 0 && c.opts.ProbeImage == "" {
+		problems = append(problems, "externals need the netpact image (ProbeImage): their hosts run netpact external-server")
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// prepareCluster gives the cluster what the scenario asks beyond pods and policies, in this
+// order: external hosts, their names in CoreDNS (checked from a pod the run made, while no
+// policy is enforced), the enforcers' mode.
+func (c *Cluster) prepareCluster(sc *Scenario, created []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if len(sc.Externals) > 0 {
+		if err := c.startExternals(sc); err != nil {
+			return err
+		}
+	}
+	if len(sc.names()) > 0 && (len(sc.Externals) > 0 || sc.DNSTTL != nil) {
+		block := hostsBlock(sc)
+		if err := c.setCorefile(ctx, func(s string) (string, error) { return withHosts(s, block) }); err != nil {
+			return err
+		}
+		if len(created) > 0 {
+			ns, name, _ := strings.Cut(created[0], "/")
+			pod, err := c.opts.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return fmt.Errorf("pod %s: %w", created[0], err)
+			}
+			if err := c.checkNames(sc, *pod); err != nil {
+				return err
+			}
+		}
+	}
+	if sc.EnforcementMode != "" {
+		if err := c.setEnforcerMode(ctx, sc.EnforcementMode, true); err != nil {
+			return fmt.Errorf("enforcement mode %s: %w", sc.EnforcementMode, err)
+		}
 	}
 	return nil
 }
@@ -424,10 +464,12 @@ func (c *Cluster) nodeFlows(enforcer, src, dst string, since time.Time) []string
 	return out
 }
 
-// Stop deletes the policies the scenario applied and waits until the nodes dropped them; the
-// workloads stay: they belong to whoever applied them.
+// Stop deletes the policies the scenario applied and waits until the nodes dropped them, and
+// undoes the run's external hosts, CoreDNS names and enforcement mode; the workloads stay: they
+// belong to whoever applied them.
 func (c *Cluster) Stop() error {
 	err := c.cleanPolicies()
+	err = errors.Join(err, c.undoCluster())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return errors.Join(err, c.removeCreated(ctx))
@@ -494,6 +536,14 @@ func (c *Cluster) record(cell Cell, s string) {
 // targets lists the addresses a cell's probe connects to: each destination pod's IPv4 address,
 // or the service's ClusterIP, another node's address with the NodePort, or the service's DNS name.
 func (c *Cluster) targets(cell Cell, src corev1.Pod) ([]target, error) {
+	if cell.External != "" {
+		_, i, ok := c.sc.external(cell.External)
+		if !ok {
+			return nil, fmt.Errorf("no external host %s", cell.External)
+		}
+		v4, _ := ExternalAddrs(i)
+		return []target{{host: v4.String(), port: cell.Port.Port}}, nil
+	}
 	if cell.Service == "" {
 		var out []target
 		for _, p := range c.pods[cell.To] {
@@ -549,6 +599,20 @@ func (c *Cluster) targets(cell Cell, src corev1.Pod) ([]target, error) {
 	}
 }
 
+// externalRequest makes a probe request an HTTPS GET / to the cell's external host, trusting the
+// run's CA: to its address for the external's first name (or the address itself), or, for a
+// lookup-then-connect cell, to what the name resolves to in the pod.
+func (c *Cluster) externalRequest(r *probeagent.Request, cell Cell) {
+	e, _, _ := c.sc.external(cell.External)
+	r.TLS, r.CA, r.Want, r.ServerName = true, c.caPEM, probeagent.ExternalBody(cell.External), r.Host
+	if e != nil && len(e.Names) > 0 {
+		r.ServerName = e.Names[0]
+	}
+	if cell.Resolve != nil {
+		r.Lookup, r.Name, r.ServerName = true, cell.Resolve.Lookup, strings.TrimSuffix(cell.Resolve.Lookup, ".")
+	}
+}
+
 // probeOne runs one command in the source pod: curl for HTTP, psql towards PostgreSQL, nc for
 // other TCP. It returns the outcome and a short note of what the command printed.
 func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string) {
@@ -557,6 +621,8 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 	var cmd []string
 	var kind string
 	switch {
+	case cell.External != "":
+		return "error", "a probe to an external host needs the netpact probe container (ProbeImage)"
 	case cell.Lookup != "":
 		// The pod's resolver (resolv.conf) asked once: dig exits 0 when a server answered, and
 		// prints the answer's rcode (status: NOERROR, NXDOMAIN, REFUSED...).

@@ -306,6 +306,27 @@ func (c *Cluster) ProbeBatch(cells []Cell) []Outcome {
 			continue
 		}
 		container, batch := c.prober(pods[0])
+		if !batch && c.opts.ProbeImage != "" {
+			// HTTPS to an external host needs the harness's CA: the probe container's agent has it
+			// in the request, the workload's curl would not.
+			var ext []int
+			rest := idx[:0:0]
+			for _, i := range idx {
+				if cells[i].External != "" {
+					ext = append(ext, i)
+				} else {
+					rest = append(rest, i)
+				}
+			}
+			if len(ext) > 0 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c.batch(pods[0], probeContainer, cells, ext, out)
+				}()
+			}
+			idx = rest
+		}
 		if !batch {
 			for _, i := range idx {
 				wg.Add(1)
@@ -443,6 +464,9 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			if cell.Lookup != "" {
 				r.DNS, r.Lookup, r.Name, r.ExactRCode = false, true, cell.Lookup, cell.ExactRCode
 			}
+			if cell.External != "" {
+				c.externalRequest(&r, cell)
+			}
 			owner[r.ID] = i
 			reqs = append(reqs, r)
 		}
@@ -450,15 +474,9 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 	if len(reqs) == 0 {
 		return
 	}
-	in, _ := json.Marshal(reqs)
-	stdout, stderr, code, err := c.execIn(src, container, bytes.NewReader(in), []string{"netpact", "probe"})
-	if err != nil || code != 0 {
-		fail(fmt.Sprintf("netpact probe in %s/%s exit %d: %v %s", src.Namespace, src.Name, code, err, stderr))
-		return
-	}
-	var results []probeagent.Result
-	if err := json.Unmarshal([]byte(stdout), &results); err != nil || len(results) != len(reqs) {
-		fail(fmt.Sprintf("netpact probe in %s/%s printed %q", src.Namespace, src.Name, stdout))
+	results, err := c.runProbes(src, container, reqs)
+	if err != nil {
+		fail(err.Error())
 		return
 	}
 	per := map[int][]probeagent.Result{}
@@ -486,6 +504,21 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			out[i] = combine(outcomes)
 		}
 	}
+}
+
+// runProbes runs `netpact probe` in a container of the pod with the requests, and returns one
+// result for each.
+func (c *Cluster) runProbes(src corev1.Pod, container string, reqs []probeagent.Request) ([]probeagent.Result, error) {
+	in, _ := json.Marshal(reqs)
+	stdout, stderr, code, err := c.execIn(src, container, bytes.NewReader(in), []string{"netpact", "probe"})
+	if err != nil || code != 0 {
+		return nil, fmt.Errorf("netpact probe in %s/%s exit %d: %v %s", src.Namespace, src.Name, code, err, stderr)
+	}
+	var results []probeagent.Result
+	if err := json.Unmarshal([]byte(stdout), &results); err != nil || len(results) != len(reqs) {
+		return nil, fmt.Errorf("netpact probe in %s/%s printed %q", src.Namespace, src.Name, stdout)
+	}
+	return results, nil
 }
 
 // combine is the one outcome of several replicas: theirs when they agree, else mixed(...).

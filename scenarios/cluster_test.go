@@ -17,8 +17,8 @@ import (
 var apiServer kubetest.Server
 
 // TestClusterRefusesWhatItCannotRun: against a real API server holding netpact's DaemonSet, the
-// cluster backend fails a scenario with externals or a dnsTTL, or an enforcementMode other than
-// the enforcers' flag, before it touches the cluster, naming each; the enforcers' own mode runs.
+// cluster backend fails a scenario with externals when it has no kind cluster to run them on,
+// or no netpact image, before it touches the cluster, naming each.
 func TestClusterRefusesWhatItCannotRun(t *testing.T) {
 	cfg := apiServer.Start(t)
 	kc, err := kubernetes.NewForConfig(cfg)
@@ -42,13 +42,11 @@ func TestClusterRefusesWhatItCannotRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc.EnforcementMode = "always"
 	c := NewCluster(ClusterOptions{Config: cfg, Client: kc})
 	_, err = c.Start(sc)
 	for _, want := range []string{
-		"externals are not supported on kind yet",
-		"dnsTTL is not supported on kind yet",
-		"enforcementMode always: the cluster's enforcers run with --policy-enforcement-mode=default, and switching it per scenario is not supported on kind yet",
+		"externals need a kind cluster: their hosts run as containers on its Docker network",
+		"externals need the netpact image (ProbeImage)",
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want %q in %v", want, err)
@@ -64,9 +62,68 @@ func TestClusterRefusesWhatItCannotRun(t *testing.T) {
 			}
 		}
 	}
-	sc.EnforcementMode, sc.Externals, sc.DNSTTL = "default", nil, nil
+	c = NewCluster(ClusterOptions{Config: cfg, Client: kc, Kind: "netpact-e2e", ProbeImage: "netpact:test"})
 	if err := c.supports(ctx, sc); err != nil {
-		t.Errorf("the enforcers' own mode: %v", err)
+		t.Errorf("with a kind cluster and the image: %v", err)
+	}
+	if mode, err := c.enforcerMode(ctx); err != nil || mode != "default" {
+		t.Errorf("enforcers' mode: %s, %v", mode, err)
+	}
+	if err := setModeArg(ds, "always"); err != nil || ds.Spec.Template.Spec.Containers[0].Args[1] != "--policy-enforcement-mode=always" {
+		t.Errorf("set the mode argument: %v %v", err, ds.Spec.Template.Spec.Containers[0].Args)
+	}
+}
+
+// kubeadmCorefile is the Corefile kubeadm gives CoreDNS.
+const kubeadmCorefile = `.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+`
+
+// TestCorefileHosts: the externals' names go first in the root server block with the
+// scenario's TTL and fall through for other names; removing the block gives the Corefile back,
+// and adding it twice keeps one.
+func TestCorefileHosts(t *testing.T) {
+	sc, err := LoadFile("testdata/externals.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := hostsBlock(sc)
+	got, err := withHosts(kubeadmCorefile, block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{".:53 {\n" + corefileBegin + "\n    hosts {\n        198.51.100.1 api.stripe.com.\n",
+		"        2001:db8::1 api.stripe.com.\n        ttl 2\n        fallthrough\n    }\n" + corefileEnd + "\n    errors\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("want %q in\n%s", want, got)
+		}
+	}
+	if again, _ := withHosts(got, block); again != got {
+		t.Errorf("added twice:\n%s", again)
+	}
+	if back := withoutHosts(got); back != kubeadmCorefile {
+		t.Errorf("removed:\n%s", back)
+	}
+	if _, err := withHosts("example.org {\n}\n", block); err == nil {
+		t.Error("a Corefile without .:53 took the block")
 	}
 }
 
