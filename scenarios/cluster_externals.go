@@ -64,20 +64,50 @@ func (c *Cluster) startExternals(sc *Scenario) error {
 	return nil
 }
 
-// hostsBlock is the CoreDNS hosts plugin block that answers the externals' names with their
-// addresses and the scenario's TTL; other names fall through to the plugins after it.
+// hostsBlock is what CoreDNS answers outside the cluster's zones while the scenario runs, as the
+// local node's dns workload does: each external's names with its addresses and the scenario's
+// TTL, NXDOMAIN for every other name (offline, forwarding them upstream would give SERVFAIL).
+// The template plugin, not hosts: hosts answers SERVFAIL, not NXDOMAIN, for names it lacks, and
+// template runs before it in CoreDNS's plugin chain. Names under .local and .arpa fall through
+// to the kubernetes plugin as before.
 func hostsBlock(sc *Scenario) string {
 	var b strings.Builder
-	b.WriteString(corefileBegin + "\n    hosts {\n")
+	b.WriteString(corefileBegin + "\n")
+	ttl := sc.dnsTTL()
 	for i, e := range sc.Externals {
 		v4, v6 := ExternalAddrs(i)
 		for _, n := range e.Names {
-			fmt.Fprintf(&b, "        %s %s\n        %s %s\n", v4, policy.FQDN(n), v6, policy.FQDN(n))
+			fq := policy.FQDN(n)
+			match := "^" + strings.ReplaceAll(fq, ".", "[.]") + "$"
+			for _, rr := range []struct{ typ, addr string }{{"A", v4.String()}, {"AAAA", v6.String()}} {
+				fmt.Fprintf(&b, "    template IN %s %s {\n        match \"%s\"\n        answer \"{{ .Name }} %d IN %s %s\"\n        fallthrough\n    }\n",
+					rr.typ, fq, match, ttl, rr.typ, rr.addr)
+			}
+			// Other types of a known name: no data, not NXDOMAIN.
+			fmt.Fprintf(&b, "    template IN ANY %s {\n        match \"%s\"\n        rcode NOERROR\n        fallthrough\n    }\n", fq, match)
 		}
 	}
-	fmt.Fprintf(&b, "        ttl %d\n        fallthrough\n    }\n%s\n", sc.dnsTTL(), corefileEnd)
+	fmt.Fprintf(&b, "    template ANY ANY . {\n        match \"%s\"\n        rcode NXDOMAIN\n        fallthrough\n    }\n%s\n",
+		outsideCluster, corefileEnd)
 	return b.String()
 }
+
+// outsideCluster matches the names whose last label is neither local (the cluster's domain) nor
+// arpa (reverse lookups), without backslashes or braces (the Corefile's lexer reads those).
+var outsideCluster = func() string {
+	n := "[^.]"
+	last := []string{n + n + "?" + n + "?", n + n + n + n + n + n + "+"}
+	for _, word := range []string{"arpa", "local"} {
+		for i := range word {
+			alt := word[:i] + "[^" + word[i:i+1] + ".]"
+			for range len(word) - i - 1 {
+				alt += n
+			}
+			last = append(last, alt)
+		}
+	}
+	return "^(" + n + "+[.])*(" + strings.Join(last, "|") + ")[.]$"
+}()
 
 // withoutHosts is the Corefile without the scenario's block.
 func withoutHosts(corefile string) string {

@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -110,8 +111,11 @@ func TestCorefileHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{".:53 {\n" + corefileBegin + "\n    hosts {\n        198.51.100.1 api.stripe.com.\n",
-		"        2001:db8::1 api.stripe.com.\n        ttl 2\n        fallthrough\n    }\n" + corefileEnd + "\n    errors\n"} {
+	for _, want := range []string{".:53 {\n" + corefileBegin + "\n    template IN A api.stripe.com. {\n",
+		"        match \"^api[.]stripe[.]com[.]$\"\n        answer \"{{ .Name }} 2 IN A 198.51.100.1\"\n        fallthrough\n",
+		"answer \"{{ .Name }} 2 IN AAAA 2001:db8::1\"",
+		"    template ANY ANY . {\n        match \"" + outsideCluster + "\"\n        rcode NXDOMAIN\n        fallthrough\n    }\n" +
+			corefileEnd + "\n    errors\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("want %q in\n%s", want, got)
 		}
@@ -144,6 +148,21 @@ func TestDigOutcome(t *testing.T) {
 	} {
 		if got := digOutcome(header(c.status), c.exact); got != c.want {
 			t.Errorf("status %s (exact %v): %s, want %s", c.status, c.exact, got, c.want)
+		}
+	}
+}
+
+// TestOutsideCluster: the names CoreDNS answers NXDOMAIN for during a scenario are those outside
+// .local and .arpa, whatever their length.
+func TestOutsideCluster(t *testing.T) {
+	re := regexp.MustCompile(outsideCluster)
+	for name, want := range map[string]bool{
+		"nowhere.example.com.": true, "a.b.": true, "x.arpb.": true, "x.locals.": true, "x.lo.": true, "io.": true,
+		"kube-dns.kube-system.svc.cluster.local.": false, "nowhere.example.com.default.svc.cluster.local.": false,
+		"10.0.96.10.in-addr.arpa.": false, "local.": false, ".": false,
+	} {
+		if got := re.MatchString(name); got != want {
+			t.Errorf("%s: %v, want %v", name, got, want)
 		}
 	}
 }
