@@ -48,7 +48,7 @@ func BenchmarkDNSProxyUDP(b *testing.B) {
 		viaProxy := lookups(b, proxied, per)
 		b.StopTimer()
 		ratios = append(ratios, viaProxy.rate()/viaServer.rate())
-		addedUS = append(addedUS, float64((viaProxy.p99()-viaServer.p99()).Microseconds()))
+		addedUS = append(addedUS, float64((viaProxy.p99() - viaServer.p99()).Microseconds()))
 		directRates, proxyRates = append(directRates, viaServer.rate()), append(proxyRates, viaProxy.rate())
 	}
 	b.ReportMetric(testenv.Median(directRates), "direct-lookups/s")

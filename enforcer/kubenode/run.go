@@ -49,7 +49,7 @@ type RunConfig struct {
 	DNS     dnsproxy.Options
 	DNSPort uint16
 	FQDN    enforcer.FQDNOptions
-	Log      *slog.Logger
+	Log     *slog.Logger
 }
 
 // Run runs the node agent until ctx ends or a part of it fails: the node's runtime
