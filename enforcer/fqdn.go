@@ -24,6 +24,10 @@ type FQDNOptions struct {
 	// tofqdns-endpoint-max-ip-per-hostname, 1000; here node-wide). Over it the addresses that
 	// expire first are forgotten, except those an open connection still uses (Cilium #20650).
 	MaxAddrsPerName int
+	// MaxNamesPerAddr bounds the names kept for one address (Cilium #48359: one address of a CDN
+	// answering for unbounded names grew its cache without end); over it the name that expires
+	// first is forgotten for that address.
+	MaxNamesPerAddr int
 	// MaxAddrs bounds the addresses of every name together: they take ipcache entries (65,536,
 	// shared with pods, nodes and policy CIDRs). An answer that would go over it is refused
 	// (the DNS proxy answers SERVFAIL) rather than evicting what others use.
@@ -35,6 +39,7 @@ type FQDNOptions struct {
 // Defaults of FQDNOptions.
 const (
 	DefaultMaxAddrsPerName = 1000
+	DefaultMaxNamesPerAddr = 32
 	DefaultMaxAddrs        = 16384
 	// zombieRecheck is how long an expired address an open connection still used is kept before
 	// it is checked again.
@@ -57,6 +62,9 @@ func newFQDNCache(o FQDNOptions) *fqdnCache {
 	}
 	if o.MaxAddrs <= 0 {
 		o.MaxAddrs = DefaultMaxAddrs
+	}
+	if o.MaxNamesPerAddr <= 0 {
+		o.MaxNamesPerAddr = DefaultMaxNamesPerAddr
 	}
 	return &fqdnCache{opts: o, names: map[string]map[netip.Addr]time.Time{}}
 }
@@ -121,6 +129,9 @@ func (e *Enforcer) Learn(qname string, addrs []netip.Addr, ttl time.Duration) er
 			have[a.Unmap()] = expires
 		}
 	}
+	if fresh > 0 {
+		c.capAddrNames(name, addrs)
+	}
 	c.dirty = true
 	capped, err := e.capNameLocked(name)
 	if err != nil {
@@ -130,6 +141,31 @@ func (e *Enforcer) Learn(qname string, addrs []netip.Addr, ttl time.Duration) er
 		return nil // only expiries moved: the datapath already enforces these addresses
 	}
 	return e.applyLearnedLocked()
+}
+
+// capAddrNames forgets, for each of addrs holding more than MaxNamesPerAddr names, the names
+// (other than name) that expire first.
+func (c *fqdnCache) capAddrNames(name string, addrs []netip.Addr) {
+	for _, a := range addrs {
+		a = a.Unmap()
+		var others []string
+		for n, held := range c.names {
+			if _, ok := held[a]; ok && n != name {
+				others = append(others, n)
+			}
+		}
+		over := len(others) + 1 - c.opts.MaxNamesPerAddr
+		if over <= 0 {
+			continue
+		}
+		sort.Slice(others, func(i, j int) bool { return c.names[others[i]][a].Before(c.names[others[j]][a]) })
+		for _, n := range others[:over] {
+			delete(c.names[n], a)
+			if len(c.names[n]) == 0 {
+				delete(c.names, n)
+			}
+		}
+	}
 }
 
 // capNameLocked forgets a name's addresses over MaxAddrsPerName, those expiring first, but none

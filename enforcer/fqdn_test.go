@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -184,4 +185,22 @@ func TestLearnedAddressesAreEnforced(t *testing.T) {
 		}
 	}
 	mustNotReach("forgotten", "stripe")
+}
+
+// TestLearnedNamesPerAddressBounded: one address answered for ever more names (a CDN's, or a
+// pod asking for random subdomains of a pattern) keeps at most MaxNamesPerAddr of them: those
+// expiring last (Cilium #48359).
+func TestLearnedNamesPerAddressBounded(t *testing.T) {
+	c := newFQDNCache(FQDNOptions{MaxNamesPerAddr: 3})
+	a := netip.MustParseAddr("192.0.2.1")
+	for i := range 10 {
+		name := fmt.Sprintf("n%d.example.", i)
+		c.names[name] = map[netip.Addr]time.Time{a: time.Unix(int64(i), 0)}
+		c.capAddrNames(name, []netip.Addr{a})
+	}
+	got := c.learned()[a]
+	slices.Sort(got)
+	if want := []string{"n7.example.", "n8.example.", "n9.example."}; !slices.Equal(got, want) {
+		t.Errorf("the address keeps %v, want %v", got, want)
+	}
 }

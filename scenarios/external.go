@@ -157,7 +157,13 @@ func predictExternal(sc *Scenario, state *policy.State, c Cell) (Outcome, string
 		return Timeout, "no address"
 	}
 	dst, _ := ExternalAddrs(i)
-	d := state.Decide(src, dst, c.Port.Protocol, c.Port.Port)
+	// Looked up first: the DNS proxy, when a dns rule of the source governs its lookups, learned
+	// the answer, and toFQDNs rules select the address.
+	var names []string
+	if c.Resolve != nil {
+		names = []string{c.Resolve.Lookup}
+	}
+	d := state.DecideResolved(src, dst, names, c.Port.Protocol, c.Port.Port)
 	rule := ""
 	if d.Rule != nil {
 		rule = d.Rule.String()

@@ -583,6 +583,8 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	// flow. A flow for a proxy that does not run (Kafka rules) is denied: it times out.
 	egressHTTP := d.Egress.Proxy() == policy.ParserHTTP
 	switch {
+	case d.Outcome == policy.OutcomeDNS:
+		return predictDNSProxy(sc, c, d, rule)
 	case d.Outcome == policy.OutcomeDenied || d.Outcome == policy.OutcomeDefaultDenied:
 		if !c.HTTP || !egressHTTP {
 			return Timeout, d.Reason()
@@ -637,6 +639,35 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 		return c.seenOutcome(http.StatusOK, c.request("").Header), rule
 	}
 	return Allow, rule
+}
+
+// predictDNSProxy is a probe of a flow the source's egress hands to the DNS proxy. A lookup asks
+// each candidate of the pod's search list in turn (probeagent.PodResolvConf): the proxy REFUSES
+// the ones no dns rule allows and forwards the others; the first with addresses answers, else the
+// name as written's answer. A datagram that is not a DNS query gets no answer (Cilium's proxy
+// never answers one); a TCP connection is accepted by the proxy.
+func predictDNSProxy(sc *Scenario, c Cell, d policy.Decision, rule string) (Outcome, string) {
+	if c.Lookup == "" {
+		if c.Port.Protocol == policy.ProtoUDP {
+			return Timeout, "the DNS proxy answers DNS queries only, and the probe's datagram is not one: " + d.Reason()
+		}
+		return Allow, rule
+	}
+	ns, _, _ := strings.Cut(c.From, "/")
+	conf := probeagent.PodResolvConf(netip.IPv4Unspecified(), ns)
+	for _, cand := range conf.Candidates(c.Lookup) {
+		v := d.MatchDNS(cand)
+		if !v.Allowed {
+			if strings.EqualFold(strings.TrimSuffix(cand, "."), strings.TrimSuffix(c.Lookup, ".")) {
+				return DNSRefused, v.Reason
+			}
+			continue
+		}
+		if sc.names()[strings.ToLower(cand)] {
+			return Allow, rule
+		}
+	}
+	return predictLookup(sc, c, rule)
 }
 
 // predictLookup is a lookup's answer once its query reaches the resolver: allow (addresses, or

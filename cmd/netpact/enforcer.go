@@ -115,6 +115,7 @@ flow events by direction, map fill, sync duration, policies and endpoints.`,
 	f.StringVar(&rejectCode, "tofqdns-dns-reject-response-code", "refused", "rcode of a DNS query no dns rule allows: refused or nameError (NXDOMAIN), as Cilium's flag")
 	f.IntVar(&minTTL, "tofqdns-min-ttl", 0, "least time in seconds an address learned from a DNS answer stays allowed for toFQDNs (0: the answer's TTL, Cilium's default since 1.13)")
 	f.IntVar(&c.FQDN.MaxAddrsPerName, "tofqdns-endpoint-max-ip-per-hostname", enforcer.DefaultMaxAddrsPerName, "addresses kept per DNS name (node-wide); over it those expiring first go, but none an open connection uses")
+	f.IntVar(&c.FQDN.MaxNamesPerAddr, "tofqdns-max-names-per-ip", enforcer.DefaultMaxNamesPerAddr, "DNS names kept per learned address; over it the name expiring first is forgotten for that address")
 	f.IntVar(&c.FQDN.MaxAddrs, "tofqdns-max-addrs", enforcer.DefaultMaxAddrs, "addresses learned from DNS answers the node keeps in all (ipcache entries); an answer over it gets SERVFAIL")
 	f.StringVar(&c.FQDN.StatePath, "tofqdns-state-file", "/var/run/netpact/fqdn-cache.json", "where learned DNS names are kept across enforcer restarts")
 	f.IntVar(&c.DNS.PerSource, "dnsproxy-concurrency-per-pod", dnsproxy.DefaultPerSource, "DNS queries one pod may have in flight in the DNS proxy; more get SERVFAIL")
