@@ -55,7 +55,7 @@ type Config struct {
 	// Masquerade makes the node masquerade its pods' packets to hosts outside the cluster
 	// (nftables table inet netpact; needs the nft command).
 	Masquerade bool
-	Log    *slog.Logger
+	Log        *slog.Logger
 }
 
 // ConfFile is the CNI configuration the agent writes; its name sorts first so the runtime uses it.
