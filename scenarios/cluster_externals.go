@@ -11,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ktypes "k8s.io/apimachinery/pkg/types"
@@ -162,7 +164,7 @@ func (c *Cluster) setCorefile(ctx context.Context, edit func(string) (string, er
 		metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("restart coredns: %w", err)
 	}
-	return c.waitRolledOut(ctx, "deployment kube-system/coredns", func() (bool, error) {
+	if err := c.waitRolledOut(ctx, "deployment kube-system/coredns", func() (bool, error) {
 		d, err := c.opts.Client.AppsV1().Deployments("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -171,7 +173,29 @@ func (c *Cluster) setCorefile(ctx context.Context, edit func(string) (string, er
 		st := d.Status
 		return st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.ReadyReplicas == want &&
 			st.AvailableReplicas == want && st.Replicas == want, nil
-	})
+	}); err != nil {
+		return err
+	}
+	return c.waitDNSTranslated(ctx)
+}
+
+// waitDNSTranslated waits until every node translates kube-dns to CoreDNS's new pods (its
+// EndpointSlices' newest version): a lookup right after the restart must not go to a pod gone.
+func (c *Cluster) waitDNSTranslated(ctx context.Context) error {
+	if err := c.ensureApplier(); err != nil {
+		return err
+	}
+	list, err := c.opts.Client.DiscoveryV1().EndpointSlices("kube-system").List(ctx,
+		metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kube-dns"})
+	if err != nil {
+		return fmt.Errorf("kube-dns endpoints: %w", err)
+	}
+	for _, s := range list.Items {
+		if v, err := strconv.ParseInt(s.ResourceVersion, 10, 64); err == nil {
+			c.minServicesVersion = max(c.minServicesVersion, v)
+		}
+	}
+	return c.waitEnforced(ctx, nil)
 }
 
 // waitRolledOut polls done every 500 ms until it is true.
