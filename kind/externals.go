@@ -114,11 +114,13 @@ func RemoveExternals(cluster string) error {
 	if err != nil {
 		return fmt.Errorf("list external hosts: %w", err)
 	}
+	ids := strings.Fields(string(out))
+	if len(ids) == 0 {
+		return nil // nor routes to them: they go after the containers
+	}
 	var errs []error
-	if ids := strings.Fields(string(out)); len(ids) > 0 {
-		if out, err := exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("remove external hosts: %w: %s", err, out))
-		}
+	if out, err := exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).CombinedOutput(); err != nil {
+		errs = append(errs, fmt.Errorf("remove external hosts: %w: %s", err, out))
 	}
 	nodes, err := provider().ListNodes(cluster)
 	if err != nil {

@@ -79,9 +79,8 @@ type Cluster struct {
 	// minServicesVersion is the newest resourceVersion of the scenario's Services' EndpointSlices:
 	// every node must translate them before a probe.
 	minServicesVersion int64
-	// externals says the run started external hosts; caPEM is the CA their certificates are from.
-	externals bool
-	caPEM     string
+	// caPEM is the CA the external hosts' certificates are from.
+	caPEM string
 	// dnsChanged says the run changed CoreDNS's Corefile.
 	dnsChanged bool
 }

@@ -39,12 +39,9 @@ const (
 const modeAnnotation = "netpact.io/scenario-restore-mode"
 
 // startExternals runs the scenario's external hosts on the kind cluster and routes their
-// addresses (ExternalAddrs, as on the local node) from every node, after removing any a killed
-// run left.
+// addresses (ExternalAddrs, as on the local node) from every node (Start removed any a killed
+// run left, in undoCluster).
 func (c *Cluster) startExternals(sc *Scenario) error {
-	if err := kind.RemoveExternals(c.opts.Kind); err != nil {
-		return fmt.Errorf("remove earlier external hosts: %w", err)
-	}
 	for i := range sc.Externals {
 		e := &sc.Externals[i]
 		v4, v6 := ExternalAddrs(i)
@@ -57,7 +54,6 @@ func (c *Cluster) startExternals(sc *Scenario) error {
 		for _, p := range e.Ports {
 			ports = append(ports, p.Port)
 		}
-		c.externals = true
 		if err := kind.StartExternal(c.opts.Kind, c.opts.ProbeImage, kind.ExternalHost{Name: e.Name,
 			Addrs: []netip.Addr{v4, v6}, Ports: ports, CertPEM: cert, KeyPEM: key}); err != nil {
 			return err
@@ -341,9 +337,9 @@ func (c *Cluster) undoCluster() error {
 	defer cancel()
 	err := c.restoreEnforcerMode(ctx)
 	err = errors.Join(err, c.setCorefile(ctx, func(s string) (string, error) { return withoutHosts(s), nil }))
-	if c.externals {
+	// On kind always: a killed run's hosts go at the next start, whatever that scenario asks.
+	if c.opts.Kind != "" {
 		err = errors.Join(err, kind.RemoveExternals(c.opts.Kind))
-		c.externals = false
 	}
 	return err
 }
