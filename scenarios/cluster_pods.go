@@ -36,6 +36,10 @@ func (c *Cluster) ensureNamespaces(ctx context.Context, sc *Scenario) error {
 	api := c.opts.Client.CoreV1().Namespaces()
 	for _, ns := range sc.Namespaces {
 		have, err := api.Get(ctx, ns.Name, metav1.GetOptions{})
+		if err == nil && have.DeletionTimestamp != nil {
+			// The previous scenario's (Stop does not wait for its namespaces to go): wait for it.
+			have, err = c.waitNamespaceGone(ctx, ns.Name)
+		}
 		switch {
 		case apierrors.IsNotFound(err):
 			labels := maps.Clone(ns.Labels)
@@ -50,8 +54,6 @@ func (c *Cluster) ensureNamespaces(ctx context.Context, sc *Scenario) error {
 			c.createdNS = append(c.createdNS, ns.Name)
 		case err != nil:
 			return fmt.Errorf("namespace %s: %w", ns.Name, err)
-		case have.DeletionTimestamp != nil:
-			return fmt.Errorf("namespace %s is being deleted (an earlier run's); try again when it is gone", ns.Name)
 		default:
 			missing := map[string]any{}
 			for k, v := range ns.Labels {
@@ -67,6 +69,24 @@ func (c *Cluster) ensureNamespaces(ctx context.Context, sc *Scenario) error {
 		}
 	}
 	return nil
+}
+
+// waitNamespaceGone waits at most 2 minutes for a namespace being deleted to be gone, and
+// returns what Get then says (NotFound).
+func (c *Cluster) waitNamespaceGone(ctx context.Context, name string) (*corev1.Namespace, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		have, err := c.opts.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		if err != nil || have.DeletionTimestamp == nil {
+			return have, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("namespace %s is being deleted (an earlier run's) and is still there: %w", name, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // createPod makes a scenario pod no manifest made: the netpact image serving its ports.
