@@ -168,6 +168,19 @@ func (pr *prober) tcp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	defer c.Close()
 	// The connection is only allowed if data goes through too: revoked flows drop mid-stream.
 	c.SetDeadline(time.Now().Add(pr.timeout))
+	if port == 53 {
+		// A DNS server's port: a query (RFC 1035 4.2.2: length first), as on kind.
+		q := probeagent.DNSQuery("")
+		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+			return classify(err)
+		}
+		reply := make([]byte, 2+12)
+		if _, err := io.ReadFull(c, reply); err != nil {
+			return classify(err)
+		}
+		o, _ := probeagent.DNSReply(reply[2:], q)
+		return Outcome(o)
+	}
 	if _, err := c.Write([]byte("probe\n")); err != nil {
 		return classify(err)
 	}
@@ -192,11 +205,19 @@ func (pr *prober) udp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(pr.timeout))
-	if _, err := c.Write([]byte("probe")); err != nil {
+	msg := []byte("probe")
+	if port == 53 {
+		msg = probeagent.DNSQuery("") // a DNS server's port: a query, as on kind
+	}
+	if _, err := c.Write(msg); err != nil {
 		return classify(err)
 	}
-	buf := make([]byte, 16)
-	_, err := c.Read(buf)
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err == nil && port == 53 {
+		o, _ := probeagent.DNSReply(buf[:n], msg)
+		return Outcome(o)
+	}
 	return classify(err)
 }
 

@@ -644,13 +644,11 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 // predictDNSProxy is a probe of a flow the source's egress hands to the DNS proxy. A lookup asks
 // each candidate of the pod's search list in turn (probeagent.PodResolvConf): the proxy REFUSES
 // the ones no dns rule allows and forwards the others; the first with addresses answers, else the
-// name as written's answer. A datagram that is not a DNS query gets no answer (Cilium's proxy
-// never answers one); a TCP connection is accepted by the proxy.
+// name as written's answer. Another probe of the port is a query too (probeagent.DNSQuery),
+// which the proxy answers, forwarded or REFUSED.
 func predictDNSProxy(sc *Scenario, c Cell, d policy.Decision, rule string) (Outcome, string) {
 	if c.Lookup == "" {
-		if c.Port.Protocol == policy.ProtoUDP {
-			return Timeout, "the DNS proxy answers DNS queries only, and the probe's datagram is not one: " + d.Reason()
-		}
+		// A probe of a DNS port is a query: the proxy answers it, forwarded or REFUSED.
 		return Allow, rule
 	}
 	ns, _, _ := strings.Cut(c.From, "/")

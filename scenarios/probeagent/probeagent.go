@@ -127,7 +127,7 @@ func probe(r Request) (string, string) {
 		// Data must go through too: a flow revoked mid-stream drops.
 		_ = c.SetDeadline(time.Now().Add(timeout))
 		if r.DNS {
-			q := dnsQuery(r.Name)
+			q := DNSQuery(r.Name)
 			msg := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
 			if _, err := c.Write(append(msg, q...)); err != nil {
 				return classify(err)
@@ -136,7 +136,7 @@ func probe(r Request) (string, string) {
 			if _, err := io.ReadFull(c, reply); err != nil {
 				return classify(err)
 			}
-			return dnsAnswer(reply[2:], q)
+			return DNSReply(reply[2:], q)
 		}
 		if _, err := c.Write([]byte("probe\n")); err != nil {
 			return classify(err)
@@ -155,7 +155,7 @@ func probe(r Request) (string, string) {
 		_ = c.SetDeadline(time.Now().Add(timeout))
 		msg := []byte("probe")
 		if r.DNS {
-			msg = dnsQuery(r.Name)
+			msg = DNSQuery(r.Name)
 		}
 		if _, err := c.Write(msg); err != nil {
 			return classify(err)
@@ -166,7 +166,7 @@ func probe(r Request) (string, string) {
 			return classify(err)
 		}
 		if r.DNS {
-			return dnsAnswer(buf[:n], msg)
+			return DNSReply(buf[:n], msg)
 		}
 		return "allow", ""
 	}
@@ -233,8 +233,10 @@ func SetRequest(req *http.Request, vhost string, headers, seen map[string]string
 	AskSaw(req.Header, seen)
 }
 
-// dnsQuery is a recursive query for name, type A, class IN.
-func dnsQuery(name string) []byte {
+// DNSQuery is a probe's DNS query (type A) for name, kubernetes.default.svc.cluster.local when
+// empty: a probe of a DNS server's port is a query, as a server (or the node's DNS proxy) answers
+// nothing else.
+func DNSQuery(name string) []byte {
 	if name == "" {
 		name = "kubernetes.default.svc.cluster.local"
 	}
@@ -246,8 +248,8 @@ func dnsQuery(name string) []byte {
 	return append(q, 0, 0, 1, 0, 1)
 }
 
-// dnsAnswer: any reply to the query's id is the resolver answering (NXDOMAIN included).
-func dnsAnswer(reply, query []byte) (string, string) {
+// DNSReply: any reply to the query's id is the resolver answering (NXDOMAIN included).
+func DNSReply(reply, query []byte) (string, string) {
 	if len(reply) < 12 || binary.BigEndian.Uint16(reply) != binary.BigEndian.Uint16(query) || reply[2]&0x80 == 0 {
 		return "error", "not a DNS reply to the query"
 	}
