@@ -16,6 +16,11 @@ import (
 // hosts (containers on kind's network, reached from pods through netpact's masquerade), their
 // names in the cluster's CoreDNS with the scenario's TTL, and the enforcers' enforcement mode.
 var _ = Describe("external hosts, DNS names and enforcement mode on kind", Label("kind"), Ordered, func() {
+	BeforeAll(func() {
+		if kindData == nil {
+			Skip("the kind specs run with make e2e (ginkgo --label-filter=kind)")
+		}
+	})
 	DescribeTable("scenario file of the local node, on kind",
 		func(file string) {
 			start := time.Now()
