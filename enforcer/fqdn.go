@@ -80,14 +80,15 @@ func (c *fqdnCache) learned() policy.Learned {
 	return out
 }
 
-func (c *fqdnCache) addrCount() int {
+// heldAddrs are the addresses learned under any name.
+func (c *fqdnCache) heldAddrs() map[netip.Addr]bool {
 	seen := map[netip.Addr]bool{}
 	for _, addrs := range c.names {
 		for a := range addrs {
 			seen[a] = true
 		}
 	}
-	return len(seen)
+	return seen
 }
 
 // SetFQDNOptions configures the node's learned names; call it before the first Sync.
@@ -111,14 +112,19 @@ func (e *Enforcer) Learn(qname string, addrs []netip.Addr, ttl time.Duration) er
 	name := policy.FQDN(qname)
 	expires := time.Now().Add(max(ttl, c.opts.MinTTL))
 	have := c.names[name]
-	fresh := 0
+	held := c.heldAddrs()
+	fresh, newToNode := 0, map[netip.Addr]bool{}
 	for _, a := range addrs {
 		if _, ok := have[a.Unmap()]; !ok {
 			fresh++
 		}
+		if !held[a.Unmap()] {
+			newToNode[a.Unmap()] = true
+		}
 	}
-	if fresh > 0 && c.addrCount()+fresh > c.opts.MaxAddrs {
-		return fmt.Errorf("learn %s: the node holds %d learned addresses, the most it may (--tofqdns-max-addrs)", name, c.addrCount())
+	// Only an address the node holds under no name takes another ipcache entry.
+	if len(held)+len(newToNode) > c.opts.MaxAddrs && len(newToNode) > 0 {
+		return fmt.Errorf("learn %s: the node holds %d learned addresses, the most it may (--tofqdns-max-addrs)", name, len(held))
 	}
 	if have == nil {
 		have = map[netip.Addr]time.Time{}
