@@ -47,6 +47,8 @@ struct tc_state {
 	int had_entry;  // the flow had a conntrack entry in its original direction, revoked or not
 	__u8 dir;
 	__u8 verdict; // the verdict of the policy entry, 0 when none matched
+	__u8 audit;   // REASON_AUDIT_*: a policy in audit mode would have dropped the flow, 0 when none
+	__u32 audit_rule; // the audit-mode deny rule that matched, 0 for an audited default deny
 };
 
 // A stage returns STAGE_NEXT when the stages after it decide the packet, else the program's
@@ -271,6 +273,11 @@ static __always_inline int stage_policy(struct __sk_buff *skb, struct tc_state *
 		if (dir == DIR_EGRESS)
 			s->l7 = best.l7 ? best.l7 : L7_HTTP;
 	}
+	if (best.verdict == 0 && enforced && (ep->flags & (dir == DIR_EGRESS ? EP_AUDIT_EGRESS : EP_AUDIT_INGRESS))) {
+		// Only policies in audit mode enforce default deny here: passed, and reported.
+		s->audit = REASON_AUDIT_DEFAULT_DENY;
+		enforced = 0;
+	}
 	if (best.verdict == 0 && enforced) {
 		// No entry at all, not even a revoked one: this may be a reply whose flow's entry the
 		// LRU evicted.
@@ -286,6 +293,16 @@ static __always_inline int stage_policy(struct __sk_buff *skb, struct tc_state *
 	}
 	s->verdict = best.verdict;
 	s->rule = rule;
+	if (ep->flags & EP_HAS_AUDIT) {
+		// The traffic passes: a deny rule of a policy in audit mode that matches it is reported.
+		struct policy_value audit = {};
+		audit.rule_id = 0xffffffff;
+		policy_lookup(ep, dir | DIR_AUDIT, peer_id, p, &audit);
+		if (audit.verdict) {
+			s->audit = REASON_AUDIT_DENY;
+			s->audit_rule = audit.rule_id;
+		}
+	}
 	return STAGE_NEXT;
 }
 
@@ -336,6 +353,8 @@ static __always_inline int forward(struct __sk_buff *skb, struct tc_state *s, st
 	frag_record(p);
 
 	__u8 reason = s->l7 ? REASON_FORWARD_PROXY : s->verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
+	if (s->audit)
+		reason = s->audit;
 	__u32 ctf = (s->l7 ? CT_REDIRECT : 0) | (s->from_proxy ? CT_PROXY : 0);
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, k);
 	if (cv) {
@@ -349,7 +368,10 @@ static __always_inline int forward(struct __sk_buff *skb, struct tc_state *s, st
 	} else {
 		struct ct_value nv = {.last_seen = s->now, .rule_id = s->rule, .policy_rev = s->rev, .flags = ctf, .l7 = s->l7};
 		bpf_map_update_elem(&conntrack, k, &nv, BPF_ANY);
-		emit(skb, s->ep, p, s->dir, VERDICT_ALLOW, reason, s->peer_id, s->rule);
+		if (s->audit)
+			emit(skb, s->ep, p, s->dir, VERDICT_AUDIT, reason, s->peer_id, s->audit_rule);
+		else
+			emit(skb, s->ep, p, s->dir, VERDICT_ALLOW, reason, s->peer_id, s->rule);
 	}
 	count(reason, skb->len);
 	return TC_ACT_OK;

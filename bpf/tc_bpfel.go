@@ -89,6 +89,9 @@ const (
 	TcEndpointFlagEP_FAIL_CLOSED       TcEndpointFlag = 8
 	TcEndpointFlagEP_HAS_L7            TcEndpointFlag = 16
 	TcEndpointFlagEP_HAS_L7INGRESS     TcEndpointFlag = 32
+	TcEndpointFlagEP_HAS_AUDIT         TcEndpointFlag = 64
+	TcEndpointFlagEP_AUDIT_INGRESS     TcEndpointFlag = 128
+	TcEndpointFlagEP_AUDIT_EGRESS      TcEndpointFlag = 256
 )
 
 type TcEndpointInfo struct {
@@ -278,7 +281,9 @@ const (
 	TcReasonREASON_DROP_PROXY_BYPASS         TcReason = 19
 	TcReasonREASON_DROP_PROXY_MIDFLOW        TcReason = 20
 	TcReasonREASON_DROP_PROXY_SOCKET_GONE    TcReason = 21
-	TcReasonREASON_MAX                       TcReason = 22
+	TcReasonREASON_AUDIT_DENY                TcReason = 22
+	TcReasonREASON_AUDIT_DEFAULT_DENY        TcReason = 23
+	TcReasonREASON_MAX                       TcReason = 24
 )
 
 type TcSvcFlowKey struct {

@@ -25,6 +25,9 @@ const (
 	// OutcomeOnceResolved is allowed by a toFQDNs rule once the source resolves a name of the
 	// destination through the DNS proxy with a dns rule that allows it (State.DecideResolved).
 	OutcomeOnceResolved Outcome = "allowed-once-resolved"
+	// OutcomeAudited passes: a deny rule of a policy in audit mode, or a default deny only such
+	// policies switched on, would have dropped it, and the datapath reports it as AUDIT.
+	OutcomeAudited Outcome = "audited"
 )
 
 // marks are the outcomes' one-character forms in a connectivity matrix and what each means, as
@@ -40,6 +43,7 @@ var marks = []struct {
 	{"L", "HTTP proxy: each request is judged by the HTTP rules", []Outcome{OutcomeL7}},
 	{"D", "DNS proxy: names the dns rules allow are answered, others REFUSED", []Outcome{OutcomeDNS}},
 	{"N", "allowed once its name is resolved through an allowed DNS rule (toFQDNs)", []Outcome{OutcomeOnceResolved}},
+	{"A", "allowed and reported AUDIT: a policy in audit mode would drop it", []Outcome{OutcomeAudited}},
 }
 
 // Mark is the outcome's one-character form in a connectivity matrix.
@@ -68,6 +72,16 @@ type DirectionDecision struct {
 	Enforced bool
 	Peer     ID
 	Match    Match
+	// Audit is the deny rule of a policy in audit mode that matches traffic this side lets
+	// through (Verdict 0: none); AuditDefault says the side lets it through only because its
+	// default deny is audited.
+	Audit        Match
+	AuditDefault bool
+}
+
+// audited says whether this side reports the traffic it lets through as AUDIT.
+func (dd *DirectionDecision) audited() bool {
+	return dd != nil && (dd.Audit.Entry != nil || dd.AuditDefault)
 }
 
 // Proxy is the proxy this side's map state hands the flow to; empty when it hands it to none.
@@ -87,8 +101,15 @@ type Decision struct {
 	Direction Direction
 	// Rule is the deciding rule; nil for a default-deny drop and for traffic no policy enforces.
 	Rule *RuleInfo
-	// EnforcedBy are the policy sections that switched default deny on, for default-deny drops.
+	// EnforcedBy are the policy sections that switched default deny on, for default-deny drops
+	// and for traffic passed because that default deny is audited.
 	EnforcedBy []*RuleInfo
+	// Audited are the rules of policies in audit mode that would have dropped the traffic: a
+	// deny rule, or the sections that switched on an audited default deny (then also
+	// EnforcedBy). The traffic passes; the datapath reports it as AUDIT.
+	Audited []*RuleInfo
+	// AuditDirection is the side that reported it.
+	AuditDirection Direction
 	L7         *L7Policy
 	// Proxy is the proxy the flow goes to (OutcomeL7, OutcomeDNS), or the one it would go to
 	// and that does not run (OutcomeDenied of a Kafka rule's flow); empty for any other decision.
@@ -129,6 +150,13 @@ func (d Decision) reason() string {
 		return fmt.Sprintf("handed to the DNS proxy on %s by %s: names the dns rules allow are answered, others REFUSED", d.Direction, d.Rule)
 	case OutcomeOnceResolved:
 		return fmt.Sprintf("allowed on egress by %s once %s is resolved through an allowed DNS rule (%s)", d.Rule, d.Resolved.Name, d.Resolved.DNSRule)
+	case OutcomeAudited:
+		if len(d.Audited) > 0 && d.Audited[0].Index < 0 {
+			return fmt.Sprintf("allowed, reported AUDIT on %s: default deny of %s (audit mode) would drop it", d.AuditDirection, d.Audited[0].Policy)
+		}
+		if len(d.Audited) > 0 {
+			return fmt.Sprintf("allowed, reported AUDIT on %s: %s (audit mode) would deny it", d.AuditDirection, d.Audited[0])
+		}
 	}
 	if d.Rule == nil {
 		return "allowed: no policy enforces this traffic"
@@ -271,6 +299,24 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 	for _, side := range []struct {
 		dir Direction
 		dd  *DirectionDecision
+		st  *DirectionState
+	}{{Egress, d.Egress, s.stateOf(srcEnt, Egress)}, {Ingress, d.Ingress, s.stateOf(dstEnt, Ingress)}} {
+		if !side.dd.audited() || len(d.Audited) > 0 {
+			continue
+		}
+		d.AuditDirection = side.dir
+		if side.dd.Audit.Entry != nil {
+			d.Audited = append(d.Audited, s.rules[side.dd.Audit.Entry.Rules[0]])
+			continue
+		}
+		for _, id := range side.st.EnforcedBy {
+			d.EnforcedBy = append(d.EnforcedBy, s.rules[id])
+			d.Audited = append(d.Audited, s.rules[id])
+		}
+	}
+	for _, side := range []struct {
+		dir Direction
+		dd  *DirectionDecision
 	}{{Ingress, d.Ingress}, {Egress, d.Egress}} {
 		if side.dd == nil || side.dd.Match.Entry == nil {
 			continue
@@ -282,6 +328,9 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 		if d.Rule == nil {
 			d.Direction, d.Rule = side.dir, s.rules[side.dd.Match.Entry.Rules[0]]
 		}
+	}
+	if len(d.Audited) > 0 {
+		d.Outcome = OutcomeAudited
 	}
 	return d
 }
@@ -311,16 +360,26 @@ func (s *State) check(ds *DirectionState, peer ID, addr netip.Addr, proto Proto,
 	switch m.Verdict {
 	case VerdictDeny:
 		dd.Outcome = OutcomeDenied
+		return dd
 	case VerdictProxy:
 		dd.Outcome = OutcomeL7
 	case VerdictAllow:
 		dd.Outcome = OutcomeAllowed
 	default:
-		if ds.Enforced {
+		switch {
+		case ds.Enforced && !ds.Audited:
 			dd.Outcome = OutcomeDefaultDenied
-		} else {
+			return dd
+		case ds.Enforced:
+			dd.Outcome, dd.AuditDefault = OutcomeAllowed, true
+		default:
 			dd.Outcome = OutcomeAllowed
 		}
+	}
+	// The traffic passes this side: a deny rule of a policy in audit mode that matches it is
+	// reported (the datapath's order: the audit rule before an audited default deny).
+	if a := ds.LookupAudit(peer, addr, proto, port); a.Entry != nil {
+		dd.Audit, dd.AuditDefault = a, false
 	}
 	return dd
 }

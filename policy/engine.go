@@ -390,6 +390,8 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keyLess(keys[i], keys[j]) })
+	// enforcedForReal: a policy not in audit mode switched default deny on, per direction.
+	var enforcedForReal [2]bool
 	for _, k := range keys {
 		np := e.policies[k]
 		for _, sec := range np.sections {
@@ -401,6 +403,7 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 					ds := st.Dir(Direction(d))
 					ds.Enforced = true
 					ds.EnforcedBy = append(ds.EnforcedBy, sec.enforceRule[d].ID)
+					enforcedForReal[d] = enforcedForReal[d] || !sec.enforceRule[d].Audit
 				}
 			}
 			for _, r := range sec.rules {
@@ -411,6 +414,13 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 	// Mode always covers pods; the host is only enforced by host policies (Cilium's host firewall).
 	if e.opts.Mode == ModeAlways && g.node == nil {
 		st.Ingress.Enforced, st.Egress.Enforced = true, true
+		enforcedForReal = [2]bool{true, true}
+	}
+	// Default deny that only policies in audit mode switched on is audited: reported, not
+	// enforced.
+	for d := range enforcedForReal {
+		ds := st.Dir(Direction(d))
+		ds.Audited = ds.Enforced && !enforcedForReal[d]
 	}
 	if st.Ingress.Enforced && !e.opts.EnforceHost && g.node == nil {
 		st.Ingress.add(MapKey{Identity: IDHost, Proto: ProtoAny, PortLo: 0, PortHi: 65535}, VerdictAllow, nil, RuleAllowLocalhost)
@@ -445,6 +455,9 @@ func (e *Engine) addRule(st *EndpointState, g *group, r *normRule) {
 	verdict := VerdictAllow
 	if r.deny {
 		verdict = VerdictDeny
+		if r.info.Audit {
+			verdict = VerdictAudit
+		}
 	}
 	for _, ps := range r.ports {
 		v := verdict

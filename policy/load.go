@@ -66,6 +66,12 @@ type Policy struct {
 	Raw []byte
 	// CIDRs is how many distinct CIDRs the policy names (except CIDRs included).
 	CIDRs int
+	// Audit is set by the audit annotations (AnnotationAudit, AnnotationCiliumAudit): the
+	// policy's denies, and the default deny it alone switches on, are reported and not enforced.
+	Audit bool
+	// Origin is where the policy came from in Git: read from the reconciler's annotations, or
+	// set by the reconciler itself on a local node; nil when unknown.
+	Origin *Origin
 
 	index docIndex
 }
@@ -390,8 +396,10 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 	case *ciliumv2.CiliumNetworkPolicy:
 		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace, nsOverride)
 		p.Cilium = ciliumRules(obj.Spec, obj.Specs)
+		p.Audit, p.Origin = audited(obj.Annotations), originOf(obj.Annotations)
 	case *ciliumv2.CiliumClusterwideNetworkPolicy:
 		p.Name = obj.Name
+		p.Audit, p.Origin = audited(obj.Annotations), originOf(obj.Annotations)
 		if obj.Namespace != "" {
 			l.fail(file, p.position("metadata.namespace").Line, p.position("metadata.namespace").Column, object, "metadata.namespace",
 				"a CiliumClusterwideNetworkPolicy is cluster-scoped and takes no namespace")
@@ -401,6 +409,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		obj.Namespace = l.namespaceFor(obj.Namespace, nsOverride)
 		p.Name, p.Namespace = obj.Name, obj.Namespace
 		p.KNP = obj
+		p.Audit, p.Origin = audited(obj.Annotations), originOf(obj.Annotations)
 	}
 	l.admit(file, n, p)
 }

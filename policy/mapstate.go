@@ -20,6 +20,9 @@ const (
 	VerdictDeny
 	// VerdictProxy hands it to the L7 proxy, which applies the entry's L7 rules.
 	VerdictProxy
+	// VerdictAudit is a deny rule of a policy in audit mode: it is reported (AUDIT) where it
+	// matches, and decides nothing. Its entries are kept apart (DirectionState.Audit).
+	VerdictAudit
 )
 
 func (v Verdict) String() string {
@@ -30,6 +33,8 @@ func (v Verdict) String() string {
 		return "deny"
 	case VerdictProxy:
 		return "proxy"
+	case VerdictAudit:
+		return "audit"
 	}
 	return "none"
 }
@@ -101,7 +106,13 @@ type DirectionState struct {
 	Enforced bool
 	// EnforcedBy lists the rules (policy sections) that switched default deny on.
 	EnforcedBy []RuleID
-	Entries    map[MapKey]*Entry
+	// Audited means only policies in audit mode switched default deny on: traffic no entry
+	// allows passes and is reported (AUDIT).
+	Audited bool
+	Entries map[MapKey]*Entry
+	// Audit are the deny rules of policies in audit mode (VerdictAudit entries): where one
+	// matches traffic that passes, the traffic is reported (AUDIT) with its rule.
+	Audit map[MapKey]*Entry
 
 	once  sync.Once
 	index *lookupIndex
@@ -133,6 +144,17 @@ func newEndpointState() *EndpointState {
 // answers are learned); otherwise allow beats proxy (a plain allow lets every request through,
 // so the proxy's rules could only allow it too), and two proxy entries merge their L7 rules.
 func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
+	if v == VerdictAudit {
+		if ds.Audit == nil {
+			ds.Audit = map[MapKey]*Entry{}
+		}
+		if e, ok := ds.Audit[k]; !ok {
+			ds.Audit[k] = &Entry{Verdict: v, Rules: []RuleID{rule}}
+		} else if !slices.Contains(e.Rules, rule) {
+			e.Rules = append(e.Rules, rule)
+		}
+		return
+	}
 	e, ok := ds.Entries[k]
 	if !ok {
 		ds.Entries[k] = &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
@@ -201,6 +223,8 @@ type lookupIndex struct {
 	byIdentity map[ID][]keyed
 	wildcard   []keyed
 	prefixes   []keyed
+	// audit indexes the Audit entries alike.
+	audit *lookupIndex
 }
 
 type keyed struct {
@@ -210,20 +234,27 @@ type keyed struct {
 
 func (ds *DirectionState) lookupIndex() *lookupIndex {
 	ds.once.Do(func() {
-		ix := &lookupIndex{byIdentity: map[ID][]keyed{}}
-		for k, e := range ds.Entries {
-			switch {
-			case k.pfxLen != 0:
-				ix.prefixes = append(ix.prefixes, keyed{k, e})
-			case k.Identity == 0:
-				ix.wildcard = append(ix.wildcard, keyed{k, e})
-			default:
-				ix.byIdentity[k.Identity] = append(ix.byIdentity[k.Identity], keyed{k, e})
-			}
+		ds.index = indexEntries(ds.Entries)
+		if len(ds.Audit) > 0 {
+			ds.index.audit = indexEntries(ds.Audit)
 		}
-		ds.index = ix
 	})
 	return ds.index
+}
+
+func indexEntries(entries map[MapKey]*Entry) *lookupIndex {
+	ix := &lookupIndex{byIdentity: map[ID][]keyed{}}
+	for k, e := range entries {
+		switch {
+		case k.pfxLen != 0:
+			ix.prefixes = append(ix.prefixes, keyed{k, e})
+		case k.Identity == 0:
+			ix.wildcard = append(ix.wildcard, keyed{k, e})
+		default:
+			ix.byIdentity[k.Identity] = append(ix.byIdentity[k.Identity], keyed{k, e})
+		}
+	}
+	return ix
 }
 
 // Match is the result of looking a packet up in one direction's state.
@@ -237,7 +268,20 @@ type Match struct {
 // entry of highest Rank (deny, DNS redirect, allow, other redirect), or no entry (Verdict 0).
 // Among entries of the same rank, the one with the lowest deciding rule id is reported.
 func (ds *DirectionState) Lookup(peer ID, addr netip.Addr, proto Proto, port uint16) Match {
-	ix := ds.lookupIndex()
+	return ds.lookupIndex().lookup(peer, addr, proto, port)
+}
+
+// LookupAudit finds the deny rule of a policy in audit mode that matches a packet (its entry of
+// lowest deciding rule id), or none (Verdict 0).
+func (ds *DirectionState) LookupAudit(peer ID, addr netip.Addr, proto Proto, port uint16) Match {
+	ix := ds.lookupIndex().audit
+	if ix == nil {
+		return Match{}
+	}
+	return ix.lookup(peer, addr, proto, port)
+}
+
+func (ix *lookupIndex) lookup(peer ID, addr netip.Addr, proto Proto, port uint16) Match {
 	var best Match
 	consider := func(list []keyed) {
 		for _, c := range list {

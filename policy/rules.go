@@ -46,6 +46,10 @@ type RuleInfo struct {
 	Index  int    `json:"index"`
 	Path   string `json:"path"`
 	Source Source `json:"source"`
+	// Audit: the rule's policy is in audit mode (Policy.Audit).
+	Audit bool `json:"audit,omitempty"`
+	// Git is where the rule came from in Git, when the reconciler applied its policy.
+	Git *RuleOrigin `json:"git,omitempty"`
 }
 
 func (r *RuleInfo) String() string {
@@ -182,7 +186,8 @@ type normalizer struct {
 }
 
 func (n *normalizer) info(section string, index int, path string) *RuleInfo {
-	ri := &RuleInfo{ID: n.nextRule(), Policy: n.p.Key, Section: section, Index: index, Path: path, Source: n.p.position(path)}
+	ri := &RuleInfo{ID: n.nextRule(), Policy: n.p.Key, Section: section, Index: index, Path: path, Source: n.p.position(path),
+		Audit: n.p.Audit, Git: n.p.ruleOrigin(path)}
 	n.np.infos = append(n.np.infos, ri)
 	return ri
 }

@@ -30,11 +30,20 @@ enum endpoint_flag {
 	EP_FAIL_CLOSED = 8,       // not programmed (yet, or its policy could not be written): drop all
 	EP_HAS_L7 = 16,           // some entry of the endpoint is a proxy verdict (either direction)
 	EP_HAS_L7_INGRESS = 32,   // some ingress entry is: flows to it may go to the proxy
+	EP_HAS_AUDIT = 64,        // some entry is a deny rule of a policy in audit mode (DIR_AUDIT keys)
+	EP_AUDIT_INGRESS = 128,   // ingress default deny is audited: only audit-mode policies enforce it
+	EP_AUDIT_EGRESS = 256,    // egress default deny is audited
 };
 
 #define VERDICT_ALLOW 1
 #define VERDICT_DENY 2
 #define VERDICT_PROXY 3
+// VERDICT_AUDIT is a flow event's verdict only: traffic a policy in audit mode would drop, passed.
+#define VERDICT_AUDIT 4
+
+// DIR_AUDIT marks the policy keys of the deny rules of policies in audit mode: their own key
+// space in the same maps (direction | DIR_AUDIT), looked up only for endpoints with EP_HAS_AUDIT.
+#define DIR_AUDIT 2
 
 // L7 parsers (policy_value.l7, ct_value.l7): which of the node's proxies a redirect goes to.
 enum l7_parser {

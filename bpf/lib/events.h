@@ -34,7 +34,9 @@ enum reason {
 	REASON_DROP_PROXY_BYPASS = 19, // an L7 rule applies to a packet that did not come through the proxy
 	REASON_DROP_PROXY_MIDFLOW = 20, // an L7 rule now applies to a flow opened before it, past the proxy
 	REASON_DROP_PROXY_SOCKET_GONE = 21, // an answer to the L7 proxy's UDP query, whose socket is gone
-	REASON_MAX = 22,
+	REASON_AUDIT_DENY = 22,        // passed: a deny rule of a policy in audit mode matched
+	REASON_AUDIT_DEFAULT_DENY = 23, // passed: no rule allows it, and only audit-mode policies enforce default deny
+	REASON_MAX = 24,
 };
 
 struct flow_event {

@@ -99,7 +99,8 @@ static __attribute__((noinline)) int policy_lookup(struct endpoint_info *ep, __u
 	__u32 ep_id = ep->ep_id;
 	int prefixes = ep->flags & EP_HAS_PREFIX_POLICY;
 	__u32 port_bits = ep->prefix_port_bits;
-	const __u8 *peer_addr = dir == DIR_EGRESS ? p->daddr : p->saddr;
+	// dir may carry DIR_AUDIT: the audit keys of the same direction.
+	const __u8 *peer_addr = (dir & 1) == DIR_EGRESS ? p->daddr : p->saddr;
 	struct policy_key k = {};
 	k.ep_id = ep_id;
 	k.direction = dir;
@@ -189,7 +190,10 @@ static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u
 	struct policy_value best = {};
 	best.rule_id = 0xffffffff;
 	policy_lookup(ep, odir, peer_id, p, &best);
+	// An audited default deny let the flow through: its reply passes too.
 	__u32 enforced = ep->flags & (odir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS);
+	if (ep->flags & (odir == DIR_EGRESS ? EP_AUDIT_EGRESS : EP_AUDIT_INGRESS))
+		enforced = 0;
 	if (best.verdict == VERDICT_ALLOW || (best.verdict == 0 && !enforced)) {
 		struct ct_key k;
 		ct_fill(&k, ep->ep_id, odir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);

@@ -21,6 +21,12 @@ const (
 	flagFailClosed     = uint32(bpf.TcEndpointFlagEP_FAIL_CLOSED)
 	flagHasL7          = uint32(bpf.TcEndpointFlagEP_HAS_L7)
 	flagHasL7Ingress   = uint32(bpf.TcEndpointFlagEP_HAS_L7INGRESS)
+	flagHasAudit       = uint32(bpf.TcEndpointFlagEP_HAS_AUDIT)
+	flagAuditIngress   = uint32(bpf.TcEndpointFlagEP_AUDIT_INGRESS)
+	flagAuditEgress    = uint32(bpf.TcEndpointFlagEP_AUDIT_EGRESS)
+
+	// dirAudit marks the keys of audit-mode deny rules (bpf/lib/common.h's DIR_AUDIT).
+	dirAudit = 2
 
 	familyV4 = 4
 	familyV6 = 6
@@ -112,6 +118,10 @@ const policyKeyBits = 8 * (4 + 4 + 1 + 1) // ep_id, identity, direction, proto: 
 
 func value(e *policy.Entry) bpf.TcPolicyValue {
 	v := bpf.TcPolicyValue{RuleId: uint32(e.Rules[0]), Verdict: uint8(e.Verdict)}
+	if e.Verdict == policy.VerdictAudit {
+		// A deny in the audit key space: looked up like any deny, reported, never enforced.
+		v.Verdict = uint8(policy.VerdictDeny)
+	}
 	if e.Verdict == policy.VerdictProxy {
 		v.L7 = uint16(ParserOf(e.L7))
 	}
@@ -187,13 +197,26 @@ func toBPF(epID uint32, st *policy.EndpointState) (Entries, error) {
 	if st.Egress.Enforced {
 		out.Flags |= flagEnforceEgress
 	}
-	for dir, ds := range map[uint8]*policy.DirectionState{dirIngress: &st.Ingress, dirEgress: &st.Egress} {
+	if st.Ingress.Audited {
+		out.Flags |= flagAuditIngress
+	}
+	if st.Egress.Audited {
+		out.Flags |= flagAuditEgress
+	}
+	// The deny rules of policies in audit mode have keys of their own (direction | dirAudit).
+	for dir, entries := range map[uint8]map[policy.MapKey]*policy.Entry{
+		dirIngress: st.Ingress.Entries, dirEgress: st.Egress.Entries,
+		dirIngress | dirAudit: st.Ingress.Audit, dirEgress | dirAudit: st.Egress.Audit,
+	} {
+		if dir&dirAudit != 0 && len(entries) > 0 {
+			out.Flags |= flagHasAudit
+		}
 		type group struct {
 			identity policy.ID
 			proto    policy.Proto
 		}
 		groups := map[group][]interval{}
-		for k, e := range ds.Entries {
+		for k, e := range entries {
 			if e.Verdict == policy.VerdictProxy {
 				out.Flags |= flagHasL7
 				if dir == dirIngress {
@@ -262,12 +285,22 @@ func mergeBlocks(ivs []interval) []interval {
 	return merged
 }
 
-// DumpEntry is one datapath entry read back in the engine's terms.
+// DumpEntry is one datapath entry read back in the engine's terms. An entry of an audit-mode
+// deny rule has Verdict policy.VerdictAudit.
 type DumpEntry struct {
 	Direction policy.Direction
 	Key       policy.MapKey
 	Verdict   policy.Verdict
 	Rule      policy.RuleID
+}
+
+// dumpVerdict is an entry's verdict in the engine's terms: a deny in the audit key space is an
+// audit-mode deny rule's.
+func dumpVerdict(dir uint8, v bpf.TcPolicyValue) policy.Verdict {
+	if dir&dirAudit != 0 {
+		return policy.VerdictAudit
+	}
+	return policy.Verdict(v.Verdict)
 }
 
 // FromBPF is the one conversion back: datapath entries of an endpoint as engine map-state keys,
@@ -288,9 +321,9 @@ func FromBPF(e Entries) []DumpEntry {
 	var out []DumpEntry
 	for g, ivs := range blocks {
 		for _, iv := range mergeBlocks(ivs) {
-			out = append(out, DumpEntry{Direction: policy.Direction(g.dir),
+			out = append(out, DumpEntry{Direction: policy.Direction(g.dir &^ dirAudit),
 				Key:     policy.MapKey{Identity: policy.ID(g.identity), Proto: policy.Proto(g.proto), PortLo: iv.lo, PortHi: iv.hi},
-				Verdict: policy.Verdict(iv.val.Verdict), Rule: policy.RuleID(iv.val.RuleId)})
+				Verdict: dumpVerdict(g.dir, iv.val), Rule: policy.RuleID(iv.val.RuleId)})
 		}
 	}
 	type prefixGroup struct {
@@ -312,15 +345,18 @@ func FromBPF(e Entries) []DumpEntry {
 	}
 	for g, ivs := range prefixBlocks {
 		for _, iv := range mergeBlocks(ivs) {
-			out = append(out, DumpEntry{Direction: policy.Direction(g.dir), Key: policy.PrefixKey(g.prefix, policy.Proto(g.proto), iv.lo, iv.hi),
-				Verdict: policy.Verdict(iv.val.Verdict), Rule: policy.RuleID(iv.val.RuleId)})
+			out = append(out, DumpEntry{Direction: policy.Direction(g.dir &^ dirAudit), Key: policy.PrefixKey(g.prefix, policy.Proto(g.proto), iv.lo, iv.hi),
+				Verdict: dumpVerdict(g.dir, iv.val), Rule: policy.RuleID(iv.val.RuleId)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Direction != out[j].Direction {
 			return out[i].Direction < out[j].Direction
 		}
-		return out[i].Key.String() < out[j].Key.String()
+		if ki, kj := out[i].Key.String(), out[j].Key.String(); ki != kj {
+			return ki < kj
+		}
+		return out[i].Verdict < out[j].Verdict
 	})
 	return out
 }

@@ -44,6 +44,8 @@ const (
 	ReasonDropProxyBypass   = Reason(bpf.TcReasonREASON_DROP_PROXY_BYPASS)
 	ReasonDropProxyMidflow  = Reason(bpf.TcReasonREASON_DROP_PROXY_MIDFLOW)
 	ReasonDropProxyGone     = Reason(bpf.TcReasonREASON_DROP_PROXY_SOCKET_GONE)
+	ReasonAuditDeny         = Reason(bpf.TcReasonREASON_AUDIT_DENY)
+	ReasonAuditDefaultDeny  = Reason(bpf.TcReasonREASON_AUDIT_DEFAULT_DENY)
 	reasonMax               = Reason(bpf.TcReasonREASON_MAX)
 )
 
@@ -71,6 +73,8 @@ var reasonNames = [reasonMax]string{
 	ReasonDropProxyBypass:   "dropped: an L7 rule applies and the packet did not come through the L7 proxy",
 	ReasonDropProxyMidflow:  "dropped: an L7 rule now applies to a connection opened before it, which did not go through the L7 proxy",
 	ReasonDropProxyGone:     "dropped: an answer to the L7 proxy's query whose socket is gone (closed or timed out), which the pod must not get unseen",
+	ReasonAuditDeny:         "audited: a deny rule of a policy in audit mode matched; passed",
+	ReasonAuditDefaultDeny:  "audited: default deny of policies in audit mode, no rule allows it; passed",
 }
 
 func (r Reason) String() string {
@@ -82,8 +86,11 @@ func (r Reason) String() string {
 
 // Dropped reports whether the reason is a drop.
 func (r Reason) Dropped() bool {
-	return r >= ReasonDropDeny && r != ReasonForwardRecovered && r != ReasonForwardProxy
+	return r >= ReasonDropDeny && r != ReasonForwardRecovered && r != ReasonForwardProxy && !r.Audited()
 }
+
+// Audited reports whether the reason is a pass that a policy in audit mode would have dropped.
+func (r Reason) Audited() bool { return r == ReasonAuditDeny || r == ReasonAuditDefaultDeny }
 
 // Flow is a flow event: a new flow the policy allowed, or a dropped packet.
 type Flow struct {
@@ -146,10 +153,13 @@ func (f Flow) Dropped() bool {
 	return f.Reason.Dropped()
 }
 
-// Verdict is the event's verdict as Hubble writes it: FORWARDED or DROPPED.
+// Verdict is the event's verdict as Hubble writes it: FORWARDED, DROPPED or AUDIT.
 func (f Flow) Verdict() string {
 	if f.Dropped() {
 		return "DROPPED"
+	}
+	if f.L7 == nil && f.Reason.Audited() {
+		return "AUDIT"
 	}
 	return "FORWARDED"
 }
