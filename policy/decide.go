@@ -110,7 +110,7 @@ type Decision struct {
 	Audited []*RuleInfo
 	// AuditDirection is the side that reported it.
 	AuditDirection Direction
-	L7         *L7Policy
+	L7             *L7Policy
 	// Proxy is the proxy the flow goes to (OutcomeL7, OutcomeDNS), or the one it would go to
 	// and that does not run (OutcomeDenied of a Kafka rule's flow); empty for any other decision.
 	Proxy L7Parser
