@@ -60,8 +60,8 @@ type NodeOptions struct {
 type Node struct {
 	Datapath *datapath.Datapath
 	Enforcer *Enforcer
-	// Flows reads the datapath's flow events; its reader is the caller's (an observer, a log).
-	Flows *datapath.FlowReader
+	// Flows hands the datapath's flow events to every consumer subscribed.
+	Flows *FlowHub
 	// Proxy is the L7 HTTP proxy; nil once StopProxy stopped it.
 	Proxy *proxy.Proxy
 	// DNSProxy is the DNS proxy; nil once StopProxy stopped it.
@@ -120,7 +120,7 @@ func (n *Node) readFlows(context.Context, *NodeOptions) error {
 	if err != nil {
 		return err
 	}
-	n.Flows = fr
+	n.Flows = newFlowHub(fr)
 	return nil
 }
 
@@ -337,7 +337,7 @@ func (n *Node) stop() []error {
 		errs = append(errs, n.Enforcer.SaveLearned())
 	}
 	if n.Flows != nil {
-		errs = append(errs, n.Flows.Close())
+		errs = append(errs, n.Flows.close())
 		n.Flows = nil
 	}
 	return append(errs, n.StopProxy())

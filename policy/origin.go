@@ -92,21 +92,21 @@ func originOf(annotations map[string]string) *Origin {
 	return o
 }
 
-// SourceAnnotations are the annotations the reconciler writes on a policy it applies from a
-// file of a Git repository: the repository, the file and line (path relative to the
-// repository's root), the revision, and the line of each rule.
-func SourceAnnotations(p *Policy, repository, relPath, revision string) map[string]string {
-	out := map[string]string{
-		AnnotationSourcePath: fmt.Sprintf("%s:%d", relPath, p.Source.Line),
+// Annotations are the source annotations the reconciler writes on a policy it applies through
+// the API server, from which an enforcer reads the origin back (originOf).
+func (o *Origin) Annotations() map[string]string {
+	out := map[string]string{AnnotationSourcePath: o.Path}
+	if o.Line > 0 {
+		out[AnnotationSourcePath] = fmt.Sprintf("%s:%d", o.Path, o.Line)
 	}
-	if repository != "" {
-		out[AnnotationSourceRepository] = repository
+	if o.Repository != "" {
+		out[AnnotationSourceRepository] = o.Repository
 	}
-	if revision != "" {
-		out[AnnotationSourceRevision] = revision
+	if o.Revision != "" {
+		out[AnnotationSourceRevision] = o.Revision
 	}
-	var rules []string
-	for path, line := range p.RuleLines() {
+	rules := make([]string, 0, len(o.RuleLines))
+	for path, line := range o.RuleLines {
 		rules = append(rules, fmt.Sprintf("%s=%d", path, line))
 	}
 	sort.Strings(rules)
@@ -114,6 +114,12 @@ func SourceAnnotations(p *Policy, repository, relPath, revision string) map[stri
 		out[AnnotationSourceRules] = strings.Join(rules, " ")
 	}
 	return out
+}
+
+// SetOrigin records that the policy came from relPath (relative to the repository's root) of a
+// Git repository at a revision; its rules' lines are its own file's.
+func (p *Policy) SetOrigin(repository, relPath, revision string) {
+	p.Origin = &Origin{Repository: repository, Path: relPath, Line: p.Source.Line, Revision: revision, RuleLines: p.RuleLines()}
 }
 
 // RuleLines are the lines of the policy's rules in its file, by rule path (RuleInfo.Path).

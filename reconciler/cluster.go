@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -152,6 +153,9 @@ func (t *ClusterTarget) objects(revision string, b *policy.Bundle) ([]*unstructu
 			ann = map[string]string{}
 		}
 		ann[v1alpha1.RevisionAnnotation] = revision
+		if p.Origin != nil {
+			maps.Copy(ann, p.Origin.Annotations())
+		}
 		o.SetAnnotations(ann)
 		// What the API server owns is not the bundle's to say.
 		// Nor are finalizers (a deletion that never ends) or owner references (garbage
@@ -508,6 +512,11 @@ func nodeLag(node string, u *unstructured.Unstructured, want map[string]appliedO
 			return fmt.Sprintf("%s %s not seen yet", w.obj.GetKind(), objName(w.obj)), nil
 		case p.Generation < w.generation:
 			return fmt.Sprintf("%s %s at generation %d, not %d", w.obj.GetKind(), objName(w.obj), p.Generation, w.generation), nil
+		case p.Revision != w.obj.GetAnnotations()[v1alpha1.RevisionAnnotation]:
+			// A change of annotations only (audit mode, the rules' Git lines) keeps the
+			// generation: the revision the node loaded says whether it has the change.
+			return fmt.Sprintf("%s %s at revision %s, not %s", w.obj.GetKind(), objName(w.obj), p.Revision,
+				w.obj.GetAnnotations()[v1alpha1.RevisionAnnotation]), nil
 		}
 	}
 	for uid := range gone {

@@ -320,6 +320,15 @@ func (r *Reconciler) load(obj *v1alpha1.PolicySource, dir, revision string) (*po
 	if err != nil {
 		return nil, r.fail(obj, v1alpha1.ValidationFailedReason, true, fmt.Errorf("revision %s: %w", revision, err))
 	}
+	// Each policy carries where it came from, down to its rules' lines: the enforcers name them
+	// in every verdict.
+	for _, p := range bundle.Policies {
+		rel, err := filepath.Rel(dir, p.Source.File)
+		if err != nil {
+			rel = p.Source.File
+		}
+		p.SetOrigin(redactURL(obj.Spec.URL), filepath.ToSlash(rel), revision)
+	}
 	obj.Status.Warnings = nil
 	for _, n := range bundle.AllNotices(nil) {
 		if n.Warning {

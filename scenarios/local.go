@@ -432,6 +432,30 @@ func (n *LocalNode) Seen(c Cell) (bool, bool) {
 	return false, true
 }
 
+// Audited reports whether the datapath reported the cell's connection (IPv4, as the probes go;
+// to any backend of a service) as AUDIT since the step began.
+func (n *LocalNode) Audited(c Cell) (bool, bool) {
+	from := n.node.Pod(c.From)
+	if from == nil {
+		return false, false
+	}
+	targets := c.Backends
+	if len(targets) == 0 {
+		targets = []string{c.To}
+	}
+	for _, t := range targets {
+		to, ok := n.target(t)
+		if !ok {
+			return false, false
+		}
+		// Port is the backend's target port for a service cell.
+		if audited, known := n.node.SawAudit(from.IPv4, to, c.Port.Protocol, c.Port.Port); audited || !known {
+			return audited, known
+		}
+	}
+	return false, true
+}
+
 // Stop stops the workloads and tears the node down unless it is retained.
 func (n *LocalNode) Stop() error {
 	for _, s := range n.servers {

@@ -12,8 +12,8 @@ import (
 
 // legend explains the marks of Tables; compactLegend those of Compact.
 const (
-	legend        = `  "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`
-	compactLegend = `  matrices show what probes observed: "." allowed  "X" blocked (timed out)  "R" refused  "4" HTTP 403
+	legend        = `  "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`
+	compactLegend = `  matrices show what probes observed: "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403
   "-" not probed  "!" expected, predicted and observed disagree  "~" loopback, not compared;
   the numbers under a port are the rows of the pods that serve it. -v prints every step's three tables.`
 )

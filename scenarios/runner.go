@@ -132,6 +132,15 @@ type BatchProber interface {
 	ProbeBatch(cells []Cell) []Outcome
 }
 
+// AuditWitness is a backend whose datapath reports the flows a policy in audit mode would have
+// dropped (verdict AUDIT).
+type AuditWitness interface {
+	// Audited reports whether the datapath reported the cell's connection (source pod,
+	// destination pod or a backend of the service, protocol and port) as AUDIT since the step
+	// began; known is false when the backend cannot tell.
+	Audited(c Cell) (audited, known bool)
+}
+
 // PacketWitness is a backend whose datapath can tell whether a cell's traffic reached it.
 type PacketWitness interface {
 	// Seen reports whether any packet between the cell's two pods reached the datapath since the
@@ -500,7 +509,7 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 		var at []int
 		for i := range out {
 			out[i].Observed = observed[i]
-			if out[i].Observed != out[i].Expected && !out[i].Loopback {
+			if out[i].Observed != out[i].Expected && !(out[i].Observed == Allow && out[i].Expected == Audit) && !out[i].Loopback {
 				again, at = append(again, cells[i]), append(at, i)
 			}
 		}
@@ -509,6 +518,7 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 				out[at[j]].Observed = o
 			}
 		}
+		r.markAudited(out)
 		for i := range out {
 			cr := &out[i]
 			cr.OK = cr.matrixCell().Agrees(matrix.All)
@@ -530,14 +540,37 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 			defer func() { <-sem }()
 			cr := &out[i]
 			cr.Observed = r.Backend.Probe(cr.Cell)
-			if cr.Observed != cr.Expected && !cr.Loopback {
+			// An audited connection is a connection: probed again only when it did not get
+			// through as expected.
+			if cr.Observed != cr.Expected && !(cr.Observed == Allow && cr.Expected == Audit) && !cr.Loopback {
 				cr.Observed = r.Backend.Probe(cr.Cell)
 			}
-			cr.OK = cr.matrixCell().Agrees(matrix.All)
 		}(i)
 	}
 	wg.Wait()
+	r.markAudited(out)
+	for i := range out {
+		out[i].OK = out[i].matrixCell().Agrees(matrix.All)
+	}
 	return out
+}
+
+// markAudited turns each connection that got through into Audit when the backend's datapath
+// reported it as AUDIT: the cell then shows what a policy in audit mode would have dropped.
+func (r *Runner) markAudited(out []CellResult) {
+	aw, ok := r.Backend.(AuditWitness)
+	if !ok {
+		return
+	}
+	for i := range out {
+		cr := &out[i]
+		if cr.Observed != Allow || cr.Loopback {
+			continue
+		}
+		if audited, known := aw.Audited(cr.Cell); audited && known {
+			cr.Observed = Audit
+		}
+	}
 }
 
 // unprobed is a cell's result before its probe: what the file expects and what the engine predicts.
@@ -637,6 +670,9 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	}
 	if c.HTTP {
 		return c.seenOutcome(http.StatusOK, c.request("").Header), rule
+	}
+	if d.Outcome == policy.OutcomeAudited {
+		return Audit, d.Reason()
 	}
 	return Allow, rule
 }
@@ -791,6 +827,9 @@ func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expe
 	}
 	for i := range out {
 		out[i].Observed = observed[i]
+	}
+	r.markAudited(out)
+	for i := range out {
 		out[i].OK = out[i].matrixCell().Agrees(matrix.All)
 	}
 	return out

@@ -39,6 +39,9 @@ const (
 	DNSRefused  Outcome = probeagent.DNSRefused
 	DNSNXDomain Outcome = probeagent.DNSNXDomain
 	DNSTimeout  Outcome = probeagent.DNSTimeout
+	// Audit is a connection that got through, and that the datapath reported as AUDIT: a policy
+	// in audit mode would have dropped it.
+	Audit Outcome = "audit"
 )
 
 // isDNS says whether an outcome is a lookup's answer rather than a connection's.
@@ -46,7 +49,7 @@ func (o Outcome) isDNS() bool { return strings.HasPrefix(string(o), "dns-") }
 
 func parseOutcome(s string) (Outcome, error) {
 	switch o := Outcome(s); o {
-	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied, DNSRefused, DNSNXDomain, DNSTimeout:
+	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied, DNSRefused, DNSNXDomain, DNSTimeout, Audit:
 		return o, nil
 	}
 	// mixed(a,b): a service probe whose backends disagree (what a connection gets depends on the
@@ -64,7 +67,7 @@ func parseOutcome(s string) (Outcome, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("unknown expectation %q: use allow, timeout, refused, http-200, http-403, grpc-ok, grpc-denied, mixed(...) of them, or for lookups dns-refused, dns-nxdomain and dns-timeout", s)
+	return "", fmt.Errorf("unknown expectation %q: use allow, audit, timeout, refused, http-200, http-403, grpc-ok, grpc-denied, mixed(...) of them, or for lookups dns-refused, dns-nxdomain and dns-timeout", s)
 }
 
 // Mark is the one-character form of an outcome in tables.
@@ -74,6 +77,8 @@ func (o Outcome) Mark() string {
 		return "."
 	case Timeout:
 		return "X"
+	case Audit:
+		return "A"
 	case Refused:
 		return "R"
 	case HTTP403, GRPCDenied:

@@ -37,6 +37,9 @@ type NodePolicyStatusStatus struct {
 	PolicyCount int `json:"policyCount"`
 	// Revisions are the distinct Git revisions the policies carry.
 	Revisions []string `json:"revisions,omitempty"`
+	// Audited are the policies in audit mode the node enforces ("Kind namespace/name"): their
+	// denies pass and are reported as AUDIT.
+	Audited []string `json:"audited,omitempty"`
 	// Endpoints is the number of the node's pods whose policy is in the datapath.
 	Endpoints int `json:"endpoints"`
 	// FailedEndpoints is the number of the node's pods failed closed (all traffic dropped).
@@ -74,6 +77,9 @@ type EnforcedPolicy struct {
 	Error string `json:"error,omitempty"`
 	// ObservedGeneration is the newest generation seen, when it differs from Generation.
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Audit: the policy is in audit mode (netpact.io/audit or policy.cilium.io/audit-mode
+	// "true"): its denies are reported as AUDIT and not enforced.
+	Audit bool `json:"audit,omitempty"`
 }
 
 // EndpointError is a pod of the node failed closed, with why.

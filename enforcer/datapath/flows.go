@@ -268,6 +268,10 @@ func (r *FlowReader) Read(deadline time.Time) (Flow, error) {
 	return flowFromEvent(&e), nil
 }
 
+// Pending is how many bytes of flow events, and L7 events, wait to be read: 0 once every event
+// produced before the call was read (by this reader).
+func (r *FlowReader) Pending() int { return r.rd.AvailableBytes() + len(r.l7) }
+
 // Close stops the reader.
 func (r *FlowReader) Close() error { return r.rd.Close() }
 

@@ -2,7 +2,6 @@ package kubenode
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -86,27 +85,18 @@ func NewObserver(dp *datapath.Datapath, enf *enforcer.Enforcer, e *Enforcement) 
 	return &Observer{dp: dp, enf: enf, e: e, events: map[[2]string]uint64{}}
 }
 
-// Run reads flow events until the reader is closed.
-func (o *Observer) Run(fr *datapath.FlowReader) {
-	for {
-		f, err := fr.Read(time.Time{})
-		if err != nil {
-			if errors.Is(err, datapath.ErrClosed) {
-				return
-			}
-			continue
-		}
-		rec := o.record(f)
-		o.mu.Lock()
-		if len(o.ring) < flowLogSize {
-			o.ring = append(o.ring, rec)
-		} else {
-			o.ring[o.next] = rec
-		}
-		o.next = (o.next + 1) % flowLogSize
-		o.events[[2]string{rec.Direction, rec.Reason}]++
-		o.mu.Unlock()
+// Add keeps a flow event (the node's FlowHub hands each on).
+func (o *Observer) Add(f datapath.Flow) {
+	rec := o.record(f)
+	o.mu.Lock()
+	if len(o.ring) < flowLogSize {
+		o.ring = append(o.ring, rec)
+	} else {
+		o.ring[o.next] = rec
 	}
+	o.next = (o.next + 1) % flowLogSize
+	o.events[[2]string{rec.Direction, rec.Reason}]++
+	o.mu.Unlock()
 }
 
 func (o *Observer) record(f datapath.Flow) FlowRecord {

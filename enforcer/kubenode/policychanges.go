@@ -103,9 +103,13 @@ func (e *Enforcement) policyChangesLocked() ([]*policy.Policy, []policy.Key) {
 
 // knpYAML is a NetworkPolicy of the informer as the loader reads it.
 func knpYAML(np *networkingv1.NetworkPolicy) ([]byte, error) {
+	md := map[string]any{"name": np.Name, "namespace": np.Namespace}
+	if ann := policyAnnotations(np.Annotations); ann != nil {
+		md["annotations"] = ann
+	}
 	obj := map[string]any{
 		"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-		"metadata": map[string]any{"name": np.Name, "namespace": np.Namespace},
+		"metadata": md,
 		"spec":     np.Spec,
 	}
 	return yaml.Marshal(obj)
@@ -118,6 +122,9 @@ func ciliumYAML(u *unstructured.Unstructured) ([]byte, error) {
 	if u.GetNamespace() != "" {
 		md["namespace"] = u.GetNamespace()
 	}
+	if ann := policyAnnotations(u.GetAnnotations()); ann != nil {
+		md["annotations"] = ann
+	}
 	obj := map[string]any{"apiVersion": ciliumv2.GroupVersion, "kind": u.GetKind(), "metadata": md}
 	for _, f := range []string{"spec", "specs"} {
 		if v, ok := u.Object[f]; ok {
@@ -125,4 +132,21 @@ func ciliumYAML(u *unstructured.Unstructured) ([]byte, error) {
 		}
 	}
 	return yaml.Marshal(obj)
+}
+
+// policyAnnotations are the annotations of a policy object that change what the engine does
+// with it (audit mode) or say where it came from (the reconciler's source annotations); nil
+// when it has none of them.
+func policyAnnotations(all map[string]string) map[string]string {
+	var out map[string]string
+	for _, k := range []string{policy.AnnotationAudit, policy.AnnotationCiliumAudit, policy.AnnotationSourceRepository,
+		policy.AnnotationSourcePath, policy.AnnotationSourceRevision, policy.AnnotationSourceRules} {
+		if v, ok := all[k]; ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }

@@ -104,7 +104,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		Enforcer: node.Enforcer, Mode: cfg.Mode, Log: cfg.Log})
 	enfp.Store(enf)
 	obs := NewObserver(node.Datapath, node.Enforcer, enf)
-	go obs.Run(node.Flows)
+	node.Flows.Subscribe(obs.Add)
 	agent := New(Config{NodeName: cfg.NodeName, Client: client, CNIBinDir: cfg.CNIBinDir,
 		CNIConfDir: cfg.CNIConfDir, MTU: cfg.MTU, AgentSocket: cfg.AgentSocket, Masquerade: cfg.Masquerade, Log: cfg.Log})
 	ctx, stop := context.WithCancel(ctx)

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/netpact/netpact/policy"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	ktypes "k8s.io/apimachinery/pkg/types"
@@ -20,6 +22,11 @@ const FieldManager = "netpact-enforcer"
 func (e *Enforcement) statusLocked(err error, start time.Time, took time.Duration) v1alpha1.NodePolicyStatusStatus {
 	st := v1alpha1.NodePolicyStatusStatus{Mode: string(e.cfg.Mode)}
 	st.Policies, st.Revisions, st.ErrorCount = e.policiesStatusLocked()
+	for _, p := range st.Policies {
+		if p.Audit {
+			st.Audited = append(st.Audited, policy.Key{Kind: policy.Kind(p.Kind), Namespace: p.Namespace, Name: p.Name}.String())
+		}
+	}
 	st.PolicyCount = len(st.Policies)
 	failed := e.cfg.Enforcer.Failed()
 	for k, ferr := range failed {
@@ -50,7 +57,7 @@ func (e *Enforcement) policiesStatusLocked() ([]v1alpha1.EnforcedPolicy, []strin
 	for k, po := range e.objs {
 		ep := v1alpha1.EnforcedPolicy{Kind: string(k.Kind), Namespace: k.Namespace, Name: k.Name, UID: po.uid}
 		if po.good != nil && e.enforced[k] == po.good {
-			ep.Generation, ep.Revision = po.goodGeneration, po.goodRevision
+			ep.Generation, ep.Revision, ep.Audit = po.goodGeneration, po.goodRevision, po.good.Audit
 			if ep.Revision != "" {
 				revs[ep.Revision] = true
 			}

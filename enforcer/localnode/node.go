@@ -60,7 +60,6 @@ type Node struct {
 
 	mu    sync.Mutex
 	flows []datapath.Flow
-	fr    *datapath.FlowReader
 
 	// rt is the node's runtime (enforcer.StartNode); dp, enf and fr are its parts.
 	rt *enforcer.Node
@@ -113,9 +112,9 @@ func (n *Node) Start() error {
 	if err != nil {
 		return err
 	}
-	n.rt, n.dp, n.enf, n.fr = rt, rt.Datapath, rt.Enforcer, rt.Flows
+	n.rt, n.dp, n.enf = rt, rt.Datapath, rt.Enforcer
 	n.startDriftRepair()
-	go n.collectFlows()
+	rt.Flows.Subscribe(n.collectFlow)
 	return nil
 }
 
@@ -305,21 +304,13 @@ func (n *Node) awaitReady(c *policy.Cluster) error {
 // Verify checks that the datapath maps hold exactly the last enforced state.
 func (n *Node) Verify() error { return n.enf.Verify() }
 
-func (n *Node) collectFlows() {
-	for {
-		f, err := n.fr.Read(time.Time{})
-		if err != nil {
-			if errors.Is(err, datapath.ErrClosed) {
-				return
-			}
-			continue
-		}
-		n.mu.Lock()
-		if len(n.flows) < maxFlows {
-			n.flows = append(n.flows, f)
-		}
-		n.mu.Unlock()
+// collectFlow keeps a flow event for the probes' checks (SawPair, SawAudit, Flows).
+func (n *Node) collectFlow(f datapath.Flow) {
+	n.mu.Lock()
+	if len(n.flows) < maxFlows {
+		n.flows = append(n.flows, f)
 	}
+	n.mu.Unlock()
 }
 
 // ResetFlows forgets the flow events read so far.
@@ -336,6 +327,27 @@ func (n *Node) SawPair(src, dst netip.Addr) (seen, known bool) {
 	defer n.mu.Unlock()
 	for _, f := range n.flows {
 		if f.Src == src && f.Dst == dst {
+			return true, true
+		}
+	}
+	return false, len(n.flows) < maxFlows
+}
+
+// flowSync bounds how long SawAudit waits for the flow events produced before it to be read.
+const flowSync = 5 * time.Second
+
+// SawAudit reports whether the datapath reported a new flow from src to dst with the protocol
+// and destination port as AUDIT since the last ResetFlows (a policy in audit mode would have
+// dropped it). It first waits until every event produced before the call was read; known is
+// false when that did not happen, or the node's record is full.
+func (n *Node) SawAudit(src, dst netip.Addr, proto policy.Proto, port uint16) (audited, known bool) {
+	if !n.rt.Flows.Sync(flowSync) {
+		return false, false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, f := range n.flows {
+		if f.Src == src && f.Dst == dst && f.Proto == proto && f.DstPort == port && f.Reason.Audited() {
 			return true, true
 		}
 	}
