@@ -117,7 +117,8 @@ type TcFlowEvent struct {
 	Reason      uint8
 	Proto       uint8
 	Family      uint8
-	Pad         [3]uint8
+	TcpFlags    uint8
+	Pad         [2]uint8
 	Saddr       [16]uint8
 	Daddr       [16]uint8
 	Sport       uint16

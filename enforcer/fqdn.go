@@ -377,3 +377,17 @@ func (e *Enforcer) RunLearnedGC(ctx context.Context, interval time.Duration, fai
 		}
 	}
 }
+
+// namesOf are the names the node learned an address under, sorted (Hubble's destination_names).
+func (e *Enforcer) namesOf(a netip.Addr) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for name, addrs := range e.fqdn.names {
+		if _, ok := addrs[a]; ok {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/dnsproxy"
+	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
 )
@@ -52,6 +53,9 @@ type NodeOptions struct {
 	// Uplink is the interface traffic from other nodes arrives on, where ingress L7 rules hand it
 	// to the proxy: "auto" is the IPv4 default route's, "" none.
 	Uplink string
+	// FlowRing is how many flows the node keeps for `netpact observe` (observe.DefaultRingCapacity
+	// when 0; rounded up to 2^n-1).
+	FlowRing int
 	// Log gets a line per step; discarded when nil.
 	Log *slog.Logger
 }
@@ -62,6 +66,9 @@ type Node struct {
 	Enforcer *Enforcer
 	// Flows hands the datapath's flow events to every consumer subscribed.
 	Flows *FlowHub
+	// Ring keeps the node's recent flows as Hubble reports them, for `netpact observe`.
+	Ring *observe.Ring
+	name string
 	// Proxy is the L7 HTTP proxy; nil once StopProxy stopped it.
 	Proxy *proxy.Proxy
 	// DNSProxy is the DNS proxy; nil once StopProxy stopped it.
@@ -84,6 +91,7 @@ var startSteps = []startStep{
 	{"open datapath", (*Node).openDatapath},
 	{"restore learned DNS names", (*Node).restoreLearned},
 	{"read flow events", (*Node).readFlows},
+	{"observe flows", (*Node).observeFlows},
 	{"route redirected flows to the proxy", (*Node).routeToProxy},
 	{"start the HTTP proxy", (*Node).startHTTPProxy},
 	{"start the DNS proxy", (*Node).startDNSProxy},
@@ -121,6 +129,18 @@ func (n *Node) readFlows(context.Context, *NodeOptions) error {
 		return err
 	}
 	n.Flows = newFlowHub(fr)
+	return nil
+}
+
+// observeFlows keeps the node's flows, as Hubble reports them, in a bounded ring that `netpact
+// observe` reads.
+func (n *Node) observeFlows(_ context.Context, o *NodeOptions) error {
+	n.Ring, n.name = observe.NewRing(o.FlowRing), o.Name
+	n.Flows.Subscribe(func(f datapath.Flow) {
+		for _, fl := range n.Enforcer.HubbleFlows(f, n.name) {
+			n.Ring.Add(&observe.GetFlowsResponse{Flow: fl, NodeName: n.name, Time: fl.Time})
+		}
+	})
 	return nil
 }
 

@@ -516,3 +516,54 @@ func (s *State) IPCache(node string) map[netip.Prefix]ID {
 	}
 	return out
 }
+
+// PodAt is the pod an address belongs to (of any node), with its identity.
+func (s *State) PodAt(ip netip.Addr) (EndpointKey, *Identity, bool) {
+	_, ent := s.u.resolve("", ip)
+	if ent.endpoint == nil {
+		return EndpointKey{}, nil, false
+	}
+	return ent.endpoint.Key(), ent.identity, true
+}
+
+// sideOf is the state of the end of a flow from src to dst that a direction judges: the
+// source's egress, or the destination's ingress, and the node whose view applies.
+func (s *State) sideOf(src, dst netip.Addr, d Direction) (*DirectionState, netip.Addr, string) {
+	own, peer := dst, src
+	if d == Egress {
+		own, peer = src, dst
+	}
+	_, ent := s.u.resolve("", own.Unmap())
+	st, node := s.sideState(ent)
+	if st == nil {
+		return nil, peer, ""
+	}
+	return st.Dir(d), peer, node
+}
+
+// EnforcedBy are the policy sections that switch default deny on for the end of a flow that a
+// direction judges (the source's egress, the destination's ingress): the policies that make
+// a flow no rule allows a default-deny drop there.
+func (s *State) EnforcedBy(src, dst netip.Addr, d Direction) []*RuleInfo {
+	ds, _, _ := s.sideOf(src, dst, d)
+	if ds == nil {
+		return nil
+	}
+	out := make([]*RuleInfo, 0, len(ds.EnforcedBy))
+	for _, id := range ds.EnforcedBy {
+		out = append(out, s.rules[id])
+	}
+	return out
+}
+
+// MatchOf is the entry the end of a flow that a direction judges decides it with; false when
+// none matches.
+func (s *State) MatchOf(src, dst netip.Addr, proto Proto, port uint16, d Direction) (Match, bool) {
+	ds, peer, node := s.sideOf(src, dst, d)
+	if ds == nil {
+		return Match{}, false
+	}
+	id, _ := s.u.resolve(node, peer.Unmap())
+	m := ds.Lookup(id, peer.Unmap(), proto, port)
+	return m, m.Entry != nil
+}

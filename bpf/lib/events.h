@@ -51,7 +51,8 @@ struct flow_event {
 	__u8 reason;
 	__u8 proto;
 	__u8 family;
-	__u8 pad[3];
+	__u8 tcp_flags; // the TCP header's flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10...), 0 when not TCP
+	__u8 pad[2];
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__be16 sport;
@@ -192,9 +193,9 @@ static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep
 	e->reason = reason;
 	e->proto = p->proto;
 	e->family = p->family;
+	e->tcp_flags = p->proto == PROTO_TCP ? p->tcp_flags : 0;
 	e->pad[0] = 0;
 	e->pad[1] = 0;
-	e->pad[2] = 0;
 	__builtin_memcpy(e->saddr, p->saddr, 16);
 	__builtin_memcpy(e->daddr, p->daddr, 16);
 	e->sport = p->sport;

@@ -111,6 +111,9 @@ type Flow struct {
 	Service uint32
 	// L7 is set on an L7 event: a request the L7 proxy judged (Reason ReasonForwardProxy).
 	L7 *L7Flow
+	// TCPFlags are the packet's TCP flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG
+	// 0x20, ECE 0x40, CWR 0x80); 0 when it is not TCP.
+	TCPFlags uint8
 }
 
 // L7Flow is what the L7 proxy saw of one request, on the same stream as the datapath's events.
@@ -212,7 +215,7 @@ func flowFromEvent(e *bpf.TcFlowEvent) Flow {
 		Src: eventAddr(e.Family, e.Saddr), Dst: eventAddr(e.Family, e.Daddr),
 		SrcPort: htons(e.Sport), DstPort: htons(e.Dport),
 		SrcIdentity: policy.ID(e.SrcIdentity), DstIdentity: policy.ID(e.DstIdentity), Rule: policy.RuleID(e.RuleId),
-		Service: e.Service,
+		Service: e.Service, TCPFlags: e.TcpFlags,
 	}
 }
 

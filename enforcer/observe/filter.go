@@ -3,6 +3,7 @@ package observe
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"path"
 	"slices"
@@ -26,6 +27,11 @@ type Filter struct {
 	// FromPods and ToPods are as Pods, on the source or destination only.
 	FromPods []string
 	ToPods   []string
+	// IPs match the address of either end, FromIPs and ToIPs the source's or the
+	// destination's (Hubble's --ip, --from-ip, --to-ip).
+	IPs     []string
+	FromIPs []string
+	ToIPs   []string
 	// Ports match the L4 port of either end.
 	Ports []uint16
 	// Protocols are tcp, udp, sctp, icmp (v4 or v6), icmpv4, icmpv6, http,
@@ -56,6 +62,9 @@ const (
 	qFromPod   = "from-pod"
 	qToPod     = "to-pod"
 	qPort      = "port"
+	qIP        = "ip"
+	qFromIP    = "from-ip"
+	qToIP      = "to-ip"
 	qProtocol  = "protocol"
 	qType      = "type"
 	qSince     = "since"
@@ -79,6 +88,9 @@ func (f Filter) Query() url.Values {
 	add(qNamespace, f.Namespaces)
 	add(qFromPod, f.FromPods)
 	add(qToPod, f.ToPods)
+	add(qIP, f.IPs)
+	add(qFromIP, f.FromIPs)
+	add(qToIP, f.ToIPs)
 	for _, p := range f.Ports {
 		q.Add(qPort, strconv.Itoa(int(p)))
 	}
@@ -117,6 +129,12 @@ func ParseFilterQuery(q url.Values) (Filter, error) {
 			f.FromPods, err = checkPods(vs)
 		case qToPod:
 			f.ToPods, err = checkPods(vs)
+		case qIP:
+			f.IPs, err = parseIPs(vs)
+		case qFromIP:
+			f.FromIPs, err = parseIPs(vs)
+		case qToIP:
+			f.ToIPs, err = parseIPs(vs)
 		case qPort:
 			f.Ports, err = parsePorts(vs)
 		case qProtocol:
@@ -347,6 +365,19 @@ func (f Filter) Match(fl *Flow) bool {
 	if len(f.ToPods) > 0 && !slices.ContainsFunc(f.ToPods, func(p string) bool { return podMatch(p, fl.Destination) }) {
 		return false
 	}
+	src, dst := "", ""
+	if fl.IP != nil {
+		src, dst = fl.IP.Source, fl.IP.Destination
+	}
+	if len(f.IPs) > 0 && !slices.ContainsFunc(f.IPs, func(a string) bool { return a == src || a == dst }) {
+		return false
+	}
+	if len(f.FromIPs) > 0 && !slices.Contains(f.FromIPs, src) {
+		return false
+	}
+	if len(f.ToIPs) > 0 && !slices.Contains(f.ToIPs, dst) {
+		return false
+	}
 	if len(f.Namespaces) > 0 && !slices.ContainsFunc(f.Namespaces, func(ns string) bool {
 		return (fl.Source != nil && fl.Source.Namespace == ns) ||
 			(fl.Destination != nil && fl.Destination.Namespace == ns)
@@ -482,4 +513,17 @@ func typeMatch(v string, fl *Flow) bool {
 		return false
 	}
 	return !t.matchSub || fl.EventType.SubType == t.sub
+}
+
+// parseIPs checks addresses, and writes them as flows do (IPv4 dotted, IPv6 compressed).
+func parseIPs(vs []string) ([]string, error) {
+	out := make([]string, 0, len(vs))
+	for _, v := range vs {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("bad address %q", v)
+		}
+		out = append(out, a.Unmap().String())
+	}
+	return out, nil
 }
