@@ -75,8 +75,10 @@ func TestEventsLostWhenRingFull(t *testing.T) {
 	}
 	made := defaultDenied(t, d) - made0 + 1 // and the one checked above
 	lost := sumLost(t, d) - lost0
-	if made != runs+1 {
-		t.Fatalf("counters saw %d default-deny drops, want %d", made, runs+1)
+	// At least: a test run a signal interrupts is run again in full (cilium/ebpf retries on
+	// EINTR), so the counters are what counts.
+	if made < runs+1 {
+		t.Fatalf("counters saw %d default-deny drops, want at least %d", made, runs+1)
 	}
 	fr, err := d.Flows()
 	if err != nil {

