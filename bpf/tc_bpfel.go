@@ -371,6 +371,7 @@ type TcMapSpecs struct {
 	Endpoints        *ebpf.MapSpec `ebpf:"endpoints"`
 	EventRatelimit   *ebpf.MapSpec `ebpf:"event_ratelimit"`
 	Events           *ebpf.MapSpec `ebpf:"events"`
+	EventsLost       *ebpf.MapSpec `ebpf:"events_lost"`
 	Fragments        *ebpf.MapSpec `ebpf:"fragments"`
 	Ipcache          *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy           *ebpf.MapSpec `ebpf:"policy"`
@@ -424,6 +425,7 @@ type TcMaps struct {
 	Endpoints        *ebpf.Map `ebpf:"endpoints"`
 	EventRatelimit   *ebpf.Map `ebpf:"event_ratelimit"`
 	Events           *ebpf.Map `ebpf:"events"`
+	EventsLost       *ebpf.Map `ebpf:"events_lost"`
 	Fragments        *ebpf.Map `ebpf:"fragments"`
 	Ipcache          *ebpf.Map `ebpf:"ipcache"`
 	Policy           *ebpf.Map `ebpf:"policy"`
@@ -449,6 +451,7 @@ func (m *TcMaps) Close() error {
 		m.Endpoints,
 		m.EventRatelimit,
 		m.Events,
+		m.EventsLost,
 		m.Fragments,
 		m.Ipcache,
 		m.Policy,

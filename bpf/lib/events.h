@@ -87,6 +87,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
+// events_lost counts, per CPU, the flow events that did not fit in the events ring buffer (the
+// reader fell behind): such an event is gone, and without the count its loss would be silent.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events_lost SEC(".maps");
+
 // event_ratelimit: a bucket per endpoint (its ep_id; 0 for packets of no endpoint), so that a pod
 // that makes flows faster than the rate holds back only its own events, not the node's.
 struct {
@@ -179,8 +189,13 @@ static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep
 	__u32 ifindex = skb->ifindex;
 	__u32 service = dir == DIR_EGRESS ? service_of(ifindex, p) : 0;
 	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&events_lost, &zero);
+		if (lost)
+			(*lost)++;
 		return;
+	}
 	e->timestamp = bpf_ktime_get_ns();
 	e->ifindex = ifindex;
 	e->ep_id = ep ? ep->ep_id : 0;

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -93,8 +94,9 @@ type Datapath struct {
 	// endpoint_nsid map (each read anew once per process: an interface index may have been
 	// reused while the node agent was down).
 	nsid map[int]int32
-	// l7 carries the L7 proxy's events to the flow reader.
-	l7 chan Flow
+	// l7 carries the L7 proxy's events to the flow reader; l7Lost counts those it had no room for.
+	l7     chan Flow
+	l7Lost atomic.Uint64
 }
 
 // Open loads the programs, adopting pinned maps and links from an earlier process, and swaps
@@ -259,7 +261,7 @@ func loadObjects(objs *objects, opts Options) error {
 // statsMaps hold only statistics: when an upgrade changed their layout (a reason added to the
 // counters), the pinned one is replaced instead of refusing to start. The maps that decide
 // verdicts are never replaced this way: an incompatible one still stops Open.
-var statsMaps = map[string]bool{"counters": true, "event_ratelimit": true}
+var statsMaps = map[string]bool{"counters": true, "event_ratelimit": true, "events_lost": true}
 
 // dropStaleStatsPins removes pinned statistics maps whose type, key, value or size differ from
 // the programs' now.

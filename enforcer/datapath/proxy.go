@@ -155,8 +155,8 @@ func (d *Datapath) ProxyMark() uint32 {
 	return d.cfg.ProxyMark
 }
 
-// l7Buffer is how many L7 events wait for the flow reader; more are dropped, as the ring
-// buffer drops datapath events it has no room for.
+// l7Buffer is how many L7 events wait for the flow reader; more are dropped and counted, as
+// the ring buffer drops (and events_lost counts) datapath events it has no room for.
 const l7Buffer = 4096
 
 func (d *Datapath) l7Events() chan Flow {
@@ -174,6 +174,8 @@ func (d *Datapath) PublishL7(f Flow) {
 	select {
 	case ch <- f:
 	default:
+		// Counted, so that the flow reader's Lost says so.
+		d.l7Lost.Add(1)
 	}
 }
 
