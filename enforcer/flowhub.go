@@ -84,6 +84,9 @@ func (h *FlowHub) Sync(timeout time.Duration) bool {
 	}
 }
 
+// lost counts the events the reader lost after the datapath wrote them.
+func (h *FlowHub) lost() uint64 { return h.fr.Lost() }
+
 // close stops the hub and waits for it.
 func (h *FlowHub) close() error {
 	err := h.fr.Close()

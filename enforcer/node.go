@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -76,8 +77,12 @@ type Node struct {
 	routes   *proxy.Routes
 	uplink   string
 	log      *slog.Logger
-	// stopGC ends the learned names' expiry loop and waits for it.
-	stopGC func()
+	// stopGC ends the learned names' expiry loop and waits for it; stopLost the lost events'.
+	stopGC   func()
+	stopLost func()
+	// lostHooks are told of every lost count countLost enters in the ring.
+	lostMu    sync.Mutex
+	lostHooks []func(observe.LostEventSource, uint64)
 }
 
 // startStep is one named step of a node's start. A step that fails leaves the node to Close.
@@ -141,7 +146,69 @@ func (n *Node) observeFlows(_ context.Context, o *NodeOptions) error {
 			n.Ring.Add(&observe.GetFlowsResponse{Flow: fl, NodeName: n.name, Time: fl.Time})
 		}
 	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.countLost(ctx, time.Second)
+	}()
+	n.stopLost = func() { cancel(); <-done }
 	return nil
+}
+
+// OnLost adds a hook told of the flow events lost, by source, as the ring is (every second).
+func (n *Node) OnLost(fn func(observe.LostEventSource, uint64)) {
+	n.lostMu.Lock()
+	n.lostHooks = append(n.lostHooks, fn)
+	n.lostMu.Unlock()
+}
+
+func (n *Node) addLost(src observe.LostEventSource, cpu *int32, c uint64) {
+	n.Ring.AddLost(src, cpu, c)
+	n.lostMu.Lock()
+	hooks := n.lostHooks
+	n.lostMu.Unlock()
+	for _, h := range hooks {
+		h(src, c)
+	}
+}
+
+// countLost enters in the ring, every interval, the flow events lost since the last time, as
+// Hubble reports lost events: those the datapath had no room for in its ring buffer (per CPU),
+// those the reader lost, and those the per-pod rate limit held back.
+func (n *Node) countLost(ctx context.Context, interval time.Duration) {
+	lastCPU := map[int]uint64{}
+	var lastReader, lastLimited uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		if lost, err := n.Datapath.EventsLost(); err == nil {
+			for cpu, c := range lost {
+				if c > lastCPU[cpu] {
+					n.addLost(observe.PerfEventRingBuffer, observe.Int32(int32(cpu)), c-lastCPU[cpu])
+				}
+				lastCPU[cpu] = c
+			}
+		}
+		if c := n.Flows.lost(); c > lastReader {
+			n.addLost(observe.ObserverEventsQueue, nil, c-lastReader)
+			lastReader = c
+		}
+		if limited, err := n.Datapath.EventsLimited(); err == nil {
+			var c uint64
+			for _, v := range limited {
+				c += v
+			}
+			// The buckets are an LRU map: an evicted pod's count leaves the sum.
+			if c > lastLimited {
+				n.addLost(observe.RateLimited, nil, c-lastLimited)
+			}
+			lastLimited = c
+		}
+	}
 }
 
 func (n *Node) routeToProxy(_ context.Context, o *NodeOptions) error {
@@ -351,6 +418,10 @@ func (n *Node) Teardown() error {
 // stop stops reading flow events, the proxies and the learned names' loop (saving them).
 func (n *Node) stop() []error {
 	var errs []error
+	if n.stopLost != nil {
+		n.stopLost()
+		n.stopLost = nil
+	}
 	if n.stopGC != nil {
 		n.stopGC()
 		n.stopGC = nil

@@ -15,6 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/netpact/netpact/enforcer/observe"
+
 	"github.com/cilium/ebpf"
 
 	"github.com/netpact/netpact/bpf"
@@ -78,10 +83,26 @@ func TestDriftRepairLoggedAndCounted(t *testing.T) {
 		t.Error("the stray policy entry is still there")
 	}
 	rec := httptest.NewRecorder()
-	NewObserver(dp, e.cfg.Enforcer, e).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	obs, err := newObserver(dp, e.cfg.Enforcer, observe.NewRing(0), e, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)
-	if want := "\nnetpact_datapath_drift_repaired_entries_total 1\n"; !strings.Contains(string(body), want) {
-		t.Errorf("/metrics has no %q:\n%s", strings.TrimSpace(want), body)
+	// Parsed as Prometheus parses it: the exposition is valid, and the repair is counted.
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
+	}
+	fam, ok := fams["netpact_datapath_drift_repaired_entries_total"]
+	if !ok || len(fam.GetMetric()) != 1 || fam.GetMetric()[0].GetCounter().GetValue() != 1 {
+		t.Errorf("/metrics has no netpact_datapath_drift_repaired_entries_total 1:\n%s", body)
+	}
+	for _, name := range []string{"netpact_map_entries", "cilium_bpf_map_pressure", "netpact_datapath_packets_total", "netpact_policies"} {
+		if _, ok := fams[name]; !ok {
+			t.Errorf("/metrics has no %s", name)
+		}
 	}
 }
 

@@ -103,8 +103,10 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	enf := NewEnforcement(EnforceConfig{NodeName: cfg.NodeName, Client: client, Dynamic: dyn,
 		Enforcer: node.Enforcer, Mode: cfg.Mode, Log: cfg.Log})
 	enfp.Store(enf)
-	obs := NewObserver(node.Datapath, node.Enforcer, enf)
-	node.Flows.Subscribe(obs.Add)
+	obs, err := NewObserver(node, enf, cfg.NodeName)
+	if err != nil {
+		return err
+	}
 	agent := New(Config{NodeName: cfg.NodeName, Client: client, CNIBinDir: cfg.CNIBinDir,
 		CNIConfDir: cfg.CNIConfDir, MTU: cfg.MTU, AgentSocket: cfg.AgentSocket, Masquerade: cfg.Masquerade, Log: cfg.Log})
 	ctx, stop := context.WithCancel(ctx)

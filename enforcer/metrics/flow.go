@@ -345,6 +345,9 @@ func SampleOf(f datapath.Flow) FlowSample {
 		s.Type, s.PolicyVerdict = TypePolicyVerdict, true
 	case datapath.ReasonForwardProxy:
 		s.Type, s.PolicyVerdict, s.Verdict = TypePolicyVerdict, true, VerdictRedirected
+	case datapath.ReasonAuditDeny, datapath.ReasonAuditDefaultDeny:
+		// Passed, and reported: a policy in audit mode would have dropped it.
+		s.Type, s.PolicyVerdict, s.Verdict = TypePolicyVerdict, true, VerdictAudit
 	default:
 		if s.Verdict == VerdictDropped {
 			s.Type = TypeDrop
