@@ -38,6 +38,10 @@ func (e *Enforcer) HubbleFlows(f datapath.Flow, node string) []*observe.Flow {
 	denied := f.Dropped() || f.Reason.Audited()
 	setPolicies(base, f.Direction, pols, denied)
 
+	if f.Dropped() {
+		// A dropped packet's direction of flow is not known (Hubble prints <>).
+		base.IsReply = nil
+	}
 	var out []*observe.Flow
 	if f.Rule != policy.RuleNone || f.Reason == datapath.ReasonDropDefaultDeny || f.Reason.Audited() ||
 		f.Reason == datapath.ReasonDropDeny || f.Reason == datapath.ReasonForwardUnenforced {

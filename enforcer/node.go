@@ -55,8 +55,10 @@ type NodeOptions struct {
 	// to the proxy: "auto" is the IPv4 default route's, "" none.
 	Uplink string
 	// FlowRing is how many flows the node keeps for `netpact observe` (observe.DefaultRingCapacity
-	// when 0; rounded up to 2^n-1).
+	// when 0; rounded up to 2^n-1); Ring, when set, is a ring of the caller's to keep them in
+	// instead (one a process serves for all the nodes it runs, one after the other).
 	FlowRing int
+	Ring     *observe.Ring
 	// Log gets a line per step; discarded when nil.
 	Log *slog.Logger
 }
@@ -140,7 +142,10 @@ func (n *Node) readFlows(context.Context, *NodeOptions) error {
 // observeFlows keeps the node's flows, as Hubble reports them, in a bounded ring that `netpact
 // observe` reads.
 func (n *Node) observeFlows(_ context.Context, o *NodeOptions) error {
-	n.Ring, n.name = observe.NewRing(o.FlowRing), o.Name
+	n.Ring, n.name = o.Ring, o.Name
+	if n.Ring == nil {
+		n.Ring = observe.NewRing(o.FlowRing)
+	}
 	n.Flows.Subscribe(func(f datapath.Flow) {
 		for _, fl := range n.Enforcer.HubbleFlows(f, n.name) {
 			n.Ring.Add(&observe.GetFlowsResponse{Flow: fl, NodeName: n.name, Time: fl.Time})

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/netpact/netpact/enforcer/observe"
+
 	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/localnode"
 	"github.com/netpact/netpact/enforcer/podnet"
@@ -28,6 +30,9 @@ type LocalOptions struct {
 	// process of a parallel test suite); the node uses them instead of creating its own and
 	// leaves them in place when it stops.
 	Pods map[string]*podnet.Pod
+	// Ring, when set, keeps the node's flows as Hubble reports them (netpact test serves it to
+	// `netpact observe`).
+	Ring *observe.Ring
 }
 
 // LocalNode is a Backend made of network namespaces on this host: an enforcer/localnode node
@@ -59,7 +64,8 @@ func NewLocal(opts LocalOptions) *LocalNode {
 // creates the pods and starts their workloads.
 func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 	n.sc = sc
-	n.node = localnode.NewNode(localnode.Options{Retain: n.opts.Retain, Policy: sc.engineOptions(n.opts.Policy), Pods: n.opts.Pods})
+	n.node = localnode.NewNode(localnode.Options{Retain: n.opts.Retain, Policy: sc.engineOptions(n.opts.Policy), Pods: n.opts.Pods,
+		Ring: n.opts.Ring})
 	n.podServers = map[string]*servers{}
 	if err := n.node.Start(); err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/netpact/netpact/enforcer/observe"
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,6 +24,7 @@ type localReconcilerOptions struct {
 	src                                      reconciler.Source
 	path, nodeFile, listen, statusFile       string
 	statusListen                             string
+	observeSocket                            string
 	passwordFile, sshKeyFile, knownHostsFile string
 	keyringFile, secretFile                  string
 	interval                                 time.Duration
@@ -63,6 +65,7 @@ operator chooses, apart from the webhook's) returns the status, credentials reda
 	f.StringVar(&o.nodeFile, "node", "", "cluster file (as netpact predict reads) whose namespaces and pods make the local node")
 	f.StringVar(&o.listen, "listen", "", "address of the webhook receiver, such as :9292")
 	f.BoolVar(&o.allowEmpty, "allow-empty", false, "enforce a revision that removes every policy (of the bundle or of a namespace); refused otherwise")
+	f.StringVar(&o.observeSocket, "observe-socket", DefaultObserveSocket, "serve the node's flows to netpact observe on this unix socket (\"\" for none)")
 	f.StringVar(&o.statusListen, "status-listen", "", "address serving GET /status, such as 127.0.0.1:9293 (not served when empty)")
 	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook secret")
 	f.StringVar(&o.statusFile, "status-file", defaultStatusFile, "where to write the status")
@@ -117,7 +120,8 @@ func runLocalReconciler(cmd *cobra.Command, o localReconcilerOptions) error {
 	if err != nil {
 		return err
 	}
-	node := localnode.NewNode(localnode.Options{})
+	ring := observe.NewRing(0)
+	node := localnode.NewNode(localnode.Options{Ring: ring})
 	defer node.Stop()
 	if err := node.Start(); err != nil {
 		return fmt.Errorf("start local node: %w", err)
@@ -158,6 +162,14 @@ func runLocalReconciler(cmd *cobra.Command, o localReconcilerOptions) error {
 		hs := newServer(o.listen, webhookMux(r, secret))
 		go hs.ListenAndServe()
 		defer hs.Close()
+	}
+	if o.observeSocket != "" {
+		stopServe, err := serveObserve(o.observeSocket, ring, "local")
+		if err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "netpact observe will not see this node: %v\n", err)
+		} else {
+			defer stopServe()
+		}
 	}
 	if o.statusListen != "" {
 		hs := newServer(o.statusListen, statusMux(r))

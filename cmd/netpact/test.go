@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/netpact/netpact/enforcer/observe"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,6 +18,7 @@ import (
 func newTestCommand() *cobra.Command {
 	var junit, output, summary string
 	var retain, verbose bool
+	var observeSocket string
 	var timeout time.Duration
 	var failOnPending bool
 	cmd := &cobra.Command{
@@ -36,9 +38,20 @@ See docs/scenarios.md.`,
 				fmt.Fprintln(cmd.ErrOrStderr(), err)
 				return exitError{1}
 			}
+			// The nodes' flows, one node after the other, go to one ring that `netpact observe`
+			// reads on the socket while the run lasts (and after it, with --retain).
+			ring := observe.NewRing(0)
+			if observeSocket != "" {
+				stopServe, err := serveObserve(observeSocket, ring, "local")
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "netpact observe will not see this run: %v\n", err)
+				} else {
+					defer stopServe()
+				}
+			}
 			var results []*scenarios.Result
 			for _, sc := range scs {
-				node := scenarios.NewLocal(scenarios.LocalOptions{ProbeTimeout: timeout, Retain: retain})
+				node := scenarios.NewLocal(scenarios.LocalOptions{ProbeTimeout: timeout, Retain: retain, Ring: ring})
 				stop := onInterrupt(func() {
 					fmt.Fprintln(cmd.ErrOrStderr(), "interrupted: tearing down the local node")
 					node.Stop()
@@ -73,6 +86,14 @@ See docs/scenarios.md.`,
 			default:
 				return fmt.Errorf("unknown output format %q: use text or json", output)
 			}
+			if retain && observeSocket != "" {
+				// The run is over and its node retained: its flows stay readable until this
+				// process is told to stop.
+				fmt.Fprintf(cmd.ErrOrStderr(), "retained: netpact observe reads this run's flows on %s until interrupted (Ctrl-C)\n", observeSocket)
+				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				<-ctx.Done()
+				stop()
+			}
 			for _, r := range results {
 				if r.Failed() {
 					return exitError{1}
@@ -90,7 +111,8 @@ See docs/scenarios.md.`,
 	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts), the failing steps' tables and the totals to this file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's three tables and a few flow events, not only the failing steps'")
-	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging")
+	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging, and keep serving the run's flows to netpact observe until interrupted")
+	cmd.Flags().StringVar(&observeSocket, "observe-socket", DefaultObserveSocket, "serve the run's flows to netpact observe on this unix socket (\"\" for none)")
 	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out")
 	return cmd
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/netpact/netpact/enforcer/observe"
+
 	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/podnet"
@@ -39,6 +41,9 @@ type Options struct {
 	// Log gets the node's log lines (one per repaired entry); standard error, prefixed
 	// "netpact: ", when nil.
 	Log func(string)
+	// Ring, when set, keeps the node's flows as Hubble reports them (the caller serves it to
+	// `netpact observe`); the node keeps a ring of its own otherwise.
+	Ring *observe.Ring
 }
 
 // Node is the enforcer on a node of network namespaces: pods on veths of this host, netpact's
@@ -108,7 +113,7 @@ func (n *Node) Start() error {
 	}
 	rt, err := enforcer.StartNode(context.Background(), enforcer.NodeOptions{Name: "local",
 		Datapath: datapath.Options{PinPath: n.pinPath(), Cgroup: cg}, Policy: n.opts.Policy,
-		HTTP: http, Routes: proxyRoutes(n.id)})
+		HTTP: http, Routes: proxyRoutes(n.id), Ring: n.opts.Ring})
 	if err != nil {
 		return err
 	}
@@ -336,12 +341,16 @@ func (n *Node) SawPair(src, dst netip.Addr) (seen, known bool) {
 // flowSync bounds how long SawAudit waits for the flow events produced before it to be read.
 const flowSync = 5 * time.Second
 
+// SyncFlows waits until every flow event the datapath produced before the call was handed on
+// (to the ring, and to the probes' record); false when that did not happen within flowSync.
+func (n *Node) SyncFlows() bool { return n.rt.Flows.Sync(flowSync) }
+
 // SawAudit reports whether the datapath reported a new flow from src to dst with the protocol
 // and destination port as AUDIT since the last ResetFlows (a policy in audit mode would have
 // dropped it). It first waits until every event produced before the call was read; known is
 // false when that did not happen, or the node's record is full.
 func (n *Node) SawAudit(src, dst netip.Addr, proto policy.Proto, port uint16) (audited, known bool) {
-	if !n.rt.Flows.Sync(flowSync) {
+	if !n.SyncFlows() {
 		return false, false
 	}
 	n.mu.Lock()
