@@ -91,6 +91,9 @@ func validatePolicy(p *Policy) (errs, warns []pathErr) {
 			v.ciliumRule(&p.Cilium[i], p.rulePath(i), p.Kind)
 		}
 	}
+	if p.Audit {
+		v.warn("metadata.annotations", "%s", auditModeWarning)
+	}
 	p.CIDRs = len(v.named)
 	return v.errs, v.warns
 }
@@ -621,6 +624,10 @@ var kafkaTopicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 
 // kafkaNotEnforced is what becomes of a Kafka rule: the datapath hands the flows it governs to a
 // Kafka proxy, and none runs, so they are dropped. (Cilium 1.20 removed Kafka rules altogether.)
+// auditModeWarning: netpact honours the audit annotations, which Cilium ignores: the same
+// policy enforces on Cilium and does not on netpact, which must be said.
+const auditModeWarning = "audit mode (" + AnnotationCiliumAudit + " or " + AnnotationAudit + " \"true\"): netpact reports this policy's denies, and the default deny only it switches on, as AUDIT and lets the traffic pass (netpact observe --verdict AUDIT); Cilium ignores the annotation and enforces the policy"
+
 const kafkaNotEnforced = "kafka rules are not enforced by netpact yet: flows this rule governs are dropped (no Kafka proxy runs; Cilium 1.20 removed Kafka rules too)"
 
 // knp applies the Kubernetes API server's NetworkPolicy validation.

@@ -149,3 +149,42 @@ func TestObserveLocalNodeThroughTheReconciler(t *testing.T) {
 		}
 	}
 }
+
+// TestPredictAndValidateAudit: predict shows the cells a policy in audit mode would drop as A,
+// and validate warns that netpact does not enforce it where Cilium would.
+func TestPredictAndValidateAudit(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "audit.yaml")
+	doc := `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: default-deny
+  namespace: default
+  annotations:
+    policy.cilium.io/audit-mode: "true"
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}]
+`
+	if err := os.WriteFile(f, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := run(t, "predict", "--cluster", filepath.Join("..", "..", "docs", "examples", "cluster.yaml"), f)
+	if code != 0 {
+		t.Fatalf("predict exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, f+":6:3: warning: CiliumNetworkPolicy default/default-deny: metadata.annotations: audit mode") {
+		t.Errorf("no audit-mode warning:\n%s", stderr)
+	}
+	// database -> backend:80 is audited (the policy in audit mode allows only frontend);
+	// frontend -> backend:80 is allowed.
+	_, table, _ := strings.Cut(stdout, "80/TCP\n")
+	for _, want := range []string{"default/database      A", "default/frontend      ."} {
+		if !strings.Contains(table, want) {
+			t.Errorf("predict's 80/TCP table lacks %q:\n%s", want, table)
+		}
+	}
+	if !strings.Contains(stdout, `"A" allowed and reported AUDIT`) {
+		t.Errorf("the legend lacks A:\n%s", stdout)
+	}
+}
