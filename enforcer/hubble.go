@@ -72,7 +72,7 @@ func (e *Enforcer) HubbleFlows(f datapath.Flow, node string) []*observe.Flow {
 // hubbleBase is what every flow of the event has: time, addresses, ports, both ends, direction.
 func (e *Enforcer) hubbleBase(f datapath.Flow, node string, st *policy.State) *observe.Flow {
 	fl := &observe.Flow{Time: observe.TimestampOf(eventTime(f.Time)), NodeName: node, Type: observe.L3L4,
-		IP: &observe.IP{Source: f.Src.String(), Destination: f.Dst.String(), IPVersion: observe.IPv4},
+		IP:               &observe.IP{Source: f.Src.String(), Destination: f.Dst.String(), IPVersion: observe.IPv4},
 		TrafficDirection: observe.Ingress, IsReply: observe.Bool(false)}
 	if f.Direction == policy.Egress {
 		fl.TrafficDirection = observe.Egress

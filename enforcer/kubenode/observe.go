@@ -59,8 +59,20 @@ func (o *Observer) Handler() http.Handler {
 // observe counts a flow event in the node's metrics.
 func (o *Observer) observe(f datapath.Flow) {
 	s := metrics.SampleOf(f)
-	if s.PolicyVerdict && f.Rule != policy.RuleNone {
+	switch {
+	case s.PolicyVerdict && f.Rule != policy.RuleNone:
 		s.Policies, s.SourceRepo = o.policiesOf(f.Rule)
+	case f.Reason == datapath.ReasonDropDefaultDeny || f.Reason == datapath.ReasonAuditDefaultDeny:
+		// A default deny is the doing of the policies that select the pod in that direction:
+		// counted against each, so that an audit window is sized per policy.
+		if st := o.enf.State(); st != nil {
+			for _, ri := range st.EnforcedBy(f.Src, f.Dst, f.Direction) {
+				s.Policies = append(s.Policies, ri.Policy.String())
+				if ri.Git != nil {
+					s.SourceRepo = ri.Git.Repository
+				}
+			}
+		}
 	}
 	o.metrics.ObserveFlow(s)
 	if f.L7 != nil {
