@@ -85,6 +85,7 @@ bench: deps-bench
 	$(GO) test -run '^$$' -bench 'Verdict' -benchtime $(BENCHTIME) ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'Traffic|ServiceConnect' -benchtime 1x ./enforcer/datapath/
 	$(GO) test -run '^$$' -bench 'FlowEvents' -benchtime 1x ./enforcer/datapath/
+	$(GO) test -run '^$$' -bench 'NodeFlowEvents' -benchtime 1x ./enforcer/
 	$(GO) test -run '^$$' -bench 'Matrix486' -benchtime 3x ./scenarios/
 	$(GO) test -run '^$$' -bench 'PushToEnforced' -benchtime 20x ./reconciler/
 	$(GO) test -run '^$$' -bench 'L7Proxy' -benchtime 1x ./enforcer/localnode/

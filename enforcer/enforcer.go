@@ -53,6 +53,8 @@ type Enforcer struct {
 	fqdn      *fqdnCache
 	lastLocal []LocalPod
 	synced    bool
+	// hubble is what HubbleFlows derived from the current state (hubble.go).
+	hubble atomic.Pointer[hubbleCache]
 }
 
 // New returns an enforcer for node that programs dp. What dp's pinned maps already hold (an

@@ -3,6 +3,7 @@ package enforcer
 import (
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,18 +21,19 @@ import (
 // made it default deny.
 func (e *Enforcer) HubbleFlows(f datapath.Flow, node string) []*observe.Flow {
 	st := e.State()
-	base := e.hubbleBase(f, node, st)
+	c := e.hubbleCacheOf(st)
+	base := e.hubbleBase(f, node, st, c)
 	if f.L7 != nil {
-		return e.hubbleL7(f, base, st)
+		return e.hubbleL7(f, base, st, c)
 	}
 	var pols []*observe.Policy
 	matchType := uint32(observe.PolicyMatchNone)
 	switch {
 	case f.Reason == datapath.ReasonDropDefaultDeny || f.Reason == datapath.ReasonAuditDefaultDeny:
-		pols = defaultDenyPolicies(st, f)
+		pols = defaultDenyPolicies(st, f, c)
 	case f.Rule != policy.RuleNone && st != nil:
 		if ri := st.Rule(f.Rule); ri != nil {
-			pols = []*observe.Policy{hubblePolicy(ri, f.Direction)}
+			pols = []*observe.Policy{c.policy(ri, f.Direction)}
 			matchType = policyMatchType(st, f)
 		}
 	}
@@ -69,8 +71,61 @@ func (e *Enforcer) HubbleFlows(f datapath.Flow, node string) []*observe.Flow {
 	return out
 }
 
+// hubbleCache holds what HubbleFlows derives from one compiled state and would otherwise build
+// again for every event: the identities' sorted labels and the rules' policies as Hubble names
+// them. Building them was over half of the conversion's CPU (BenchmarkNodeFlowEvents' profile,
+// docs/benchmarks.md). The flows of many events share these values: nothing downstream of
+// HubbleFlows modifies a flow. Keys are pointers into the state, whose identities and rules do
+// not change once made; a new state starts a new cache.
+type hubbleCache struct {
+	st       *policy.State
+	mu       sync.Mutex
+	labels   map[*policy.Identity][]string
+	policies map[hubblePolicyKey]*observe.Policy
+}
+
+type hubblePolicyKey struct {
+	ri *policy.RuleInfo
+	d  policy.Direction
+}
+
+// hubbleCacheOf is the cache of st, a new one when the state changed since the last event.
+func (e *Enforcer) hubbleCacheOf(st *policy.State) *hubbleCache {
+	if c := e.hubble.Load(); c != nil && c.st == st {
+		return c
+	}
+	c := &hubbleCache{st: st, labels: map[*policy.Identity][]string{}, policies: map[hubblePolicyKey]*observe.Policy{}}
+	e.hubble.Store(c)
+	return c
+}
+
+// identityLabels is ident.Labels(), sorted once per state.
+func (c *hubbleCache) identityLabels(ident *policy.Identity) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.labels[ident]
+	if !ok {
+		l = ident.Labels()
+		c.labels[ident] = l
+	}
+	return l
+}
+
+// policy is hubblePolicy(ri, d), built once per state.
+func (c *hubbleCache) policy(ri *policy.RuleInfo, d policy.Direction) *observe.Policy {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := hubblePolicyKey{ri, d}
+	p, ok := c.policies[k]
+	if !ok {
+		p = hubblePolicy(ri, d)
+		c.policies[k] = p
+	}
+	return p
+}
+
 // hubbleBase is what every flow of the event has: time, addresses, ports, both ends, direction.
-func (e *Enforcer) hubbleBase(f datapath.Flow, node string, st *policy.State) *observe.Flow {
+func (e *Enforcer) hubbleBase(f datapath.Flow, node string, st *policy.State, c *hubbleCache) *observe.Flow {
 	fl := &observe.Flow{Time: observe.TimestampOf(eventTime(f.Time)), NodeName: node, Type: observe.L3L4,
 		IP:               &observe.IP{Source: f.Src.String(), Destination: f.Dst.String(), IPVersion: observe.IPv4},
 		TrafficDirection: observe.Ingress, IsReply: observe.Bool(false)}
@@ -92,8 +147,8 @@ func (e *Enforcer) hubbleBase(f datapath.Flow, node string, st *policy.State) *o
 	case policy.ProtoICMPv6:
 		fl.L4 = &observe.Layer4{ICMPv6: &observe.ICMPv6{Type: uint32(f.DstPort)}}
 	}
-	fl.Source = e.hubbleEndpoint(st, f.Src, f.SrcIdentity)
-	fl.Destination = e.hubbleEndpoint(st, f.Dst, f.DstIdentity)
+	fl.Source = e.hubbleEndpoint(st, c, f.Src, f.SrcIdentity)
+	fl.Destination = e.hubbleEndpoint(st, c, f.Dst, f.DstIdentity)
 	if f.Service != 0 && e.dp != nil {
 		// "namespace/name 10.96.0.10:53/UDP"
 		if name, _, ok := strings.Cut(e.dp.ServiceName(f.Service), " "); ok {
@@ -112,7 +167,7 @@ func (e *Enforcer) hubbleBase(f datapath.Flow, node string, st *policy.State) *o
 
 // hubbleEndpoint is one end of a flow: the pod an address belongs to, with its identity's
 // labels, or the identity alone (world, a CIDR, the host).
-func (e *Enforcer) hubbleEndpoint(st *policy.State, a netip.Addr, id policy.ID) *observe.Endpoint {
+func (e *Enforcer) hubbleEndpoint(st *policy.State, c *hubbleCache, a netip.Addr, id policy.ID) *observe.Endpoint {
 	ep := &observe.Endpoint{Identity: uint32(id)}
 	if st == nil {
 		return ep
@@ -125,25 +180,25 @@ func (e *Enforcer) hubbleEndpoint(st *policy.State, a netip.Addr, id policy.ID) 
 		ep.ID = e.EndpointID(k)
 		if ident != nil {
 			ep.Identity = uint32(ident.ID)
-			ep.Labels = ident.Labels()
+			ep.Labels = c.identityLabels(ident)
 		}
 		return ep
 	}
 	if ident, ok := st.IdentityOf(policy.ID(ep.Identity)); ok {
-		ep.Labels = ident.Labels()
+		ep.Labels = c.identityLabels(ident)
 	}
 	return ep
 }
 
 // hubbleL7 is an L7 event: the request with the proxy's verdict and, when it went on, the
 // response.
-func (e *Enforcer) hubbleL7(f datapath.Flow, base *observe.Flow, st *policy.State) []*observe.Flow {
+func (e *Enforcer) hubbleL7(f datapath.Flow, base *observe.Flow, st *policy.State, c *hubbleCache) []*observe.Flow {
 	base.Type = observe.L7
 	base.EventType = &observe.CiliumEventType{Type: observe.MessageTypeAccessLog}
 	if st == nil {
 		// Before the first compile: nothing to name.
 	} else if ri := st.Rule(f.Rule); ri != nil {
-		setPolicies(base, f.Direction, []*observe.Policy{hubblePolicy(ri, f.Direction)}, f.L7.Denied)
+		setPolicies(base, f.Direction, []*observe.Policy{c.policy(ri, f.Direction)}, f.L7.Denied)
 	}
 	req, resp := *base, *base
 	req.Verdict, resp.Verdict = observe.Forwarded, observe.Forwarded
@@ -253,13 +308,13 @@ func hubblePolicy(ri *policy.RuleInfo, d policy.Direction) *observe.Policy {
 
 // defaultDenyPolicies are the policies whose sections switched default deny on for the pod in
 // the event's direction: what made the drop (or the audit) happen.
-func defaultDenyPolicies(st *policy.State, f datapath.Flow) []*observe.Policy {
+func defaultDenyPolicies(st *policy.State, f datapath.Flow, c *hubbleCache) []*observe.Policy {
 	if st == nil {
 		return nil
 	}
 	var out []*observe.Policy
 	for _, ri := range st.EnforcedBy(f.Src, f.Dst, f.Direction) {
-		out = append(out, hubblePolicy(ri, f.Direction))
+		out = append(out, c.policy(ri, f.Direction))
 	}
 	return out
 }
