@@ -152,3 +152,56 @@ func TestClusterAudited(t *testing.T) {
 		t.Errorf("nodeFlows of no enforcer: %q", lines)
 	}
 }
+
+// TestPolicyObjectOrigin: a scenario's policy is applied with the source annotations the
+// reconciler writes (its file, line and rules' lines), which the enforcer reads back as the
+// policy's origin: its flows say "at file:line". A policy with annotations of its own keeps them.
+func TestPolicyObjectOrigin(t *testing.T) {
+	const cnp = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny, namespace: ns}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: a}}]
+`
+	b, err := policy.LoadBytes("seeds/x.yaml (inline policy of step one)", []byte(cnp), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := policyObject(b.Policies[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := obj.GetAnnotations()
+	if got := ann[policy.AnnotationSourcePath]; got != "seeds/x.yaml (inline policy of step one):1" {
+		t.Errorf("source path %q", got)
+	}
+	if got := ann[policy.AnnotationSourceRules]; got != "spec.ingress[0]=7 spec=4" {
+		t.Errorf("source rules %q, want the ingress rule at line 7, the default deny of the section at 4", got)
+	}
+	raw, err := json.Marshal(obj.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := policy.LoadBytes("applied", raw, policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := back.Policies[0].Origin; o == nil || o.Path != "seeds/x.yaml (inline policy of step one)" || o.Line != 1 {
+		t.Errorf("origin read back: %+v", o)
+	}
+	// Its own annotations win.
+	own := strings.Replace(cnp, "metadata: {name: deny, namespace: ns}",
+		"metadata: {name: deny, namespace: ns, annotations: {netpact.io/source-path: \"policies/deny.yaml:3\"}}", 1)
+	b, err = policy.LoadBytes("seeds/x.yaml", []byte(own), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj, err = policyObject(b.Policies[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := obj.GetAnnotations()[policy.AnnotationSourcePath]; got != "policies/deny.yaml:3" {
+		t.Errorf("own source path overwritten: %q", got)
+	}
+}
