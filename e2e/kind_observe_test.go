@@ -261,9 +261,8 @@ spec:
 			// The prober's connection: an egress policy verdict this node forwarded.
 			v, ok := sample(fams["hubble_policy_verdicts_total"], map[string]string{"direction": "egress", "action": "forwarded"})
 			Expect(ok && v > 0).To(BeTrue(), "hubble_policy_verdicts_total{direction=egress,action=forwarded} on %s: %v", e.Spec.NodeName, v)
-			v, ok = sample(fams["netpact_policy_verdicts_total"], map[string]string{"direction": "egress", "action": "forwarded",
-				"policy": "CiliumNetworkPolicy " + ns + "/probers-to-server"})
-			Expect(ok && v > 0).To(BeTrue(), "netpact_policy_verdicts_total of probers-to-server on %s: %v", e.Spec.NodeName, v)
+			// netpact_policy_verdicts_total's value of the policy is not checked: a policy entering
+			// the top ranking at a scrape starts its own series at 0 (docs/metrics.md).
 			v, ok = sample(fams["netpact_endpoints"], map[string]string{"state": "programmed"})
 			Expect(ok && v >= 1).To(BeTrue(), "netpact_endpoints{state=programmed} on %s: %v", e.Spec.NodeName, v)
 		}
