@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -94,15 +92,11 @@ spec:
 			out := map[string]int64{}
 			pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
 			Expect(err).NotTo(HaveOccurred())
-			re := regexp.MustCompile(`(?m)^process_resident_memory_bytes (\d+)$`)
 			for _, p := range pods.Items {
-				raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(p.Name + ":9879").
-					SubResource("proxy").Suffix("metrics").DoRaw(ctx)
-				Expect(err).NotTo(HaveOccurred())
-				m := re.FindSubmatch(raw)
-				Expect(m).NotTo(BeNil(), "process_resident_memory_bytes of %s", p.Name)
-				v, _ := strconv.ParseInt(string(m[1]), 10, 64)
-				out[p.Spec.NodeName] = v
+				// client_golang writes the value as a float (4.2e+07): parsed as Prometheus does.
+				v, ok := sample(scrape(ctx, client, p.Name)["process_resident_memory_bytes"], nil)
+				Expect(ok).To(BeTrue(), "process_resident_memory_bytes of %s", p.Name)
+				out[p.Spec.NodeName] = int64(v)
 			}
 			return out
 		}

@@ -32,6 +32,7 @@ import (
 
 	"github.com/netpact/netpact/api/v1alpha1"
 	"github.com/netpact/netpact/enforcer/kubenode"
+	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/internal/kubeapply"
 	"github.com/netpact/netpact/scenarios"
 	"github.com/netpact/netpact/scenarios/probeagent"
@@ -290,12 +291,12 @@ spec:
 		cl, err := client.CoreV1().Pods("np-l7out").Get(ctx, "client", metav1.GetOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		enf := enforcerPod(node)
-		var flows []kubenode.FlowRecord
-		raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enf.Name+":9879").
-			SubResource("proxy").Suffix("flows").Param("src", cl.Status.PodIP).DoRaw(ctx)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(json.Unmarshal(raw, &flows)).To(Succeed())
-		Expect(flows).To(ContainElement(HaveField("L7", SatisfyAll(Not(BeNil()), HaveField("URL", ContainSubstring("/denied")), HaveField("Code", 403)))), "flows: %+v", flows)
+		// The proxy's record of the denied request: Hubble's L7 request flow, DROPPED (a denied
+		// request has no response record; the pod got the proxy's 403).
+		rs := enforcerFlows(ctx, client, enf.Name, observe.Filter{FromIPs: []string{cl.Status.PodIP}, Protocols: []string{"http"}})
+		Expect(flowsOf(rs)).To(ContainElement(SatisfyAll(HaveField("Verdict", observe.Dropped),
+			HaveField("L7.HTTP", SatisfyAll(Not(BeNil()), HaveField("Method", "GET"), HaveField("URL", ContainSubstring("/denied")))))),
+			"flows:\n%s", renderFlows(rs, observe.OutputCompact))
 	})
 
 	It("keeps every verdict through a rollout of the DaemonSet", func() {
@@ -438,12 +439,15 @@ spec:
 			Expect(err).NotTo(HaveOccurred(), "%s of %s", path, enf.Name)
 			return string(raw)
 		}
-		var flows []kubenode.FlowRecord
-		Expect(json.Unmarshal([]byte(get("flows", map[string]string{"src": clientPod.Status.PodIP, "dst": server.Status.PodIP})), &flows)).To(Succeed())
-		Expect(flows).To(ContainElement(SatisfyAll(
-			HaveField("Verdict", "dropped"), HaveField("Direction", "ingress"), HaveField("DstPort", uint16(8080)),
-			HaveField("SrcPod", "np-flows-client/client"), HaveField("DstPod", "np-flows/server"),
-			HaveField("Rule", ContainSubstring("np-flows/deny-cluster")))), "flows: %+v", flows)
+		rs := enforcerFlows(ctx, client, enf.Name, observe.Filter{FromIPs: []string{clientPod.Status.PodIP},
+			ToIPs: []string{server.Status.PodIP}, Protocols: []string{"tcp"}, Ports: []uint16{8080}})
+		Expect(flowsOf(rs)).To(ContainElement(SatisfyAll(
+			HaveField("Verdict", observe.Dropped), HaveField("TrafficDirection", observe.Ingress),
+			HaveField("L4.TCP.DestinationPort", uint32(8080)),
+			HaveField("Source", SatisfyAll(Not(BeNil()), HaveField("Namespace", "np-flows-client"), HaveField("PodName", "client"))),
+			HaveField("Destination", SatisfyAll(Not(BeNil()), HaveField("Namespace", "np-flows"), HaveField("PodName", "server"))),
+			HaveField("IngressDeniedBy", ContainElement(SatisfyAll(HaveField("Namespace", "np-flows"), HaveField("Name", "deny-cluster")))))),
+			"flows:\n%s", renderFlows(rs, observe.OutputCompact))
 		metrics := get("metrics", nil)
 		for _, m := range []string{`netpact_datapath_packets_total{reason=`, `verdict="drop"`, `netpact_flow_events_total{direction="ingress"`,
 			`netpact_map_entries{map="conntrack"}`, `netpact_sync_duration_seconds `, `netpact_policies{refused="false"}`,
@@ -514,16 +518,17 @@ spec:
 		cl, err := client.CoreV1().Pods("np-svc-client").Get(ctx, "client", metav1.GetOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		enf := enforcerPod(cl.Spec.NodeName)
-		var flows []kubenode.FlowRecord
-		raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enf.Name+":9879").
-			SubResource("proxy").Suffix("flows").Param("src", cl.Status.PodIP).DoRaw(ctx)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(json.Unmarshal(raw, &flows)).To(Succeed())
-		Expect(flows).To(ContainElement(SatisfyAll(HaveField("Direction", "egress"), HaveField("Verdict", "forwarded"),
-			HaveField("DstPod", "np-svc/a"), HaveField("DstPort", uint16(8080)),
-			HaveField("Service", "np-svc/svc-a "+vip["svc-a"]+":80/TCP"))), "flows: %+v", flows)
-		Expect(flows).To(ContainElement(SatisfyAll(HaveField("Direction", "egress"), HaveField("Verdict", "dropped"),
-			HaveField("DstPod", "np-svc/b"), HaveField("Service", "np-svc/svc-b "+vip["svc-b"]+":80/TCP"))), "flows: %+v", flows)
+		// Hubble names the Service a flow was translated from as its destination_service.
+		rs := enforcerFlows(ctx, client, enf.Name, observe.Filter{FromIPs: []string{cl.Status.PodIP}, Protocols: []string{"tcp"},
+			Ports: []uint16{8080}})
+		text := renderFlows(rs, observe.OutputCompact)
+		Expect(flowsOf(rs)).To(ContainElement(SatisfyAll(HaveField("TrafficDirection", observe.Egress), HaveField("Verdict", observe.Forwarded),
+			HaveField("Destination", SatisfyAll(Not(BeNil()), HaveField("Namespace", "np-svc"), HaveField("PodName", "a"))),
+			HaveField("L4.TCP.DestinationPort", uint32(8080)),
+			HaveField("DestinationService", Equal(&observe.Service{Namespace: "np-svc", Name: "svc-a"})))), "flows:\n%s", text)
+		Expect(flowsOf(rs)).To(ContainElement(SatisfyAll(HaveField("TrafficDirection", observe.Egress), HaveField("Verdict", observe.Dropped),
+			HaveField("Destination", SatisfyAll(Not(BeNil()), HaveField("Namespace", "np-svc"), HaveField("PodName", "b"))),
+			HaveField("DestinationService", Equal(&observe.Service{Namespace: "np-svc", Name: "svc-b"})))), "flows:\n%s", text)
 	})
 
 	It("judges a NodePort's client, not the node kube-proxy masqueraded it to: only the admitted pod gets through", func() {

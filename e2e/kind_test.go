@@ -368,8 +368,10 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 		const seedRounds = 5
 		files, err := filepath.Glob(filepath.Join(root, "scenarios", "seeds", "*.yaml"))
 		Expect(err).NotTo(HaveOccurred())
-		// 000 is two files since its enforcement-always step became a scenario of its own.
-		Expect(files).To(HaveLen(5))
+		// 000 is three files: its enforcement-always step became a scenario of its own, and its
+		// audit-then-enforce one (steps 2 and 5 of the article) too.
+		Expect(files).To(HaveLen(6))
+		Expect(files).To(ContainElement(HaveSuffix("000-audit-then-enforce.yaml")))
 		var report bytes.Buffer
 		wrongPerRound := make([]int, seedRounds)
 		for round := range seedRounds {
@@ -386,11 +388,21 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 				scenarios.Print(&report, []*scenarios.Result{res}, false)
 				GinkgoWriter.Print(report.String())
 				Expect(res.Error).To(BeEmpty(), "%s round %d:\n%s", f, round+1, report.String())
-				for _, st := range res.Steps {
+				for i, st := range res.Steps {
+					audited := 0
 					for _, c := range st.Cells {
 						if !c.OK {
 							wrongPerRound[round]++
 						}
+						if c.Observed == scenarios.Audit {
+							audited++
+						}
+					}
+					// The audit-mode step passes only if the enforcers reported its connections as
+					// AUDIT (the cluster backend's AuditWitness): a connection that merely got
+					// through is observed allow.
+					if filepath.Base(f) == "000-audit-then-enforce.yaml" && i == 0 {
+						Expect(audited).To(BeNumerically(">", 0), "%s round %d: no connection reported as AUDIT:\n%s", f, round+1, report.String())
 					}
 					Expect(st.Failed).To(BeFalse(), "%s round %d step %q:\n%s", f, round+1, st.Name, report.String())
 					if st.Pending != "" {

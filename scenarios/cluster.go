@@ -3,7 +3,6 @@ package scenarios
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -389,13 +388,9 @@ func (c *Cluster) Flows(cells []Cell) []string {
 	last := maps.Clone(c.last)
 	since := c.stepStart
 	c.mu.Unlock()
-	enforcers := map[string]string{} // node -> enforcer pod
-	if list, err := c.opts.Client.CoreV1().Pods("kube-system").List(context.Background(),
-		metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"}); err == nil {
-		for _, p := range list.Items {
-			enforcers[p.Spec.NodeName] = p.Name
-		}
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), flowsTimeout)
+	enforcers, _ := c.enforcers(ctx) // none: the probes' output alone
+	cancel()
 	var out []string
 	for _, cell := range cells {
 		if s, ok := last[cell.String()]; ok {
@@ -416,49 +411,6 @@ func (c *Cluster) Flows(cells []Cell) []string {
 				}
 			}
 		}
-	}
-	return out
-}
-
-// nodeFlows asks one enforcer (through the API server's pod proxy) for the flow events between
-// two addresses since a time; at most 4 lines, nothing when the enforcer cannot be asked.
-func (c *Cluster) nodeFlows(enforcer, src, dst string, since time.Time) []string {
-	if enforcer == "" || src == "" || dst == "" {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	raw, err := c.opts.Client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").
-		Name(enforcer+":9879").SubResource("proxy").Suffix("flows").
-		Param("src", src).Param("dst", dst).Param("since", since.UTC().Format(time.RFC3339Nano)).Param("limit", "4").
-		DoRaw(ctx)
-	if err != nil {
-		return []string{"flows unavailable: " + err.Error()}
-	}
-	var recs []struct {
-		Direction, Proto, Src, SrcPod, Dst, DstPod, Verdict, Reason, Rule, Source string
-		SrcPort, DstPort                                                          uint16
-	}
-	if err := json.Unmarshal(raw, &recs); err != nil {
-		return []string{"flows unreadable: " + err.Error()}
-	}
-	var out []string
-	for _, r := range recs {
-		name := func(pod, ip string) string {
-			if pod != "" {
-				return pod
-			}
-			return ip
-		}
-		rule := r.Rule
-		if rule == "" {
-			rule = "no rule"
-		}
-		if r.Source != "" {
-			rule += " at " + r.Source
-		}
-		out = append(out, fmt.Sprintf("%s %s %s:%d -> %s:%d %s (%s; %s)", r.Direction, r.Proto, name(r.SrcPod, r.Src), r.SrcPort,
-			name(r.DstPod, r.Dst), r.DstPort, r.Verdict, r.Reason, rule))
 	}
 	return out
 }

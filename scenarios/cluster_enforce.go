@@ -105,6 +105,23 @@ func policyObject(p *policy.Policy) (*unstructured.Unstructured, error) {
 	}
 	labels[scenarioLabel] = "true"
 	obj.SetLabels(labels)
+	// Where the policy was written, as the reconciler writes a Git origin (without repository
+	// or revision): the enforcers' flows then end each deciding policy with "at file:line", so
+	// a failing step's flow lines say which rule of which file decided. Annotations the policy
+	// has of its own win.
+	if p.Origin == nil && p.Source.File != "" {
+		ann := obj.GetAnnotations()
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		o := &policy.Origin{Path: p.Source.File, Line: p.Source.Line, RuleLines: p.RuleLines()}
+		for k, v := range o.Annotations() {
+			if _, ok := ann[k]; !ok {
+				ann[k] = v
+			}
+		}
+		obj.SetAnnotations(ann)
+	}
 	return obj, nil
 }
 

@@ -44,9 +44,10 @@ The plugin's ADD waits on --cni-socket until the new pod's endpoint is programme
 enforces is written to the NodePolicyStatus object named after the node.
 
 /readyz answers 200 once the node is wired and the first sync is done; /status is the node's
-status as JSON; /flows the last 20,000 flow events (pods by name, the deciding rule and its
-source), filtered with ?src=&dst=&since=&limit=; /metrics the datapath's counters by reason,
-flow events by direction, map fill, sync duration, policies and endpoints.`,
+status as JSON; /flows the node's last 20,000 flows as Hubble's GetFlowsResponse stream
+(NDJSON), filtered as hubble observe filters (?verdict=&from-ip=&port=&since=&follow=1 ...;
+sync=1 first waits until every event the datapath wrote before the request was read);
+/metrics the node's metrics (docs/metrics.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if c.NodeName == "" {

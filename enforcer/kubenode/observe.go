@@ -3,6 +3,8 @@ package kubenode
 import (
 	"fmt"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/netpact/netpact/enforcer"
 	"github.com/netpact/netpact/enforcer/datapath"
@@ -20,6 +22,9 @@ type Observer struct {
 	e       *Enforcement
 	metrics *metrics.Metrics
 	flows   http.Handler
+	// sync waits until the node's flow hub handed on every event the datapath wrote before the
+	// call (enforcer.FlowHub.Sync); nil when the observer has no hub (tests).
+	sync func(timeout time.Duration) bool
 
 	// ruleState caches the deciding policy of each rule of the state it was built from, so that
 	// counting a flow does not format the policy's name again (only the hub's goroutine uses it).
@@ -33,6 +38,7 @@ func NewObserver(node *enforcer.Node, e *Enforcement, name string) (*Observer, e
 	if err != nil {
 		return nil, err
 	}
+	o.sync = node.Flows.Sync
 	node.Flows.Subscribe(o.observe)
 	node.OnLost(func(src observe.LostEventSource, n uint64) { o.metrics.ObserveLost(string(src), n) })
 	return o, nil
@@ -51,9 +57,59 @@ func newObserver(dp *datapath.Datapath, enf *enforcer.Enforcer, ring *observe.Ri
 // Handler serves /flows and /metrics.
 func (o *Observer) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/flows", o.flows)
+	mux.Handle("/flows", o.syncing(o.flows))
 	mux.Handle("/metrics", o.metrics.Handler())
 	return mux
+}
+
+// syncParam is the node's own /flows parameter (not a filter, so observe.Handler never sees
+// it): sync=1 answers only once the node's flow reader has handed on every event the datapath
+// wrote before the request, so that the answer has every flow of the traffic that happened
+// before it. The datapath writes a flow's event to its ring buffer before the packet goes on,
+// but the reader hands it to the ring /flows serves a little later, not synchronously: a client
+// that saw a connection complete (the scenario harness checking that a probe was reported as
+// AUDIT) asks with sync=1 instead of sleeping or polling.
+const syncParam = "sync"
+
+// syncTimeout bounds the wait of a sync=1 request: a reader that far behind answers 503.
+const syncTimeout = 5 * time.Second
+
+// syncing serves sync=1 (syncParam) in front of the generic flows handler.
+func (o *Observer) syncing(flows http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		q := req.URL.Query()
+		if !q.Has(syncParam) {
+			flows.ServeHTTP(w, req)
+			return
+		}
+		var want bool
+		switch v := q[syncParam]; {
+		case len(v) != 1:
+			http.Error(w, fmt.Sprintf("parameter %q: give it once", syncParam), http.StatusBadRequest)
+			return
+		case v[0] == "" || v[0] == "1" || strings.EqualFold(v[0], "true"):
+			want = true
+		case v[0] == "0" || strings.EqualFold(v[0], "false"):
+		default:
+			http.Error(w, fmt.Sprintf("parameter %q: bad value %q: want 1 or 0", syncParam, v[0]), http.StatusBadRequest)
+			return
+		}
+		if want {
+			if o.sync == nil {
+				http.Error(w, "this node's flows cannot be synced", http.StatusServiceUnavailable)
+				return
+			}
+			if !o.sync(syncTimeout) {
+				http.Error(w, fmt.Sprintf("the node's flow reader did not catch up within %s", syncTimeout),
+					http.StatusServiceUnavailable)
+				return
+			}
+		}
+		q.Del(syncParam)
+		r := req.Clone(req.Context())
+		r.URL.RawQuery = q.Encode()
+		flows.ServeHTTP(w, r)
+	})
 }
 
 // observe counts a flow event in the node's metrics.
