@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -301,17 +303,19 @@ spec:
 		since := time.Now().Add(-time.Second)
 		Expect(probeFrom(ctx, ns, "client", server.Status.PodIP, 8080)).To(Equal("timeout"))
 
-		// TODO(lead): switch to the CLI once cmd/netpact/observe.go lands on this branch: run
-		//   bin/netpact observe --kubeconfig <kindData.Kubeconfig> --verdict DROPPED \
-		//     --from-ip <client> --to-ip <server> --port 8080 --since <since> -o compact
-		// (and -o json) and check its stdout as below; until then the spec reads the same
-		// stream the CLI reads (/flows through the pod proxy) and renders it with the printer
-		// the CLI uses.
+		// The stream the CLI reads (/flows through the pod proxy), as flows, and the CLI itself.
 		f := observe.Filter{Verdicts: []string{string(observe.Dropped)}, FromIPs: []string{clientPod.Status.PodIP},
 			ToIPs: []string{server.Status.PodIP}, Ports: []uint16{8080}, Since: since}
 		rs := enforcerFlows(ctx, client, enforcerOn(server.Spec.NodeName), f)
 		flows := flowsOf(rs)
-		compact := renderFlows(rs, observe.OutputCompact)
+		cli := func(output string) string {
+			out, err := exec.Command(netpactCLI(), "observe", "--kubeconfig", kindData.Kubeconfig, "--verdict", "DROPPED",
+				"--from-ip", clientPod.Status.PodIP, "--to-ip", server.Status.PodIP, "--port", "8080",
+				"--since", since.UTC().Format(time.RFC3339Nano), "-o", output).Output()
+			Expect(err).NotTo(HaveOccurred(), "netpact observe -o %s: %s", output, out)
+			return string(out)
+		}
+		compact := cli("compact")
 		GinkgoWriter.Print(compact)
 		// The drop event: its pods, its policy (default deny of the ingress section), its file.
 		Expect(flows).To(ContainElement(SatisfyAll(
@@ -336,7 +340,7 @@ spec:
 		Expect(compact).To(ContainSubstring("INGRESS DENIED BY "+want), "the policy-verdict line")
 
 		// -o json: one GetFlowsResponse a line, with Hubble's keys.
-		lines := strings.Split(strings.TrimSpace(renderFlows(rs, observe.OutputJSON)), "\n")
+		lines := strings.Split(strings.TrimSpace(cli("json")), "\n")
 		Expect(lines).NotTo(BeEmpty())
 		dropped := 0
 		for _, line := range lines {
@@ -358,4 +362,13 @@ spec:
 		}
 		Expect(dropped).To(BeNumerically(">=", 1))
 	})
+})
+
+// netpactCLI is this tree's netpact, built once (Go's build cache makes it quick after the
+// image build compiled the same packages).
+var netpactCLI = sync.OnceValue(func() string {
+	bin := filepath.Join(GinkgoT().TempDir(), "netpact")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/netpact").CombinedOutput()
+	Expect(err).NotTo(HaveOccurred(), "build netpact: %s", out)
+	return bin
 })
