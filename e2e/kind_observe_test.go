@@ -335,7 +335,7 @@ spec:
 			}
 		}
 		want := ns + "/default-deny (CiliumNetworkPolicy) " + rule + " at policies/np-observe/default-deny.yaml:"
-		Expect(compact).To(MatchRegexp(`(?m)^.*`+regexp.QuoteMeta(ns+"/client")+`:\d+ .*-> `+regexp.QuoteMeta(ns+"/server")+
+		Expect(compact).To(MatchRegexp(`(?m)^.*`+regexp.QuoteMeta(ns+"/client")+`:\d+ .*<> `+regexp.QuoteMeta(ns+"/server")+
 			`:8080 .*Policy denied DROPPED BY `+regexp.QuoteMeta(want)+`\d+`), "compact lines")
 		Expect(compact).To(ContainSubstring("INGRESS DENIED BY "+want), "the policy-verdict line")
 
