@@ -352,6 +352,10 @@ static __always_inline int forward(struct __sk_buff *skb, struct tc_state *s, st
 	struct pkt *p = s->p;
 	frag_record(p);
 
+	// A flow handed to a proxy is the proxy's to judge and report: an audit-mode deny that also
+	// matches it is not reported here (the engine's Decide does the same).
+	if (s->l7 || s->verdict == VERDICT_PROXY)
+		s->audit = 0;
 	__u8 reason = s->l7 ? REASON_FORWARD_PROXY : s->verdict ? REASON_FORWARD_POLICY : REASON_FORWARD_UNENFORCED;
 	if (s->audit)
 		reason = s->audit;

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -55,6 +56,30 @@ type Enforcer struct {
 	synced    bool
 	// hubble is what HubbleFlows derived from the current state (hubble.go).
 	hubble atomic.Pointer[hubbleCache]
+	// view is the state and endpoint ids as last published, which the flow path reads without
+	// taking mu: a sync holds mu for its whole compile and programming, and the node's one flow
+	// reader must not wait for it (the ring buffer would fill).
+	view atomic.Pointer[enforcerView]
+}
+
+// enforcerView is what the flow path reads of the enforcer: the compiled state and the local
+// pods' endpoint ids.
+type enforcerView struct {
+	state *policy.State
+	ids   map[policy.EndpointKey]uint32
+}
+
+// publishLocked makes the state and endpoint ids the flow path reads the current ones.
+func (e *Enforcer) publishLocked() {
+	e.view.Store(&enforcerView{state: e.state, ids: maps.Clone(e.ids)})
+}
+
+// snapshot is the last published view (empty before the first sync).
+func (e *Enforcer) snapshot() *enforcerView {
+	if v := e.view.Load(); v != nil {
+		return v
+	}
+	return &enforcerView{}
 }
 
 // New returns an enforcer for node that programs dp. What dp's pinned maps already hold (an
@@ -208,6 +233,7 @@ func (e *Enforcer) programLocked(local []LocalPod) error {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 	e.state = st
+	e.publishLocked()
 	e.lastLocal, e.synced = local, true
 	e.failed = map[policy.EndpointKey]error{}
 	var errs []error
@@ -254,6 +280,7 @@ func (e *Enforcer) programLocked(local []LocalPod) error {
 		delete(e.known, k)
 		delete(e.applied, k)
 		delete(e.ids, k)
+		e.publishLocked()
 	}
 	// What an earlier enforcer left for pods that are gone.
 	keep := map[uint32]bool{}
@@ -294,6 +321,7 @@ func (e *Enforcer) endpointLocked(k policy.EndpointKey, lp LocalPod, st *policy.
 			e.nextID++
 		}
 		e.ids[k] = id
+		e.publishLocked()
 	}
 	ep.ID = id
 	return ep

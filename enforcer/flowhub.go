@@ -14,8 +14,11 @@ type FlowHub struct {
 	fr *datapath.FlowReader
 
 	// readMu is held from the read of an event until every consumer has it, so that Sync can
-	// tell when nothing is in flight.
+	// tell when nothing is in flight. pendMu orders Sync's look at the ring buffer against its
+	// Close (which unmaps it); closed, under pendMu, says the reader is gone.
 	readMu sync.Mutex
+	pendMu sync.Mutex
+	closed bool
 
 	mu        sync.Mutex
 	consumers []func(datapath.Flow)
@@ -66,10 +69,22 @@ func (h *FlowHub) run() {
 // closed).
 func (h *FlowHub) Sync(timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
+	if h == nil {
+		return false
+	}
 	for {
 		h.readMu.Lock()
-		pending := h.fr.Pending()
+		h.pendMu.Lock()
+		closed := h.closed
+		pending := 0
+		if !closed {
+			pending = h.fr.Pending()
+		}
+		h.pendMu.Unlock()
 		h.readMu.Unlock()
+		if closed {
+			return false
+		}
 		if pending == 0 {
 			return true
 		}
@@ -89,7 +104,12 @@ func (h *FlowHub) lost() uint64 { return h.fr.Lost() }
 
 // close stops the hub and waits for it.
 func (h *FlowHub) close() error {
+	// Close interrupts the read the hub waits in (holding readMu, which Close must not wait
+	// for); Sync looks at the ring only under pendMu, and sees closed from then on.
+	h.pendMu.Lock()
+	h.closed = true
 	err := h.fr.Close()
+	h.pendMu.Unlock()
 	<-h.done
 	return err
 }

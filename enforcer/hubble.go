@@ -20,7 +20,8 @@ import (
 // went on. A default-deny drop names the policies that select the pod in that direction, which
 // made it default deny.
 func (e *Enforcer) HubbleFlows(f datapath.Flow, node string) []*observe.Flow {
-	st := e.State()
+	v := e.snapshot()
+	st := v.state
 	c := e.hubbleCacheOf(st)
 	base := e.hubbleBase(f, node, st, c)
 	if f.L7 != nil {
@@ -177,7 +178,7 @@ func (e *Enforcer) hubbleEndpoint(st *policy.State, c *hubbleCache, a netip.Addr
 	}
 	if k, ident, ok := st.PodAt(a); ok {
 		ep.Namespace, ep.PodName = k.Namespace, k.Name
-		ep.ID = e.EndpointID(k)
+		ep.ID = e.snapshot().ids[k]
 		if ident != nil {
 			ep.Identity = uint32(ident.ID)
 			ep.Labels = c.identityLabels(ident)

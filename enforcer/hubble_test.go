@@ -29,6 +29,7 @@ func TestHubbleFlowsCacheFollowsState(t *testing.T) {
 	ev := datapath.Flow{Time: 1, Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), Proto: policy.ProtoTCP,
 		SrcPort: 41002, DstPort: 9999, Direction: policy.Ingress, Reason: datapath.ReasonDropDefaultDeny}
 	e := &Enforcer{state: compile(benchPolicies)}
+	e.publishLocked()
 	e.HubbleFlows(ev, "node-1") // fills the cache
 	first := e.HubbleFlows(ev, "node-1")
 	// What the conversion gave before the cache: every value built from the state anew.
@@ -40,6 +41,7 @@ func TestHubbleFlowsCacheFollowsState(t *testing.T) {
 		t.Fatalf("want a policy verdict and a drop naming two policies and b's labels: %+v", first)
 	}
 	e.state = compile(strings.ReplaceAll(benchPolicies, "a-metrics", "a-scrape"))
+	e.publishLocked()
 	var names []string
 	for _, p := range e.HubbleFlows(ev, "node-1")[0].IngressDeniedBy {
 		names = append(names, p.Name)

@@ -182,8 +182,18 @@ func (n *Node) addLost(src observe.LostEventSource, cpu *int32, c uint64) {
 // Hubble reports lost events: those the datapath had no room for in its ring buffer (per CPU),
 // those the reader lost, and those the per-pod rate limit held back.
 func (n *Node) countLost(ctx context.Context, interval time.Duration) {
+	// The counters are pinned and outlive an enforcer: what they held when this one started
+	// was lost before it, not since.
 	lastCPU := map[int]uint64{}
+	if lost, err := n.Datapath.EventsLost(); err == nil {
+		lastCPU = lost
+	}
 	var lastReader, lastLimited uint64
+	if limited, err := n.Datapath.EventsLimited(); err == nil {
+		for _, v := range limited {
+			lastLimited += v
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():

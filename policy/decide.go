@@ -323,6 +323,9 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 		}
 		if p := side.dd.Proxy(); p != "" {
 			d.Outcome, d.Direction, d.Rule, d.L7, d.Proxy = p.outcome(), side.dir, s.rules[side.dd.Match.Entry.Rules[0]], side.dd.Match.Entry.L7, p
+			// A flow handed to a proxy is the proxy's to judge and report: the datapath does not
+			// report an audit-mode deny that also matches it.
+			d.Audited, d.AuditDirection = nil, 0
 			return d
 		}
 		if d.Rule == nil {

@@ -396,10 +396,10 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 	case *ciliumv2.CiliumNetworkPolicy:
 		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace, nsOverride)
 		p.Cilium = ciliumRules(obj.Spec, obj.Specs)
-		p.Audit, p.Origin = audited(obj.Annotations), originOf(obj.Annotations)
+		p.Audit, p.Origin = AuditAnnotated(obj.Annotations), originOf(obj.Annotations)
 	case *ciliumv2.CiliumClusterwideNetworkPolicy:
 		p.Name = obj.Name
-		p.Audit, p.Origin = audited(obj.Annotations), originOf(obj.Annotations)
+		p.Audit, p.Origin = AuditAnnotated(obj.Annotations), originOf(obj.Annotations)
 		if obj.Namespace != "" {
 			l.fail(file, p.position("metadata.namespace").Line, p.position("metadata.namespace").Column, object, "metadata.namespace",
 				"a CiliumClusterwideNetworkPolicy is cluster-scoped and takes no namespace")
@@ -409,7 +409,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		obj.Namespace = l.namespaceFor(obj.Namespace, nsOverride)
 		p.Name, p.Namespace = obj.Name, obj.Namespace
 		p.KNP = obj
-		p.Audit, p.Origin = audited(obj.Annotations), originOf(obj.Annotations)
+		p.Audit, p.Origin = AuditAnnotated(obj.Annotations), originOf(obj.Annotations)
 	}
 	l.admit(file, n, p)
 }

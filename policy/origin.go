@@ -62,8 +62,8 @@ func (o *RuleOrigin) String() string {
 	return s
 }
 
-// audited reads a policy object's audit annotations.
-func audited(annotations map[string]string) bool {
+// AuditAnnotated says whether a policy object's annotations put it in audit mode.
+func AuditAnnotated(annotations map[string]string) bool {
 	return annotations[AnnotationAudit] == "true" || annotations[AnnotationCiliumAudit] == "true"
 }
 

@@ -512,6 +512,12 @@ func nodeLag(node string, u *unstructured.Unstructured, want map[string]appliedO
 			return fmt.Sprintf("%s %s not seen yet", w.obj.GetKind(), objName(w.obj)), nil
 		case p.Generation < w.generation:
 			return fmt.Sprintf("%s %s at generation %d, not %d", w.obj.GetKind(), objName(w.obj), p.Generation, w.generation), nil
+		case p.Audit && !policy.AuditAnnotated(w.obj.GetAnnotations()):
+			// Server-side apply does not remove an annotation another writer added: a policy
+			// put in audit mode outside Git stays so, and its denies are not enforced. Said, not
+			// counted as enforced.
+			return fmt.Sprintf("%s %s is in audit mode on node %s, but not in Git (an audit annotation was added outside Git: its denies pass); remove the annotation",
+				w.obj.GetKind(), objName(w.obj), node), nil
 		case p.Revision != w.obj.GetAnnotations()[v1alpha1.RevisionAnnotation]:
 			// A change of annotations only (audit mode, the rules' Git lines) keeps the
 			// generation: the revision the node loaded says whether it has the change.

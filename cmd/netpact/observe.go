@@ -345,10 +345,14 @@ func serveObserve(socket string, ring *observe.Ring, node string) (func(), error
 		return nil, fmt.Errorf("observe socket %s: another process serves it", socket)
 	}
 	os.Remove(socket)
-	old := syscall.Umask(0o077)
 	ln, err := net.Listen("unix", socket)
-	syscall.Umask(old)
 	if err != nil {
+		return nil, fmt.Errorf("observe socket: %w", err)
+	}
+	// Root's alone, before anything is served on it (a process-wide umask would race with the
+	// process's other goroutines creating files).
+	if err := os.Chmod(socket, 0o600); err != nil {
+		ln.Close()
 		return nil, fmt.Errorf("observe socket: %w", err)
 	}
 	mux := http.NewServeMux()

@@ -149,8 +149,14 @@ func serveEndpoints(cfg RunConfig, client kubernetes.Interface, agent *Agent, en
 	auth := &EndpointAuth{Client: client, Trusted: enf.IsTrustedSource, Open: []string{"/readyz"}}
 	var servers []*http.Server
 	closeAll := func() {
+		// A follower of /flows streams until its client goes: shutdown waits a moment for the
+		// requests in flight, then closes what is left, so the node's own Close still runs.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
 		for _, s := range servers {
-			s.Shutdown(context.Background())
+			if err := s.Shutdown(ctx); err != nil {
+				s.Close()
+			}
 		}
 	}
 	serve := func(addr, what string, h http.Handler) error {

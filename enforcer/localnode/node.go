@@ -343,7 +343,12 @@ const flowSync = 5 * time.Second
 
 // SyncFlows waits until every flow event the datapath produced before the call was handed on
 // (to the ring, and to the probes' record); false when that did not happen within flowSync.
-func (n *Node) SyncFlows() bool { return n.rt.Flows.Sync(flowSync) }
+func (n *Node) SyncFlows() bool {
+	if n.rt == nil {
+		return false
+	}
+	return n.rt.Flows.Sync(flowSync)
+}
 
 // SawAudit reports whether the datapath reported a new flow from src to dst with the protocol
 // and destination port as AUDIT since the last ResetFlows (a policy in audit mode would have
