@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -68,5 +69,67 @@ spec:
 	}
 	if checked != 1 {
 		t.Fatalf("%d pods d", checked)
+	}
+}
+
+// TestHostileOriginAnnotations: the source annotations only describe a policy; whatever a writer
+// puts there loads without failing the policy, and what is not a path, a line or a rule line is
+// left out, never read as one.
+func TestHostileOriginAnnotations(t *testing.T) {
+	for _, c := range []struct {
+		path, rules string
+		wantPath    string
+		wantLine    int
+		wantRules   int
+	}{
+		{"x.yaml:12", "spec=7 spec.ingress[0]=9", "x.yaml", 12, 2},
+		{":", "=", ":", 0, 0},
+		{"a:b:-3", "spec=-1 spec=abc spec.ingress[0]=99999999999999999999 =5", "a:b:-3", 0, 1},
+		{"p.yaml:0", strings.Repeat("spec=1 ", 10000), "p.yaml:0", 0, 1},
+		{"", "spec=7", "", 0, 0},
+	} {
+		ann := map[string]string{AnnotationSourcePath: c.path, AnnotationSourceRules: c.rules, AnnotationSourceRevision: "main@sha1:\x00"}
+		o := originOf(ann)
+		if c.wantPath == "" {
+			if o != nil {
+				t.Errorf("%q: an origin without a path: %+v", c.path, o)
+			}
+			continue
+		}
+		if o == nil || o.Path != c.wantPath || o.Line != c.wantLine || len(o.RuleLines) != c.wantRules {
+			t.Errorf("%q %q: origin %+v", c.path, c.rules, o)
+		}
+	}
+	// Through the loader: the policy loads, its rules name the annotated lines.
+	doc := `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: p
+  namespace: app
+  annotations:
+    netpact.io/source-path: "repo/p.yaml:40"
+    netpact.io/source-rules: "spec.ingress[0]=44 junk"
+    netpact.io/audit: "yes"
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{}]
+`
+	b, err := LoadBytes("p.yaml", []byte(doc), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := b.Policies[0]
+	if p.Audit {
+		t.Error(`netpact.io/audit "yes" put the policy in audit mode: only "true" does`)
+	}
+	lines := map[string]int{}
+	for _, ri := range normalize(p, func() RuleID { return 1 }).infos {
+		if ri.Git != nil {
+			lines[ri.Path] = ri.Git.Line
+		}
+	}
+	if lines["spec.ingress[0]"] != 44 || lines["spec"] != 40 {
+		t.Errorf("rule lines %v", lines)
 	}
 }

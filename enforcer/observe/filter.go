@@ -112,12 +112,20 @@ func (f Filter) Query() url.Values {
 	return q
 }
 
+// MaxFilterValues bounds the values one filter parameter may have.
+const MaxFilterValues = 64
+
 // ParseFilterQuery reads a filter from URL query parameters, checking every
 // value; the error names the parameter at fault.
 func ParseFilterQuery(q url.Values) (Filter, error) {
 	var f Filter
 	for k, vs := range q {
 		var err error
+		if len(vs) > MaxFilterValues {
+			// Each value is compared with every stored flow: a request with thousands of them
+			// would cost the node's CPU for one caller's query.
+			return Filter{}, fmt.Errorf("filter parameter %q: %d values, at most %d", k, len(vs), MaxFilterValues)
+		}
 		switch k {
 		case qVerdict:
 			f.Verdicts, err = parseVerdicts(vs)

@@ -132,6 +132,9 @@ func TestParseFilterQueryErrors(t *testing.T) {
 		{"pod=a/b/c", "pod"},
 		{"node=[", "node"},
 		{"colour=red", "colour"},
+		{"ip=not-an-ip", "ip"},
+		{"from-ip=10.0.0.1%00", "from-ip"},
+		{strings.Repeat("pod=a&", MaxFilterValues+1), "pod"},
 	} {
 		q, _ := url.ParseQuery(c.query)
 		_, err := ParseFilterQuery(q)
