@@ -13,12 +13,14 @@ type Outcome string
 const (
 	OutcomeAllowed       Outcome = "allowed"
 	OutcomeDefaultDenied Outcome = "default-denied"
-	// OutcomeDenied is a drop by a deny rule, or of a flow whose rules' proxy does not run
-	// (Decision.Proxy says which: Kafka).
+	// OutcomeDenied is a drop by a deny rule.
 	OutcomeDenied Outcome = "denied"
 	// OutcomeL7 hands the flow to the HTTP proxy, which judges each request by the HTTP rules. In
 	// a DirectionDecision it is any proxy verdict of the map state, whichever parser's.
 	OutcomeL7 Outcome = "l7"
+	// OutcomeKafka hands the flow to the Kafka proxy, which judges each request by the kafka rules
+	// (Cilium 1.19's semantics) and answers what they refuse with TOPIC_AUTHORIZATION_FAILED.
+	OutcomeKafka Outcome = "kafka-proxy"
 	// OutcomeDNS hands the flow to the DNS proxy: it answers the names the dns rules allow and
 	// REFUSES the others (and learns the answers for toFQDNs).
 	OutcomeDNS Outcome = "dns-proxy"
@@ -41,6 +43,7 @@ var marks = []struct {
 	{".", "allowed", []Outcome{OutcomeAllowed}},
 	{"X", "dropped", []Outcome{OutcomeDefaultDenied, OutcomeDenied}},
 	{"L", "HTTP proxy: each request is judged by the HTTP rules", []Outcome{OutcomeL7}},
+	{"K", "Kafka proxy: each request is judged by the kafka rules, denied ones get TOPIC_AUTHORIZATION_FAILED", []Outcome{OutcomeKafka}},
 	{"D", "DNS proxy: names the dns rules allow are answered, others REFUSED", []Outcome{OutcomeDNS}},
 	{"N", "allowed once its name is resolved through an allowed DNS rule (toFQDNs)", []Outcome{OutcomeOnceResolved}},
 	{"A", "allowed and reported AUDIT: a policy in audit mode would drop it", []Outcome{OutcomeAudited}},
@@ -111,8 +114,8 @@ type Decision struct {
 	// AuditDirection is the side that reported it.
 	AuditDirection Direction
 	L7             *L7Policy
-	// Proxy is the proxy the flow goes to (OutcomeL7, OutcomeDNS), or the one it would go to
-	// and that does not run (OutcomeDenied of a Kafka rule's flow); empty for any other decision.
+	// Proxy is the proxy the flow goes to (OutcomeL7, OutcomeKafka, OutcomeDNS); empty for any
+	// other decision.
 	Proxy L7Parser
 	// Resolved says, for a destination known by name (DecideResolved), how toFQDNs decides it.
 	Resolved Resolution
@@ -286,12 +289,6 @@ func (s *State) Decide(src, dst netip.Addr, proto Proto, port uint16) Decision {
 			for _, id := range side.st.EnforcedBy {
 				d.EnforcedBy = append(d.EnforcedBy, s.rules[id])
 			}
-			return d
-		}
-		if p := side.dd.Proxy(); p != "" && !p.runs() {
-			// The datapath redirects the flow to a proxy that is not there: dropped.
-			e := side.dd.Match.Entry
-			d.Outcome, d.Direction, d.Rule, d.L7, d.Proxy = OutcomeDenied, side.dir, s.rules[e.Rules[0]], e.L7, p
 			return d
 		}
 	}

@@ -30,10 +30,6 @@ func (l *L7Policy) Parser() L7Parser {
 	return ParserHTTP
 }
 
-// runs says whether the node runs the parser's proxy. The datapath drops a flow it would hand to
-// a proxy that does not run; Kafka's is the one netpact does not have (validate warns of it).
-func (p L7Parser) runs() bool { return p != ParserKafka }
-
 // Name is the parser as prose names it: HTTP, DNS, Kafka.
 func (p L7Parser) Name() string {
 	switch p {
@@ -47,8 +43,11 @@ func (p L7Parser) Name() string {
 
 // outcome is the decision of a flow handed to the parser's proxy.
 func (p L7Parser) outcome() Outcome {
-	if p == ParserDNS {
+	switch p {
+	case ParserDNS:
 		return OutcomeDNS
+	case ParserKafka:
+		return OutcomeKafka
 	}
 	return OutcomeL7
 }

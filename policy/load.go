@@ -492,7 +492,7 @@ func (l *loader) decode(file string, n *yaml.Node, target any, object string) (d
 
 // admit adds a policy to the bundle unless it is invalid or its key is taken.
 func (l *loader) admit(file string, n *yaml.Node, p *Policy) {
-	errs, warns := validatePolicy(p)
+	errs, warns, notes := validatePolicy(p)
 	for _, e := range errs {
 		at := p.position(e.path)
 		l.fail(file, at.Line, at.Column, p.Key.String(), e.path, "%s", e.msg)
@@ -508,6 +508,11 @@ func (l *loader) admit(file string, n *yaml.Node, p *Policy) {
 		at := p.position(w.path)
 		l.bundle.Notices = append(l.bundle.Notices, Notice{Warning: true, File: file, Line: at.Line, Column: at.Column,
 			Object: p.Key.String(), Field: w.path, Message: w.msg})
+	}
+	for _, nt := range notes {
+		at := p.position(nt.path)
+		l.bundle.Notices = append(l.bundle.Notices, Notice{File: file, Line: at.Line, Column: at.Column,
+			Object: p.Key.String(), Field: nt.path, Message: nt.msg})
 	}
 	l.seen[p.Key] = p.Source
 	defaultPolicy(p)

@@ -23,6 +23,8 @@ type validator struct {
 	errs []pathErr
 	// warns are what is valid but will not be enforced as it reads.
 	warns []pathErr
+	// notes are what is enforced as written, but deserves saying (Kafka rules' semantics).
+	notes []pathErr
 	named map[netip.Prefix]bool // the distinct CIDRs the policy names so far
 	// httpRules counts the policy's HTTP rules so far.
 	httpRules int
@@ -64,10 +66,14 @@ func (v *validator) warn(path, format string, args ...any) {
 	v.warns = append(v.warns, pathErr{path: path, msg: fmt.Sprintf(format, args...)})
 }
 
+func (v *validator) note(path, format string, args ...any) {
+	v.notes = append(v.notes, pathErr{path: path, msg: fmt.Sprintf(format, args...)})
+}
+
 // validatePolicy rejects what Cilium's agent and the Kubernetes API server reject, so that a
 // bundle netpact accepts is one the cluster accepts too, and one that does not fail open. The
 // warnings are what it accepts but does not enforce as written.
-func validatePolicy(p *Policy) (errs, warns []pathErr) {
+func validatePolicy(p *Policy) (errs, warns, notes []pathErr) {
 	v := &validator{}
 	if p.Name == "" {
 		v.add("metadata.name", "missing name")
@@ -95,7 +101,7 @@ func validatePolicy(p *Policy) (errs, warns []pathErr) {
 		v.warn("metadata.annotations", "%s", auditModeWarning)
 	}
 	p.CIDRs = len(v.named)
-	return v.errs, v.warns
+	return v.errs, v.warns, v.notes
 }
 
 // MaxCIDRsPerNamespace bounds the CIDRs the policies of one namespace name together (each
@@ -527,7 +533,7 @@ func (v *validator) l7(pr ciliumv2.PortRule, path string, ingress, deny, host bo
 		v.kafkaRule(k, fmt.Sprintf("%s.kafka[%d]", rp, i))
 	}
 	if kind == "kafka" {
-		v.warn(rp+".kafka", "%s", kafkaNotEnforced)
+		v.note(rp+".kafka", "%s", kafkaSemantics)
 	}
 	for i, d := range r.DNS {
 		v.fqdn(d.MatchName, d.MatchPattern, fmt.Sprintf("%s.dns[%d]", rp, i))
@@ -609,11 +615,19 @@ func (v *validator) httpRule(h ciliumv2.PortRuleHTTP, hp string) {
 }
 
 func (v *validator) kafkaRule(k ciliumv2.PortRuleKafka, kp string) {
-	switch {
+	switch role := strings.ToLower(k.Role); {
 	case k.Role != "" && k.APIKey != "":
 		v.add(kp+".apiKey", "role and apiKey cannot both be set")
-	case k.Role != "" && k.Role != "produce" && k.Role != "consume":
+	case k.Role != "" && role != "produce" && role != "consume":
 		v.add(kp+".role", "unknown role %q: use produce or consume", k.Role)
+	}
+	if _, ok := KafkaAPIKeys[strings.ToLower(k.APIKey)]; k.APIKey != "" && !ok {
+		v.add(kp+".apiKey", "unknown Kafka API key %q: use a name of Cilium's list, such as produce, fetch, metadata, apiversions or createtopics", k.APIKey)
+	}
+	if k.APIVersion != "" {
+		if n, err := strconv.ParseInt(k.APIVersion, 10, 16); err != nil || n < 0 {
+			v.add(kp+".apiVersion", "invalid Kafka API version %q: a decimal number from 0 to 32767", k.APIVersion)
+		}
 	}
 	if len(k.Topic) > 255 || (k.Topic != "" && !kafkaTopicRE.MatchString(k.Topic)) {
 		v.add(kp+".topic", "invalid Kafka topic %q: up to 255 letters, digits, '.', '_' and '-'", k.Topic)
@@ -622,13 +636,13 @@ func (v *validator) kafkaRule(k ciliumv2.PortRuleKafka, kp string) {
 
 var kafkaTopicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 
-// kafkaNotEnforced is what becomes of a Kafka rule: the datapath hands the flows it governs to a
-// Kafka proxy, and none runs, so they are dropped. (Cilium 1.20 removed Kafka rules altogether.)
 // auditModeWarning: netpact honours the audit annotations, which Cilium ignores: the same
 // policy enforces on Cilium and does not on netpact, which must be said.
 const auditModeWarning = "audit mode (" + AnnotationCiliumAudit + " or " + AnnotationAudit + " \"true\"): netpact reports this policy's denies, and the default deny only it switches on, as AUDIT and lets the traffic pass (netpact observe --verdict AUDIT); Cilium ignores the annotation and enforces the policy"
 
-const kafkaNotEnforced = "kafka rules are not enforced by netpact yet: flows this rule governs are dropped (no Kafka proxy runs; Cilium 1.20 removed Kafka rules too)"
+// kafkaSemantics is said of every Kafka rule: netpact enforces it as Cilium 1.19 did, and the
+// Cilium that reads the same policy today does not have it.
+const kafkaSemantics = "kafka rules follow Cilium 1.19's semantics (netpact's Kafka proxy judges each request; a denied one gets TOPIC_AUTHORIZATION_FAILED); Cilium 1.20 removed Kafka rules, and a Cilium 1.20 cluster refuses this field"
 
 // knp applies the Kubernetes API server's NetworkPolicy validation.
 func (v *validator) knp(np *networkingv1.NetworkPolicy) {

@@ -1,0 +1,273 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/netpact/netpact/api/ciliumv2"
+)
+
+// Kafka rules follow Cilium 1.19's semantics (cilium/proxy's proxylib, removed in Cilium 1.20):
+// a rule's role expands to API keys, apiKey names one, apiVersion and clientID match exactly, and
+// topic is matched against the topics of the request kinds that carry topics; the rules together
+// must cover every topic of a request.
+
+// KafkaAPIKeys are the API key names a rule's apiKey may take (case-insensitive), as Cilium 1.19
+// defined them, with their numbers.
+var KafkaAPIKeys = map[string]int16{
+	"produce": 0, "fetch": 1, "offsets": 2, "metadata": 3, "leaderandisr": 4, "stopreplica": 5,
+	"updatemetadata": 6, "controlledshutdown": 7, "offsetcommit": 8, "offsetfetch": 9,
+	"findcoordinator": 10, "joingroup": 11, "heartbeat": 12, "leavegroup": 13, "syncgroup": 14,
+	"describegroups": 15, "listgroups": 16, "saslhandshake": 17, "apiversions": 18,
+	"createtopics": 19, "deletetopics": 20, "deleterecords": 21, "initproducerid": 22,
+	"offsetforleaderepoch": 23, "addpartitionstotxn": 24, "addoffsetstotxn": 25, "endtxn": 26,
+	"writetxnmarkers": 27, "txnoffsetcommit": 28, "describeacls": 29, "createacls": 30,
+	"deleteacls": 31, "describeconfigs": 32, "alterconfigs": 33,
+}
+
+// Kafka API keys the proxy and the roles name.
+const (
+	KafkaProduce         int16 = 0
+	KafkaFetch           int16 = 1
+	KafkaListOffsets     int16 = 2
+	KafkaMetadata        int16 = 3
+	KafkaOffsetCommit    int16 = 8
+	KafkaOffsetFetch     int16 = 9
+	KafkaFindCoordinator int16 = 10
+	KafkaJoinGroup       int16 = 11
+	KafkaHeartbeat       int16 = 12
+	KafkaLeaveGroup      int16 = 13
+	KafkaSyncGroup       int16 = 14
+	KafkaAPIVersions     int16 = 18
+)
+
+// kafkaRoles are the API keys each role expands to.
+var kafkaRoles = map[string][]int16{
+	"produce": {KafkaProduce, KafkaMetadata, KafkaAPIVersions},
+	"consume": {KafkaFetch, KafkaListOffsets, KafkaMetadata, KafkaOffsetCommit, KafkaOffsetFetch,
+		KafkaFindCoordinator, KafkaJoinGroup, KafkaHeartbeat, KafkaLeaveGroup, KafkaSyncGroup, KafkaAPIVersions},
+}
+
+// KafkaTopicKey says whether requests of the key carry topics, so that a rule's topic applies to
+// them (Cilium's list; the topic of a rule is ignored for the other keys).
+func KafkaTopicKey(key int16) bool {
+	switch key {
+	case 0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 34, 35, 37:
+		return true
+	}
+	return false
+}
+
+// KafkaRequest is what a Kafka rule is matched against: the request header's API key, version
+// and client ID, and the topics of the request. Topics are those of the kinds whose topics
+// Cilium reads (produce, fetch, offsets, metadata, offsetcommit, offsetfetch); for the other kinds
+// that carry topics they are left empty, and a rule with a topic then does not match, as in
+// Cilium. A topic the request names only by ID is given as "" (no rule's topic matches it).
+type KafkaRequest struct {
+	APIKey, APIVersion int16
+	ClientID           string
+	Topics             []string
+}
+
+// KafkaKeyName is the key's name as rules write it ("produce"), or its number for keys past
+// Cilium's list.
+func KafkaKeyName(key int16) string {
+	for name, k := range KafkaAPIKeys {
+		if k == key {
+			return name
+		}
+	}
+	return strconv.Itoa(int(key))
+}
+
+// kafkaRule is a Kafka rule as the matcher reads it.
+type kafkaRule struct {
+	keys     []int16 // nil: any key
+	version  int16   // -1: any version
+	clientID string
+	topic    string
+}
+
+func compileKafka(r ciliumv2.PortRuleKafka) kafkaRule {
+	k := kafkaRule{version: -1, clientID: r.ClientID, topic: r.Topic}
+	switch {
+	case r.Role != "":
+		k.keys = kafkaRoles[strings.ToLower(r.Role)]
+		if k.keys == nil {
+			k.keys = []int16{} // an unknown role (validation refuses it) matches no key
+		}
+	case r.APIKey != "":
+		if key, ok := KafkaAPIKeys[strings.ToLower(r.APIKey)]; ok {
+			k.keys = []int16{key}
+		} else {
+			k.keys = []int16{}
+		}
+	}
+	if r.APIVersion != "" {
+		v, err := strconv.ParseInt(r.APIVersion, 10, 16)
+		if err != nil || v < 0 {
+			k.keys = []int16{} // refused by validation; matches nothing
+		} else {
+			k.version = int16(v)
+		}
+	}
+	return k
+}
+
+// matchesHeader says whether the rule's key, version and client ID constraints hold.
+func (k kafkaRule) matchesHeader(key, version int16, clientID string) bool {
+	return (k.keys == nil || slices.Contains(k.keys, key)) && (k.version < 0 || k.version == version) &&
+		(k.clientID == "" || k.clientID == clientID)
+}
+
+// MatchKafka is Cilium 1.19's Kafka rule matching, the one function both the prediction and the
+// Kafka proxy use. A request is allowed when a rule matches it; a rule matches when its key (or
+// role), version and client ID do, and, when it has a topic and the request's kind carries topics,
+// when the topics the rules matched so far, its own included, cover all the request's topics
+// (a request with topics on several rules' topics needs them all; one with no topic, such as
+// a metadata request for every topic, is matched by no rule with a topic). No Kafka rule at all
+// allows every request. It returns the index of the rule that completed the match, or -1.
+func (l *L7Policy) MatchKafka(r KafkaRequest) (bool, int) {
+	if l == nil || len(l.Kafka) == 0 {
+		return true, -1
+	}
+	left := map[string]bool{}
+	for _, t := range r.Topics {
+		left[t] = true
+	}
+	for i, kr := range l.Kafka {
+		k := compileKafka(kr)
+		if !k.matchesHeader(r.APIKey, r.APIVersion, r.ClientID) {
+			continue
+		}
+		if k.topic == "" || !KafkaTopicKey(r.APIKey) {
+			return true, i
+		}
+		if left[k.topic] {
+			delete(left, k.topic)
+			if len(left) == 0 {
+				return true, i
+			}
+		}
+	}
+	return false, -1
+}
+
+// AllowsKafkaKey says whether some rule lets requests of the key, at the version, from the client
+// ID through, whatever their topics: what the proxy advertises in its ApiVersions answer.
+func (l *L7Policy) AllowsKafkaKey(key, version int16, clientID string) bool {
+	if l == nil || len(l.Kafka) == 0 {
+		return true
+	}
+	for _, kr := range l.Kafka {
+		if compileKafka(kr).matchesHeader(key, version, clientID) {
+			return true
+		}
+	}
+	return false
+}
+
+// KafkaVerdict is the judgement of one Kafka request on a flow: allowed or not, the side whose
+// rules decided, the rule (its policy section) and the index of the Kafka rule that matched (-1:
+// none did, or no Kafka rule applies).
+type KafkaVerdict struct {
+	Allowed   bool
+	Direction Direction
+	Rule      *RuleInfo
+	Index     int
+	// Reason says why, when no rule of a side matched or L3/L4 refuses the flow.
+	Reason string
+	// Unreachable, for a request the source's egress rules allow, says why the broker's ingress
+	// policy drops the connection the proxy makes for it.
+	Unreachable string
+}
+
+// kafkaSides are the sides of a decided flow whose entries hand it to the Kafka proxy.
+func (d Decision) kafkaSides() []struct {
+	dir Direction
+	dd  *DirectionDecision
+} {
+	var out []struct {
+		dir Direction
+		dd  *DirectionDecision
+	}
+	for _, side := range []struct {
+		dir Direction
+		dd  *DirectionDecision
+	}{{Egress, d.Egress}, {Ingress, d.Ingress}} {
+		if side.dd.Proxy() == ParserKafka {
+			out = append(out, side)
+		}
+	}
+	return out
+}
+
+// MatchKafka judges a request on the decided flow: every side whose entry carries Kafka rules
+// (the client's egress, the broker's ingress) must allow it, as two proxies in a row would; a
+// flow L3/L4 refuses allows no request, and one without Kafka rules allows every request.
+func (d Decision) MatchKafka(r KafkaRequest) KafkaVerdict {
+	switch d.Outcome {
+	case OutcomeDenied, OutcomeDefaultDenied:
+		if egress, ok := d.egressProxied(ParserKafka); ok {
+			v := egress.MatchKafka(r)
+			if v.Allowed {
+				v.Unreachable = d.Reason()
+			}
+			return v
+		}
+		return KafkaVerdict{Direction: d.Direction, Rule: d.Rule, Index: -1, Reason: d.Reason()}
+	}
+	v := KafkaVerdict{Allowed: true, Direction: d.Direction, Rule: d.Rule, Index: -1}
+	for i, side := range d.kafkaSides() {
+		e := side.dd.Match.Entry
+		ok, idx := e.L7.MatchKafka(r)
+		rule := d.rules[e.Rules[0]]
+		if !ok {
+			return KafkaVerdict{Direction: side.dir, Rule: rule, Index: -1,
+				Reason: fmt.Sprintf("no kafka rule of %s on %s allows %s", rule, side.dir, r)}
+		}
+		if i == 0 || side.dir == Ingress {
+			v.Direction, v.Rule, v.Index = side.dir, rule, idx
+		}
+	}
+	return v
+}
+
+// AllowsKafkaKey says whether the flow's rules on every side let requests of the key, at the
+// version, from the client ID through for some topic (ApiVersions advertises those).
+func (d Decision) AllowsKafkaKey(key, version int16, clientID string) bool {
+	switch d.Outcome {
+	case OutcomeDenied, OutcomeDefaultDenied:
+		if egress, ok := d.egressProxied(ParserKafka); ok {
+			return egress.AllowsKafkaKey(key, version, clientID)
+		}
+		return false
+	}
+	for _, side := range d.kafkaSides() {
+		if !side.dd.Match.Entry.L7.AllowsKafkaKey(key, version, clientID) {
+			return false
+		}
+	}
+	return true
+}
+
+// String is the request as a verdict names it: key, version, client ID and topics.
+func (r KafkaRequest) String() string {
+	s := fmt.Sprintf("%s v%d", KafkaKeyName(r.APIKey), r.APIVersion)
+	if r.ClientID != "" {
+		s += fmt.Sprintf(" from client %q", r.ClientID)
+	}
+	if len(r.Topics) > 0 {
+		ts := make([]string, len(r.Topics))
+		for i, t := range r.Topics {
+			ts[i] = t
+			if t == "" {
+				ts[i] = "(a topic by ID)"
+			}
+		}
+		s += " on " + strings.Join(ts, ", ")
+	}
+	return s
+}
