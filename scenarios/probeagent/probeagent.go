@@ -53,6 +53,11 @@ type Request struct {
 	ServerName string `json:"serverName,omitempty"`
 	CA         string `json:"ca,omitempty"`
 	Want       string `json:"want,omitempty"`
+	// Kafka makes a TCP probe a Kafka client's (KafkaProbe): produce (KafkaProduce) or consume
+	// (KafkaConsume) one record on Topic, with client ID ClientID.
+	Kafka    string `json:"kafka,omitempty"`
+	Topic    string `json:"topic,omitempty"`
+	ClientID string `json:"clientID,omitempty"`
 	// TimeoutMS bounds the connection attempt; 3000 when zero.
 	TimeoutMS int `json:"timeoutMS,omitempty"`
 }
@@ -83,6 +88,10 @@ func Run(reqs []Request) []Result {
 			}
 			if r.Lookup {
 				out[i] = lookup(r)
+				return
+			}
+			if r.Kafka != "" {
+				out[i] = kafka(r)
 				return
 			}
 			o, note := probe(r)
@@ -191,6 +200,16 @@ func lookup(r Request) Result {
 		res.RCode = RCodeName(a.RCode)
 	}
 	return res
+}
+
+// kafka makes a Kafka probe within twice the connection timeout, as an HTTP request has.
+func kafka(r Request) Result {
+	timeout := r.timeout()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout)
+	defer cancel()
+	addr := net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
+	o, note := KafkaProbe(ctx, (&net.Dialer{Timeout: timeout}).DialContext, addr, r.Kafka, r.Topic, r.ClientID)
+	return Result{ID: r.ID, Outcome: o, Note: note}
 }
 
 func httpProbe(addr string, r Request, timeout time.Duration) (string, string) {
