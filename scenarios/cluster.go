@@ -574,6 +574,8 @@ func (c *Cluster) probeOne(src corev1.Pod, cell Cell, t target) (Outcome, string
 	switch {
 	case cell.External != "":
 		return "error", "a probe to an external host needs the netpact probe container (ProbeImage)"
+	case cell.Kafka != "":
+		return "error", "a Kafka probe needs the netpact probe container (ProbeImage)"
 	case cell.Lookup != "":
 		// The pod's resolver (resolv.conf) asked once: dig exits 0 when a server answered, and
 		// prints the answer's rcode (status: NOERROR, NXDOMAIN, REFUSED...).

@@ -89,7 +89,8 @@ func (c *Cluster) waitNamespaceGone(ctx context.Context, name string) (*corev1.N
 	}
 }
 
-// createPod makes a scenario pod no manifest made: the netpact image serving its ports.
+// createPod makes a scenario pod no manifest made: the netpact image serving its ports (a Kafka
+// broker for the kafka workload).
 func (c *Cluster) createPod(ctx context.Context, p Pod) error {
 	if c.opts.ProbeImage == "" {
 		return fmt.Errorf("scenario pod %s does not exist, and no probe image is set to create it", p.Key())
@@ -112,6 +113,16 @@ func (c *Cluster) createPod(ctx context.Context, p Pod) error {
 	}
 	labels[scenarioLabel] = "true"
 	args := []string{"probe-server", "--ready-file=/tmp/ready"}
+	var env []corev1.EnvVar
+	if p.Workload == "kafka" {
+		// The broker tells clients to connect to the pod's address (kubelet expands $(POD_IP)).
+		args = []string{"probe-kafka-broker", "--ready-file=/tmp/ready", "--advertise=$(POD_IP)"}
+		for _, t := range c.sc.kafkaTopics(p.Key()) {
+			args = append(args, "--topic="+t)
+		}
+		env = []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}
+	}
 	var ports []corev1.ContainerPort
 	for _, port := range p.Ports {
 		if port.Protocol != policy.ProtoTCP && port.Protocol != policy.ProtoUDP {
@@ -129,7 +140,7 @@ func (c *Cluster) createPod(ctx context.Context, p Pod) error {
 			ServiceAccountName:            sa,
 			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
-				Name: "probe", Image: c.opts.ProbeImage, ImagePullPolicy: corev1.PullNever, Args: args, Ports: ports,
+				Name: "probe", Image: c.opts.ProbeImage, ImagePullPolicy: corev1.PullNever, Args: args, Env: env, Ports: ports,
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
 					Command: []string{"cat", "/tmp/ready"}}}, PeriodSeconds: 1},
 			}},
@@ -327,12 +338,12 @@ func (c *Cluster) ProbeBatch(cells []Cell) []Outcome {
 		}
 		container, batch := c.prober(pods[0])
 		if !batch && c.opts.ProbeImage != "" {
-			// HTTPS to an external host needs the harness's CA: the probe container's agent has it
-			// in the request, the workload's curl would not.
+			// HTTPS to an external host needs the harness's CA, and a Kafka probe a Kafka client:
+			// the probe container's agent has them, the workload's curl would not.
 			var ext []int
 			rest := idx[:0:0]
 			for _, i := range idx {
-				if cells[i].External != "" {
+				if cells[i].External != "" || cells[i].Kafka != "" {
 					ext = append(ext, i)
 				} else {
 					rest = append(rest, i)
@@ -486,6 +497,9 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			}
 			if cell.External != "" {
 				c.externalRequest(&r, cell)
+			}
+			if cell.Kafka != "" {
+				r.HTTP, r.DNS, r.Kafka, r.Topic, r.ClientID = false, false, cell.Kafka, cell.Topic, cell.ClientID
 			}
 			owner[r.ID] = i
 			reqs = append(reqs, r)

@@ -173,6 +173,8 @@ func predictExternal(sc *Scenario, state *policy.State, c Cell) (Outcome, string
 		return Timeout, d.Reason()
 	case policy.OutcomeL7:
 		return "error", "an L7 rule on a TLS connection, which the proxy cannot read: " + d.Reason()
+	case policy.OutcomeKafka:
+		return "error", "kafka rules on a TLS connection, which the Kafka proxy cannot read: " + d.Reason()
 	}
 	if !e.serves(c.Port) {
 		return Refused, rule

@@ -50,6 +50,8 @@ type LocalNode struct {
 	vips map[string][2]netip.Addr
 	// dnsNames answer the dns workload's queries: service names to their addresses.
 	dnsNames map[string][]netip.Addr
+	// notes are what the step's Kafka probes said of their outcome, by cell, for Flows.
+	notes map[string]string
 }
 
 // NewLocal returns a local node backend; it needs root.
@@ -121,7 +123,7 @@ func (n *LocalNode) AddPod(p Pod, i int) (policy.Endpoint, error) {
 	if err != nil {
 		return policy.Endpoint{}, err
 	}
-	srv, err := startServers(lp, p.Workload, p.Ports, zone{lookup: n.lookupName, ttl: n.sc.dnsTTL()})
+	srv, err := startServers(lp, p.Workload, p.Ports, zone{lookup: n.lookupName, ttl: n.sc.dnsTTL()}, n.sc.kafkaTopics(p.Key()))
 	if err != nil {
 		return policy.Endpoint{}, err
 	}
@@ -249,7 +251,12 @@ func (n *LocalNode) resolverAddr() (netip.Addr, bool) {
 }
 
 // BeginStep forgets the flows of earlier steps.
-func (n *LocalNode) BeginStep() { n.node.ResetFlows() }
+func (n *LocalNode) BeginStep() {
+	n.node.ResetFlows()
+	n.mu.Lock()
+	n.notes = map[string]string{}
+	n.mu.Unlock()
+}
 
 // Probe runs one probe from the source pod: to the destination pod, through the service's
 // virtual address, to an external host, or a lookup with the pod's resolver (kube-dns's virtual
@@ -368,6 +375,15 @@ func (n *LocalNode) probeExternal(from *podnet.Pod, c Cell) Outcome {
 
 func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port uint16) Outcome {
 	switch {
+	case c.Kafka != "":
+		o, note := n.prober.kafka(from, addr, port, c)
+		n.mu.Lock()
+		if n.notes == nil {
+			n.notes = map[string]string{}
+		}
+		n.notes[c.String()] = fmt.Sprintf("%s from %s to %s: %s", o, c.From, netip.AddrPortFrom(addr, port), note)
+		n.mu.Unlock()
+		return o
 	case c.GRPC:
 		return n.prober.grpc(from, addr, port, c.path())
 	case c.HTTP:
@@ -382,9 +398,18 @@ func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port ui
 	return Timeout
 }
 
-// Flows returns the datapath's flow events between the cells' pods (and external hosts, and the
-// resolver's pod of a lookup-then-connect cell), with the deciding rule.
+// Flows returns what the cells' Kafka probes said, then the datapath's flow events between the
+// cells' pods (and external hosts, and the resolver's pod of a lookup-then-connect cell), with the
+// deciding rule.
 func (n *LocalNode) Flows(cells []Cell) []string {
+	var notes []string
+	n.mu.Lock()
+	for _, c := range cells {
+		if note, ok := n.notes[c.String()]; ok {
+			notes = append(notes, c.String()+": "+note)
+		}
+	}
+	n.mu.Unlock()
 	pairs := map[[2]netip.Addr]bool{}
 	for _, c := range cells {
 		for _, c := range []*Cell{&c, c.Resolve} {
@@ -397,7 +422,7 @@ func (n *LocalNode) Flows(cells []Cell) []string {
 			}
 		}
 	}
-	return n.node.Flows(pairs, 50)
+	return append(notes, n.node.Flows(pairs, 50)...)
 }
 
 // target is the IPv4 address of a cell's destination: a pod, or an external host.

@@ -51,25 +51,32 @@ func (s *servers) Close() {
 	}
 }
 
-// startServers starts the pod's workload: nginx or PostgreSQL from Debian on the TCP ports, or a
-// built-in TCP server (echo, or HTTP answering every path for the http workload); and a UDP echo
+// startServers starts the pod's workload: nginx or PostgreSQL from Debian on the TCP ports, a
+// Kafka broker on its TCP port with topics (and the seed topics), or a built-in TCP server (echo, or HTTP answering every path for the http workload); and a UDP echo
 // server on each UDP port. The dns workload answers DNS on its ports from z (the local node's
 // kube-dns).
-func startServers(p *podnet.Pod, workload string, ports []Port, z zone) (*servers, error) {
+func startServers(p *podnet.Pod, workload string, ports []Port, z zone, topics []string) (*servers, error) {
 	s := &servers{}
-	if workload == "nginx" || workload == "postgres" {
+	switch workload {
+	case "nginx", "postgres":
 		proc, err := startWorkload(p, workload, ports)
 		if err != nil {
 			return nil, err
 		}
 		s.closers = append(s.closers, proc)
+	case "kafka":
+		b, err := startKafka(p, ports[0].Port, topics)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, b)
 	}
 	for _, port := range ports {
 		addr := fmt.Sprintf(":%d", port.Port)
 		switch port.Protocol {
 		case policy.ProtoTCP:
-			if workload == "nginx" || workload == "postgres" {
-				continue // served by the program, see startWorkload
+			if workload == "nginx" || workload == "postgres" || workload == "kafka" {
+				continue // served by the program (startWorkload) or the broker (startKafka)
 			}
 			var l net.Listener
 			if err := p.Do(func() error {

@@ -50,6 +50,9 @@ type Cell struct {
 	// cell): it connects to the address the name resolved to, an address of External.
 	External string
 	Resolve  *Cell
+	// Kafka makes the probe a Kafka client's (probeagent.KafkaProduce or KafkaConsume) on Topic,
+	// with client ID ClientID: To is then a pod of the kafka workload.
+	Kafka, Topic, ClientID string
 	// Explicit cells come from a step's probes list; the matrix tables leave them out.
 	Explicit bool
 }
@@ -74,6 +77,13 @@ func (c Cell) String() string {
 	}
 	if c.GRPC {
 		return s + " gRPC " + c.path()
+	}
+	if c.Kafka != "" {
+		s += fmt.Sprintf(" Kafka %s %s", c.Kafka, c.Topic)
+		if c.ClientID != "" {
+			s += fmt.Sprintf(" client %q", c.ClientID)
+		}
+		return s
 	}
 	if c.HTTP {
 		s += " " + c.method() + " " + c.path()
@@ -441,6 +451,9 @@ func probeCell(sc *Scenario, p ProbeSpec, want Outcome, labels func(*Pod) map[st
 	if grpcCall {
 		c.Method = "POST" // a gRPC method is a POST to its path
 	}
+	if role := p.kafkaRole(want); role != "" {
+		c.Kafka, c.Topic, c.ClientID = role, string(p.Topic), p.ClientID
+	}
 	if p.Lookup != "" {
 		// The resolver's query: UDP to kube-dns on 53.
 		c.Lookup, c.ExactRCode, c.HTTP, p.Service, p.Port, p.Via = p.Lookup, want.isDNS(), false, DNSService, 53, "clusterIP"
@@ -612,12 +625,14 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	if d.Rule != nil {
 		rule = d.Rule.String()
 	}
-	// A source's egress HTTP proxy judges an HTTP request even when the destination refuses the
-	// flow. A flow for a proxy that does not run (Kafka rules) is denied: it times out.
+	// A source's egress HTTP (or Kafka) proxy judges a request even when the destination refuses
+	// the flow.
 	egressHTTP := d.Egress.Proxy() == policy.ParserHTTP
 	switch {
 	case d.Outcome == policy.OutcomeDNS:
 		return predictDNSProxy(sc, c, d, rule)
+	case c.Kafka != "" && (d.Outcome == policy.OutcomeKafka || d.Egress.Proxy() == policy.ParserKafka):
+		return predictKafka(c, d, rule)
 	case d.Outcome == policy.OutcomeDenied || d.Outcome == policy.OutcomeDefaultDenied:
 		if !c.HTTP || !egressHTTP {
 			return Timeout, d.Reason()
@@ -626,6 +641,9 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	case d.Outcome == policy.OutcomeL7:
 		if c.Lookup != "" {
 			return predictLookup(sc, c, rule)
+		}
+		if c.Kafka != "" {
+			return Timeout, "a Kafka probe through the HTTP proxy, which cannot read its requests: " + rule
 		}
 		if !c.HTTP {
 			return Allow, rule
@@ -667,6 +685,10 @@ func predict(sc *Scenario, state *policy.State, c Cell) (Outcome, string) {
 	}
 	if c.GRPC {
 		return GRPCOK, rule
+	}
+	if c.Kafka != "" {
+		ok, _ := c.kafkaOutcomes()
+		return ok, rule
 	}
 	if c.HTTP {
 		return c.seenOutcome(http.StatusOK, c.request("").Header), rule

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,14 +43,36 @@ const (
 	// Audit is a connection that got through, and that the datapath reported as AUDIT: a policy
 	// in audit mode would have dropped it.
 	Audit Outcome = "audit"
+	// The Kafka probes' outcomes (a probe with a topic, to a pod of the kafka workload): the
+	// record was acked or read, or the answer was TOPIC_AUTHORIZATION_FAILED (a Kafka proxy's
+	// denial). KafkaUnsupported: the proxy's ApiVersions answer left out a request the client
+	// needs.
+	KafkaProduceOK     Outcome = probeagent.KafkaProduceOK
+	KafkaProduceDenied Outcome = probeagent.KafkaProduceDenied
+	KafkaConsumeOK     Outcome = probeagent.KafkaConsumeOK
+	KafkaConsumeDenied Outcome = probeagent.KafkaConsumeDenied
+	KafkaUnsupported   Outcome = probeagent.KafkaUnsupported
 )
 
 // isDNS says whether an outcome is a lookup's answer rather than a connection's.
 func (o Outcome) isDNS() bool { return strings.HasPrefix(string(o), "dns-") }
 
+// kafkaRole is the role of the Kafka probe that expects o (produce or consume), "" for another
+// outcome.
+func (o Outcome) kafkaRole() string {
+	switch o {
+	case KafkaProduceOK, KafkaProduceDenied:
+		return probeagent.KafkaProduce
+	case KafkaConsumeOK, KafkaConsumeDenied:
+		return probeagent.KafkaConsume
+	}
+	return ""
+}
+
 func parseOutcome(s string) (Outcome, error) {
 	switch o := Outcome(s); o {
-	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied, DNSRefused, DNSNXDomain, DNSTimeout, Audit:
+	case Allow, Timeout, Refused, HTTP200, HTTP403, GRPCOK, GRPCDenied, DNSRefused, DNSNXDomain, DNSTimeout, Audit,
+		KafkaProduceOK, KafkaProduceDenied, KafkaConsumeOK, KafkaConsumeDenied, KafkaUnsupported:
 		return o, nil
 	}
 	// mixed(a,b): a service probe whose backends disagree (what a connection gets depends on the
@@ -67,13 +90,13 @@ func parseOutcome(s string) (Outcome, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("unknown expectation %q: use allow, audit, timeout, refused, http-200, http-403, grpc-ok, grpc-denied, mixed(...) of them, or for lookups dns-refused, dns-nxdomain and dns-timeout", s)
+	return "", fmt.Errorf("unknown expectation %q: use allow, audit, timeout, refused, http-200, http-403, grpc-ok, grpc-denied, mixed(...) of them, for lookups dns-refused, dns-nxdomain and dns-timeout, or for Kafka probes kafka-produce-ok, kafka-produce-denied, kafka-consume-ok, kafka-consume-denied and kafka-unsupported", s)
 }
 
 // Mark is the one-character form of an outcome in tables.
 func (o Outcome) Mark() string {
 	switch o {
-	case Allow, HTTP200, GRPCOK:
+	case Allow, HTTP200, GRPCOK, KafkaProduceOK, KafkaConsumeOK:
 		return "."
 	case Timeout:
 		return "X"
@@ -81,7 +104,8 @@ func (o Outcome) Mark() string {
 		return "A"
 	case Refused:
 		return "R"
-	case HTTP403, GRPCDenied:
+	case HTTP403, GRPCDenied, KafkaProduceDenied, KafkaConsumeDenied:
+		// An L7 proxy's denial, whatever the protocol.
 		return "4"
 	}
 	return "?"
@@ -161,8 +185,10 @@ type Pod struct {
 	// Workload is what serves the pod's TCP ports: "probe" (the built-in echo server, the
 	// default), "http" (a small HTTP app answering 200 on every path, like the seed's Flask app
 	// with / and /metrics), "grpc" (a gRPC server over h2c with grpc.health.v1.Health: Check,
-	// List and Watch), "nginx" or "postgres" (Debian's programs). UDP ports always get the
-	// built-in echo server, SCTP ports a raw-socket listener.
+	// List and Watch), "nginx" or "postgres" (Debian's programs), or "kafka" (a Kafka broker,
+	// franz-go's kfake, on its one TCP port, with the topics KafkaSeedTopics and those the
+	// scenario's Kafka probes to it name, one record in each). UDP ports always get the built-in
+	// echo server, SCTP ports a raw-socket listener.
 	Workload string `yaml:"workload"`
 	Ports    []Port `yaml:"ports"`
 }
@@ -372,8 +398,45 @@ type ProbeSpec struct {
 	Host    string            `yaml:"host"`
 	Headers map[string]string `yaml:"headers"`
 	Seen    map[string]string `yaml:"seen"`
-	Expect  string            `yaml:"expect"`
+	// Topic makes the probe a Kafka client's to a pod of the kafka workload: produce one record
+	// to the topic, or read one from its start (no consumer group), as franz-go's client with
+	// client ID ClientID ("" when empty). The role (produce or consume) is the expectation's
+	// (kafka-produce-ok), or Role's when the probe expects timeout, refused or kafka-unsupported.
+	Topic    KafkaTopic `yaml:"topic"`
+	Role     string     `yaml:"role"`
+	ClientID string     `yaml:"clientID"`
+	Expect   string     `yaml:"expect"`
 }
+
+// kafkaRole is the role of a Kafka probe: its expectation's, or else its Role ("" for a probe
+// that is no Kafka probe).
+func (p ProbeSpec) kafkaRole(want Outcome) string {
+	if p.Topic == "" {
+		return ""
+	}
+	if r := want.kafkaRole(); r != "" {
+		return r
+	}
+	return p.Role
+}
+
+// KafkaTopic is a Kafka topic name, read from a file as Kafka allows it.
+type KafkaTopic string
+
+// UnmarshalYAML reads a topic: up to 249 letters, digits, '.', '_' and '-' (Kafka's rule).
+func (t *KafkaTopic) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: topic: a Kafka topic is a string, such as orders", n.Line)
+	}
+	if !kafkaTopicRE.MatchString(s) || len(s) > 249 || s == "." || s == ".." {
+		return fmt.Errorf("line %d: topic: invalid Kafka topic %q: up to 249 letters, digits, '.', '_' and '-'", n.Line, s)
+	}
+	*t = KafkaTopic(s)
+	return nil
+}
+
+var kafkaTopicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 
 func (svc *Service) port(port uint16) (ServicePort, bool) {
 	for _, sp := range svc.Ports {

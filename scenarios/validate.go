@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // validate reports every problem of the file at once, so that one run fixes them all.
@@ -55,8 +56,12 @@ func (s *Scenario) checkPods(nss map[string]bool) []string {
 		seen[p.Key()] = true
 		switch p.Workload {
 		case "", "probe", "http", "grpc", "nginx", "postgres", "dns":
+		case "kafka":
+			if len(p.Ports) != 1 || p.Ports[0].Protocol != policy.ProtoTCP {
+				problems = append(problems, fmt.Sprintf("pod %s: the kafka workload is one broker on one TCP port (ports: [\"kafka:9092/TCP\"]), not %v", p.Key(), p.Ports))
+			}
 		default:
-			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, grpc, nginx, postgres or dns", p.Key(), p.Workload))
+			problems = append(problems, fmt.Sprintf("pod %s: unknown workload %q: use probe, http, grpc, nginx, postgres, dns or kafka", p.Key(), p.Workload))
 		}
 	}
 	return problems
@@ -128,17 +133,28 @@ func checkMatrix(where string, m *Matrix) []string {
 	}
 	if o, err := parseOutcome(m.Default); err != nil {
 		problems = append(problems, where+": matrix default: "+err.Error())
-	} else if o.isDNS() {
-		problems = append(problems, fmt.Sprintf("%s: matrix default: %s is a lookup probe's outcome", where, o))
+	} else if kind := probeKind(o); kind != "" {
+		problems = append(problems, fmt.Sprintf("%s: matrix default: %s is %s outcome", where, o, kind))
 	}
 	for _, ex := range m.Exceptions {
 		if o, err := parseOutcome(ex.Expect); err != nil {
 			problems = append(problems, where+": exception: "+err.Error())
-		} else if o.isDNS() {
-			problems = append(problems, fmt.Sprintf("%s: exception: %s is a lookup probe's outcome", where, o))
+		} else if kind := probeKind(o); kind != "" {
+			problems = append(problems, fmt.Sprintf("%s: exception: %s is %s outcome", where, o, kind))
 		}
 	}
 	return problems
+}
+
+// probeKind names the probes an outcome belongs to when a matrix cannot have it ("" when it can).
+func probeKind(o Outcome) string {
+	switch {
+	case o.isDNS():
+		return "a lookup probe's"
+	case o.kafkaRole() != "" || o == KafkaUnsupported:
+		return "a Kafka probe's (a probe with a topic)"
+	}
+	return ""
 }
 
 func (s *Scenario) checkProbe(where string, p ProbeSpec) []string {
@@ -152,6 +168,9 @@ func (s *Scenario) checkProbe(where string, p ProbeSpec) []string {
 		problems = append(problems, where+": probe: "+err.Error())
 	}
 	problems = append(problems, checkDNSOutcome(where, p, want)...)
+	if err == nil {
+		problems = append(problems, s.checkKafkaProbe(where, p, want)...)
+	}
 	if (p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0) && want != HTTP200 && want != HTTP403 && p.Method == "" && p.Path == "" {
 		problems = append(problems, where+": host, headers and seen are for HTTP probes (expect http-200 or http-403, or give a method or path)")
 	}
@@ -162,6 +181,47 @@ func (s *Scenario) checkProbe(where string, p ProbeSpec) []string {
 	}
 	if _, err := policy.ParseProto(p.Protocol); err != nil {
 		problems = append(problems, where+": probe: "+err.Error())
+	}
+	return problems
+}
+
+// checkKafkaProbe checks that a topic and a Kafka outcome (or timeout, refused, with a role) go
+// together, to the port of a pod of the kafka workload, without what other probes take.
+func (s *Scenario) checkKafkaProbe(where string, p ProbeSpec, want Outcome) []string {
+	role := want.kafkaRole()
+	switch {
+	case p.Topic == "" && (role != "" || want == KafkaUnsupported):
+		return []string{fmt.Sprintf("%s: expect %s: a Kafka probe needs a topic", where, want)}
+	case p.Topic == "" && (p.Role != "" || p.ClientID != ""):
+		return []string{where + ": role and clientID are for Kafka probes, which need a topic"}
+	case p.Topic == "":
+		return nil
+	case role == "" && want != Timeout && want != Refused && want != KafkaUnsupported:
+		return []string{fmt.Sprintf("%s: expect %s: a Kafka probe (a probe with a topic) expects kafka-produce-ok, kafka-produce-denied, kafka-consume-ok, kafka-consume-denied, or with a role timeout, refused or kafka-unsupported", where, want)}
+	case p.Role != "" && p.Role != probeagent.KafkaProduce && p.Role != probeagent.KafkaConsume:
+		return []string{fmt.Sprintf("%s: unknown role %q: a Kafka probe's role is produce or consume", where, p.Role)}
+	case role == "" && p.Role == "":
+		return []string{fmt.Sprintf("%s: expect %s: a Kafka probe that expects %s needs a role, produce or consume", where, want, want)}
+	case role != "" && p.Role != "" && p.Role != role:
+		return []string{fmt.Sprintf("%s: role %s: the probe expects %s, which is a %s probe's", where, p.Role, want, role)}
+	}
+	var problems []string
+	to, ok := s.pod(p.To)
+	switch {
+	case p.To == "":
+		problems = append(problems, where+": a Kafka probe goes to a pod of the kafka workload (to), not to a service, a lookup or an external host")
+	case !ok:
+		// checkProbeTarget reports the unknown pod.
+	case to.Workload != "kafka":
+		problems = append(problems, fmt.Sprintf("%s: a Kafka probe goes to a pod of the kafka workload, and %s is not one", where, p.To))
+	case len(to.Ports) == 1 && p.Port != to.Ports[0].Port:
+		problems = append(problems, fmt.Sprintf("%s: port %d: the broker in %s listens on %d", where, p.Port, p.To, to.Ports[0].Port))
+	}
+	if proto, err := policy.ParseProto(p.Protocol); err == nil && proto != policy.ProtoTCP {
+		problems = append(problems, fmt.Sprintf("%s: a Kafka probe is over TCP, not %s", where, proto))
+	}
+	if p.Via != "" || p.Method != "" || p.Path != "" || p.Host != "" || len(p.Headers) > 0 || len(p.Seen) > 0 {
+		problems = append(problems, where+": a Kafka probe takes no via, method, path, host, headers or seen")
 	}
 	return problems
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -73,6 +74,56 @@ func newProbeServerCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&logSources, "log", false, `print "from ADDR" the first time each source address reaches a port`)
 	cmd.Flags().StringArrayVar(&ports, "port", nil, "a port to serve, NUMBER/TCP or NUMBER/UDP (repeatable)")
 	cmd.Flags().StringVar(&ready, "ready-file", "", "file created once every port is bound (a readiness probe reads it)")
+	return cmd
+}
+
+// newProbeKafkaBrokerCommand is the kafka workload of a scenario pod on a cluster: a Kafka broker
+// (franz-go's kfake) on the pod's port, telling clients to connect to the pod's address.
+func newProbeKafkaBrokerCommand() *cobra.Command {
+	var port, ready, advertise string
+	var topics []string
+	cmd := &cobra.Command{
+		Use:   "probe-kafka-broker",
+		Short: "Serve a scenario pod's kafka workload: one Kafka broker, its topics holding a record each",
+		Long: `probe-kafka-broker runs a Kafka broker (franz-go's kfake) on --port, on every address of the pod,
+and tells clients (Metadata, FindCoordinator) to connect to --advertise on that port, the pod's address.
+Its topics are orders, notifications, payments and each --topic, of one partition holding one record.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := probeagent.ParsePort(port)
+			if err != nil {
+				return err
+			}
+			if p.Proto != "TCP" {
+				return fmt.Errorf("--port %s: a broker listens on TCP", port)
+			}
+			addr, err := netip.ParseAddr(advertise)
+			if err != nil {
+				return fmt.Errorf("--advertise %q: the pod's IP address: %w", advertise, err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			start, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			b, err := probeagent.StartKafkaBroker(start, net.Listen, netip.AddrPortFrom(addr, p.Port), topics, (&net.Dialer{}).DialContext)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			if ready != "" {
+				if err := os.WriteFile(ready, []byte("ready\n"), 0o644); err != nil {
+					return fmt.Errorf("ready file: %w", err)
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "kafka broker on %s, topics %v and %v\n", netip.AddrPortFrom(addr, p.Port), probeagent.KafkaSeedTopics, topics)
+			<-ctx.Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&port, "port", "9092/TCP", "the port to serve, NUMBER/TCP")
+	cmd.Flags().StringVar(&advertise, "advertise", "", "the pod's IP address, which clients are told to connect to")
+	cmd.Flags().StringArrayVar(&topics, "topic", nil, "a topic besides the seed ones (repeatable)")
+	cmd.Flags().StringVar(&ready, "ready-file", "", "file created once the topics hold their records (a readiness probe reads it)")
 	return cmd
 }
 
