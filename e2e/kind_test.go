@@ -368,9 +368,9 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 		const seedRounds = 5
 		files, err := filepath.Glob(filepath.Join(root, "scenarios", "seeds", "*.yaml"))
 		Expect(err).NotTo(HaveOccurred())
-		// 000 is three files: its enforcement-always step became a scenario of its own, and its
-		// audit-then-enforce one (steps 2 and 5 of the article) too.
-		Expect(files).To(HaveLen(6))
+		// 000 is four files: its enforcement-always step became a scenario of its own, and its
+		// audit-then-enforce one (steps 2 and 5 of the article) and its Kafka example too.
+		Expect(files).To(HaveLen(7))
 		Expect(files).To(ContainElement(HaveSuffix("000-audit-then-enforce.yaml")))
 		var report bytes.Buffer
 		wrongPerRound := make([]int, seedRounds)
