@@ -233,6 +233,23 @@ func (e *Enforcer) hubbleL7(f datapath.Flow, base *observe.Flow, st *policy.Stat
 		resp.L7 = &observe.Layer7{Type: observe.L7Response, LatencyNs: latency, DNS: &a}
 		return []*observe.Flow{&req, &resp}
 	}
+	if k := f.L7.Kafka; k != nil {
+		kr := &observe.Kafka{APIKey: k.APIKey, APIVersion: int32(k.APIVersion), CorrelationID: k.CorrelationID, Topic: strings.Join(k.Topics, ",")}
+		req.L7 = &observe.Layer7{Type: observe.L7Request, Kafka: kr}
+		if k.ErrorCode == 0 {
+			return []*observe.Flow{&req}
+		}
+		// The proxy's own answer to a denied request, as Cilium's proxy logged it.
+		ka := *kr
+		ka.ErrorCode = int32(k.ErrorCode)
+		resp.Verdict = observe.Dropped
+		resp.IP = &observe.IP{Source: base.IP.Destination, Destination: base.IP.Source, IPVersion: base.IP.IPVersion}
+		resp.Source, resp.Destination = base.Destination, base.Source
+		resp.L4 = swapPorts(base.L4)
+		resp.IsReply = observe.Bool(true)
+		resp.L7 = &observe.Layer7{Type: observe.L7Response, Kafka: &ka}
+		return []*observe.Flow{&req, &resp}
+	}
 	h := &observe.HTTP{Method: f.L7.Method, URL: "http://" + f.L7.Host + f.L7.Path, Protocol: f.L7.Protocol}
 	req.L7 = &observe.Layer7{Type: observe.L7Request, HTTP: h}
 	if f.L7.Denied || f.L7.Status == 0 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/dnsproxy"
+	"github.com/netpact/netpact/enforcer/kafkaproxy"
 	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
@@ -47,6 +48,11 @@ type NodeOptions struct {
 	DNS dnsproxy.Options
 	// DNSPort is the DNS proxy's port on 127.0.0.1 and ::1 (UDP and TCP); 0 picks a free one.
 	DNSPort uint16
+	// Kafka configures the Kafka proxy. Its Decide, Mark, KeepSource and OnRequest are the
+	// node's own when left nil or zero, as the HTTP proxy's.
+	Kafka kafkaproxy.Options
+	// KafkaPort is the Kafka proxy's port on 127.0.0.1 and ::1; 0 picks a free one.
+	KafkaPort uint16
 	// FQDN configures what the node learns from DNS answers for toFQDNs rules; LearnedGC is how
 	// often it expires and saves them (1 s when 0).
 	FQDN      FQDNOptions
@@ -76,6 +82,8 @@ type Node struct {
 	Proxy *proxy.Proxy
 	// DNSProxy is the DNS proxy; nil once StopProxy stopped it.
 	DNSProxy *dnsproxy.Proxy
+	// KafkaProxy is the Kafka proxy; nil once StopProxy stopped it.
+	KafkaProxy *kafkaproxy.Proxy
 	routes   *proxy.Routes
 	uplink   string
 	log      *slog.Logger
@@ -102,6 +110,7 @@ var startSteps = []startStep{
 	{"route redirected flows to the proxy", (*Node).routeToProxy},
 	{"start the HTTP proxy", (*Node).startHTTPProxy},
 	{"start the DNS proxy", (*Node).startDNSProxy},
+	{"start the Kafka proxy", (*Node).startKafkaProxy},
 	{"attach the uplink", (*Node).attachUplink},
 }
 
@@ -352,6 +361,40 @@ func (n *Node) startDNSProxy(ctx context.Context, o *NodeOptions) error {
 	return nil
 }
 
+// startKafkaProxy starts the Kafka proxy (waiting for the previous enforcer's to go during a
+// restart) and gives the datapath its port and listeners.
+func (n *Node) startKafkaProxy(ctx context.Context, o *NodeOptions) error {
+	opts := o.Kafka
+	if opts.Decide == nil {
+		opts.Decide = n.Enforcer.DecideTCP
+	}
+	if opts.Mark == 0 {
+		opts.Mark = n.Datapath.ProxyMark()
+	}
+	if opts.KeepSource == nil {
+		opts.KeepSource = n.Enforcer.IsPod
+	}
+	if opts.OnRequest == nil {
+		opts.OnRequest = func(r kafkaproxy.Request) { n.Datapath.PublishL7(KafkaFlow(r, n.Enforcer.State())) }
+	}
+	var px *kafkaproxy.Proxy
+	if err := n.listenWaiting(ctx, "Kafka proxy", o.KafkaPort, o.PortWait, func() (err error) {
+		px, err = kafkaproxy.Listen(o.KafkaPort, opts)
+		return err
+	}); err != nil {
+		return err
+	}
+	n.KafkaProxy = px
+	if err := n.Datapath.SetProxyListeners(datapath.ParserKafka, px.Listeners()); err != nil {
+		return err
+	}
+	if err := n.Datapath.SetProxyPort(datapath.ParserKafka, px.Port()); err != nil {
+		return err
+	}
+	n.log.Info("Kafka proxy listening", "port", px.Port())
+	return nil
+}
+
 func (n *Node) attachUplink(_ context.Context, o *NodeOptions) error {
 	uplink := o.Uplink
 	if uplink == "auto" {
@@ -389,7 +432,7 @@ func defaultRouteLink() (string, error) {
 	return "", errors.New("no IPv4 default route")
 }
 
-// StopProxy stops the L7 proxies, HTTP and DNS (tests of failing closed): flows an L7 rule
+// StopProxy stops the L7 proxies, HTTP, DNS and Kafka (tests of failing closed): flows an L7 rule
 // governs are dropped from then on.
 func (n *Node) StopProxy() error {
 	var errs []error
@@ -400,6 +443,10 @@ func (n *Node) StopProxy() error {
 	if n.DNSProxy != nil {
 		errs = append(errs, n.DNSProxy.Close())
 		n.DNSProxy = nil
+	}
+	if n.KafkaProxy != nil {
+		errs = append(errs, n.KafkaProxy.Close())
+		n.KafkaProxy = nil
 	}
 	return errors.Join(errs...)
 }
@@ -486,6 +533,25 @@ func DNSFlow(q dnsproxy.Query, st *policy.State) datapath.Flow {
 	}
 	if q.Verdict.Rule != nil {
 		f.Rule = q.Verdict.Rule.ID
+	}
+	if st != nil {
+		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)
+	}
+	return f
+}
+
+// KafkaFlow is a request the Kafka proxy judged as an L7 event of the flow stream.
+func KafkaFlow(r kafkaproxy.Request, st *policy.State) datapath.Flow {
+	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
+		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
+		L7: &datapath.L7Flow{Protocol: "Kafka", Denied: !r.Verdict.Allowed || r.Refused != "", HTTPRule: r.Verdict.Index,
+			Why: r.Verdict.Reason, Kafka: &datapath.KafkaFlow{APIKey: policy.KafkaKeyName(r.APIKey), APIVersion: r.APIVersion,
+				CorrelationID: r.CorrelationID, Topics: r.Topics, ErrorCode: r.ErrorCode}}}
+	if r.Refused != "" {
+		f.L7.Why = r.Refused
+	}
+	if r.Verdict.Rule != nil {
+		f.Rule = r.Verdict.Rule.ID
 	}
 	if st != nil {
 		f.SrcIdentity, f.DstIdentity = st.Resolve("", f.Src), st.Resolve("", f.Dst)

@@ -143,12 +143,11 @@ func (d Decision) reason() string {
 		}
 		return fmt.Sprintf("default deny on %s (no rule allows it; enforcement mode always)", d.Direction)
 	case OutcomeDenied:
-		if d.Proxy != "" {
-			return fmt.Sprintf("dropped on %s: %s governs it with %s rules, which are not enforced by netpact yet (no %s proxy runs)", d.Direction, d.Rule, d.Proxy, d.Proxy.Name())
-		}
 		return fmt.Sprintf("denied on %s by %s", d.Direction, d.Rule)
 	case OutcomeL7:
 		return fmt.Sprintf("handed to the HTTP proxy on %s by %s: each request is judged by the HTTP rules", d.Direction, d.Rule)
+	case OutcomeKafka:
+		return fmt.Sprintf("handed to the Kafka proxy on %s by %s: each request is judged by the kafka rules (Cilium 1.19's semantics), denied ones get TOPIC_AUTHORIZATION_FAILED", d.Direction, d.Rule)
 	case OutcomeDNS:
 		return fmt.Sprintf("handed to the DNS proxy on %s by %s: names the dns rules allow are answered, others REFUSED", d.Direction, d.Rule)
 	case OutcomeOnceResolved:

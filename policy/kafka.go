@@ -271,3 +271,82 @@ func (r KafkaRequest) String() string {
 	}
 	return s
 }
+
+// KafkaTopicVerdict is what a client can do with one topic on a flow the Kafka proxy judges: a
+// role (produce or consume) and whether the rules allow every request the role takes on that
+// topic, at some version; Topic "*" stands for any topic no rule names.
+type KafkaTopicVerdict struct {
+	Topic   string `json:"topic"`
+	Role    string `json:"role"`
+	Allowed bool   `json:"allowed"`
+	// Rule is the rule that allowed the role's requests, or refused the first it does not allow.
+	Rule string `json:"rule,omitempty"`
+}
+
+// kafkaRoleRequests are the requests a client makes on a topic to produce or consume (franz-go's:
+// metadata first, then the records or the offsets and the records).
+var kafkaRoleRequests = map[string][]int16{
+	"produce": {KafkaMetadata, KafkaProduce},
+	"consume": {KafkaMetadata, KafkaListOffsets, KafkaFetch},
+}
+
+// KafkaTopics are the Kafka cells of a flow the Kafka proxy judges, per topic: each topic a
+// kafka rule on the flow names, and "*" for the others, produced to and consumed from. nil for
+// any other flow.
+func (d Decision) KafkaTopics() []KafkaTopicVerdict {
+	if d.Proxy != ParserKafka {
+		return nil
+	}
+	seen := map[string]bool{}
+	var names []string
+	for _, side := range d.kafkaSides() {
+		for _, r := range side.dd.Match.Entry.L7.Kafka {
+			if r.Topic != "" && !seen[r.Topic] {
+				seen[r.Topic] = true
+				names = append(names, r.Topic)
+			}
+		}
+	}
+	slices.Sort(names)
+	var out []KafkaTopicVerdict
+	for _, topic := range append(names, "*") {
+		for _, role := range []string{"produce", "consume"} {
+			v := KafkaTopicVerdict{Topic: topic, Role: role, Allowed: true}
+			name := topic
+			if topic == "*" {
+				name = "\x00another topic" // no rule's topic
+			}
+			for _, key := range kafkaRoleRequests[role] {
+				kv := d.matchAnyVersion(key, name)
+				if kv.Rule != nil {
+					v.Rule = kv.Rule.String()
+					if kv.Index >= 0 {
+						v.Rule += fmt.Sprintf(" kafka[%d]", kv.Index)
+					}
+				}
+				if !kv.Allowed {
+					v.Allowed = false
+					break
+				}
+			}
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// matchAnyVersion is the verdict of a request of the key on the topic at the first version the
+// rules allow (rules may pin apiVersion), or at version 0 when none does.
+func (d Decision) matchAnyVersion(key int16, topic string) KafkaVerdict {
+	var first KafkaVerdict
+	for v := int16(0); v <= 16; v++ {
+		kv := d.MatchKafka(KafkaRequest{APIKey: key, APIVersion: v, Topics: []string{topic}})
+		if kv.Allowed {
+			return kv
+		}
+		if v == 0 {
+			first = kv
+		}
+	}
+	return first
+}

@@ -9,8 +9,7 @@ import (
 	"github.com/netpact/netpact/policy"
 )
 
-// A decision names the proxy its L7 rules hand the flow to, and a flow for a proxy that does not
-// run is dropped, as the datapath drops it.
+// A decision names the proxy its L7 rules hand the flow to.
 
 // TestDecideNamesTheProxy: a flow a dns rule governs goes to the DNS proxy ("D"), one an HTTP
 // rule governs to the HTTP proxy ("L").
@@ -29,20 +28,41 @@ func TestDecideNamesTheProxy(t *testing.T) {
 	}
 }
 
-// TestDecideDropsKafkaFlows: a flow a Kafka rule governs is predicted dropped, with the rule and a
-// reason that says why: the datapath hands it to a Kafka proxy, and none runs.
-func TestDecideDropsKafkaFlows(t *testing.T) {
+// TestDecideHandsKafkaFlowsToTheProxy: a flow a Kafka rule governs goes to the Kafka proxy ("K"),
+// which judges each request by the rules: seed 000's produce to orders and consume from
+// notifications pass, produce to payments and consume from orders do not.
+func TestDecideHandsKafkaFlowsToTheProxy(t *testing.T) {
 	st, err := policy.Compile(cluster(t), load(t, kafkaSeed), policy.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := st.Decide(netip.MustParseAddr("10.0.0.4"), netip.MustParseAddr("10.0.0.5"), policy.ProtoTCP, 9092)
-	if d.Outcome != policy.OutcomeDenied || d.Proxy != policy.ParserKafka || d.Direction != policy.Ingress || d.Rule == nil ||
-		d.Outcome.Mark() != "X" || !strings.Contains(d.Reason(), "kafka rules, which are not enforced by netpact yet") {
+	if d.Outcome != policy.OutcomeKafka || d.Proxy != policy.ParserKafka || d.Direction != policy.Ingress || d.Rule == nil ||
+		d.Outcome.Mark() != "K" || !strings.Contains(d.Reason(), "Kafka proxy") {
 		t.Errorf("backend -> kafka 9092: %s, proxy %q, mark %s: %s", d.Outcome, d.Proxy, d.Outcome.Mark(), d.Reason())
 	}
-	// The map state still hands the flow to the Kafka parser: the datapath drops it there.
-	if d.Ingress.Outcome != policy.OutcomeL7 || d.Ingress.Proxy() != policy.ParserKafka {
-		t.Errorf("ingress side %s, proxy %q: want the map state's proxy verdict", d.Ingress.Outcome, d.Ingress.Proxy())
+	for _, tc := range []struct {
+		r  policy.KafkaRequest
+		ok bool
+	}{
+		{policy.KafkaRequest{APIKey: policy.KafkaProduce, APIVersion: 9, Topics: []string{"orders"}}, true},
+		{policy.KafkaRequest{APIKey: policy.KafkaMetadata, APIVersion: 12, Topics: []string{"orders"}}, true},
+		{policy.KafkaRequest{APIKey: policy.KafkaProduce, APIVersion: 9, Topics: []string{"payments"}}, false},
+		{policy.KafkaRequest{APIKey: policy.KafkaProduce, APIVersion: 9, Topics: []string{"orders", "payments"}}, false},
+		{policy.KafkaRequest{APIKey: policy.KafkaFetch, APIVersion: 6, Topics: []string{"notifications"}}, true},
+		{policy.KafkaRequest{APIKey: policy.KafkaFetch, APIVersion: 6, Topics: []string{"orders"}}, false},
+		// Both rules' topics together cover a metadata request on both.
+		{policy.KafkaRequest{APIKey: policy.KafkaMetadata, APIVersion: 12, Topics: []string{"orders", "notifications"}}, true},
+		// A metadata request for every topic names none: no rule with a topic matches it.
+		{policy.KafkaRequest{APIKey: policy.KafkaMetadata, APIVersion: 12}, false},
+		// Keys without topics: the rules' topics do not apply.
+		{policy.KafkaRequest{APIKey: policy.KafkaHeartbeat, APIVersion: 4}, true},
+		{policy.KafkaRequest{APIKey: 22, APIVersion: 4}, false}, // InitProducerId: in no role
+		{policy.KafkaRequest{APIKey: policy.KafkaProduce, APIVersion: 13, Topics: []string{""}}, false},
+	} {
+		v := d.MatchKafka(tc.r)
+		if v.Allowed != tc.ok || (!v.Allowed && !strings.Contains(v.Reason, "no kafka rule of CiliumNetworkPolicy production/kafka-produce-consume")) {
+			t.Errorf("%s: allowed %v (%s), want %v", tc.r, v.Allowed, v.Reason, tc.ok)
+		}
 	}
 }

@@ -120,13 +120,21 @@ func TestWarnFQDNNamesThePods(t *testing.T) {
 	}
 }
 
-// TestWarnKafkaRules: a Kafka rule is valid and warned of (its flows are dropped: proxy_test.go).
-func TestWarnKafkaRules(t *testing.T) {
-	got := warnings(load(t, kafkaSeed).Notices)
-	want := "kafka-produce-consume.yaml:22:13: warning: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: " +
-		"kafka rules are not enforced by netpact yet: flows this rule governs are dropped"
-	if len(got) != 1 || !strings.Contains(got[0], want) {
-		t.Fatalf("want one warning with %q, got %q", want, got)
+// TestNoticeKafkaRules: a Kafka rule is valid, not warned of, and noticed: it follows Cilium
+// 1.19's semantics, and Cilium 1.20 removed Kafka rules.
+func TestNoticeKafkaRules(t *testing.T) {
+	b := load(t, kafkaSeed)
+	if got := warnings(b.Notices); len(got) != 0 {
+		t.Errorf("want no warning, got %q", got)
+	}
+	var notes []string
+	for _, n := range b.Notices {
+		notes = append(notes, n.String())
+	}
+	want := "kafka-produce-consume.yaml:22:13: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: " +
+		"kafka rules follow Cilium 1.19's semantics"
+	if len(notes) != 1 || !strings.HasPrefix(notes[0], "notice: ") || !strings.Contains(notes[0], want) || !strings.Contains(notes[0], "Cilium 1.20 removed Kafka rules") {
+		t.Fatalf("want one notice with %q, got %q", want, notes)
 	}
 }
 

@@ -63,7 +63,7 @@ func TestStatusWarnings(t *testing.T) {
 }
 
 // TestAdmissionWarnsOfKafkaRules: the webhook admits a policy with Kafka rules and says, as a
-// warning kubectl prints, which field is not enforced.
+// warning kubectl prints, that they follow Cilium 1.19's semantics (Cilium 1.20 removed them).
 func TestAdmissionWarnsOfKafkaRules(t *testing.T) {
 	obj := `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"k","namespace":"n"},"spec":{` +
 		`"endpointSelector":{"matchLabels":{"app":"kafka"}},"ingress":[{"toPorts":[{"ports":[{"port":"9092","protocol":"TCP"}],` +
@@ -71,7 +71,7 @@ func TestAdmissionWarnsOfKafkaRules(t *testing.T) {
 	resp := (&AdmissionHandler{}).review(&admissionv1.AdmissionRequest{UID: "u", Operation: admissionv1.Create,
 		Kind: metav1.GroupVersionKind{Group: "cilium.io", Version: "v2", Kind: "CiliumNetworkPolicy"}, Name: "k", Namespace: "n",
 		Object: runtime.RawExtension{Raw: []byte(obj)}})
-	want := "spec.ingress[0].toPorts[0].rules.kafka: kafka rules are not enforced by netpact yet: flows this rule governs are dropped"
+	want := "spec.ingress[0].toPorts[0].rules.kafka: kafka rules follow Cilium 1.19's semantics"
 	if !resp.Allowed || len(resp.Warnings) != 1 || !strings.HasPrefix(resp.Warnings[0], want) {
 		t.Errorf("allowed %v, warnings %q; want one starting %q", resp.Allowed, resp.Warnings, want)
 	}

@@ -35,7 +35,7 @@ func (paperNode) Stop() error                                     { return nil }
 
 // TestStepWarnings: a step reports the warnings of its policies over the scenario's pods, each
 // once: the toFQDNs rule's at the step that applies it, nothing at the next, and at the step that
-// adds the dns rule only the Kafka rule's.
+// adds the dns rule only the Kafka rule's notice (its semantics are Cilium 1.19's).
 func TestStepWarnings(t *testing.T) {
 	sc, err := LoadFile("testdata/warnings.yaml")
 	if err != nil {
@@ -48,7 +48,7 @@ func TestStepWarnings(t *testing.T) {
 	want := [][]string{
 		{"allow-external-api.yaml:12:7: warning: CiliumNetworkPolicy default/allow-external-api: spec.egress[0].toFQDNs: toFQDNs selects addresses learned from DNS answers, but no egress rule with rules.dns on port 53 applies to default/backend"},
 		nil,
-		{"kafka-produce-consume.yaml:22:13: warning: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: kafka rules are not enforced by netpact yet"},
+		{"notice: ../policies/000-l7-dns-and-namespace-default-deny/kafka-produce-consume.yaml:22:13: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: kafka rules follow Cilium 1.19's semantics"},
 	}
 	for i, s := range r.Steps {
 		if len(s.Warnings) != len(want[i]) {

@@ -23,11 +23,13 @@ type probeResult struct {
 	Port     uint16 `json:"port"`
 	Protocol string `json:"protocol"`
 	Verdict  string `json:"verdict"`
-	// Proxy is the L7 proxy the flow goes to (http, dns), or the one it would go to and that does
-	// not run (kafka: dropped); absent when no L7 rule decided.
+	// Proxy is the L7 proxy the flow goes to (http, dns, kafka); absent when no L7 rule decided.
 	Proxy  string  `json:"proxy,omitempty"`
 	Rule   *string `json:"rule"`
 	Reason string  `json:"reason"`
+	// Kafka is, for a cell the Kafka proxy judges, what the rules let a client do per topic:
+	// produce and consume on each topic a kafka rule names, and on "*" (any other).
+	Kafka []policy.KafkaTopicVerdict `json:"kafka,omitempty"`
 }
 
 // host is a probe source or destination: a pod or an external address.
@@ -163,7 +165,7 @@ func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []pol
 				}
 				d := state.DecideResolved(sa, da, dst.names, p.Protocol, p.Port)
 				c := matrix.Cell[policy.Outcome]{Key: matrix.Key{From: src.name, To: dst.name, Port: matrix.Port{Number: p.Port, Protocol: p.Protocol}},
-					Predicted: d.Outcome, Reason: d.Reason(), Proxy: d.Proxy}
+					Predicted: d.Outcome, Reason: d.Reason(), Proxy: d.Proxy, Kafka: d.KafkaTopics()}
 				if d.Rule != nil {
 					c.Rule = d.Rule.String()
 				}
@@ -179,7 +181,7 @@ func probeResults(m *matrix.Matrix[policy.Outcome]) []probeResult {
 	results := []probeResult{}
 	for _, c := range m.Cells() {
 		r := probeResult{From: c.From, To: c.To, Port: c.Number, Protocol: c.Protocol.String(),
-			Verdict: string(c.Predicted), Proxy: string(c.Proxy), Reason: c.Reason}
+			Verdict: string(c.Predicted), Proxy: string(c.Proxy), Reason: c.Reason, Kafka: c.Kafka}
 		if c.Rule != "" {
 			rule := c.Rule
 			r.Rule = &rule
@@ -209,6 +211,21 @@ func printPredicted(w io.Writer, m *matrix.Matrix[policy.Outcome], verbose bool)
 		fmt.Fprintln(w)
 		for _, c := range m.Cells() {
 			fmt.Fprintf(w, "%s -> %s %s: %s\n", c.From, c.To, c.Port, c.Reason)
+			for _, k := range c.Kafka {
+				verdict := "denied (TOPIC_AUTHORIZATION_FAILED)"
+				if k.Allowed {
+					verdict = "allowed"
+				}
+				topic := k.Topic
+				if topic == "*" {
+					topic = "any other topic"
+				}
+				fmt.Fprintf(w, "    kafka %s %s: %s", k.Role, topic, verdict)
+				if k.Rule != "" {
+					fmt.Fprintf(w, " by %s", k.Rule)
+				}
+				fmt.Fprintln(w)
+			}
 		}
 	}
 }

@@ -12,16 +12,17 @@ var (
 	warnData = filepath.Join("..", "..", "policy", "testdata", "warn")
 )
 
-// TestValidateWarnings: seed 000 is valid (exit 0) and warned of twice: its toFQDNs rule has no
-// dns rule to learn from, and its Kafka rules are not enforced. Text and JSON say the same.
+// TestValidateWarnings: seed 000 is valid (exit 0), warned of once (its toFQDNs rule has no dns
+// rule to learn from), and noticed once (its Kafka rules follow Cilium 1.19's semantics, and
+// Cilium 1.20 removed them). Text and JSON say the same.
 func TestValidateWarnings(t *testing.T) {
 	stdout, stderr, code := run(t, "validate", seed000)
-	if code != 0 || stdout != "4 policies valid, 2 warnings\n" {
+	if code != 0 || stdout != "4 policies valid, 1 warning\n" {
 		t.Fatalf("exit %d, stdout %q, stderr:\n%s", code, stdout, stderr)
 	}
 	for _, want := range []string{
 		filepath.Join(seed000, "allow-external-api.yaml") + ":12:7: warning: CiliumNetworkPolicy default/allow-external-api: spec.egress[0].toFQDNs: toFQDNs selects addresses learned from DNS answers, but no egress rule with rules.dns on port 53 applies to these pods",
-		filepath.Join(seed000, "kafka-produce-consume.yaml") + ":22:13: warning: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: kafka rules are not enforced by netpact yet",
+		"notice: " + filepath.Join(seed000, "kafka-produce-consume.yaml") + ":22:13: CiliumNetworkPolicy production/kafka-produce-consume: spec.ingress[0].toPorts[0].rules.kafka: kafka rules follow Cilium 1.19's semantics",
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
@@ -34,11 +35,14 @@ func TestValidateWarnings(t *testing.T) {
 		t.Fatalf("exit %d, %v:\n%s", code, err, stdout)
 	}
 	if len(res.Notices) != 2 {
-		t.Fatalf("notices %+v, want the two warnings", res.Notices)
+		t.Fatalf("notices %+v, want the warning and the notice", res.Notices)
 	}
 	n := res.Notices[0]
 	if !n.Warning || n.Line != 12 || n.Column != 7 || n.Object != "CiliumNetworkPolicy default/allow-external-api" || n.Field != "spec.egress[0].toFQDNs" {
 		t.Errorf("first warning %+v", n)
+	}
+	if n := res.Notices[1]; n.Warning || n.Line != 22 || n.Field != "spec.ingress[0].toPorts[0].rules.kafka" || !strings.Contains(n.Message, "Cilium 1.20 removed Kafka rules") {
+		t.Errorf("the Kafka notice %+v", n)
 	}
 
 	// With the dns rule the seed forgot, the toFQDNs warning goes.

@@ -134,6 +134,19 @@ type L7Flow struct {
 	HeaderActions []string
 	// DNS is a DNS query the DNS proxy judged (Protocol "DNS"); nil for HTTP.
 	DNS *DNSFlow
+	// Kafka is a Kafka request the Kafka proxy judged (Protocol "Kafka"); HTTPRule is then the
+	// index of the kafka rule that allowed it.
+	Kafka *KafkaFlow
+}
+
+// KafkaFlow is a Kafka request: its API key (by name, "produce"), version, correlation ID and
+// topics, and the error code the proxy answered it with (29 when denied; 0 when forwarded).
+type KafkaFlow struct {
+	APIKey        string
+	APIVersion    int16
+	CorrelationID int32
+	Topics        []string
+	ErrorCode     int16
 }
 
 // DNSFlow is a DNS query and what the pod got back: the query name (lower case, trailing dot)
@@ -184,6 +197,15 @@ func (f Flow) L7String() string {
 		}
 		return fmt.Sprintf("dns-response %s (DNS Answer %q TTL: %d (Proxy %s %s)) %s", f.Verdict(), strings.Join(ips, ","),
 			int(d.TTL.Seconds()), d.Query, d.Type, d.RCode)
+	}
+	if k := f.L7.Kafka; k != nil {
+		// Hubble's form: the request, and the proxy's error code when it answered it.
+		s := fmt.Sprintf("kafka-request %s (Kafka request %s correlation id %d topic '%s')", f.Verdict(), k.APIKey, k.CorrelationID,
+			strings.Join(k.Topics, ","))
+		if k.ErrorCode != 0 {
+			s += fmt.Sprintf(" return code %d", k.ErrorCode)
+		}
+		return s
 	}
 	return fmt.Sprintf("http-request %s (%s %s http://%s%s) %d", f.Verdict(), f.L7.Protocol, f.L7.Method, f.L7.Host, f.L7.Path, f.L7.Status)
 }

@@ -133,8 +133,11 @@ func (o *Observer) observe(f datapath.Flow) {
 	o.metrics.ObserveFlow(s)
 	if f.L7 != nil {
 		proxy, verdict := "http", "forwarded"
-		if f.L7.DNS != nil {
+		switch {
+		case f.L7.DNS != nil:
 			proxy = "dns"
+		case f.L7.Kafka != nil:
+			proxy = "kafka"
 		}
 		if f.L7.Denied {
 			verdict = "denied"

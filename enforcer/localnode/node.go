@@ -413,6 +413,8 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 				rule = f.L7.Why
 			} else if f.L7.HTTPRule >= 0 && f.L7.DNS != nil {
 				rule += fmt.Sprintf(", dns rule %d", f.L7.HTTPRule)
+			} else if f.L7.HTTPRule >= 0 && f.L7.Kafka != nil {
+				rule += fmt.Sprintf(", kafka rule %d", f.L7.HTTPRule)
 			} else if f.L7.HTTPRule >= 0 {
 				rule += fmt.Sprintf(", http rule %d", f.L7.HTTPRule)
 			}

@@ -333,6 +333,10 @@ func SampleOf(f datapath.Flow) FlowSample {
 			s.DNS = &DNSSample{RCode: d.RCode, QType: d.Type, IPs: len(d.IPs)}
 			return s
 		}
+		if l7.Kafka != nil {
+			s.Subtype, s.Protocol, s.Match = "Kafka", "Kafka", "l7/kafka"
+			return s
+		}
 		s.Subtype, s.Protocol, s.Match = "HTTP", "HTTP", "l7/http"
 		s.HTTP = &HTTPSample{Method: l7.Method, Protocol: l7.Protocol, Status: l7.Status, Latency: l7.Latency}
 		return s

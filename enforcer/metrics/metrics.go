@@ -88,7 +88,7 @@ type Metrics struct {
 	httpDur    *prometheus.HistogramVec
 	dnsQueries *prometheus.CounterVec
 	dnsResps   *prometheus.CounterVec
-	proxy      [3][3]prometheus.Counter // netpact_proxy_requests_total by proxy, verdict
+	proxy      [4][3]prometheus.Counter // netpact_proxy_requests_total by proxy, verdict
 
 	// mu guards the label caches below, the policy table and the lost events: ObserveFlow looks
 	// its series up there rather than through WithLabelValues, whose variadic label slice
@@ -140,7 +140,7 @@ func New(src Source, opts Options) (*Metrics, error) {
 	}
 	m.policies = newPolicyTable(opts.TopPolicies)
 	proxy := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netpact_proxy_requests_total",
-		Help: "Requests the node's L7 proxies judged, by proxy (http, dns) and verdict (forwarded, denied)."},
+		Help: "Requests the node's L7 proxies judged, by proxy (http, dns, kafka) and verdict (forwarded, denied)."},
 		[]string{"proxy", "verdict"})
 	// Every series exists from the start (at 0), so that a rate over them is defined before the
 	// first request, and the hot path needs no lookup.
@@ -181,19 +181,21 @@ func (l errorLog) Println(v ...any) { l.log.Error("metrics", "err", fmt.Sprint(v
 // Proxy names and verdicts of netpact_proxy_requests_total; anything else counts as "other",
 // so that a caller's typo cannot grow the series without bound.
 var (
-	proxyNames    = [3]string{"http", "dns", "other"}
+	proxyNames    = [4]string{"http", "dns", "kafka", "other"}
 	proxyVerdicts = [3]string{"forwarded", "denied", "other"}
 )
 
-// ObserveProxyRequest counts a request an L7 proxy judged: proxy "http" or "dns", verdict
-// "forwarded" or "denied".
+// ObserveProxyRequest counts a request an L7 proxy judged: proxy "http", "dns" or "kafka",
+// verdict "forwarded" or "denied".
 func (m *Metrics) ObserveProxyRequest(proxy, verdict string) {
-	i, j := 2, 2
+	i, j := 3, 2
 	switch proxy {
 	case "http":
 		i = 0
 	case "dns":
 		i = 1
+	case "kafka":
+		i = 2
 	}
 	switch verdict {
 	case "forwarded":

@@ -67,9 +67,11 @@ type Cell[O Outcome] struct {
 	Rule string `json:"rule,omitempty"`
 	// Reason is the engine's account of the prediction.
 	Reason string `json:"reason,omitempty"`
-	// Proxy is the L7 proxy the prediction hands the flow to, or would and cannot (Kafka's: the
-	// flow is dropped); empty when no L7 rule decided (policy.Decision.Proxy).
+	// Proxy is the L7 proxy the prediction hands the flow to; empty when no L7 rule decided
+	// (policy.Decision.Proxy).
 	Proxy policy.L7Parser `json:"proxy,omitempty"`
+	// Kafka is, for a flow the Kafka proxy judges, what the rules let a client do per topic.
+	Kafka []policy.KafkaTopicVerdict `json:"kafka,omitempty"`
 }
 
 // Outcome is the cell's answer in col, which names one column.

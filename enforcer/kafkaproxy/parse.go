@@ -1,0 +1,318 @@
+package kafkaproxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/netpact/netpact/policy"
+)
+
+// header is a request header (v1, or v2 for flexible versions).
+type header struct {
+	key, version int16
+	corr         int32
+	clientID     string
+}
+
+// parseRequest reads a request (the bytes after its size) with kmsg: the header, then the body
+// at the header's version. A key kmsg does not know, a version past what it reads, or bytes that
+// do not parse are an error: the proxy judges only what it read.
+func parseRequest(b []byte) (h header, req kmsg.Request, err error) {
+	defer func() {
+		if r := recover(); r != nil { // kmsg bounds its reads; this is the last line of defence
+			err = fmt.Errorf("%s v%d request that does not parse", policy.KafkaKeyName(h.key), h.version)
+		}
+	}()
+	if len(b) < 10 {
+		return h, nil, errors.New("a request too short for its header")
+	}
+	h.key = int16(binary.BigEndian.Uint16(b))
+	h.version = int16(binary.BigEndian.Uint16(b[2:]))
+	h.corr = int32(binary.BigEndian.Uint32(b[4:]))
+	n := int16(binary.BigEndian.Uint16(b[8:]))
+	b = b[10:]
+	if n > 0 {
+		if int(n) > len(b) {
+			return h, nil, errors.New("a request header whose client ID runs past the request")
+		}
+		h.clientID, b = string(b[:n]), b[n:]
+	}
+	req = kmsg.RequestForKey(h.key)
+	if req == nil {
+		return h, nil, fmt.Errorf("a request of API key %d, which the proxy does not know", h.key)
+	}
+	if h.version < 0 || h.version > req.MaxVersion() {
+		return h, nil, fmt.Errorf("a %s request of version %d: the proxy reads versions 0 to %d", policy.KafkaKeyName(h.key), h.version, req.MaxVersion())
+	}
+	req.SetVersion(h.version)
+	if req.IsFlexible() {
+		if b, err = skipTags(b); err != nil {
+			return h, nil, fmt.Errorf("a %s v%d request header: %w", policy.KafkaKeyName(h.key), h.version, err)
+		}
+	}
+	if err := req.ReadFrom(b); err != nil {
+		return h, nil, fmt.Errorf("a %s v%d request that does not parse: %w", policy.KafkaKeyName(h.key), h.version, err)
+	}
+	return h, req, nil
+}
+
+// skipTags skips a flexible header's tagged fields.
+func skipTags(b []byte) ([]byte, error) {
+	count, n := binary.Uvarint(b)
+	if n <= 0 {
+		return nil, errors.New("bad tagged fields")
+	}
+	b = b[n:]
+	for range count {
+		if _, n = binary.Uvarint(b); n <= 0 {
+			return nil, errors.New("bad tagged field")
+		}
+		b = b[n:]
+		size, n := binary.Uvarint(b)
+		if n <= 0 || size > uint64(len(b)-n) {
+			return nil, errors.New("bad tagged field")
+		}
+		b = b[n+int(size):]
+	}
+	return b, nil
+}
+
+// topics are the topics of the request kinds whose topics Cilium reads (produce, fetch, offsets,
+// metadata, offsetcommit, offsetfetch), as policy.KafkaRequest takes them; a topic named only by
+// ID is "".
+func topics(req kmsg.Request) []string {
+	var out []string
+	switch r := req.(type) {
+	case *kmsg.ProduceRequest:
+		for _, t := range r.Topics {
+			out = append(out, t.Topic)
+		}
+	case *kmsg.FetchRequest:
+		for _, t := range r.Topics {
+			out = append(out, t.Topic)
+		}
+	case *kmsg.ListOffsetsRequest:
+		for _, t := range r.Topics {
+			out = append(out, t.Topic)
+		}
+	case *kmsg.MetadataRequest:
+		for _, t := range r.Topics {
+			name := ""
+			if t.Topic != nil {
+				name = *t.Topic
+			}
+			out = append(out, name)
+		}
+	case *kmsg.OffsetCommitRequest:
+		for _, t := range r.Topics {
+			out = append(out, t.Topic)
+		}
+	case *kmsg.OffsetFetchRequest:
+		for _, t := range r.Topics {
+			out = append(out, t.Topic)
+		}
+		for _, g := range r.Groups {
+			for _, t := range g.Topics {
+				out = append(out, t.Topic)
+			}
+		}
+	}
+	return out
+}
+
+// refuseFetch says why the proxy refuses a fetch the rules allow: one that continues a fetch
+// session (version 7 and later) names only the partitions that changed, and reads the others
+// the session holds, which the rules never saw. The proxy advertises Fetch up to version 6, so
+// a client only sends one if it ignores that.
+func refuseFetch(req kmsg.Request) string {
+	f, ok := req.(*kmsg.FetchRequest)
+	if !ok || f.Version < 7 || (f.SessionID == 0 && f.SessionEpoch <= 0) {
+		return ""
+	}
+	return fmt.Sprintf("fetch v%d continuing fetch session %d: the proxy judges a fetch by the topics it names, and a session's fetch need not name them (the proxy advertises Fetch up to v%d)",
+		f.Version, f.SessionID, maxVersion[policy.KafkaFetch])
+}
+
+// expectsAnswer says whether the broker answers the request: not a Produce with acks 0.
+func expectsAnswer(req kmsg.Request) bool {
+	p, ok := req.(*kmsg.ProduceRequest)
+	return !ok || p.Acks != 0
+}
+
+// deniedAnswer is the frame the proxy answers a denied request with, as Cilium's proxy did: the
+// request's answer with error 29 TOPIC_AUTHORIZATION_FAILED on every topic and partition, for the
+// kinds that carry topics (and FindCoordinator, as Cilium). nil and true: no answer is due (a
+// Produce with acks 0). false: the kind gets no answer from the proxy.
+func deniedAnswer(h header, req kmsg.Request) ([]byte, bool) {
+	const code = ErrTopicAuthorizationFailed
+	var resp kmsg.Response
+	switch r := req.(type) {
+	case *kmsg.ProduceRequest:
+		if r.Acks == 0 {
+			return nil, true
+		}
+		out := r.ResponseKind().(*kmsg.ProduceResponse)
+		for _, t := range r.Topics {
+			rt := kmsg.NewProduceResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewProduceResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.BaseOffset, rp.LogStartOffset = p.Partition, code, -1, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			out.Topics = append(out.Topics, rt)
+		}
+		resp = out
+	case *kmsg.FetchRequest:
+		out := r.ResponseKind().(*kmsg.FetchResponse)
+		for _, t := range r.Topics {
+			rt := kmsg.NewFetchResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewFetchResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.HighWatermark, rp.LastStableOffset, rp.LogStartOffset = p.Partition, code, -1, -1, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			out.Topics = append(out.Topics, rt)
+		}
+		resp = out
+	case *kmsg.ListOffsetsRequest:
+		out := r.ResponseKind().(*kmsg.ListOffsetsResponse)
+		for _, t := range r.Topics {
+			rt := kmsg.NewListOffsetsResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewListOffsetsResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.Timestamp, rp.Offset = p.Partition, code, -1, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			out.Topics = append(out.Topics, rt)
+		}
+		resp = out
+	case *kmsg.MetadataRequest:
+		out := r.ResponseKind().(*kmsg.MetadataResponse)
+		for _, t := range r.Topics {
+			rt := kmsg.NewMetadataResponseTopic()
+			rt.Topic, rt.TopicID, rt.ErrorCode = t.Topic, t.TopicID, code
+			out.Topics = append(out.Topics, rt)
+		}
+		if len(r.Topics) == 0 && r.Version >= 13 {
+			out.ErrorCode = code
+		}
+		resp = out
+	case *kmsg.FindCoordinatorRequest:
+		out := r.ResponseKind().(*kmsg.FindCoordinatorResponse)
+		out.ErrorCode, out.NodeID = code, -1
+		for _, k := range r.CoordinatorKeys {
+			c := kmsg.NewFindCoordinatorResponseCoordinator()
+			c.Key, c.ErrorCode, c.NodeID = k, code, -1
+			out.Coordinators = append(out.Coordinators, c)
+		}
+		resp = out
+	case *kmsg.OffsetCommitRequest:
+		out := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, t := range r.Topics {
+			rt := kmsg.NewOffsetCommitResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewOffsetCommitResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p.Partition, code
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			out.Topics = append(out.Topics, rt)
+		}
+		resp = out
+	case *kmsg.OffsetFetchRequest:
+		out := r.ResponseKind().(*kmsg.OffsetFetchResponse)
+		out.ErrorCode = code
+		for _, t := range r.Topics {
+			rt := kmsg.NewOffsetFetchResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewOffsetFetchResponseTopicPartition()
+				rp.Partition, rp.ErrorCode, rp.Offset = p, code, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			out.Topics = append(out.Topics, rt)
+		}
+		for _, g := range r.Groups {
+			rg := kmsg.NewOffsetFetchResponseGroup()
+			rg.Group, rg.ErrorCode = g.Group, code
+			for _, t := range g.Topics {
+				rt := kmsg.NewOffsetFetchResponseGroupTopic()
+				rt.Topic, rt.TopicID = t.Topic, t.TopicID
+				for _, p := range t.Partitions {
+					rp := kmsg.NewOffsetFetchResponseGroupTopicPartition()
+					rp.Partition, rp.ErrorCode, rp.Offset = p, code, -1
+					rt.Partitions = append(rt.Partitions, rp)
+				}
+				rg.Topics = append(rg.Topics, rt)
+			}
+			out.Groups = append(out.Groups, rg)
+		}
+		resp = out
+	default:
+		return nil, false
+	}
+	return frame(h.corr, resp), true
+}
+
+// frame is a response with its size and header: the correlation ID, and for a flexible version
+// the header's empty tagged fields (never for ApiVersions, whose response header is always v0).
+func frame(corr int32, resp kmsg.Response) []byte {
+	b := make([]byte, 8, 64)
+	binary.BigEndian.PutUint32(b[4:], uint32(corr))
+	if resp.IsFlexible() && resp.Key() != policy.KafkaAPIVersions {
+		b = append(b, 0)
+	}
+	b = resp.AppendTo(b)
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+	return b
+}
+
+// maxVersion caps what the proxy advertises of a key, past the versions kmsg reads: from these
+// on, a request names its topics by ID (Produce 13, OffsetCommit 10, OffsetFetch 10), or reads
+// a fetch session's topics without naming them (Fetch 7), and the rules match names.
+var maxVersion = map[int16]int16{
+	policy.KafkaProduce:      12,
+	policy.KafkaFetch:        6,
+	policy.KafkaOffsetCommit: 9,
+	policy.KafkaOffsetFetch:  9,
+}
+
+// advertise is the broker's ApiVersions keys as the proxy gives them to the client: only keys
+// the proxy reads (kmsg knows them), at versions it reads and judges by topic name (maxVersion),
+// that the flow's rules allow at some version from the client; each key's range is narrowed to
+// the versions the rules allow. A key left with no version is left out, and a client does not
+// send it (franz-go then produces without InitProducerID, which a produce role does not allow).
+func advertise(keys []kmsg.ApiVersionsResponseApiKey, d policy.Decision, clientID string) []kmsg.ApiVersionsResponseApiKey {
+	out := keys[:0]
+	for _, k := range keys {
+		req := kmsg.RequestForKey(k.ApiKey)
+		if req == nil {
+			continue
+		}
+		maxV := min(k.MaxVersion, req.MaxVersion())
+		if c, ok := maxVersion[k.ApiKey]; ok {
+			maxV = min(maxV, c)
+		}
+		lo, hi := int16(-1), int16(-1)
+		for v := k.MinVersion; v <= maxV && v >= 0; v++ {
+			if d.AllowsKafkaKey(k.ApiKey, v, clientID) {
+				if lo < 0 {
+					lo = v
+				}
+				hi = v
+			}
+		}
+		if lo < 0 {
+			continue
+		}
+		k.MinVersion, k.MaxVersion = lo, hi
+		out = append(out, k)
+	}
+	return out
+}
