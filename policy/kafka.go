@@ -290,6 +290,10 @@ var kafkaRoleRequests = map[string][]int16{
 	"consume": {KafkaMetadata, KafkaListOffsets, KafkaFetch},
 }
 
+// KafkaRoleRequests are the API keys of the requests a client makes on a topic in the role
+// (produce or consume), in the order it makes them; nil for another role.
+func KafkaRoleRequests(role string) []int16 { return slices.Clone(kafkaRoleRequests[role]) }
+
 // KafkaTopics are the Kafka cells of a flow the Kafka proxy judges, per topic: each topic a
 // kafka rule on the flow names, and "*" for the others, produced to and consumed from. nil for
 // any other flow.

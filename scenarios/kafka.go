@@ -8,40 +8,28 @@ import (
 	"slices"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kversion"
-
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
-// kafkaRequests are the requests a Kafka probe's client (franz-go, probeagent.KafkaProbe) sends
-// that the Kafka proxy judges by topic, in order: Metadata for the topic first, then Produce; or
-// ListOffsets (the topic's start) and Fetch. Besides them it sends ApiVersions on each
-// connection, and a producer InitProducerID when the ApiVersions answer lists it: neither names
-// a topic, so a rule that lets the proxy advertise them allows them too.
-func kafkaRequests(c Cell) []policy.KafkaRequest {
-	keys := []int16{policy.KafkaMetadata, policy.KafkaProduce}
-	if c.Kafka == probeagent.KafkaConsume {
-		keys = []int16{policy.KafkaMetadata, policy.KafkaListOffsets, policy.KafkaFetch}
+// kafkaRequest is the request of the key a Kafka probe's client sends (besides ApiVersions on
+// each connection, and InitProducerID for a producer when the ApiVersions answer lists it:
+// neither names a topic, so a rule that lets the proxy list them allows them too). Its version
+// is the newest the client sends (probeagent.KafkaClientVersions) of those the proxy's
+// ApiVersions answer lists, which are the versions the flow's rules allow from the client
+// (policy.Decision.AllowsKafkaKey); false when the answer lists none, and the client cannot send
+// it. The proxy also lists no version that names topics by ID (Produce from v13) or leaves them
+// out (fetch sessions, Fetch from v7), which this leaves to the proxy: a request the rules allow
+// only at such versions is predicted allowed, where the client finds it unsupported.
+func kafkaRequest(c Cell, d policy.Decision, key int16) (policy.KafkaRequest, bool) {
+	top, _ := probeagent.KafkaClientVersions().LookupMaxKeyVersion(key)
+	for v := top; v >= 0; v-- {
+		if d.AllowsKafkaKey(key, v, c.ClientID) {
+			return policy.KafkaRequest{APIKey: key, APIVersion: v, ClientID: c.ClientID, Topics: []string{c.Topic}}, true
+		}
 	}
-	out := make([]policy.KafkaRequest, len(keys))
-	for i, k := range keys {
-		out[i] = policy.KafkaRequest{APIKey: k, APIVersion: kafkaVersion(k), ClientID: c.ClientID, Topics: []string{c.Topic}}
-	}
-	return out
-}
-
-// kafkaVersion is the version of a request the probe's client sends: the newest it supports
-// (kversion.Stable), except Produce and Fetch, which stop at v12, the last to name topics: from
-// v13 they name them by ID, which no topic rule can match, so a proxy enforcing topic rules
-// advertises at most v12. Only a rule's apiVersion reads it.
-func kafkaVersion(key int16) int16 {
-	v, _ := kversion.Stable().LookupMaxKeyVersion(key)
-	if key == policy.KafkaProduce || key == policy.KafkaFetch {
-		v = min(v, 12)
-	}
-	return v
+	return policy.KafkaRequest{}, false
 }
 
 // kafkaOutcomes are a Kafka probe's two outcomes: allowed, and denied with
@@ -55,16 +43,17 @@ func (c Cell) kafkaOutcomes() (ok, denied Outcome) {
 
 // predictKafka is a Kafka probe's outcome on a flow a Kafka proxy judges (the destination's
 // ingress, or the source's egress even when the destination refuses the flow): each request the
-// client sends in turn must be in the proxy's ApiVersions answer (policy.Decision.AllowsKafkaKey)
-// and allowed by the rules (policy.Decision.MatchKafka); the first denied one is answered
-// TOPIC_AUTHORIZATION_FAILED by the proxy, and one forwarded to a destination that drops the
-// flow gets no answer.
+// client makes in the role (policy.KafkaRoleRequests) in turn must be listed by the proxy's
+// ApiVersions answer (kafkaRequest) and allowed by the rules (policy.Decision.MatchKafka); the
+// first denied one is answered TOPIC_AUTHORIZATION_FAILED by the proxy, and one forwarded to a
+// destination that drops the flow gets no answer.
 func predictKafka(c Cell, d policy.Decision, rule string) (Outcome, string) {
 	ok, denied := c.kafkaOutcomes()
-	for _, r := range kafkaRequests(c) {
-		if !d.AllowsKafkaKey(r.APIKey, r.APIVersion, r.ClientID) {
+	for _, key := range policy.KafkaRoleRequests(c.Kafka) {
+		r, listed := kafkaRequest(c, d, key)
+		if !listed {
 			return KafkaUnsupported, fmt.Sprintf("no kafka rule allows %s requests, which the proxy's ApiVersions answer then leaves out",
-				policy.KafkaKeyName(r.APIKey))
+				policy.KafkaKeyName(key))
 		}
 		v := d.MatchKafka(r)
 		if v.Rule != nil {

@@ -2,8 +2,6 @@ package scenarios
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +19,26 @@ func predictScenario(t *testing.T, file string) [][]CellResult {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out [][]CellResult
+	for i := range sc.Steps {
+		state, cluster := compileSteps(t, sc, i)
+		cells, expected, _, err := expectations(sc, &sc.Steps[i], cluster)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var step []CellResult
+		for _, c := range cells {
+			step = append(step, unprobed(sc, state, c, expected[c.String()]))
+		}
+		out = append(out, step)
+	}
+	return out
+}
+
+// compileSteps compiles the policies of a scenario's steps up to the last one, on a cluster of
+// the file's pods with made-up addresses (10.0.0.10 onwards, in file order).
+func compileSteps(t *testing.T, sc *Scenario, last int) (*policy.State, *policy.Cluster) {
+	t.Helper()
 	cluster := &policy.Cluster{Nodes: []policy.Node{{Name: "local"}}}
 	for _, ns := range sc.Namespaces {
 		cluster.Namespaces = append(cluster.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
@@ -34,31 +52,20 @@ func predictScenario(t *testing.T, file string) [][]CellResult {
 		cluster.Endpoints = append(cluster.Endpoints, ep)
 	}
 	policies := map[policy.Key]*policy.Policy{}
-	var out [][]CellResult
-	for i := range sc.Steps {
-		st := &sc.Steps[i]
-		if _, err := (&Runner{}).change(sc, st, cluster, policies); err != nil {
+	for i := 0; i <= last; i++ {
+		if _, err := (&Runner{}).change(sc, &sc.Steps[i], cluster, policies); err != nil {
 			t.Fatal(err)
 		}
-		var list []*policy.Policy
-		for _, p := range policies {
-			list = append(list, p)
-		}
-		state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, policy.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cells, expected, _, err := expectations(sc, st, cluster)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var step []CellResult
-		for _, c := range cells {
-			step = append(step, unprobed(sc, state, c, expected[c.String()]))
-		}
-		out = append(out, step)
 	}
-	return out
+	var list []*policy.Policy
+	for _, p := range policies {
+		list = append(list, p)
+	}
+	state, err := policy.Compile(cluster, &policy.Bundle{Policies: list}, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state, cluster
 }
 
 // TestKafkaSeedPredicted: the engine predicts what seed 000's Kafka step expects, each probe's
@@ -80,7 +87,7 @@ func TestKafkaSeedPredicted(t *testing.T) {
 	for cell, want := range map[string]string{
 		"production/backend -> production/kafka 9092/TCP Kafka produce payments":      "allows metadata v",
 		"production/backend -> production/kafka 9092/TCP Kafka consume orders":        "allows offsets v",
-		"production/backend -> production/kafka 9092/TCP Kafka produce notifications": "allows produce v12 on notifications",
+		"production/backend -> production/kafka 9092/TCP Kafka produce notifications": "allows produce v13 on notifications",
 	} {
 		if !strings.Contains(rules[cell], want) {
 			t.Errorf("%s: rule %q lacks %q", cell, rules[cell], want)
@@ -92,50 +99,8 @@ func TestKafkaSeedPredicted(t *testing.T) {
 // request kind no rule allows is left out of the proxy's ApiVersions answer: the client cannot
 // send it. A Kafka probe through an allowed flow without Kafka rules is simply allowed.
 func TestKafkaPredictedByClientAndKey(t *testing.T) {
-	f := filepath.Join(t.TempDir(), "kafka.yaml")
-	os.WriteFile(f, []byte(`name: kafka client IDs
-namespaces: [{name: a}]
-pods:
-  - {name: kafka, namespace: a, labels: {app: kafka}, workload: kafka, ports: ["9092/TCP"]}
-  - {name: c, namespace: a, labels: {app: c}}
-  - {name: d, namespace: a, labels: {app: d}}
-steps:
-- name: rules by client ID, and only produce for d
-  apply:
-    - inline: |
-        apiVersion: cilium.io/v2
-        kind: CiliumNetworkPolicy
-        metadata: {name: kafka, namespace: a}
-        spec:
-          endpointSelector: {matchLabels: {app: kafka}}
-          ingress:
-            - fromEndpoints: [{matchLabels: {app: c}}]
-              toPorts:
-                - ports: [{port: "9092", protocol: TCP}]
-                  rules:
-                    kafka:
-                      - {role: consume, topic: orders, clientID: billing}
-            - fromEndpoints: [{matchLabels: {app: d}}]
-              toPorts:
-                - ports: [{port: "9092", protocol: TCP}]
-                  rules:
-                    kafka:
-                      - {apiKey: produce}
-                      - {apiKey: apiversions}
-  expect:
-    probes:
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, clientID: billing, expect: kafka-consume-ok}
-      # The proxy advertises no Metadata to a client the rules' clientID leaves out.
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, role: consume, expect: kafka-unsupported}
-      - {from: a/d, to: a/kafka, port: 9092, topic: orders, role: produce, expect: kafka-unsupported}
-- name: no policy
-  delete: [CiliumNetworkPolicy a/kafka]
-  expect:
-    probes:
-      - {from: a/d, to: a/kafka, port: 9092, topic: orders, expect: kafka-consume-ok}
-`), 0o644)
 	n := 0
-	for i, step := range predictScenario(t, f) {
+	for i, step := range predictScenario(t, "testdata/kafka-client-ids.yaml") {
 		for _, c := range step {
 			n++
 			if c.Predicted != c.Expected {
@@ -148,18 +113,28 @@ steps:
 	}
 }
 
-// TestKafkaRequestVersions: the prediction judges the versions the probe's client sends, Produce
-// and Fetch at most v12 (the last to name topics).
+// TestKafkaRequestVersions: the prediction judges each request at the version the probe's client
+// sends: its newest (Kafka 4.1's), or the newest the rules allow, which is all the proxy's
+// ApiVersions answer lists.
 func TestKafkaRequestVersions(t *testing.T) {
+	sc, err := LoadFile("testdata/kafka-versions.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, _ := compileSteps(t, sc, 0)
+	d := state.Decide(netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.10"), policy.ProtoTCP, 9092)
 	var got []string
-	for _, r := range kafkaRequests(Cell{Kafka: "consume", Topic: "t"}) {
-		got = append(got, r.String())
+	for _, c := range []Cell{{Kafka: "consume", Topic: "t"}, {Kafka: "produce", Topic: "t", ClientID: "x"}} {
+		for _, key := range policy.KafkaRoleRequests(c.Kafka) {
+			r, ok := kafkaRequest(c, d, key)
+			if !ok {
+				t.Fatalf("%s: key %d not listed", c.Kafka, key)
+			}
+			got = append(got, r.String())
+		}
 	}
-	for _, r := range kafkaRequests(Cell{Kafka: "produce", Topic: "t", ClientID: "x"}) {
-		got = append(got, r.String())
-	}
-	want := []string{"metadata v13 on t", "offsets v11 on t", "fetch v12 on t",
-		`metadata v13 from client "x" on t`, `produce v12 from client "x" on t`}
+	want := []string{"metadata v9 on t", "offsets v10 on t", "fetch v18 on t",
+		`metadata v9 from client "x" on t`, `produce v13 from client "x" on t`}
 	if !slices.Equal(got, want) {
 		t.Errorf("requests %q, want %q", got, want)
 	}
@@ -186,22 +161,7 @@ func TestLoadKafkaProbes(t *testing.T) {
 	if len(cells) != 7 {
 		t.Errorf("%d cells, want 7: produce and consume on the same topic are two", len(cells))
 	}
-	f := filepath.Join(t.TempDir(), "topics.yaml")
-	os.WriteFile(f, []byte(`name: topics
-namespaces: [{name: a}]
-pods:
-  - {name: kafka, namespace: a, workload: kafka, ports: ["9092/TCP"]}
-  - {name: c, namespace: a}
-steps:
-- name: s
-  expect:
-    probes:
-      - {from: a/c, to: a/kafka, port: 9092, topic: zeta, expect: kafka-produce-ok}
-      - {from: a/c, to: a/kafka, port: 9092, topic: audit.log, expect: kafka-consume-ok}
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, expect: kafka-consume-ok}
-      - {from: a/c, to: a/kafka, port: 9092, topic: zeta, expect: kafka-consume-ok}
-`), 0o644)
-	sc, err = LoadFile(f)
+	sc, err = LoadFile("testdata/kafka-topics.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,33 +174,7 @@ steps:
 // a kafka workload's pod; a topic without a Kafka outcome, or a Kafka outcome in a matrix, is an
 // error that says what to write.
 func TestLoadRejectsBadKafkaProbes(t *testing.T) {
-	bad := filepath.Join(t.TempDir(), "bad.yaml")
-	os.WriteFile(bad, []byte(`name: x
-namespaces: [{name: a}]
-pods:
-  - {name: kafka, namespace: a, workload: kafka, ports: ["9092/TCP"]}
-  - {name: two, namespace: a, workload: kafka, ports: ["9092/TCP", "9093/TCP"]}
-  - {name: web, namespace: a, labels: {app: web}, ports: ["9092/TCP"]}
-  - {name: c, namespace: a}
-services:
-  - {name: kafka, namespace: a, selector: {app: web}, ports: [{port: 9092}]}
-steps:
-- name: s
-  expect:
-    matrix: {ports: [9092/TCP], default: kafka-produce-ok, exceptions: [{from: a/c, to: a/web, expect: kafka-consume-denied}]}
-    probes:
-      - {from: a/c, to: a/kafka, port: 9092, expect: kafka-produce-ok}
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, expect: allow}
-      - {from: a/c, to: a/web, port: 9092, topic: orders, expect: kafka-consume-ok}
-      - {from: a/c, to: a/kafka, port: 9093, topic: orders, expect: kafka-consume-ok}
-      - {from: a/c, service: a/kafka, port: 9092, topic: orders, expect: kafka-consume-ok}
-      - {from: a/c, to: a/kafka, port: 9092, protocol: UDP, path: /x, topic: orders, expect: kafka-consume-ok}
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, expect: timeout}
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, role: write, expect: refused}
-      - {from: a/c, to: a/kafka, port: 9092, topic: orders, role: produce, expect: kafka-consume-ok}
-      - {from: a/c, to: a/web, port: 9092, clientID: billing, expect: allow}
-`), 0o644)
-	_, err := Load([]string{bad})
+	_, err := LoadFile("testdata/kafka-bad-probes.yaml")
 	for _, want := range []string{
 		`pod a/two: the kafka workload is one broker on one TCP port`,
 		`matrix default: kafka-produce-ok is a Kafka probe's (a probe with a topic) outcome`,
@@ -262,18 +196,7 @@ steps:
 		}
 	}
 	// A topic Kafka refuses is refused where it is written.
-	os.WriteFile(bad, []byte(`name: x
-namespaces: [{name: a}]
-pods:
-  - {name: kafka, namespace: a, workload: kafka, ports: ["9092/TCP"]}
-  - {name: c, namespace: a}
-steps:
-- name: s
-  expect:
-    probes:
-      - {from: a/c, to: a/kafka, port: 9092, topic: "orders/eu", expect: kafka-produce-ok}
-`), 0o644)
-	_, err = Load([]string{bad})
+	_, err = LoadFile("testdata/kafka-bad-topic.yaml")
 	if want := `line 10: topic: invalid Kafka topic "orders/eu": up to 249 letters, digits, '.', '_' and '-'`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("want %q in %v", want, err)
 	}

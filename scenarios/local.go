@@ -381,7 +381,7 @@ func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port ui
 		if n.notes == nil {
 			n.notes = map[string]string{}
 		}
-		n.notes[c.String()] = fmt.Sprintf("%s from %s to %s: %s", o, c.From, netip.AddrPortFrom(addr, port), note)
+		n.notes[c.String()] = strings.TrimSuffix(fmt.Sprintf("%s from %s to %s: %s", o, c.From, netip.AddrPortFrom(addr, port), note), ": ")
 		n.mu.Unlock()
 		return o
 	case c.GRPC:

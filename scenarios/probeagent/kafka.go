@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kversion"
 )
 
 // A Kafka probe's outcomes: the record was acked (produce) or read (consume), or the broker (or
@@ -35,6 +36,10 @@ const (
 	KafkaConsume = "consume"
 )
 
+// KafkaClientVersions are the newest request versions a Kafka probe's client sends: Kafka
+// 4.1's, which the kafka workload (kfake) serves, whatever franz-go's own newest are.
+var KafkaClientVersions = kversion.V4_1_0
+
 // KafkaProbe produces one record to topic (role produce) or reads one from the topic's start
 // without a consumer group (role consume) at addr, a broker's host:port, as franz-go's client
 // with client ID clientID, dialing with dial, until ctx ends. It returns the outcome and a note:
@@ -45,6 +50,7 @@ func KafkaProbe(ctx context.Context, dial Dialer, addr, role, topic, clientID st
 	// A refused connection ends the probe, as it ends the others: the client would retry.
 	dials := &dialLog{refused: cancel}
 	opts := []kgo.Opt{kgo.SeedBrokers(addr), kgo.ClientID(clientID), kgo.Dialer(dial), kgo.WithHooks(dials),
+		kgo.MaxVersions(KafkaClientVersions()),
 		// Client metrics (KIP-714) would add requests the prediction does not make.
 		kgo.DisableClientMetrics()}
 	if role == KafkaConsume {
@@ -56,7 +62,10 @@ func KafkaProbe(ctx context.Context, dial Dialer, addr, role, topic, clientID st
 	}
 	defer cl.Close()
 	if role == KafkaProduce {
-		err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("probe")}).FirstErr()
+		r, err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("probe")}).First()
+		if err == nil {
+			return KafkaProduceOK, fmt.Sprintf("acked at offset %d of %s/%d", r.Offset, r.Topic, r.Partition)
+		}
 		return kafkaOutcome(err, KafkaProduceOK, KafkaProduceDenied, dials)
 	}
 	for {
