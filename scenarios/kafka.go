@@ -42,12 +42,16 @@ func (c Cell) kafkaOutcomes() (ok, denied Outcome) {
 }
 
 // predictKafka is a Kafka probe's outcome on a flow a Kafka proxy judges (the destination's
-// ingress, or the source's egress even when the destination refuses the flow): each request the
-// client makes in the role (policy.KafkaRoleRequests) in turn must be listed by the proxy's
-// ApiVersions answer (kafkaRequest) and allowed by the rules (policy.Decision.MatchKafka); the
-// first denied one is answered TOPIC_AUTHORIZATION_FAILED by the proxy, and one forwarded to a
-// destination that drops the flow gets no answer.
+// ingress, or the source's egress): each request the client makes in the role
+// (policy.KafkaRoleRequests) in turn must be listed by the proxy's ApiVersions answer
+// (kafkaRequest) and allowed by the rules (policy.Decision.MatchKafka); the first denied one is
+// answered TOPIC_AUTHORIZATION_FAILED by the proxy. The proxy's ApiVersions answer is the
+// broker's, narrowed: when the destination drops the flow, the client's first request gets no
+// answer, whatever the rules say of the others.
 func predictKafka(c Cell, d policy.Decision, rule string) (Outcome, string) {
+	if d.Outcome == policy.OutcomeDenied || d.Outcome == policy.OutcomeDefaultDenied {
+		return Timeout, "the Kafka proxy asks the broker for its ApiVersions, and the flow to it is dropped: " + d.Reason()
+	}
 	ok, denied := c.kafkaOutcomes()
 	for _, key := range policy.KafkaRoleRequests(c.Kafka) {
 		r, listed := kafkaRequest(c, d, key)
@@ -64,8 +68,6 @@ func predictKafka(c Cell, d policy.Decision, rule string) (Outcome, string) {
 			return denied, v.Reason
 		case !v.Allowed:
 			return denied, rule
-		case v.Unreachable != "":
-			return Timeout, v.Unreachable
 		}
 	}
 	return ok, rule

@@ -207,3 +207,16 @@ func TestLoadRejectsBadKafkaProbes(t *testing.T) {
 func TestKafkaSeed(t *testing.T) {
 	requirePass(t, runFiles(t, kafkaSeed))
 }
+
+// TestKafkaEgressRules: Kafka rules on the client's egress are judged by the source's Kafka
+// proxy, and a broker that drops the client leaves every request unanswered.
+func TestKafkaEgressRules(t *testing.T) {
+	for i, step := range predictScenario(t, "testdata/kafka-egress.yaml") {
+		for _, c := range step {
+			if c.Predicted != c.Expected {
+				t.Errorf("step %d: %s: predicted %s (%s), expected %s", i, c.Cell, c.Predicted, c.Rule, c.Expected)
+			}
+		}
+	}
+	requirePass(t, runFiles(t, "testdata/kafka-egress.yaml"))
+}
