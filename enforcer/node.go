@@ -84,9 +84,9 @@ type Node struct {
 	DNSProxy *dnsproxy.Proxy
 	// KafkaProxy is the Kafka proxy; nil once StopProxy stopped it.
 	KafkaProxy *kafkaproxy.Proxy
-	routes   *proxy.Routes
-	uplink   string
-	log      *slog.Logger
+	routes     *proxy.Routes
+	uplink     string
+	log        *slog.Logger
 	// stopGC ends the learned names' expiry loop and waits for it; stopLost the lost events'.
 	stopGC   func()
 	stopLost func()

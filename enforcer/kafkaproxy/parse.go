@@ -168,6 +168,10 @@ func deniedAnswer(h header, req kmsg.Request) ([]byte, bool) {
 		resp = out
 	case *kmsg.FetchRequest:
 		out := r.ResponseKind().(*kmsg.FetchResponse)
+		if r.SessionID != 0 || r.SessionEpoch > 0 {
+			// A session's fetch reads partitions it does not name: the error is the session's.
+			out.ErrorCode = code
+		}
 		for _, t := range r.Topics {
 			rt := kmsg.NewFetchResponseTopic()
 			rt.Topic, rt.TopicID = t.Topic, t.TopicID

@@ -270,12 +270,12 @@ type pending struct {
 
 // conn is one client connection and its connection to the broker.
 type conn struct {
-	p        *Proxy
-	f        flow
-	client   net.Conn
-	br       *bufio.Reader
-	queue    chan pending
-	done     chan struct{}
+	p      *Proxy
+	f      flow
+	client net.Conn
+	br     *bufio.Reader
+	queue  chan pending
+	done   chan struct{}
 
 	mu       sync.Mutex // upstream, closed: the writer ends the connection while the reader may dial
 	upstream net.Conn
