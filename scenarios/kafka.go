@@ -18,12 +18,13 @@ import (
 // neither names a topic, so a rule that lets the proxy list them allows them too). Its version
 // is the newest the client sends (probeagent.KafkaClientVersions) of those the proxy's
 // ApiVersions answer lists, which are the versions the flow's rules allow from the client
-// (policy.Decision.AllowsKafkaKey); false when the answer lists none, and the client cannot send
-// it. The proxy also lists no version that names topics by ID (Produce from v13) or leaves them
-// out (fetch sessions, Fetch from v7), which this leaves to the proxy: a request the rules allow
-// only at such versions is predicted allowed, where the client finds it unsupported.
+// (policy.Decision.AllowsKafkaKey), up to the versions that name topics (policy.KafkaMaxVersion);
+// false when the answer lists none, and the client cannot send it.
 func kafkaRequest(c Cell, d policy.Decision, key int16) (policy.KafkaRequest, bool) {
 	top, _ := probeagent.KafkaClientVersions().LookupMaxKeyVersion(key)
+	if capped, ok := policy.KafkaMaxVersion(key); ok {
+		top = min(top, capped)
+	}
 	for v := top; v >= 0; v-- {
 		if d.AllowsKafkaKey(key, v, c.ClientID) {
 			return policy.KafkaRequest{APIKey: key, APIVersion: v, ClientID: c.ClientID, Topics: []string{c.Topic}}, true

@@ -132,8 +132,9 @@ func refuseFetch(req kmsg.Request) string {
 	if !ok || f.Version < 7 || (f.SessionID == 0 && f.SessionEpoch <= 0) {
 		return ""
 	}
+	top, _ := policy.KafkaMaxVersion(policy.KafkaFetch)
 	return fmt.Sprintf("fetch v%d continuing fetch session %d: the proxy judges a fetch by the topics it names, and a session's fetch need not name them (the proxy advertises Fetch up to v%d)",
-		f.Version, f.SessionID, maxVersion[policy.KafkaFetch])
+		f.Version, f.SessionID, top)
 }
 
 // expectsAnswer says whether the broker answers the request: not a Produce with acks 0.
@@ -277,16 +278,6 @@ func frame(corr int32, resp kmsg.Response) []byte {
 	return b
 }
 
-// maxVersion caps what the proxy advertises of a key, past the versions kmsg reads: from these
-// on, a request names its topics by ID (Produce 13, OffsetCommit 10, OffsetFetch 10), or reads
-// a fetch session's topics without naming them (Fetch 7), and the rules match names.
-var maxVersion = map[int16]int16{
-	policy.KafkaProduce:      12,
-	policy.KafkaFetch:        6,
-	policy.KafkaOffsetCommit: 9,
-	policy.KafkaOffsetFetch:  9,
-}
-
 // advertise is the broker's ApiVersions keys as the proxy gives them to the client: only keys
 // the proxy reads (kmsg knows them), at versions it reads and judges by topic name (maxVersion),
 // that the flow's rules allow at some version from the client; each key's range is narrowed to
@@ -300,7 +291,7 @@ func advertise(keys []kmsg.ApiVersionsResponseApiKey, d policy.Decision, clientI
 			continue
 		}
 		maxV := min(k.MaxVersion, req.MaxVersion())
-		if c, ok := maxVersion[k.ApiKey]; ok {
+		if c, ok := policy.KafkaMaxVersion(k.ApiKey); ok {
 			maxV = min(maxV, c)
 		}
 		lo, hi := int16(-1), int16(-1)

@@ -129,6 +129,9 @@ type Proxy struct {
 	// bytes (kmsg's structs), for as long as it is judged.
 	parsing  chan struct{}
 	buffered *tproxy.Budget
+	// ctx ends with Close: dials to brokers stop waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -155,7 +158,8 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 
 func newProxy(opts Options) *Proxy {
 	opts.Limits.setDefaults()
-	return &Proxy{opts: opts, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{},
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Proxy{opts: opts, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{},
 		parsing:  make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 		buffered: tproxy.NewBudget(opts.BufferedPerSource, opts.BufferedTotal)}
 }
@@ -168,6 +172,7 @@ func (p *Proxy) Listeners() []net.Listener { return slices.Clone(p.listeners) }
 
 // Close stops listening and closes every connection.
 func (p *Proxy) Close() error {
+	p.cancel()
 	p.mu.Lock()
 	p.closed = true
 	for c := range p.conns {
@@ -417,7 +422,7 @@ func (cn *conn) take(n int64) bool {
 
 func (cn *conn) dial() error {
 	keep := cn.p.opts.KeepSource == nil || cn.p.opts.KeepSource(cn.f.dst.Addr())
-	up, err := tproxy.Dial(context.Background(), "tcp", cn.f.src, cn.f.dst, keep, cn.p.opts.Mark, cn.p.opts.DialTimeout)
+	up, err := tproxy.Dial(cn.p.ctx, "tcp", cn.f.src, cn.f.dst, keep, cn.p.opts.Mark, cn.p.opts.DialTimeout)
 	if err != nil {
 		return err
 	}
