@@ -134,7 +134,7 @@ func TestKafkaRequestVersions(t *testing.T) {
 		}
 	}
 	want := []string{"metadata v9 on t", "offsets v10 on t", "fetch v6 on t",
-		`metadata v9 from client "x" on t`, `produce v13 from client "x" on t`}
+		`metadata v9 from client "x" on t`, `produce v12 from client "x" on t`}
 	if !slices.Equal(got, want) {
 		t.Errorf("requests %q, want %q", got, want)
 	}
