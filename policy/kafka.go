@@ -83,15 +83,13 @@ func KafkaKeyName(key int16) string {
 }
 
 // KafkaMaxVersion is the newest version of a key the Kafka proxy judges and advertises: from the
-// next on, a request names its topics by ID (Produce 13, OffsetCommit 10, OffsetFetch 10) or
-// reads a fetch session's topics without naming them (Fetch 7), and the rules match names. Other
-// keys are capped only by what the proxy reads (kmsg); ok is false for them.
+// next on, a request names its topics by ID (Produce 13, Fetch 13, OffsetCommit 10, OffsetFetch
+// 10), and the rules match names. Other keys are capped only by what the proxy reads (kmsg); ok
+// is false for them.
 func KafkaMaxVersion(key int16) (v int16, ok bool) {
 	switch key {
-	case KafkaProduce:
+	case KafkaProduce, KafkaFetch:
 		return 12, true
-	case KafkaFetch:
-		return 6, true
 	case KafkaOffsetCommit, KafkaOffsetFetch:
 		return 9, true
 	}

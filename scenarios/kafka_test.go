@@ -133,7 +133,7 @@ func TestKafkaRequestVersions(t *testing.T) {
 			got = append(got, r.String())
 		}
 	}
-	want := []string{"metadata v9 on t", "offsets v10 on t", "fetch v6 on t",
+	want := []string{"metadata v9 on t", "offsets v10 on t", "fetch v12 on t",
 		`metadata v9 from client "x" on t`, `produce v12 from client "x" on t`}
 	if !slices.Equal(got, want) {
 		t.Errorf("requests %q, want %q", got, want)

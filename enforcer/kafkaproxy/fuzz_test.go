@@ -18,8 +18,11 @@ func FuzzParseRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		topics(req)
-		refuseFetch(req)
+		named := topics(req)
+		if f, ok := req.(*kmsg.FetchRequest); ok {
+			var s sessions
+			s.fetchTopics(f, named)
+		}
 		deniedAnswer(h, req)
 	})
 }

@@ -123,20 +123,6 @@ func topics(req kmsg.Request) []string {
 	return out
 }
 
-// refuseFetch says why the proxy refuses a fetch the rules allow: one that continues a fetch
-// session (version 7 and later) names only the partitions that changed, and reads the others
-// the session holds, which the rules never saw. The proxy advertises Fetch up to version 6, so
-// a client only sends one if it ignores that.
-func refuseFetch(req kmsg.Request) string {
-	f, ok := req.(*kmsg.FetchRequest)
-	if !ok || f.Version < 7 || (f.SessionID == 0 && f.SessionEpoch <= 0) {
-		return ""
-	}
-	top, _ := policy.KafkaMaxVersion(policy.KafkaFetch)
-	return fmt.Sprintf("fetch v%d continuing fetch session %d: the proxy judges a fetch by the topics it names, and a session's fetch need not name them (the proxy advertises Fetch up to v%d)",
-		f.Version, f.SessionID, top)
-}
-
 // expectsAnswer says whether the broker answers the request: not a Produce with acks 0.
 func expectsAnswer(req kmsg.Request) bool {
 	p, ok := req.(*kmsg.ProduceRequest)
@@ -170,7 +156,7 @@ func deniedAnswer(h header, req kmsg.Request) ([]byte, bool) {
 	case *kmsg.FetchRequest:
 		out := r.ResponseKind().(*kmsg.FetchResponse)
 		if r.SessionID != 0 || r.SessionEpoch > 0 {
-			// A session's fetch reads partitions it does not name: the error is the session's.
+			// A session's fetch reads partitions it does not name: the error is the session's too.
 			out.ErrorCode = code
 		}
 		for _, t := range r.Topics {

@@ -271,6 +271,8 @@ type pending struct {
 	close     bool
 	decision  policy.Decision // for ApiVersions: what to advertise
 	clientID  string
+	// session is the fetch session a forwarded fetch opens or continues.
+	session *fetchSession
 }
 
 // conn is one client connection and its connection to the broker.
@@ -285,6 +287,8 @@ type conn struct {
 	mu       sync.Mutex // upstream, closed: the writer ends the connection while the reader may dial
 	upstream net.Conn
 	closed   bool
+
+	sessions sessions
 }
 
 func (p *Proxy) serve(c net.Conn, f flow) {
@@ -450,23 +454,28 @@ func (cn *conn) judge(frame []byte) (pending, bool, bool) {
 		return pending{close: true}, false, false
 	}
 	r.Topics = topics(req)
+	var session *fetchSession
+	refuse := ""
+	if f, isFetch := req.(*kmsg.FetchRequest); isFetch {
+		r.Topics, session, refuse = cn.sessions.fetchTopics(f, r.Topics)
+	}
 	var d policy.Decision
 	ok := false
 	if cn.p.opts.Decide != nil {
 		d, ok = cn.p.opts.Decide(cn.f.src, cn.f.dst)
 	}
-	if !ok {
+	switch {
+	case !ok:
 		r.Verdict.Reason = "no policy is computed yet"
-	} else {
+	case refuse != "":
+		r.Verdict.Reason = refuse
+	default:
 		r.Verdict = d.MatchKafka(policy.KafkaRequest{APIKey: h.key, APIVersion: h.version, ClientID: h.clientID, Topics: r.Topics})
-		if why := refuseFetch(req); r.Verdict.Allowed && why != "" {
-			r.Verdict.Allowed, r.Verdict.Reason = false, why
-		}
 	}
 	if r.Verdict.Allowed {
 		cn.p.report(r)
 		return pending{corr: h.corr, key: h.key, version: h.version, forwarded: expectsAnswer(req),
-			decision: d, clientID: h.clientID}, true, true
+			decision: d, clientID: h.clientID, session: session}, true, true
 	}
 	answer, answered := deniedAnswer(h, req)
 	if !answered {
@@ -515,6 +524,9 @@ func (cn *conn) writeAnswers() {
 					return
 				}
 				continue
+			}
+			if item.key == policy.KafkaFetch {
+				cn.sessions.answered(item.session, item.version, ub, n-4)
 			}
 			if _, err := cn.client.Write(head[:]); err != nil {
 				return

@@ -251,3 +251,42 @@ func TestAdvertise(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumeAcrossFetches: a consumer keeps reading the topic fetch after fetch (incremental
+// fetches of its session name no topic), and records produced after it started reach it.
+func TestConsumeAcrossFetches(t *testing.T) {
+	w := newWorld(t, seedRules)
+	w.seed(t, "notifications")
+	cl := w.client(t, kgo.ConsumeTopics("notifications"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(100*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := 0
+	for round := 0; got < 3; round++ {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("got %d records of 3", got)
+		}
+		for _, e := range fs.Errors() {
+			t.Fatalf("fetch error: %v", e.Err)
+		}
+		got += fs.NumRecords()
+		if fs.NumRecords() > 0 && got < 3 {
+			w.seed(t, "notifications") // one more, for a later fetch of the session
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fetches := 0
+	for _, r := range w.seen {
+		if r.APIKey == policy.KafkaFetch {
+			fetches++
+			if !r.Verdict.Allowed {
+				t.Errorf("fetch denied: %+v", r)
+			}
+		}
+	}
+	if fetches < 3 {
+		t.Errorf("%d fetches judged, want one per poll at least", fetches)
+	}
+}

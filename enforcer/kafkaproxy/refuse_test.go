@@ -252,27 +252,57 @@ func TestInFlightBound(t *testing.T) {
 	}
 }
 
-// TestFetchSessionRefused: a fetch that continues a fetch session (which the proxy never
-// advertises) reads topics it need not name: refused with error 29, at the top and on what it
-// names, though a rule allows every key.
-func TestFetchSessionRefused(t *testing.T) {
-	w := newWorld(t, []ciliumv2.PortRuleKafka{{Topic: "orders"}})
-	r := w.raw(t)
-	fetch := kmsg.NewPtrFetchRequest()
-	fetch.Version, fetch.SessionID, fetch.SessionEpoch = 12, 42, 3
-	ft := kmsg.NewFetchRequestTopic()
-	ft.Topic = "orders"
-	ft.Partitions = append(ft.Partitions, kmsg.NewFetchRequestTopicPartition())
-	fetch.Topics = append(fetch.Topics, ft)
-	r.send(fetch, 1, "c")
+// TestFetchSessions: a fetch session opened on a connection is judged, fetch after fetch, by
+// every topic it reads, though an incremental fetch names none; the same session ID sent on
+// another connection (another client's session) is refused with error 29, at the top and on what
+// the fetch names.
+func TestFetchSessions(t *testing.T) {
+	w := newWorld(t, seedRules)
+	w.seed(t, "notifications")
+	fetch := func(id, epoch int32, topic string) *kmsg.FetchRequest {
+		f := kmsg.NewPtrFetchRequest()
+		f.Version, f.SessionID, f.SessionEpoch, f.MaxBytes, f.MaxWaitMillis = 12, id, epoch, 1<<20, 10
+		if topic != "" {
+			ft := kmsg.NewFetchRequestTopic()
+			ft.Topic = topic
+			p := kmsg.NewFetchRequestTopicPartition()
+			p.PartitionMaxBytes = 1 << 20
+			ft.Partitions = append(ft.Partitions, p)
+			f.Topics = append(f.Topics, ft)
+		}
+		return f
+	}
+	a := w.raw(t)
+	a.send(fetch(0, 0, "notifications"), 1, "")
 	resp := kmsg.NewPtrFetchResponse()
 	resp.Version = 12
-	if got := r.answer(resp); got != 1 || resp.ErrorCode != 29 || len(resp.Topics) != 1 || resp.Topics[0].Partitions[0].ErrorCode != 29 {
-		t.Fatalf("answer %d: %+v", got, resp)
+	if a.answer(resp); resp.ErrorCode != 0 || resp.SessionID == 0 || len(resp.Topics) != 1 || resp.Topics[0].Partitions[0].ErrorCode != 0 {
+		t.Fatalf("opening fetch: %+v", resp)
+	}
+	id := resp.SessionID
+	a.send(fetch(id, 1, ""), 2, "")
+	resp = kmsg.NewPtrFetchResponse()
+	resp.Version = 12
+	if a.answer(resp); resp.ErrorCode != 0 || resp.SessionID != id {
+		t.Fatalf("incremental fetch on the session's connection: %+v", resp)
+	}
+	w.mu.Lock()
+	last := w.seen[len(w.seen)-1]
+	w.mu.Unlock()
+	if !last.Verdict.Allowed || len(last.Topics) != 1 || last.Topics[0] != "notifications" {
+		t.Errorf("the incremental fetch was judged %+v, want allowed on the session's notifications", last)
+	}
+
+	b := w.raw(t)
+	b.send(fetch(id, 2, "notifications"), 1, "")
+	resp = kmsg.NewPtrFetchResponse()
+	resp.Version = 12
+	if got := b.answer(resp); got != 1 || resp.ErrorCode != 29 || len(resp.Topics) != 1 || resp.Topics[0].Partitions[0].ErrorCode != 29 {
+		t.Fatalf("another connection's fetch on session %d: answer %d %+v", id, got, resp)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if last := w.seen[len(w.seen)-1]; last.Verdict.Allowed || !strings.Contains(last.Verdict.Reason, "continuing fetch session 42") {
+	if last := w.seen[len(w.seen)-1]; last.Verdict.Allowed || !strings.Contains(last.Verdict.Reason, "which was not opened on this connection") {
 		t.Errorf("reported %+v", last)
 	}
 }
