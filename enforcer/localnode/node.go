@@ -154,6 +154,12 @@ func sweepDeadRuns() {
 		}
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
 			os.RemoveAll(filepath.Join(runPinRoot, e.Name()))
+			if idHeld(id, pid) {
+				// Another process has claimed the dead run's id since, and routes through the
+				// same table: it removed the dead run's routing when it claimed the id
+				// (removeStalePods), and what is there now is its own.
+				continue
+			}
 			_ = proxyRoutes(id).Remove() // its proxy's routing too
 			_ = removeExternalRules(id)
 		}

@@ -241,6 +241,48 @@ func TestDeadRunsAreSwept(t *testing.T) {
 	}
 }
 
+// TestSweepSparesAReclaimedID: a dead run's id that a live process has claimed since keeps its
+// proxy routing when the dead run's pins are swept: the table and rule are the live process's
+// now (removing them stalled its proxied connections while other local nodes started).
+func TestSweepSparesAReclaimedID(t *testing.T) {
+	testenv.RequireBPF(t)
+	dead := 1 << 22 // above pid_max's default: no such process
+	const id = 198
+	pins := filepath.Join(runPinRoot, fmt.Sprintf("%d-%d", dead, id))
+	ids := filepath.Join(idDir, fmt.Sprint(id))
+	if err := os.MkdirAll(pins, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(pins); os.Remove(runPinRoot) })
+	if err := os.MkdirAll(ids, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(ids) })
+	// This process holds the id now, as a live run would, with its proxy's routing.
+	if err := os.WriteFile(filepath.Join(ids, "pid"), []byte(fmt.Sprint(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := proxyRoutes(id).Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxyRoutes(id).Remove() })
+	sweepDeadRuns()
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("the dead run's pins are still there: %v", err)
+	}
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := false
+	for _, r := range rules {
+		kept = kept || r.Table == proxyRoutes(id).Table
+	}
+	if !kept {
+		t.Error("the sweep removed the proxy routing of the process that holds the id now")
+	}
+}
+
 // TestDriftRepaired: entries changed behind the enforcer's back (as root can, through the pinned
 // maps) are written back by the node's drift repair, counted and logged, and a's policy holds
 // again.

@@ -69,9 +69,25 @@ func sweepDeadIDs() {
 	}
 }
 
-// removeStalePods deletes the pods and external hosts of run id (namespaces np<id>-*, host veths
-// np<id>h* and np<id>x*, the external hosts' routing rules) that a process which held the id
-// before left behind (killed before it could delete them): every process makes its pods under
+// idHeld says whether a process other than dead holds run id: its directory is there, being
+// claimed (no pid yet) or with a live owner's pid.
+func idHeld(id, dead int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("%s/%d/pid", idDir, id))
+	if os.IsNotExist(err) {
+		_, dirErr := os.Stat(fmt.Sprintf("%s/%d", idDir, id))
+		return dirErr == nil // claimed this instant: the pid comes next
+	}
+	var pid int
+	if _, scanErr := fmt.Sscan(string(data), &pid); err != nil || scanErr != nil || pid <= 0 || pid == dead {
+		return false
+	}
+	_, err = os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err == nil
+}
+
+// removeStalePods deletes the pods, external hosts and proxy routing of run id (namespaces
+// np<id>-*, host veths np<id>h* and np<id>x*, the external hosts' routing rules, the proxy's
+// table and rule) that a process which held the id before left behind (killed before it could delete them): every process makes its pods under
 // the id it holds, and this one holds id now, so none is another's.
 func removeStalePods(id int) {
 	entries, _ := os.ReadDir("/run/netns")
@@ -88,4 +104,5 @@ func removeStalePods(id int) {
 		}
 	}
 	_ = removeExternalRules(id)
+	_ = proxyRoutes(id).Remove()
 }
