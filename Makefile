@@ -89,6 +89,7 @@ bench: deps-bench
 	$(GO) test -run '^$$' -bench 'Matrix486' -benchtime 3x ./scenarios/
 	$(GO) test -run '^$$' -bench 'PushToEnforced' -benchtime 20x ./reconciler/
 	$(GO) test -run '^$$' -bench 'L7Proxy' -benchtime 1x ./enforcer/localnode/
+	$(GO) test -run '^$$' -bench 'KafkaProduce' -benchtime 1x ./enforcer/localnode/
 	$(GO) test -run '^$$' -bench 'DNSProxy' -benchtime 20000x ./enforcer/dnsproxy/
 
 fuzz:

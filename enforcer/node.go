@@ -545,8 +545,11 @@ func KafkaFlow(r kafkaproxy.Request, st *policy.State) datapath.Flow {
 	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
 		Src: r.Src.Addr(), Dst: r.Dst.Addr(), SrcPort: r.Src.Port(), DstPort: r.Dst.Port(),
 		L7: &datapath.L7Flow{Protocol: "Kafka", Denied: !r.Verdict.Allowed || r.Refused != "", HTTPRule: r.Verdict.Index,
-			Why: r.Verdict.Reason, Kafka: &datapath.KafkaFlow{APIKey: policy.KafkaKeyName(r.APIKey), APIVersion: r.APIVersion,
+			Why: r.Verdict.Reason, Kafka: &datapath.KafkaFlow{APIVersion: r.APIVersion,
 				CorrelationID: r.CorrelationID, Topics: r.Topics, ErrorCode: r.ErrorCode}}}
+	if r.APIKey >= 0 {
+		f.L7.Kafka.APIKey = policy.KafkaKeyName(r.APIKey)
+	}
 	if r.Refused != "" {
 		f.L7.Why = r.Refused
 	}

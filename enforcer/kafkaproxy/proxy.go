@@ -42,7 +42,8 @@ type Request struct {
 	// ErrorCode is what the proxy answered a denied request with (29); 0 when it was forwarded
 	// or not answered.
 	ErrorCode int16
-	Verdict   policy.KafkaVerdict
+	// APIKey is -1 when the proxy refused the connection before it read a request header.
+	Verdict policy.KafkaVerdict
 	// Refused says why the proxy closed the connection at this request: a request it cannot
 	// parse or that is over its bounds, or a denied request of a kind the proxy does not answer.
 	Refused string
@@ -224,7 +225,7 @@ func (p *Proxy) accept(l net.Listener) {
 		}
 		f := flow{src: tproxy.AddrPort(c.RemoteAddr()), dst: tproxy.AddrPort(c.LocalAddr())}
 		if over {
-			p.report(Request{Src: f.src, Dst: f.dst, Verdict: policy.KafkaVerdict{Index: -1},
+			p.report(Request{Src: f.src, Dst: f.dst, APIKey: -1, Verdict: policy.KafkaVerdict{Index: -1},
 				Refused: fmt.Sprintf("connection reset: the source has %d connections open through the proxy, the most it may", p.opts.MaxConnsPerSource)})
 			tproxy.Reset(c)
 			return true
@@ -236,7 +237,7 @@ func (p *Proxy) accept(l net.Listener) {
 			if f.dst.Addr().IsLoopback() {
 				// A connection to the listener itself, not a flow the datapath handed over:
 				// forwarding it would make the proxy connect to itself.
-				p.report(Request{Src: f.src, Dst: f.dst, Verdict: policy.KafkaVerdict{Index: -1},
+				p.report(Request{Src: f.src, Dst: f.dst, APIKey: -1, Verdict: policy.KafkaVerdict{Index: -1},
 					Refused: "a connection to the proxy's own listener, not a flow the datapath handed it: closed"})
 				c.Close()
 				return
@@ -329,7 +330,7 @@ func (cn *conn) readRequests() {
 		n := int32(binary.BigEndian.Uint32(size[:]))
 		frame, refused := cn.readFrame(n)
 		if refused != "" {
-			cn.p.report(Request{Src: cn.f.src, Dst: cn.f.dst, Verdict: policy.KafkaVerdict{Index: -1}, Refused: refused})
+			cn.p.report(Request{Src: cn.f.src, Dst: cn.f.dst, APIKey: -1, Verdict: policy.KafkaVerdict{Index: -1}, Refused: refused})
 			if !writer {
 				writer = true
 				go cn.writeAnswers()
@@ -344,7 +345,7 @@ func (cn *conn) readRequests() {
 		if up && cn.upstream == nil {
 			if err := cn.dial(); err != nil {
 				cn.p.buffered.Give(cn.f.src.Addr(), int64(len(frame)))
-				cn.p.report(Request{Src: cn.f.src, Dst: cn.f.dst, Verdict: policy.KafkaVerdict{Index: -1},
+				cn.p.report(Request{Src: cn.f.src, Dst: cn.f.dst, APIKey: -1, Verdict: policy.KafkaVerdict{Index: -1},
 					Refused: "the broker cannot be reached: " + err.Error()})
 				return
 			}
@@ -483,6 +484,11 @@ func (cn *conn) judge(frame []byte) (pending, bool, bool) {
 			policy.KafkaKeyName(h.key))
 		cn.p.report(r)
 		return pending{close: true}, false, false
+	}
+	if answer == nil {
+		// A Produce with acks 0: Kafka answers none, and neither does the proxy.
+		cn.p.report(r)
+		return pending{corr: h.corr, key: h.key}, false, true
 	}
 	r.ErrorCode = ErrTopicAuthorizationFailed
 	cn.p.report(r)

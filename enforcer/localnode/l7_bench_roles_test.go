@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-// BenchmarkL7Proxy's server and clients are processes of their own in the pods' namespaces, as
-// a pod's programs are (in the test process they would share its Go scheduler with the proxy):
-// the test binary started again with roleEnv set.
+// The benchmarks' servers and clients (BenchmarkL7Proxy's, BenchmarkKafkaProduce's) are processes
+// of their own in the pods' namespaces, as a pod's programs are (in the test process they would
+// share its Go scheduler with the proxy): the test binary started again with roleEnv set.
 const roleEnv = "NETPACT_L7BENCH_ROLE"
 
 func init() {
@@ -26,6 +26,10 @@ func init() {
 		benchServer(os.Args[len(os.Args)-1])
 	case "client":
 		benchClient()
+	case "kafka-broker":
+		kafkaBenchBroker(os.Args[len(os.Args)-2], os.Args[len(os.Args)-1])
+	case "kafka-producer":
+		kafkaBenchProducer()
 	default:
 		fmt.Fprintf(os.Stderr, "%s: unknown role %q\n", roleEnv, os.Getenv(roleEnv))
 		os.Exit(2)

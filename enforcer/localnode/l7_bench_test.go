@@ -45,34 +45,11 @@ spec:
 // with keep-alive) and the p99 added. A round with a failed request, or none, fails the benchmark.
 func BenchmarkL7Proxy(b *testing.B) {
 	n, c := testNode(b)
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	start := func(pod, role, arg string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
-		cmd := exec.Command("ip", "netns", "exec", n.Pod(pod).Netns, exe, arg)
-		cmd.Env = append(os.Environ(), roleEnv+"="+role)
-		cmd.Stderr = os.Stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			b.Fatalf("start the benchmark's %s: %v", role, err)
-		}
-		b.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
-		return cmd, in, bufio.NewReader(out)
-	}
-	_, _, srvOut := start("app/a", "server", "8081,8082")
+	_, srvOut := startRole(b, n, "app/a", "server", "8081,8082")
 	if l, err := srvOut.ReadString('\n'); err != nil || l != "ready\n" {
 		b.Fatalf("benchmark server: %q, %v", l, err)
 	}
-	_, clientIn, clientOut := start("app/b", "client", "-")
+	clientIn, clientOut := startRole(b, n, "app/b", "client", "-")
 	bundle, err := policy.LoadBytes("bench.yaml", []byte(benchPolicy), policy.LoadOptions{})
 	if err != nil {
 		b.Fatal(err)
@@ -151,4 +128,32 @@ func BenchmarkL7Proxy(b *testing.B) {
 		b.ReportMetric(ratio, "ratio-"+key)
 		b.ReportMetric(float64(added.Microseconds()), "us-p99-added-"+key)
 	}
+}
+
+// startRole starts the test binary again in pod's network namespace with roleEnv set to role
+// (l7_bench_roles_test.go), killed when the benchmark ends: its standard input, and its standard
+// output to read its answers from.
+func startRole(b *testing.B, n *Node, pod, role string, args ...string) (io.WriteCloser, *bufio.Reader) {
+	b.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Pod(pod).Netns, exe}, args...)...)
+	cmd.Env = append(os.Environ(), roleEnv+"="+role)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("start the benchmark's %s: %v", role, err)
+	}
+	b.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	return in, bufio.NewReader(out)
 }
