@@ -344,7 +344,7 @@ func (cn *conn) readRequests() {
 		item, up, ok := cn.judge(frame)
 		if up && cn.upstream == nil {
 			if err := cn.dial(); err != nil {
-				cn.p.buffered.Give(cn.f.src.Addr(), int64(len(frame)))
+				cn.release(frame)
 				cn.p.report(Request{Src: cn.f.src, Dst: cn.f.dst, APIKey: -1, Verdict: policy.KafkaVerdict{Index: -1},
 					Refused: "the broker cannot be reached: " + err.Error()})
 				return
@@ -357,17 +357,17 @@ func (cn *conn) readRequests() {
 		select {
 		case cn.queue <- item: // waits while MaxInFlight answers are due
 		case <-cn.done:
-			cn.p.buffered.Give(cn.f.src.Addr(), int64(len(frame)))
+			cn.release(frame)
 			return
 		}
 		if up {
 			_, err := cn.upstream.Write(frame)
-			cn.p.buffered.Give(cn.f.src.Addr(), int64(len(frame)))
+			cn.release(frame)
 			if err != nil {
 				return
 			}
 		} else {
-			cn.p.buffered.Give(cn.f.src.Addr(), int64(len(frame)))
+			cn.release(frame)
 		}
 		if !ok {
 			return
@@ -399,14 +399,55 @@ func (cn *conn) readFrame(n int32) ([]byte, string) {
 		return nil, fmt.Sprintf("a request of %d bytes refused: the source holds %d bytes in the proxy (most %d), the node %d (most %d): connection closed",
 			n, held, cn.p.opts.BufferedPerSource, all, cn.p.opts.BufferedTotal)
 	}
-	frame := make([]byte, total)
+	frame := getFrame(int(total))
 	binary.BigEndian.PutUint32(frame, uint32(n))
 	cn.client.SetReadDeadline(time.Now().Add(cn.p.opts.IdleTimeout))
 	if _, err := io.ReadFull(cn.br, frame[4:]); err != nil {
-		cn.p.buffered.Give(cn.f.src.Addr(), total)
+		cn.release(frame)
 		return nil, "connection ended within a request"
 	}
 	return frame, ""
+}
+
+// release gives a request's bytes back to the budget and its buffer to the pool, once it was
+// judged and written on (nothing refers to it then: what a report or an answer keeps is copied).
+func (cn *conn) release(frame []byte) {
+	cn.p.buffered.Give(cn.f.src.Addr(), int64(len(frame)))
+	putFrame(frame)
+}
+
+// framePools keep request buffers by size class, 4 KiB << i up to 16 MiB: a producer's requests
+// of about 1 MB each were otherwise a new buffer each, most of what the proxy allocated and the
+// collector's work (docs/benchmarks.md).
+var framePools [13]sync.Pool
+
+func frameClass(n int) int {
+	for i := range framePools {
+		if n <= 4096<<i {
+			return i
+		}
+	}
+	return -1
+}
+
+func getFrame(n int) []byte {
+	i := frameClass(n)
+	if i < 0 {
+		return make([]byte, n)
+	}
+	if b, ok := framePools[i].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 4096<<i)
+}
+
+func putFrame(b []byte) {
+	i := frameClass(cap(b))
+	if i < 0 || cap(b) != 4096<<i {
+		return
+	}
+	b = b[:0]
+	framePools[i].Put(&b)
 }
 
 // take takes n bytes of the budget, waiting a while for other requests to give theirs back.

@@ -76,6 +76,12 @@ type world struct {
 // newWorld starts a broker with topics, and a proxy judging by the rules on the flow's egress.
 func newWorld(t *testing.T, rules []ciliumv2.PortRuleKafka, brokerOpts ...kfake.Opt) *world {
 	t.Helper()
+	return newWorldLimits(t, rules, Limits{}, brokerOpts...)
+}
+
+// newWorldLimits is newWorld with the proxy's limits.
+func newWorldLimits(t *testing.T, rules []ciliumv2.PortRuleKafka, limits Limits, brokerOpts ...kfake.Opt) *world {
+	t.Helper()
 	w := &world{}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -99,7 +105,7 @@ func newWorld(t *testing.T, rules []ciliumv2.PortRuleKafka, brokerOpts ...kfake.
 	_ = port
 	w.proxied = ln.Addr().String()
 	decide := decideRules(t, rules)
-	w.p = newProxy(Options{Decide: decide, KeepSource: func(netip.Addr) bool { return false },
+	w.p = newProxy(Options{Decide: decide, KeepSource: func(netip.Addr) bool { return false }, Limits: limits,
 		OnRequest: func(r Request) { w.mu.Lock(); w.seen = append(w.seen, r); w.mu.Unlock() }})
 	dst := netip.MustParseAddrPort(w.broker.ListenAddrs()[0])
 	go func() {

@@ -218,8 +218,7 @@ func TestRefusals(t *testing.T) {
 // hold at most MaxInFlight of them and stop reading; the broker's answers wait in the kernel's
 // buffers, not the proxy's memory.
 func TestInFlightBound(t *testing.T) {
-	w := newWorld(t, seedRules)
-	w.p.opts.MaxInFlight = 4
+	w := newWorldLimits(t, seedRules, Limits{MaxInFlight: 4})
 	r := w.raw(t)
 	done := make(chan struct{})
 	go func() {
