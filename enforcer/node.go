@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -540,6 +541,9 @@ func DNSFlow(q dnsproxy.Query, st *policy.State) datapath.Flow {
 	return f
 }
 
+// maxFlowTopics is the most topics a Kafka request's flow event names.
+const maxFlowTopics = 16
+
 // KafkaFlow is a request the Kafka proxy judged as an L7 event of the flow stream.
 func KafkaFlow(r kafkaproxy.Request, st *policy.State) datapath.Flow {
 	f := datapath.Flow{Direction: r.Verdict.Direction, Reason: datapath.ReasonForwardProxy, Proto: policy.ProtoTCP,
@@ -547,6 +551,10 @@ func KafkaFlow(r kafkaproxy.Request, st *policy.State) datapath.Flow {
 		L7: &datapath.L7Flow{Protocol: "Kafka", Denied: !r.Verdict.Allowed || r.Refused != "", HTTPRule: r.Verdict.Index,
 			Why: r.Verdict.Reason, Kafka: &datapath.KafkaFlow{APIVersion: r.APIVersion,
 				CorrelationID: r.CorrelationID, Topics: r.Topics, ErrorCode: r.ErrorCode}}}
+	if n := len(r.Topics); n > maxFlowTopics {
+		// A flow event stays small, however many topics a request names (up to 10,000).
+		f.L7.Kafka.Topics = append(slices.Clone(r.Topics[:maxFlowTopics]), fmt.Sprintf("(%d more)", n-maxFlowTopics))
+	}
 	if r.APIKey >= 0 {
 		f.L7.Kafka.APIKey = policy.KafkaKeyName(r.APIKey)
 	}

@@ -50,14 +50,19 @@ var kafkaRoles = map[string][]int16{
 		KafkaFindCoordinator, KafkaJoinGroup, KafkaHeartbeat, KafkaLeaveGroup, KafkaSyncGroup, KafkaAPIVersions},
 }
 
-// KafkaTopicKey says whether requests of the key carry topics, so that a rule's topic applies to
-// them (Cilium's list; the topic of a rule is ignored for the other keys).
+// KafkaTopicKey says whether requests of the key may carry topics, so that a rule's topic applies
+// to them (the topic of a rule is ignored for the other keys). It is Cilium's list, and, where
+// netpact is stricter than Cilium 1.19, DescribeConfigs and AlterConfigs (32, 33: their resources
+// may be topics) and every key past Cilium's list (38 on: share groups, the new consumer group
+// protocol, DescribeTopicPartitions, OffsetDelete, ... read or change topics): Cilium ignored a
+// rule's topic for those, so that a rule with only a topic let them read any topic. The proxy
+// reads no topics of them, so only rules without a topic allow them.
 func KafkaTopicKey(key int16) bool {
 	switch key {
-	case 0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 34, 35, 37:
+	case 0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 32, 33, 34, 35, 37:
 		return true
 	}
-	return false
+	return key >= 38
 }
 
 // KafkaRequest is what a Kafka rule is matched against: the request header's API key, version
@@ -274,12 +279,16 @@ func (r KafkaRequest) String() string {
 		s += fmt.Sprintf(" from client %q", r.ClientID)
 	}
 	if len(r.Topics) > 0 {
-		ts := make([]string, len(r.Topics))
-		for i, t := range r.Topics {
-			ts[i] = t
+		const shown = 5 // a verdict's reason stays a line, however many topics the request names
+		var ts []string
+		for _, t := range r.Topics[:min(len(r.Topics), shown)] {
 			if t == "" {
-				ts[i] = "(a topic by ID)"
+				t = "(a topic by ID, or every topic)"
 			}
+			ts = append(ts, t)
+		}
+		if len(r.Topics) > shown {
+			ts = append(ts, fmt.Sprintf("and %d more", len(r.Topics)-shown))
 		}
 		s += " on " + strings.Join(ts, ", ")
 	}

@@ -18,7 +18,7 @@ func FuzzParseRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		named := topics(req)
+		named, _ := topics(req)
 		if f, ok := req.(*kmsg.FetchRequest); ok {
 			var s sessions
 			s.fetchTopics(f, named)

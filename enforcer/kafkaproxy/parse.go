@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -53,6 +54,11 @@ func parseRequest(b []byte) (h header, req kmsg.Request, err error) {
 			return h, nil, fmt.Errorf("a %s v%d request header: %w", policy.KafkaKeyName(h.key), h.version, err)
 		}
 	}
+	if h.key == policy.KafkaProduce {
+		if err := checkProduce(b, h.version); err != nil {
+			return h, nil, err
+		}
+	}
 	if err := req.ReadFrom(b); err != nil {
 		return h, nil, fmt.Errorf("a %s v%d request that does not parse: %w", policy.KafkaKeyName(h.key), h.version, err)
 	}
@@ -80,23 +86,35 @@ func skipTags(b []byte) ([]byte, error) {
 	return b, nil
 }
 
-// topics are the topics of the request kinds whose topics Cilium reads (produce, fetch, offsets,
-// metadata, offsetcommit, offsetfetch), as policy.KafkaRequest takes them; a topic named only by
-// ID is "".
-func topics(req kmsg.Request) []string {
-	var out []string
+// MaxTopics bounds the distinct topics a request may name (and a fetch session read): more is
+// refused, as no client sends them and each costs the proxy memory and time.
+const MaxTopics = 10000
+
+// topics are the distinct topics of the request kinds whose topics Cilium reads (produce, fetch,
+// offsets, metadata, offsetcommit, offsetfetch), as policy.KafkaRequest takes them, sorted; a
+// topic named only by ID, and "every topic" (a metadata or an offsetfetch group with a null
+// list), is "", which no rule's topic matches. ok is false past MaxTopics.
+func topics(req kmsg.Request) (out []string, ok bool) {
+	seen := map[string]bool{}
+	add := func(name string, id [16]byte) {
+		if id != ([16]byte{}) {
+			name = "" // by ID: a broker reads the ID when one is given
+		}
+		seen[name] = true
+	}
+	none := [16]byte{}
 	switch r := req.(type) {
 	case *kmsg.ProduceRequest:
 		for _, t := range r.Topics {
-			out = append(out, t.Topic)
+			add(t.Topic, t.TopicID)
 		}
 	case *kmsg.FetchRequest:
 		for _, t := range r.Topics {
-			out = append(out, t.Topic)
+			add(t.Topic, t.TopicID)
 		}
 	case *kmsg.ListOffsetsRequest:
 		for _, t := range r.Topics {
-			out = append(out, t.Topic)
+			add(t.Topic, none)
 		}
 	case *kmsg.MetadataRequest:
 		for _, t := range r.Topics {
@@ -104,23 +122,33 @@ func topics(req kmsg.Request) []string {
 			if t.Topic != nil {
 				name = *t.Topic
 			}
-			out = append(out, name)
+			add(name, t.TopicID)
 		}
 	case *kmsg.OffsetCommitRequest:
 		for _, t := range r.Topics {
-			out = append(out, t.Topic)
+			add(t.Topic, t.TopicID)
 		}
 	case *kmsg.OffsetFetchRequest:
 		for _, t := range r.Topics {
-			out = append(out, t.Topic)
+			add(t.Topic, none)
 		}
 		for _, g := range r.Groups {
+			if g.Topics == nil {
+				add("", none) // every topic of the group
+			}
 			for _, t := range g.Topics {
-				out = append(out, t.Topic)
+				add(t.Topic, t.TopicID)
 			}
 		}
 	}
-	return out
+	if len(seen) > MaxTopics {
+		return nil, false
+	}
+	for t := range seen {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out, true
 }
 
 // expectsAnswer says whether the broker answers the request: not a Produce with acks 0.
@@ -296,4 +324,150 @@ func advertise(keys []kmsg.ApiVersionsResponseApiKey, d policy.Decision, clientI
 		out = append(out, k)
 	}
 	return out
+}
+
+// maxProducePartitions bounds the partitions a Produce request may name, all topics together.
+const maxProducePartitions = 100000
+
+// checkProduce walks a Produce request's body (versions 0 to 13) without allocating, and refuses
+// one whose topics or partitions are more than the proxy takes: kmsg allocates each array by the
+// count the request claims, so a Produce of 16 MiB claiming millions of empty topics would make
+// the proxy allocate gigabytes before it found the claim false. Whatever else is wrong is left
+// to kmsg.
+func checkProduce(b []byte, version int16) error {
+	w := wire{b: b, flex: version >= 9}
+	if version >= 3 {
+		w.nullableString()
+	}
+	w.skip(2 + 4) // acks, timeout
+	topics := w.arrayLen()
+	if topics > MaxTopics {
+		return fmt.Errorf("a produce request naming %d topics, more than %d", topics, MaxTopics)
+	}
+	partitions := 0
+	for range topics {
+		if w.err != nil {
+			break
+		}
+		if version >= 13 {
+			w.skip(16) // topic ID
+		} else {
+			w.nullableString()
+		}
+		n := w.arrayLen()
+		if partitions += n; partitions > maxProducePartitions {
+			return fmt.Errorf("a produce request naming more than %d partitions", maxProducePartitions)
+		}
+		for range n {
+			if w.err != nil {
+				break
+			}
+			w.skip(4) // partition
+			w.nullableBytes()
+			w.tags()
+		}
+		w.tags()
+	}
+	return nil
+}
+
+// wire reads the Kafka encoding just enough to skip through it; err is set at the first read
+// past the end, after which every read is empty.
+type wire struct {
+	b    []byte
+	flex bool
+	err  error
+}
+
+func (w *wire) skip(n int) {
+	if w.err != nil {
+		return
+	}
+	if n < 0 || n > len(w.b) {
+		w.err, w.b = errors.New("short"), nil
+		return
+	}
+	w.b = w.b[n:]
+}
+
+func (w *wire) uvarint() uint64 {
+	if w.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(w.b)
+	if n <= 0 {
+		w.err, w.b = errors.New("bad varint"), nil
+		return 0
+	}
+	w.b = w.b[n:]
+	return v
+}
+
+func (w *wire) int16() int16 {
+	if w.err != nil || len(w.b) < 2 {
+		w.skip(2)
+		return 0
+	}
+	v := int16(binary.BigEndian.Uint16(w.b))
+	w.b = w.b[2:]
+	return v
+}
+
+func (w *wire) int32() int32 {
+	if w.err != nil || len(w.b) < 4 {
+		w.skip(4)
+		return 0
+	}
+	v := int32(binary.BigEndian.Uint32(w.b))
+	w.b = w.b[4:]
+	return v
+}
+
+// arrayLen is an array's claimed count (0 for null), which the bytes left must be able to hold at
+// a byte an element at least.
+func (w *wire) arrayLen() int {
+	var n int
+	if w.flex {
+		n = int(min(w.uvarint(), 1<<31)) - 1
+	} else {
+		n = int(w.int32())
+	}
+	if n < 0 {
+		return 0
+	}
+	if n > len(w.b) {
+		w.err, w.b = errors.New("short"), nil
+		return 0
+	}
+	return n
+}
+
+func (w *wire) nullableString() {
+	if w.flex {
+		w.skip(int(min(w.uvarint(), 1<<31)) - 1)
+		return
+	}
+	if n := w.int16(); n > 0 {
+		w.skip(int(n))
+	}
+}
+
+func (w *wire) nullableBytes() {
+	if w.flex {
+		w.skip(int(min(w.uvarint(), 1<<31)) - 1)
+		return
+	}
+	if n := w.int32(); n > 0 {
+		w.skip(int(n))
+	}
+}
+
+func (w *wire) tags() {
+	if !w.flex {
+		return
+	}
+	for range min(w.uvarint(), uint64(len(w.b))) {
+		w.uvarint()
+		w.skip(int(min(w.uvarint(), 1<<31)))
+	}
 }

@@ -68,8 +68,11 @@ type Limits struct {
 	// DialTimeout bounds connecting to the broker; 5 s.
 	DialTimeout time.Duration
 	// IdleTimeout closes a connection with no request for this long, and bounds the wait for a
-	// request's bytes once its size came and for a broker's answer; 5 min.
+	// broker's answer and for the client to take one; 5 min.
 	IdleTimeout time.Duration
+	// RequestTimeout bounds reading a request once its size came: a client cannot hold the
+	// bytes it announced for the idle timeout; 30 s.
+	RequestTimeout time.Duration
 	// MaxProduceBytes bounds a Produce request (its record batches); 16 MiB. MaxRequestBytes
 	// bounds every other request; 1 MiB. A request over its bound closes the connection.
 	MaxProduceBytes, MaxRequestBytes int
@@ -104,6 +107,7 @@ func (l *Limits) setDefaults() {
 	}
 	def(&l.DialTimeout, 5*time.Second)
 	def(&l.IdleTimeout, 5*time.Minute)
+	def(&l.RequestTimeout, 30*time.Second)
 	defInt := func(d *int, v int) {
 		if *d <= 0 {
 			*d = v
@@ -136,6 +140,7 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
+	served map[*conn]struct{} // the connections being served, both sides of which Close closes
 	perSrc map[netip.Addr]int
 	closed bool
 	wg     sync.WaitGroup
@@ -160,7 +165,7 @@ func Listen(port uint16, opts Options) (*Proxy, error) {
 func newProxy(opts Options) *Proxy {
 	opts.Limits.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Proxy{opts: opts, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, perSrc: map[netip.Addr]int{},
+	return &Proxy{opts: opts, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, served: map[*conn]struct{}{}, perSrc: map[netip.Addr]int{},
 		parsing:  make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 		buffered: tproxy.NewBudget(opts.BufferedPerSource, opts.BufferedTotal)}
 }
@@ -179,7 +184,14 @@ func (p *Proxy) Close() error {
 	for c := range p.conns {
 		c.Close()
 	}
+	served := make([]*conn, 0, len(p.served))
+	for cn := range p.served {
+		served = append(served, cn)
+	}
 	p.mu.Unlock()
+	for _, cn := range served {
+		cn.closeAll() // a writer waiting on the broker wakes too
+	}
 	var errs []error
 	for _, l := range p.listeners {
 		errs = append(errs, l.Close())
@@ -295,10 +307,27 @@ type conn struct {
 func (p *Proxy) serve(c net.Conn, f flow) {
 	cn := &conn{p: p, f: f, client: c, br: bufio.NewReaderSize(c, 16<<10),
 		queue: make(chan pending, p.opts.MaxInFlight), done: make(chan struct{})}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.served[cn] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.served, cn)
+		p.mu.Unlock()
+	}()
 	defer cn.closeAll()
 	cn.readRequests()
 	close(cn.queue)
 	<-cn.done
+	// Answers the writer did not get to give their bytes back.
+	for item := range cn.queue {
+		cn.p.buffered.Give(cn.f.src.Addr(), int64(len(item.answer)))
+	}
 }
 
 // closeAll closes both connections: whichever side ends first ends the other.
@@ -401,7 +430,7 @@ func (cn *conn) readFrame(n int32) ([]byte, string) {
 	}
 	frame := getFrame(int(total))
 	binary.BigEndian.PutUint32(frame, uint32(n))
-	cn.client.SetReadDeadline(time.Now().Add(cn.p.opts.IdleTimeout))
+	cn.client.SetReadDeadline(time.Now().Add(cn.p.opts.RequestTimeout))
 	if _, err := io.ReadFull(cn.br, frame[4:]); err != nil {
 		cn.release(frame)
 		return nil, "connection ended within a request"
@@ -461,6 +490,8 @@ func (cn *conn) take(n int64) bool {
 		case <-time.After(5 * time.Millisecond):
 		case <-cn.done:
 			return false
+		case <-cn.p.ctx.Done():
+			return false
 		}
 	}
 	return true
@@ -485,9 +516,11 @@ func (cn *conn) dial() error {
 // judge parses and judges one request frame: the item to queue, whether the frame goes to the
 // broker, and whether the connection goes on.
 func (cn *conn) judge(frame []byte) (pending, bool, bool) {
+	// The slot is held for the whole judgement: the parsed request, its topics and the answer
+	// take several times the request's bytes until then.
 	cn.p.parsing <- struct{}{}
+	defer func() { <-cn.p.parsing }()
 	h, req, err := parseRequest(frame[4:])
-	<-cn.p.parsing
 	r := Request{Src: cn.f.src, Dst: cn.f.dst, APIKey: h.key, APIVersion: h.version, CorrelationID: h.corr, ClientID: h.clientID,
 		Verdict: policy.KafkaVerdict{Index: -1}}
 	if err != nil {
@@ -495,7 +528,12 @@ func (cn *conn) judge(frame []byte) (pending, bool, bool) {
 		cn.p.report(r)
 		return pending{close: true}, false, false
 	}
-	r.Topics = topics(req)
+	var named bool
+	if r.Topics, named = topics(req); !named {
+		r.Refused = fmt.Sprintf("a %s request naming more than %d topics: connection closed", policy.KafkaKeyName(h.key), MaxTopics)
+		cn.p.report(r)
+		return pending{close: true}, false, false
+	}
 	var session *fetchSession
 	refuse := ""
 	if f, isFetch := req.(*kmsg.FetchRequest); isFetch {
@@ -531,9 +569,23 @@ func (cn *conn) judge(frame []byte) (pending, bool, bool) {
 		cn.p.report(r)
 		return pending{corr: h.corr, key: h.key}, false, true
 	}
+	// The answer waits for the client to read it: the source's budget holds it until then.
+	if !cn.p.buffered.Take(cn.f.src.Addr(), int64(len(answer))) {
+		r.Refused = fmt.Sprintf("an answer of %d bytes to a denied request, over the bytes the source may hold in the proxy: connection closed", len(answer))
+		cn.p.report(r)
+		return pending{close: true}, false, false
+	}
 	r.ErrorCode = ErrTopicAuthorizationFailed
 	cn.p.report(r)
 	return pending{corr: h.corr, key: h.key, answer: answer}, false, true
+}
+
+// write writes to the client, which must take it within the idle timeout: a client that stops
+// reading its answers ends its connection rather than holding the proxy's.
+func (cn *conn) write(b []byte) error {
+	cn.client.SetWriteDeadline(time.Now().Add(cn.p.opts.IdleTimeout))
+	_, err := cn.client.Write(b)
+	return err
 }
 
 // writeAnswers writes the client its answers in the order of its requests, until the queue ends
@@ -548,7 +600,10 @@ func (cn *conn) writeAnswers() {
 		case item.close:
 			return
 		case item.answer != nil:
-			if _, err := cn.client.Write(item.answer); err != nil {
+			err := cn.write(item.answer)
+			cn.p.buffered.Give(cn.f.src.Addr(), int64(len(item.answer)))
+			item.answer = nil
+			if err != nil {
 				return
 			}
 		case item.forwarded:
@@ -575,10 +630,10 @@ func (cn *conn) writeAnswers() {
 			if item.key == policy.KafkaFetch {
 				cn.sessions.answered(item.session, item.version, ub, n-4)
 			}
-			if _, err := cn.client.Write(head[:]); err != nil {
+			if err := cn.write(head[:]); err != nil {
 				return
 			}
-			if _, err := io.CopyN(cn.client, ub, int64(n-4)); err != nil {
+			if _, err := io.CopyN(deadlineWriter{cn}, ub, int64(n-4)); err != nil {
 				return
 			}
 		}
@@ -604,9 +659,18 @@ func (cn *conn) writeAPIVersions(ub *bufio.Reader, head [8]byte, n int32, item p
 		out = resp.AppendTo(nil)
 	}
 	binary.BigEndian.PutUint32(head[:4], uint32(len(out)+4))
-	if _, err := cn.client.Write(head[:]); err != nil {
+	if err := cn.write(head[:]); err != nil {
 		return err
 	}
-	_, err := cn.client.Write(out)
-	return err
+	return cn.write(out)
+}
+
+// deadlineWriter writes to the client with cn.write's deadline.
+type deadlineWriter struct{ cn *conn }
+
+func (w deadlineWriter) Write(b []byte) (int, error) {
+	if err := w.cn.write(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

@@ -45,7 +45,14 @@ func (s *sessions) fetchTopics(f *kmsg.FetchRequest, named []string) (judged []s
 		return named, nil, ""
 	}
 	switch {
-	case f.SessionID == 0 && f.SessionEpoch == 0:
+	case f.SessionEpoch == 0:
+		// A full fetch that opens a session, closing the one it names if any (a client does
+		// that after an error): it reads what it names.
+		if f.SessionID != 0 {
+			s.mu.Lock()
+			delete(s.m, f.SessionID)
+			s.mu.Unlock()
+		}
 		return named, &fetchSession{open: true, topics: union(nil, named)}, ""
 	case f.SessionEpoch == -1:
 		// A fetch outside any session, closing the one it names: it reads what it names.
@@ -55,12 +62,17 @@ func (s *sessions) fetchTopics(f *kmsg.FetchRequest, named []string) (judged []s
 		return named, nil, ""
 	case f.SessionID != 0 && f.SessionEpoch > 0:
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		known, ok := s.m[f.SessionID]
-		s.mu.Unlock()
 		if !ok {
 			return named, nil, fmt.Sprintf("fetch continuing session %d, which was not opened on this connection: the proxy cannot tell which topics it reads", f.SessionID)
 		}
 		all := union(known, named)
+		if len(all) > MaxTopics {
+			return named, nil, fmt.Sprintf("fetch session %d reading more than %d topics", f.SessionID, MaxTopics)
+		}
+		// Recorded now: a fetch sent before this one's answer reads these topics too.
+		s.m[f.SessionID] = all
 		return all, &fetchSession{id: f.SessionID, topics: all}, ""
 	}
 	return named, nil, fmt.Sprintf("fetch with session %d and epoch %d, which the protocol does not have", f.SessionID, f.SessionEpoch)
@@ -95,8 +107,6 @@ func (s *sessions) answered(fs *fetchSession, version int16, body *bufio.Reader,
 			}
 		}
 		s.m[id] = fs.topics
-	case !fs.open:
-		s.m[fs.id] = fs.topics
 	}
 }
 
@@ -125,11 +135,13 @@ func fetchAnswerHead(r *bufio.Reader, version int16, size int32) (int16, int32, 
 	return int16(binary.BigEndian.Uint16(b[4:])), int32(binary.BigEndian.Uint32(b[6:])), true
 }
 
-// union is a and the topics of b not in a, sorted.
+// union is the topics of a and b, each once, sorted.
 func union(a, b []string) []string {
-	out := slices.Clone(a)
-	for _, t := range b {
-		if !slices.Contains(out, t) {
+	seen := make(map[string]bool, len(a)+len(b))
+	out := make([]string, 0, len(a)+len(b))
+	for _, t := range append(slices.Clip(a), b...) {
+		if !seen[t] {
+			seen[t] = true
 			out = append(out, t)
 		}
 	}
