@@ -299,11 +299,13 @@ func frame(corr int32, resp kmsg.Response) []byte {
 // send it (franz-go then produces without InitProducerID, which a produce role does not allow).
 func advertise(keys []kmsg.ApiVersionsResponseApiKey, d policy.Decision, clientID string) []kmsg.ApiVersionsResponseApiKey {
 	out := keys[:0]
+	seen := map[int16]bool{}
 	for _, k := range keys {
 		req := kmsg.RequestForKey(k.ApiKey)
-		if req == nil {
-			continue
+		if req == nil || seen[k.ApiKey] {
+			continue // a key the proxy does not read, or a broker that lists one twice
 		}
+		seen[k.ApiKey] = true
 		maxV := min(k.MaxVersion, req.MaxVersion())
 		if c, ok := policy.KafkaMaxVersion(k.ApiKey); ok {
 			maxV = min(maxV, c)
