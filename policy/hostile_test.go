@@ -237,3 +237,41 @@ func TestBundleBounds(t *testing.T) {
 	_, err := loadWithin(t, 10*time.Second, root)
 	wantLoadError(t, err, "the bundle is larger than 64 MiB in all")
 }
+
+// TestKafkaRuleFieldsRefused: a Kafka rule's apiKey must be one of Cilium's names and its
+// apiVersion a number from 0 to 32767 (Cilium's Sanitize refuses "-1" too); each error names
+// the file, line and field.
+func TestKafkaRuleFieldsRefused(t *testing.T) {
+	doc := `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: k, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {apiKey: sharefetch}
+        - {apiKey: Produce, apiVersion: "-1"}
+        - {role: Consume, apiVersion: "99999"}
+        - {role: produce, apiKey: fetch}
+`
+	_, err := LoadBytes("k.yaml", []byte(doc), LoadOptions{})
+	if err == nil {
+		t.Fatal("the rules validated")
+	}
+	for _, want := range []string{
+		`k.yaml:11:`, `rules.kafka[0].apiKey: unknown Kafka API key "sharefetch"`,
+		`rules.kafka[1].apiVersion: invalid Kafka API version "-1"`,
+		`rules.kafka[2].apiVersion: invalid Kafka API version "99999"`,
+		`rules.kafka[3].apiKey: role and apiKey cannot both be set`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "kafka[1].apiKey") || strings.Contains(err.Error(), "kafka[2].role") {
+		t.Errorf("a case-insensitive name or role was refused:\n%v", err)
+	}
+}
