@@ -164,12 +164,7 @@ func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []pol
 					continue
 				}
 				d := state.DecideResolved(sa, da, dst.names, p.Protocol, p.Port)
-				c := matrix.Cell[policy.Outcome]{Key: matrix.Key{From: src.name, To: dst.name, Port: matrix.Port{Number: p.Port, Protocol: p.Protocol}},
-					Predicted: d.Outcome, Reason: d.Reason(), Proxy: d.Proxy, Kafka: d.KafkaTopics()}
-				if d.Rule != nil {
-					c.Rule = d.Rule.String()
-				}
-				m.Set(c)
+				m.Set(matrix.Decided(matrix.Key{From: src.name, To: dst.name, Port: matrix.Port{Number: p.Port, Protocol: p.Protocol}}, d))
 			}
 		}
 	}

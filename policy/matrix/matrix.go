@@ -72,6 +72,38 @@ type Cell[O Outcome] struct {
 	Proxy policy.L7Parser `json:"proxy,omitempty"`
 	// Kafka is, for a flow the Kafka proxy judges, what the rules let a client do per topic.
 	Kafka []policy.KafkaTopicVerdict `json:"kafka,omitempty"`
+	// L7 are the rules the proxy judges each request by (Proxy http or dns): what an L7 cell is.
+	L7 *policy.L7Policy `json:"l7,omitempty"`
+	// Resolved is, for a toFQDNs cell, the destination's name the source must resolve.
+	Resolved string `json:"resolved,omitempty"`
+	// EnforcedBy names, for a default-deny drop, the policy section that switched default deny
+	// on, with its file and line.
+	EnforcedBy string `json:"enforcedBy,omitempty"`
+	// AuditedBy names, for an audited cell, the rule or default deny of a policy in audit mode
+	// that would drop it.
+	AuditedBy string `json:"auditedBy,omitempty"`
+}
+
+// Decided is the cell of a key the engine decided: the one place a policy.Decision becomes a
+// matrix cell, for predict and plan alike.
+func Decided(k Key, d policy.Decision) Cell[policy.Outcome] {
+	c := Cell[policy.Outcome]{Key: k, Predicted: d.Outcome, Reason: d.Reason(), Proxy: d.Proxy, Kafka: d.KafkaTopics()}
+	if d.Rule != nil {
+		c.Rule = d.Rule.String()
+	}
+	if d.Proxy == policy.ParserHTTP || d.Proxy == policy.ParserDNS {
+		c.L7 = d.L7
+	}
+	if d.Outcome == policy.OutcomeOnceResolved {
+		c.Resolved = d.Resolved.Name
+	}
+	if d.Outcome == policy.OutcomeDefaultDenied && len(d.EnforcedBy) > 0 {
+		c.EnforcedBy = d.EnforcedBy[0].String()
+	}
+	if d.Outcome == policy.OutcomeAudited && len(d.Audited) > 0 {
+		c.AuditedBy = d.Audited[0].String()
+	}
+	return c
 }
 
 // Outcome is the cell's answer in col, which names one column.

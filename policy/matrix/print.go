@@ -16,18 +16,7 @@ const notProbed = "-"
 // form). Cells show their Mark, "-" where there is no cell.
 func (m *Matrix[O]) Table(w io.Writer, indent string, col Column) {
 	for _, port := range m.Ports() {
-		var froms, tos []string
-		for _, c := range m.Cells() {
-			if c.Port != port {
-				continue
-			}
-			if !slices.Contains(froms, c.From) {
-				froms = append(froms, c.From)
-			}
-			if !slices.Contains(tos, c.To) {
-				tos = append(tos, c.To)
-			}
-		}
+		froms, tos := m.Grid(port)
 		fmt.Fprintf(w, "%s%s\n", indent, port)
 		tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 		fmt.Fprint(tw, indent+`from \ to`)
@@ -49,6 +38,24 @@ func (m *Matrix[O]) Table(w io.Writer, indent string, col Column) {
 		tw.Flush()
 		fmt.Fprintln(w)
 	}
+}
+
+// Grid is the rows and columns of a port's table: the sources and the destinations that have a
+// cell on the port, each in the order the cells first name them. Every rendering of a table
+// (text, HTML, picture) lays it out from here and looks its cells up with Get.
+func (m *Matrix[O]) Grid(port Port) (froms, tos []string) {
+	for _, c := range m.Cells() {
+		if c.Port != port {
+			continue
+		}
+		if !slices.Contains(froms, c.From) {
+			froms = append(froms, c.From)
+		}
+		if !slices.Contains(tos, c.To) {
+			tos = append(tos, c.To)
+		}
+	}
+	return froms, tos
 }
 
 // byLabel orders ports as netpact test has always listed them, by their text ("443/TCP" before
