@@ -77,16 +77,17 @@ func LoadClusterFile(name string, data []byte) (*ClusterFile, error) {
 		at := w.index.lookup("kind")
 		return nil, ErrorList{{File: name, Line: at.line, Column: at.col, Field: "kind", Message: fmt.Sprintf("kind %q is not a cluster description; use kind: Cluster", cf.Kind)}}
 	}
-	for i, p := range cf.Endpoints {
-		if len(p.IPs) == 0 {
-			at := w.index.lookup(fmt.Sprintf("pods[%d]", i))
-			errs = append(errs, &Error{File: name, Line: at.line, Column: at.col, Field: fmt.Sprintf("pods[%d].ips", i), Message: fmt.Sprintf("pod %s/%s needs at least one address", p.Namespace, p.Name)})
-		}
+	// A port without a protocol is TCP, as Kubernetes defaults a container port's.
+	for i := range cf.Endpoints {
+		defaultTCP(cf.Endpoints[i].Ports)
 	}
-	if len(errs) > 0 {
-		return nil, errs
+	for i := range cf.External {
+		defaultTCP(cf.External[i].Ports)
 	}
 	if err := cf.Cluster.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := cf.addressPods(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	cf.Notices = reservedLabelNotices(name, &cf.Cluster, w.index)
@@ -107,4 +108,55 @@ func reservedLabelNotices(file string, c *Cluster, at docIndex) []Notice {
 		}
 	}
 	return out
+}
+
+func defaultTCP(ports []NamedPort) {
+	for i := range ports {
+		if ports[i].Protocol == ProtoAny {
+			ports[i].Protocol = ProtoTCP
+		}
+	}
+}
+
+// Ranges the addresses of pods that list none are taken from, skipping every address the file
+// uses. Which ones a pod gets changes nothing: policy never matches a pod by its address (a
+// CIDR rule selects only what is outside the cluster).
+var (
+	podAddressesV4 = netip.MustParsePrefix("100.64.0.0/10")
+	podAddressesV6 = netip.MustParsePrefix("fd6e:7061:6374::/64")
+)
+
+// addressPods gives each pod that lists no address one of each family, so that predict can
+// probe it: a cluster file need not copy pod IPs.
+func (cf *ClusterFile) addressPods() error {
+	used := map[netip.Addr]bool{}
+	for _, n := range cf.Nodes {
+		for _, ip := range n.IPs {
+			used[ip] = true
+		}
+	}
+	for _, ep := range cf.Endpoints {
+		for _, ip := range ep.IPs {
+			used[ip] = true
+		}
+	}
+	for _, ex := range cf.External {
+		used[ex.IP] = true
+	}
+	next := []netip.Addr{podAddressesV4.Addr(), podAddressesV6.Addr()}
+	for i := range cf.Endpoints {
+		if len(cf.Endpoints[i].IPs) > 0 {
+			continue
+		}
+		for f, prefix := range []netip.Prefix{podAddressesV4, podAddressesV6} {
+			for next[f] = next[f].Next(); used[next[f]]; next[f] = next[f].Next() {
+			}
+			if !prefix.Contains(next[f]) {
+				return fmt.Errorf("more pods without addresses than %s holds", prefix)
+			}
+			cf.Endpoints[i].IPs = append(cf.Endpoints[i].IPs, next[f])
+			used[next[f]] = true
+		}
+	}
+	return nil
 }

@@ -269,6 +269,33 @@ func (s *Source) Fetch(ctx context.Context, parent string, rev Revision) (string
 	return dir, commit, nil
 }
 
+// CheckOutLocal writes the tree of a revision of the local repository around path (found as git
+// does, from path upwards) into dir, within the bounds a fetched checkout has, and returns the
+// repository's top folder and the commit. The revision is anything go-git resolves: a branch, a
+// tag, a hash, HEAD~1.
+func CheckOutLocal(path, rev, dir string) (string, *object.Commit, error) {
+	repo, err := git.PlainOpenWithOptions(path, &git.PlainOpenOptions{DetectDotGit: true, EnableDotGitCommonDir: true})
+	if err != nil {
+		return "", nil, fmt.Errorf("open the git repository at %s: %w", path, err)
+	}
+	wt, err := repo.Worktree()
+	if err != nil {
+		return "", nil, fmt.Errorf("open the git repository at %s: %w", path, err)
+	}
+	hash, err := repo.ResolveRevision(plumbing.Revision(rev))
+	if err != nil {
+		return "", nil, fmt.Errorf("resolve revision %q: %w", rev, err)
+	}
+	commit, err := repo.CommitObject(*hash)
+	if err != nil {
+		return "", nil, fmt.Errorf("read commit %s: %w", hash, err)
+	}
+	if err := checkOut(commit, dir); err != nil {
+		return "", nil, fmt.Errorf("check out %s (%s): %w", rev, hash.String()[:12], err)
+	}
+	return wt.Filesystem.Root(), commit, nil
+}
+
 // Bounds of a checkout: a small repository can hold blobs that inflate to gigabytes, and the
 // controller's scratch directory is the node's disk.
 const (

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,6 +40,8 @@ type host struct {
 	ports []policy.NamedPort
 	// names are an external host's DNS names.
 	names []string
+	// pods are, for pods, the pods the host stands for (one, or a group's), as namespace/name.
+	pods []string
 }
 
 func (h host) addr(v6 bool) (netip.Addr, bool) {
@@ -52,7 +55,7 @@ func (h host) addr(v6 bool) (netip.Addr, bool) {
 
 func newPredictCommand() *cobra.Command {
 	var clusterPath, output, namespace, mode string
-	var ports []string
+	var ports, pods []string
 	var ipv6, enforceHost, verbose bool
 	cmd := &cobra.Command{
 		Use:   "predict --cluster CLUSTER.yaml PATH...",
@@ -81,7 +84,12 @@ func newPredictCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			predicted := predictedMatrix(state, cf, override, ipv6)
+			filter, err := parsePodFilter(pods)
+			if err != nil {
+				return err
+			}
+			hosts, _ := hostsOf(cf, false)
+			predicted := predictedMatrix(state, hosts, filter, override, ipv6)
 			switch output {
 			case "json":
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -99,12 +107,15 @@ func newPredictCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for policies that name none (default \"default\")")
 	cmd.Flags().StringVar(&mode, "mode", "default", "policy enforcement mode: default, always or never")
 	cmd.Flags().StringSliceVar(&ports, "port", nil, "probe these ports on every destination instead of its declared ports (80, 53/UDP, ...)")
+	cmd.Flags().StringSliceVar(&pods, "pod", nil, podFlagUsage)
 	cmd.Flags().BoolVar(&ipv6, "ipv6", false, "probe IPv6 addresses instead of IPv4")
 	cmd.Flags().BoolVar(&enforceHost, "enforce-host", false, "do not implicitly allow the local host to reach its pods")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every probe with the rule that decided it")
 	_ = cmd.MarkFlagRequired("cluster")
 	return cmd
 }
+
+const podFlagUsage = "only the cells from or to these pods: namespace/name or a name, shell globs allowed (production/*)"
 
 // readClusterFile loads a cluster description; its errors go to stderr, and so do its notices,
 // marked as validate marks a policy file's.
@@ -139,20 +150,129 @@ func parsePorts(specs []string) ([]policy.NamedPort, error) {
 	return out, nil
 }
 
-// predictedMatrix is the engine's verdict for every pair of hosts on each destination's ports
-// (or the override's): pods by name, then external addresses as the file lists them.
-func predictedMatrix(state *policy.State, cf *policy.ClusterFile, override []policy.NamedPort, ipv6 bool) *matrix.Matrix[policy.Outcome] {
-	var hosts []host
+// hostsOf is the cluster file's probe hosts: pods by name, then external addresses as the file
+// lists them. With group, pods of a namespace that the engine cannot tell apart (the same
+// labels, service account and ports) are one host, named for them all, and the groups say which
+// pods each pod host stands for.
+func hostsOf(cf *policy.ClusterFile, group bool) ([]host, []matrix.Group) {
+	var order []string
+	byKey := map[string][]policy.Endpoint{}
 	for _, ep := range cf.Endpoints {
-		hosts = append(hosts, host{name: ep.Namespace + "/" + ep.Name, ips: ep.IPs, ports: ep.Ports})
+		k := ep.Namespace + "/" + ep.Name
+		if group {
+			k = podClass(ep)
+		}
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
+		}
+		byKey[k] = append(byKey[k], ep)
+	}
+	var hosts []host
+	var groups []matrix.Group
+	taken := map[string]bool{}
+	for _, ep := range cf.Endpoints {
+		taken[ep.Namespace+"/"+ep.Name] = true
+	}
+	for _, k := range order {
+		eps := byKey[k]
+		sort.Slice(eps, func(i, j int) bool { return eps[i].Name < eps[j].Name })
+		g := matrix.Group{Name: eps[0].Namespace + "/" + eps[0].Name}
+		if len(eps) > 1 {
+			g.Name = groupName(eps, taken)
+		}
+		for _, ep := range eps {
+			g.Pods = append(g.Pods, ep.Namespace+"/"+ep.Name)
+		}
+		groups = append(groups, g)
+		hosts = append(hosts, host{name: g.Name, ips: eps[0].IPs, ports: eps[0].Ports, pods: g.Pods})
 	}
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].name < hosts[j].name })
+	sort.Slice(groups, func(i, j int) bool { return groups[i].Name < groups[j].Name })
 	for _, ex := range cf.External {
 		hosts = append(hosts, host{name: ex.Name, ips: []netip.Addr{ex.IP}, ports: ex.Ports, names: ex.Names})
 	}
+	return hosts, groups
+}
+
+// podClass is what the engine decides a pod's traffic by, besides its addresses (which policy
+// never matches for a pod): namespace, labels, service account and ports. Its node decides only
+// what the node's host may reach, and hosts are not in the matrix.
+func podClass(ep policy.Endpoint) string {
+	b, _ := json.Marshal(struct {
+		NS, SA string
+		Labels map[string]string
+		Ports  []policy.NamedPort
+	}{ep.Namespace, ep.ServiceAccount, ep.Labels, ep.Ports})
+	return string(b)
+}
+
+// groupName names pods the engine cannot tell apart: their namespace, the longest prefix their
+// names share (a Deployment's or StatefulSet's name), and how many they are.
+func groupName(eps []policy.Endpoint, taken map[string]bool) string {
+	prefix := eps[0].Name
+	for _, ep := range eps[1:] {
+		for !strings.HasPrefix(ep.Name, prefix) {
+			prefix = prefix[:len(prefix)-1]
+		}
+	}
+	prefix = strings.TrimRight(prefix, "-.")
+	if prefix == "" {
+		prefix = eps[0].Name
+	}
+	base := fmt.Sprintf("%s/%s (%d pods)", eps[0].Namespace, prefix, len(eps))
+	name := base
+	for i := 2; taken[name]; i++ {
+		name = fmt.Sprintf("%s #%d", base, i)
+	}
+	taken[name] = true
+	return name
+}
+
+// podFilter is --pod: patterns of namespace/name (or a name in any namespace), with shell
+// globs (production/*, */frontend-*).
+type podFilter []string
+
+func parsePodFilter(patterns []string) (podFilter, error) {
+	for _, p := range patterns {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("invalid --pod %q: %w", p, err)
+		}
+	}
+	return podFilter(patterns), nil
+}
+
+// matches reports whether a pod of h matches a pattern.
+func (f podFilter) matches(h host) bool {
+	for _, pod := range h.pods {
+		_, name, _ := strings.Cut(pod, "/")
+		for _, p := range f {
+			target := pod
+			if !strings.Contains(p, "/") {
+				target = name
+			}
+			if ok, _ := path.Match(p, target); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// keeps reports whether the matrix holds the cells from src to dst: all of them without a
+// filter, else those from or to a pod it matches.
+func (f podFilter) keeps(src, dst host) bool {
+	return len(f) == 0 || f.matches(src) || f.matches(dst)
+}
+
+// predictedMatrix is the engine's verdict for every pair of hosts the filter keeps, on each
+// destination's ports (or the override's).
+func predictedMatrix(state *policy.State, hosts []host, filter podFilter, override []policy.NamedPort, ipv6 bool) *matrix.Matrix[policy.Outcome] {
 	m := matrix.New[policy.Outcome]()
 	for _, src := range hosts {
 		for _, dst := range hosts {
+			if !filter.keeps(src, dst) {
+				continue
+			}
 			ports := dst.ports
 			if override != nil {
 				ports = override

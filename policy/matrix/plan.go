@@ -264,8 +264,8 @@ func (p *Plan) Text(w io.Writer, verbose bool) {
 			fmt.Fprintf(w, "\n%s\n", port)
 		}
 		fmt.Fprintf(w, "  %s: %s -> %s\n", c.Kind.Words(), c.From, c.To)
-		fmt.Fprintf(w, "    before: %s, by %s\n", What(c.Before), Why(c.Before))
-		fmt.Fprintf(w, "    after:  %s, by %s\n", What(c.After), Why(c.After))
+		fmt.Fprintf(w, "    before: %s; %s\n", What(c.Before), Why(c.Before))
+		fmt.Fprintf(w, "    after:  %s; %s\n", What(c.After), Why(c.After))
 	}
 	p.textGroups(w)
 	if verbose {
