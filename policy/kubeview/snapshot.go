@@ -78,7 +78,7 @@ func Snapshot(ctx context.Context, client kubernetes.Interface, opts Options) (*
 	case apierrors.IsForbidden(err):
 		nodes = nil
 		cf.Notices = append(cf.Notices, policy.Notice{Warning: true, File: opts.Source,
-			Message: "may not list nodes, so the cluster has none: node addresses are not known to be the host's or a remote node's, and host policies (nodeSelector) select nothing; grant list on nodes for them"})
+			Message: "may not list nodes, so the cluster is read without them: their addresses have no host or remote-node identity and host policies (nodeSelector) select nothing; grant list on nodes to include them"})
 	case err != nil:
 		return nil, err
 	}
