@@ -94,6 +94,13 @@ func LoadClusterFile(name string, data []byte) (*ClusterFile, error) {
 	return &cf, nil
 }
 
+// ReservedLabelNotices names each pod label the engine drops from the pod's identity, for a
+// cluster read from source without lines (an API server): the notices a cluster file with the same
+// pods gets.
+func ReservedLabelNotices(source string, c *Cluster) []Notice {
+	return reservedLabelNotices(source, c, nil)
+}
+
 // reservedLabelNotices names each pod label the engine drops from the pod's identity. Kubernetes
 // accepts such a label, so it is not an error, but a policy will not see it.
 func reservedLabelNotices(file string, c *Cluster, at docIndex) []Notice {

@@ -102,12 +102,16 @@ func (n Notice) Located() string {
 	return n.place() + described("", n.Object, n.Field, n.Message)
 }
 
-// place is "FILE:LINE:COLUMN: ", without the column when it is unknown.
+// place is "FILE:LINE:COLUMN: ", without the column when it is unknown, and "FILE: " for a
+// source without lines (a live cluster).
 func (n Notice) place() string {
-	if n.Column > 0 {
+	switch {
+	case n.Column > 0:
 		return fmt.Sprintf("%s:%d:%d: ", printable(n.File, 500), n.Line, n.Column)
+	case n.Line > 0:
+		return fmt.Sprintf("%s:%d: ", printable(n.File, 500), n.Line)
 	}
-	return fmt.Sprintf("%s:%d: ", printable(n.File, 500), n.Line)
+	return printable(n.File, 500) + ": "
 }
 
 // CountWarnings counts the warnings among notices.

@@ -54,15 +54,15 @@ func (h host) addr(v6 bool) (netip.Addr, bool) {
 }
 
 func newPredictCommand() *cobra.Command {
-	var clusterPath, output, namespace, mode string
+	var clusterPath, kubeconfig, output, namespace, mode string
 	var ports, pods []string
 	var ipv6, enforceHost, verbose bool
 	cmd := &cobra.Command{
-		Use:   "predict --cluster CLUSTER.yaml PATH...",
-		Short: "Print the connectivity matrix the policies give a described cluster",
+		Use:   "predict (--cluster CLUSTER.yaml | --kubeconfig FILE) PATH...",
+		Short: "Print the connectivity matrix the policies give a described or a live cluster",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cf, err := readClusterFile(cmd.ErrOrStderr(), "cluster file", clusterPath)
+			cf, err := loadCluster(cmd, clusterPath, kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -103,6 +103,7 @@ func newPredictCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&clusterPath, "cluster", "", "cluster description file (see docs/cluster-file.md)")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "read the pods, namespaces and nodes of the cluster this kubeconfig reaches instead of a cluster file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for policies that name none (default \"default\")")
 	cmd.Flags().StringVar(&mode, "mode", "default", "policy enforcement mode: default, always or never")
@@ -111,7 +112,6 @@ func newPredictCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&ipv6, "ipv6", false, "probe IPv6 addresses instead of IPv4")
 	cmd.Flags().BoolVar(&enforceHost, "enforce-host", false, "do not implicitly allow the local host to reach its pods")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every probe with the rule that decided it")
-	_ = cmd.MarkFlagRequired("cluster")
 	return cmd
 }
 

@@ -5,13 +5,19 @@
 package kubetest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/netpact/netpact/internal/testenv"
@@ -89,4 +95,35 @@ func (s *Server) Stop() error {
 	err := s.env.Stop()
 	s.env, s.cfg = nil, nil
 	return err
+}
+
+// WriteKubeconfig writes a kubeconfig for cfg (its server, credentials and impersonated user) to
+// path, with one context, named context and current: what a command under test reads with
+// --kubeconfig.
+func WriteKubeconfig(cfg *rest.Config, path, context string) error {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters[context] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos[context] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData,
+		Token: cfg.BearerToken, Impersonate: cfg.Impersonate.UserName, ImpersonateGroups: cfg.Impersonate.Groups}
+	kc.Contexts[context] = &clientcmdapi.Context{Cluster: context, AuthInfo: context}
+	kc.CurrentContext = context
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		return fmt.Errorf("write kubeconfig %s: %w", path, err)
+	}
+	return nil
+}
+
+// CreatePod creates p, then writes p.Status through the status subresource as a kubelet would:
+// the API server alone runs no pod, so a test gives it its phase and addresses.
+func CreatePod(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) error {
+	status := p.Status
+	got, err := client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	got.Status = status
+	if _, err := client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, got, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("status of pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return nil
 }
