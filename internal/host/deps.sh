@@ -16,8 +16,9 @@ declare -A NEED=(
 	# scenario workloads (psql from postgresql-client is a probe), git for the reconciler demo.
 	[demo]="make git iproute2 nginx-light postgresql"
 	# make test: the demo's, plus sshd and ssh-keygen for the reconciler's SSH source, host-local
-	# IPAM for the CNI plugin's tests, nft for a NodePort's translation on the local node.
-	[test]="openssh-server openssh-client containernetworking-plugins nftables"
+	# IPAM for the CNI plugin's tests, nft for a NodePort's translation on the local node, and
+	# headless Chromium to screenshot netpact plan's HTML page (policy/matrix).
+	[test]="openssh-server openssh-client containernetworking-plugins nftables chromium"
 	# make bench: iperf3 and iptables-restore for the datapath throughput baselines.
 	[bench]="iperf3 iptables"
 	# make generate / check-generate: bpf2go with Debian's clang 14 and libbpf headers.
