@@ -23,7 +23,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newValidateCommand(), newObserveCommand(), newPredictCommand(), newTestCommand(), newReconcilerCommand(), newAdmissionCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
+	root.AddCommand(newValidateCommand(), newObserveCommand(), newPredictCommand(), newPlanCommand(), newTestCommand(), newReconcilerCommand(), newAdmissionCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
 		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand(), newExternalServerCommand())
 	return root
 }

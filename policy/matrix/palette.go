@@ -37,6 +37,13 @@ var (
 	paper         = color.RGBA{0xff, 0xff, 0xff, 0xff}
 )
 
+// Highlight is the colour of a changed cell's border in the page and its outline in the picture:
+// tests find changed cells by it.
+func Highlight() color.RGBA { return highlight }
+
+// Paper is the background of the page and the picture.
+func Paper() color.RGBA { return paper }
+
 // swatch is a mark's colour and CSS class.
 func swatch(mark string) (color.RGBA, string) {
 	for _, p := range palette {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
 )
 
@@ -81,11 +82,11 @@ func TestPNG(t *testing.T) {
 	checkCell(t, img, layout, key(db, web, 80, policy.ProtoTCP), policy.OutcomeDenied, false)
 	checkCell(t, img, layout, key(client, coredns, 53, policy.ProtoUDP), policy.OutcomeDNS, false)
 	// The outline is on the changed cells and the legend's swatch, nowhere else.
-	if n := regions(img, highlight); n != len(p.Changes)+1 {
+	if n := testenv.Regions(img, highlight); n != len(p.Changes)+1 {
 		t.Errorf("%d outlines, want %d changed cells and the legend's", n, len(p.Changes)+1)
 	}
 	ring := (c-PictureGap)*(c-PictureGap) - (c-PictureGap-2*PictureOutline)*(c-PictureGap-2*PictureOutline)
-	if n := colours(img)[highlight]; n != (len(p.Changes)+1)*ring {
+	if n := testenv.Colours(img)[highlight]; n != (len(p.Changes)+1)*ring {
 		t.Errorf("%d pixels of the outline colour, want %d outlines of %d", n, len(p.Changes)+1, ring)
 	}
 	if err := (&Plan{}).PNG(&bytes.Buffer{}); err == nil {
@@ -113,7 +114,7 @@ func checkCell(t *testing.T, img image.Image, layout *PictureLayout, k Key, o po
 	filled := 0
 	for y := r.Min.Y; y < r.Max.Y; y++ {
 		for x := r.Min.X; x < r.Max.X; x++ {
-			got := rgba(img, x, y)
+			got := testenv.RGBA(img, x, y)
 			switch {
 			case !image.Pt(x, y).In(inner):
 				if got != ringColour {
