@@ -24,6 +24,11 @@ import (
 var apiServer kubetest.Server
 
 func TestMain(m *testing.M) {
+	// Scripts under test (the CI example) run this binary as netpact itself: see netpactOnPath.
+	if os.Getenv(asCLI) == "1" {
+		main()
+		os.Exit(0)
+	}
 	code := m.Run()
 	if err := apiServer.Stop(); err != nil {
 		os.Stderr.WriteString("stop the API server: " + err.Error() + "\n")
