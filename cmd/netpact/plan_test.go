@@ -445,3 +445,57 @@ func TestPlanShowsWhatCellsAre(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanGroupsPods: pods the engine cannot tell apart are one row named for their workload;
+// a pod with other labels, ports or service account is a row of its own.
+func TestPlanGroupsPods(t *testing.T) {
+	dir := t.TempDir()
+	cluster := filepath.Join(dir, "cluster.yaml")
+	if err := os.WriteFile(cluster, []byte(`namespaces: [{name: shop}]
+pods:
+  - {namespace: shop, name: web-5d8f7c9b6-x2k4z, labels: {app: web}, ports: [{port: 80}]}
+  - {namespace: shop, name: web-5d8f7c9b6-q7wmn, labels: {app: web}, ports: [{port: 80}]}
+  - {namespace: shop, name: web-7c9b6d8f5-b9zzr, labels: {app: web}, ports: [{port: 80}]}
+  - {namespace: shop, name: web-canary, labels: {app: web}, ports: [{port: 8080}]}
+  - {namespace: shop, name: db-0, labels: {app: db}, serviceAccount: db, ports: [{port: 5432}]}
+  - {namespace: shop, name: db-1, labels: {app: db}, serviceAccount: db, ports: [{port: 5432}]}
+  - {namespace: shop, name: db-2, labels: {app: db}, ports: [{port: 5432}]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, head := filepath.Join(dir, "base"), filepath.Join(dir, "head")
+	for _, d := range []string{base, head} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(head, "p.yaml"), []byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress: [{}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := run(t, "plan", "--cluster", cluster, "-o", "json", base, head)
+	if code != 2 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	var pj planJSON
+	if err := json.Unmarshal([]byte(stdout), &pj); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, g := range pj.Groups {
+		got[g.Name] = strings.Join(g.Pods, ",")
+	}
+	want := map[string]string{
+		"shop/web (3 pods)": "shop/web-5d8f7c9b6-q7wmn,shop/web-5d8f7c9b6-x2k4z,shop/web-7c9b6d8f5-b9zzr",
+		"shop/web-canary":   "shop/web-canary",
+		"shop/db (2 pods)":  "shop/db-0,shop/db-1",
+		"shop/db-2":         "shop/db-2",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("groups %v, want %v", got, want)
+	}
+	// Each row of the matrix is a group: into db (2 pods) from the 4 rows, db's own pods
+	// included (db-0 to db-1 is traffic); into db-2 from the 3 others.
+	if pj.Counts["changes"] != 4+3 {
+		t.Errorf("%d changes, want 7: %s", pj.Counts["changes"], pj.Summary)
+	}
+}

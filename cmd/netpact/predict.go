@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -206,16 +207,48 @@ func podClass(ep policy.Endpoint) string {
 	return string(b)
 }
 
-// groupName names pods the engine cannot tell apart: their namespace, the longest prefix their
-// names share (a Deployment's or StatefulSet's name), and how many they are.
-func groupName(eps []policy.Endpoint, taken map[string]bool) string {
-	prefix := eps[0].Name
-	for _, ep := range eps[1:] {
-		for !strings.HasPrefix(ep.Name, prefix) {
-			prefix = prefix[:len(prefix)-1]
+// generated are the suffixes Kubernetes adds to a workload's pod names: a ReplicaSet's or
+// DaemonSet's random five characters (and a Deployment's pod-template-hash before them), or a
+// StatefulSet's ordinal.
+var generated = []*regexp.Regexp{
+	regexp.MustCompile(`^(.+)-[bcdfghjklmnpqrstvwxz2456789]{5}$`),
+	regexp.MustCompile(`^(.+)-[bcdfghjklmnpqrstvwxz2456789]{6,10}$`),
+	regexp.MustCompile(`^(.+)-[0-9]+$`),
+}
+
+// workload is the name of the workload a pod's name says it belongs to: the name without the
+// suffixes Kubernetes generates.
+func workload(pod string) string {
+	for _, rx := range generated {
+		if m := rx.FindStringSubmatch(pod); m != nil {
+			pod = m[1]
 		}
 	}
-	prefix = strings.TrimRight(prefix, "-.")
+	return pod
+}
+
+// groupName names pods the engine cannot tell apart: their namespace, their workload's name (or
+// the name segments they share) and how many they are.
+func groupName(eps []policy.Endpoint, taken map[string]bool) string {
+	prefix := workload(eps[0].Name)
+	for _, ep := range eps[1:] {
+		if workload(ep.Name) != prefix {
+			prefix = ""
+			break
+		}
+	}
+	if prefix == "" {
+		prefix = eps[0].Name
+		for _, ep := range eps[1:] {
+			for !strings.HasPrefix(ep.Name, prefix) {
+				prefix = prefix[:len(prefix)-1]
+			}
+		}
+		// Whole segments only: web-1a and web-1b are "web", not "web-1".
+		if i := strings.LastIndexAny(prefix, "-."); i > 0 {
+			prefix = prefix[:i]
+		}
+	}
 	if prefix == "" {
 		prefix = eps[0].Name
 	}

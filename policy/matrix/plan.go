@@ -61,12 +61,17 @@ type Plan struct {
 
 // NewPlan compares two matrices predicted over the same endpoints and ports: every cell whose
 // answer differs (Same) is a change, in port order, newly allowed first, then in the matrix's
-// order.
+// order. A cell from a group of several pods to itself is traffic between those pods, not
+// loopback: it counts.
 func NewPlan(base, head string, groups []Group, before, after *Matrix[policy.Outcome]) *Plan {
 	p := &Plan{Base: base, Head: head, Groups: groups, Before: before, After: after}
+	several := map[string]bool{}
+	for _, g := range groups {
+		several[g.Name] = len(g.Pods) > 1
+	}
 	for _, a := range after.Cells() {
 		b := before.Get(a.Key)
-		if b == nil || a.Loopback() || Same(b, a) {
+		if b == nil || (a.Loopback() && !several[a.From]) || Same(b, a) {
 			continue
 		}
 		p.Changes = append(p.Changes, Change{Key: a.Key, Kind: classify(b, a), Before: b, After: a})
