@@ -367,7 +367,10 @@ spec:
 // netpactCLI is this tree's netpact, built once (Go's build cache makes it quick after the
 // image build compiled the same packages).
 var netpactCLI = sync.OnceValue(func() string {
-	bin := filepath.Join(GinkgoT().TempDir(), "netpact")
+	// Under bin/, not a spec's TempDir: that is removed when the first spec to call this ends,
+	// and later specs run it too.
+	bin, err := filepath.Abs(filepath.Join(root, "bin", "e2e-netpact"))
+	Expect(err).NotTo(HaveOccurred())
 	out, err := exec.Command("go", "build", "-o", bin, "../cmd/netpact").CombinedOutput()
 	Expect(err).NotTo(HaveOccurred(), "build netpact: %s", out)
 	return bin
