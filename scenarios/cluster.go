@@ -50,6 +50,10 @@ type ClusterOptions struct {
 	// Kind is the kind cluster's name: a scenario's external hosts run as containers on its
 	// Docker network (kind.StartExternal). Without it, scenarios with externals are refused.
 	Kind string
+	// Retain keeps what the run made and applied (namespaces, pods, Services, policies, external
+	// hosts, CoreDNS changes) when it stops, for debugging (Made lists it). A later run's Start
+	// removes the policies and undoes the cluster changes; the namespaces are the user's to delete.
+	Retain bool
 }
 
 // Cluster is a Backend on a running Kubernetes cluster (kind): the scenario's pods are pods of the
@@ -415,10 +419,18 @@ func (c *Cluster) Flows(cells []Cell) []string {
 	return out
 }
 
+// Made is what the run created: namespaces, and pods and Services as namespace/name.
+func (c *Cluster) Made() (namespaces, pods, services []string) {
+	return c.createdNS, c.createdPods, c.createdSvcs
+}
+
 // Stop deletes the policies the scenario applied and waits until the nodes dropped them, and
 // undoes the run's external hosts, CoreDNS names and enforcement mode; the workloads stay: they
 // belong to whoever applied them.
 func (c *Cluster) Stop() error {
+	if c.opts.Retain {
+		return nil
+	}
 	err := c.cleanPolicies()
 	err = errors.Join(err, c.undoCluster())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

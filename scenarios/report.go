@@ -181,6 +181,10 @@ func scenarioLine(w io.Writer, r *Result) {
 	}
 }
 
+// StepLine prints a step's line as Print does: its status and its probe count (netpact test's
+// progress on a cluster).
+func StepLine(w io.Writer, s *StepResult) { stepLine(w, s) }
+
 // stepLine is a step's line in Print, Summary and Failures: its status and its probe count.
 func stepLine(w io.Writer, s *StepResult) {
 	switch {

@@ -232,6 +232,8 @@ type Runner struct {
 	Options policy.Options
 	// Verbose keeps a few flow events of every step, not only of failing ones.
 	Verbose bool
+	// OnStep, when set, is told of each step as soon as it is done: progress for a long run.
+	OnStep func(res *Result, step *StepResult)
 }
 
 // Run runs one scenario: start, then each step, then stop.
@@ -252,11 +254,11 @@ func (r *Runner) Run(sc *Scenario) *Result {
 		loaded, err := r.change(sc, st, cluster, policies)
 		if err != nil {
 			sr.Failed, sr.Error = true, err.Error()
-			res.Steps = append(res.Steps, sr)
+			r.record(res, sr)
 			continue
 		}
 		if st.Pending != "" {
-			res.Steps = append(res.Steps, sr)
+			r.record(res, sr)
 			continue
 		}
 		list := make([]*policy.Policy, 0, len(policies))
@@ -271,19 +273,19 @@ func (r *Runner) Run(sc *Scenario) *Result {
 		}
 		if errors.Is(err, ErrNotEnforced) {
 			sr.Pending = err.Error()
-			res.Steps = append(res.Steps, sr)
+			r.record(res, sr)
 			continue
 		}
 		if err != nil {
 			sr.Failed, sr.Error = true, err.Error()
-			res.Steps = append(res.Steps, sr)
+			r.record(res, sr)
 			continue
 		}
 		r.Backend.BeginStep()
 		cells, expected, ports, err := expectations(sc, st, cluster)
 		if err != nil {
 			sr.Failed, sr.Error = true, err.Error()
-			res.Steps = append(res.Steps, sr)
+			r.record(res, sr)
 			continue
 		}
 		sr.ports = ports
@@ -311,9 +313,17 @@ func (r *Runner) Run(sc *Scenario) *Result {
 			flows := r.Backend.Flows(all)
 			sr.Flows = flows[:min(len(flows), 6)]
 		}
-		res.Steps = append(res.Steps, sr)
+		r.record(res, sr)
 	}
 	return res
+}
+
+// record adds a step's result and reports it to OnStep.
+func (r *Runner) record(res *Result, sr StepResult) {
+	res.Steps = append(res.Steps, sr)
+	if r.OnStep != nil {
+		r.OnStep(res, &res.Steps[len(res.Steps)-1])
+	}
 }
 
 // noticesShown are the notices a scenario's steps reported so far, so that each is reported once:

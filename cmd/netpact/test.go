@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"github.com/netpact/netpact/enforcer/observe"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/netpact/netpact/scenarios"
 )
@@ -21,16 +24,22 @@ func newTestCommand() *cobra.Command {
 	var observeSocket string
 	var timeout time.Duration
 	var failOnPending bool
+	var kube testCluster
 	cmd := &cobra.Command{
 		Use:   "test FILE|DIR...",
-		Short: "Run scenario files on a local node of network namespaces; exit 1 on any mismatch",
+		Short: "Run scenario files on a local node of network namespaces, or on a cluster; exit 1 on any mismatch",
 		Long: `test runs each scenario on a node made of network namespaces on this host, enforced by
 netpact's eBPF datapath (it needs root). For every step it compares the connectivity the file
 expects, the matrix the policy engine predicts, and what real probes observe. It prints a line per
 scenario and step with each step's observed matrix in one compact table; a failing step gets the
 three tables side by side, its wrong cells and the flow events of its probes, both where it ran and
 again in a failures section before the totals at the end. -v gives every step that detail.
-See docs/scenarios.md.`,
+
+With --kubeconfig it runs them on that cluster instead, which must run netpact's enforcers: it
+applies each step's policies through the API server and waits until every node enforces them,
+creates the namespaces and pods a scenario lists from the netpact image (the enforcers', unless
+--probe-image says otherwise), probes from inside the pods, prints a line per step as it goes,
+and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			scs, err := scenarios.Load(args)
@@ -50,6 +59,15 @@ See docs/scenarios.md.`,
 				}
 			}
 			var results []*scenarios.Result
+			if kube.kubeconfig != "" {
+				if !cmd.Flags().Changed("probe-timeout") {
+					timeout = 0 // the cluster backend's own default: probes cross nodes
+				}
+				if results, err = kube.run(cmd, scs, timeout, retain, verbose); err != nil {
+					return err
+				}
+				scs = nil // run there, not on a local node
+			}
 			for _, sc := range scs {
 				node := scenarios.NewLocal(scenarios.LocalOptions{ProbeTimeout: timeout, Retain: retain, Ring: ring})
 				stop := onInterrupt(func() {
@@ -113,8 +131,84 @@ See docs/scenarios.md.`,
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's three tables and a few flow events, not only the failing steps'")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging, and keep serving the run's flows to netpact observe until interrupted")
 	cmd.Flags().StringVar(&observeSocket, "observe-socket", DefaultObserveSocket, "serve the run's flows to netpact observe on this unix socket (\"\" for none)")
-	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out")
+	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out (on a cluster: 3s unless set)")
+	cmd.Flags().StringVar(&kube.kubeconfig, "kubeconfig", "", "run the scenarios on this cluster, which runs netpact's enforcers, instead of a local node")
+	cmd.Flags().StringVar(&kube.probeImage, "probe-image", "", "with --kubeconfig: the image of the pods the run creates (default: the image of the cluster's netpact enforcers)")
+	cmd.Flags().StringVar(&kube.kind, "kind", "", "with --kubeconfig: the kind cluster's name, for scenarios with external hosts (default: from a kind-NAME context)")
 	return cmd
+}
+
+// testCluster is netpact test's cluster backend: --kubeconfig and what goes with it.
+type testCluster struct {
+	kubeconfig, probeImage, kind string
+}
+
+// run runs the scenarios on the cluster one after the other, a line per step on stderr as it
+// goes, and cleans up after each (or keeps it, with retain).
+func (k *testCluster) run(cmd *cobra.Command, scs []*scenarios.Scenario, timeout time.Duration, retain, verbose bool) ([]*scenarios.Result, error) {
+	cfg, err := restConfig(k.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("client for %s: %w", k.kubeconfig, err)
+	}
+	image := k.probeImage
+	if image == "" {
+		if image, err = enforcerImage(cmd.Context(), client); err != nil {
+			return nil, err
+		}
+	}
+	kindName := k.kind
+	if ctx := kubeconfigContext(k.kubeconfig); kindName == "" && strings.HasPrefix(ctx, "kind-") {
+		kindName = strings.TrimPrefix(ctx, "kind-")
+	}
+	stderr := cmd.ErrOrStderr()
+	fmt.Fprintf(stderr, "running %d scenarios on %s (pods from %s)\n", len(scs), kubeconfigContext(k.kubeconfig), image)
+	var results []*scenarios.Result
+	for _, sc := range scs {
+		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: image,
+			Kind: kindName, ProbeTimeout: timeout, Retain: retain})
+		stop := onInterrupt(func() {
+			fmt.Fprintln(stderr, "interrupted: removing what the run made on the cluster")
+			if err := backend.Stop(); err != nil {
+				fmt.Fprintln(stderr, "clean up:", err)
+			}
+		})
+		start := time.Now()
+		fmt.Fprintf(stderr, "%s (%s)\n", sc.Name, sc.File())
+		r := (&scenarios.Runner{Backend: backend, Verbose: verbose, OnStep: func(_ *scenarios.Result, st *scenarios.StepResult) {
+			scenarios.StepLine(stderr, st)
+		}}).Run(sc)
+		stop()
+		if r.Error != "" {
+			fmt.Fprintf(stderr, "  error: %s\n", r.Error)
+		}
+		if ns, pods, svcs := backend.Made(); retain && len(ns)+len(pods)+len(svcs) > 0 {
+			fmt.Fprintf(stderr, "  retained: namespaces %v, pods %v, services %v, and the policies applied\n", ns, pods, svcs)
+		}
+		fmt.Fprintf(stderr, "  done in %s\n", time.Since(start).Round(100*time.Millisecond))
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+// enforcerImage is the image of the cluster's netpact enforcer DaemonSet: pods a scenario lists
+// are made from it, so that a cluster needs no image but its own.
+func enforcerImage(ctx context.Context, client kubernetes.Interface) (string, error) {
+	list, err := client.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+	if err != nil {
+		return "", fmt.Errorf("find the netpact enforcers (or give --probe-image): %w", err)
+	}
+	for _, ds := range list.Items {
+		for _, c := range ds.Spec.Template.Spec.Containers {
+			if c.Name == "enforcer" {
+				return c.Image, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no netpact enforcer DaemonSet (label app.kubernetes.io/name=netpact) on the cluster: install netpact (deploy/README.md), or give --probe-image")
 }
 
 // onInterrupt runs f once on SIGINT or SIGTERM, then exits 130; the returned func disarms it.
