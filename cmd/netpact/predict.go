@@ -55,7 +55,8 @@ func (h host) addr(v6 bool) (netip.Addr, bool) {
 }
 
 func newPredictCommand() *cobra.Command {
-	var clusterPath, kubeconfig, output, namespace, mode string
+	var clusterPath, kubeconfig, namespace, mode string
+	var output *outputFormat
 	var ports, pods []string
 	var ipv6, enforceHost, verbose bool
 	cmd := &cobra.Command{
@@ -91,21 +92,16 @@ func newPredictCommand() *cobra.Command {
 			}
 			hosts, _ := hostsOf(cf, false)
 			predicted := predictedMatrix(state, hosts, filter, override, ipv6)
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(probeResults(predicted))
-			case "text", "":
-				printPredicted(cmd.OutOrStdout(), predicted, verbose)
-				return nil
+			if output.structured() {
+				return output.write(cmd.OutOrStdout(), probeResults(predicted))
 			}
-			return fmt.Errorf("unknown output format %q: use text or json", output)
+			printPredicted(cmd.OutOrStdout(), predicted, verbose)
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&clusterPath, "cluster", "", "cluster description file (see docs/cluster-file.md)")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "read the pods, namespaces and nodes of the cluster this kubeconfig reaches instead of a cluster file")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	output = addOutputFlag(cmd, "text", "json", "yaml")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for policies that name none (default \"default\")")
 	cmd.Flags().StringVar(&mode, "mode", "default", "policy enforcement mode: default, always or never")
 	cmd.Flags().StringSliceVar(&ports, "port", nil, "probe these ports on every destination instead of its declared ports (80, 53/UDP, ...)")

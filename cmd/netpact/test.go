@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"github.com/netpact/netpact/enforcer/observe"
 	"os"
 	"os/signal"
 	"strings"
@@ -12,11 +10,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/scenarios"
 )
 
 func newTestCommand() *cobra.Command {
-	var junit, output, summary string
+	var junit, summary string
+	var output *outputFormat
 	var retain, verbose bool
 	var observeSocket string
 	var timeout time.Duration
@@ -72,19 +72,14 @@ See docs/scenarios.md.`,
 					return fmt.Errorf("write summary: %w", err)
 				}
 			}
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(results); err != nil {
+			if output.structured() {
+				if err := output.write(cmd.OutOrStdout(), results); err != nil {
 					return err
 				}
-			case "text", "":
+			} else {
 				scenarios.Print(cmd.OutOrStdout(), results, verbose)
 				scenarios.Failures(cmd.OutOrStdout(), results)
 				scenarios.Totals(cmd.OutOrStdout(), results)
-			default:
-				return fmt.Errorf("unknown output format %q: use text or json", output)
 			}
 			if retain && observeSocket != "" {
 				// The run is over and its node retained: its flows stay readable until this
@@ -109,7 +104,7 @@ See docs/scenarios.md.`,
 	cmd.Flags().BoolVar(&failOnPending, "fail-on-pending", os.Getenv("CI") == "true", "exit 1 when a step is pending (not checked); the default under CI=true, so that a gate never passes what it did not check")
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
 	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts), the failing steps' tables and the totals to this file")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	output = addOutputFlag(cmd, "text", "json", "yaml")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's three tables and a few flow events, not only the failing steps'")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging, and keep serving the run's flows to netpact observe until interrupted")
 	cmd.Flags().StringVar(&observeSocket, "observe-socket", DefaultObserveSocket, "serve the run's flows to netpact observe on this unix socket (\"\" for none)")
