@@ -24,7 +24,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newValidateCommand(), newObserveCommand(), newPredictCommand(), newPlanCommand(), newTestCommand(), newReconcilerCommand(), newAdmissionCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
-		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand(), newExternalServerCommand())
+		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newVersionCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand(), newExternalServerCommand())
 	return root
 }
 
