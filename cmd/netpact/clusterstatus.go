@@ -34,17 +34,20 @@ func policySourceClient(cfg *rest.Config) (client.Client, error) {
 }
 
 func newReconcileCommand() *cobra.Command {
-	var kubeconfig, namespace string
+	var namespace string
 	var timeout time.Duration
+	var kube *clusterFlags
 	cmd := &cobra.Command{Use: "reconcile", Short: "Ask the cluster controller to reconcile now"}
 	src := &cobra.Command{
 		Use:   "source NAME",
 		Short: "Reconcile a PolicySource now and wait for the result (as flux reconcile does)",
 		Long: `reconcile source sets the reconcile.fluxcd.io/requestedAt annotation of the PolicySource, waits
-until the controller reports it handled, and prints the outcome: exit 0 when Ready, 1 otherwise.`,
+until the controller reports it handled, and prints the outcome: exit 0 when Ready, 1 otherwise.
+The cluster is the one kubectl would talk to: --kubeconfig, else KUBECONFIG, else ~/.kube/config,
+else the pod's in-cluster configuration; --context picks a context of it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := restConfig(kubeconfig)
+			cfg, err := kube.restConfig()
 			if err != nil {
 				return err
 			}
@@ -65,7 +68,7 @@ until the controller reports it handled, and prints the outcome: exit 0 when Rea
 			return nil
 		},
 	}
-	src.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	kube = addClusterFlags(src.Flags())
 	src.Flags().StringVarP(&namespace, "namespace", "n", "netpact-system", "the PolicySource's namespace")
 	src.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the result")
 	cmd.AddCommand(src)

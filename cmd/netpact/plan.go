@@ -34,16 +34,17 @@ type policySet struct {
 
 // planOptions are netpact plan's flags.
 type planOptions struct {
-	clusterPath, kubeconfig, pngPath, namespace, mode, base, head, repo string
-	ports, pods                                                         []string
-	ipv6, enforceHost, verbose, failOnNewAllow                          bool
-	output                                                              *outputFormat
+	clusterPath, pngPath, namespace, mode, base, head, repo string
+	ports, pods                                             []string
+	ipv6, enforceHost, verbose, failOnNewAllow              bool
+	kube                                                    *clusterFlags
+	output                                                  *outputFormat
 }
 
 func newPlanCommand() *cobra.Command {
 	var o planOptions
 	cmd := &cobra.Command{
-		Use: "plan (--cluster FILE | --kubeconfig FILE) (--base REV --head REV [PATH...] | BASE_DIR HEAD_DIR)",
+		Use: "plan (--cluster FILE | --kubeconfig FILE | --context NAME) (--base REV --head REV [PATH...] | BASE_DIR HEAD_DIR)",
 		Short: "Print the cells of the connectivity matrix a policy change opens and closes; " +
 			"exit 0 no change, 1 error, 2 changes, 3 newly allowed with --fail-on-new-allow",
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -63,7 +64,8 @@ func newPlanCommand() *cobra.Command {
 	})
 	f := cmd.Flags()
 	f.StringVar(&o.clusterPath, "cluster", "", "cluster description file (see docs/cluster-file.md)")
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "read the pods, namespaces and nodes of this live cluster instead of a cluster file")
+	o.kube = addClusterFlags(f)
+	o.kube.setKubeconfigUsage(liveClusterUsage)
 	f.StringVar(&o.base, "base", "", "revision of the Git repository the change starts from (branch, tag, hash, HEAD~1)")
 	f.StringVar(&o.head, "head", "", "revision of the Git repository with the change")
 	f.StringVar(&o.repo, "repo", ".", "a path in the Git repository of --base and --head")
@@ -91,7 +93,7 @@ func (o *planOptions) run(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	cf, err := loadCluster(cmd, o.clusterPath, o.kubeconfig)
+	cf, err := loadCluster(cmd, o.clusterPath, o.kube)
 	if err != nil {
 		return err
 	}

@@ -27,14 +27,15 @@ const defaultStatusFile = "/run/netpact/status.json"
 func newReconcilerCommand() *cobra.Command {
 	var co controllerOptions
 	cmd := &cobra.Command{
-		Use:   "reconciler [--kubeconfig FILE]",
+		Use:   "reconciler",
 		Short: "Run the cluster's PolicySource controller (the GitOps reconciler)",
-		Long: `reconciler is the cluster's controller (in-cluster, or --kubeconfig): every PolicySource is
-fetched, validated as one unit, server-side applied (field manager netpact, netpact.io/revision,
-owner labels), pruned, and reported Ready only once every node's NodePolicyStatus holds the
-applied generations ("enforced on N/N nodes", the lagging named). It also serves the webhook
-receiver (/hook/NAMESPACE/NAME/{github,gitlab,generic-hmac}). The admission webhook that refuses
-what netpact validate refuses runs apart, in replicas of its own: netpact admission.
+		Long: `reconciler is the cluster's controller (in its pod; elsewhere on the cluster a kubeconfig names,
+found as kubectl finds it): every PolicySource is fetched, validated as one unit, server-side
+applied (field manager netpact, netpact.io/revision, owner labels), pruned, and reported Ready
+only once every node's NodePolicyStatus holds the applied generations ("enforced on N/N nodes",
+the lagging named). It also serves the webhook receiver (/hook/NAMESPACE/NAME/{github,gitlab,
+generic-hmac}). The admission webhook that refuses what netpact validate refuses runs apart, in
+replicas of its own: netpact admission.
 
 reconciler local follows one Git source on a local node of network namespaces instead.`,
 		Args: cobra.NoArgs,
@@ -53,7 +54,7 @@ reconciler local follows one Git source on a local node of network namespaces in
 	_ = f.MarkHidden("source")
 	f.StringVar(&co.receiverListen, "listen", "", "address of the webhook receiver, such as :9292")
 	f.StringVar(&co.receiverSecretFile, "webhook-secret-file", "", "file holding the webhook secret")
-	f.StringVar(&co.kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	co.kube = addDaemonClusterFlags(f)
 	f.StringVar(&co.namespace, "namespace", "", "its namespace, for the leader lease and the webhook certificate (POD_NAMESPACE, else netpact-system)")
 	f.BoolVar(&co.leaderElect, "leader-elect", true, "one active replica at a time (a Lease)")
 	f.StringVar(&co.metricsListen, "metrics-listen", ":8080", "Prometheus metrics address (0: none)")
@@ -128,17 +129,23 @@ func printStatus(w io.Writer, st *v1alpha1.PolicySource) {
 }
 
 func newStatusCommand() *cobra.Command {
-	var statusFile, output, kubeconfig string
+	var statusFile, output string
+	var kube *clusterFlags
 	cmd := &cobra.Command{
-		Use:   "status [--kubeconfig FILE]",
+		Use:   "status [--kubeconfig FILE | --context NAME]",
 		Short: "Print the local reconciler's conditions and revisions, or the cluster's netpact health",
-		Long: `status prints the local reconciler's status file; with --kubeconfig, the cluster's netpact health
-on one screen: the enforcer DaemonSet, the controller, every PolicySource (conditions, revision,
-nodes enforced, lagging nodes) and the nodes whose status reports errors. Exit 1 when not healthy.`,
+		Long: `status prints the local reconciler's status file. With --kubeconfig FILE or --context NAME (a
+context of KUBECONFIG or ~/.kube/config) it prints the cluster's netpact health on one screen
+instead: the enforcer DaemonSet, the controller, every PolicySource (conditions, revision, nodes
+enforced, lagging nodes) and the nodes whose status reports errors. Exit 1 when not healthy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if kubeconfig != "" {
-				cfg, err := restConfig(kubeconfig)
+			live, err := kube.named("status reads the local reconciler's --status-file")
+			if err != nil {
+				return err
+			}
+			if live {
+				cfg, err := kube.restConfig()
 				if err != nil {
 					return err
 				}
@@ -175,7 +182,8 @@ nodes enforced, lagging nodes) and the nodes whose status reports errors. Exit 1
 		},
 	}
 	cmd.Flags().StringVar(&statusFile, "status-file", defaultStatusFile, "the reconciler's status file")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "report the cluster's health instead (its kubeconfig file)")
+	kube = addClusterFlags(cmd.Flags())
+	kube.setKubeconfigUsage("report the health of the cluster this kubeconfig (or --context, in KUBECONFIG or ~/.kube/config) reaches instead")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }
