@@ -65,6 +65,12 @@ func TestClusterFlagsSelectTheCluster(t *testing.T) {
 			t.Errorf("KUBECONFIG=%s netpact %s: want %q in\n%s%s", tc.env, strings.Join(tc.args, " "), tc.want, stdout, got)
 		}
 	}
+
+	t.Setenv("KUBECONFIG", kubeconfig)
+	stdout, stderr, code := run(t, "status", "--context", "envtest", "-n", "nothing-here", "-o", "json")
+	if !strings.Contains(stdout, `"sources": []`) {
+		t.Errorf("status --context envtest: exit %d\n%s%s", code, stdout, stderr)
+	}
 }
 
 // closedPort is a loopback address where nothing listens.
