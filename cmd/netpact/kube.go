@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -33,24 +32,32 @@ func softMemoryLimit(memoryMax string) (int64, bool) {
 	return limit, true
 }
 
-// clusterFlags name the cluster a command talks to the way kubectl's flags do (k8s.io/cli-runtime's
-// ConfigFlags): the file of --kubeconfig, else those of KUBECONFIG, else ~/.kube/config, else the
-// pod's in-cluster configuration; --context, --user, --server, --token, --as and the rest on top.
+// clusterFlags name the cluster a command talks to the way kubectl's flags do: the file of
+// --kubeconfig, else those of KUBECONFIG, else ~/.kube/config, else the pod's in-cluster
+// configuration; --context, --user, --server, --token, --as and the rest on top. They are
+// client-go's own flags and loading rules, which kubectl's (k8s.io/cli-runtime's ConfigFlags)
+// wrap: cli-runtime's package brings kustomize along, 41 MB more binary for the same flags.
 // Two of kubectl's are left out: --cluster, a cluster file in predict and plan, and -n/--namespace,
-// which each command that has it defines.
+// which each command that has it defines; and basic auth, which kubectl hides.
 type clusterFlags struct {
-	*genericclioptions.ConfigFlags
-	flags *pflag.FlagSet
-	names []string
+	kubeconfig string
+	overrides  clientcmd.ConfigOverrides
+	flags      *pflag.FlagSet
+	names      []string
 }
 
 // addClusterFlags registers the cluster flags on fs.
 func addClusterFlags(fs *pflag.FlagSet) *clusterFlags {
-	cf := genericclioptions.NewConfigFlags(false)
-	cf.ClusterName, cf.Namespace, cf.CacheDir = nil, nil, nil
+	c := &clusterFlags{overrides: clientcmd.ConfigOverrides{ClusterDefaults: clientcmd.ClusterDefaults}, flags: fs}
 	own := pflag.NewFlagSet("cluster", pflag.ContinueOnError)
-	cf.AddFlags(own)
-	c := &clusterFlags{ConfigFlags: cf, flags: fs}
+	own.StringVar(&c.kubeconfig, clientcmd.RecommendedConfigPathFlag, "", "Path to the kubeconfig file to use for CLI requests.")
+	names := clientcmd.RecommendedConfigOverrideFlags("")
+	names.ContextOverrideFlags.ClusterName.LongName = ""
+	names.ContextOverrideFlags.Namespace.LongName = ""
+	names.AuthOverrideFlags.Username.LongName = ""
+	names.AuthOverrideFlags.Password.LongName = ""
+	names.ClusterOverrideFlags.APIServer.ShortName = "s"
+	clientcmd.BindOverrideFlags(&c.overrides, own, names)
 	own.VisitAll(func(f *pflag.Flag) {
 		c.names = append(c.names, f.Name)
 		fs.AddFlag(f)
@@ -89,7 +96,8 @@ func (c *clusterFlags) named(without string) (bool, error) {
 
 // restConfig is the configuration of the cluster the flags name.
 func (c *clusterFlags) restConfig() (*rest.Config, error) {
-	cfg, err := c.ToRESTConfig()
+	rules := c.rules()
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &c.overrides).ClientConfig()
 	switch {
 	case clientcmd.IsEmptyConfig(err):
 		return nil, fmt.Errorf("no cluster: no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) and not in a pod: %w", err)
@@ -99,17 +107,27 @@ func (c *clusterFlags) restConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
+// rules find the configuration as kubectl does.
+func (c *clusterFlags) rules() *clientcmd.ClientConfigLoadingRules {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = c.kubeconfig
+	// What kubectl sets: a configuration equal to this default is taken for none, and the pod's
+	// in-cluster configuration is used instead.
+	rules.DefaultClientConfig = &clientcmd.DefaultClientConfig
+	return rules
+}
+
 // name is the cluster's name in messages: its context's, as kubectl names clusters, or the
 // kubeconfig file's.
 func (c *clusterFlags) name() string {
-	if *c.Context != "" {
-		return *c.Context
+	if c.overrides.CurrentContext != "" {
+		return c.overrides.CurrentContext
 	}
-	if raw, err := c.ToRawKubeConfigLoader().RawConfig(); err == nil && raw.CurrentContext != "" {
+	if raw, err := c.rules().Load(); err == nil && raw.CurrentContext != "" {
 		return raw.CurrentContext
 	}
-	if *c.KubeConfig != "" {
-		return "of " + *c.KubeConfig
+	if c.kubeconfig != "" {
+		return "of " + c.kubeconfig
 	}
 	return "in-cluster"
 }
