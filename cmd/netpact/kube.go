@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -99,8 +100,9 @@ func (c *clusterFlags) restConfig() (*rest.Config, error) {
 	rules := c.rules()
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &c.overrides).ClientConfig()
 	switch {
-	case clientcmd.IsEmptyConfig(err):
-		return nil, fmt.Errorf("no cluster: no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) and not in a pod: %w", err)
+	case clientcmd.IsEmptyConfig(err) || (err == nil && rules.IsDefaultConfig(cfg) && os.Getenv("KUBERNETES_MASTER") == ""):
+		// kubectl would try http://localhost:8080 and say the connection was refused.
+		return nil, errors.New("no cluster: no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config), and not in a pod")
 	case err != nil:
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}

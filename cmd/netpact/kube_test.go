@@ -50,6 +50,7 @@ func TestClusterFlagsSelectTheCluster(t *testing.T) {
 		{kubeconfig, []string{"reconcile", "source", "no-such-source", "--context", "envtest"}, reached},
 		{kubeconfig, []string{"reconcile", "source", "no-such-source"}, refused},
 		{kubeconfig, []string{"reconcile", "source", "no-such-source", "--context", "nonesuch"}, `context "nonesuch" does not exist`},
+		{filepath.Join(dir, "missing"), []string{"reconcile", "source", "no-such-source"}, "no cluster: no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config), and not in a pod"},
 		{kubeconfig, []string{"status", "--context", "closed"}, refused},
 		{kubeconfig, []string{"observe", "--context", "envtest"}, "no running enforcer in kube-system"},
 		{kubeconfig, []string{"observe", "--context", "closed"}, refused},
