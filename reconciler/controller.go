@@ -536,8 +536,10 @@ func RequestReconcile(ctx context.Context, cl client.Client, key types.Namespace
 }
 
 // ReconcileNow requests a reconcile and waits until the controller reports it handled (what
-// `netpact reconcile source` does), returning the PolicySource as it was then.
-func ReconcileNow(ctx context.Context, cl client.Client, key types.NamespacedName) (*v1alpha1.PolicySource, error) {
+// `netpact reconcile source` does), returning the PolicySource as it was then. onRead, unless
+// nil, is given the source each time it is read while waiting: a wait of minutes can show how
+// it goes.
+func ReconcileNow(ctx context.Context, cl client.Client, key types.NamespacedName, onRead func(*v1alpha1.PolicySource)) (*v1alpha1.PolicySource, error) {
 	at, err := RequestReconcile(ctx, cl, key)
 	if err != nil {
 		return nil, err
@@ -546,6 +548,9 @@ func ReconcileNow(ctx context.Context, cl client.Client, key types.NamespacedNam
 		var cur v1alpha1.PolicySource
 		if err := cl.Get(ctx, key, &cur); err != nil {
 			return nil, fmt.Errorf("read %s: %w", key, err)
+		}
+		if onRead != nil {
+			onRead(&cur)
 		}
 		if cur.Status.LastHandledReconcileAt == at && conditions.Get(&cur, meta.ReconcilingCondition) == nil {
 			return &cur, nil

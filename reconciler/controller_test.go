@@ -335,7 +335,7 @@ func TestClusterController(t *testing.T) {
 		t.Errorf("a gone after a refused revision: %v", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	handled, err := ReconcileNow(rctx, cl, key)
+	handled, err := ReconcileNow(rctx, cl, key, nil)
 	cancel()
 	if err != nil {
 		t.Fatalf("reconcile now: %v", err)

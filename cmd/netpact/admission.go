@@ -26,7 +26,8 @@ import (
 
 // admissionOptions are the flags of `netpact admission`.
 type admissionOptions struct {
-	kubeconfig, namespace    string
+	kube                     *clusterFlags
+	namespace                string
 	listen, healthListen     string
 	service, config, secret  string
 	certCheck, shutdownDelay time.Duration
@@ -52,7 +53,7 @@ controller that clones tenants' repositories, in replicas of its own (deploy/rec
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	o.kube = addDaemonClusterFlags(f)
 	f.StringVar(&o.namespace, "namespace", "", "namespace of the certificate's Secret (POD_NAMESPACE, else netpact-system)")
 	f.StringVar(&o.listen, "listen", ":9443", "address of the webhook (HTTPS)")
 	f.StringVar(&o.healthListen, "health-listen", ":8081", "address of /healthz and /readyz (ready once a certificate is served)")
@@ -66,7 +67,7 @@ controller that clones tenants' repositories, in replicas of its own (deploy/rec
 
 // runAdmission serves the admission webhook until ctx ends.
 func runAdmission(ctx context.Context, o admissionOptions) error {
-	cfg, err := restConfig(o.kubeconfig)
+	cfg, err := o.kube.restConfig()
 	if err != nil {
 		return err
 	}

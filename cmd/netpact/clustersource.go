@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/policy/kubeview"
@@ -20,18 +19,22 @@ import (
 const clusterReadTimeout = 30 * time.Second
 
 // loadCluster is the cluster predict and plan compute over: the cluster file at clusterPath
-// (docs/cluster-file.md), or the pods, namespaces and nodes the cluster a kubeconfig reaches has
-// now. Exactly one must be given. Its notices go to stderr, as a cluster file's do.
-func loadCluster(cmd *cobra.Command, clusterPath, kubeconfig string) (*policy.ClusterFile, error) {
+// (docs/cluster-file.md), or the pods, namespaces and nodes the cluster the cluster flags name
+// (--kubeconfig or --context) has now. Exactly one must be given. Its notices go to stderr, as a
+// cluster file's do.
+func loadCluster(cmd *cobra.Command, clusterPath string, kube *clusterFlags) (*policy.ClusterFile, error) {
+	live, err := kube.named("the cluster is the file of --cluster")
 	switch {
-	case clusterPath != "" && kubeconfig != "":
-		return nil, errors.New("--cluster and --kubeconfig both describe the cluster: give one of them")
+	case err != nil:
+		return nil, err
+	case clusterPath != "" && live:
+		return nil, errors.New("--cluster and --kubeconfig or --context both describe the cluster: give one of them")
 	case clusterPath != "":
 		return readClusterFile(cmd.ErrOrStderr(), "cluster file", clusterPath)
-	case kubeconfig == "":
-		return nil, errors.New("no cluster: give --cluster FILE (docs/cluster-file.md) or --kubeconfig FILE (a live cluster)")
+	case !live:
+		return nil, errors.New("no cluster: give --cluster FILE (docs/cluster-file.md), or --kubeconfig FILE or --context NAME (a live cluster)")
 	}
-	cfg, err := restConfig(kubeconfig)
+	cfg, err := kube.restConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -40,11 +43,11 @@ func loadCluster(cmd *cobra.Command, clusterPath, kubeconfig string) (*policy.Cl
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	cfg.QPS, cfg.Burst = 50, 100
+	source := "cluster " + kube.name()
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		return nil, fmt.Errorf("%s: %w", source, err)
 	}
-	source := "cluster " + kubeconfigContext(kubeconfig)
 	ctx := cmd.Context()
 	if ctx == nil {
 		ctx = context.Background()
@@ -60,14 +63,4 @@ func loadCluster(cmd *cobra.Command, clusterPath, kubeconfig string) (*policy.Cl
 	}
 	printNotices(cmd.ErrOrStderr(), cf.Notices)
 	return cf, nil
-}
-
-// kubeconfigContext names the cluster a kubeconfig reaches by its current context, as kubectl
-// does; by the file when it has none.
-func kubeconfigContext(kubeconfig string) string {
-	raw, err := clientcmd.LoadFromFile(kubeconfig)
-	if err != nil || raw.CurrentContext == "" {
-		return "of " + kubeconfig
-	}
-	return raw.CurrentContext
 }

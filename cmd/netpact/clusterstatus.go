@@ -7,22 +7,18 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
-	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/netpact/netpact/api/v1alpha1"
-	"github.com/netpact/netpact/reconciler"
 )
 
 func policySourceClient(cfg *rest.Config) (client.Client, error) {
@@ -33,154 +29,168 @@ func policySourceClient(cfg *rest.Config) (client.Client, error) {
 	return client.New(cfg, client.Options{Scheme: scheme})
 }
 
-func newReconcileCommand() *cobra.Command {
-	var kubeconfig, namespace string
-	var timeout time.Duration
-	cmd := &cobra.Command{Use: "reconcile", Short: "Ask the cluster controller to reconcile now"}
-	src := &cobra.Command{
-		Use:   "source NAME",
-		Short: "Reconcile a PolicySource now and wait for the result (as flux reconcile does)",
-		Long: `reconcile source sets the reconcile.fluxcd.io/requestedAt annotation of the PolicySource, waits
-until the controller reports it handled, and prints the outcome: exit 0 when Ready, 1 otherwise.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := restConfig(kubeconfig)
-			if err != nil {
-				return err
-			}
-			cl, err := policySourceClient(cfg)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			st, err := reconciler.ReconcileNow(ctx, cl, ktypes.NamespacedName{Namespace: namespace, Name: args[0]})
-			if err != nil {
-				return err
-			}
-			printStatus(cmd.OutOrStdout(), st)
-			if !conditions.IsReady(st) {
-				return exitError{1}
-			}
-			return nil
-		},
-	}
-	src.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
-	src.Flags().StringVarP(&namespace, "namespace", "n", "netpact-system", "the PolicySource's namespace")
-	src.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the result")
-	cmd.AddCommand(src)
-	return cmd
+// clusterHealth is the cluster's netpact health as `netpact status` reports it, as cilium status
+// does for Cilium: the enforcer DaemonSet, the controller and the admission webhook, the
+// PolicySources, and the nodes whose status reports errors. -o json and -o yaml print it as it is.
+type clusterHealth struct {
+	Healthy bool `json:"healthy"`
+	// Namespace is the PolicySources' namespace; empty for all namespaces.
+	Namespace  string           `json:"namespace,omitempty"`
+	Enforcer   workloadHealth   `json:"enforcer"`
+	Controller workloadHealth   `json:"controller"`
+	Admission  workloadHealth   `json:"admission"`
+	Sources    []sourceHealth   `json:"sources"`
+	Nodes      nodeHealthCounts `json:"nodes"`
 }
 
-// clusterStatus prints the cluster's netpact health on one screen, as cilium status does for
-// Cilium: the enforcer DaemonSet, the controller, every PolicySource, and nodes with errors.
-// It reports whether everything is healthy.
-func clusterStatus(ctx context.Context, cfg *rest.Config, w io.Writer) (bool, error) {
+// workloadHealth is a DaemonSet's or a Deployment's: Desired, Ready, Available and UpToDate are
+// its status's counts (a Deployment's Desired being its spec's replicas). Healthy is false for a
+// workload not installed, though only the enforcer's absence makes the cluster unhealthy.
+type workloadHealth struct {
+	Kind      string `json:"kind"`
+	Name      string `json:"name"`
+	Installed bool   `json:"installed"`
+	Healthy   bool   `json:"healthy"`
+	Desired   int32  `json:"desired"`
+	Ready     int32  `json:"ready"`
+	Available int32  `json:"available"`
+	UpToDate  int32  `json:"upToDate"`
+}
+
+// sourceHealth is a PolicySource's line: its Ready condition, how many nodes enforce it, at which
+// revision, and whatever it says is wrong.
+type sourceHealth struct {
+	Namespace     string   `json:"namespace"`
+	Name          string   `json:"name"`
+	Ready         string   `json:"ready"`
+	Reason        string   `json:"reason,omitempty"`
+	Message       string   `json:"message,omitempty"`
+	EnforcedNodes string   `json:"enforcedNodes,omitempty"`
+	Revision      string   `json:"revision,omitempty"`
+	LaggingNodes  []string `json:"laggingNodes,omitempty"`
+	Warnings      []string `json:"warnings,omitempty"`
+}
+
+// nodeHealthCounts counts the nodes that report a NodePolicyStatus, and names those with errors.
+type nodeHealthCounts struct {
+	Reporting  int          `json:"reporting"`
+	WithErrors []nodeErrors `json:"withErrors"`
+}
+
+type nodeErrors struct {
+	Node   string   `json:"node"`
+	Errors []string `json:"errors"`
+}
+
+// readClusterHealth reads the cluster's netpact health; namespace narrows the PolicySources
+// down to one namespace's.
+func readClusterHealth(ctx context.Context, cfg *rest.Config, namespace string) (*clusterHealth, error) {
 	kc, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	r := &statusReport{w: w, healthy: true}
+	cl, err := policySourceClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	h := &clusterHealth{Namespace: namespace, Sources: []sourceHealth{}, Nodes: nodeHealthCounts{WithErrors: []nodeErrors{}}}
 	for _, step := range []func() error{
-		func() error { return r.enforcer(ctx, kc) },
-		func() error { return r.deployments(ctx, kc) },
-		func() error { return r.sources(ctx, cfg) },
-		func() error { return r.nodes(ctx, cfg) },
+		func() error { return h.readEnforcer(ctx, kc) },
+		func() error { return h.readDeployments(ctx, kc) },
+		func() error { return h.readSources(ctx, cl) },
+		func() error { return h.readNodes(ctx, cfg) },
 	} {
 		if err := step(); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	return r.healthy, nil
-}
-
-// statusReport is clusterStatus's screen, and whether a line of it was not healthy.
-type statusReport struct {
-	w       io.Writer
-	healthy bool
-}
-
-// bad is the end of a line: a marker when the line is not healthy.
-func (r *statusReport) bad(ok bool) string {
-	if !ok {
-		r.healthy = false
-		return "  <- not healthy"
+	h.Healthy = h.Enforcer.Healthy && h.Nodes.healthy()
+	for _, d := range []workloadHealth{h.Controller, h.Admission} {
+		// A controller or webhook not installed is a choice; one installed and not ready is not.
+		h.Healthy = h.Healthy && (d.Healthy || !d.Installed)
 	}
-	return ""
+	for _, s := range h.Sources {
+		h.Healthy = h.Healthy && s.healthy()
+	}
+	return h, nil
 }
 
-func (r *statusReport) enforcer(ctx context.Context, kc kubernetes.Interface) error {
+func (h *clusterHealth) readEnforcer(ctx context.Context, kc kubernetes.Interface) error {
+	h.Enforcer = workloadHealth{Kind: "DaemonSet", Name: "kube-system/netpact"}
 	ds, err := kc.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		fmt.Fprintf(r.w, "enforcer:    not installed (kube-system/netpact DaemonSet)%s\n", r.bad(false))
+		return nil
 	case err != nil:
 		return fmt.Errorf("read the enforcer DaemonSet: %w", err)
-	default:
-		s := ds.Status
-		ok := s.DesiredNumberScheduled > 0 && s.NumberReady == s.DesiredNumberScheduled && s.NumberAvailable == s.DesiredNumberScheduled
-		fmt.Fprintf(r.w, "enforcer:    DaemonSet kube-system/netpact desired %d, ready %d, available %d, up to date %d%s\n",
-			s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable, s.UpdatedNumberScheduled, r.bad(ok))
 	}
+	s := ds.Status
+	h.Enforcer.Installed = true
+	h.Enforcer.Desired, h.Enforcer.Ready, h.Enforcer.Available, h.Enforcer.UpToDate =
+		s.DesiredNumberScheduled, s.NumberReady, s.NumberAvailable, s.UpdatedNumberScheduled
+	h.Enforcer.Healthy = s.DesiredNumberScheduled > 0 && s.NumberReady == s.DesiredNumberScheduled && s.NumberAvailable == s.DesiredNumberScheduled
 	return nil
 }
 
-func (r *statusReport) deployments(ctx context.Context, kc kubernetes.Interface) error {
-	for _, d := range []struct{ label, name, what string }{
-		{"controller: ", "netpact-reconciler", "controller"},
-		{"admission:  ", "netpact-admission", "admission webhook"},
+func (h *clusterHealth) readDeployments(ctx context.Context, kc kubernetes.Interface) error {
+	for _, d := range []struct {
+		into       *workloadHealth
+		name, what string
+	}{
+		{&h.Controller, "netpact-reconciler", "controller"},
+		{&h.Admission, "netpact-admission", "admission webhook"},
 	} {
+		*d.into = workloadHealth{Kind: "Deployment", Name: "netpact-system/" + d.name}
 		dep, err := kc.AppsV1().Deployments("netpact-system").Get(ctx, d.name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
-			fmt.Fprintf(r.w, "%s not installed (netpact-system/%s; deploy/reconciler)\n", d.label, d.name)
+			continue
 		case err != nil:
 			return fmt.Errorf("read the %s Deployment: %w", d.what, err)
-		default:
-			want := int32(1)
-			if dep.Spec.Replicas != nil {
-				want = *dep.Spec.Replicas
-			}
-			fmt.Fprintf(r.w, "%s Deployment netpact-system/%s ready %d/%d%s\n", d.label, d.name,
-				dep.Status.ReadyReplicas, want, r.bad(dep.Status.ReadyReplicas >= want && want > 0))
 		}
+		want := int32(1)
+		if dep.Spec.Replicas != nil {
+			want = *dep.Spec.Replicas
+		}
+		*d.into = workloadHealth{Kind: "Deployment", Name: d.into.Name, Installed: true, Healthy: dep.Status.ReadyReplicas >= want && want > 0,
+			Desired: want, Ready: dep.Status.ReadyReplicas, Available: dep.Status.AvailableReplicas, UpToDate: dep.Status.UpdatedReplicas}
 	}
 	return nil
 }
 
-func (r *statusReport) sources(ctx context.Context, cfg *rest.Config) error {
-	cl, err := policySourceClient(cfg)
+func (h *clusterHealth) readSources(ctx context.Context, cl client.Client) error {
+	list, err := listPolicySources(ctx, cl, h.Namespace)
 	if err != nil {
 		return err
 	}
-	var list v1alpha1.PolicySourceList
-	if err := cl.List(ctx, &list); err != nil {
-		return fmt.Errorf("list PolicySources: %w", err)
-	}
-	fmt.Fprintf(r.w, "sources:     %d PolicySource(s)\n", len(list.Items))
-	for i := range list.Items {
-		ps := &list.Items[i]
-		ready := conditions.Get(ps, meta.ReadyCondition)
-		state, msg := "Unknown", ""
-		if ready != nil {
-			state, msg = string(ready.Status), ready.Message
-		}
-		fmt.Fprintf(r.w, "  %s/%s: Ready %s, enforced on %s nodes, revision %s%s\n", ps.Namespace, ps.Name, state,
-			orDash(ps.Status.EnforcedNodes), orDash(ps.Status.LastEnforcedRevision), r.bad(state == "True"))
-		if state != "True" && msg != "" {
-			fmt.Fprintf(r.w, "    %s\n", msg)
-		}
-		for _, l := range ps.Status.LaggingNodes {
-			fmt.Fprintf(r.w, "    lagging: %s\n", l)
-		}
-		for _, w := range ps.Status.Warnings {
-			fmt.Fprintf(r.w, "    warning: %s\n", w)
-		}
+	for i := range list {
+		h.Sources = append(h.Sources, healthOf(&list[i]))
 	}
 	return nil
 }
 
-func (r *statusReport) nodes(ctx context.Context, cfg *rest.Config) error {
+// listPolicySources lists the PolicySources of namespace, of every namespace when empty.
+func listPolicySources(ctx context.Context, cl client.Client, namespace string) ([]v1alpha1.PolicySource, error) {
+	var list v1alpha1.PolicySourceList
+	if err := cl.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+		return nil, fmt.Errorf("list PolicySources: %w", err)
+	}
+	return list.Items, nil
+}
+
+func healthOf(ps *v1alpha1.PolicySource) sourceHealth {
+	s := sourceHealth{Namespace: ps.Namespace, Name: ps.Name, Ready: string(metav1.ConditionUnknown),
+		EnforcedNodes: ps.Status.EnforcedNodes, Revision: ps.Status.LastEnforcedRevision,
+		LaggingNodes: ps.Status.LaggingNodes, Warnings: ps.Status.Warnings}
+	if ready := conditions.Get(ps, meta.ReadyCondition); ready != nil {
+		s.Ready, s.Reason, s.Message = string(ready.Status), ready.Reason, ready.Message
+	}
+	return s
+}
+
+func (s sourceHealth) healthy() bool { return s.Ready == string(metav1.ConditionTrue) }
+
+func (h *clusterHealth) readNodes(ctx context.Context, cfg *rest.Config) error {
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return err
@@ -189,7 +199,7 @@ func (r *statusReport) nodes(ctx context.Context, cfg *rest.Config) error {
 	if err != nil {
 		return fmt.Errorf("list NodePolicyStatuses: %w", err)
 	}
-	var troubled []string
+	h.Nodes.Reporting = len(npsList.Items)
 	for _, u := range npsList.Items {
 		var nps v1alpha1.NodePolicyStatus
 		raw, _ := json.Marshal(u.Object)
@@ -197,16 +207,14 @@ func (r *statusReport) nodes(ctx context.Context, cfg *rest.Config) error {
 			continue
 		}
 		if why := nodeTroubles(&nps); len(why) > 0 {
-			troubled = append(troubled, fmt.Sprintf("  %s: %s", nps.Name, strings.Join(why, "; ")))
+			h.Nodes.WithErrors = append(h.Nodes.WithErrors, nodeErrors{Node: nps.Name, Errors: why})
 		}
 	}
-	sort.Strings(troubled)
-	fmt.Fprintf(r.w, "nodes:       %d report status, %d with errors%s\n", len(npsList.Items), len(troubled), r.bad(len(troubled) == 0))
-	for _, t := range troubled {
-		fmt.Fprintln(r.w, t)
-	}
+	sort.Slice(h.Nodes.WithErrors, func(i, j int) bool { return h.Nodes.WithErrors[i].Node < h.Nodes.WithErrors[j].Node })
 	return nil
 }
+
+func (n nodeHealthCounts) healthy() bool { return len(n.WithErrors) == 0 }
 
 // nodeTroubles are the errors a node's status reports: its sync's, its policies', its pods'.
 func nodeTroubles(nps *v1alpha1.NodePolicyStatus) []string {
@@ -223,6 +231,57 @@ func nodeTroubles(nps *v1alpha1.NodePolicyStatus) []string {
 		why = append(why, fmt.Sprintf("pod %s failed closed: %s", e.Pod, e.Error))
 	}
 	return why
+}
+
+// print writes the health on one screen, a line not healthy marked.
+func (h *clusterHealth) print(w io.Writer) {
+	e := h.Enforcer
+	if e.Installed {
+		fmt.Fprintf(w, "enforcer:    DaemonSet %s desired %d, ready %d, available %d, up to date %d%s\n",
+			e.Name, e.Desired, e.Ready, e.Available, e.UpToDate, notHealthy(e.Healthy))
+	} else {
+		fmt.Fprintf(w, "enforcer:    not installed (%s DaemonSet)%s\n", e.Name, notHealthy(false))
+	}
+	for _, d := range []struct {
+		label string
+		w     workloadHealth
+	}{{"controller: ", h.Controller}, {"admission:  ", h.Admission}} {
+		if d.w.Installed {
+			fmt.Fprintf(w, "%s Deployment %s ready %d/%d%s\n", d.label, d.w.Name, d.w.Ready, d.w.Desired, notHealthy(d.w.Healthy))
+		} else {
+			fmt.Fprintf(w, "%s not installed (%s; deploy/reconciler)\n", d.label, d.w.Name)
+		}
+	}
+	in := ""
+	if h.Namespace != "" {
+		in = " in " + h.Namespace
+	}
+	fmt.Fprintf(w, "sources:     %d PolicySource(s)%s\n", len(h.Sources), in)
+	for _, s := range h.Sources {
+		fmt.Fprintf(w, "  %s/%s: Ready %s, enforced on %s nodes, revision %s%s\n", s.Namespace, s.Name, s.Ready,
+			orDash(s.EnforcedNodes), orDash(s.Revision), notHealthy(s.healthy()))
+		if !s.healthy() && s.Message != "" {
+			fmt.Fprintf(w, "    %s\n", s.Message)
+		}
+		for _, l := range s.LaggingNodes {
+			fmt.Fprintf(w, "    lagging: %s\n", l)
+		}
+		for _, warning := range s.Warnings {
+			fmt.Fprintf(w, "    warning: %s\n", warning)
+		}
+	}
+	fmt.Fprintf(w, "nodes:       %d report status, %d with errors%s\n", h.Nodes.Reporting, len(h.Nodes.WithErrors), notHealthy(h.Nodes.healthy()))
+	for _, n := range h.Nodes.WithErrors {
+		fmt.Fprintf(w, "  %s: %s\n", n.Node, strings.Join(n.Errors, "; "))
+	}
+}
+
+// notHealthy is the end of a line: a marker when the line is not healthy.
+func notHealthy(ok bool) string {
+	if !ok {
+		return "  <- not healthy"
+	}
+	return ""
 }
 
 func orDash(s string) string {

@@ -23,7 +23,8 @@ import (
 // controllerOptions are the flags of `netpact reconciler`: the cluster's
 // PolicySource controller.
 type controllerOptions struct {
-	kubeconfig, namespace              string
+	kube                               *clusterFlags
+	namespace                          string
 	leaderElect                        bool
 	metricsListen, healthListen        string
 	receiverListen, receiverSecretFile string
@@ -33,7 +34,7 @@ type controllerOptions struct {
 // runController runs the PolicySource controller until ctx ends: the manager (leader election,
 // metrics, health) and the webhook receiver. The admission webhook runs apart (netpact admission).
 func runController(ctx context.Context, o controllerOptions) error {
-	cfg, err := restConfig(o.kubeconfig)
+	cfg, err := o.kube.restConfig()
 	if err != nil {
 		return err
 	}

@@ -23,11 +23,12 @@ import (
 
 func newEnforcerCommand() *cobra.Command {
 	var (
-		c                           kubenode.RunConfig
-		kubeconfig, mode, denied403 string
-		limits                      proxy.Limits
-		rejectCode                  string
-		minTTL                      int
+		c               kubenode.RunConfig
+		kube            *clusterFlags
+		mode, denied403 string
+		limits          proxy.Limits
+		rejectCode      string
+		minTTL          int
 	)
 	cmd := &cobra.Command{
 		Use:   "enforcer",
@@ -64,7 +65,7 @@ sync=1 first waits until every event the datapath wrote before the request was r
 				// Pipelined requests already buffered (16 KiB) count against the next one's header.
 				return fmt.Errorf("--http-max-header-bytes %d: must be at least 16384", limits.MaxHeaderBytes)
 			}
-			if c.Kube, err = restConfig(kubeconfig); err != nil {
+			if c.Kube, err = kube.restConfig(); err != nil {
 				return err
 			}
 			c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -90,7 +91,7 @@ sync=1 first waits until every event the datapath wrote before the request was r
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	kube = addDaemonClusterFlags(f)
 	f.StringVar(&c.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name")
 	f.StringVar(&c.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	f.StringVar(&c.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")

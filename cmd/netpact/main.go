@@ -23,9 +23,34 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newValidateCommand(), newObserveCommand(), newPredictCommand(), newPlanCommand(), newTestCommand(), newReconcilerCommand(), newAdmissionCommand(), newReconcileCommand(), newStatusCommand(), newGitServerCommand(),
-		newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand(), newExternalServerCommand())
+	root.AddGroup(&cobra.Group{ID: clientGroup, Title: "Commands for people and CI:"},
+		&cobra.Group{ID: daemonGroup, Title: "Daemons, node setup and test clusters:"})
+	// cobra adds completion (bash, zsh, fish, powershell) and help when the command runs.
+	root.SetCompletionCommandGroupID(clientGroup)
+	root.SetHelpCommandGroupID(clientGroup)
+	inGroup(root, clientGroup, newValidateCommand(), newPredictCommand(), newPlanCommand(), newTestCommand(), newObserveCommand(),
+		newStatusCommand(), newReconcileCommand(), newVersionCommand())
+	inGroup(root, daemonGroup, newEnforcerCommand(), newReconcilerCommand(), newAdmissionCommand(), newNodeSetupCommand(),
+		newKindCommand(), newGitServerCommand(), newExternalServerCommand())
+	// What the kind backend of the scenarios runs in its pods, by name: not for people.
+	for _, c := range []*cobra.Command{newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand()} {
+		c.Hidden = true
+		root.AddCommand(c)
+	}
 	return root
+}
+
+// The groups of `netpact --help`.
+const (
+	clientGroup = "client"
+	daemonGroup = "daemon"
+)
+
+func inGroup(root *cobra.Command, group string, cmds ...*cobra.Command) {
+	for _, c := range cmds {
+		c.GroupID = group
+		root.AddCommand(c)
+	}
 }
 
 func main() {

@@ -33,12 +33,13 @@ const DefaultObserveSocket = "/run/netpact/observe.sock"
 const enforcerFlowsPort = "9879"
 
 type observeOptions struct {
-	socket, kubeconfig, enforcerNS, output, since, until string
-	verdicts, pods, namespaces, fromPods, toPods         []string
-	ips, fromIPs, toIPs, protocols, types, nodes         []string
-	ports                                                []uint
-	last                                                 int
-	follow, nodeName, numeric, policyNames               bool
+	socket, enforcerNS, output, since, until     string
+	kube                                         *clusterFlags
+	verdicts, pods, namespaces, fromPods, toPods []string
+	ips, fromIPs, toIPs, protocols, types, nodes []string
+	ports                                        []uint
+	last                                         int
+	follow, nodeName, numeric, policyNames       bool
 }
 
 func newObserveCommand() *cobra.Command {
@@ -51,11 +52,12 @@ AUDITED), drop and L7 request, naming the policy, its rule, the file and line it
 for a policy the reconciler applied, its Git revision. A default-deny drop names the policies
 that select the pod (they made it default deny).
 
-Without --kubeconfig it reads a local node: a running "netpact test" (with --retain it keeps
-serving after its report) or "netpact reconciler local", on the unix socket --socket. With
---kubeconfig it reads every enforcer of the cluster through the API server (pods/proxy, as
-kubectl port-forward does: nothing more to deploy, and the right needed is "get pods/proxy" in
-the enforcers' namespace), merging their flows in time order.
+Without --kubeconfig or --context it reads a local node: a running "netpact test" (with --retain
+it keeps serving after its report) or "netpact reconciler local", on the unix socket --socket.
+With --kubeconfig FILE or --context NAME (a context of KUBECONFIG or ~/.kube/config) it reads
+every enforcer of that cluster through the API server (pods/proxy, as kubectl port-forward does:
+nothing more to deploy, and the right needed is "get pods/proxy" in the enforcers' namespace),
+merging their flows in time order.
 
 Each node keeps its last 16383 flows (a ring; older ones are overwritten). Events lost before a
 reader saw them are printed as Hubble prints them: "EVENTS LOST: <source> CPU(n) <count>"
@@ -71,10 +73,13 @@ See docs/observe.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runObserve(cmd, o) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.socket, "socket", DefaultObserveSocket, "the local node's socket (without --kubeconfig)")
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "read the cluster's enforcers through this kubeconfig's API server")
+	f.StringVar(&o.socket, "socket", DefaultObserveSocket, "the local node's socket (without --kubeconfig or --context)")
+	o.kube = addClusterFlags(f)
+	o.kube.setKubeconfigUsage("read the enforcers of the cluster this kubeconfig (or --context, in KUBECONFIG or ~/.kube/config) reaches instead of a local node")
 	f.StringVar(&o.enforcerNS, "enforcer-namespace", "kube-system", "the namespace of the enforcer DaemonSet's pods (label app.kubernetes.io/name=netpact)")
 	f.StringVarP(&o.output, "output", "o", "compact", "compact, json, table or dict")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{observe.OutputCompact, observe.OutputJSON,
+		observe.OutputTable, observe.OutputDict}, cobra.ShellCompDirectiveNoFileComp))
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing new flows")
 	f.IntVar(&o.last, "last", 0, "the last N flows of each node (all it keeps when 0 and not following; none before new ones when following)")
 	f.StringVar(&o.since, "since", "", "flows since a time: RFC 3339, or a duration ago (5m)")
@@ -133,6 +138,10 @@ func runObserve(cmd *cobra.Command, o *observeOptions) error {
 	if err != nil {
 		return err
 	}
+	live, err := o.kube.named("observe reads the local node's --socket")
+	if err != nil {
+		return err
+	}
 	pr, err := observe.NewPrinter(cmd.OutOrStdout(), observe.PrinterOptions{Output: o.output, NodeName: o.nodeName,
 		Numeric: o.numeric, PolicyNames: o.policyNames})
 	if err != nil {
@@ -142,8 +151,8 @@ func runObserve(cmd *cobra.Command, o *observeOptions) error {
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var sources []flowSource
-	if o.kubeconfig != "" {
-		if sources, err = enforcerSources(ctx, o.kubeconfig, o.enforcerNS, o.nodes); err != nil {
+	if live {
+		if sources, err = enforcerSources(ctx, o.kube, o.enforcerNS, o.nodes); err != nil {
 			return err
 		}
 	} else {
@@ -172,7 +181,7 @@ func localSource(socket string) flowSource {
 		resp, err := client.Do(req)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-				return nil, fmt.Errorf("no local node serves %s: start one (netpact test --retain FILE, or netpact reconciler local), or pass --kubeconfig", socket)
+				return nil, fmt.Errorf("no local node serves %s: start one (netpact test --retain FILE, or netpact reconciler local), or pass --kubeconfig or --context", socket)
 			}
 			return nil, fmt.Errorf("read %s: %w", socket, err)
 		}
@@ -182,13 +191,12 @@ func localSource(socket string) flowSource {
 
 // enforcerSources are the enforcers of the cluster, through the API server's pods/proxy; nodes
 // narrows them down to the nodes of --node before any request.
-func enforcerSources(ctx context.Context, kubeconfig, ns string, nodes []string) ([]flowSource, error) {
-	cfg, err := restConfig(kubeconfig)
+func enforcerSources(ctx context.Context, kube *clusterFlags, ns string, nodes []string) ([]flowSource, error) {
+	cfg, err := kube.restConfig()
 	if err != nil {
 		return nil, err
 	}
-	// A stream lasts as long as --follow does: no client timeout.
-	cfg.Timeout = 0
+	// A stream lasts as long as --follow does: no client timeout, unless --request-timeout sets one.
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)

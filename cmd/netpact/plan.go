@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,15 +34,17 @@ type policySet struct {
 
 // planOptions are netpact plan's flags.
 type planOptions struct {
-	clusterPath, kubeconfig, output, pngPath, namespace, mode, base, head, repo string
-	ports, pods                                                                 []string
-	ipv6, enforceHost, verbose, failOnNewAllow                                  bool
+	clusterPath, pngPath, namespace, mode, base, head, repo string
+	ports, pods                                             []string
+	ipv6, enforceHost, verbose, failOnNewAllow              bool
+	kube                                                    *clusterFlags
+	output                                                  *outputFormat
 }
 
 func newPlanCommand() *cobra.Command {
 	var o planOptions
 	cmd := &cobra.Command{
-		Use: "plan (--cluster FILE | --kubeconfig FILE) (--base REV --head REV [PATH...] | BASE_DIR HEAD_DIR)",
+		Use: "plan (--cluster FILE | --kubeconfig FILE | --context NAME) (--base REV --head REV [PATH...] | BASE_DIR HEAD_DIR)",
 		Short: "Print the cells of the connectivity matrix a policy change opens and closes; " +
 			"exit 0 no change, 1 error, 2 changes, 3 newly allowed with --fail-on-new-allow",
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -63,11 +64,12 @@ func newPlanCommand() *cobra.Command {
 	})
 	f := cmd.Flags()
 	f.StringVar(&o.clusterPath, "cluster", "", "cluster description file (see docs/cluster-file.md)")
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "read the pods, namespaces and nodes of this live cluster instead of a cluster file")
+	o.kube = addClusterFlags(f)
+	o.kube.setKubeconfigUsage(liveClusterUsage)
 	f.StringVar(&o.base, "base", "", "revision of the Git repository the change starts from (branch, tag, hash, HEAD~1)")
 	f.StringVar(&o.head, "head", "", "revision of the Git repository with the change")
 	f.StringVar(&o.repo, "repo", ".", "a path in the Git repository of --base and --head")
-	f.StringVarP(&o.output, "output", "o", "text", "output format: text, json, markdown or html")
+	o.output = addOutputFlag(cmd, "text", "json", "yaml", "markdown", "md", "html")
 	f.StringVar(&o.pngPath, "png", "", "also draw the head's matrix, changed cells outlined, into this PNG file")
 	f.BoolVar(&o.failOnNewAllow, "fail-on-new-allow", false, "exit 3 when a cell is newly allowed, so that CI can demand approval")
 	f.StringVarP(&o.namespace, "namespace", "n", "", "namespace for policies that name none (default \"default\")")
@@ -91,7 +93,7 @@ func (o *planOptions) run(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	cf, err := loadCluster(cmd, o.clusterPath, o.kubeconfig)
+	cf, err := loadCluster(cmd, o.clusterPath, o.kube)
 	if err != nil {
 		return err
 	}
@@ -243,20 +245,16 @@ func (s policySet) compile(stderr io.Writer, warn bool, cf *policy.ClusterFile, 
 	return state, nil
 }
 
-func writePlan(w io.Writer, p *matrix.Plan, output string, verbose bool) error {
-	switch output {
-	case "text", "":
-		p.Text(w, verbose)
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(p)
-	case "markdown", "md":
+func writePlan(w io.Writer, p *matrix.Plan, output *outputFormat, verbose bool) error {
+	switch {
+	case output.structured():
+		return output.write(w, p)
+	case output.value == "markdown" || output.value == "md":
 		p.Markdown(w)
-	case "html":
+	case output.value == "html":
 		return p.HTML(w)
 	default:
-		return fmt.Errorf("unknown output format %q: use text, json, markdown or html", output)
+		p.Text(w, verbose)
 	}
 	return nil
 }

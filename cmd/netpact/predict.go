@@ -55,15 +55,17 @@ func (h host) addr(v6 bool) (netip.Addr, bool) {
 }
 
 func newPredictCommand() *cobra.Command {
-	var clusterPath, kubeconfig, output, namespace, mode string
+	var clusterPath, namespace, mode string
+	var output *outputFormat
+	var kube *clusterFlags
 	var ports, pods []string
 	var ipv6, enforceHost, verbose bool
 	cmd := &cobra.Command{
-		Use:   "predict (--cluster CLUSTER.yaml | --kubeconfig FILE) PATH...",
+		Use:   "predict (--cluster CLUSTER.yaml | --kubeconfig FILE | --context NAME) PATH...",
 		Short: "Print the connectivity matrix the policies give a described or a live cluster",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cf, err := loadCluster(cmd, clusterPath, kubeconfig)
+			cf, err := loadCluster(cmd, clusterPath, kube)
 			if err != nil {
 				return err
 			}
@@ -91,21 +93,17 @@ func newPredictCommand() *cobra.Command {
 			}
 			hosts, _ := hostsOf(cf, false)
 			predicted := predictedMatrix(state, hosts, filter, override, ipv6)
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(probeResults(predicted))
-			case "text", "":
-				printPredicted(cmd.OutOrStdout(), predicted, verbose)
-				return nil
+			if output.structured() {
+				return output.write(cmd.OutOrStdout(), probeResults(predicted))
 			}
-			return fmt.Errorf("unknown output format %q: use text or json", output)
+			printPredicted(cmd.OutOrStdout(), predicted, verbose)
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&clusterPath, "cluster", "", "cluster description file (see docs/cluster-file.md)")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "read the pods, namespaces and nodes of the cluster this kubeconfig reaches instead of a cluster file")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	kube = addClusterFlags(cmd.Flags())
+	kube.setKubeconfigUsage(liveClusterUsage)
+	output = addOutputFlag(cmd, "text", "json", "yaml")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for policies that name none (default \"default\")")
 	cmd.Flags().StringVar(&mode, "mode", "default", "policy enforcement mode: default, always or never")
 	cmd.Flags().StringSliceVar(&ports, "port", nil, "probe these ports on every destination instead of its declared ports (80, 53/UDP, ...)")
@@ -115,6 +113,9 @@ func newPredictCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every probe with the rule that decided it")
 	return cmd
 }
+
+// liveClusterUsage is predict's and plan's --kubeconfig.
+const liveClusterUsage = "read the pods, namespaces and nodes of the cluster this kubeconfig (or --context, in KUBECONFIG or ~/.kube/config) reaches instead of a cluster file"
 
 const podFlagUsage = "only the cells from or to these pods: namespace/name or a name, shell globs allowed (production/*)"
 

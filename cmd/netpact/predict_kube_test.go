@@ -69,16 +69,25 @@ func TestPredictKubeconfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		cluster, kubeconfig, want string
+		args []string
+		want string
 	}{
-		{"", nobody, "read cluster envtest-nobody (needs list on pods and namespaces"},
-		{"cluster.yaml", admin, "give one of them"},
-		{"", "", "no cluster: give --cluster FILE"},
+		{[]string{"--kubeconfig", nobody}, "read cluster envtest-nobody (needs list on pods and namespaces"},
+		{[]string{"--cluster", "cluster.yaml", "--kubeconfig", admin}, "give one of them"},
+		{[]string{"--cluster", "cluster.yaml", "--context", "envtest"}, "give one of them"},
+		{nil, "no cluster: give --cluster FILE"},
+		{[]string{"--as", "pk-reader"}, "--as names no cluster by itself"},
 	} {
 		cmd := &cobra.Command{}
 		cmd.SetContext(ctx)
-		if _, err := loadCluster(cmd, tc.cluster, tc.kubeconfig); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("--cluster %q --kubeconfig %q: %v, want an error with %q", tc.cluster, tc.kubeconfig, err, tc.want)
+		var clusterPath string
+		cmd.Flags().StringVar(&clusterPath, "cluster", "", "")
+		kube := addClusterFlags(cmd.Flags())
+		if err := cmd.Flags().Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadCluster(cmd, clusterPath, kube); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error with %q", tc.args, err, tc.want)
 		}
 	}
 }

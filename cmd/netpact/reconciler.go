@@ -27,14 +27,15 @@ const defaultStatusFile = "/run/netpact/status.json"
 func newReconcilerCommand() *cobra.Command {
 	var co controllerOptions
 	cmd := &cobra.Command{
-		Use:   "reconciler [--kubeconfig FILE]",
+		Use:   "reconciler",
 		Short: "Run the cluster's PolicySource controller (the GitOps reconciler)",
-		Long: `reconciler is the cluster's controller (in-cluster, or --kubeconfig): every PolicySource is
-fetched, validated as one unit, server-side applied (field manager netpact, netpact.io/revision,
-owner labels), pruned, and reported Ready only once every node's NodePolicyStatus holds the
-applied generations ("enforced on N/N nodes", the lagging named). It also serves the webhook
-receiver (/hook/NAMESPACE/NAME/{github,gitlab,generic-hmac}). The admission webhook that refuses
-what netpact validate refuses runs apart, in replicas of its own: netpact admission.
+		Long: `reconciler is the cluster's controller (in its pod; elsewhere on the cluster a kubeconfig names,
+found as kubectl finds it): every PolicySource is fetched, validated as one unit, server-side
+applied (field manager netpact, netpact.io/revision, owner labels), pruned, and reported Ready
+only once every node's NodePolicyStatus holds the applied generations ("enforced on N/N nodes",
+the lagging named). It also serves the webhook receiver (/hook/NAMESPACE/NAME/{github,gitlab,
+generic-hmac}). The admission webhook that refuses what netpact validate refuses runs apart, in
+replicas of its own: netpact admission.
 
 reconciler local follows one Git source on a local node of network namespaces instead.`,
 		Args: cobra.NoArgs,
@@ -53,7 +54,7 @@ reconciler local follows one Git source on a local node of network namespaces in
 	_ = f.MarkHidden("source")
 	f.StringVar(&co.receiverListen, "listen", "", "address of the webhook receiver, such as :9292")
 	f.StringVar(&co.receiverSecretFile, "webhook-secret-file", "", "file holding the webhook secret")
-	f.StringVar(&co.kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	co.kube = addDaemonClusterFlags(f)
 	f.StringVar(&co.namespace, "namespace", "", "its namespace, for the leader lease and the webhook certificate (POD_NAMESPACE, else netpact-system)")
 	f.BoolVar(&co.leaderElect, "leader-elect", true, "one active replica at a time (a Lease)")
 	f.StringVar(&co.metricsListen, "metrics-listen", ":8080", "Prometheus metrics address (0: none)")
@@ -127,55 +128,120 @@ func printStatus(w io.Writer, st *v1alpha1.PolicySource) {
 	}
 }
 
+// statusOptions are the flags of netpact status.
+type statusOptions struct {
+	statusFile, namespace string
+	allNamespaces, wait   bool
+	timeout               time.Duration
+	kube                  *clusterFlags
+	output                *outputFormat
+}
+
 func newStatusCommand() *cobra.Command {
-	var statusFile, output, kubeconfig string
+	var o statusOptions
 	cmd := &cobra.Command{
-		Use:   "status [--kubeconfig FILE]",
+		Use:   "status [--kubeconfig FILE | --context NAME]",
 		Short: "Print the local reconciler's conditions and revisions, or the cluster's netpact health",
-		Long: `status prints the local reconciler's status file; with --kubeconfig, the cluster's netpact health
-on one screen: the enforcer DaemonSet, the controller, every PolicySource (conditions, revision,
-nodes enforced, lagging nodes) and the nodes whose status reports errors. Exit 1 when not healthy.`,
+		Long: `status prints the local reconciler's status file. With --kubeconfig FILE or --context NAME (a
+context of KUBECONFIG or ~/.kube/config) it prints the cluster's netpact health on one screen
+instead: the enforcer DaemonSet, the controller, every PolicySource (conditions, revision, nodes
+enforced, lagging nodes; -n NAMESPACE for one namespace's, every namespace's by default or with -A)
+and the nodes whose status reports errors. --wait first waits, a line on stderr for each change,
+until every PolicySource is Ready and enforced on every node, for --timeout at most.
+
+Exit 1 when not healthy (or not Ready), or when --wait timed out, whatever the output format.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if kubeconfig != "" {
-				cfg, err := restConfig(kubeconfig)
-				if err != nil {
-					return err
-				}
-				ok, err := clusterStatus(cmd.Context(), cfg, cmd.OutOrStdout())
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return exitError{1}
-				}
-				return nil
-			}
-			data, err := os.ReadFile(statusFile)
+			live, err := o.kube.named("status reads the local reconciler's --status-file")
 			if err != nil {
-				return fmt.Errorf("read status (is the reconciler running?): %w", err)
+				return err
 			}
-			var st v1alpha1.PolicySource
-			if err := json.Unmarshal(data, &st); err != nil {
-				return fmt.Errorf("read status %s: %w", statusFile, err)
+			if live {
+				return o.cluster(cmd)
 			}
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(&st)
-			case "text", "":
-				printStatus(cmd.OutOrStdout(), &st)
-				if !conditions.IsReady(&st) {
-					return exitError{1}
+			for _, f := range []string{"namespace", "all-namespaces", "wait", "timeout"} {
+				if cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s is about a cluster's PolicySources: give --kubeconfig FILE or --context NAME", f)
 				}
-				return nil
 			}
-			return fmt.Errorf("unknown output format %q: use text or json", output)
+			return o.local(cmd)
 		},
 	}
-	cmd.Flags().StringVar(&statusFile, "status-file", defaultStatusFile, "the reconciler's status file")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "report the cluster's health instead (its kubeconfig file)")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	f := cmd.Flags()
+	f.StringVar(&o.statusFile, "status-file", defaultStatusFile, "the local reconciler's status file")
+	o.kube = addClusterFlags(f)
+	o.kube.setKubeconfigUsage("report the health of the cluster this kubeconfig (or --context, in KUBECONFIG or ~/.kube/config) reaches instead")
+	f.StringVarP(&o.namespace, "namespace", "n", "", "only this namespace's PolicySources (a cluster's; every namespace's when not given)")
+	f.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "every namespace's PolicySources, as without -n")
+	f.BoolVar(&o.wait, "wait", false, "wait until every PolicySource is Ready and enforced on every node, then report")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	o.output = addOutputFlag(cmd, "text", "json", "yaml")
 	return cmd
+}
+
+// local prints the local reconciler's status file.
+func (o *statusOptions) local(cmd *cobra.Command) error {
+	data, err := os.ReadFile(o.statusFile)
+	if err != nil {
+		return fmt.Errorf("read status (is the reconciler running?): %w", err)
+	}
+	var st v1alpha1.PolicySource
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("read status %s: %w", o.statusFile, err)
+	}
+	if o.output.structured() {
+		if err := o.output.write(cmd.OutOrStdout(), printable(&st)); err != nil {
+			return err
+		}
+	} else {
+		printStatus(cmd.OutOrStdout(), &st)
+	}
+	if !conditions.IsReady(&st) {
+		return exitError{1}
+	}
+	return nil
+}
+
+// cluster prints the cluster's health, once the PolicySources are settled with --wait.
+func (o *statusOptions) cluster(cmd *cobra.Command) error {
+	cfg, err := o.kube.restConfig()
+	if err != nil {
+		return err
+	}
+	namespace := o.namespace
+	if o.allNamespaces {
+		namespace = ""
+	}
+	var waitErr error
+	if o.wait {
+		cl, err := policySourceClient(cfg)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+		waitErr = waitForSources(ctx, cl, namespace, newSourceProgress(cmd.ErrOrStderr()))
+		cancel()
+		if waitErr != nil && !errors.Is(waitErr, context.DeadlineExceeded) {
+			return waitErr
+		}
+	}
+	h, err := readClusterHealth(cmd.Context(), cfg, namespace)
+	if err != nil {
+		return err
+	}
+	if o.output.structured() {
+		if err := o.output.write(cmd.OutOrStdout(), h); err != nil {
+			return err
+		}
+	} else {
+		h.print(cmd.OutOrStdout())
+	}
+	if waitErr != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "netpact status: waited %s: %v\n", o.timeout, waitErr)
+		return exitError{1}
+	}
+	if !h.Healthy {
+		return exitError{1}
+	}
+	return nil
 }

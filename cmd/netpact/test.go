@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"github.com/netpact/netpact/enforcer/observe"
 	"os"
 	"os/signal"
 	"strings"
@@ -15,11 +13,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/scenarios"
 )
 
 func newTestCommand() *cobra.Command {
-	var junit, output, summary string
+	var junit, summary string
+	var output *outputFormat
 	var retain, verbose bool
 	var observeSocket string
 	var timeout time.Duration
@@ -35,7 +35,7 @@ scenario and step with each step's observed matrix in one compact table; a faili
 three tables side by side, its wrong cells and the flow events of its probes, both where it ran and
 again in a failures section before the totals at the end. -v gives every step that detail.
 
-With --kubeconfig it runs them on that cluster instead, which must run netpact's enforcers: it
+With --kubeconfig or --context it runs them on that cluster instead, which must run netpact's enforcers: it
 applies each step's policies through the API server and waits until every node enforces them,
 creates the namespaces and pods a scenario lists from the netpact image (the enforcers', unless
 --probe-image says otherwise), probes from inside the pods, prints a line per step as it goes,
@@ -59,7 +59,11 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 				}
 			}
 			var results []*scenarios.Result
-			if kube.kubeconfig != "" {
+			onCluster, err := kube.cluster.named("they run on a local node")
+			if err != nil {
+				return err
+			}
+			if onCluster {
 				if !cmd.Flags().Changed("probe-timeout") {
 					timeout = 0 // the cluster backend's own default: probes cross nodes
 				}
@@ -90,19 +94,14 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 					return fmt.Errorf("write summary: %w", err)
 				}
 			}
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(results); err != nil {
+			if output.structured() {
+				if err := output.write(cmd.OutOrStdout(), results); err != nil {
 					return err
 				}
-			case "text", "":
+			} else {
 				scenarios.Print(cmd.OutOrStdout(), results, verbose)
 				scenarios.Failures(cmd.OutOrStdout(), results)
 				scenarios.Totals(cmd.OutOrStdout(), results)
-			default:
-				return fmt.Errorf("unknown output format %q: use text or json", output)
 			}
 			if retain && observeSocket != "" {
 				// The run is over and its node retained: its flows stay readable until this
@@ -127,32 +126,34 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 	cmd.Flags().BoolVar(&failOnPending, "fail-on-pending", os.Getenv("CI") == "true", "exit 1 when a step is pending (not checked); the default under CI=true, so that a gate never passes what it did not check")
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
 	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts), the failing steps' tables and the totals to this file")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	output = addOutputFlag(cmd, "text", "json", "yaml")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's three tables and a few flow events, not only the failing steps'")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging, and keep serving the run's flows to netpact observe until interrupted")
 	cmd.Flags().StringVar(&observeSocket, "observe-socket", DefaultObserveSocket, "serve the run's flows to netpact observe on this unix socket (\"\" for none)")
 	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out (on a cluster: 3s unless set)")
-	cmd.Flags().StringVar(&kube.kubeconfig, "kubeconfig", "", "run the scenarios on this cluster, which runs netpact's enforcers, instead of a local node")
-	cmd.Flags().StringVar(&kube.probeImage, "probe-image", "", "with --kubeconfig: the image of the pods the run creates (default: the image of the cluster's netpact enforcers)")
-	cmd.Flags().StringVar(&kube.kind, "kind", "", "with --kubeconfig: the kind cluster's name, for scenarios with external hosts (default: from a kind-NAME context)")
+	kube.cluster = addClusterFlags(cmd.Flags())
+	kube.cluster.setKubeconfigUsage("run the scenarios on this cluster (or --context's), which runs netpact's enforcers, instead of a local node")
+	cmd.Flags().StringVar(&kube.probeImage, "probe-image", "", "on a cluster: the image of the pods the run creates (default: the image of the cluster's netpact enforcers)")
+	cmd.Flags().StringVar(&kube.kind, "kind", "", "on a cluster: the kind cluster's name, for scenarios with external hosts (default: from a kind-NAME context)")
 	return cmd
 }
 
-// testCluster is netpact test's cluster backend: --kubeconfig and what goes with it.
+// testCluster is netpact test's cluster backend: the cluster flags and what goes with them.
 type testCluster struct {
-	kubeconfig, probeImage, kind string
+	cluster          *clusterFlags
+	probeImage, kind string
 }
 
 // run runs the scenarios on the cluster one after the other, a line per step on stderr as it
 // goes, and cleans up after each (or keeps it, with retain).
 func (k *testCluster) run(cmd *cobra.Command, scs []*scenarios.Scenario, timeout time.Duration, retain, verbose bool) ([]*scenarios.Result, error) {
-	cfg, err := restConfig(k.kubeconfig)
+	cfg, err := k.cluster.restConfig()
 	if err != nil {
 		return nil, err
 	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("client for %s: %w", k.kubeconfig, err)
+		return nil, fmt.Errorf("client for cluster %s: %w", k.cluster.name(), err)
 	}
 	image := k.probeImage
 	if image == "" {
@@ -161,11 +162,11 @@ func (k *testCluster) run(cmd *cobra.Command, scs []*scenarios.Scenario, timeout
 		}
 	}
 	kindName := k.kind
-	if ctx := kubeconfigContext(k.kubeconfig); kindName == "" && strings.HasPrefix(ctx, "kind-") {
+	if ctx := k.cluster.name(); kindName == "" && strings.HasPrefix(ctx, "kind-") {
 		kindName = strings.TrimPrefix(ctx, "kind-")
 	}
 	stderr := cmd.ErrOrStderr()
-	fmt.Fprintf(stderr, "running %d scenarios on %s (pods from %s)\n", len(scs), kubeconfigContext(k.kubeconfig), image)
+	fmt.Fprintf(stderr, "running %d scenarios on %s (pods from %s)\n", len(scs), k.cluster.name(), image)
 	var results []*scenarios.Result
 	for _, sc := range scs {
 		backend := scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: client, ProbeImage: image,

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,8 @@ type validateResult struct {
 }
 
 func newValidateCommand() *cobra.Command {
-	var output, namespace string
+	var namespace string
+	var output *outputFormat
 	cmd := &cobra.Command{
 		Use:   "validate PATH...",
 		Short: "Check policy files and folders strictly; exit 1 with file:line:column errors when invalid",
@@ -42,7 +42,7 @@ func newValidateCommand() *cobra.Command {
 			return writeValidate(cmd.OutOrStdout(), cmd.ErrOrStderr(), output, res)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	output = addOutputFlag(cmd, "text", "json", "yaml")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for objects that name none (default \"default\")")
 	return cmd
 }
@@ -67,15 +67,12 @@ func warningCount(ns []policy.Notice) string {
 	}
 }
 
-func writeValidate(stdout, stderr io.Writer, output string, res validateResult) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+func writeValidate(stdout, stderr io.Writer, output *outputFormat, res validateResult) error {
+	if output.structured() {
+		if err := output.write(stdout, res); err != nil {
 			return err
 		}
-	case "text", "":
+	} else {
 		printNotices(stderr, res.Notices)
 		for _, e := range res.Errors {
 			fmt.Fprintln(stderr, e)
@@ -89,8 +86,6 @@ func writeValidate(stdout, stderr io.Writer, output string, res validateResult) 
 				fmt.Fprintf(stderr, "%d errors\n", len(res.Errors))
 			}
 		}
-	default:
-		return fmt.Errorf("unknown output format %q: use text or json", output)
 	}
 	if !res.Valid {
 		return exitError{1}

@@ -13,12 +13,7 @@ import (
 
 func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := newRootCommand()
-	var out, errb bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&errb)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
+	stdout, stderr, err := runErr(args...)
 	var ee exitError
 	switch {
 	case err == nil:
@@ -27,7 +22,18 @@ func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	default:
 		t.Fatalf("netpact %v: %v", args, err)
 	}
-	return out.String(), errb.String(), code
+	return stdout, stderr, code
+}
+
+// runErr runs netpact with args as main does, and returns its error as main would print it.
+func runErr(args ...string) (stdout, stderr string, err error) {
+	cmd := newRootCommand()
+	var out, errb bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SetArgs(args)
+	err = cmd.Execute()
+	return out.String(), errb.String(), err
 }
 
 // invalidFiles maps each broken file to the location and field its first error must name.
