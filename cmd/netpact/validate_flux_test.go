@@ -105,3 +105,23 @@ func TestValidateEmpty(t *testing.T) {
 		t.Errorf("plan from an empty base: exit %d, want %d\n%s", code, planChanges, stderr)
 	}
 }
+
+// TestPlanFluxOverlay: plan reads an overlay of a repository's revisions with the checkout as
+// its root, as the reconciler does, so its base beside it is read.
+func TestPlanFluxOverlay(t *testing.T) {
+	r := newScratchRepo(t)
+	r.copyTree(fluxRepo, ".")
+	r.commit("a Flux repository")
+	kust := filepath.Join(r.dir, "overlays", "production", "kustomization.yaml")
+	data, err := os.ReadFile(kust)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(kust, []byte(string(data)+"  - target: {kind: CiliumNetworkPolicy, name: web}\n    patch: '[{\"op\": \"replace\", \"path\": \"/spec/ingress/0/toPorts/0/ports/0/port\", \"value\": \"9090\"}]'\n"), 0o644)
+	r.commit("production's web on 9090")
+	cluster := filepath.Join("..", "..", "docs", "examples", "cluster.yaml")
+	_, stderr, code := run(t, "plan", "--cluster", cluster, "--repo", r.dir, "--base", "HEAD~1", "--head", "HEAD", filepath.Join(r.dir, "overlays", "production"))
+	if (code != 0 && code != planChanges) || strings.Contains(stderr, "error") || strings.Contains(stderr, "leads outside") {
+		t.Errorf("plan of an overlay: exit %d\n%s", code, stderr)
+	}
+}
