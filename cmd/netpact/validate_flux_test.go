@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,27 +29,6 @@ func TestValidateFluxRepository(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, filepath.Join(overlay, "kustomization.yaml")+":6:5: Kustomization: resources[0]: ../../base: leads outside") {
 		t.Errorf("validate the overlay alone: exit %d\n%s", code, stderr)
 	}
-}
-
-// runStdin runs netpact with stdin as its standard input.
-func runStdin(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := newRootCommand()
-	var out, errb bytes.Buffer
-	cmd.SetIn(strings.NewReader(stdin))
-	cmd.SetOut(&out)
-	cmd.SetErr(&errb)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	var ee exitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.code
-	default:
-		t.Fatalf("netpact %v: %v", args, err)
-	}
-	return out.String(), errb.String(), code
 }
 
 // TestValidateStdin: `helm template ... | netpact validate -` reads the rendered policies from

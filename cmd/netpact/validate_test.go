@@ -13,8 +13,15 @@ import (
 
 func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runStdin(t, "", args...)
+}
+
+// runStdin runs netpact with stdin as its standard input.
+func runStdin(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := newRootCommand()
 	var out, errb bytes.Buffer
+	cmd.SetIn(strings.NewReader(stdin))
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
 	cmd.SetArgs(args)
