@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/api/resmap"
 	"sigs.k8s.io/kustomize/api/resource"
 	"sigs.k8s.io/kustomize/api/types"
 )
@@ -290,6 +291,14 @@ func pathsNamed(field string, val *yaml.Node) []pathRef {
 // (named name in messages, top its node) was checked, and loads each object it makes from
 // where it was written.
 func (l *loader) buildKustomization(name, dir, file string, top *yaml.Node) {
+	m, origins, ok := l.runKustomize(name, dir, file, top)
+	if ok {
+		l.loadBuilt(name, dir, m, origins)
+	}
+}
+
+// runKustomize builds the kustomization with the origin of each object it makes.
+func (l *loader) runKustomize(name, dir, file string, top *yaml.Node) (resmap.ResMap, []*resource.Origin, bool) {
 	// Origin annotations name the file each object came from; they are switched on for the
 	// build and taken off again unless the kustomization asks for them itself.
 	tracked := slices.Contains(scalars(childNode(top, "buildMetadata")), types.OriginAnnotations)
@@ -297,7 +306,7 @@ func (l *loader) buildKustomization(name, dir, file string, top *yaml.Node) {
 		withOrigins, err := originsOn(top)
 		if err != nil {
 			l.fail(name, 0, 0, "Kustomization", "", "%v", err)
-			return
+			return nil, nil, false
 		}
 		l.kfs.replaced[file] = withOrigins
 		defer delete(l.kfs.replaced, file)
@@ -313,11 +322,11 @@ func (l *loader) buildKustomization(name, dir, file string, top *yaml.Node) {
 	buildMu.Unlock()
 	if err != nil {
 		l.buildFailed(name, top, refusal, err)
-		return
+		return nil, nil, false
 	}
 	if m.Size() > maxBuildObjects {
 		l.fail(name, 0, 0, "Kustomization", "", "kustomize builds %d objects, more than the %d a kustomization may: refused", m.Size(), maxBuildObjects)
-		return
+		return nil, nil, false
 	}
 	objects := m.Resources()
 	origins := make([]*resource.Origin, len(objects))
@@ -327,11 +336,17 @@ func (l *loader) buildKustomization(name, dir, file string, top *yaml.Node) {
 	if !tracked {
 		if err := m.RemoveOriginAnnotations(); err != nil {
 			l.fail(name, 0, 0, "Kustomization", "", "kustomize build: %v", err)
-			return
+			return nil, nil, false
 		}
 	}
+	return m, origins, true
+}
+
+// loadBuilt reads each object kustomize built, within the bundle's bytes, as written where its
+// origin says.
+func (l *loader) loadBuilt(name, dir string, m resmap.ResMap, origins []*resource.Origin) {
 	var size int
-	for i, r := range objects {
+	for i, r := range m.Resources() {
 		data, err := r.AsYAML()
 		if err != nil {
 			l.fail(name, 0, 0, "Kustomization", "", "kustomize build: %v", err)
