@@ -28,6 +28,11 @@ const (
 	// maxAliasNodes bounds how many nodes YAML aliases may add to one document when expanded
 	// (a "billion laughs" file is 1 KB and expands to billions).
 	maxAliasNodes = 10000
+	// maxBuildObjects bounds the objects one kustomization may read and build: kustomize's time
+	// grows with the square of them (2000 take it about 3 s). Its output is also held to
+	// maxBundleBytes, and what the build reads to maxBundleFiles and maxBundleBytes counting each
+	// read: a few lines of patches or bases included many times over multiply what it holds.
+	maxBuildObjects = 2000
 )
 
 // tree is what a Load call may read: the resolved path of each argument and the folders and
@@ -35,6 +40,7 @@ const (
 type tree struct {
 	root   string          // resolved argument being loaded: a folder, or one file
 	given  string          // the same, absolute but as given (before symlinks are resolved)
+	name   string          // the same as the caller named it, for messages
 	active map[string]bool // resolved folders being read, outermost first in stack
 	stack  []string
 	done   map[string]bool
@@ -52,6 +58,15 @@ func within(p, root string) bool {
 
 // inside reports whether the resolved path p is the root or below it.
 func (t *tree) inside(p string) bool { return within(p, t.root) }
+
+// display names a resolved path inside the root as the caller named the root.
+func (t *tree) display(resolved string) string {
+	rel, err := filepath.Rel(t.root, resolved)
+	if err != nil || !t.inside(resolved) {
+		return resolved
+	}
+	return filepath.Join(t.name, rel)
+}
 
 // resolve follows symlinks (and ..) of path and refuses anything that ends outside the root;
 // a path that leaves it by name is refused before anything outside is looked at.
@@ -130,22 +145,32 @@ func fileType(m os.FileMode) string {
 
 // enter marks a resolved folder as being read; an error names a cycle or a second visit.
 func (t *tree) enter(dir string) error {
+	if !t.active[dir] && t.done[dir] {
+		return fmt.Errorf("folder %s is reached a second time (through a symlink)", dir)
+	}
+	return t.push(dir)
+}
+
+func (t *tree) leave(dir string) {
+	t.pop(dir)
+	t.done[dir] = true
+}
+
+// push marks a resolved folder as being read without counting it as read: a kustomization's
+// base may be read by every overlay, but never by itself.
+func (t *tree) push(dir string) error {
 	if t.active[dir] {
 		chain := append(append([]string{}, t.stack[max(0, slices.Index(t.stack, dir)):]...), dir)
 		return fmt.Errorf("a cycle: %s", strings.Join(chain, " -> "))
-	}
-	if t.done[dir] {
-		return fmt.Errorf("folder %s is reached a second time (through a symlink or a kustomization)", dir)
 	}
 	t.active[dir] = true
 	t.stack = append(t.stack, dir)
 	return nil
 }
 
-func (t *tree) leave(dir string) {
+func (t *tree) pop(dir string) {
 	delete(t.active, dir)
 	t.stack = t.stack[:len(t.stack)-1]
-	t.done[dir] = true
 }
 
 // aliasBudget refuses a document whose aliases expand it by more than maxAliasNodes nodes,

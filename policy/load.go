@@ -86,6 +86,9 @@ func (p *Policy) position(path string) Source {
 type Bundle struct {
 	Policies []*Policy
 	Notices  []Notice
+	// Empty are the paths given to Load that hold no policy (<stdin> for "-"): a caller that
+	// expects policies there refuses them, one that compares two revisions need not.
+	Empty []string
 }
 
 // LoadOptions adjusts how files are read.
@@ -93,37 +96,93 @@ type LoadOptions struct {
 	// DefaultNamespace is given to namespaced objects that name none, as `kubectl apply -n` does.
 	// Empty means "default".
 	DefaultNamespace string
+	// Root, when set, is the folder every path may read from instead of the path itself: a Git
+	// checkout, whose overlays read their bases anywhere in the repository as Flux's
+	// kustomize-controller lets them. Each path must lie inside it.
+	Root string
+	// Stdin, when set, is what the path "-" reads (named <stdin>), bounded as a file is.
+	Stdin io.Reader
 }
 
 // Load reads files and folders of multi-document YAML or JSON. Folders are read recursively in
-// name order (hidden entries skipped); a folder holding a kustomization.yaml is read through it.
-// When anything is wrong, the returned error is an ErrorList with every problem of the bundle.
+// name order (hidden entries skipped); a folder holding a kustomization.yaml is built with
+// kustomize (kustomize.go) and what it makes is read. When anything is wrong, the returned error
+// is an ErrorList with every problem of the bundle.
 //
-// Each argument is the root of what it loads: a symlink or a kustomization resource that leads
-// outside it is refused, and so are files that are not regular files, cycles, and bundles over
-// the bounds in files.go.
+// Each argument is the root of what it loads (or opts.Root is): a symlink or a kustomization
+// resource that leads outside it is refused, and so are files that are not regular files,
+// cycles, and bundles over the bounds in files.go.
 func Load(paths []string, opts LoadOptions) (*Bundle, error) {
 	l := &loader{opts: opts, bundle: &Bundle{}, seen: map[Key]Source{}, t: newTree()}
+	stdinRead := false
 	for _, p := range paths {
-		given, err := filepath.Abs(p)
-		root := given
-		if err == nil {
-			root, err = filepath.EvalSymlinks(given)
+		before := len(l.bundle.Policies)
+		name := p
+		switch {
+		case p == "-" && opts.Stdin != nil:
+			name = stdinName
+			if stdinRead {
+				l.fail(name, 0, 0, "", "", "- is given twice: standard input is read once")
+				continue
+			}
+			stdinRead = true
+			l.loadStdin(opts.Stdin)
+		case l.setRoot(p):
+			l.loadPath(p)
 		}
-		if err != nil {
-			l.fail(p, 0, 0, "", "", "cannot read: %v", unwrapPathError(err))
-			continue
+		if len(l.bundle.Policies) == before {
+			l.bundle.Empty = append(l.bundle.Empty, name)
 		}
-		l.t.root, l.t.given = root, given
-		l.loadPath(p, "")
 	}
 	return l.finish()
+}
+
+// stdinName is how errors name standard input.
+const stdinName = "<stdin>"
+
+// setRoot makes p, or opts.Root, the root of what is loaded next; it is false (and p is
+// refused) when p cannot be read or lies outside opts.Root.
+func (l *loader) setRoot(p string) bool {
+	top := p
+	if l.opts.Root != "" {
+		top = l.opts.Root
+	}
+	given, err := filepath.Abs(top)
+	root := given
+	if err == nil {
+		root, err = filepath.EvalSymlinks(given)
+	}
+	if err != nil {
+		l.fail(p, 0, 0, "", "", "cannot read: %v", unwrapPathError(err))
+		return false
+	}
+	l.t.root, l.t.given, l.t.name = root, given, top
+	if top != p {
+		if _, err := l.t.resolve(p); err != nil {
+			l.fail(p, 0, 0, "", "", "%v", err)
+			return false
+		}
+	}
+	return true
+}
+
+// loadStdin reads the bundle piped in, bounded as one file.
+func (l *loader) loadStdin(r io.Reader) {
+	data, err := io.ReadAll(io.LimitReader(r, maxFileSize+1))
+	switch {
+	case err != nil:
+		l.fail(stdinName, 0, 0, "", "", "cannot read: %v", err)
+	case len(data) > maxFileSize:
+		l.fail(stdinName, 0, 0, "", "", "standard input is larger than %d MiB", maxFileSize>>20)
+	default:
+		l.loadData(stdinName, data)
+	}
 }
 
 // LoadBytes reads one document stream as if it were the file name.
 func LoadBytes(name string, data []byte, opts LoadOptions) (*Bundle, error) {
 	l := &loader{opts: opts, bundle: &Bundle{}, seen: map[Key]Source{}}
-	l.loadData(name, data, "")
+	l.loadData(name, data)
 	return l.finish()
 }
 
@@ -133,6 +192,7 @@ type loader struct {
 	errs   ErrorList
 	seen   map[Key]Source
 	t      *tree // nil for LoadBytes
+	kfs    *kustomizeFS
 }
 
 func (l *loader) finish() (*Bundle, error) {
@@ -159,9 +219,7 @@ func isPolicyFile(name string) bool {
 	return false
 }
 
-var kustomizationNames = []string{"kustomization.yaml", "kustomization.yml", "Kustomization"}
-
-func (l *loader) loadPath(path, nsOverride string) {
+func (l *loader) loadPath(path string) {
 	resolved, err := l.t.resolve(path)
 	if err != nil {
 		l.fail(path, 0, 0, "", "", "%v", err)
@@ -178,7 +236,7 @@ func (l *loader) loadPath(path, nsOverride string) {
 			l.fail(path, 0, 0, "", "", "%v", err)
 			return
 		}
-		l.loadData(path, data, nsOverride)
+		l.loadData(path, data)
 		return
 	}
 	if err := l.t.enter(resolved); err != nil {
@@ -186,11 +244,9 @@ func (l *loader) loadPath(path, nsOverride string) {
 		return
 	}
 	defer l.t.leave(resolved)
-	for _, k := range kustomizationNames {
-		if _, err := os.Lstat(filepath.Join(resolved, k)); err == nil {
-			l.loadKustomization(filepath.Join(path, k), nsOverride)
-			return
-		}
+	if k := kustomizationIn(resolved); k != "" {
+		l.loadKustomization(filepath.Join(path, k), resolved, k)
+		return
 	}
 	entries, err := os.ReadDir(resolved)
 	if err != nil {
@@ -204,12 +260,12 @@ func (l *loader) loadPath(path, nsOverride string) {
 		full := filepath.Join(path, e.Name())
 		if e.IsDir() || (e.Type()&fs.ModeSymlink != 0) {
 			if st, err := os.Stat(full); err == nil && st.IsDir() {
-				l.loadPath(full, nsOverride)
+				l.loadPath(full)
 				continue
 			}
 		}
 		if isPolicyFile(e.Name()) {
-			l.loadPath(full, nsOverride)
+			l.loadPath(full)
 		}
 	}
 }
@@ -220,69 +276,6 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-// kustomization is the part of kustomize's file netpact understands: the resources to read and
-// the namespace to set on them. Anything else would change the objects in ways netpact cannot
-// reproduce, so it is refused.
-type kustomization struct {
-	APIVersion string   `json:"apiVersion"`
-	Kind       string   `json:"kind"`
-	Namespace  string   `json:"namespace"`
-	Resources  []string `json:"resources"`
-}
-
-func (l *loader) loadKustomization(path, nsOverride string) {
-	resolved, err := l.t.resolve(path)
-	var data []byte
-	if err == nil {
-		data, err = l.t.read(resolved)
-	}
-	if err != nil {
-		l.fail(path, 0, 0, "", "", "%v", err)
-		return
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		line, msg := yamlErrorLine(err)
-		l.fail(path, line, 1, "", "", "%s", msg)
-		return
-	}
-	if line, col, err := aliasBudget(&doc); err != nil {
-		l.fail(path, line, col, "", "", "%v", err)
-		return
-	}
-	w := &walker{index: docIndex{}}
-	if len(doc.Content) == 0 {
-		return
-	}
-	w.walk(doc.Content[0], reflect.TypeFor[kustomization](), "")
-	for _, is := range w.issues {
-		l.fail(path, is.pos.line, is.pos.col, "Kustomization", is.path, "%s (netpact reads only resources and namespace of a kustomization)", is.msg)
-	}
-	if len(w.issues) > 0 {
-		return
-	}
-	var k kustomization
-	v, _ := nodeValue(&doc, 0)
-	raw, _ := json.Marshal(v)
-	if err := json.Unmarshal(raw, &k); err != nil {
-		l.fail(path, 1, 1, "Kustomization", "", "%v", err)
-		return
-	}
-	ns := k.Namespace
-	if nsOverride != "" {
-		ns = nsOverride
-	}
-	dir := filepath.Dir(path)
-	for i, r := range k.Resources {
-		if strings.Contains(r, "://") || filepath.IsAbs(r) {
-			at := w.index.lookup(fmt.Sprintf("resources[%d]", i))
-			l.fail(path, at.line, at.col, "Kustomization", fmt.Sprintf("resources[%d]", i), "only relative paths inside the bundle are supported, not %q", r)
-			continue
-		}
-		l.loadPath(filepath.Join(dir, r), ns)
-	}
 }
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -301,7 +294,7 @@ func yamlErrorLine(err error) (int, string) {
 	return 1, "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")
 }
 
-func (l *loader) loadData(file string, data []byte, nsOverride string) {
+func (l *loader) loadData(file string, data []byte) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node
@@ -321,7 +314,7 @@ func (l *loader) loadData(file string, data []byte, nsOverride string) {
 			l.fail(file, line, col, "", "", "%v", err)
 			return
 		}
-		l.loadObject(file, doc.Content[0], nsOverride, 0)
+		l.loadObject(file, doc.Content[0], 0)
 	}
 }
 
@@ -354,7 +347,7 @@ func childNode(n *yaml.Node, name string) *yaml.Node {
 	return nil
 }
 
-func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth int) {
+func (l *loader) loadObject(file string, n *yaml.Node, depth int) {
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return
 	}
@@ -377,16 +370,16 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 	if strings.HasSuffix(kind, "List") && apiVersion == "v1" {
 		if items := childNode(n, "items"); items != nil && items.Kind == yaml.SequenceNode && depth < 4 {
 			for _, it := range items.Content {
-				l.loadObject(file, it, nsOverride, depth+1)
+				l.loadObject(file, it, depth+1)
 			}
 			return
 		}
 	}
-	target, pk, ok := l.policyTarget(file, n, apiKey, apiVersion, kind, nsOverride)
+	target, pk, ok := l.policyTarget(file, n, apiKey, apiVersion, kind)
 	if !ok {
 		return
 	}
-	object := describeObject(pk, n, nsOverride, l.defaultNamespace())
+	object := describeObject(pk, n, l.defaultNamespace())
 	index, raw, ok := l.decode(file, n, target, object)
 	if !ok {
 		return
@@ -394,7 +387,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 	p := &Policy{Key: Key{Kind: pk}, Source: Source{File: file, Line: n.Line, Column: n.Column}, index: index, Raw: raw}
 	switch obj := target.(type) {
 	case *ciliumv2.CiliumNetworkPolicy:
-		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace, nsOverride)
+		p.Name, p.Namespace = obj.Name, l.namespaceFor(obj.Namespace)
 		p.Cilium = ciliumRules(obj.Spec, obj.Specs)
 		p.Audit, p.Origin = AuditAnnotated(obj.Annotations), originOf(obj.Annotations)
 	case *ciliumv2.CiliumClusterwideNetworkPolicy:
@@ -406,7 +399,7 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 		}
 		p.Cilium = ciliumRules(obj.Spec, obj.Specs)
 	case *networkingv1.NetworkPolicy:
-		obj.Namespace = l.namespaceFor(obj.Namespace, nsOverride)
+		obj.Namespace = l.namespaceFor(obj.Namespace)
 		p.Name, p.Namespace = obj.Name, obj.Namespace
 		p.KNP = obj
 		p.Audit, p.Origin = AuditAnnotated(obj.Annotations), originOf(obj.Annotations)
@@ -417,11 +410,11 @@ func (l *loader) loadObject(file string, n *yaml.Node, nsOverride string, depth 
 // policyTarget is the Go type an object of kind decodes into, and its policy kind. It is false
 // for an object that is no network policy (noted, and skipped) or of an API version not served
 // (refused).
-func (l *loader) policyTarget(file string, n, apiKey *yaml.Node, apiVersion, kind, nsOverride string) (any, Kind, bool) {
+func (l *loader) policyTarget(file string, n, apiKey *yaml.Node, apiVersion, kind string) (any, Kind, bool) {
 	switch {
 	case kind == string(KindCNP) || kind == string(KindCCNP):
 		if apiVersion != ciliumv2.GroupVersion {
-			l.fail(file, apiKey.Line, apiKey.Column, describeObject(Kind(kind), n, nsOverride, l.defaultNamespace()), "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
+			l.fail(file, apiKey.Line, apiKey.Column, describeObject(Kind(kind), n, l.defaultNamespace()), "apiVersion", "apiVersion %q is not served for %s; use %s", apiVersion, kind, ciliumv2.GroupVersion)
 			return nil, "", false
 		}
 		if Kind(kind) == KindCNP {
@@ -526,17 +519,14 @@ func (l *loader) defaultNamespace() string {
 	return "default"
 }
 
-func (l *loader) namespaceFor(ns, override string) string {
-	if override != "" {
-		return override
-	}
+func (l *loader) namespaceFor(ns string) string {
 	if ns == "" {
 		return l.defaultNamespace()
 	}
 	return ns
 }
 
-func describeObject(kind Kind, n *yaml.Node, nsOverride, defaultNS string) string {
+func describeObject(kind Kind, n *yaml.Node, defaultNS string) string {
 	name, ns := "", ""
 	if md := childNode(n, "metadata"); md != nil {
 		name, _ = scalarField(md, "name")
@@ -544,9 +534,6 @@ func describeObject(kind Kind, n *yaml.Node, nsOverride, defaultNS string) strin
 	}
 	if kind == KindCCNP {
 		return Key{Kind: kind, Name: name}.String()
-	}
-	if nsOverride != "" {
-		ns = nsOverride
 	}
 	if ns == "" {
 		ns = defaultNS

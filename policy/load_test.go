@@ -86,16 +86,6 @@ func TestLoadKustomizationNamespace(t *testing.T) {
 	}
 }
 
-func TestLoadRejectsUnsupportedKustomization(t *testing.T) {
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte("resources: [a.yaml]\npatches:\n- path: p.yaml\n"), 0o644)
-	_, err := policy.Load([]string{dir}, policy.LoadOptions{})
-	var list policy.ErrorList
-	if !errors.As(err, &list) || !strings.Contains(list.Error(), `kustomization.yaml:2:1: Kustomization: patches: unknown field "patches"`) {
-		t.Fatalf("got %v", err)
-	}
-}
-
 func TestLoadReportsEveryError(t *testing.T) {
 	_, err := policy.LoadBytes("bundle.yaml", []byte(`
 apiVersion: cilium.io/v2

@@ -307,7 +307,11 @@ func (r *Reconciler) load(obj *v1alpha1.PolicySource, dir, revision string) (*po
 			return nil, r.fail(obj, meta.InvalidPathReason, true, fmt.Errorf("revision %s: path %q leaves the repository (through a symlink): refused", revision, obj.Spec.Path))
 		}
 	}
-	bundle, err := policy.Load([]string{root}, r.Load)
+	// The checkout is the root, as for Flux's kustomize-controller: an overlay at spec.path reads
+	// its base anywhere in the repository, and nothing around it.
+	lo := r.Load
+	lo.Root = dir
+	bundle, err := policy.Load([]string{root}, lo)
 	var list policy.ErrorList
 	if errors.As(err, &list) {
 		obj.Status.Errors = nil

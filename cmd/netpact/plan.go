@@ -208,6 +208,9 @@ func (s policySet) compile(stderr io.Writer, warn bool, cf *policy.ClusterFile, 
 		}
 		paths = append(paths, p)
 	}
+	if s.dir != "" {
+		lo.Root = s.dir // the checkout, as the reconciler's: an overlay reads its base beside it
+	}
 	b := &policy.Bundle{}
 	if len(paths) > 0 {
 		var err error

@@ -18,14 +18,20 @@ type validateResult struct {
 }
 
 func newValidateCommand() *cobra.Command {
-	var namespace string
+	var namespace, root string
 	var output *outputFormat
+	var allowEmpty bool
 	cmd := &cobra.Command{
 		Use:   "validate PATH...",
 		Short: "Check policy files and folders strictly; exit 1 with file:line:column errors when invalid",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Check policy files and folders strictly; exit 1 with file:line:column errors when invalid.
+
+A folder holding a kustomization.yaml is built with kustomize, as kubectl apply -k and Flux do.
+PATH - reads the policies from standard input (helm template ... | netpact validate -).
+A path that holds no policy is an error unless --allow-empty is given.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := policy.Load(args, policy.LoadOptions{DefaultNamespace: namespace})
+			b, err := policy.Load(args, policy.LoadOptions{DefaultNamespace: namespace, Root: root, Stdin: cmd.InOrStdin()})
 			res := validateResult{Valid: err == nil, Policies: []string{}, Errors: []*policy.Error{}, Notices: []policy.Notice{}}
 			var list policy.ErrorList
 			switch {
@@ -38,13 +44,30 @@ func newValidateCommand() *cobra.Command {
 				for _, p := range b.Policies {
 					res.Policies = append(res.Policies, p.Key.String())
 				}
+				if !allowEmpty {
+					res.Errors = emptyPaths(b.Empty)
+					res.Valid = len(res.Errors) == 0
+				}
 			}
 			return writeValidate(cmd.OutOrStdout(), cmd.ErrOrStderr(), output, res)
 		},
 	}
 	output = addOutputFlag(cmd, "text", "json", "yaml")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace for objects that name none (default \"default\")")
+	cmd.Flags().StringVar(&root, "root", "", "folder the paths may read from (a repository, whose overlays read their bases beside them); default: each path itself")
+	cmd.Flags().BoolVar(&allowEmpty, "allow-empty", false, "accept a path that holds no policy")
 	return cmd
+}
+
+// emptyPaths are the errors for paths that hold no policy: a typo in a path, or a folder of
+// other objects, would otherwise pass as a valid bundle that enforces nothing. Only validate
+// refuses them: plan compares against a base that may have none yet.
+func emptyPaths(paths []string) []*policy.Error {
+	errs := []*policy.Error{}
+	for _, p := range paths {
+		errs = append(errs, &policy.Error{File: p, Message: "holds no policy (give --allow-empty to accept that)"})
+	}
+	return errs
 }
 
 // printNotices prints notices and warnings, each on its line, in file and line order.

@@ -13,7 +13,13 @@ import (
 
 func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	stdout, stderr, err := runErr(args...)
+	return runStdin(t, "", args...)
+}
+
+// runStdin runs netpact with stdin as its standard input.
+func runStdin(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	stdout, stderr, err := runErrStdin(stdin, args...)
 	var ee exitError
 	switch {
 	case err == nil:
@@ -27,8 +33,14 @@ func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 
 // runErr runs netpact with args as main does, and returns its error as main would print it.
 func runErr(args ...string) (stdout, stderr string, err error) {
+	return runErrStdin("", args...)
+}
+
+// runErrStdin is runErr with stdin as the command's standard input.
+func runErrStdin(stdin string, args ...string) (stdout, stderr string, err error) {
 	cmd := newRootCommand()
 	var out, errb bytes.Buffer
+	cmd.SetIn(strings.NewReader(stdin))
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
 	cmd.SetArgs(args)

@@ -55,7 +55,7 @@ func TestValidateWarnings(t *testing.T) {
 // TestValidateWarnsOfNetworkPolicyAPIKinds: an AdminNetworkPolicy is no longer "not a network
 // policy": it is warned of as one netpact does not enforce.
 func TestValidateWarnsOfNetworkPolicyAPIKinds(t *testing.T) {
-	stdout, stderr, code := run(t, "validate", filepath.Join(warnData, "network-policy-api.yaml"))
+	stdout, stderr, code := run(t, "validate", "--allow-empty", filepath.Join(warnData, "network-policy-api.yaml"))
 	if code != 0 || stdout != "0 policies valid, 3 warnings\n" || strings.Contains(stderr, "not a network policy") ||
 		!strings.Contains(stderr, "network-policy-api.yaml:3:1: warning: AdminNetworkPolicy deny-sensitive: kind: not enforced by netpact: AdminNetworkPolicy changes connectivity on clusters that implement it") {
 		t.Errorf("exit %d, stdout %q, stderr:\n%s", code, stdout, stderr)
