@@ -16,6 +16,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -143,5 +144,30 @@ spec:
 
 		_, stderr, code := runNetpact(ctx, "plan", "--kubeconfig", kindData.Kubeconfig, "-o", "json", head, head)
 		Expect(code).To(Equal(0), "netpact plan with no cell changed: %s", stderr)
+	})
+})
+
+var _ = Describe("netpact test --kubeconfig on the kind cluster", Ordered, Label("kind"), func() {
+	It("runs seed 003's scenario file from the command line, with progress, and leaves nothing behind", func() {
+		if kindData == nil {
+			Skip("the kind specs run with make e2e (ginkgo --label-filter=kind)")
+		}
+		ctx := context.Background()
+		_, client := kindClient(kindData)
+		stdout, stderr, code := runNetpact(ctx, "test", "--kubeconfig", kindData.Kubeconfig,
+			filepath.Join(root, "scenarios", "seeds", "003-knp-universe-to-echo.yaml"))
+		Expect(code).To(Equal(0), "netpact test:\n%s\n%s", stdout, stderr)
+		// A line per step as it ran, on stderr; the report on stdout.
+		for _, step := range []string{"ok       no policy: ", "ok       allow-universe-to-echo: ", "ok       galaxy relabelled as universe is let in: "} {
+			Expect(stderr).To(ContainSubstring(step))
+		}
+		Expect(stdout).To(ContainSubstring("3 steps: 3 ok, 0 pending, 0 failed"))
+		// The namespaces and pods it made are gone, and so are its policies.
+		Eventually(func(g Gomega) {
+			for _, ns := range []string{"echo", "universe", "galaxy"} {
+				_, err := client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+				g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "namespace %s is still there (%v)", ns, err)
+			}
+		}).WithTimeout(2 * time.Minute).WithPolling(2 * time.Second).Should(Succeed())
 	})
 })
