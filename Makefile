@@ -10,7 +10,7 @@ export BPF_STRIP  := llvm-strip-14
 export BPF_CFLAGS := -O2 -g -Wall -Werror
 BENCHTIME ?= 1s
 
-.PHONY: all build test envtest-assets e2e-local images e2e bench fuzz generate check-generate lint demo soak clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
+.PHONY: all build test envtest-assets e2e-local images e2e bench fuzz generate check-generate lint cross demo soak clean deps deps-demo deps-test deps-bench deps-generate deps-e2e
 
 # The Debian packages each target needs, from the one list in internal/host/deps.sh: installed when
 # missing (root and apt-get), one line per package installed; `make deps` installs everything CI uses.
@@ -106,6 +106,12 @@ check-generate: generate
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# The client commands for macOS and Windows: the node commands need Linux (docs/cli.md).
+cross:
+	CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/netpact
+	CGO_ENABLED=0 GOOS=darwin GOARCH=amd64 $(GO) build -o /dev/null ./cmd/netpact
+	CGO_ENABLED=0 GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/netpact
 
 # The product on this machine (as root): validate the example policies, print the matrix the
 # engine predicts for the seed articles' cluster, then run every seed scenario on a local node of

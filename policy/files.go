@@ -12,7 +12,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 )
 
@@ -77,7 +76,7 @@ func (t *tree) resolve(path string) (string, error) {
 	}
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		if errors.Is(err, unix.ELOOP) || strings.Contains(err.Error(), "too many links") {
+		if errors.Is(err, errSymlinkLoop) || strings.Contains(err.Error(), "too many links") {
 			return "", errors.New("cannot read: a symlink loop")
 		}
 		return "", fmt.Errorf("cannot read: %w", unwrapPathError(err))
@@ -96,7 +95,7 @@ func (t *tree) resolve(path string) (string, error) {
 // bundle's bounds. FIFOs, devices and sockets are refused without being opened for reading
 // in a way that could block.
 func (t *tree) read(resolved string) ([]byte, error) {
-	f, err := os.OpenFile(resolved, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	f, err := os.OpenFile(resolved, os.O_RDONLY|openFlags, 0)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read: %w", unwrapPathError(err))
 	}

@@ -1,14 +1,9 @@
 package scenarios
 
 import (
-	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"slices"
-	"time"
 
-	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/scenarios/probeagent"
 )
@@ -87,43 +82,4 @@ func (s *Scenario) kafkaTopics(pod string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
-}
-
-// startKafka starts the kafka workload in a local node's pod: a broker on port of every address
-// of the pod, advertising the pod's IPv4 address, with topics (and the seed topics) holding a
-// record each, within the time startWorkload gives a program.
-func startKafka(p *podnet.Pod, port uint16, topics []string) (*probeagent.KafkaBroker, error) {
-	listen := func(network, addr string) (net.Listener, error) {
-		var l net.Listener
-		err := p.Do(func() error {
-			var err error
-			l, err = net.Listen(network, addr)
-			return err
-		})
-		return l, err
-	}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := p.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	b, err := probeagent.StartKafkaBroker(ctx, listen, netip.AddrPortFrom(p.IPv4, port), topics, dial)
-	if err != nil {
-		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
-	}
-	return b, nil
-}
-
-// kafka makes a Kafka probe from a pod within twice the probe timeout, as an HTTP request has.
-func (pr *prober) kafka(from *podnet.Pod, to netip.Addr, port uint16, c Cell) (Outcome, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
-	defer cancel()
-	o, note := probeagent.KafkaProbe(ctx, pr.dialer(from), hostPort(to, port), c.Kafka, c.Topic, c.ClientID)
-	return Outcome(o), note
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package scenarios
 
 import (
@@ -5,12 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
@@ -21,6 +17,13 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
@@ -471,4 +474,12 @@ func (pr *prober) tlsGet(from *podnet.Pod, to netip.AddrPort, serverName, want s
 	defer cancel()
 	o, _ := probeagent.TLSGet(ctx, pr.dialer(from), to, serverName, roots, want)
 	return Outcome(o)
+}
+
+// kafka makes a Kafka probe from a pod within twice the probe timeout, as an HTTP request has.
+func (pr *prober) kafka(from *podnet.Pod, to netip.Addr, port uint16, c Cell) (Outcome, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
+	defer cancel()
+	o, note := probeagent.KafkaProbe(ctx, pr.dialer(from), hostPort(to, port), c.Kafka, c.Topic, c.ClientID)
+	return Outcome(o), note
 }

@@ -10,14 +10,9 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
-	"net"
 	"net/netip"
 	"sync"
 	"time"
-
-	"github.com/netpact/netpact/enforcer/podnet"
-	"github.com/netpact/netpact/policy"
-	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // harnessCA is the certificate authority of this process's tls workloads: made at first use,
@@ -82,34 +77,6 @@ func serverCertificate(names []string, addrs []netip.Addr) (tls.Certificate, err
 		return tls.Certificate{}, fmt.Errorf("server certificate: %w", err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
-
-// startTLS starts the tls workload of an external host in its namespace: HTTPS on each of its
-// ports with a certificate for its names and addresses (probeagent.NewTLSServer).
-func startTLS(p *podnet.Pod, e *External) (*servers, error) {
-	cert, err := serverCertificate(e.Names, []netip.Addr{p.IPv4, p.IPv6})
-	if err != nil {
-		return nil, fmt.Errorf("external %s: %w", e.Name, err)
-	}
-	s := &servers{}
-	for _, port := range e.Ports {
-		if port.Protocol != policy.ProtoTCP {
-			continue
-		}
-		var l net.Listener
-		if err := p.Do(func() error {
-			var err error
-			l, err = net.Listen("tcp", fmt.Sprintf(":%d", port.Port))
-			return err
-		}); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("external %s: listen %s: %w", e.Name, port, err)
-		}
-		srv := probeagent.NewTLSServer(e.Name, cert)
-		s.closers = append(s.closers, srv)
-		go srv.ServeTLS(l, "", "")
-	}
-	return s, nil
 }
 
 // externalCertificate is the PEM certificate and key of an external host's tls workload, for

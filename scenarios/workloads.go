@@ -1,9 +1,13 @@
+//go:build linux
+
 package scenarios
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +19,7 @@ import (
 
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
+	"github.com/netpact/netpact/scenarios/probeagent"
 )
 
 // process is a workload running as a program inside a pod's namespace.
@@ -212,4 +217,63 @@ func postgresArgs(dir string, port uint16) ([]string, error) {
 	return []string{"setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig", "KILL", "--",
 		filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
 		"-p", fmt.Sprint(port), "-c", "listen_addresses=*", "-c", "fsync=off", "-c", "shared_buffers=16MB"}, nil
+}
+
+// startKafka starts the kafka workload in a local node's pod: a broker on port of every address
+// of the pod, advertising the pod's IPv4 address, with topics (and the seed topics) holding a
+// record each, within the time startWorkload gives a program.
+func startKafka(p *podnet.Pod, port uint16, topics []string) (*probeagent.KafkaBroker, error) {
+	listen := func(network, addr string) (net.Listener, error) {
+		var l net.Listener
+		err := p.Do(func() error {
+			var err error
+			l, err = net.Listen(network, addr)
+			return err
+		})
+		return l, err
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := p.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, err := probeagent.StartKafkaBroker(ctx, listen, netip.AddrPortFrom(p.IPv4, port), topics, dial)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
+	}
+	return b, nil
+}
+
+// startTLS starts the tls workload of an external host in its namespace: HTTPS on each of its
+// ports with a certificate for its names and addresses (probeagent.NewTLSServer).
+func startTLS(p *podnet.Pod, e *External) (*servers, error) {
+	cert, err := serverCertificate(e.Names, []netip.Addr{p.IPv4, p.IPv6})
+	if err != nil {
+		return nil, fmt.Errorf("external %s: %w", e.Name, err)
+	}
+	s := &servers{}
+	for _, port := range e.Ports {
+		if port.Protocol != policy.ProtoTCP {
+			continue
+		}
+		var l net.Listener
+		if err := p.Do(func() error {
+			var err error
+			l, err = net.Listen("tcp", fmt.Sprintf(":%d", port.Port))
+			return err
+		}); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("external %s: listen %s: %w", e.Name, port, err)
+		}
+		srv := probeagent.NewTLSServer(e.Name, cert)
+		s.closers = append(s.closers, srv)
+		go srv.ServeTLS(l, "", "")
+	}
+	return s, nil
 }

@@ -7,8 +7,6 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
-
-	"github.com/netpact/netpact/enforcer/cniplugin"
 )
 
 // exitError carries an exit code for failures that have already been reported.
@@ -30,13 +28,9 @@ func newRootCommand() *cobra.Command {
 	root.SetHelpCommandGroupID(clientGroup)
 	inGroup(root, clientGroup, newValidateCommand(), newPredictCommand(), newPlanCommand(), newTestCommand(), newObserveCommand(),
 		newStatusCommand(), newReconcileCommand(), newVersionCommand())
-	inGroup(root, daemonGroup, newEnforcerCommand(), newReconcilerCommand(), newAdmissionCommand(), newNodeSetupCommand(),
-		newKindCommand(), newGitServerCommand(), newExternalServerCommand())
-	// What the kind backend of the scenarios runs in its pods, by name: not for people.
-	for _, c := range []*cobra.Command{newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand()} {
-		c.Hidden = true
-		root.AddCommand(c)
-	}
+	reconciler := newReconcilerCommand()
+	inGroup(root, daemonGroup, reconciler, newAdmissionCommand(), newGitServerCommand())
+	addNodeCommands(root, reconciler)
 	return root
 }
 
@@ -54,9 +48,7 @@ func inGroup(root *cobra.Command, group string, cmds ...*cobra.Command) {
 }
 
 func main() {
-	// A container runtime runs the binary as the node's CNI plugin with CNI_COMMAND set.
-	if os.Getenv("CNI_COMMAND") != "" {
-		cniplugin.Main()
+	if runCNIPlugin() {
 		return
 	}
 	err := newRootCommand().Execute()

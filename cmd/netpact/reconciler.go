@@ -60,7 +60,6 @@ reconciler local follows one Git source on a local node of network namespaces in
 	f.StringVar(&co.metricsListen, "metrics-listen", ":8080", "Prometheus metrics address (0: none)")
 	f.StringVar(&co.healthListen, "health-listen", ":8081", "/healthz and /readyz address (0: none)")
 	f.DurationVar(&co.enforceTimeout, "enforce-timeout", 2*time.Minute, "how long a revision may take to be enforced on every node")
-	cmd.AddCommand(newLocalReconcilerCommand())
 	return cmd
 }
 

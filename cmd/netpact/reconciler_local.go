@@ -1,10 +1,11 @@
+//go:build linux
+
 package main
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/netpact/netpact/enforcer/observe"
 	"os"
 	"os/signal"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/netpact/netpact/api/v1alpha1"
 	"github.com/netpact/netpact/enforcer/localnode"
+	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/reconciler"
 )

@@ -47,6 +47,9 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 				fmt.Fprintln(cmd.ErrOrStderr(), err)
 				return exitError{1}
 			}
+			if err := checkLocalNode(kube.cluster); err != nil {
+				return err
+			}
 			// The nodes' flows, one node after the other, go to one ring that `netpact observe`
 			// reads on the socket while the run lasts (and after it, with --retain).
 			ring := observe.NewRing(0)
@@ -72,16 +75,11 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 				}
 				scs = nil // run there, not on a local node
 			}
-			for _, sc := range scs {
-				node := scenarios.NewLocal(scenarios.LocalOptions{ProbeTimeout: timeout, Retain: retain, Ring: ring})
-				stop := onInterrupt(func() {
-					fmt.Fprintln(cmd.ErrOrStderr(), "interrupted: tearing down the local node")
-					node.Stop()
-				})
-				r := (&scenarios.Runner{Backend: node, Verbose: verbose}).Run(sc)
-				stop()
-				results = append(results, r)
+			local, err := runLocal(cmd, scs, ring, timeout, retain, verbose)
+			if err != nil {
+				return err
 			}
+			results = append(results, local...)
 			if junit != "" {
 				if err := scenarios.WriteJUnit(junit, results); err != nil {
 					return err
