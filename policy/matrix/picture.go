@@ -125,8 +125,16 @@ func (p *Plan) PictureLayout() (*PictureLayout, error) {
 		width = max(width, PictureCell+PictureMargin+PictureChar*len(line.text))
 	}
 	l.Width, l.Height = width+2*PictureMargin, y+PictureMargin
+	if l.Width*l.Height > MaxPicturePixels {
+		return nil, fmt.Errorf("the picture would be %d×%d pixels, more than the %d a picture may have: "+
+			"keep fewer pods with --pod, or read the HTML report", l.Width, l.Height, MaxPicturePixels)
+	}
 	return l, nil
 }
+
+// MaxPicturePixels bounds the picture: a cluster of thousands of distinct pods would otherwise
+// ask for gigabytes of memory (four bytes a pixel) before a byte is written.
+const MaxPicturePixels = 64 << 20
 
 // Cell is the square a cell is drawn in, its gap left out, and false when the picture has no
 // such row or column.

@@ -2,6 +2,7 @@ package matrix
 
 import (
 	"bytes"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
@@ -129,5 +130,22 @@ func checkCell(t *testing.T, img image.Image, layout *PictureLayout, k Key, o po
 	}
 	if filled < inner.Dx()*inner.Dy()*3/4 {
 		t.Errorf("%s -> %s %s: %d of %d pixels inside have the colour of %q", k.From, k.To, k.Port, filled, inner.Dx()*inner.Dy(), o.Mark())
+	}
+}
+
+// A matrix too large to draw is refused before any memory is taken for it.
+func TestPictureBounded(t *testing.T) {
+	before, after := New[policy.Outcome](), New[policy.Outcome]()
+	for i := range 400 {
+		for j := range 400 {
+			k := Key{From: fmt.Sprintf("ns/pod-%03d", i), To: fmt.Sprintf("ns/pod-%03d", j), Port: Port{Number: 80, Protocol: policy.ProtoTCP}}
+			before.Set(Cell[policy.Outcome]{Key: k, Predicted: policy.OutcomeAllowed})
+			after.Set(Cell[policy.Outcome]{Key: k, Predicted: policy.OutcomeAllowed})
+		}
+	}
+	p := NewPlan("base", "head", nil, before, after)
+	var b bytes.Buffer
+	if err := p.PNG(&b); err == nil || !strings.Contains(err.Error(), "more than the") {
+		t.Fatalf("a 400×400 matrix (about 10,000×10,000 pixels) was drawn: err %v, %d bytes", err, b.Len())
 	}
 }
