@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,9 +13,13 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/enforcer/kubenode"
 	"github.com/netpact/netpact/internal/kubeapply"
 )
 
@@ -31,7 +36,8 @@ var _ = AfterEach(func() {
 	}
 	// The cluster first, the failure last: a log's tail ends with what failed.
 	var b strings.Builder
-	fmt.Fprintf(&b, "--- the cluster when %q failed:\n", rep.LeafNodeText)
+	fmt.Fprintf(&b, "--- the cluster when %q failed (ginkgo --seed=%d reruns this order):\n", rep.LeafNodeText,
+		GinkgoRandomSeed())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	diagnoseCluster(ctx, &b)
@@ -65,6 +71,7 @@ func diagnoseCluster(ctx context.Context, b *strings.Builder) {
 		return
 	}
 	logged := 0
+	stuckOn := map[string]bool{} // nodes with a pod not Ready: their enforcer's log is read too
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		ready, restarts := kubeapply.PodReady(p), int32(0)
@@ -83,6 +90,9 @@ func diagnoseCluster(ctx context.Context, b *strings.Builder) {
 		for _, cs := range p.Status.ContainerStatuses {
 			fmt.Fprintf(b, "    container %s: %s; last %s\n", cs.Name, containerState(cs.State), containerState(cs.LastTerminationState))
 		}
+		if !ready && p.Spec.NodeName != "" {
+			stuckOn[p.Spec.NodeName] = true
+		}
 		if ready || logged >= 4 {
 			continue
 		}
@@ -95,6 +105,21 @@ func diagnoseCluster(ctx context.Context, b *strings.Builder) {
 			fmt.Fprintf(b, "    logs (previous=%v):\n%s\n", previous, indent(string(raw), 6, 25))
 		}
 	}
+	// The enforcer of each node with a pod not Ready: a pod that never gets its network waits
+	// for it.
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Namespace != "kube-system" || p.Labels["app.kubernetes.io/name"] != "netpact" || !stuckOn[p.Spec.NodeName] {
+			continue
+		}
+		raw, err := kc.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: "enforcer", TailLines: ptr(int64(40))}).DoRaw(ctx)
+		if err != nil {
+			fmt.Fprintf(b, "  enforcer %s on %s: logs: %v\n", p.Name, p.Spec.NodeName, err)
+			continue
+		}
+		fmt.Fprintf(b, "  enforcer %s on %s, its last log lines:\n%s\n", p.Name, p.Spec.NodeName, indent(string(raw), 6, 40))
+	}
+	diagnoseNodeStatuses(ctx, cfg, b)
 	events, err := kc.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "type=Warning"})
 	if err != nil {
 		fmt.Fprintf(b, "  list events: %v\n", err)
@@ -108,6 +133,38 @@ func diagnoseCluster(ctx context.Context, b *strings.Builder) {
 	for _, e := range recent {
 		fmt.Fprintf(b, "  event %s %s/%s %s (x%d): %s\n", lastSeen(&e).Format(time.TimeOnly), e.InvolvedObject.Kind,
 			e.InvolvedObject.Namespace+"/"+e.InvolvedObject.Name, e.Reason, e.Count, strings.TrimSpace(e.Message))
+	}
+}
+
+// diagnoseNodeStatuses writes each node's NodePolicyStatus in one line: when its enforcer last
+// synced, how long that took, and what it reports failing.
+func diagnoseNodeStatuses(ctx context.Context, cfg *rest.Config, b *strings.Builder) {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintf(b, "  node statuses: %v\n", err)
+		return
+	}
+	list, err := dyn.Resource(kubenode.NPSResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		fmt.Fprintf(b, "  node statuses: %v\n", err)
+		return
+	}
+	for _, u := range list.Items {
+		var st v1alpha1.NodePolicyStatusStatus
+		raw, _ := json.Marshal(u.Object["status"])
+		if err := json.Unmarshal(raw, &st); err != nil {
+			fmt.Fprintf(b, "  node %s status: %v\n", u.GetName(), err)
+			continue
+		}
+		last := "never"
+		if st.LastSync != nil {
+			last = st.LastSync.Format(time.TimeOnly)
+		}
+		fmt.Fprintf(b, "  node %s status: last sync %s took %s, %d policies, %d pods programmed, %d failed closed, %d errors %s\n",
+			u.GetName(), last, st.SyncDuration, st.PolicyCount, st.Endpoints, st.FailedEndpoints, st.ErrorCount, st.Error)
+		for _, ee := range st.EndpointErrors {
+			fmt.Fprintf(b, "    %s: %s\n", ee.Pod, ee.Error)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -80,13 +81,18 @@ type Enforcement struct {
 	started          bool
 	extraPods        map[policy.EndpointKey]*corev1.Pod
 	seq              uint64 // syncs completed
+	begun            uint64 // syncs begun: one more than seq while a sync runs
 	done             *sync.Cond
-	status           v1alpha1.NodePolicyStatusStatus
-	lastWritten      string
-	lastWrite        time.Time
-	lastErr          error
-	observed         int64
-	took             time.Duration
+	// phase is what the sync loop is doing, and since when: a pod that waits too long says.
+	phase atomic.Pointer[loopPhase]
+	// statusDue wakes the status writer: status holds what it writes.
+	statusDue   chan struct{}
+	status      v1alpha1.NodePolicyStatusStatus
+	lastWritten string
+	lastWrite   time.Time
+	lastErr     error
+	observed    int64
+	took        time.Duration
 }
 
 // NewEnforcement returns the enforcement loop; Run starts it.
@@ -112,7 +118,7 @@ func NewEnforcement(cfg EnforceConfig) *Enforcement {
 	if cfg.Mode == "" {
 		cfg.Mode = policy.ModeDefault
 	}
-	e := &Enforcement{cfg: cfg, trigger: make(chan struct{}, 1), objs: map[policy.Key]*policyObject{},
+	e := &Enforcement{cfg: cfg, trigger: make(chan struct{}, 1), statusDue: make(chan struct{}, 1), objs: map[policy.Key]*policyObject{},
 		enforced: map[policy.Key]*policy.Policy{}, extraPods: map[policy.EndpointKey]*corev1.Pod{}}
 	e.done = sync.NewCond(&e.mu)
 	e.factory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithTransform(trim))
@@ -178,6 +184,9 @@ func (e *Enforcement) Run(ctx context.Context) error {
 	defer drift.Wait()
 	defer cancel()
 	drift.Go(func() { e.runDriftRepair(ctx) })
+	// The status object is written apart from the syncs: a slow API server must not hold back
+	// the next sync, which a new pod's ADD waits for.
+	drift.Go(func() { e.runStatusWriter(ctx) })
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { e.Poke() }, DeleteFunc: func(any) { e.Poke() },
 		UpdateFunc: func(_, _ any) { e.Poke() },
@@ -203,7 +212,8 @@ func (e *Enforcement) Run(ctx context.Context) error {
 	tick := time.NewTicker(e.cfg.Resync)
 	defer tick.Stop()
 	for {
-		e.syncOnce(ctx)
+		e.syncOnce()
+		e.enter("waiting for a change")
 		select {
 		case <-ctx.Done():
 			e.mu.Lock()
@@ -215,6 +225,7 @@ func (e *Enforcement) Run(ctx context.Context) error {
 			// coalescing time, and at least as long as the last sync took, so that a stream of
 			// events takes at most about half a CPU however long a sync is.
 			wait := max(e.cfg.Coalesce, e.lastTook())
+			e.enter("coalescing changes")
 			time.Sleep(min(wait, 2*time.Second))
 			select {
 			case <-e.trigger:
@@ -226,27 +237,56 @@ func (e *Enforcement) Run(ctx context.Context) error {
 }
 
 // syncOnce compiles what the informers hold and programs the node; errors go to the status.
-func (e *Enforcement) syncOnce(ctx context.Context) {
+func (e *Enforcement) syncOnce() {
+	e.mu.Lock()
+	e.begun++
+	e.mu.Unlock()
 	start := time.Now()
 	err := e.sync()
 	took := time.Since(start)
+	e.enter("reporting the sync")
 	e.mu.Lock()
 	e.took = took
 	e.lastErr = err
 	e.seq++
 	e.done.Broadcast()
-	st := e.statusLocked(err, start, took)
+	e.statusLocked(err, start, took)
 	e.mu.Unlock()
 	if err != nil {
 		e.cfg.Log.Error("sync", "err", err)
 	}
-	e.writeStatus(ctx, st)
+	select {
+	case e.statusDue <- struct{}{}:
+	default:
+	}
+}
+
+// loopPhase is a step of the sync loop and when it began.
+type loopPhase struct {
+	what  string
+	since time.Time
+}
+
+// enter records the step the sync loop is at.
+func (e *Enforcement) enter(what string) {
+	e.phase.Store(&loopPhase{what: what, since: time.Now()})
+}
+
+// phaseNow says what the sync loop is doing and for how long.
+func (e *Enforcement) phaseNow() string {
+	p := e.phase.Load()
+	if p == nil {
+		return "not started"
+	}
+	return fmt.Sprintf("%s for %s", p.what, time.Since(p.since).Round(time.Millisecond))
 }
 
 // sync is one pass: the cluster, the policies' changes, the local pods, the datapath.
 func (e *Enforcement) sync() error {
 	// Services first and apart from policy: a policy error must not stop translation.
+	e.enter("translating Services")
 	serr := e.syncServices()
+	e.enter("reading the cluster")
 	local, cluster, err := e.cluster()
 	if err != nil {
 		return err
@@ -259,6 +299,7 @@ func (e *Enforcement) sync() error {
 	}
 	ch.Upsert, ch.Delete = e.policyChangesLocked()
 	e.mu.Unlock()
+	e.enter("programming the datapath")
 	uerr := e.cfg.Enforcer.Update(ch, local)
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -304,7 +345,8 @@ func (e *Enforcement) Ready() error {
 }
 
 // WaitProgrammed blocks until a sync that began after the call has programmed the pod's endpoint
-// (or failed it closed, which is as safe), or ctx ends. It is what the CNI ADD waits for.
+// (or failed it closed, which is as safe), or ctx ends. It is what the CNI ADD waits for; when it
+// gives up, the error says how far the syncs got and what the sync loop is doing.
 func (e *Enforcement) WaitProgrammed(ctx context.Context, namespace, name, uid string) error {
 	k := policy.EndpointKey{Namespace: namespace, Name: name}
 	// The pod's labels: from the informer, or straight from the API server for a pod it has not
@@ -329,15 +371,18 @@ func (e *Enforcement) WaitProgrammed(ctx context.Context, namespace, name, uid s
 	})
 	defer stop()
 	e.mu.Lock()
-	// A sync already running may have read the directory before the record: wait for two.
-	target := e.seq + 2
+	// A sync already running may have read the directory before the record: the one to wait
+	// for is the next to begin.
+	target := e.begun + 1
+	from := e.seq
 	e.mu.Unlock()
 	e.Poke()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for {
 		if ctx.Err() != nil {
-			return fmt.Errorf("pod %s not programmed yet: %w", k, ctx.Err())
+			return fmt.Errorf("pod %s not programmed yet: %d syncs completed since it asked, %d needed; the sync loop is %s: %w",
+				k, e.seq-from, target-from, e.phaseNow(), ctx.Err())
 		}
 		if e.seq >= target {
 			if e.cfg.Enforcer.IsProgrammed(k) {

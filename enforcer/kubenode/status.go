@@ -18,7 +18,7 @@ import (
 // FieldManager is the server-side apply field manager of the enforcer's status writes.
 const FieldManager = "netpact-enforcer"
 
-// statusLocked is the NodePolicyStatus of the sync just done.
+// statusLocked makes the NodePolicyStatus of the sync just done the one to write.
 func (e *Enforcement) statusLocked(err error, start time.Time, took time.Duration) v1alpha1.NodePolicyStatusStatus {
 	st := v1alpha1.NodePolicyStatusStatus{Mode: string(e.cfg.Mode)}
 	st.Policies, st.Revisions, st.ErrorCount = e.policiesStatusLocked()
@@ -81,6 +81,21 @@ func (e *Enforcement) policiesStatusLocked() ([]v1alpha1.EnforcedPolicy, []strin
 	}
 	sort.Strings(revisions)
 	return out, revisions, refused
+}
+
+// runStatusWriter writes the status of the newest sync whenever one completes, until ctx ends.
+func (e *Enforcement) runStatusWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.statusDue:
+		}
+		e.mu.Lock()
+		st := e.status
+		e.mu.Unlock()
+		e.writeStatus(ctx, st)
+	}
 }
 
 // writeStatus server-side-applies the node's status object when it changed (or for the heartbeat).
