@@ -2,6 +2,9 @@
 // and v1alpha1 (netpact.io's own). The CRDs in deploy/crds are generated from them.
 package api
 
-// Structural CRDs without descriptions (Cilium's own CRD is about 400 KB); applied server-side.
-//go:generate go tool controller-gen crd:maxDescLen=0 paths=./... output:crd:dir=../deploy/crds
+// netpact.io's CRDs carry the Go types' comments as descriptions (kubectl explain shows them);
+// the cilium.io ones are structural, without (Cilium's own CRD is about 400 KB). Both are
+// applied server-side.
+//go:generate go tool controller-gen crd paths=./v1alpha1/... output:crd:dir=../deploy/crds
+//go:generate go tool controller-gen crd:maxDescLen=0 paths=./ciliumv2/... output:crd:dir=../deploy/crds
 //go:generate sh -c "rm -f ../deploy/chart/netpact/crds/*.yaml && cp ../deploy/crds/*.yaml ../deploy/chart/netpact/crds/"

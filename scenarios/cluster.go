@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
 
+	"github.com/netpact/netpact/deploy"
 	"github.com/netpact/netpact/internal/kubeapply"
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/scenarios/probeagent"
@@ -246,12 +247,12 @@ func (c *Cluster) prepareCluster(sc *Scenario, created []string) error {
 
 // enforcerMode is the --policy-enforcement-mode of the netpact DaemonSet's enforcer container.
 func (c *Cluster) enforcerMode(ctx context.Context) (EnforcementMode, error) {
-	ds, err := c.opts.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
+	ds, err := deploy.Enforcer(ctx, c.opts.Client)
 	if err != nil {
-		return "", fmt.Errorf("read the enforcers' mode from DaemonSet kube-system/netpact: %w", err)
+		return "", fmt.Errorf("read the enforcers' mode: %w", err)
 	}
 	for _, ctr := range ds.Spec.Template.Spec.Containers {
-		if ctr.Name != "enforcer" {
+		if ctr.Name != deploy.EnforcerContainer {
 			continue
 		}
 		for _, arg := range ctr.Args {

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ktypes "k8s.io/apimachinery/pkg/types"
 
+	"github.com/netpact/netpact/deploy"
 	"github.com/netpact/netpact/kind"
 	"github.com/netpact/netpact/policy"
 	"github.com/netpact/netpact/scenarios/probeagent"
@@ -246,11 +247,12 @@ func (c *Cluster) checkNames(sc *Scenario, from corev1.Pod) error {
 // patched (its mode before kept in modeAnnotation, unless there already), and a rollout waited
 // for until every node's enforcer is ready with it. The same mode does nothing.
 func (c *Cluster) setEnforcerMode(ctx context.Context, mode EnforcementMode, remember bool) error {
-	dsAPI := c.opts.Client.AppsV1().DaemonSets("kube-system")
-	ds, err := dsAPI.Get(ctx, "netpact", metav1.GetOptions{})
+	ds, err := deploy.Enforcer(ctx, c.opts.Client)
 	if err != nil {
-		return fmt.Errorf("enforcement mode: DaemonSet kube-system/netpact: %w", err)
+		return fmt.Errorf("enforcement mode: %w", err)
 	}
+	name := "DaemonSet " + ds.Namespace + "/" + ds.Name
+	dsAPI := c.opts.Client.AppsV1().DaemonSets(ds.Namespace)
 	have, err := c.enforcerMode(ctx)
 	if err != nil {
 		return err
@@ -274,11 +276,11 @@ func (c *Cluster) setEnforcerMode(ctx context.Context, mode EnforcementMode, rem
 	}
 	ds, err = dsAPI.Update(ctx, ds, metav1.UpdateOptions{})
 	if err != nil {
-		return fmt.Errorf("enforcement mode %s: update DaemonSet kube-system/netpact: %w", mode, err)
+		return fmt.Errorf("enforcement mode %s: update %s: %w", mode, name, err)
 	}
 	gen := ds.Generation
-	return c.waitRolledOut(ctx, "daemonset kube-system/netpact", func() (bool, error) {
-		ds, err := dsAPI.Get(ctx, "netpact", metav1.GetOptions{})
+	return c.waitRolledOut(ctx, strings.ToLower(name), func() (bool, error) {
+		ds, err := dsAPI.Get(ctx, ds.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -293,7 +295,7 @@ func (c *Cluster) setEnforcerMode(ctx context.Context, mode EnforcementMode, rem
 func setModeArg(ds *appsv1.DaemonSet, mode EnforcementMode) error {
 	for i := range ds.Spec.Template.Spec.Containers {
 		ctr := &ds.Spec.Template.Spec.Containers[i]
-		if ctr.Name != "enforcer" {
+		if ctr.Name != deploy.EnforcerContainer {
 			continue
 		}
 		arg := "--policy-enforcement-mode=" + string(mode)
@@ -306,18 +308,18 @@ func setModeArg(ds *appsv1.DaemonSet, mode EnforcementMode) error {
 		ctr.Args = append(ctr.Args, arg)
 		return nil
 	}
-	return errors.New("DaemonSet kube-system/netpact has no enforcer container")
+	return fmt.Errorf("DaemonSet %s/%s has no %s container", ds.Namespace, ds.Name, deploy.EnforcerContainer)
 }
 
 // restoreEnforcerMode gives the enforcers back the mode a scenario (this run's or a killed
 // one's) switched them from.
 func (c *Cluster) restoreEnforcerMode(ctx context.Context) error {
-	ds, err := c.opts.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	ds, err := deploy.Enforcer(ctx, c.opts.Client)
+	if errors.Is(err, deploy.ErrNotInstalled) {
 		return nil // nothing to restore
 	}
 	if err != nil {
-		return fmt.Errorf("enforcement mode: DaemonSet kube-system/netpact: %w", err)
+		return fmt.Errorf("enforcement mode: %w", err)
 	}
 	was, ok := ds.Annotations[modeAnnotation]
 	if !ok {

@@ -10,7 +10,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ktypes "k8s.io/apimachinery/pkg/types"
 
+	"github.com/netpact/netpact/deploy"
 	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/policy"
 )
@@ -23,17 +25,21 @@ const enforcerPort = "9879"
 // (sync=1) is 5 s.
 const flowsTimeout = 10 * time.Second
 
-// enforcers are the netpact enforcer pods by node.
-func (c *Cluster) enforcers(ctx context.Context) (map[string]string, error) {
-	list, err := c.opts.Client.CoreV1().Pods("kube-system").List(ctx,
-		metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+// enforcers are the netpact enforcer pods by node, in the enforcer DaemonSet's namespace.
+func (c *Cluster) enforcers(ctx context.Context) (map[string]ktypes.NamespacedName, error) {
+	ds, err := deploy.Enforcer(ctx, c.opts.Client)
 	if err != nil {
 		return nil, fmt.Errorf("list the enforcers: %w", err)
 	}
-	out := map[string]string{}
+	list, err := c.opts.Client.CoreV1().Pods(ds.Namespace).List(ctx,
+		metav1.ListOptions{LabelSelector: deploy.Selector(deploy.EnforcerName)})
+	if err != nil {
+		return nil, fmt.Errorf("list the enforcers: %w", err)
+	}
+	out := map[string]ktypes.NamespacedName{}
 	for _, p := range list.Items {
 		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
-			out[p.Spec.NodeName] = p.Name
+			out[p.Spec.NodeName] = ktypes.NamespacedName{Namespace: p.Namespace, Name: p.Name}
 		}
 	}
 	return out, nil
@@ -44,13 +50,13 @@ func (c *Cluster) enforcers(ctx context.Context) (map[string]string, error) {
 // each record. The filter must not follow: the answer has to end. With sync, the enforcer first
 // waits until its flow reader has handed on every event its datapath wrote before the request
 // (kubenode's sync=1), so the answer has every flow of the traffic that happened before it.
-func (c *Cluster) enforcerFlows(ctx context.Context, enforcer string, f observe.Filter, sync bool,
+func (c *Cluster) enforcerFlows(ctx context.Context, enforcer ktypes.NamespacedName, f observe.Filter, sync bool,
 	fn func(*observe.GetFlowsResponse) error) error {
 	if f.Follow {
 		return errors.New("enforcer flows: a followed stream never ends")
 	}
-	req := c.opts.Client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").
-		Name(enforcer + ":" + enforcerPort).SubResource("proxy").Suffix("flows")
+	req := c.opts.Client.CoreV1().RESTClient().Get().Namespace(enforcer.Namespace).Resource("pods").
+		Name(enforcer.Name + ":" + enforcerPort).SubResource("proxy").Suffix("flows")
 	for k, vs := range f.Query() {
 		for _, v := range vs {
 			req = req.Param(k, v)
@@ -160,7 +166,7 @@ func (c *Cluster) Audited(cell Cell) (audited, known bool) {
 	lost := false
 	for _, n := range nodes {
 		enf := enforcers[n]
-		if enf == "" {
+		if enf.Name == "" {
 			return false, false
 		}
 		err := c.enforcerFlows(ctx, enf, f, true, func(r *observe.GetFlowsResponse) error {
@@ -252,8 +258,8 @@ func podIPs(p corev1.Pod) []string {
 // to dst since a time, and renders the last 4 as `netpact observe -o compact` does (Hubble's
 // compact line with the deciding policy, its rule and where it was written); one line saying why
 // when the enforcer cannot be asked.
-func (c *Cluster) nodeFlows(enforcer, src, dst string, since time.Time) []string {
-	if enforcer == "" || src == "" || dst == "" {
+func (c *Cluster) nodeFlows(enforcer ktypes.NamespacedName, src, dst string, since time.Time) []string {
+	if enforcer.Name == "" || src == "" || dst == "" {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), flowsTimeout)

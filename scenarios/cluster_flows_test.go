@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -24,12 +26,19 @@ var _ AuditWitness = (*Cluster)(nil)
 // request without it is refused, so that the test sees every question synced.
 type fakeEnforcers struct {
 	rings map[string]*observe.Ring // node -> its enforcer's ring
-	pods  []corev1.Pod
+	pods  []corev1.Pod             // in enforcerNS, where the DaemonSet is installed
 }
 
+// enforcerNS is not kube-system: the enforcers are found wherever netpact was installed.
+const enforcerNS = "netpact"
+
 func (f *fakeEnforcers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	const base = "/api/v1/namespaces/kube-system/pods"
+	const base = "/api/v1/namespaces/" + enforcerNS + "/pods"
 	switch {
+	case r.URL.Path == "/apis/apps/v1/daemonsets" && r.URL.Query().Get("fieldSelector") == "metadata.name=netpact":
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(&appsv1.DaemonSetList{TypeMeta: metav1.TypeMeta{Kind: "DaemonSetList", APIVersion: "apps/v1"},
+			Items: []appsv1.DaemonSet{{ObjectMeta: metav1.ObjectMeta{Name: "netpact", Namespace: enforcerNS}}}})
 	case r.URL.Path == base:
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(&corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}, Items: f.pods})
@@ -83,7 +92,7 @@ func pod(name, node string, ips ...string) corev1.Pod {
 func TestClusterAudited(t *testing.T) {
 	enf := func(name, node string) corev1.Pod {
 		p := pod(name, node, "172.18.0.9")
-		p.Namespace = "kube-system"
+		p.Namespace = enforcerNS
 		return p
 	}
 	fe := &fakeEnforcers{rings: map[string]*observe.Ring{"n1": observe.NewRing(0), "n2": observe.NewRing(0)},
@@ -142,13 +151,13 @@ func TestClusterAudited(t *testing.T) {
 
 	// nodeFlows renders what a failing step shows: the compact line, with the policy, its rule
 	// and where it was written.
-	lines := c.nodeFlows("netpact-1", "10.0.1.5", "10.0.1.9", now.Add(-time.Minute))
+	lines := c.nodeFlows(ktypes.NamespacedName{Namespace: enforcerNS, Name: "netpact-1"}, "10.0.1.5", "10.0.1.9", now.Add(-time.Minute))
 	// The loss is shown too: a missing line may be one of those.
 	if len(lines) != 2 || !strings.Contains(lines[1], "EVENTS LOST: RATE_LIMITED 3") ||
 		!strings.Contains(lines[0], "AUDITED BY ns/default-deny (CiliumNetworkPolicy) default deny (ingress) (audit mode) at deny.yaml:7") {
 		t.Errorf("nodeFlows: %q", lines)
 	}
-	if lines := c.nodeFlows("netpact-gone", "10.0.1.5", "10.0.1.9", now); len(lines) != 1 || !strings.HasPrefix(lines[0], "flows unavailable") {
+	if lines := c.nodeFlows(ktypes.NamespacedName{Namespace: enforcerNS, Name: "netpact-gone"}, "10.0.1.5", "10.0.1.9", now); len(lines) != 1 || !strings.HasPrefix(lines[0], "flows unavailable") {
 		t.Errorf("nodeFlows of no enforcer: %q", lines)
 	}
 }

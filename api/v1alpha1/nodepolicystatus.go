@@ -49,8 +49,9 @@ type NodePolicyStatusStatus struct {
 	// ErrorCount is the number of policies and endpoints with an error, for the column.
 	ErrorCount int `json:"errorCount"`
 	// LastSync is when the datapath last matched the objects below; SyncDuration how long it took.
-	LastSync     *metav1.Time `json:"lastSync,omitempty"`
-	SyncDuration string       `json:"syncDuration,omitempty"`
+	LastSync *metav1.Time `json:"lastSync,omitempty"`
+	// SyncDuration is how long the last sync took, as a Go duration ("12ms").
+	SyncDuration string `json:"syncDuration,omitempty"`
 	// ObservedVersion is the newest resourceVersion of a Pod or Namespace the last sync compiled:
 	// a client that changed labels waits until every node reports at least the version it got.
 	ObservedVersion int64 `json:"observedVersion,omitempty"`
@@ -64,10 +65,13 @@ type NodePolicyStatusStatus struct {
 // EnforcedPolicy is one policy object as the node's enforcer holds it.
 type EnforcedPolicy struct {
 	// Kind is NetworkPolicy, CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
-	Kind      string `json:"kind"`
+	Kind string `json:"kind"`
+	// Namespace is the object's namespace; empty for a CiliumClusterwideNetworkPolicy.
 	Namespace string `json:"namespace,omitempty"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	// Name is the object's name.
+	Name string `json:"name"`
+	// UID is the object's UID: a new object under the same name is another policy.
+	UID string `json:"uid"`
 	// Generation is the object generation the datapath enforces.
 	Generation int64 `json:"generation"`
 	// Revision is the object's netpact.io/revision annotation at that generation.
@@ -84,6 +88,8 @@ type EnforcedPolicy struct {
 
 // EndpointError is a pod of the node failed closed, with why.
 type EndpointError struct {
-	Pod   string `json:"pod"`
+	// Pod is "namespace/name".
+	Pod string `json:"pod"`
+	// Error says why the pod was failed closed.
 	Error string `json:"error"`
 }

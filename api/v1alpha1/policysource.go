@@ -60,10 +60,15 @@ type PolicySource struct {
 // GitRef selects a revision: one of branch, tag, semver (a range over tags), name (a full ref
 // such as refs/heads/main) or commit.
 type GitRef struct {
+	// Branch is a branch name; the source follows its tip. Without any field, main.
 	Branch string `json:"branch,omitempty"`
-	Tag    string `json:"tag,omitempty"`
+	// Tag is a tag name (annotated or not); the source applies the commit it points at.
+	Tag string `json:"tag,omitempty"`
+	// SemVer is a semantic version range over the tags; the newest tag in it is applied.
 	SemVer string `json:"semver,omitempty"`
-	Name   string `json:"name,omitempty"`
+	// Name is a full ref name, such as refs/heads/main or refs/pull/7/head.
+	Name string `json:"name,omitempty"`
+	// Commit is a full commit SHA, applied as it is.
 	Commit string `json:"commit,omitempty"`
 }
 
@@ -83,18 +88,26 @@ type PolicySourceSpec struct {
 	// URL is the repository: http(s) or ssh, as Flux's GitRepository takes it (an SSH remote is
 	// written ssh://git@host/path).
 	// +kubebuilder:validation:Pattern="^(http|https|ssh)://.+$"
-	URL  string `json:"url"`
-	Ref  GitRef `json:"ref,omitempty"`
+	URL string `json:"url"`
+	// Ref is the revision to apply; the main branch when empty.
+	Ref GitRef `json:"ref,omitempty"`
+	// Path is the folder of the repository whose policies are applied (with its subfolders, or
+	// a kustomization); the repository's root when empty. A path that leaves the repository,
+	// through ".." or a symlink, is refused.
 	Path string `json:"path,omitempty"`
+	// Interval is how often the repository is checked for a new revision (10s to 168h); a
+	// webhook delivery or the reconcile.fluxcd.io/requestedAt annotation checks at once.
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
 	Interval metav1.Duration `json:"interval"`
+	// Timeout bounds each Git operation (1s to 5m; 60s when empty or 0s).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
 	Timeout metav1.Duration `json:"timeout,omitempty"`
 	// Verify, when set, applies only commits signed by a key of this armored OpenPGP keyring.
 	VerifyKeyring string `json:"verifyKeyring,omitempty"`
-	Suspend       bool   `json:"suspend,omitempty"`
+	// Suspend stops the source's reconciling: what it applied stays, and keeps being enforced.
+	Suspend bool `json:"suspend,omitempty"`
 	// AllowEmpty lets a revision remove every policy (of the bundle, or of a namespace that had
 	// some). Without it such a revision is refused and the last good one stays enforced.
 	AllowEmpty bool `json:"allowEmpty,omitempty"`
@@ -116,37 +129,46 @@ type PolicySourceSpec struct {
 
 // LocalObjectReference names an object of the same namespace.
 type LocalObjectReference struct {
+	// Name is the object's name.
 	Name string `json:"name"`
 }
 
 // VerifySpec says where the trusted OpenPGP keys are.
 type VerifySpec struct {
+	// SecretRef names a Secret of the PolicySource's namespace whose "keyring" entry is an
+	// armored OpenPGP keyring.
 	SecretRef LocalObjectReference `json:"secretRef"`
 }
 
 // ResourceRef is an object of the inventory as Flux writes it: ID
 // "<namespace>_<name>_<group>_<kind>" and V its version.
 type ResourceRef struct {
+	// ID is "<namespace>_<name>_<group>_<kind>".
 	ID string `json:"id"`
-	V  string `json:"v"`
+	// V is the object's API version.
+	V string `json:"v"`
 }
 
 // ResourceInventory is what the last applied revision put in the cluster.
 type ResourceInventory struct {
+	// Entries are the objects, one each.
 	Entries []ResourceRef `json:"entries"`
 }
 
 // PolicySourceStatus is what the reconciler reports.
 type PolicySourceStatus struct {
-	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
-	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	// ObservedGeneration is the generation of the spec the status is about.
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Conditions are Ready and Reconciling, as Flux's sources report them.
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 	// LastAttemptedRevision is the newest revision seen, whatever became of it.
 	LastAttemptedRevision string `json:"lastAttemptedRevision,omitempty"`
 	// LastAppliedRevision is the newest revision handed to the targets.
 	LastAppliedRevision string `json:"lastAppliedRevision,omitempty"`
 	// LastEnforcedRevision is the revision the targets' datapaths hold, and since when.
-	LastEnforcedRevision string       `json:"lastEnforcedRevision,omitempty"`
-	LastEnforcedAt       *metav1.Time `json:"lastEnforcedAt,omitempty"`
+	LastEnforcedRevision string `json:"lastEnforcedRevision,omitempty"`
+	// LastEnforcedAt is when every node first held LastEnforcedRevision.
+	LastEnforcedAt *metav1.Time `json:"lastEnforcedAt,omitempty"`
 	// Errors are the problems of the last failed revision, each with file:line.
 	Errors []string `json:"errors,omitempty"`
 	// Warnings are those of the last revision that validated, each with file:line: policies it
@@ -156,8 +178,9 @@ type PolicySourceStatus struct {
 	Inventory *ResourceInventory `json:"inventory,omitempty"`
 	// EnforcedNodes is "N/M": nodes whose datapath holds every applied object's generation, of
 	// all nodes; LaggingNodes names the others and why.
-	EnforcedNodes string   `json:"enforcedNodes,omitempty"`
-	LaggingNodes  []string `json:"laggingNodes,omitempty"`
+	EnforcedNodes string `json:"enforcedNodes,omitempty"`
+	// LaggingNodes are the nodes that do not hold the applied revision yet, each with why.
+	LaggingNodes []string `json:"laggingNodes,omitempty"`
 	// LastHandledReconcileAt is the reconcile.fluxcd.io/requestedAt value last acted on.
 	LastHandledReconcileAt string `json:"lastHandledReconcileAt,omitempty"`
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -10,7 +11,6 @@ import (
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/netpact/netpact/api/v1alpha1"
+	"github.com/netpact/netpact/deploy"
 )
 
 func policySourceClient(cfg *rest.Config) (client.Client, error) {
@@ -116,14 +117,15 @@ func readClusterHealth(ctx context.Context, cfg *rest.Config, namespace string) 
 }
 
 func (h *clusterHealth) readEnforcer(ctx context.Context, kc kubernetes.Interface) error {
-	h.Enforcer = workloadHealth{Kind: "DaemonSet", Name: "kube-system/netpact"}
-	ds, err := kc.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
+	h.Enforcer = workloadHealth{Kind: "DaemonSet", Name: deploy.EnforcerName}
+	ds, err := deploy.Enforcer(ctx, kc)
 	switch {
-	case apierrors.IsNotFound(err):
+	case errors.Is(err, deploy.ErrNotInstalled):
 		return nil
 	case err != nil:
 		return fmt.Errorf("read the enforcer DaemonSet: %w", err)
 	}
+	h.Enforcer.Name = ds.Namespace + "/" + ds.Name
 	s := ds.Status
 	h.Enforcer.Installed = true
 	h.Enforcer.Desired, h.Enforcer.Ready, h.Enforcer.Available, h.Enforcer.UpToDate =
@@ -137,13 +139,13 @@ func (h *clusterHealth) readDeployments(ctx context.Context, kc kubernetes.Inter
 		into       *workloadHealth
 		name, what string
 	}{
-		{&h.Controller, "netpact-reconciler", "controller"},
-		{&h.Admission, "netpact-admission", "admission webhook"},
+		{&h.Controller, deploy.ControllerName, "controller"},
+		{&h.Admission, deploy.AdmissionName, "admission webhook"},
 	} {
-		*d.into = workloadHealth{Kind: "Deployment", Name: "netpact-system/" + d.name}
-		dep, err := kc.AppsV1().Deployments("netpact-system").Get(ctx, d.name, metav1.GetOptions{})
+		*d.into = workloadHealth{Kind: "Deployment", Name: d.name}
+		dep, err := deploy.Deployment(ctx, kc, d.name)
 		switch {
-		case apierrors.IsNotFound(err):
+		case errors.Is(err, deploy.ErrNotInstalled):
 			continue
 		case err != nil:
 			return fmt.Errorf("read the %s Deployment: %w", d.what, err)
@@ -152,7 +154,7 @@ func (h *clusterHealth) readDeployments(ctx context.Context, kc kubernetes.Inter
 		if dep.Spec.Replicas != nil {
 			want = *dep.Spec.Replicas
 		}
-		*d.into = workloadHealth{Kind: "Deployment", Name: d.into.Name, Installed: true, Healthy: dep.Status.ReadyReplicas >= want && want > 0,
+		*d.into = workloadHealth{Kind: "Deployment", Name: dep.Namespace + "/" + dep.Name, Installed: true, Healthy: dep.Status.ReadyReplicas >= want && want > 0,
 			Desired: want, Ready: dep.Status.ReadyReplicas, Available: dep.Status.AvailableReplicas, UpToDate: dep.Status.UpdatedReplicas}
 	}
 	return nil

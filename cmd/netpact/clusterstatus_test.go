@@ -55,7 +55,7 @@ func TestClusterStatus(t *testing.T) {
 
 	stdout, _, code := run(t, "status", "--kubeconfig", sc.kubeconfig)
 	for _, want := range []string{
-		"enforcer:    DaemonSet kube-system/netpact desired 3, ready 3, available 3, up to date 3\n",
+		"enforcer:    DaemonSet netpact/netpact desired 3, ready 3, available 3, up to date 3\n",
 		"controller:  not installed",
 		"admission:   not installed",
 		"  netpact-system/policies: Ready True, enforced on 3/3 nodes, revision main@sha1:abc\n",
@@ -80,9 +80,9 @@ func TestClusterStatus(t *testing.T) {
 			t.Errorf("-o json is not JSON:\n%s", stdout)
 		}
 		want := clusterHealth{Namespace: "netpact-system",
-			Enforcer:   workloadHealth{Kind: "DaemonSet", Name: "kube-system/netpact", Installed: true, Healthy: true, Desired: 3, Ready: 3, Available: 3, UpToDate: 3},
-			Controller: workloadHealth{Kind: "Deployment", Name: "netpact-system/netpact-reconciler"},
-			Admission:  workloadHealth{Kind: "Deployment", Name: "netpact-system/netpact-admission"},
+			Enforcer:   workloadHealth{Kind: "DaemonSet", Name: "netpact/netpact", Installed: true, Healthy: true, Desired: 3, Ready: 3, Available: 3, UpToDate: 3},
+			Controller: workloadHealth{Kind: "Deployment", Name: "netpact-reconciler"},
+			Admission:  workloadHealth{Kind: "Deployment", Name: "netpact-admission"},
 			Sources: []sourceHealth{{Namespace: "netpact-system", Name: "policies", Ready: "True", Reason: meta.SucceededReason,
 				Message: "enforced revision main@sha1:abc", EnforcedNodes: "3/3", Revision: "main@sha1:abc"}},
 			Nodes: nodeHealthCounts{Reporting: 2, WithErrors: []nodeErrors{{Node: "node-b",
@@ -125,22 +125,27 @@ func newStatusCluster(t *testing.T) *statusCluster {
 	return sc
 }
 
-// enforcer makes the enforcer DaemonSet, every one of its desired pods ready.
+// enforcer makes the enforcer DaemonSet, every one of its desired pods ready, in namespace
+// netpact (a Helm release's, not the plain manifests' kube-system: status finds it anywhere).
 func (sc *statusCluster) enforcer(desired int32) {
 	t := sc.t
+	const ns = "netpact"
+	if _, err := sc.kc.CoreV1().Namespaces().Create(sc.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	labels := map[string]string{"app.kubernetes.io/name": "netpact"}
-	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "netpact", Namespace: "kube-system"},
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "netpact", Namespace: ns},
 		Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: corev1.PodTemplateSpec{
 			ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "enforcer", Image: "netpact"}}}}}}
-	got, err := sc.kc.AppsV1().DaemonSets("kube-system").Create(sc.ctx, ds, metav1.CreateOptions{})
+	got, err := sc.kc.AppsV1().DaemonSets(ns).Create(sc.ctx, ds, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = sc.kc.AppsV1().DaemonSets("kube-system").Delete(context.Background(), "netpact", metav1.DeleteOptions{})
+		_ = sc.kc.AppsV1().DaemonSets(ns).Delete(context.Background(), "netpact", metav1.DeleteOptions{})
 	})
 	got.Status = appsv1.DaemonSetStatus{DesiredNumberScheduled: desired, NumberReady: desired, NumberAvailable: desired, UpdatedNumberScheduled: desired}
-	if _, err := sc.kc.AppsV1().DaemonSets("kube-system").UpdateStatus(sc.ctx, got, metav1.UpdateOptions{}); err != nil {
+	if _, err := sc.kc.AppsV1().DaemonSets(ns).UpdateStatus(sc.ctx, got, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }

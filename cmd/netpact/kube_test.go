@@ -54,7 +54,7 @@ func TestClusterFlagsSelectTheCluster(t *testing.T) {
 		{kubeconfig, []string{"reconcile", "source", "no-such-source", "--context", "nonesuch"}, `context "nonesuch" does not exist`},
 		{filepath.Join(dir, "missing"), []string{"reconcile", "source", "no-such-source"}, "no cluster: no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config), and not in a pod"},
 		{kubeconfig, []string{"status", "--context", "closed"}, refused},
-		{kubeconfig, []string{"observe", "--context", "envtest"}, "no running enforcer in kube-system"},
+		{kubeconfig, []string{"observe", "--context", "envtest"}, "the enforcer DaemonSet (netpact) in any namespace: not installed"},
 		{kubeconfig, []string{"observe", "--context", "closed"}, refused},
 		{kubeconfig, []string{"predict", "--context", "closed", "."}, refused},
 		{kubeconfig, []string{"plan", "--context", "closed", ".", "."}, refused},

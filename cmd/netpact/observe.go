@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/netpact/netpact/deploy"
 	"github.com/netpact/netpact/enforcer/observe"
 )
 
@@ -76,7 +77,7 @@ See docs/observe.md.`,
 	f.StringVar(&o.socket, "socket", DefaultObserveSocket, "the local node's socket (without --kubeconfig or --context)")
 	o.kube = addClusterFlags(f)
 	o.kube.setKubeconfigUsage("read the enforcers of the cluster this kubeconfig (or --context, in KUBECONFIG or ~/.kube/config) reaches instead of a local node")
-	f.StringVar(&o.enforcerNS, "enforcer-namespace", "kube-system", "the namespace of the enforcer DaemonSet's pods (label app.kubernetes.io/name=netpact)")
+	f.StringVar(&o.enforcerNS, "enforcer-namespace", "", "the namespace of the enforcer DaemonSet's pods (label app.kubernetes.io/name=netpact); empty: wherever the netpact DaemonSet is")
 	f.StringVarP(&o.output, "output", "o", "compact", "compact, json, table or dict")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{observe.OutputCompact, observe.OutputJSON,
 		observe.OutputTable, observe.OutputDict}, cobra.ShellCompDirectiveNoFileComp))
@@ -201,7 +202,14 @@ func enforcerSources(ctx context.Context, kube *clusterFlags, ns string, nodes [
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+	if ns == "" {
+		ds, err := deploy.Enforcer(ctx, client)
+		if err != nil {
+			return nil, err
+		}
+		ns = ds.Namespace
+	}
+	pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: deploy.Selector(deploy.EnforcerName)})
 	if err != nil {
 		return nil, fmt.Errorf("list the enforcers in %s: %w", ns, err)
 	}

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/netpact/netpact/deploy"
 	"github.com/netpact/netpact/enforcer/observe"
 	"github.com/netpact/netpact/scenarios"
 )
@@ -196,18 +196,16 @@ func (k *testCluster) run(cmd *cobra.Command, scs []*scenarios.Scenario, timeout
 // enforcerImage is the image of the cluster's netpact enforcer DaemonSet: pods a scenario lists
 // are made from it, so that a cluster needs no image but its own.
 func enforcerImage(ctx context.Context, client kubernetes.Interface) (string, error) {
-	list, err := client.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+	ds, err := deploy.Enforcer(ctx, client)
 	if err != nil {
-		return "", fmt.Errorf("find the netpact enforcers (or give --probe-image): %w", err)
+		return "", fmt.Errorf("the probe image: %w (install netpact, deploy/README.md, or give --probe-image)", err)
 	}
-	for _, ds := range list.Items {
-		for _, c := range ds.Spec.Template.Spec.Containers {
-			if c.Name == "enforcer" {
-				return c.Image, nil
-			}
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if c.Name == deploy.EnforcerContainer {
+			return c.Image, nil
 		}
 	}
-	return "", fmt.Errorf("no netpact enforcer DaemonSet (label app.kubernetes.io/name=netpact) on the cluster: install netpact (deploy/README.md), or give --probe-image")
+	return "", fmt.Errorf("DaemonSet %s/%s has no %s container: give --probe-image", ds.Namespace, ds.Name, deploy.EnforcerContainer)
 }
 
 // onInterrupt runs f once on SIGINT or SIGTERM, then exits 130; the returned func disarms it.
