@@ -109,7 +109,7 @@ func diagnoseCluster(ctx context.Context, b *strings.Builder) {
 	// for it.
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.Namespace != "kube-system" || p.Labels["app.kubernetes.io/name"] != "netpact" || !stuckOn[p.Spec.NodeName] {
+		if p.Namespace != netpactNS || p.Labels["app.kubernetes.io/name"] != "netpact" || !stuckOn[p.Spec.NodeName] {
 			continue
 		}
 		raw, err := kc.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: "enforcer", TailLines: ptr(int64(40))}).DoRaw(ctx)

@@ -90,7 +90,7 @@ spec:
 		Expect(err).NotTo(HaveOccurred())
 		rss := func() map[string]int64 {
 			out := map[string]int64{}
-			pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+			pods, err := client.CoreV1().Pods(netpactNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
 			Expect(err).NotTo(HaveOccurred())
 			for _, p := range pods.Items {
 				// client_golang writes the value as a float (4.2e+07): parsed as Prometheus does.

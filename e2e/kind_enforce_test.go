@@ -180,7 +180,7 @@ var _ = Describe("the netpact enforcer on kind", Ordered, Label("kind"), func() 
 	}
 
 	enforcerPod := func(node string) corev1.Pod {
-		pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact",
+		pods, err := client.CoreV1().Pods(netpactNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact",
 			FieldSelector: "spec.nodeName=" + node})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods.Items).To(HaveLen(1))
@@ -303,11 +303,11 @@ spec:
 		soak(func() {
 			patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"netpact.io/restartedAt":%q}}}}}`,
 				time.Now().Format(time.RFC3339Nano))
-			_, err := client.AppsV1().DaemonSets("kube-system").Patch(ctx, "netpact", ktypes.StrategicMergePatchType,
+			_, err := client.AppsV1().DaemonSets(netpactNS).Patch(ctx, "netpact", ktypes.StrategicMergePatchType,
 				[]byte(patch), metav1.PatchOptions{})
 			Expect(err).NotTo(HaveOccurred())
 			Eventually(func() bool {
-				d, err := client.AppsV1().DaemonSets("kube-system").Get(ctx, "netpact", metav1.GetOptions{})
+				d, err := client.AppsV1().DaemonSets(netpactNS).Get(ctx, "netpact", metav1.GetOptions{})
 				Expect(err).NotTo(HaveOccurred())
 				s := d.Status
 				return s.ObservedGeneration == d.Generation && s.UpdatedNumberScheduled == s.DesiredNumberScheduled &&
@@ -320,7 +320,7 @@ spec:
 		cfg, _ := kindClient(kindData)
 		self := enforcerPod("netpact-e2e-worker")
 		// A token of the enforcer's service account bound to its pod carries the pod's node.
-		tok, err := client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "netpact", &authv1.TokenRequest{
+		tok, err := client.CoreV1().ServiceAccounts(netpactNS).CreateToken(ctx, "netpact", &authv1.TokenRequest{
 			Spec: authv1.TokenRequestSpec{BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1",
 				Name: self.Name, UID: self.UID}}}, metav1.CreateOptions{})
 		Expect(err).NotTo(HaveOccurred())
@@ -430,7 +430,7 @@ spec:
 		Expect(probeFrom(ctx, "np-flows-client", "client", server.Status.PodIP, 8080)).To(Equal("timeout"))
 		enf := enforcerPod(server.Spec.NodeName)
 		get := func(path string, params map[string]string) string {
-			req := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enf.Name + ":9879").
+			req := client.CoreV1().RESTClient().Get().Namespace(netpactNS).Resource("pods").Name(enf.Name + ":9879").
 				SubResource("proxy").Suffix(path)
 			for k, v := range params {
 				req = req.Param(k, v)

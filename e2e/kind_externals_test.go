@@ -37,7 +37,7 @@ var _ = Describe("external hosts, DNS names and enforcement mode on kind", Label
 			Expect(err).NotTo(HaveOccurred())
 			Expect(strings.TrimSpace(string(out))).To(BeEmpty(), "external hosts left behind")
 			_, client := kindClient(kindData)
-			ds, err := client.AppsV1().DaemonSets("kube-system").Get(context.Background(), "netpact", metav1.GetOptions{})
+			ds, err := client.AppsV1().DaemonSets(netpactNS).Get(context.Background(), "netpact", metav1.GetOptions{})
 			Expect(err).NotTo(HaveOccurred())
 			Expect(fmt.Sprint(ds.Spec.Template.Spec.Containers[0].Args)).To(ContainSubstring("--policy-enforcement-mode=default"))
 			Expect(ds.Annotations).NotTo(HaveKey("netpact.io/scenario-restore-mode"))

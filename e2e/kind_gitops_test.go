@@ -169,10 +169,11 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 		Expect(v1alpha1.AddToScheme(scheme)).To(Succeed())
 		cl, err := client.New(cfg, client.Options{Scheme: scheme})
 		Expect(err).NotTo(HaveOccurred())
-		g = &gitops{cfg: cfg, kc: kc, cl: cl, source: ktypes.NamespacedName{Namespace: "netpact-system", Name: "policies"}}
+		g = &gitops{cfg: cfg, kc: kc, cl: cl, source: ktypes.NamespacedName{Namespace: netpactNS, Name: "policies"}}
 		applier, err := kubeapply.New(cfg)
 		Expect(err).NotTo(HaveOccurred())
-		objs, err := kind.ReadManifests(filepath.Join(root, "deploy", "reconciler"), kindData.ProbeImage)
+		// The chart's controller and admission webhook, beside its enforcer in netpactNS.
+		objs, err := kind.ReadManifests(chartManifest("controller", false, false, "enforcer.enabled=false"), kindData.ProbeImage)
 		Expect(err).NotTo(HaveOccurred())
 		backend = &gitopsBackend{Cluster: scenarios.NewCluster(scenarios.ClusterOptions{Config: cfg, Client: kc, ProbeImage: kindData.ProbeImage}), g: g}
 		DeferCleanup(func(ctx SpecContext) {
@@ -191,15 +192,22 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 			for i := len(objs) - 1; i >= 0; i-- {
 				_ = applier.Delete(ctx, objs[i])
 			}
+			// What the spec and the controller made beside the chart's objects, in the namespace
+			// the enforcer stays in: the receiver's NodePort and secret, the webhook's
+			// certificate, the leader Lease.
+			_ = kc.CoreV1().Services(netpactNS).Delete(ctx, "receiver-nodeport", metav1.DeleteOptions{})
+			for _, name := range []string{"netpact-receiver", "netpact-webhook-cert"} {
+				_ = kc.CoreV1().Secrets(netpactNS).Delete(ctx, name, metav1.DeleteOptions{})
+			}
+			_ = kc.CoordinationV1().Leases(netpactNS).Delete(ctx, "netpact-reconciler", metav1.DeleteOptions{})
 			_ = kc.CoreV1().Namespaces().Delete(ctx, "netpact-git", metav1.DeleteOptions{})
 		})
 		// The receiver's secret first, so that the controller starts with it.
-		Expect(applier.Apply(ctx, objs[:1])).To(Succeed())
 		g.secret = make([]byte, 24)
 		_, _ = rand.Read(g.secret)
 		g.secret = []byte(hex.EncodeToString(g.secret))
-		_ = kc.CoreV1().Secrets("netpact-system").Delete(ctx, "netpact-receiver", metav1.DeleteOptions{})
-		_, err = kc.CoreV1().Secrets("netpact-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "netpact-receiver"},
+		_ = kc.CoreV1().Secrets(netpactNS).Delete(ctx, "netpact-receiver", metav1.DeleteOptions{})
+		_, err = kc.CoreV1().Secrets(netpactNS).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "netpact-receiver"},
 			Data: map[string][]byte{"token": g.secret}}, metav1.CreateOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(applier.Apply(ctx, objs)).To(Succeed())
@@ -219,7 +227,7 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 		for _, svc := range []*corev1.Service{
 			{ObjectMeta: metav1.ObjectMeta{Name: "git", Namespace: "netpact-git"}, Spec: corev1.ServiceSpec{Selector: labels, Type: corev1.ServiceTypeNodePort,
 				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: 30090}}}},
-			{ObjectMeta: metav1.ObjectMeta{Name: "receiver-nodeport", Namespace: "netpact-system"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort,
+			{ObjectMeta: metav1.ObjectMeta{Name: "receiver-nodeport", Namespace: netpactNS}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort,
 				Selector: map[string]string{"app.kubernetes.io/name": "netpact-reconciler"},
 				Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(9292), NodePort: 30091}}}},
 		} {
@@ -356,14 +364,14 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 
 		// The webhook runs apart from the controller, in two replicas a PodDisruptionBudget keeps:
 		// a drain evicts one, not both, and policy writes are still judged meanwhile.
-		adm, err := g.kc.CoreV1().Pods("netpact-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-admission"})
+		adm, err := g.kc.CoreV1().Pods(netpactNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-admission"})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(adm.Items).To(HaveLen(2))
 		evict := func(name string) error {
-			return g.kc.PolicyV1().Evictions("netpact-system").Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "netpact-system"}})
+			return g.kc.PolicyV1().Evictions(netpactNS).Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: netpactNS}})
 		}
 		Eventually(func() int32 {
-			pdb, err := g.kc.PolicyV1().PodDisruptionBudgets("netpact-system").Get(ctx, "netpact-admission", metav1.GetOptions{})
+			pdb, err := g.kc.PolicyV1().PodDisruptionBudgets(netpactNS).Get(ctx, "netpact-admission", metav1.GetOptions{})
 			if err != nil {
 				return -1
 			}
@@ -377,17 +385,17 @@ var _ = Describe("GitOps on kind: git push to enforced on every node", Ordered, 
 		Expect(err.Error()).To(ContainSubstring("netpact refuses this policy"), "while one replica drains, the other judges")
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
-		Expect(kubeapply.WaitWorkloads(wctx, g.kc, []*unstructured.Unstructured{workload("Deployment", "netpact-system", "netpact-admission")})).To(Succeed())
+		Expect(kubeapply.WaitWorkloads(wctx, g.kc, []*unstructured.Unstructured{workload("Deployment", netpactNS, "netpact-admission")})).To(Succeed())
 
-		pods, err := g.kc.CoreV1().Pods("netpact-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-reconciler"})
+		pods, err := g.kc.CoreV1().Pods(netpactNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact-reconciler"})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods.Items).To(HaveLen(1))
-		raw, err := g.kc.CoreV1().RESTClient().Get().Namespace("netpact-system").Resource("pods").Name(pods.Items[0].Name + ":8080").
+		raw, err := g.kc.CoreV1().RESTClient().Get().Namespace(netpactNS).Resource("pods").Name(pods.Items[0].Name + ":8080").
 			SubResource("proxy").Suffix("metrics").DoRaw(ctx)
 		Expect(err).NotTo(HaveOccurred())
-		for _, m := range []string{`gotk_reconcile_condition{kind="PolicySource",name="policies",namespace="netpact-system",status="True",type="Enforced"} 1`,
-			`gotk_reconcile_duration_seconds_count{kind="PolicySource",name="policies",namespace="netpact-system"}`,
-			`netpact_push_to_enforced_seconds_count{name="policies",namespace="netpact-system"}`} {
+		for _, m := range []string{`gotk_reconcile_condition{kind="PolicySource",name="policies",namespace="` + netpactNS + `",status="True",type="Enforced"} 1`,
+			`gotk_reconcile_duration_seconds_count{kind="PolicySource",name="policies",namespace="` + netpactNS + `"}`,
+			`netpact_push_to_enforced_seconds_count{name="policies",namespace="` + netpactNS + `"}`} {
 			Expect(string(raw)).To(ContainSubstring(m))
 		}
 	})

@@ -30,7 +30,7 @@ import (
 // enforcerGet GETs a path of an enforcer's endpoints (port 9879) through the API server's pod
 // proxy, as `netpact observe` and Prometheus' pod discovery reach them.
 func enforcerGet(ctx context.Context, client kubernetes.Interface, enforcer, path string) []byte {
-	raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enforcer + ":9879").
+	raw, err := client.CoreV1().RESTClient().Get().Namespace(netpactNS).Resource("pods").Name(enforcer + ":9879").
 		SubResource("proxy").Suffix(path).DoRaw(ctx)
 	Expect(err).NotTo(HaveOccurred(), "%s of %s", path, enforcer)
 	return raw
@@ -43,7 +43,7 @@ func enforcerGet(ctx context.Context, client kubernetes.Interface, enforcer, pat
 // ran are there, with no sleep or retry.
 func enforcerFlows(ctx context.Context, client kubernetes.Interface, enforcer string, f observe.Filter) []*observe.GetFlowsResponse {
 	Expect(f.Follow).To(BeFalse(), "a followed stream never ends")
-	req := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").Name(enforcer+":9879").
+	req := client.CoreV1().RESTClient().Get().Namespace(netpactNS).Resource("pods").Name(enforcer+":9879").
 		SubResource("proxy").Suffix("flows").Param("sync", "1")
 	for k, vs := range f.Query() {
 		for _, v := range vs {
@@ -161,7 +161,7 @@ var _ = Describe("observing the enforcers on kind: /metrics and Hubble's /flows"
 	})
 
 	enforcers := func() []corev1.Pod {
-		pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
+		pods, err := client.CoreV1().Pods(netpactNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods.Items).NotTo(BeEmpty())
 		return pods.Items

@@ -76,10 +76,10 @@ func setUpKind() *kindSuite {
 	exists, err := kind.Exists(ks.Name)
 	Expect(err).NotTo(HaveOccurred())
 	if _, statErr := os.Stat(ks.Kubeconfig); exists && statErr == nil {
-		fmt.Fprintf(GinkgoWriter, "reusing the retained cluster %s: loading %s and applying deploy/\n", ks.Name, images.Netpact)
+		fmt.Fprintf(GinkgoWriter, "reusing the retained cluster %s: loading %s and applying the chart\n", ks.Name, images.Netpact)
 		// The retained cluster gets this tree's netpact: image, CRDs, RBAC, DaemonSet.
 		Expect(kind.LoadImages(ks.Name, []string{images.Netpact, images.GitServer})).To(Succeed())
-		objs, err := kind.ReadManifests(filepath.Join(root, "deploy"), images.Netpact)
+		objs, err := kind.ReadManifests(enforcerChart(), images.Netpact)
 		Expect(err).NotTo(HaveOccurred())
 		cfg, client := kindClient(ks)
 		applier, err := kubeapply.New(cfg)
@@ -95,7 +95,7 @@ func setUpKind() *kindSuite {
 		start := time.Now()
 		_, err := kind.Create(context.Background(), kind.Options{
 			Name: ks.Name, Config: filepath.Join(root, "kind", "cluster.yaml"),
-			Manifest: filepath.Join(root, "deploy"), Images: images,
+			Manifest: enforcerChart(), Images: images,
 			Kubeconfig: ks.Kubeconfig, Retain: os.Getenv("E2E_RETAIN") == "1",
 			LogsDir: filepath.Join(root, "bin", "kind-logs"), Out: GinkgoWriter,
 		})
@@ -116,6 +116,12 @@ func setUpKind() *kindSuite {
 	Expect(kubeapply.WaitPodsReady(ctx, client, "dummy")).To(Succeed())
 	AddReportEntry("seed 002 workloads Ready", time.Since(start).Round(100*time.Millisecond).String())
 	return ks
+}
+
+// enforcerChart is the Helm chart's enforcer and CRDs, in netpactNS; the GitOps specs install
+// its controller and admission webhook, and uninstall them after.
+func enforcerChart() string {
+	return chartManifest("enforcer", true, true, "controller.enabled=false", "admission.enabled=false")
 }
 
 // seedObjects are the seed 002 manifests with the images built here.
@@ -172,7 +178,7 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 		cfg, client = kindClient(kindData)
 	})
 
-	It("has 3 nodes Ready, each with IPv4 and IPv6 pod CIDRs, and every kube-system pod Ready", func() {
+	It("has 3 nodes Ready, each with IPv4 and IPv6 pod CIDRs, and every kube-system and netpact pod Ready", func() {
 		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(nodes.Items).To(HaveLen(3))
@@ -186,23 +192,25 @@ var _ = Describe("a kind cluster with netpact as the CNI", Ordered, Label("kind"
 			}
 			Expect(ready).To(BeTrue(), "node %s Ready", n.Name)
 		}
-		pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{})
-		Expect(err).NotTo(HaveOccurred())
-		Expect(pods.Items).NotTo(BeEmpty())
-		for _, p := range pods.Items {
-			Expect(kubeapply.PodReady(&p)).To(BeTrue(), "kube-system pod %s Ready", p.Name)
+		for _, ns := range []string{"kube-system", netpactNS} {
+			pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			Expect(err).NotTo(HaveOccurred())
+			Expect(pods.Items).NotTo(BeEmpty())
+			for _, p := range pods.Items {
+				Expect(kubeapply.PodReady(&p)).To(BeTrue(), "%s pod %s Ready", ns, p.Name)
+			}
 		}
 	})
 
 	It("runs the enforcer on every node, routing every other node's IPv4 and IPv6 pod CIDRs", func() {
 		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		Expect(err).NotTo(HaveOccurred())
-		pods, err := client.CoreV1().Pods("kube-system").List(ctx,
+		pods, err := client.CoreV1().Pods(netpactNS).List(ctx,
 			metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netpact"})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods.Items).To(HaveLen(len(nodes.Items)))
 		for _, p := range pods.Items {
-			raw, err := client.CoreV1().RESTClient().Get().Namespace("kube-system").Resource("pods").
+			raw, err := client.CoreV1().RESTClient().Get().Namespace(netpactNS).Resource("pods").
 				Name(p.Name + ":9879").SubResource("proxy").Suffix("routes").DoRaw(ctx)
 			Expect(err).NotTo(HaveOccurred(), "routes of %s", p.Name)
 			var routes []kubenode.Route
