@@ -105,6 +105,7 @@ check-generate: generate
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@if git grep -nE '^(<<<<<<<|>>>>>>>) ' -- . ; then echo "merge conflict markers committed"; exit 1; fi
 	$(GO) vet ./...
 
 # The client commands for macOS and Windows: the node commands need Linux (docs/cli.md).
