@@ -18,7 +18,7 @@ const netpactNS = "netpact"
 // image placeholder kind.ReadManifests replaces, and returns the file it wrote. withNamespace
 // adds the namespace first (helm install --create-namespace does that); crds adds the CRDs.
 func chartManifest(name string, withNamespace, crds bool, set ...string) string {
-	args := []string{"tool", "helm", "template", "netpact", filepath.Join(root, "deploy", "chart", "netpact"),
+	args := []string{"tool", "helm", "template", "netpact", filepath.Join("deploy", "chart", "netpact"), // from root
 		"--namespace", netpactNS, "--set", "image=NETPACT_IMAGE", "--set", "imagePullPolicy=Never"}
 	if crds {
 		args = append(args, "--include-crds")
