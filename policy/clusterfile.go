@@ -126,8 +126,9 @@ func defaultTCP(ports []NamedPort) {
 }
 
 // Ranges the addresses of pods that list none are taken from, skipping every address the file
-// uses. Which ones a pod gets changes nothing: policy never matches a pod by its address (a
-// CIDR rule selects only what is outside the cluster).
+// uses. Which ones a pod gets changes nothing for a policy that does not name them: a CIDR rule
+// never selects a pod, and an ipBlock selects one only by its address (which a scenario's
+// policy names with {{ ip "ns/pod" }}, docs/scenarios.md).
 var (
 	podAddressesV4 = netip.MustParsePrefix("100.64.0.0/10")
 	podAddressesV6 = netip.MustParsePrefix("fd6e:7061:6374::/64")

@@ -382,16 +382,19 @@ func (s noticesShown) add(ns []policy.Notice) []string {
 }
 
 // change applies a step's policy and label changes to the running state; it returns the notices
-// of the files it read.
+// of the files it read. The policies' pod address expressions ({{ ip "ns/pod" }}) are expanded
+// with the cluster's addresses before they are read.
 func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policies map[policy.Key]*policy.Policy) ([]policy.Notice, error) {
 	var notices []policy.Notice
 	for _, src := range st.Apply {
 		var b *policy.Bundle
 		var err error
 		if src.File != "" {
-			b, err = policy.Load([]string{filepath.Join(sc.dir, src.File)}, policy.LoadOptions{})
+			x := addresses{cluster: cluster, context: fmt.Sprintf(" (step %q of %s)", st.Name, sc.file)}
+			b, err = policy.Load([]string{filepath.Join(sc.dir, src.File)}, policy.LoadOptions{Expand: x.expand})
 		} else {
-			b, err = policy.LoadBytes(sc.file+" (inline policy of step "+st.Name+")", []byte(src.Inline), policy.LoadOptions{})
+			x := addresses{cluster: cluster}
+			b, err = policy.LoadBytes(sc.file+" (inline policy of step "+st.Name+")", []byte(src.Inline), policy.LoadOptions{Expand: x.expand})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("apply: %w", err)

@@ -143,3 +143,12 @@ func TestPredictOnlyRefusesProbeFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestPredictOnlyPodAddresses: a policy naming a pod's address ({{ cidr "ns/pod" }} in an
+// ipBlock) is predicted with the address the run gave the pod: that pod in, the other out.
+func TestPredictOnlyPodAddresses(t *testing.T) {
+	stdout, stderr, code := run(t, "test", "--predict-only", filepath.Join("..", "..", "scenarios", "testdata", "ipblock-pod-address.yaml"))
+	if code != 0 || !strings.HasSuffix(stdout, "2 ok, 0 pending, 0 failed; 6 cells predicted, none probed, 0 wrong\n") {
+		t.Fatalf("exit %d, want 0 with both steps as expected\n%s%s", code, stdout, stderr)
+	}
+}
