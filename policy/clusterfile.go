@@ -126,8 +126,9 @@ func defaultTCP(ports []NamedPort) {
 }
 
 // Ranges the addresses of pods that list none are taken from, skipping every address the file
-// uses. Which ones a pod gets changes nothing: policy never matches a pod by its address (a
-// CIDR rule selects only what is outside the cluster).
+// uses. Which ones a pod gets changes nothing for a policy that does not name them: a CIDR rule
+// never selects a pod, and an ipBlock selects one only by its address (which a scenario's
+// policy names with {{ ip "ns/pod" }}, docs/scenarios.md).
 var (
 	podAddressesV4 = netip.MustParsePrefix("100.64.0.0/10")
 	podAddressesV6 = netip.MustParsePrefix("fd6e:7061:6374::/64")
@@ -136,23 +137,35 @@ var (
 // addressPods gives each pod that lists no address one of each family, so that predict can
 // probe it: a cluster file need not copy pod IPs.
 func (cf *ClusterFile) addressPods() error {
+	taken := make([]netip.Addr, 0, len(cf.External))
+	for _, ex := range cf.External {
+		taken = append(taken, ex.IP)
+	}
+	return cf.Cluster.AddressPods(taken...)
+}
+
+// AddressPods gives each pod that lists no address an IPv4 address from 100.64.0.0/10 and an
+// IPv6 address from fd6e:7061:6374::/64, the first ones free of the cluster's nodes, its pods
+// and taken: the addresses a cluster file's pods get (docs/cluster-file.md), for anything else
+// that describes pods without running them.
+func (c *Cluster) AddressPods(taken ...netip.Addr) error {
 	used := map[netip.Addr]bool{}
-	for _, n := range cf.Nodes {
+	for _, ip := range taken {
+		used[ip] = true
+	}
+	for _, n := range c.Nodes {
 		for _, ip := range n.IPs {
 			used[ip] = true
 		}
 	}
-	for _, ep := range cf.Endpoints {
+	for _, ep := range c.Endpoints {
 		for _, ip := range ep.IPs {
 			used[ip] = true
 		}
 	}
-	for _, ex := range cf.External {
-		used[ex.IP] = true
-	}
 	next := []netip.Addr{podAddressesV4.Addr(), podAddressesV6.Addr()}
-	for i := range cf.Endpoints {
-		if len(cf.Endpoints[i].IPs) > 0 {
+	for i := range c.Endpoints {
+		if len(c.Endpoints[i].IPs) > 0 {
 			continue
 		}
 		for f, prefix := range []netip.Prefix{podAddressesV4, podAddressesV6} {
@@ -161,7 +174,7 @@ func (cf *ClusterFile) addressPods() error {
 			if !prefix.Contains(next[f]) {
 				return fmt.Errorf("more pods without addresses than %s holds", prefix)
 			}
-			cf.Endpoints[i].IPs = append(cf.Endpoints[i].IPs, next[f])
+			c.Endpoints[i].IPs = append(c.Endpoints[i].IPs, next[f])
 			used[next[f]] = true
 		}
 	}

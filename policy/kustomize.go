@@ -57,6 +57,7 @@ var refusedKustomizationFields = map[string]string{
 func (l *loader) loadKustomization(name, dir, file string) {
 	if l.kfs == nil {
 		l.kfs = newKustomizeFS(l.t)
+		l.kfs.expand = l.opts.Expand
 	}
 	c, checked := l.kfs.checked[dir] // as an overlay's base, with its errors reported then
 	if !checked {

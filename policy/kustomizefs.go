@@ -39,6 +39,8 @@ type kustomizeFS struct {
 	// refusal is the first read refused in the current build; it says more than kustomize's
 	// wrapping of it.
 	refusal error
+	// expand rewrites each file read before kustomize parses it (LoadOptions.Expand).
+	expand func(file string, data []byte) ([]byte, error)
 }
 
 func newKustomizeFS(t *tree) *kustomizeFS {
@@ -87,6 +89,9 @@ func (k *kustomizeFS) load(resolved string) ([]byte, error) {
 	}
 	data, err := k.t.read(resolved)
 	if err != nil {
+		return nil, err
+	}
+	if data, err = expand(k.expand, k.name(resolved), data); err != nil {
 		return nil, err
 	}
 	count := 0

@@ -102,6 +102,41 @@ type LoadOptions struct {
 	Root string
 	// Stdin, when set, is what the path "-" reads (named <stdin>), bounded as a file is.
 	Stdin io.Reader
+	// Expand, when set, rewrites each file (and standard input, and LoadBytes' data) before it
+	// is parsed, kustomize's inputs included: the scenario runner's pod address expressions. It
+	// must keep every line where it was, so that errors and origins point into the file as
+	// written; a file whose line count it changes is refused. Its error is the file's: an Error or
+	// ErrorList as it is, anything else located at the file.
+	Expand func(file string, data []byte) ([]byte, error)
+}
+
+// expand is data as fn rewrites it (data itself when fn is nil), refused when fn moved lines.
+func expand(fn func(string, []byte) ([]byte, error), file string, data []byte) ([]byte, error) {
+	if fn == nil {
+		return data, nil
+	}
+	out, err := fn(file, data)
+	if err != nil {
+		return nil, err
+	}
+	if before, after := bytes.Count(data, []byte("\n")), bytes.Count(out, []byte("\n")); before != after {
+		return nil, fmt.Errorf("expanding the file changed its %d lines to %d: refused, as its errors would point at the wrong lines", before+1, after+1)
+	}
+	return out, nil
+}
+
+// failWith records err as a problem of file: its own Errors when it has them.
+func (l *loader) failWith(file string, err error) {
+	var list ErrorList
+	var one *Error
+	switch {
+	case errors.As(err, &list):
+		l.errs = append(l.errs, list...)
+	case errors.As(err, &one):
+		l.errs = append(l.errs, one)
+	default:
+		l.fail(file, 0, 0, "", "", "%v", err)
+	}
 }
 
 // Load reads files and folders of multi-document YAML or JSON. Folders are read recursively in
@@ -295,6 +330,11 @@ func yamlErrorLine(err error) (int, string) {
 }
 
 func (l *loader) loadData(file string, data []byte) {
+	data, err := expand(l.opts.Expand, file, data)
+	if err != nil {
+		l.failWith(file, err)
+		return
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node

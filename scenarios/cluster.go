@@ -137,8 +137,8 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 		return nil, err
 	}
 	c.nsLabels, c.podLabels = map[string]map[string]string{}, map[string]map[string]string{}
+	pc.Namespaces = sc.namespaces()
 	for _, ns := range sc.Namespaces {
-		pc.Namespaces = append(pc.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
 		c.nsLabels[ns.Name] = maps.Clone(ns.Labels)
 	}
 	// The pods no manifest made: created from the probe image, then waited for.
@@ -175,17 +175,13 @@ func (c *Cluster) Start(sc *Scenario) (*policy.Cluster, error) {
 			}
 		}
 		first := found[0]
-		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
-			Node: first.Spec.NodeName}
+		var ips []netip.Addr
 		for _, ip := range first.Status.PodIPs {
 			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				ep.IPs = append(ep.IPs, a)
+				ips = append(ips, a)
 			}
 		}
-		for _, port := range p.Ports {
-			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
-		}
-		pc.Endpoints = append(pc.Endpoints, ep)
+		pc.Endpoints = append(pc.Endpoints, p.endpoint(first.Spec.NodeName, ips))
 	}
 	if err := c.waitServiceEndpoints(wctx, sc); err != nil {
 		return nil, err

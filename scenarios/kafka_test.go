@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -11,45 +10,35 @@ import (
 
 const kafkaSeed = "seeds/000-kafka-topics.yaml"
 
-// predictScenario predicts every cell of every step of a scenario file as the runner does, on a
-// cluster of the file's pods with made-up addresses, without a backend.
+// predictScenario predicts every cell of every step of a scenario file as the runner does: on the
+// Prediction backend.
 func predictScenario(t *testing.T, file string) [][]CellResult {
 	t.Helper()
 	sc, err := LoadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
+	r := (&Runner{Backend: NewPrediction()}).Run(sc)
+	if r.Error != "" {
+		t.Fatal(r.Error)
+	}
 	var out [][]CellResult
-	for i := range sc.Steps {
-		state, cluster := compileSteps(t, sc, i)
-		cells, expected, _, err := expectations(sc, &sc.Steps[i], cluster)
-		if err != nil {
-			t.Fatal(err)
+	for _, s := range r.Steps {
+		if s.Error != "" || s.Pending != "" {
+			t.Fatalf("step %s: %s%s", s.Name, s.Error, s.Pending)
 		}
-		var step []CellResult
-		for _, c := range cells {
-			step = append(step, unprobed(sc, state, c, expected[c.String()]))
-		}
-		out = append(out, step)
+		out = append(out, s.Cells)
 	}
 	return out
 }
 
-// compileSteps compiles the policies of a scenario's steps up to the last one, on a cluster of
-// the file's pods with made-up addresses (10.0.0.10 onwards, in file order).
+// compileSteps compiles the policies of a scenario's steps up to the last one, on the cluster
+// the Prediction backend makes of the file's pods.
 func compileSteps(t *testing.T, sc *Scenario, last int) (*policy.State, *policy.Cluster) {
 	t.Helper()
-	cluster := &policy.Cluster{Nodes: []policy.Node{{Name: "local"}}}
-	for _, ns := range sc.Namespaces {
-		cluster.Namespaces = append(cluster.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
-	}
-	for i, p := range sc.Pods {
-		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, Node: "local",
-			IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(10 + i)})}}
-		for _, port := range p.Ports {
-			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
-		}
-		cluster.Endpoints = append(cluster.Endpoints, ep)
+	cluster, err := NewPrediction().Start(sc)
+	if err != nil {
+		t.Fatal(err)
 	}
 	policies := map[policy.Key]*policy.Policy{}
 	for i := 0; i <= last; i++ {
@@ -121,8 +110,8 @@ func TestKafkaRequestVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, _ := compileSteps(t, sc, 0)
-	d := state.Decide(netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.10"), policy.ProtoTCP, 9092)
+	state, cluster := compileSteps(t, sc, 0)
+	d := state.Decide(cluster.Endpoints[1].IPs[0], cluster.Endpoints[0].IPs[0], policy.ProtoTCP, 9092)
 	var got []string
 	for _, c := range []Cell{{Kafka: "consume", Topic: "t"}, {Kafka: "produce", Topic: "t", ClientID: "x"}} {
 		for _, key := range policy.KafkaRoleRequests(c.Kafka) {

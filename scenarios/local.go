@@ -85,10 +85,7 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 			n.vips[svc.Key()] = [2]netip.Addr{v4, v6}
 		}
 	}
-	c := &policy.Cluster{Nodes: []policy.Node{{Name: "local"}}}
-	for _, ns := range sc.Namespaces {
-		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
-	}
+	c := &policy.Cluster{Nodes: []policy.Node{{Name: "local"}}, Namespaces: sc.namespaces()}
 	for i, p := range sc.Pods {
 		ep, err := n.AddPod(p, i)
 		if err != nil {
@@ -134,12 +131,7 @@ func (n *LocalNode) AddPod(p Pod, i int) (policy.Endpoint, error) {
 	if err := n.prober.sctp.listen(lp); err != nil {
 		return policy.Endpoint{}, err
 	}
-	ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
-		Node: "local", IPs: []netip.Addr{lp.IPv4, lp.IPv6}}
-	for _, port := range p.Ports {
-		ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
-	}
-	return ep, nil
+	return p.endpoint("local", []netip.Addr{lp.IPv4, lp.IPv6}), nil
 }
 
 // RemovePod stops a pod's workloads and deletes it if the node made it (pods handed in through

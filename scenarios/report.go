@@ -10,13 +10,33 @@ import (
 	"github.com/netpact/netpact/policy/matrix"
 )
 
-// legend explains the marks of Tables; compactLegend those of Compact.
+// legend explains the marks of Tables (predictedTablesLegend in a predict-only run);
+// compactLegend those of Compact, and predictedLegend those of Compact in a predict-only run.
 const (
-	legend        = `  "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`
-	compactLegend = `  matrices show what probes observed: "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403
+	legend                = `  "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" not probed  "!" disagrees  "~" loopback, not compared`
+	predictedTablesLegend = `  "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403  "-" no cell  "!" disagrees  "~" loopback, not compared; nothing was probed`
+	compactLegend         = `  matrices show what probes observed: "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)  "R" refused  "4" HTTP 403
   "-" not probed  "!" expected, predicted and observed disagree  "~" loopback, not compared;
   the numbers under a port are the rows of the pods that serve it. -v prints every step's three tables.`
+	predictedLegend = `  matrices show what the engine predicted; nothing was probed: "." allowed  "A" allowed, reported AUDIT  "X" blocked (timed out)
+  "R" refused  "4" HTTP 403  "-" no cell  "!" expected and predicted disagree  "~" loopback, not compared;
+  the numbers under a port are the rows of the pods that serve it. -v prints every step's two tables.`
 )
+
+// predictOnlyNote heads a predict-only run's report: a green one must never read as a probed one.
+const predictOnlyNote = "predict-only: each step's expectations are compared with the policy engine's prediction; nothing was probed or observed"
+
+// predicted reports whether the step only predicted (a PredictOnly run).
+func (sr *StepResult) predicted() bool { return sr.mode == PredictOnly }
+
+// answers is a cell's answers as reports write them: expected, predicted and, when the step
+// probed, observed.
+func (sr *StepResult) answers(c CellResult) string {
+	if sr.predicted() {
+		return fmt.Sprintf("expected %s, predicted %s (not probed)", c.Expected, c.Predicted)
+	}
+	return fmt.Sprintf("expected %s, predicted %s, observed %s", c.Expected, c.Predicted, c.Observed)
+}
 
 // A compact matrix fits a terminal of compactWidth columns and has at most compactRows rows; a
 // larger step gets a count line.
@@ -42,8 +62,11 @@ func matrixOf(sr *StepResult) *matrix.Matrix[Outcome] {
 // that disagrees is marked with "!" in the observed table, loopback cells with "~" (not compared).
 func Tables(w io.Writer, sr *StepResult) {
 	m := matrixOf(sr)
-	m.SideBySide(w, "  ")
-	if m.Len() > 0 {
+	m.SideBySide(w, "  ", sr.mode.columns())
+	switch {
+	case m.Len() > 0 && sr.predicted():
+		fmt.Fprintln(w, predictedTablesLegend)
+	case m.Len() > 0:
 		fmt.Fprintln(w, legend)
 	}
 	for _, c := range sr.Cells {
@@ -52,22 +75,23 @@ func Tables(w io.Writer, sr *StepResult) {
 			if !c.OK {
 				mark = "WRONG"
 			}
-			fmt.Fprintf(w, "  probe %s %s: expected %s, predicted %s, observed %s\n", mark, c.Cell, c.Expected, c.Predicted, c.Observed)
+			fmt.Fprintf(w, "  probe %s %s: %s\n", mark, c.Cell, sr.answers(c))
 		}
 	}
 }
 
-// Compact prints a step's matrix as one table of observed outcomes: a row per pod, numbered, and
-// a column group per port holding only the pods that serve it, named by their row numbers; a
-// cell is marked as in Tables' observed table. A step too large for a 100-column terminal gets a
-// count line instead, and the explicit probes a line of counts. It reports whether it printed a
-// matrix, which needs compactLegend.
+// Compact prints a step's matrix as one table of observed outcomes (predicted ones when the step
+// only predicted): a row per pod, numbered, and a column group per port holding only the pods
+// that serve it, named by their row numbers; a cell is marked as in Tables' last table. A step
+// too large for a 100-column terminal gets a count line instead, and the explicit probes a line
+// of counts. It reports whether it printed a matrix, which needs compactLegend (predictedLegend).
 func Compact(w io.Writer, sr *StepResult) (table bool) {
+	cols := sr.mode.columns()
 	if m := matrixOf(sr); m.Len() > 0 {
-		table = m.Compact(w, "    ", compactWidth, compactRows)
+		table = m.Compact(w, "    ", cols, compactWidth, compactRows)
 		if !table {
 			fmt.Fprintf(w, "    matrix: %d cells over %d pods and %d ports, %d wrong (too large to show here: -v prints it)\n",
-				m.Len(), len(m.Endpoints()), len(m.Ports()), len(m.Disagreements(matrix.All)))
+				m.Len(), len(m.Endpoints()), len(m.Ports()), len(m.Disagreements(cols)))
 		}
 	}
 	var explicit []CellResult
@@ -76,10 +100,11 @@ func Compact(w io.Writer, sr *StepResult) (table bool) {
 	for _, c := range sr.Cells {
 		if c.Cell.Explicit {
 			explicit = append(explicit, c)
-			if count[c.Observed] == 0 {
-				seen = append(seen, c.Observed)
+			o := c.matrixCell().Outcome(cols.Last())
+			if count[o] == 0 {
+				seen = append(seen, o)
 			}
-			count[c.Observed]++
+			count[o]++
 		}
 	}
 	if len(explicit) == 0 {
@@ -93,7 +118,11 @@ func Compact(w io.Writer, sr *StepResult) (table bool) {
 	if n := wrongOf(explicit); n > 0 {
 		verdict = fmt.Sprintf("%d wrong", n)
 	}
-	fmt.Fprintf(w, "    probes: %s; %s\n", strings.Join(outcomes, ", "), verdict)
+	what := "probes"
+	if sr.predicted() {
+		what = "probes (predicted, not probed)"
+	}
+	fmt.Fprintf(w, "    %s: %s; %s\n", what, strings.Join(outcomes, ", "), verdict)
 	return table
 }
 
@@ -103,7 +132,7 @@ func Detail(w io.Writer, sr *StepResult) {
 	Tables(w, sr)
 	for _, c := range sr.Cells {
 		if !c.OK {
-			fmt.Fprintf(w, "  wrong: %s: expected %s, predicted %s, observed %s", c.Cell, c.Expected, c.Predicted, c.Observed)
+			fmt.Fprintf(w, "  wrong: %s: %s", c.Cell, sr.answers(c))
 			if c.Rule != "" {
 				fmt.Fprintf(w, " (engine: %s)", c.Rule)
 			}
@@ -122,6 +151,9 @@ func Detail(w io.Writer, sr *StepResult) {
 // in Compact form, each failing step's Detail. verbose gives every step its Detail.
 func Print(w io.Writer, results []*Result, verbose bool) {
 	compact := false
+	if predictedOnly(results) {
+		fmt.Fprintln(w, predictOnlyNote)
+	}
 	for _, r := range results {
 		scenarioLine(w, r)
 		for i := range r.Steps {
@@ -139,9 +171,22 @@ func Print(w io.Writer, results []*Result, verbose bool) {
 			}
 		}
 	}
-	if compact {
+	switch {
+	case compact && predictedOnly(results):
+		fmt.Fprintln(w, predictedLegend)
+	case compact:
 		fmt.Fprintln(w, compactLegend)
 	}
+}
+
+// predictedOnly reports whether every result of a run only predicted (and there is one).
+func predictedOnly(results []*Result) bool {
+	for _, r := range results {
+		if r.Mode != PredictOnly {
+			return false
+		}
+	}
+	return len(results) > 0
 }
 
 // Failures writes, under a "== failures" line, the Detail of every step whose cells disagree, so
@@ -185,15 +230,20 @@ func scenarioLine(w io.Writer, r *Result) {
 // progress on a cluster).
 func StepLine(w io.Writer, s *StepResult) { stepLine(w, s) }
 
-// stepLine is a step's line in Print, Summary and Failures: its status and its probe count.
+// stepLine is a step's line in Print, Summary and Failures: its status and its probe count, or
+// in a predict-only run its count of cells predicted, not probed.
 func stepLine(w io.Writer, s *StepResult) {
 	switch {
 	case s.Pending != "":
 		fmt.Fprintf(w, "  pending  %s: %s\n", s.Name, s.Pending)
 	case s.Error != "":
 		fmt.Fprintf(w, "  FAIL     %s: %s\n", s.Name, s.Error)
+	case s.Failed && s.predicted():
+		fmt.Fprintf(w, "  FAIL     %s: %d of %d cells predicted otherwise than expected (not probed)\n", s.Name, wrongOf(s.Cells), len(s.Cells))
 	case s.Failed:
 		fmt.Fprintf(w, "  FAIL     %s: %d of %d probes wrong\n", s.Name, wrongOf(s.Cells), len(s.Cells))
+	case s.predicted():
+		fmt.Fprintf(w, "  ok       %s: %d cells predicted as expected, not probed\n", s.Name, len(s.Cells))
 	default:
 		fmt.Fprintf(w, "  ok       %s: %d probes\n", s.Name, len(s.Cells))
 	}
@@ -215,11 +265,18 @@ type junitSuites struct {
 }
 
 type junitSuite struct {
-	Name     string      `xml:"name,attr"`
-	Tests    int         `xml:"tests,attr"`
-	Failures int         `xml:"failures,attr"`
-	Skipped  int         `xml:"skipped,attr"`
-	Cases    []junitCase `xml:"testcase"`
+	Name       string          `xml:"name,attr"`
+	Tests      int             `xml:"tests,attr"`
+	Failures   int             `xml:"failures,attr"`
+	Skipped    int             `xml:"skipped,attr"`
+	Properties []junitProperty `xml:"properties>property"`
+	Cases      []junitCase     `xml:"testcase"`
+}
+
+// junitProperty is a suite's property: its mode, probed or predict-only.
+type junitProperty struct {
+	Name  string `xml:"name,attr"`
+	Value string `xml:"value,attr"`
 }
 
 type junitCase struct {
@@ -238,12 +295,13 @@ type junitSkipped struct {
 	Message string `xml:"message,attr"`
 }
 
-// WriteJUnit writes a JUnit XML report: a suite per scenario, a case per step; a failing case's
-// message names the wrong cells.
+// WriteJUnit writes a JUnit XML report: a suite per scenario, with its mode as the property
+// netpact.mode (probed or predict-only), a case per step; a failing case's message names the
+// wrong cells.
 func WriteJUnit(file string, results []*Result) error {
 	var out junitSuites
 	for _, r := range results {
-		s := junitSuite{Name: r.Scenario}
+		s := junitSuite{Name: r.Scenario, Properties: []junitProperty{{Name: "netpact.mode", Value: string(r.Mode)}}}
 		if r.Error != "" {
 			s.Tests, s.Failures = 1, 1
 			s.Cases = append(s.Cases, junitCase{Name: "setup", ClassName: r.File, Failure: &junitFailure{Message: r.Error, Text: r.Error}})
@@ -261,7 +319,7 @@ func WriteJUnit(file string, results []*Result) error {
 				var wrong []string
 				for _, cell := range st.Cells {
 					if !cell.OK {
-						line := fmt.Sprintf("%s -> %s %s: expected %s, predicted %s, observed %s", cell.From, cell.To, cell.Port, cell.Expected, cell.Predicted, cell.Observed)
+						line := fmt.Sprintf("%s -> %s %s: %s", cell.From, cell.To, cell.Port, st.answers(cell))
 						if cell.Note != "" {
 							line += " (" + cell.Note + ")"
 						}
@@ -295,6 +353,9 @@ func WriteJUnit(file string, results []*Result) error {
 // Summary writes what a person reads first: a line per scenario and per step, ok, pending or
 // FAIL with the probes behind it, then the Failures, then the totals.
 func Summary(w io.Writer, results []*Result) {
+	if predictedOnly(results) {
+		fmt.Fprintln(w, predictOnlyNote)
+	}
 	for _, r := range results {
 		scenarioLine(w, r)
 		for i := range r.Steps {
@@ -305,14 +366,19 @@ func Summary(w io.Writer, results []*Result) {
 	Totals(w, results)
 }
 
-// Totals writes the line that ends a run: scenarios, steps by status, probes and wrong cells.
+// Totals writes the line that ends a run: scenarios, steps by status, probes (or cells predicted
+// and not probed) and wrong cells.
 func Totals(w io.Writer, results []*Result) {
-	var steps, ok, pending, failed, probes, wrong int
+	var steps, ok, pending, failed, probes, predicted, wrong int
 	for _, r := range results {
 		for i := range r.Steps {
 			s := &r.Steps[i]
 			steps++
-			probes += len(s.Cells)
+			if r.Mode == PredictOnly {
+				predicted += len(s.Cells)
+			} else {
+				probes += len(s.Cells)
+			}
 			wrong += wrongOf(s.Cells)
 			switch {
 			case s.Pending != "":
@@ -331,8 +397,15 @@ func Totals(w io.Writer, results []*Result) {
 			}
 		}
 	}
-	fmt.Fprintf(w, "%d scenarios, %d steps: %d ok, %d pending, %d failed; %d probes, %d wrong\n",
-		len(results), steps, ok, pending, failed, probes, wrong)
+	cells := fmt.Sprintf("%d probes", probes)
+	switch {
+	case predictedOnly(results):
+		cells = fmt.Sprintf("%d cells predicted, none probed", predicted)
+	case predicted > 0:
+		cells += fmt.Sprintf(", %d cells predicted and not probed", predicted)
+	}
+	fmt.Fprintf(w, "%d scenarios, %d steps: %d ok, %d pending, %d failed; %s, %d wrong\n",
+		len(results), steps, ok, pending, failed, cells, wrong)
 }
 
 // PendingSteps counts the steps that were not checked.

@@ -170,8 +170,9 @@ type CellResult struct {
 	Port      string  `json:"port"`
 	Expected  Outcome `json:"expected"`
 	Predicted Outcome `json:"predicted"`
-	Observed  Outcome `json:"observed"`
-	Rule      string  `json:"rule,omitempty"`
+	// Observed is what the probe saw; empty in a PredictOnly run, which probes nothing.
+	Observed Outcome `json:"observed,omitempty"`
+	Rule     string  `json:"rule,omitempty"`
 	// Loopback cells are shown but never compared: the traffic does not leave the pod.
 	Loopback bool `json:"loopback,omitempty"`
 	OK       bool `json:"ok"`
@@ -199,14 +200,43 @@ type StepResult struct {
 	// over the step's cluster) that no earlier step of the scenario reported.
 	Warnings []string `json:"warnings,omitempty"`
 	ports    []Port
+	// mode is the run's (Result.Mode), for what the step's reports say they compared.
+	mode Mode
 }
+
+// Mode is what a run holds each cell to.
+type Mode string
+
+const (
+	// Probed is every run on a backend with a datapath: a cell's expected, predicted and
+	// observed (real probes) answers must all agree.
+	Probed Mode = "probed"
+	// PredictOnly is a run on the Prediction backend: a cell's expected answer must agree with
+	// the engine's prediction; nothing is probed, so nothing is observed.
+	PredictOnly Mode = "predict-only"
+)
+
+// columns are the answers the mode compares.
+func (m Mode) columns() matrix.Column {
+	if m == PredictOnly {
+		return matrix.Expected | matrix.Predicted
+	}
+	return matrix.All
+}
+
+// predictor is a backend that probes nothing (Prediction): the runner then compares only the
+// expectations with the engine's predictions, and never calls its Probe. The method is
+// unexported so that only this package's backend can claim it.
+type predictor interface{ predictsOnly() }
 
 // Result is one scenario.
 type Result struct {
-	Scenario string       `json:"scenario"`
-	File     string       `json:"file"`
-	Steps    []StepResult `json:"steps"`
-	Error    string       `json:"error,omitempty"`
+	Scenario string `json:"scenario"`
+	File     string `json:"file"`
+	// Mode says what the steps were held to: probed, or predict-only (nothing observed).
+	Mode  Mode         `json:"mode"`
+	Steps []StepResult `json:"steps"`
+	Error string       `json:"error,omitempty"`
 }
 
 // Failed reports whether any step failed or the scenario could not run.
@@ -236,9 +266,17 @@ type Runner struct {
 	OnStep func(res *Result, step *StepResult)
 }
 
+// mode is what the runner's backend lets it check.
+func (r *Runner) mode() Mode {
+	if _, ok := r.Backend.(predictor); ok {
+		return PredictOnly
+	}
+	return Probed
+}
+
 // Run runs one scenario: start, then each step, then stop.
 func (r *Runner) Run(sc *Scenario) *Result {
-	res := &Result{Scenario: sc.Name, File: sc.file}
+	res := &Result{Scenario: sc.Name, File: sc.file, Mode: r.mode()}
 	cluster, err := r.Backend.Start(sc)
 	if err != nil {
 		res.Error = err.Error()
@@ -320,6 +358,7 @@ func (r *Runner) Run(sc *Scenario) *Result {
 
 // record adds a step's result and reports it to OnStep.
 func (r *Runner) record(res *Result, sr StepResult) {
+	sr.mode = res.Mode
 	res.Steps = append(res.Steps, sr)
 	if r.OnStep != nil {
 		r.OnStep(res, &res.Steps[len(res.Steps)-1])
@@ -343,16 +382,19 @@ func (s noticesShown) add(ns []policy.Notice) []string {
 }
 
 // change applies a step's policy and label changes to the running state; it returns the notices
-// of the files it read.
+// of the files it read. The policies' pod address expressions ({{ ip "ns/pod" }}) are expanded
+// with the cluster's addresses before they are read.
 func (r *Runner) change(sc *Scenario, st *Step, cluster *policy.Cluster, policies map[policy.Key]*policy.Policy) ([]policy.Notice, error) {
 	var notices []policy.Notice
 	for _, src := range st.Apply {
 		var b *policy.Bundle
 		var err error
 		if src.File != "" {
-			b, err = policy.Load([]string{filepath.Join(sc.dir, src.File)}, policy.LoadOptions{})
+			x := addresses{cluster: cluster, context: fmt.Sprintf(" (step %q of %s)", st.Name, sc.file)}
+			b, err = policy.Load([]string{filepath.Join(sc.dir, src.File)}, policy.LoadOptions{Expand: x.expand})
 		} else {
-			b, err = policy.LoadBytes(sc.file+" (inline policy of step "+st.Name+")", []byte(src.Inline), policy.LoadOptions{})
+			x := addresses{cluster: cluster}
+			b, err = policy.LoadBytes(sc.file+" (inline policy of step "+st.Name+")", []byte(src.Inline), policy.LoadOptions{Expand: x.expand})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("apply: %w", err)
@@ -519,9 +561,17 @@ func serves(p Pod, port Port) bool {
 	return false
 }
 
-// probe fills the three answers of every cell, probing in parallel and retrying a wrong cell once.
+// probe fills the three answers of every cell, probing in parallel and retrying a wrong cell once;
+// on a backend that probes nothing, the expected and predicted answers alone.
 func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected map[string]Outcome) []CellResult {
 	out := make([]CellResult, len(cells))
+	if mode := r.mode(); mode == PredictOnly {
+		for i, c := range cells {
+			out[i] = unprobed(sc, state, c, expected[c.String()])
+		}
+		judge(out, mode)
+		return out
+	}
 	if bp, ok := r.Backend.(BatchProber); ok {
 		for i, c := range cells {
 			out[i] = unprobed(sc, state, c, expected[c.String()])
@@ -542,10 +592,7 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 			}
 		}
 		r.markAudited(out)
-		for i := range out {
-			cr := &out[i]
-			cr.OK = cr.matrixCell().Agrees(matrix.All)
-		}
+		judge(out, Probed)
 		return out
 	}
 	parallel := r.Parallel
@@ -572,10 +619,15 @@ func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected
 	}
 	wg.Wait()
 	r.markAudited(out)
-	for i := range out {
-		out[i].OK = out[i].matrixCell().Agrees(matrix.All)
-	}
+	judge(out, Probed)
 	return out
+}
+
+// judge sets each cell's OK: its answers that the mode compares agree.
+func judge(out []CellResult, mode Mode) {
+	for i := range out {
+		out[i].OK = out[i].matrixCell().Agrees(mode.columns())
+	}
 }
 
 // markAudited turns each connection that got through into Audit when the backend's datapath
@@ -785,6 +837,9 @@ func addrs(state *policy.State, from, to *Pod) (netip.Addr, netip.Addr, bool) {
 // cell whose observed outcome differed from the expectation. It is how a test holds the
 // datapath to its verdicts while something disrupts the node agents.
 func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool) (probes int, wrong []CellResult, err error) {
+	if r.mode() == PredictOnly {
+		return 0, nil, errors.New("soak: the backend probes nothing, so there is nothing to soak")
+	}
 	cluster, err := r.Backend.Start(sc)
 	if err != nil {
 		r.Backend.Stop()
@@ -861,9 +916,7 @@ func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expe
 		out[i].Observed = observed[i]
 	}
 	r.markAudited(out)
-	for i := range out {
-		out[i].OK = out[i].matrixCell().Agrees(matrix.All)
-	}
+	judge(out, Probed)
 	return out
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -195,6 +196,26 @@ type Pod struct {
 
 // Key is "namespace/name".
 func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// endpoint is the pod as the engine sees it, on node with addresses ips: what every backend's
+// Start returns for it.
+func (p Pod) endpoint(node string, ips []netip.Addr) policy.Endpoint {
+	ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, ServiceAccount: p.ServiceAccount,
+		Node: node, IPs: ips}
+	for _, port := range p.Ports {
+		ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+	}
+	return ep
+}
+
+// namespaces are the scenario's namespaces as the engine sees them.
+func (s *Scenario) namespaces() []policy.Namespace {
+	out := make([]policy.Namespace, 0, len(s.Namespaces))
+	for _, ns := range s.Namespaces {
+		out = append(out, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
+	}
+	return out
+}
 
 // Service is a Kubernetes Service over the scenario's pods. On a cluster, probes reach it through
 // its ClusterIP (translated to a backend at the pod's socket by netpact), a NodePort of another

@@ -1,37 +1,9 @@
 package scenarios
 
 import (
-	"net/netip"
 	"strings"
 	"testing"
-
-	"github.com/netpact/netpact/policy"
 )
-
-// paperNode is a backend with no datapath: pods are addresses, nothing is enforced and every
-// probe times out. It is enough for what the runner reports besides probes.
-type paperNode struct{}
-
-func (paperNode) Start(sc *Scenario) (*policy.Cluster, error) {
-	c := &policy.Cluster{}
-	for _, ns := range sc.Namespaces {
-		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})
-	}
-	for i, p := range sc.Pods {
-		ep := policy.Endpoint{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})}}
-		for _, port := range p.Ports {
-			ep.Ports = append(ep.Ports, policy.NamedPort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
-		}
-		c.Endpoints = append(c.Endpoints, ep)
-	}
-	return c, nil
-}
-
-func (paperNode) Enforce(*policy.Cluster, []*policy.Policy) error { return nil }
-func (paperNode) Probe(Cell) Outcome                              { return Timeout }
-func (paperNode) Flows([]Cell) []string                           { return nil }
-func (paperNode) BeginStep()                                      {}
-func (paperNode) Stop() error                                     { return nil }
 
 // TestStepWarnings: a step reports the warnings of its policies over the scenario's pods, each
 // once: the toFQDNs rule's at the step that applies it, nothing at the next, and at the step that
@@ -41,7 +13,7 @@ func TestStepWarnings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := (&Runner{Backend: paperNode{}}).Run(sc)
+	r := (&Runner{Backend: NewPrediction()}).Run(sc)
 	if len(r.Steps) != 3 {
 		t.Fatalf("steps %+v", r.Steps)
 	}

@@ -23,11 +23,11 @@ func newTestCommand() *cobra.Command {
 	var retain, verbose bool
 	var observeSocket string
 	var timeout time.Duration
-	var failOnPending bool
+	var failOnPending, predictOnly bool
 	var kube testCluster
 	cmd := &cobra.Command{
 		Use:   "test FILE|DIR...",
-		Short: "Run scenario files on a local node of network namespaces, or on a cluster; exit 1 on any mismatch",
+		Short: "Run scenario files on a local node of network namespaces or on a cluster, or only predict them; exit 1 on any mismatch",
 		Long: `test runs each scenario on a node made of network namespaces on this host, enforced by
 netpact's eBPF datapath (it needs root). For every step it compares the connectivity the file
 expects, the matrix the policy engine predicts, and what real probes observe. It prints a line per
@@ -39,47 +39,62 @@ With --kubeconfig or --context it runs them on that cluster instead, which must 
 applies each step's policies through the API server and waits until every node enforces them,
 creates the namespaces and pods a scenario lists from the netpact image (the enforcers', unless
 --probe-image says otherwise), probes from inside the pods, prints a line per step as it goes,
-and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
+and removes what it made and applied (unless --retain).
+
+With --predict-only it runs nothing and probes nothing, so it needs neither root nor a cluster,
+and it runs on macOS and Windows too: each step's expectations are compared with the policy
+engine's prediction alone, over the scenario's pods with made-up addresses. Step lines and totals
+say "predicted" and "none probed", and -o json and --junit carry the mode (predict-only). See
+docs/scenarios.md.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if predictOnly {
+				if err := predictOnlyConflicts(cmd, kube.cluster); err != nil {
+					return err
+				}
+			}
 			scs, err := scenarios.Load(args)
 			if err != nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), err)
 				return exitError{1}
 			}
-			if err := checkLocalNode(kube.cluster); err != nil {
-				return err
-			}
-			// The nodes' flows, one node after the other, go to one ring that `netpact observe`
-			// reads on the socket while the run lasts (and after it, with --retain).
-			ring := observe.NewRing(0)
-			if observeSocket != "" {
-				stopServe, err := serveObserve(observeSocket, ring, "local")
-				if err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "netpact observe will not see this run: %v\n", err)
-				} else {
-					defer stopServe()
-				}
-			}
 			var results []*scenarios.Result
-			onCluster, err := kube.cluster.named("they run on a local node")
-			if err != nil {
-				return err
-			}
-			if onCluster {
-				if !cmd.Flags().Changed("probe-timeout") {
-					timeout = 0 // the cluster backend's own default: probes cross nodes
-				}
-				if results, err = kube.run(cmd, scs, timeout, retain, verbose); err != nil {
+			if predictOnly {
+				results = runPredicted(scs, verbose)
+			} else {
+				if err := checkLocalNode(kube.cluster); err != nil {
 					return err
 				}
-				scs = nil // run there, not on a local node
+				// The nodes' flows, one node after the other, go to one ring that `netpact observe`
+				// reads on the socket while the run lasts (and after it, with --retain).
+				ring := observe.NewRing(0)
+				if observeSocket != "" {
+					stopServe, err := serveObserve(observeSocket, ring, "local")
+					if err != nil {
+						fmt.Fprintf(cmd.ErrOrStderr(), "netpact observe will not see this run: %v\n", err)
+					} else {
+						defer stopServe()
+					}
+				}
+				onCluster, err := kube.cluster.named("they run on a local node")
+				if err != nil {
+					return err
+				}
+				if onCluster {
+					if !cmd.Flags().Changed("probe-timeout") {
+						timeout = 0 // the cluster backend's own default: probes cross nodes
+					}
+					if results, err = kube.run(cmd, scs, timeout, retain, verbose); err != nil {
+						return err
+					}
+					scs = nil // run there, not on a local node
+				}
+				local, err := runLocal(cmd, scs, ring, timeout, retain, verbose)
+				if err != nil {
+					return err
+				}
+				results = append(results, local...)
 			}
-			local, err := runLocal(cmd, scs, ring, timeout, retain, verbose)
-			if err != nil {
-				return err
-			}
-			results = append(results, local...)
 			if junit != "" {
 				if err := scenarios.WriteJUnit(junit, results); err != nil {
 					return err
@@ -121,6 +136,7 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&predictOnly, "predict-only", false, "compare each step's expectations with the policy engine's prediction only: nothing is run or probed, no root and no cluster needed (not with the cluster flags, --retain, --probe-timeout, --probe-image, --kind or --observe-socket)")
 	cmd.Flags().BoolVar(&failOnPending, "fail-on-pending", os.Getenv("CI") == "true", "exit 1 when a step is pending (not checked); the default under CI=true, so that a gate never passes what it did not check")
 	cmd.Flags().StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
 	cmd.Flags().StringVar(&summary, "summary", "", "also write a line per scenario and step (ok, pending, FAIL, probe counts), the failing steps' tables and the totals to this file")
@@ -134,6 +150,32 @@ and removes what it made and applied (unless --retain). See docs/scenarios.md.`,
 	cmd.Flags().StringVar(&kube.probeImage, "probe-image", "", "on a cluster: the image of the pods the run creates (default: the image of the cluster's netpact enforcers)")
 	cmd.Flags().StringVar(&kube.kind, "kind", "", "on a cluster: the kind cluster's name, for scenarios with external hosts (default: from a kind-NAME context)")
 	return cmd
+}
+
+// predictOnlyConflicts refuses, with --predict-only, the flags that are about running or probing
+// scenarios somewhere: --predict-only does neither, and a flag it ignored could make a run read
+// as what it was not.
+func predictOnlyConflicts(cmd *cobra.Command, cluster *clusterFlags) error {
+	var given []string
+	for _, name := range append(append([]string{}, cluster.names...), "retain", "probe-timeout", "probe-image", "kind", "observe-socket") {
+		if cmd.Flags().Changed(name) {
+			given = append(given, "--"+name)
+		}
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	return fmt.Errorf("--predict-only runs and probes nothing, on no node and no cluster: %s cannot go with it (leave out --predict-only to probe)", strings.Join(given, ", "))
+}
+
+// runPredicted runs the scenarios on the Prediction backend: each step's expectations against the
+// engine's prediction, nothing probed.
+func runPredicted(scs []*scenarios.Scenario, verbose bool) []*scenarios.Result {
+	var results []*scenarios.Result
+	for _, sc := range scs {
+		results = append(results, (&scenarios.Runner{Backend: scenarios.NewPrediction(), Verbose: verbose}).Run(sc))
+	}
+	return results
 }
 
 // testCluster is netpact test's cluster backend: the cluster flags and what goes with them.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/netpact/netpact/policy"
@@ -98,7 +99,7 @@ func TestTableAndSideBySide(t *testing.T) {
 	probed.Set(Cell[policy.Outcome]{Key: key("a/client", "a/web", 443, policy.ProtoTCP), Expected: allowed, Predicted: allowed, Observed: denied})
 	probed.Set(Cell[policy.Outcome]{Key: key("a/web", "a/web", 80, policy.ProtoTCP), Expected: denied, Predicted: allowed, Observed: allowed})
 	b.Reset()
-	probed.SideBySide(&b, "  ")
+	probed.SideBySide(&b, "  ", All)
 	golden(t, "side-by-side.txt", b.String())
 }
 
@@ -110,5 +111,29 @@ func golden(t *testing.T, file, got string) {
 	}
 	if got != string(want) {
 		t.Errorf("output differs from testdata/%s:\n%s", file, got)
+	}
+}
+
+// A run that only predicted prints and marks two tables: expected and predicted, the "!" on the
+// predicted one; Compact shows the predicted answers.
+func TestSideBySideOfTwoColumns(t *testing.T) {
+	m := New[policy.Outcome]()
+	allowed, denied := policy.OutcomeAllowed, policy.OutcomeDenied
+	m.Set(Cell[policy.Outcome]{Key: key("a/client", "a/web", 80, policy.ProtoTCP), Expected: allowed, Predicted: denied})
+	m.Set(Cell[policy.Outcome]{Key: key("a/web", "a/web", 80, policy.ProtoTCP), Expected: allowed, Predicted: allowed})
+	var b bytes.Buffer
+	m.SideBySide(&b, "", Expected|Predicted)
+	want := "80/TCP\n" +
+		"from \\ to  expected  predicted\n" +
+		"          0 1    0 1 \n" +
+		"a/client  - .    - X!  0\n" +
+		"a/web     - .    - .~  1\n"
+	if b.String() != want {
+		t.Errorf("two tables:\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
+	m.Compact(&b, "", Expected|Predicted, 100, 10)
+	if !strings.Contains(b.String(), "0 a/client  X!") {
+		t.Errorf("compact predicted table:\n%s", b.String())
 	}
 }

@@ -65,22 +65,42 @@ func byLabel(ports []Port) []Port {
 	return ports
 }
 
-// observedMark is a cell's mark in an observed table: the outcome, then "~" for loopback (not
-// compared) or "!" where the cell's three answers disagree.
-func observedMark[O Outcome](c *Cell[O]) string {
-	switch {
-	case c.Loopback():
-		return c.Observed.Mark() + "~"
-	case !c.Agrees(All):
-		return c.Observed.Mark() + "!"
+// columnNames are the headings of the columns' tables, in the order they are printed.
+var columnNames = []struct {
+	col  Column
+	name string
+}{{Expected, "expected"}, {Predicted, "predicted"}, {Observed, "observed"}}
+
+// Last is the rightmost of cols as tables print them: the one that carries the marks, what a
+// run checked last (observed when it probed, predicted when it only predicted).
+func (cols Column) Last() Column {
+	last := Column(0)
+	for _, c := range columnNames {
+		if cols&c.col != 0 {
+			last = c.col
+		}
 	}
-	return c.Observed.Mark() + " "
+	return last
 }
 
-// SideBySide prints, for each port, the expected, predicted and observed tables side by side
-// (netpact test's form): every endpoint down and across, numbered; "-" where there is no cell,
-// and in the observed table "!" after a cell that disagrees and "~" after a loopback cell.
-func (m *Matrix[O]) SideBySide(w io.Writer, indent string) {
+// lastMark is a cell's mark in the last table of cols: the outcome, then "~" for loopback (not
+// compared) or "!" where the cell's answers in cols disagree.
+func lastMark[O Outcome](c *Cell[O], cols Column) string {
+	o := c.Outcome(cols.Last()).Mark()
+	switch {
+	case c.Loopback():
+		return o + "~"
+	case !c.Agrees(cols):
+		return o + "!"
+	}
+	return o + " "
+}
+
+// SideBySide prints, for each port, the tables of cols side by side (netpact test's form:
+// expected, predicted and observed, or without observed when nothing was probed): every endpoint
+// down and across, numbered; "-" where there is no cell, and in the last table "!" after a cell
+// whose answers in cols disagree and "~" after a loopback cell.
+func (m *Matrix[O]) SideBySide(w io.Writer, indent string, cols Column) {
 	eps := m.Endpoints()
 	width := 0
 	for _, e := range eps {
@@ -91,26 +111,48 @@ func (m *Matrix[O]) SideBySide(w io.Writer, indent string) {
 	for i := range eps {
 		idx += fmt.Sprintf("%-2d", i%100)[:2]
 	}
+	var shown []Column
+	var headings, numbers strings.Builder
+	for _, c := range columnNames {
+		if cols&c.col == 0 {
+			continue
+		}
+		shown = append(shown, c.col)
+		headings.WriteString("  " + pad(c.name, tableWidth))
+		if c.col == cols.Last() {
+			numbers.WriteString("  " + idx)
+		} else {
+			numbers.WriteString("  " + pad(idx, tableWidth))
+		}
+	}
 	for _, port := range byLabel(m.Ports()) {
 		fmt.Fprintf(w, "%s%s\n", indent, port)
-		fmt.Fprintf(w, "%s%-*s  %s  %s  %s\n", indent, width, `from \ to`,
-			pad("expected", tableWidth), pad("predicted", tableWidth), pad("observed", tableWidth))
-		fmt.Fprintf(w, "%s%-*s  %s  %s  %s\n", indent, width, "", pad(idx, tableWidth), pad(idx, tableWidth), idx)
+		fmt.Fprintf(w, "%s%-*s%s\n", indent, width, `from \ to`, headings.String())
+		fmt.Fprintf(w, "%s%-*s%s\n", indent, width, "", numbers.String())
 		for i, from := range eps {
-			var e, p, o strings.Builder
+			tables := make([]strings.Builder, len(shown))
 			for _, to := range eps {
 				c := m.Get(Key{From: from, To: to, Port: port})
-				if c == nil {
-					e.WriteString(notProbed + " ")
-					p.WriteString(notProbed + " ")
-					o.WriteString(notProbed + " ")
-					continue
+				for j, col := range shown {
+					switch {
+					case c == nil:
+						tables[j].WriteString(notProbed + " ")
+					case col == cols.Last():
+						tables[j].WriteString(lastMark(c, cols))
+					default:
+						tables[j].WriteString(c.Outcome(col).Mark() + " ")
+					}
 				}
-				e.WriteString(c.Expected.Mark() + " ")
-				p.WriteString(c.Predicted.Mark() + " ")
-				o.WriteString(observedMark(c))
 			}
-			fmt.Fprintf(w, "%s%-*s  %s  %s  %s  %d\n", indent, width, from, pad(e.String(), tableWidth), pad(p.String(), tableWidth), o.String(), i)
+			var line strings.Builder
+			for j := range tables {
+				if j == len(tables)-1 {
+					line.WriteString("  " + tables[j].String())
+				} else {
+					line.WriteString("  " + pad(tables[j].String(), tableWidth))
+				}
+			}
+			fmt.Fprintf(w, "%s%-*s%s  %d\n", indent, width, from, line.String(), i)
 		}
 	}
 }
@@ -147,11 +189,12 @@ func (m *Matrix[O]) compactGroups(eps []string, cellWidth int) []compactGroup {
 	return groups
 }
 
-// Compact prints the observed answers as one table (a passing netpact test step's form): a
-// numbered row per endpoint, and a column group per port holding only the endpoints that serve
-// it, named by their row numbers; cells are marked as in SideBySide's observed table. It prints
-// nothing and returns false when the table would be wider than maxWidth or longer than maxRows.
-func (m *Matrix[O]) Compact(w io.Writer, indent string, maxWidth, maxRows int) bool {
+// Compact prints the answers of the last of cols (Column.Last: observed when a run probed) as one
+// table (a passing netpact test step's form): a numbered row per endpoint, and a column group per
+// port holding only the endpoints that serve it, named by their row numbers; cells are marked as
+// in SideBySide's last table. It prints nothing and returns false when the table would be wider
+// than maxWidth or longer than maxRows.
+func (m *Matrix[O]) Compact(w io.Writer, indent string, cols Column, maxWidth, maxRows int) bool {
 	eps := m.Endpoints()
 	row := map[string]int{}
 	name := 0
@@ -187,7 +230,7 @@ func (m *Matrix[O]) Compact(w io.Writer, indent string, maxWidth, maxRows int) b
 			for _, to := range g.to {
 				mark := notProbed + " "
 				if c := m.Get(Key{From: from, To: to, Port: g.port}); c != nil {
-					mark = observedMark(c)
+					mark = lastMark(c, cols)
 				}
 				cells.WriteString(pad(mark, cellWidth))
 			}
