@@ -3,7 +3,6 @@ package scenarios
 import (
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
@@ -18,7 +17,7 @@ func BenchmarkMatrix486(b *testing.B) {
 	for _, ns := range []string{"x", "y", "z"} {
 		sc.Namespaces = append(sc.Namespaces, Namespace{Name: ns})
 	}
-	node := NewLocal(LocalOptions{ProbeTimeout: 300 * time.Millisecond})
+	node := NewLocal(LocalOptions{})
 	if _, err := node.Start(sc); err != nil {
 		b.Fatal(err)
 	}

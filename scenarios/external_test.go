@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -61,12 +63,14 @@ func TestExternalHostIsWorld(t *testing.T) {
 	}
 	want := probeagent.ExternalBody("stripe")
 	n.BeginStep()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
 	for _, addr := range []netip.Addr{v4, v6} {
-		if o := n.prober.tlsGet(backend, netip.AddrPortFrom(addr, 443), "api.stripe.com", want); o != Allow {
+		if o := n.prober.tlsGet(ctx, backend, netip.AddrPortFrom(addr, 443), "api.stripe.com", want); o != Allow {
 			t.Errorf("HTTPS to api.stripe.com at %s: %s, want allow", addr, o)
 		}
 	}
-	if o := n.prober.tlsGet(backend, netip.AddrPortFrom(v4, 443), "www.stripe.com", want); o != "tls-error" {
+	if o := n.prober.tlsGet(ctx, backend, netip.AddrPortFrom(v4, 443), "www.stripe.com", want); o != "tls-error" {
 		t.Errorf("HTTPS to %s as a name its certificate lacks: %s, want tls-error", v4, o)
 	}
 	flows := strings.Join(n.node.Flows(map[[2]netip.Addr]bool{{backend.IPv4, v4}: true}, 10), "\n")

@@ -3,6 +3,7 @@
 package scenarios
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"github.com/netpact/netpact/enforcer/observe"
 
 	"github.com/netpact/netpact/enforcer"
+	"github.com/netpact/netpact/enforcer/datapath"
 	"github.com/netpact/netpact/enforcer/localnode"
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/policy"
@@ -22,7 +24,9 @@ import (
 
 // LocalOptions configure a local node.
 type LocalOptions struct {
-	// ProbeTimeout bounds each probe; 400 ms when zero (everything is on one host).
+	// ProbeTimeout bounds a probe that gets neither an answer nor a drop from the datapath; 5 s
+	// when zero. A probe the datapath drops ends at the drop (probeContext), so the bound only
+	// decides a probe nothing answered and nothing dropped.
 	ProbeTimeout time.Duration
 	// Retain keeps namespaces, veths and pins after the run, for debugging.
 	Retain bool
@@ -59,7 +63,7 @@ type LocalNode struct {
 // NewLocal returns a local node backend; it needs root.
 func NewLocal(opts LocalOptions) *LocalNode {
 	if opts.ProbeTimeout == 0 {
-		opts.ProbeTimeout = 400 * time.Millisecond
+		opts.ProbeTimeout = 5 * time.Second
 	}
 	return &LocalNode{opts: opts}
 }
@@ -337,7 +341,9 @@ func (n *LocalNode) resolve(from *podnet.Pod, c Cell) (probeagent.Answer, error)
 		return probeagent.Answer{}, errNoResolver
 	}
 	ns, _, _ := strings.Cut(c.From, "/")
-	return n.prober.resolve(from, ns, resolver, c.Lookup)
+	ctx, done := n.probeContext(from, c.String())
+	defer done()
+	return n.prober.resolve(ctx, from, ns, resolver, c.Lookup)
 }
 
 // probeExternal connects from a pod to an external host over HTTPS: to its IPv4 address, or
@@ -364,30 +370,72 @@ func (n *LocalNode) probeExternal(from *podnet.Pod, c Cell) Outcome {
 		}
 		to, serverName = addr, strings.TrimSuffix(c.Resolve.Lookup, ".")
 	}
-	return n.prober.tlsGet(from, netip.AddrPortFrom(to, c.Port.Port), serverName, probeagent.ExternalBody(c.External))
+	ctx, done := n.probeContext(from, c.String())
+	defer done()
+	return n.prober.tlsGet(ctx, from, netip.AddrPortFrom(to, c.Port.Port), serverName, probeagent.ExternalBody(c.External))
 }
 
+// probeContext is the context one probe runs in. It ends when the datapath reports that it
+// dropped a packet of one of the probe's own sockets (probeSockets: the source pod's address and
+// the socket's port), so a blocked probe ends on the datapath's word, at once, and a probe that
+// gets an answer ends with it; only a probe that got neither waits out the probe timeout. An
+// allowed connection that is slow because the CPUs are busy is therefore never taken for a
+// blocked one, and another connection's drop (an earlier step's, between the same pods) never
+// ends this probe. Why a probe ended without an answer goes to the cell's notes (Flows).
+func (n *LocalNode) probeContext(from *podnet.Pod, cell string) (context.Context, func()) {
+	socks := &probeSockets{ports: map[probePort]bool{}}
+	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), probeSocketsKey{}, socks), n.opts.ProbeTimeout)
+	dropped, stop := n.node.WatchDrops(func(f datapath.Flow) bool {
+		return (f.Src == from.IPv4 || f.Src == from.IPv6) && socks.has(f.Proto, f.SrcPort)
+	})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case f := <-dropped:
+			n.note(cell, "dropped by the datapath: "+n.node.Describe(f))
+			cancel()
+		case <-ctx.Done():
+			if ctx.Err() == context.DeadlineExceeded {
+				n.note(cell, fmt.Sprintf("no answer, and no drop of its packets, within the probe timeout (%s)", n.opts.ProbeTimeout))
+			}
+		}
+	}()
+	return ctx, func() { stop(); cancel(); <-finished }
+}
+
+// note adds a line to what Flows says of a cell.
+func (n *LocalNode) note(cell, line string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.notes == nil {
+		n.notes = map[string]string{}
+	}
+	if n.notes[cell] != "" {
+		line = n.notes[cell] + "; " + line
+	}
+	n.notes[cell] = line
+}
+
+// probeAddr probes addr:port from a pod: a pod's address, or a service's virtual address.
 func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port uint16) Outcome {
+	ctx, done := n.probeContext(from, c.String())
+	defer done()
 	switch {
 	case c.Kafka != "":
-		o, note := n.prober.kafka(from, addr, port, c)
-		n.mu.Lock()
-		if n.notes == nil {
-			n.notes = map[string]string{}
-		}
-		n.notes[c.String()] = strings.TrimSuffix(fmt.Sprintf("%s from %s to %s: %s", o, c.From, netip.AddrPortFrom(addr, port), note), ": ")
-		n.mu.Unlock()
+		o, note := n.prober.kafka(ctx, from, addr, port, c)
+		n.note(c.String(), strings.TrimSuffix(fmt.Sprintf("%s from %s to %s: %s", o, c.From, netip.AddrPortFrom(addr, port), note), ": "))
 		return o
 	case c.GRPC:
-		return n.prober.grpc(from, addr, port, c.path())
+		return n.prober.grpc(ctx, from, addr, port, c.path())
 	case c.HTTP:
-		return n.prober.http(from, addr, port, c)
+		return n.prober.http(ctx, from, addr, port, c)
 	case c.Port.Protocol == policy.ProtoTCP:
-		return n.prober.tcp(from, addr, port)
+		return n.prober.tcp(ctx, from, addr, port)
 	case c.Port.Protocol == policy.ProtoUDP:
-		return n.prober.udp(from, addr, port)
+		return n.prober.udp(ctx, from, addr, port)
 	case c.Port.Protocol == policy.ProtoSCTP:
-		return n.prober.sctpInit(from, from.IPv4, addr, port)
+		return n.prober.sctpInit(ctx, from, addr, port)
 	}
 	return Timeout
 }

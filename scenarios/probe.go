@@ -15,9 +15,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -155,29 +157,28 @@ func startServers(p *podnet.Pod, workload string, ports []Port, z zone, topics [
 	return s, nil
 }
 
-// prober runs probes from pods of a local node.
+// prober runs probes from pods of a local node. Each probe runs in a context that ends when the
+// datapath drops one of its packets (LocalNode.probeContext), or after timeout when neither an
+// answer nor a drop came.
 type prober struct {
 	timeout time.Duration
 	sctp    *sctpListeners
+	// sctpPorts numbers the SCTP probes' source ports.
+	sctpPorts atomic.Uint32
 }
 
 func hostPort(a netip.Addr, port uint16) string {
 	return net.JoinHostPort(a.String(), fmt.Sprint(port))
 }
 
-func (pr *prober) tcp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
-	var c net.Conn
-	err := from.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", hostPort(to, port), pr.timeout)
-		return err
-	})
+func (pr *prober) tcp(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16) Outcome {
+	c, err := pr.dialer(ctx, from)(ctx, "tcp", hostPort(to, port))
 	if err != nil {
 		return classify(err)
 	}
 	defer c.Close()
 	// The connection is only allowed if data goes through too: revoked flows drop mid-stream.
-	c.SetDeadline(time.Now().Add(pr.timeout))
+	defer bound(ctx, c)()
 	if port == 53 {
 		// A DNS server's port: a query (RFC 1035 4.2.2: length first), as on kind.
 		q := probeagent.DNSQuery("")
@@ -204,17 +205,22 @@ func (pr *prober) tcp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	return Allow
 }
 
-func (pr *prober) udp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
-	var c net.Conn
-	if err := from.Do(func() error {
-		var err error
-		c, err = net.Dial("udp", hostPort(to, port))
-		return err
-	}); err != nil {
+// bound ends c's reads and writes when ctx ends (its deadline, or the datapath's drop of the
+// probe); the returned func stops watching ctx.
+func bound(ctx context.Context, c net.Conn) func() bool {
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	return context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+}
+
+func (pr *prober) udp(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16) Outcome {
+	c, err := pr.dialer(ctx, from)(ctx, "udp", hostPort(to, port))
+	if err != nil {
 		return classify(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(pr.timeout))
+	defer bound(ctx, c)()
 	msg := []byte("probe")
 	if port == 53 {
 		msg = probeagent.DNSQuery("") // a DNS server's port: a query, as on kind
@@ -231,18 +237,18 @@ func (pr *prober) udp(from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	return classify(err)
 }
 
-func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, c Cell) Outcome {
+func (pr *prober) http(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16, c Cell) Outcome {
 	method, urlPath := c.Method, c.Path
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: pr.dialer(from)}
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: pr.dialer(ctx, from)}
 	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 2 * pr.timeout}
+	client := &http.Client{Transport: tr}
 	if method == "" {
 		method = http.MethodGet
 	}
 	if urlPath == "" {
 		urlPath = "/"
 	}
-	req, err := http.NewRequest(method, "http://"+hostPort(to, port)+urlPath, nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+hostPort(to, port)+urlPath, nil)
 	if err != nil {
 		return Timeout
 	}
@@ -262,16 +268,16 @@ func (pr *prober) http(from *podnet.Pod, to netip.Addr, port uint16, c Cell) Out
 // grpc makes a unary gRPC call to method (/package.Service/Method; the grpc workload serves
 // grpc.health.v1.Health) over h2c from the source pod: grpc-ok when it answered, grpc-denied for
 // PermissionDenied (what a gRPC client makes of the L7 proxy's 403).
-func (pr *prober) grpc(from *podnet.Pod, to netip.Addr, port uint16, method string) Outcome {
-	dial := func(ctx context.Context, addr string) (net.Conn, error) { return pr.dialer(from)(ctx, "tcp", addr) }
+func (pr *prober) grpc(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16, method string) Outcome {
+	dial := func(dctx context.Context, addr string) (net.Conn, error) {
+		return pr.dialer(ctx, from)(dctx, "tcp", addr)
+	}
 	conn, err := grpc.NewClient("passthrough:///"+hostPort(to, port), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dial))
 	if err != nil {
 		return Timeout
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
-	defer cancel()
 	var resp healthpb.HealthCheckResponse
 	if method == healthpb.Health_List_FullMethodName {
 		err = conn.Invoke(ctx, method, &healthpb.HealthListRequest{}, &healthpb.HealthListResponse{}, grpc.WaitForReady(true))
@@ -283,7 +289,7 @@ func (pr *prober) grpc(from *podnet.Pod, to netip.Addr, port uint16, method stri
 		return GRPCOK
 	case codes.PermissionDenied:
 		return GRPCDenied
-	case codes.DeadlineExceeded, codes.Unavailable:
+	case codes.DeadlineExceeded, codes.Unavailable, codes.Canceled:
 		return Timeout
 	}
 	return Outcome("grpc-" + strings.ToLower(status.Code(err).String()))
@@ -295,9 +301,14 @@ func (f closerFunc) Close() error { return f() }
 
 // sctp sends a crafted SCTP INIT from the source pod on a raw socket (this kernel has no SCTP
 // sockets) and asks the destination pod's raw listener whether it arrived.
-func (pr *prober) sctpInit(from *podnet.Pod, fromAddr, to netip.Addr, port uint16) Outcome {
+func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	tag := rand.Uint32() | 1
-	sport := uint16(30000 + rand.IntN(30000))
+	// Ports taken in turn, not at random: no two probes in flight share one, so the drop of one's
+	// INIT is never taken for the other's.
+	sport := uint16(30000 + pr.sctpPorts.Add(1)%30000)
+	if s := socketsOf(ctx); s != nil {
+		s.add(policy.ProtoSCTP, sport)
+	}
 	pkt := sctpInitPacket(sport, port, tag)
 	wait := pr.sctp.expect(tag)
 	defer pr.sctp.forget(tag)
@@ -325,7 +336,7 @@ func (pr *prober) sctpInit(from *podnet.Pod, fromAddr, to netip.Addr, port uint1
 	select {
 	case <-wait:
 		return Allow
-	case <-time.After(pr.timeout):
+	case <-ctx.Done():
 		return Timeout
 	}
 }
@@ -441,45 +452,111 @@ func (l *sctpListeners) Close() {
 	l.fds = nil
 }
 
-// dialer opens connections from inside a pod, each attempt bounded by the probe timeout.
-func (pr *prober) dialer(from *podnet.Pod) probeagent.Dialer {
+// dialer opens connections from inside a pod for the probe whose context is probe: each
+// socket's port goes to the probe's drop witness (probeSockets), and each attempt is bounded by
+// its own context (the probe's, or one a client library derived).
+func (pr *prober) dialer(probe context.Context, from *podnet.Pod) probeagent.Dialer {
+	d := &net.Dialer{}
+	if s := socketsOf(probe); s != nil {
+		d.Control = s.control
+	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := from.Do(func() error {
 			var err error
-			c, err = (&net.Dialer{Timeout: pr.timeout}).DialContext(ctx, network, addr)
+			c, err = d.DialContext(ctx, network, addr)
 			return err
 		})
 		return c, err
 	}
 }
 
+// probeSockets are the local ports of the sockets one probe opened: the datapath's drop of a
+// packet is the probe's witness only when it is one of these.
+type probeSockets struct {
+	mu    sync.Mutex
+	ports map[probePort]bool
+}
+
+// probePort is a socket's protocol and local port.
+type probePort struct {
+	proto policy.Proto
+	port  uint16
+}
+
+type probeSocketsKey struct{}
+
+// socketsOf is the probe's sockets, carried by its context; nil outside a probe.
+func socketsOf(ctx context.Context) *probeSockets {
+	s, _ := ctx.Value(probeSocketsKey{}).(*probeSockets)
+	return s
+}
+
+func (s *probeSockets) add(proto policy.Proto, port uint16) {
+	s.mu.Lock()
+	s.ports[probePort{proto, port}] = true
+	s.mu.Unlock()
+}
+
+func (s *probeSockets) has(proto policy.Proto, port uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ports[probePort{proto, port}]
+}
+
+// control binds a new socket to a port of the kernel's choice before it connects, and records
+// the port: without it the port is only known once the connection is made, too late to tell the
+// drop of its first packet.
+func (s *probeSockets) control(network, _ string, c syscall.RawConn) error {
+	proto := policy.ProtoTCP
+	if strings.HasPrefix(network, "udp") {
+		proto = policy.ProtoUDP
+	}
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		var sa unix.Sockaddr = &unix.SockaddrInet4{}
+		if strings.HasSuffix(network, "6") {
+			sa = &unix.SockaddrInet6{}
+		}
+		if err = unix.Bind(int(fd), sa); err != nil {
+			err = fmt.Errorf("bind the probe's socket: %w", err)
+			return
+		}
+		var got unix.Sockaddr
+		if got, err = unix.Getsockname(int(fd)); err != nil {
+			err = fmt.Errorf("the probe's socket's port: %w", err)
+			return
+		}
+		switch a := got.(type) {
+		case *unix.SockaddrInet4:
+			s.add(proto, uint16(a.Port))
+		case *unix.SockaddrInet6:
+			s.add(proto, uint16(a.Port))
+		}
+	})
+	return errors.Join(cerr, err)
+}
+
 // resolve resolves name from inside a pod of namespace ns with the resolv.conf kubelet would
 // give it (probeagent.PodResolvConf: the resolver at port 53, the namespace's search list, ndots
-// 5), within twice the probe timeout.
-func (pr *prober) resolve(from *podnet.Pod, ns string, resolver netip.Addr, name string) (probeagent.Answer, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
-	defer cancel()
-	return probeagent.Resolve(ctx, probeagent.PodResolvConf(resolver, ns), name, pr.dialer(from))
+// 5), within the probe's context.
+func (pr *prober) resolve(ctx context.Context, from *podnet.Pod, ns string, resolver netip.Addr, name string) (probeagent.Answer, error) {
+	return probeagent.Resolve(ctx, probeagent.PodResolvConf(resolver, ns), name, pr.dialer(ctx, from))
 }
 
 // tlsGet makes an HTTPS GET / from a pod to an external host (probeagent.TLSGet), trusting the
-// harness's CA, within twice the probe timeout.
-func (pr *prober) tlsGet(from *podnet.Pod, to netip.AddrPort, serverName, want string) Outcome {
+// harness's CA, within the probe's context.
+func (pr *prober) tlsGet(ctx context.Context, from *podnet.Pod, to netip.AddrPort, serverName, want string) Outcome {
 	_, _, roots, err := certificateAuthority()
 	if err != nil {
 		return "error"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
-	defer cancel()
-	o, _ := probeagent.TLSGet(ctx, pr.dialer(from), to, serverName, roots, want)
+	o, _ := probeagent.TLSGet(ctx, pr.dialer(ctx, from), to, serverName, roots, want)
 	return Outcome(o)
 }
 
-// kafka makes a Kafka probe from a pod within twice the probe timeout, as an HTTP request has.
-func (pr *prober) kafka(from *podnet.Pod, to netip.Addr, port uint16, c Cell) (Outcome, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*pr.timeout)
-	defer cancel()
-	o, note := probeagent.KafkaProbe(ctx, pr.dialer(from), hostPort(to, port), c.Kafka, c.Topic, c.ClientID)
+// kafka makes a Kafka probe from a pod within the probe's context.
+func (pr *prober) kafka(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16, c Cell) (Outcome, string) {
+	o, note := probeagent.KafkaProbe(ctx, pr.dialer(ctx, from), hostPort(to, port), c.Kafka, c.Topic, c.ClientID)
 	return Outcome(o), note
 }

@@ -561,66 +561,19 @@ func serves(p Pod, port Port) bool {
 	return false
 }
 
-// probe fills the three answers of every cell, probing in parallel and retrying a wrong cell once;
-// on a backend that probes nothing, the expected and predicted answers alone.
+// probe fills the three answers of every cell, probing each once, in parallel; on a backend that
+// probes nothing, the expected and predicted answers alone. A wrong cell is never probed again:
+// a second answer that agrees would hide the first, and a flaky cell is a bug to find.
 func (r *Runner) probe(sc *Scenario, state *policy.State, cells []Cell, expected map[string]Outcome) []CellResult {
-	out := make([]CellResult, len(cells))
 	if mode := r.mode(); mode == PredictOnly {
+		out := make([]CellResult, len(cells))
 		for i, c := range cells {
 			out[i] = unprobed(sc, state, c, expected[c.String()])
 		}
 		judge(out, mode)
 		return out
 	}
-	if bp, ok := r.Backend.(BatchProber); ok {
-		for i, c := range cells {
-			out[i] = unprobed(sc, state, c, expected[c.String()])
-		}
-		observed := bp.ProbeBatch(cells)
-		// A cell that disagrees is probed once more, as below.
-		var again []Cell
-		var at []int
-		for i := range out {
-			out[i].Observed = observed[i]
-			if out[i].Observed != out[i].Expected && !(out[i].Observed == Allow && out[i].Expected == Audit) && !out[i].Loopback {
-				again, at = append(again, cells[i]), append(at, i)
-			}
-		}
-		if len(again) > 0 {
-			for j, o := range bp.ProbeBatch(again) {
-				out[at[j]].Observed = o
-			}
-		}
-		r.markAudited(out)
-		judge(out, Probed)
-		return out
-	}
-	parallel := r.Parallel
-	if parallel == 0 {
-		parallel = 32
-	}
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	for i, c := range cells {
-		out[i] = unprobed(sc, state, c, expected[c.String()])
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			cr := &out[i]
-			cr.Observed = r.Backend.Probe(cr.Cell)
-			// An audited connection is a connection: probed again only when it did not get
-			// through as expected.
-			if cr.Observed != cr.Expected && !(cr.Observed == Allow && cr.Expected == Audit) && !cr.Loopback {
-				cr.Observed = r.Backend.Probe(cr.Cell)
-			}
-		}(i)
-	}
-	wg.Wait()
-	r.markAudited(out)
-	judge(out, Probed)
-	return out
+	return r.probeOnce(sc, state, cells, expected)
 }
 
 // judge sets each cell's OK: its answers that the mode compares agree.
@@ -894,7 +847,8 @@ func (r *Runner) Soak(sc *Scenario, step string, keepGoing func(probes int) bool
 	return probes, wrong, nil
 }
 
-// probeOnce probes every cell once, without the second chance probe gives a disagreeing cell.
+// probeOnce probes every cell once: in one batch on a backend that batches, else in parallel,
+// at most Parallel (32 when zero) at a time.
 func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expected map[string]Outcome) []CellResult {
 	out := make([]CellResult, len(cells))
 	for i, c := range cells {
@@ -904,11 +858,21 @@ func (r *Runner) probeOnce(sc *Scenario, state *policy.State, cells []Cell, expe
 	if bp, ok := r.Backend.(BatchProber); ok {
 		observed = bp.ProbeBatch(cells)
 	} else {
+		parallel := r.Parallel
+		if parallel == 0 {
+			parallel = 32
+		}
+		sem := make(chan struct{}, parallel)
 		observed = make([]Outcome, len(cells))
 		var wg sync.WaitGroup
 		for i, c := range cells {
 			wg.Add(1)
-			go func() { defer wg.Done(); observed[i] = r.Backend.Probe(c) }()
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				observed[i] = r.Backend.Probe(c)
+			}()
 		}
 		wg.Wait()
 	}

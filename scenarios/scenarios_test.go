@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netpact/netpact/internal/testenv"
 )
@@ -243,6 +244,32 @@ steps:
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}
+
+// TestBlockedProbeEndsOnTheDrop: a probe the datapath drops ends on the datapath's drop event of
+// its own packet, not on its timeout. The probe timeout is a minute, so a probe that waited for
+// it would say "no answer" (and make the test slow); the failing step's report must say that the
+// datapath dropped the probe's packet, with the flow and its reason.
+func TestBlockedProbeEndsOnTheDrop(t *testing.T) {
+	testenv.RequireBPF(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
+	scs, err := Load([]string{"testdata/wrong-expectation.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := (&Runner{Backend: NewLocal(LocalOptions{ProbeTimeout: time.Minute})}).Run(scs[0])
+	var b bytes.Buffer
+	Print(&b, []*Result{r}, false)
+	out := b.String()
+	want := "galaxy/curl -> echo/echo 80/TCP: dropped by the datapath: ingress TCP galaxy/curl:"
+	if !strings.Contains(out, want) || strings.Contains(out, "no answer") {
+		t.Errorf("the report does not say the blocked probe ended on its drop (%q):\n%s", want, out)
+	}
+	for _, c := range r.Steps[0].Cells {
+		if c.From == "galaxy/curl" && c.To == "echo/echo" && c.Observed != Timeout {
+			t.Errorf("%s -> %s observed %s, want timeout", c.From, c.To, c.Observed)
 		}
 	}
 }

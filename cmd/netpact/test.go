@@ -81,9 +81,6 @@ docs/scenarios.md.`,
 					return err
 				}
 				if onCluster {
-					if !cmd.Flags().Changed("probe-timeout") {
-						timeout = 0 // the cluster backend's own default: probes cross nodes
-					}
 					if results, err = kube.run(cmd, scs, timeout, retain, verbose); err != nil {
 						return err
 					}
@@ -144,7 +141,7 @@ docs/scenarios.md.`,
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step's three tables and a few flow events, not only the failing steps'")
 	cmd.Flags().BoolVar(&retain, "retain", false, "keep namespaces, veths and pins after the run, for debugging, and keep serving the run's flows to netpact observe until interrupted")
 	cmd.Flags().StringVar(&observeSocket, "observe-socket", DefaultObserveSocket, "serve the run's flows to netpact observe on this unix socket (\"\" for none)")
-	cmd.Flags().DurationVar(&timeout, "probe-timeout", 400*time.Millisecond, "how long a probe waits before calling a cell timed out (on a cluster: 3s unless set)")
+	cmd.Flags().DurationVar(&timeout, "probe-timeout", 0, "how long a probe waits for an answer (default 5s on a local node, where a probe the datapath drops ends at the drop; 3s on a cluster)")
 	kube.cluster = addClusterFlags(cmd.Flags())
 	kube.cluster.setKubeconfigUsage("run the scenarios on this cluster (or --context's), which runs netpact's enforcers, instead of a local node")
 	cmd.Flags().StringVar(&kube.probeImage, "probe-image", "", "on a cluster: the image of the pods the run creates (default: the image of the cluster's netpact enforcers)")

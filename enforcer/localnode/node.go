@@ -20,6 +20,7 @@ import (
 	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/enforcer/proxy"
 	"github.com/netpact/netpact/policy"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure a local node.
@@ -65,6 +66,8 @@ type Node struct {
 
 	mu    sync.Mutex
 	flows []datapath.Flow
+	// drops are the watches WatchDrops registered and no drop has ended yet.
+	drops map[*dropWatch]struct{}
 
 	// rt is the node's runtime (enforcer.StartNode); dp, enf and fr are its parts.
 	rt *enforcer.Node
@@ -315,13 +318,54 @@ func (n *Node) awaitReady(c *policy.Cluster) error {
 // Verify checks that the datapath maps hold exactly the last enforced state.
 func (n *Node) Verify() error { return n.enf.Verify() }
 
-// collectFlow keeps a flow event for the probes' checks (SawPair, SawAudit, Flows).
+// collectFlow keeps a flow event for the probes' checks (SawPair, SawAudit, Flows) and ends
+// the drop watches the packet matches.
 func (n *Node) collectFlow(f datapath.Flow) {
 	n.mu.Lock()
 	if len(n.flows) < maxFlows {
 		n.flows = append(n.flows, f)
 	}
+	if f.L7 == nil && f.Reason.Dropped() {
+		for w := range n.drops {
+			if f.Time >= w.since && w.match(f) {
+				delete(n.drops, w)
+				w.ch <- f
+			}
+		}
+	}
 	n.mu.Unlock()
+}
+
+// dropWatch is one WatchDrops call: the packets it waits for and the channel it closes.
+type dropWatch struct {
+	since time.Duration // CLOCK_MONOTONIC, as Flow.Time: packets from the call on
+	match func(datapath.Flow) bool
+	ch    chan datapath.Flow // buffered: the one drop that ends the watch
+}
+
+// WatchDrops returns a channel that gets the first dropped packet the datapath reports that
+// match accepts (match runs on the node's flow goroutine and must not block), from the call on;
+// stop ends the watch. It is the probes' witness that a connection is blocked by the datapath,
+// not merely slow: a probe waits for an answer or this, not for a time.
+func (n *Node) WatchDrops(match func(datapath.Flow) bool) (dropped <-chan datapath.Flow, stop func()) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		// No clock to tell later packets from earlier ones: a watch that never fires, so the
+		// probe waits for its answer or its bound, as it would without a witness.
+		return make(chan datapath.Flow), func() {}
+	}
+	w := &dropWatch{since: time.Duration(ts.Nano()), match: match, ch: make(chan datapath.Flow, 1)}
+	n.mu.Lock()
+	if n.drops == nil {
+		n.drops = map[*dropWatch]struct{}{}
+	}
+	n.drops[w] = struct{}{}
+	n.mu.Unlock()
+	return w.ch, func() {
+		n.mu.Lock()
+		delete(n.drops, w)
+		n.mu.Unlock()
+	}
 }
 
 // ResetFlows forgets the flow events read so far.
@@ -390,6 +434,19 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 		}
 	}
 	var out []string
+	for _, f := range flows {
+		if len(out) >= limit {
+			break
+		}
+		out = append(out, n.describe(f))
+	}
+	return out
+}
+
+// Describe renders a flow event as Flows does: pods named, and the deciding rule.
+func (n *Node) Describe(f datapath.Flow) string { return n.describe(f) }
+
+func (n *Node) describe(f datapath.Flow) string {
 	st := n.enf.State()
 	// A peer is named pod:port, or, when it is no pod (an external host, the host),
 	// address:port and the identity the datapath gave it.
@@ -404,38 +461,31 @@ func (n *Node) Flows(pairs map[[2]netip.Addr]bool, limit int) []string {
 		}
 		return fmt.Sprintf("%s [identity %d]", addr, id)
 	}
-	for _, f := range flows {
-		if len(out) >= limit {
-			break
+	rule := "no rule"
+	if st != nil && f.Rule != 0 {
+		if ri := st.Rule(f.Rule); ri != nil {
+			rule = ri.String()
 		}
-		rule := "no rule"
-		if st != nil && f.Rule != 0 {
-			if ri := st.Rule(f.Rule); ri != nil {
-				rule = ri.String()
-			}
-		}
-		if f.L7 != nil {
-			if f.L7.Denied && f.L7.Why != "" {
-				rule = f.L7.Why
-			} else if f.L7.HTTPRule >= 0 && f.L7.DNS != nil {
-				rule += fmt.Sprintf(", dns rule %d", f.L7.HTTPRule)
-			} else if f.L7.HTTPRule >= 0 && f.L7.Kafka != nil {
-				rule += fmt.Sprintf(", kafka rule %d", f.L7.HTTPRule)
-			} else if f.L7.HTTPRule >= 0 {
-				rule += fmt.Sprintf(", http rule %d", f.L7.HTTPRule)
-			}
-			out = append(out, fmt.Sprintf("%s %s -> %s %s (%s)", f.Direction, peer(f.Src, f.SrcPort, f.SrcIdentity),
-				peer(f.Dst, f.DstPort, f.DstIdentity), f.L7String(), rule))
-			continue
-		}
-		via := ""
-		if f.Service != 0 {
-			via = " via service " + n.dp.ServiceName(f.Service)
-		}
-		out = append(out, fmt.Sprintf("%s %s %s -> %s%s %s (%s)", f.Direction, f.Proto, peer(f.Src, f.SrcPort, f.SrcIdentity),
-			peer(f.Dst, f.DstPort, f.DstIdentity), via, f.Reason, rule))
 	}
-	return out
+	if f.L7 != nil {
+		if f.L7.Denied && f.L7.Why != "" {
+			rule = f.L7.Why
+		} else if f.L7.HTTPRule >= 0 && f.L7.DNS != nil {
+			rule += fmt.Sprintf(", dns rule %d", f.L7.HTTPRule)
+		} else if f.L7.HTTPRule >= 0 && f.L7.Kafka != nil {
+			rule += fmt.Sprintf(", kafka rule %d", f.L7.HTTPRule)
+		} else if f.L7.HTTPRule >= 0 {
+			rule += fmt.Sprintf(", http rule %d", f.L7.HTTPRule)
+		}
+		return fmt.Sprintf("%s %s -> %s %s (%s)", f.Direction, peer(f.Src, f.SrcPort, f.SrcIdentity),
+			peer(f.Dst, f.DstPort, f.DstIdentity), f.L7String(), rule)
+	}
+	via := ""
+	if f.Service != 0 {
+		via = " via service " + n.dp.ServiceName(f.Service)
+	}
+	return fmt.Sprintf("%s %s %s -> %s%s %s (%s)", f.Direction, f.Proto, peer(f.Src, f.SrcPort, f.SrcIdentity),
+		peer(f.Dst, f.DstPort, f.DstIdentity), via, f.Reason, rule)
 }
 
 // Stop stops reading flows and, unless retained, deletes the pods the node made and its external
