@@ -87,6 +87,8 @@ type Cluster struct {
 	caPEM string
 	// dnsChanged says the run changed CoreDNS's Corefile.
 	dnsChanged bool
+	// enforcerNS is the enforcer DaemonSet's namespace, found once per run (enforcers).
+	enforcerNS string
 }
 
 // NewCluster returns a cluster backend.

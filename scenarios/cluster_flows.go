@@ -25,13 +25,23 @@ const enforcerPort = "9879"
 // (sync=1) is 5 s.
 const flowsTimeout = 10 * time.Second
 
-// enforcers are the netpact enforcer pods by node, in the enforcer DaemonSet's namespace.
+// enforcers are the netpact enforcer pods by node, in the enforcer DaemonSet's namespace (found
+// on the first call: the pods change within a run, where netpact is installed does not).
 func (c *Cluster) enforcers(ctx context.Context) (map[string]ktypes.NamespacedName, error) {
-	ds, err := deploy.Enforcer(ctx, c.opts.Client)
-	if err != nil {
-		return nil, fmt.Errorf("list the enforcers: %w", err)
+	c.mu.Lock()
+	ns := c.enforcerNS
+	c.mu.Unlock()
+	if ns == "" {
+		ds, err := deploy.Enforcer(ctx, c.opts.Client)
+		if err != nil {
+			return nil, fmt.Errorf("list the enforcers: %w", err)
+		}
+		ns = ds.Namespace
+		c.mu.Lock()
+		c.enforcerNS = ns
+		c.mu.Unlock()
 	}
-	list, err := c.opts.Client.CoreV1().Pods(ds.Namespace).List(ctx,
+	list, err := c.opts.Client.CoreV1().Pods(ns).List(ctx,
 		metav1.ListOptions{LabelSelector: deploy.Selector(deploy.EnforcerName)})
 	if err != nil {
 		return nil, fmt.Errorf("list the enforcers: %w", err)
