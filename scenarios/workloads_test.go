@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netpact/netpact/enforcer/podnet"
 	"github.com/netpact/netpact/internal/testenv"
 	"github.com/netpact/netpact/policy"
 )
@@ -40,7 +41,9 @@ func holdWorkloads() {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
-	fmt.Println("ready")
+	// The pods' namespaces, for the test to delete: once this process is dead, another local
+	// node may free its run id before the test looks, and the id no longer names them.
+	fmt.Println("ready", node.node.Pod("app/web").Netns, node.node.Pod("app/db").Netns)
 	select {}
 }
 
@@ -68,13 +71,16 @@ func TestWorkloadsDieWithTheirParent(t *testing.T) {
 		}
 		ready <- "exited"
 	}()
+	var netns []string
 	select {
 	case line := <-ready:
-		if line != "ready" {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != "ready" {
 			cmd.Process.Kill()
 			cmd.Wait()
 			t.Fatalf("helper: %s", line)
 		}
+		netns = f[1:]
 	case <-time.After(60 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -92,14 +98,10 @@ func TestWorkloadsDieWithTheirParent(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	// The next local node sweeps what the dead run left: pins and run id; its pods' namespaces
-	// and veths carry the dead run's id, removed here.
+	// (and with them their veths) are the ones the helper named, removed here.
 	t.Cleanup(func() {
-		nsOut, _ := exec.Command("ip", "netns", "list").Output()
-		for _, line := range strings.Split(string(nsOut), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 0 && strings.HasPrefix(f[0], "np") && pidOfRun(f[0]) == cmd.Process.Pid {
-				exec.Command("ip", "netns", "delete", f[0]).Run()
-			}
+		for _, ns := range netns {
+			(&podnet.Pod{Netns: ns}).Delete()
 		}
 		n := NewLocal(LocalOptions{})
 		if _, err := n.Start(&Scenario{Name: "sweep"}); err == nil {
@@ -159,18 +161,4 @@ func processTree(t *testing.T, pid int) []proc {
 	}
 	walk(pid)
 	return all
-}
-
-// pidOfRun is the pid that claimed the run id a pod namespace name (np<id>-<i>) carries, or 0.
-func pidOfRun(netns string) int {
-	var id, i int
-	if _, err := fmt.Sscanf(netns, "np%d-%d", &id, &i); err != nil {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/run/netpact/run-ids/%d/pid", id))
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	return pid
 }
