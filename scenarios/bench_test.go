@@ -75,6 +75,7 @@ spec:
 			var mu sync.Mutex
 			var wrong, blocked int
 			for n := 0; n < b.N; n++ {
+				node.BeginStep() // each round's flows and notes alone, as a step's
 				var wg sync.WaitGroup
 				sem := make(chan struct{}, 96)
 				for _, cell := range cells {

@@ -52,6 +52,12 @@ func (c *Cluster) enforcers(ctx context.Context) (map[string]ktypes.NamespacedNa
 			out[p.Spec.NodeName] = ktypes.NamespacedName{Namespace: p.Namespace, Name: p.Name}
 		}
 	}
+	if len(list.Items) == 0 {
+		// None there: netpact may have been installed elsewhere since; look again next time.
+		c.mu.Lock()
+		c.enforcerNS = ""
+		c.mu.Unlock()
+	}
 	return out, nil
 }
 

@@ -57,7 +57,7 @@ func TestExternalHostIsWorld(t *testing.T) {
 	}
 
 	backend := n.node.Pod("default/backend")
-	a, err := n.resolve(backend, Cell{From: "default/backend", Lookup: "api.stripe.com"})
+	a, err := n.resolve(backend, "lookup", "default/backend", "api.stripe.com")
 	if err != nil || !slices.Equal(a.Addrs, []netip.Addr{v4}) || a.TTL != 2 {
 		t.Errorf("api.stripe.com resolves to %v, TTL %d (%v); want [%s], TTL 2 (the file's dnsTTL)", a.Addrs, a.TTL, err, v4)
 	}

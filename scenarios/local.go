@@ -56,8 +56,12 @@ type LocalNode struct {
 	vips map[string][2]netip.Addr
 	// dnsNames answer the dns workload's queries: service names to their addresses.
 	dnsNames map[string][]netip.Addr
-	// notes are what the step's Kafka probes said of their outcome, by cell, for Flows.
-	notes map[string]string
+	// backends are what each service frontend (virtual address and port) translates to, for the
+	// probes' drop witness.
+	backends map[netip.AddrPort][]netip.AddrPort
+	// notes are what the step's probes said of how they ended, by cell, for Flows: a Kafka
+	// probe's outcome, and why a probe timed out.
+	notes map[string][]string
 }
 
 // NewLocal returns a local node backend; it needs root.
@@ -78,7 +82,7 @@ func (n *LocalNode) Start(sc *Scenario) (*policy.Cluster, error) {
 	if err := n.node.Start(); err != nil {
 		return nil, err
 	}
-	n.prober = &prober{timeout: n.opts.ProbeTimeout, sctp: newSCTPListeners()}
+	n.prober = &prober{sctp: newSCTPListeners()}
 	if err := n.addExternals(); err != nil {
 		return nil, err
 	}
@@ -172,6 +176,7 @@ func (n *LocalNode) setServices(c *policy.Cluster) error {
 	}
 	var fes []enforcer.Service
 	dnsNames := map[string][]netip.Addr{}
+	backends := map[netip.AddrPort][]netip.AddrPort{}
 	for i, e := range n.sc.Externals {
 		v4, v6 := ExternalAddrs(i)
 		for _, name := range e.Names {
@@ -210,11 +215,13 @@ func (n *LocalNode) setServices(c *policy.Cluster) error {
 					}
 				}
 				fes = append(fes, fe)
+				backends[fe.Frontend] = append(backends[fe.Frontend], fe.Backends...)
 			}
 		}
 	}
 	n.mu.Lock()
 	n.dnsNames = dnsNames
+	n.backends = backends
 	n.mu.Unlock()
 	if err := n.node.SetServices(fes); err != nil {
 		return fmt.Errorf("services: %w", err)
@@ -252,7 +259,7 @@ func (n *LocalNode) resolverAddr() (netip.Addr, bool) {
 func (n *LocalNode) BeginStep() {
 	n.node.ResetFlows()
 	n.mu.Lock()
-	n.notes = map[string]string{}
+	n.notes = map[string][]string{}
 	n.mu.Unlock()
 }
 
@@ -268,7 +275,7 @@ func (n *LocalNode) Probe(c Cell) Outcome {
 		return n.probeExternal(from, c)
 	}
 	if c.Lookup != "" {
-		a, err := n.resolve(from, c)
+		a, err := n.resolve(from, c.String(), c.From, c.Lookup)
 		if err == errNoResolver {
 			return "error"
 		}
@@ -313,7 +320,7 @@ func (n *LocalNode) serviceTarget(from *podnet.Pod, c Cell) (netip.Addr, uint16,
 	}
 	name := serviceName(*svc)
 	if _, ok := n.resolverAddr(); ok {
-		a, err := n.resolve(from, Cell{From: c.From, Lookup: name})
+		a, err := n.resolve(from, c.String(), c.From, name)
 		if o := Outcome(probeagent.LookupOutcome(a, err, false)); o != Allow || len(a.Addrs) == 0 {
 			if o == Allow {
 				o = "error"
@@ -333,17 +340,18 @@ func (n *LocalNode) serviceTarget(from *podnet.Pod, c Cell) (netip.Addr, uint16,
 // one for lookup probes).
 var errNoResolver = errors.New("no kube-dns service over a pod of the dns workload")
 
-// resolve resolves a lookup cell's name from its source pod with the pod's resolver: kube-dns's
-// virtual address, and the search list of the pod's namespace.
-func (n *LocalNode) resolve(from *podnet.Pod, c Cell) (probeagent.Answer, error) {
+// resolve resolves name from the source pod (namespace/name: key) with the pod's resolver:
+// kube-dns's virtual address, and the search list of the pod's namespace. How the lookup ended
+// is noted under cell.
+func (n *LocalNode) resolve(from *podnet.Pod, cell, key, name string) (probeagent.Answer, error) {
 	resolver, ok := n.resolverAddr()
 	if !ok {
 		return probeagent.Answer{}, errNoResolver
 	}
-	ns, _, _ := strings.Cut(c.From, "/")
-	ctx, done := n.probeContext(from, c.String())
+	ns, _, _ := strings.Cut(key, "/")
+	ctx, done := n.probeContext(from, cell)
 	defer done()
-	return n.prober.resolve(ctx, from, ns, resolver, c.Lookup)
+	return n.prober.resolve(ctx, from, ns, resolver, name)
 }
 
 // probeExternal connects from a pod to an external host over HTTPS: to its IPv4 address, or
@@ -360,7 +368,7 @@ func (n *LocalNode) probeExternal(from *podnet.Pod, c Cell) Outcome {
 		serverName = e.Names[0]
 	}
 	if c.Resolve != nil {
-		a, err := n.resolve(from, *c.Resolve)
+		a, err := n.resolve(from, c.String(), c.Resolve.From, c.Resolve.Lookup)
 		if err == errNoResolver {
 			return "error"
 		}
@@ -376,17 +384,27 @@ func (n *LocalNode) probeExternal(from *podnet.Pod, c Cell) Outcome {
 }
 
 // probeContext is the context one probe runs in. It ends when the datapath reports that it
-// dropped a packet of one of the probe's own sockets (probeSockets: the source pod's address and
-// the socket's port), so a blocked probe ends on the datapath's word, at once, and a probe that
-// gets an answer ends with it; only a probe that got neither waits out the probe timeout. An
-// allowed connection that is slow because the CPUs are busy is therefore never taken for a
-// blocked one, and another connection's drop (an earlier step's, between the same pods) never
-// ends this probe. Why a probe ended without an answer goes to the cell's notes (Flows).
+// dropped a packet of one of the probe's own sockets (probeSockets: from the source pod's
+// address, with the socket's protocol and port, to the address and port it connected to or, for
+// a service's, to one of its backends), so a blocked probe ends on the datapath's word, at
+// once, and a probe that gets an answer ends with it; only a probe that got neither waits out
+// the probe timeout. An allowed connection that is slow because the CPUs are busy is therefore
+// never taken for a blocked one, and another connection's drop (an earlier step's, or the L7
+// proxy's own connection onwards, whose port is the host's) never ends this probe. Why a probe
+// ended without an answer goes to the cell's notes (Flows).
 func (n *LocalNode) probeContext(from *podnet.Pod, cell string) (context.Context, func()) {
-	socks := &probeSockets{ports: map[probePort]bool{}}
+	socks := &probeSockets{ports: map[probePort]netip.AddrPort{}}
+	n.mu.Lock()
+	backends := n.backends // replaced, never changed, by setServices
+	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), probeSocketsKey{}, socks), n.opts.ProbeTimeout)
 	dropped, stop := n.node.WatchDrops(func(f datapath.Flow) bool {
-		return (f.Src == from.IPv4 || f.Src == from.IPv6) && socks.has(f.Proto, f.SrcPort)
+		if f.Src != from.IPv4 && f.Src != from.IPv6 {
+			return false
+		}
+		to, ok := socks.remote(f.Proto, f.SrcPort)
+		dst := netip.AddrPortFrom(f.Dst, f.DstPort)
+		return ok && (dst == to || slices.Contains(backends[to], dst))
 	})
 	finished := make(chan struct{})
 	go func() {
@@ -401,20 +419,29 @@ func (n *LocalNode) probeContext(from *podnet.Pod, cell string) (context.Context
 			}
 		}
 	}()
-	return ctx, func() { stop(); cancel(); <-finished }
+	return ctx, func() {
+		stop()
+		cancel()
+		<-finished
+		if err := socks.failed(); err != nil {
+			n.note(cell, err.Error())
+		}
+	}
 }
 
-// note adds a line to what Flows says of a cell.
+// maxNotes bounds the lines noted of one cell in a step (a service probe is several connections).
+const maxNotes = 4
+
+// note adds a line to what Flows says of a cell, once.
 func (n *LocalNode) note(cell, line string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.notes == nil {
-		n.notes = map[string]string{}
+		n.notes = map[string][]string{}
 	}
-	if n.notes[cell] != "" {
-		line = n.notes[cell] + "; " + line
+	if l := n.notes[cell]; len(l) < maxNotes && !slices.Contains(l, line) {
+		n.notes[cell] = append(l, line)
 	}
-	n.notes[cell] = line
 }
 
 // probeAddr probes addr:port from a pod: a pod's address, or a service's virtual address.
@@ -440,15 +467,15 @@ func (n *LocalNode) probeAddr(from *podnet.Pod, c Cell, addr netip.Addr, port ui
 	return Timeout
 }
 
-// Flows returns what the cells' Kafka probes said, then the datapath's flow events between the
+// Flows returns what the cells' probes noted, then the datapath's flow events between the
 // cells' pods (and external hosts, and the resolver's pod of a lookup-then-connect cell), with the
 // deciding rule.
 func (n *LocalNode) Flows(cells []Cell) []string {
 	var notes []string
 	n.mu.Lock()
 	for _, c := range cells {
-		if note, ok := n.notes[c.String()]; ok {
-			notes = append(notes, c.String()+": "+note)
+		if l, ok := n.notes[c.String()]; ok {
+			notes = append(notes, c.String()+": "+strings.Join(l, "; "))
 		}
 	}
 	n.mu.Unlock()

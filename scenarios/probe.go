@@ -35,11 +35,14 @@ import (
 // classify turns a dial or read error into an outcome: refused when the peer's stack answered,
 // timeout for anything that never came back (a policy drop, or an ICMP deny response).
 func classify(err error) Outcome {
+	var se *probeSocketError
 	switch {
 	case err == nil:
 		return Allow
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return Refused
+	case errors.As(err, &se):
+		return "error" // the probe could not make its socket: nothing was sent
 	}
 	return Timeout
 }
@@ -158,11 +161,10 @@ func startServers(p *podnet.Pod, workload string, ports []Port, z zone, topics [
 }
 
 // prober runs probes from pods of a local node. Each probe runs in a context that ends when the
-// datapath drops one of its packets (LocalNode.probeContext), or after timeout when neither an
-// answer nor a drop came.
+// datapath drops one of its packets (LocalNode.probeContext), or after the probe timeout when
+// neither an answer nor a drop came.
 type prober struct {
-	timeout time.Duration
-	sctp    *sctpListeners
+	sctp *sctpListeners
 	// sctpPorts numbers the SCTP probes' source ports.
 	sctpPorts atomic.Uint32
 }
@@ -307,7 +309,7 @@ func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr,
 	// INIT is never taken for the other's.
 	sport := uint16(30000 + pr.sctpPorts.Add(1)%30000)
 	if s := socketsOf(ctx); s != nil {
-		s.add(policy.ProtoSCTP, sport)
+		s.add(policy.ProtoSCTP, sport, netip.AddrPortFrom(to, port))
 	}
 	pkt := sctpInitPacket(sport, port, tag)
 	wait := pr.sctp.expect(tag)
@@ -471,11 +473,13 @@ func (pr *prober) dialer(probe context.Context, from *podnet.Pod) probeagent.Dia
 	}
 }
 
-// probeSockets are the local ports of the sockets one probe opened: the datapath's drop of a
-// packet is the probe's witness only when it is one of these.
+// probeSockets are the sockets one probe opened, by protocol and local port, with the address
+// each connected to: the datapath's drop of a packet is the probe's witness only when it is one
+// of these.
 type probeSockets struct {
 	mu    sync.Mutex
-	ports map[probePort]bool
+	ports map[probePort]netip.AddrPort
+	err   error // the first socket the probe could not bind
 }
 
 // probePort is a socket's protocol and local port.
@@ -492,27 +496,45 @@ func socketsOf(ctx context.Context) *probeSockets {
 	return s
 }
 
-func (s *probeSockets) add(proto policy.Proto, port uint16) {
+func (s *probeSockets) add(proto policy.Proto, port uint16, to netip.AddrPort) {
 	s.mu.Lock()
-	s.ports[probePort{proto, port}] = true
+	s.ports[probePort{proto, port}] = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	s.mu.Unlock()
 }
 
-func (s *probeSockets) has(proto policy.Proto, port uint16) bool {
+// remote is the address and port the probe's socket with this protocol and port connected to.
+func (s *probeSockets) remote(proto policy.Proto, port uint16) (netip.AddrPort, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ports[probePort{proto, port}]
+	a, ok := s.ports[probePort{proto, port}]
+	return a, ok
 }
+
+// failed is the error of the first socket the probe could not bind, if any.
+func (s *probeSockets) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// probeSocketError is a probe's failure to make its socket: an "error" outcome, not a timeout.
+type probeSocketError struct{ err error }
+
+func (e *probeSocketError) Error() string { return "the probe's socket: " + e.err.Error() }
+func (e *probeSocketError) Unwrap() error { return e.err }
 
 // control binds a new socket to a port of the kernel's choice before it connects, and records
 // the port: without it the port is only known once the connection is made, too late to tell the
 // drop of its first packet.
-func (s *probeSockets) control(network, _ string, c syscall.RawConn) error {
+func (s *probeSockets) control(network, address string, c syscall.RawConn) error {
+	to, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return &probeSocketError{fmt.Errorf("remote address %q: %w", address, err)}
+	}
 	proto := policy.ProtoTCP
 	if strings.HasPrefix(network, "udp") {
 		proto = policy.ProtoUDP
 	}
-	var err error
 	cerr := c.Control(func(fd uintptr) {
 		var sa unix.Sockaddr = &unix.SockaddrInet4{}
 		if strings.HasSuffix(network, "6") {
@@ -529,12 +551,20 @@ func (s *probeSockets) control(network, _ string, c syscall.RawConn) error {
 		}
 		switch a := got.(type) {
 		case *unix.SockaddrInet4:
-			s.add(proto, uint16(a.Port))
+			s.add(proto, uint16(a.Port), to)
 		case *unix.SockaddrInet6:
-			s.add(proto, uint16(a.Port))
+			s.add(proto, uint16(a.Port), to)
 		}
 	})
-	return errors.Join(cerr, err)
+	if err = errors.Join(cerr, err); err != nil {
+		err = &probeSocketError{err}
+		s.mu.Lock()
+		if s.err == nil {
+			s.err = err
+		}
+		s.mu.Unlock()
+	}
+	return err
 }
 
 // resolve resolves name from inside a pod of namespace ns with the resolv.conf kubelet would

@@ -155,15 +155,16 @@ func lateLinkRun(t *testing.T, up time.Duration) *Result {
 		}()
 		t.Cleanup(func() { <-done })
 	}
-	return (&Runner{Backend: NewLocal(LocalOptions{Pods: pods})}).Run(sc)
+	// A probe timeout below the link's delay: a probe run before the link is up ends before it.
+	return (&Runner{Backend: NewLocal(LocalOptions{Pods: pods, ProbeTimeout: time.Second})}).Run(sc)
 }
 
 // TestLateLinkIsWaitedFor reproduces the race of issue 30 by delaying one readiness condition on
-// purpose: the last pod's link comes up 1.5 s after the run starts, later than the first step's
-// probes and their one retry take, as the kernel's link activation came after them on a busy
-// machine. Without the node's readiness wait every probe from and to the pod times out and reads
-// like a policy problem: the failure the demo and make test showed on a fresh, busy machine. With
-// it, the step waits for the pod's network and passes.
+// purpose: the last pod's link comes up 1.5 s after the run starts, as the kernel's link
+// activation came after the first step's probes on a busy machine. The probes wait 1 s for an
+// answer (lateLinkRun), so without the node's readiness wait every probe from and to the pod
+// would end before the link is up and read like a policy problem: the failure the demo and make
+// test showed on a fresh, busy machine. With it, the step waits for the pod's network and passes.
 func TestLateLinkIsWaitedFor(t *testing.T) {
 	r := lateLinkRun(t, 1500*time.Millisecond)
 	if r.Failed() {

@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 }
 
 // holdWorkloads is the child of TestWorkloadsDieWithTheirParent: a local node with an nginx
-// and a PostgreSQL pod; it prints "ready" and waits to be killed.
+// and a PostgreSQL pod; it prints "ready" and its pods' namespaces, and waits to be killed.
 func holdWorkloads() {
 	sc := &Scenario{Name: "hold", Namespaces: []Namespace{{Name: "app"}}, Pods: []Pod{
 		{Name: "web", Namespace: "app", Workload: "nginx", Ports: []Port{{Port: 80, Protocol: policy.ProtoTCP}}},
