@@ -59,6 +59,8 @@ type Engine struct {
 	gen uint64
 	// learned is what DNS answers taught the node (SetLearned).
 	learned Learned
+	// work is the state compileGroup builds a group's in before copying it out.
+	work *EndpointState
 }
 
 // NewEngine returns an engine with an empty cluster and no policies.
@@ -381,10 +383,16 @@ func (e *Engine) resolvePeers(ps *peerSpec) peerSet {
 
 // compileGroup computes the state of one group from every policy selecting it.
 func (e *Engine) compileGroup(g *group) *EndpointState {
-	st := newEndpointState()
 	if e.opts.Mode == ModeNever {
-		return st
+		return newEndpointState()
 	}
+	if e.work == nil {
+		e.work = newEndpointState()
+		e.work.Ingress.pool, e.work.Egress.pool = &entryPool{}, &entryPool{}
+	}
+	st := e.work
+	st.Ingress.reset()
+	st.Egress.reset()
 	keys := make([]Key, 0, len(g.policies))
 	for k := range g.policies {
 		keys = append(keys, k)
@@ -426,7 +434,10 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 		st.Ingress.add(MapKey{Identity: IDHost, Proto: ProtoAny, PortLo: 0, PortHi: 65535}, VerdictAllow, nil, RuleAllowLocalhost)
 	}
 	st.Egress.widenDNSRedirects()
-	return st
+	out := &EndpointState{}
+	st.Ingress.copyTo(&out.Ingress)
+	st.Egress.copyTo(&out.Egress)
+	return out
 }
 
 func (e *Engine) sectionSelects(sec *section, g *group) bool {

@@ -116,6 +116,8 @@ type DirectionState struct {
 
 	once  sync.Once
 	index *lookupIndex
+	// pool, set while compiling, hands out entries reused from group to group.
+	pool *entryPool
 }
 
 // EndpointState is the compiled policy of one endpoint.
@@ -157,7 +159,7 @@ func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 	}
 	e, ok := ds.Entries[k]
 	if !ok {
-		ds.Entries[k] = &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
+		ds.Entries[k] = ds.newEntry(k, v, l7, rule)
 		return
 	}
 	dnsProxy := v == VerdictProxy && l7.Parser() == ParserDNS
@@ -180,6 +182,69 @@ func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 		e.Verdict, e.L7, e.Rules = v, l7.merge(allDNSNames), append([]RuleID{rule}, e.Rules...)
 	case e.Verdict == VerdictProxy && v == VerdictAllow:
 		e.Verdict, e.L7, e.Rules = v, nil, []RuleID{rule}
+	}
+}
+
+func (ds *DirectionState) newEntry(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) *Entry {
+	if ds.pool == nil {
+		return &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
+	}
+	return ds.pool.get(k, v, l7, rule)
+}
+
+// entryPool holds the entries of the direction being compiled, in the order they were made.
+// They and their rule slices are reused from group to group: only the finished state (copyTo)
+// is allocated, once and at its size.
+type entryPool struct {
+	items []*pooled
+	n     int
+}
+
+type pooled struct {
+	key   MapKey
+	entry Entry
+}
+
+func (p *entryPool) get(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) *Entry {
+	if p.n == len(p.items) {
+		p.items = append(p.items, &pooled{})
+	}
+	it := p.items[p.n]
+	p.n++
+	it.key = k
+	it.entry.Verdict, it.entry.L7, it.entry.Rules = v, l7, append(it.entry.Rules[:0], rule)
+	return &it.entry
+}
+
+// reset empties a pooled direction for the next group, keeping its room.
+func (ds *DirectionState) reset() {
+	clear(ds.Entries)
+	for _, it := range ds.pool.items[:ds.pool.n] {
+		it.entry.L7 = nil
+	}
+	ds.pool.n = 0
+	ds.Enforced, ds.Audited, ds.EnforcedBy, ds.Audit = false, false, ds.EnforcedBy[:0], nil
+}
+
+// copyTo writes a pooled direction's state to out in memory of its own: one map, one slice of
+// entries and one of rules, each at its size.
+func (ds *DirectionState) copyTo(out *DirectionState) {
+	out.Enforced, out.Audited, out.Audit = ds.Enforced, ds.Audited, ds.Audit
+	if len(ds.EnforcedBy) > 0 {
+		out.EnforcedBy = slices.Clone(ds.EnforcedBy)
+	}
+	items := ds.pool.items[:ds.pool.n]
+	nr := 0
+	for _, it := range items {
+		nr += len(it.entry.Rules)
+	}
+	ents, rules := make([]Entry, len(items)), make([]RuleID, 0, nr)
+	out.Entries = make(map[MapKey]*Entry, len(items))
+	for i, it := range items {
+		start := len(rules)
+		rules = append(rules, it.entry.Rules...)
+		ents[i] = Entry{Verdict: it.entry.Verdict, L7: it.entry.L7, Rules: rules[start:len(rules):len(rules)]}
+		out.Entries[it.key] = &ents[i]
 	}
 }
 
