@@ -198,6 +198,8 @@ func (ds *DirectionState) newEntry(k MapKey, v Verdict, l7 *L7Policy, rule RuleI
 type entryPool struct {
 	items []*pooled
 	n     int
+	// shared finds the copy of an entry already made (copyTo).
+	shared map[entrySig]*Entry
 }
 
 type pooled struct {
@@ -226,26 +228,55 @@ func (ds *DirectionState) reset() {
 	ds.Enforced, ds.Audited, ds.EnforcedBy, ds.Audit = false, false, ds.EnforcedBy[:0], nil
 }
 
-// copyTo writes a pooled direction's state to out in memory of its own: one map, one slice of
-// entries and one of rules, each at its size.
+// copyTo writes a pooled direction's state to out in memory of its own: a map at its size, and
+// one entry for all the keys whose entries are equal (states are never modified once made).
 func (ds *DirectionState) copyTo(out *DirectionState) {
 	out.Enforced, out.Audited, out.Audit = ds.Enforced, ds.Audited, ds.Audit
 	if len(ds.EnforcedBy) > 0 {
 		out.EnforcedBy = slices.Clone(ds.EnforcedBy)
 	}
-	items := ds.pool.items[:ds.pool.n]
-	nr := 0
-	for _, it := range items {
-		nr += len(it.entry.Rules)
+	p := ds.pool
+	if p.shared == nil {
+		p.shared = map[entrySig]*Entry{}
 	}
-	ents, rules := make([]Entry, len(items)), make([]RuleID, 0, nr)
-	out.Entries = make(map[MapKey]*Entry, len(items))
-	for i, it := range items {
-		start := len(rules)
-		rules = append(rules, it.entry.Rules...)
-		ents[i] = Entry{Verdict: it.entry.Verdict, L7: it.entry.L7, Rules: rules[start:len(rules):len(rules)]}
-		out.Entries[it.key] = &ents[i]
+	clear(p.shared)
+	out.Entries = make(map[MapKey]*Entry, p.n)
+	var last *Entry
+	var lastSig entrySig
+	for _, it := range p.items[:p.n] {
+		e := &it.entry
+		sig, ok := sigOf(e)
+		switch {
+		case !ok:
+			out.Entries[it.key] = &Entry{Verdict: e.Verdict, L7: e.L7, Rules: slices.Clone(e.Rules)}
+			continue
+		case last != nil && sig == lastSig:
+		default:
+			if last, ok = p.shared[sig]; !ok {
+				last = &Entry{Verdict: e.Verdict, L7: e.L7, Rules: slices.Clone(e.Rules)}
+				p.shared[sig] = last
+			}
+			lastSig = sig
+		}
+		out.Entries[it.key] = last
 	}
+}
+
+// entrySig identifies an entry of up to eight rules by value.
+type entrySig struct {
+	verdict Verdict
+	n       uint8
+	rules   [8]RuleID
+	l7      *L7Policy
+}
+
+func sigOf(e *Entry) (entrySig, bool) {
+	if len(e.Rules) > len(entrySig{}.rules) {
+		return entrySig{}, false
+	}
+	sig := entrySig{verdict: e.Verdict, n: uint8(len(e.Rules)), l7: e.L7}
+	copy(sig.rules[:], e.Rules)
+	return sig, true
 }
 
 // allDNSNames is a DNS rule that allows every name.
