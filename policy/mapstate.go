@@ -262,6 +262,12 @@ func (ds *DirectionState) copyTo(out *DirectionState) {
 	}
 }
 
+// shareFrom makes ds a state equal to src, sharing its maps and entries.
+func (ds *DirectionState) shareFrom(src *DirectionState) {
+	ds.Enforced, ds.EnforcedBy, ds.Audited = src.Enforced, src.EnforcedBy, src.Audited
+	ds.Entries, ds.Audit = src.Entries, src.Audit
+}
+
 // entrySig identifies an entry of up to eight rules by value.
 type entrySig struct {
 	verdict Verdict
