@@ -16,8 +16,14 @@ const (
 )
 
 // benchCluster is 500 namespaces of 10 pods: five apps of two replicas each, in three tiers.
-func benchCluster() *policy.Cluster {
-	c := &policy.Cluster{Nodes: []policy.Node{{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("172.18.0.2")}}}}
+func benchCluster() *policy.Cluster { return benchClusterOn(1) }
+
+// benchClusterOn is benchCluster with its pods spread over nodes, the replicas of an app on two.
+func benchClusterOn(nodes int) *policy.Cluster {
+	c := &policy.Cluster{}
+	for i := 0; i < nodes; i++ {
+		c.Nodes = append(c.Nodes, policy.Node{Name: fmt.Sprintf("node-%d", i+1), IPs: []netip.Addr{netip.AddrFrom4([4]byte{172, 18, byte(i / 250), byte(i%250 + 2)})}})
+	}
 	for n := 0; n < benchNamespaces; n++ {
 		ns := fmt.Sprintf("ns-%d", n)
 		c.Namespaces = append(c.Namespaces, policy.Namespace{Name: ns, Labels: map[string]string{"team": fmt.Sprintf("team-%d", n%50), "env": []string{"prod", "dev"}[n%2]}})
@@ -25,7 +31,7 @@ func benchCluster() *policy.Cluster {
 			app := p / 2
 			ip := netip.AddrFrom4([4]byte{10, byte(n / 250), byte(n % 250), byte(p + 1)})
 			c.Endpoints = append(c.Endpoints, policy.Endpoint{
-				Namespace: ns, Name: fmt.Sprintf("app-%d-%d", app, p%2), Node: "node-1",
+				Namespace: ns, Name: fmt.Sprintf("app-%d-%d", app, p%2), Node: fmt.Sprintf("node-%d", (n*benchPodsPerNS+p)%nodes+1),
 				Labels: map[string]string{"app": fmt.Sprintf("app-%d", app), "tier": []string{"web", "api", "db"}[app%3]},
 				IPs:    []netip.Addr{ip},
 				Ports:  []policy.NamedPort{{Name: "http", Port: uint16(8000 + app), Protocol: policy.ProtoTCP}},
@@ -131,14 +137,39 @@ func BenchmarkCompileFull(b *testing.B) {
 	reportEntries(b, cluster, bundle)
 }
 
+// BenchmarkCompileOneNode compiles the same policies for the pods of one node of 20, as an
+// enforcer does (Options.Node): 250 pods, whose groups have a replica there.
+func BenchmarkCompileOneNode(b *testing.B) {
+	cluster, bundle := benchClusterOn(20), benchBundle(b)
+	opts := policy.Options{Node: "node-1"}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		e := policy.NewEngine(opts)
+		if err := e.SetCluster(cluster); err != nil {
+			b.Fatal(err)
+		}
+		e.SetPolicies(bundle.Policies)
+	}
+	b.StopTimer()
+	reportEntriesOpts(b, cluster, bundle, opts)
+}
+
 func reportEntries(b *testing.B, cluster *policy.Cluster, bundle *policy.Bundle) {
-	st, err := policy.Compile(cluster, bundle, policy.Options{})
+	reportEntriesOpts(b, cluster, bundle, policy.Options{})
+}
+
+func reportEntriesOpts(b *testing.B, cluster *policy.Cluster, bundle *policy.Bundle, opts policy.Options) {
+	st, err := policy.Compile(cluster, bundle, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
 	entries := 0
 	for _, k := range st.Endpoints() {
 		es, _ := st.Endpoint(k)
+		if es == nil {
+			continue // another node's
+		}
 		entries += len(es.Ingress.Entries) + len(es.Egress.Entries)
 	}
 	b.ReportMetric(float64(entries), "entries")

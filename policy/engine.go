@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -59,6 +60,13 @@ type Engine struct {
 	gen uint64
 	// learned is what DNS answers taught the node (SetLearned).
 	learned Learned
+	// work is the state compileGroup builds a group's in before copying it out; shared the
+	// directions compiled in the current batch (rebuild, refresh), by dirKey; secs and keyBuf
+	// are reused buffers.
+	work   *EndpointState
+	shared map[string]*DirectionState
+	secs   []*section
+	keyBuf []byte
 }
 
 // NewEngine returns an engine with an empty cluster and no policies.
@@ -162,9 +170,11 @@ func (e *Engine) rebuild() {
 	for _, np := range e.policies {
 		e.index(np)
 	}
+	e.shared = map[string]*DirectionState{}
 	for _, g := range e.allGroups() {
 		g.state = e.compile(g)
 	}
+	e.shared = nil
 }
 
 // compile is the group's state, or nil for a group on another node than Options.Node.
@@ -281,10 +291,12 @@ func (e *Engine) refresh(before idInputs, np *normPolicy, affected map[*group]bo
 		}
 	}
 	var changed []EndpointKey
+	e.shared = map[string]*DirectionState{}
 	for g := range affected {
 		g.state = e.compile(g)
 		changed = append(changed, g.endpoints...)
 	}
+	e.shared = nil
 	sortKeys(changed)
 	return changed
 }
@@ -379,34 +391,64 @@ func (e *Engine) resolvePeers(ps *peerSpec) peerSet {
 	return out
 }
 
-// compileGroup computes the state of one group from every policy selecting it.
+// compileGroup computes the state of one group from every policy selecting it. A direction
+// whose inputs (the rules that apply, and the group's named ports where they resolve on it) are
+// those of a direction compiled earlier in the batch shares that one's state.
 func (e *Engine) compileGroup(g *group) *EndpointState {
-	st := newEndpointState()
 	if e.opts.Mode == ModeNever {
-		return st
+		return newEndpointState()
 	}
 	keys := make([]Key, 0, len(g.policies))
 	for k := range g.policies {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keyLess(keys[i], keys[j]) })
+	secs := e.secs[:0]
+	for _, k := range keys {
+		for _, sec := range e.policies[k].sections {
+			if e.sectionSelects(sec, g) {
+				secs = append(secs, sec)
+			}
+		}
+	}
+	e.secs = secs
+	if e.shared == nil {
+		e.shared = map[string]*DirectionState{}
+	}
+	out := &EndpointState{}
+	var need [2]bool
+	var dirKeys [2]string
+	for d := range need {
+		e.keyBuf = dirKey(e.keyBuf[:0], secs, Direction(d), g)
+		if ds, ok := e.shared[string(e.keyBuf)]; ok {
+			out.Dir(Direction(d)).shareFrom(ds)
+			continue
+		}
+		need[d], dirKeys[d] = true, string(e.keyBuf)
+	}
+	if !need[Ingress] && !need[Egress] {
+		return out
+	}
+	if e.work == nil {
+		e.work = newEndpointState()
+		e.work.Ingress.pool, e.work.Egress.pool = &entryPool{}, &entryPool{}
+	}
+	st := e.work
+	st.Ingress.reset()
+	st.Egress.reset()
 	// enforcedForReal: a policy not in audit mode switched default deny on, per direction.
 	var enforcedForReal [2]bool
-	for _, k := range keys {
-		np := e.policies[k]
-		for _, sec := range np.sections {
-			if !e.sectionSelects(sec, g) {
-				continue
+	for _, sec := range secs {
+		for d := range sec.enforce {
+			if sec.enforce[d] && need[d] {
+				ds := st.Dir(Direction(d))
+				ds.Enforced = true
+				ds.EnforcedBy = append(ds.EnforcedBy, sec.enforceRule[d].ID)
+				enforcedForReal[d] = enforcedForReal[d] || !sec.enforceRule[d].Audit
 			}
-			for d := range sec.enforce {
-				if sec.enforce[d] {
-					ds := st.Dir(Direction(d))
-					ds.Enforced = true
-					ds.EnforcedBy = append(ds.EnforcedBy, sec.enforceRule[d].ID)
-					enforcedForReal[d] = enforcedForReal[d] || !sec.enforceRule[d].Audit
-				}
-			}
-			for _, r := range sec.rules {
+		}
+		for _, r := range sec.rules {
+			if need[r.dir] {
 				e.addRule(st, g, r)
 			}
 		}
@@ -426,7 +468,49 @@ func (e *Engine) compileGroup(g *group) *EndpointState {
 		st.Ingress.add(MapKey{Identity: IDHost, Proto: ProtoAny, PortLo: 0, PortHi: 65535}, VerdictAllow, nil, RuleAllowLocalhost)
 	}
 	st.Egress.widenDNSRedirects()
-	return st
+	for d := range need {
+		if need[d] {
+			st.Dir(Direction(d)).copyTo(out.Dir(Direction(d)))
+			e.shared[dirKeys[d]] = out.Dir(Direction(d))
+		}
+	}
+	return out
+}
+
+// dirKey appends what one direction of a group's state depends on: whether the group is a host,
+// the ids of the rules (unique, never reused) of the sections selecting it, in order, and the
+// group's named ports when an ingress rule names a port.
+func dirKey(b []byte, secs []*section, d Direction, g *group) []byte {
+	b = append(b, byte(d))
+	if g.node != nil {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	named := false
+	for _, sec := range secs {
+		if sec.enforce[d] {
+			b = binary.LittleEndian.AppendUint32(b, uint32(sec.enforceRule[d].ID))
+		}
+		for _, r := range sec.rules {
+			if r.dir != d || r.none {
+				continue
+			}
+			b = binary.LittleEndian.AppendUint32(b, uint32(r.info.ID))
+			for _, ps := range r.ports {
+				named = named || (d == Ingress && ps.name != "")
+			}
+		}
+	}
+	if named {
+		b = append(b, 0xff, 0xff, 0xff, 0xff) // no rule has this id
+		for _, p := range g.ports {
+			b = append(b, p.Name...)
+			b = append(b, 0, byte(p.Protocol))
+			b = binary.LittleEndian.AppendUint16(b, p.Port)
+		}
+	}
+	return b
 }
 
 func (e *Engine) sectionSelects(sec *section, g *group) bool {

@@ -116,6 +116,8 @@ type DirectionState struct {
 
 	once  sync.Once
 	index *lookupIndex
+	// pool, set while compiling, hands out entries reused from group to group.
+	pool *entryPool
 }
 
 // EndpointState is the compiled policy of one endpoint.
@@ -157,7 +159,7 @@ func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 	}
 	e, ok := ds.Entries[k]
 	if !ok {
-		ds.Entries[k] = &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
+		ds.Entries[k] = ds.newEntry(k, v, l7, rule)
 		return
 	}
 	dnsProxy := v == VerdictProxy && l7.Parser() == ParserDNS
@@ -181,6 +183,106 @@ func (ds *DirectionState) add(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) {
 	case e.Verdict == VerdictProxy && v == VerdictAllow:
 		e.Verdict, e.L7, e.Rules = v, nil, []RuleID{rule}
 	}
+}
+
+func (ds *DirectionState) newEntry(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) *Entry {
+	if ds.pool == nil {
+		return &Entry{Verdict: v, L7: l7, Rules: []RuleID{rule}}
+	}
+	return ds.pool.get(k, v, l7, rule)
+}
+
+// entryPool holds the entries of the direction being compiled, in the order they were made.
+// They and their rule slices are reused from group to group: only the finished state (copyTo)
+// is allocated, once and at its size.
+type entryPool struct {
+	items []*pooled
+	n     int
+	// shared finds the copy of an entry already made (copyTo).
+	shared map[entrySig]*Entry
+}
+
+type pooled struct {
+	key   MapKey
+	entry Entry
+}
+
+func (p *entryPool) get(k MapKey, v Verdict, l7 *L7Policy, rule RuleID) *Entry {
+	if p.n == len(p.items) {
+		p.items = append(p.items, &pooled{})
+	}
+	it := p.items[p.n]
+	p.n++
+	it.key = k
+	it.entry.Verdict, it.entry.L7, it.entry.Rules = v, l7, append(it.entry.Rules[:0], rule)
+	return &it.entry
+}
+
+// reset empties a pooled direction for the next group, keeping its room.
+func (ds *DirectionState) reset() {
+	clear(ds.Entries)
+	for _, it := range ds.pool.items[:ds.pool.n] {
+		it.entry.L7 = nil
+	}
+	ds.pool.n = 0
+	ds.Enforced, ds.Audited, ds.EnforcedBy, ds.Audit = false, false, ds.EnforcedBy[:0], nil
+}
+
+// copyTo writes a pooled direction's state to out in memory of its own: a map at its size, and
+// one entry for all the keys whose entries are equal (states are never modified once made).
+func (ds *DirectionState) copyTo(out *DirectionState) {
+	out.Enforced, out.Audited, out.Audit = ds.Enforced, ds.Audited, ds.Audit
+	if len(ds.EnforcedBy) > 0 {
+		out.EnforcedBy = slices.Clone(ds.EnforcedBy)
+	}
+	p := ds.pool
+	if p.shared == nil {
+		p.shared = map[entrySig]*Entry{}
+	}
+	clear(p.shared)
+	out.Entries = make(map[MapKey]*Entry, p.n)
+	var last *Entry
+	var lastSig entrySig
+	for _, it := range p.items[:p.n] {
+		e := &it.entry
+		sig, ok := sigOf(e)
+		switch {
+		case !ok:
+			out.Entries[it.key] = &Entry{Verdict: e.Verdict, L7: e.L7, Rules: slices.Clone(e.Rules)}
+			continue
+		case last != nil && sig == lastSig:
+		default:
+			if last, ok = p.shared[sig]; !ok {
+				last = &Entry{Verdict: e.Verdict, L7: e.L7, Rules: slices.Clone(e.Rules)}
+				p.shared[sig] = last
+			}
+			lastSig = sig
+		}
+		out.Entries[it.key] = last
+	}
+}
+
+// shareFrom makes ds a state equal to src, sharing its maps and entries.
+func (ds *DirectionState) shareFrom(src *DirectionState) {
+	ds.Enforced, ds.EnforcedBy, ds.Audited = src.Enforced, src.EnforcedBy, src.Audited
+	ds.Entries, ds.Audit = src.Entries, src.Audit
+}
+
+// entrySig identifies an entry of up to eight rules by value.
+type entrySig struct {
+	verdict Verdict
+	n       uint8
+	rules   [8]RuleID
+	l7      *L7Policy
+}
+
+func sigOf(e *Entry) (entrySig, bool) {
+	if len(e.Rules) > len(entrySig{}.rules) {
+		return entrySig{}, false
+	}
+	sig := entrySig{verdict: e.Verdict, n: uint8(len(e.Rules)), l7: e.L7}
+	copy(sig.rules[:], e.Rules)
+	return sig, true
 }
 
 // allDNSNames is a DNS rule that allows every name.

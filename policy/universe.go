@@ -1,9 +1,9 @@
 package policy
 
 import (
-	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"sync/atomic"
 )
 
@@ -98,13 +98,22 @@ func newUniverse(c *Cluster, alloc *allocator, cidrs map[netip.Prefix]bool) *uni
 		}
 	}
 	// Allocate in a stable order so that identity numbers do not depend on input order.
-	eps := make([]*Endpoint, len(c.Endpoints))
-	for i := range c.Endpoints {
-		eps[i] = &c.Endpoints[i]
+	type byKey struct {
+		key string
+		ep  *Endpoint
 	}
-	sort.Slice(eps, func(i, j int) bool { return eps[i].Key().String() < eps[j].Key().String() })
-	seenPort := map[string]bool{}
-	for _, ep := range eps {
+	eps := make([]byKey, len(c.Endpoints))
+	for i := range c.Endpoints {
+		eps[i] = byKey{c.Endpoints[i].Key().String(), &c.Endpoints[i]}
+	}
+	sort.Slice(eps, func(i, j int) bool { return eps[i].key < eps[j].key })
+	type portSig struct {
+		id   ID
+		port NamedPort
+	}
+	seenPort := map[portSig]bool{}
+	for _, e := range eps {
+		ep := e.ep
 		u.endpoints[ep.Key()] = ep
 		ls := podLabels(name, u.namespaces[ep.Namespace], ep)
 		id := alloc.pod(ls, ep.IPs)
@@ -119,7 +128,7 @@ func newUniverse(c *Cluster, alloc *allocator, cidrs map[netip.Prefix]bool) *uni
 				u.posting[pk] = append(u.posting[pk], ident)
 			}
 		}
-		gk := fmt.Sprintf("id:%d|%s", ident.ID, portsSignature(ep.Ports))
+		gk := "id:" + strconv.FormatUint(uint64(ident.ID), 10) + "|" + portsSignature(ep.Ports)
 		g, ok := u.groups[gk]
 		if !ok {
 			g = &group{key: gk, identity: ident, namespace: ep.Namespace, ports: ep.Ports, policies: map[Key]struct{}{}}
@@ -136,7 +145,7 @@ func newUniverse(c *Cluster, alloc *allocator, cidrs map[netip.Prefix]bool) *uni
 			if p.Name == "" {
 				continue
 			}
-			sig := fmt.Sprintf("%d/%s/%d/%d", id, p.Name, p.Protocol, p.Port)
+			sig := portSig{id, p}
 			if !seenPort[sig] {
 				seenPort[sig] = true
 				u.namedPorts[id] = append(u.namedPorts[id], p)
