@@ -398,14 +398,7 @@ func (n *LocalNode) probeContext(from *podnet.Pod, cell string) (context.Context
 	backends := n.backends // replaced, never changed, by setServices
 	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), probeSocketsKey{}, socks), n.opts.ProbeTimeout)
-	dropped, stop := n.node.WatchDrops(func(f datapath.Flow) bool {
-		if f.Src != from.IPv4 && f.Src != from.IPv6 {
-			return false
-		}
-		to, ok := socks.remote(f.Proto, f.SrcPort)
-		dst := netip.AddrPortFrom(f.Dst, f.DstPort)
-		return ok && (dst == to || slices.Contains(backends[to], dst))
-	})
+	dropped, stop := n.node.WatchDrops(func(f datapath.Flow) bool { return witnesses(f, from, socks, backends) })
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
@@ -427,6 +420,19 @@ func (n *LocalNode) probeContext(from *podnet.Pod, cell string) (context.Context
 			n.note(cell, err.Error())
 		}
 	}
+}
+
+// witnesses says whether the datapath's drop f is of one of the probe's own packets: from the
+// source pod's address, with a socket's protocol and port, to where that socket connected (or a
+// backend of that service frontend). A packet dropped as spoofed is another pod's forgery of the
+// probe's address, never the probe's own: it does not end the probe.
+func witnesses(f datapath.Flow, from *podnet.Pod, socks *probeSockets, backends map[netip.AddrPort][]netip.AddrPort) bool {
+	if f.Reason == datapath.ReasonDropSpoof || (f.Src != from.IPv4 && f.Src != from.IPv6) {
+		return false
+	}
+	to, ok := socks.remote(f.Proto, f.SrcPort)
+	dst := netip.AddrPortFrom(f.Dst, f.DstPort)
+	return ok && (dst == to || slices.Contains(backends[to], dst))
 }
 
 // maxNotes bounds the lines noted of one cell in a step (a service probe is several connections).
