@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
@@ -125,9 +126,6 @@ func (c *Cluster) createPod(ctx context.Context, p Pod) error {
 	}
 	var ports []corev1.ContainerPort
 	for _, port := range p.Ports {
-		if port.Protocol != policy.ProtoTCP && port.Protocol != policy.ProtoUDP {
-			return fmt.Errorf("scenario pod %s: a cluster pod serves TCP and UDP ports only, not %s", p.Key(), port)
-		}
 		args = append(args, "--port="+port.String())
 		ports = append(ports, corev1.ContainerPort{Name: port.Name, ContainerPort: int32(port.Port),
 			Protocol: corev1.Protocol(port.Protocol.String())})
@@ -467,6 +465,12 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 	targetsOf := map[int][]target{}
 	for _, i := range idx {
 		cell := cells[i]
+		if cell.Port.Protocol == policy.ProtoSCTP && (cell.Service != "" || cell.External != "") {
+			out[i] = "error"
+			c.record(cell, "an SCTP probe on a cluster goes to pods only: whether its INIT arrived is asked of "+
+				"the destination pod's listener, and a Service or an external host names none")
+			continue
+		}
 		targets, err := c.targets(cell, src)
 		if err != nil {
 			out[i] = "error"
@@ -513,6 +517,7 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 		fail(err.Error())
 		return
 	}
+	c.sctpArrivals(cells, owner, results)
 	per := map[int][]probeagent.Result{}
 	for _, r := range results {
 		per[owner[r.ID]] = append(per[owner[r.ID]], r)
@@ -538,6 +543,82 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			out[i] = combine(outcomes)
 		}
 	}
+}
+
+// sctpArrivals turns the results of SCTP probes, INITs sent (probeagent.SCTPSent), into allow or
+// timeout: the probe server of each destination pod, which records the INITs its raw SCTP
+// sockets receive, is asked which arrived, every pod at once, each waiting up to the probe
+// timeout for those that have not.
+func (c *Cluster) sctpArrivals(cells []Cell, owner map[int]int, results []probeagent.Result) {
+	type ask struct {
+		pod  corev1.Pod
+		res  []int // indexes into results
+		tags []uint32
+	}
+	byPod := map[string]*ask{}
+	nth := map[int]int{} // cell index -> its results so far: the j-th goes to its j-th pod
+	for k, r := range results {
+		i := owner[r.ID]
+		j := nth[i]
+		nth[i]++
+		if r.Outcome != probeagent.SCTPSent {
+			continue
+		}
+		pods := c.pods[cells[i].To]
+		if j >= len(pods) {
+			results[k].Outcome, results[k].Note = "error", r.Note+"; no destination pod to ask whether it arrived"
+			continue
+		}
+		key := pods[j].Namespace + "/" + pods[j].Name
+		a := byPod[key]
+		if a == nil {
+			a = &ask{pod: pods[j]}
+			byPod[key] = a
+		}
+		a.res, a.tags = append(a.res, k), append(a.tags, r.Tag)
+	}
+	var wg sync.WaitGroup
+	for key, a := range byPod {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			arrived, err := c.askSCTP(a.pod, a.tags)
+			for _, k := range a.res {
+				r := &results[k]
+				switch {
+				case err != nil:
+					r.Outcome, r.Note = "error", fmt.Sprintf("%s; asking %s whether it arrived: %v", r.Note, key, err)
+				case arrived[r.Tag]:
+					r.Outcome, r.Note = string(Allow), fmt.Sprintf("%s; it arrived at %s", r.Note, key)
+				default:
+					r.Outcome, r.Note = string(Timeout), fmt.Sprintf("%s; it did not arrive at %s within %s", r.Note, key,
+						c.opts.ProbeTimeout)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// askSCTP runs `netpact probe-sctp-arrived` in the pod's probe server container.
+func (c *Cluster) askSCTP(pod corev1.Pod, tags []uint32) (map[uint32]bool, error) {
+	if pod.Annotations[proberAnnotation] != "true" {
+		return nil, errors.New("the pod was not made by the scenario run, so no probe server of it listens for SCTP")
+	}
+	in, _ := json.Marshal(probeagent.SCTPQuestion{Tags: tags, TimeoutMS: int(c.opts.ProbeTimeout.Milliseconds())})
+	stdout, stderr, code, err := c.execIn(pod, "", bytes.NewReader(in), []string{"netpact", "probe-sctp-arrived"})
+	if err != nil || code != 0 {
+		return nil, fmt.Errorf("netpact probe-sctp-arrived exit %d: %v %s", code, err, strings.TrimSpace(stderr))
+	}
+	var ans probeagent.SCTPAnswer
+	if err := json.Unmarshal([]byte(stdout), &ans); err != nil {
+		return nil, fmt.Errorf("netpact probe-sctp-arrived printed %q", stdout)
+	}
+	got := map[uint32]bool{}
+	for _, t := range ans.Arrived {
+		got[t] = true
+	}
+	return got, nil
 }
 
 // runProbes runs `netpact probe` in a container of the pod with the requests, and returns one

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -301,7 +300,7 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// sctp sends a crafted SCTP INIT from the source pod on a raw socket (this kernel has no SCTP
+// sctpInit sends a crafted SCTP INIT from the source pod on a raw socket (this kernel has no SCTP
 // sockets) and asks the destination pod's raw listener whether it arrived.
 func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr, port uint16) Outcome {
 	tag := rand.Uint32() | 1
@@ -311,27 +310,9 @@ func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr,
 	if s := socketsOf(ctx); s != nil {
 		s.add(policy.ProtoSCTP, sport, netip.AddrPortFrom(to, port))
 	}
-	pkt := sctpInitPacket(sport, port, tag)
 	wait := pr.sctp.expect(tag)
 	defer pr.sctp.forget(tag)
-	err := from.Do(func() error {
-		family := syscall.AF_INET
-		if to.Is6() {
-			family = syscall.AF_INET6
-		}
-		fd, err := syscall.Socket(family, syscall.SOCK_RAW, syscall.IPPROTO_SCTP)
-		if err != nil {
-			return err
-		}
-		defer syscall.Close(fd)
-		var sa syscall.Sockaddr
-		if to.Is4() {
-			sa = &syscall.SockaddrInet4{Addr: to.As4()}
-		} else {
-			sa = &syscall.SockaddrInet6{Addr: to.As16()}
-		}
-		return syscall.Sendto(fd, pkt, 0, sa)
-	})
+	err := from.Do(func() error { return probeagent.SendSCTPInit(to, sport, port, tag) })
 	if err != nil {
 		return classify(err)
 	}
@@ -343,29 +324,11 @@ func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr,
 	}
 }
 
-func sctpInitPacket(sport, dport uint16, tag uint32) []byte {
-	b := make([]byte, 12+20)
-	binary.BigEndian.PutUint16(b[0:], sport)
-	binary.BigEndian.PutUint16(b[2:], dport)
-	// verification tag 0 in an INIT; the chunk carries the initiate tag
-	b[12] = 1 // INIT
-	binary.BigEndian.PutUint16(b[14:], 20)
-	binary.BigEndian.PutUint32(b[16:], tag)
-	binary.BigEndian.PutUint32(b[20:], 65536) // a_rwnd
-	binary.BigEndian.PutUint16(b[24:], 1)     // outbound streams
-	binary.BigEndian.PutUint16(b[26:], 1)     // inbound streams
-	binary.BigEndian.PutUint32(b[28:], 1)     // initial TSN
-	sum := crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli))
-	binary.LittleEndian.PutUint32(b[8:], sum)
-	return b
-}
-
 // sctpListeners are raw SCTP sockets in every pod, reporting INIT chunks by initiate tag.
 type sctpListeners struct {
 	mu      sync.Mutex
 	waiting map[uint32]chan struct{}
-	fds     []int
-	closed  bool
+	closed  atomic.Bool
 }
 
 func newSCTPListeners() *sctpListeners {
@@ -401,58 +364,19 @@ func (l *sctpListeners) listen(p *podnet.Pod) error {
 		var fd int
 		err := p.Do(func() error {
 			var err error
-			fd, err = syscall.Socket(family, syscall.SOCK_RAW, syscall.IPPROTO_SCTP)
+			fd, err = probeagent.RawSCTPSocket(family)
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("pod %s: raw SCTP listener: %w", p.Name, err)
+			return fmt.Errorf("pod %s: %w", p.Name, err)
 		}
-		// Wake up now and then to notice Close: closing a socket does not end a blocked read.
-		tv := syscall.NsecToTimeval(int64(200 * time.Millisecond))
-		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-		l.mu.Lock()
-		l.fds = append(l.fds, fd)
-		l.mu.Unlock()
-		go func(fd, family int) {
-			buf := make([]byte, 2048)
-			for {
-				n, _, err := syscall.Recvfrom(fd, buf, 0)
-				l.mu.Lock()
-				closed := l.closed
-				l.mu.Unlock()
-				if closed {
-					syscall.Close(fd)
-					return
-				}
-				if err != nil {
-					if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
-						continue
-					}
-					return
-				}
-				b := buf[:n]
-				if family == syscall.AF_INET { // IPv4 raw sockets deliver the IP header
-					if len(b) < 20 {
-						continue
-					}
-					b = b[int(b[0]&0x0f)*4:]
-				}
-				if len(b) >= 20 && b[12] == 1 {
-					l.arrived(binary.BigEndian.Uint32(b[16:]))
-				}
-			}
-		}(fd, family)
+		go probeagent.ReadSCTPInits(fd, family, l.closed.Load, l.arrived)
 	}
 	return nil
 }
 
 // Close stops the listeners; each closes its socket at its next wake-up.
-func (l *sctpListeners) Close() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.closed = true
-	l.fds = nil
-}
+func (l *sctpListeners) Close() { l.closed.Store(true) }
 
 // dialer opens connections from inside a pod for the probe whose context is probe: each
 // socket's port goes to the probe's drop witness (probeSockets), and each attempt is bounded by

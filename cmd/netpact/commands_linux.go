@@ -15,7 +15,8 @@ func addNodeCommands(root, reconciler *cobra.Command) {
 	inGroup(root, daemonGroup, newEnforcerCommand(), newNodeSetupCommand(), newKindCommand(), newExternalServerCommand())
 	reconciler.AddCommand(newLocalReconcilerCommand())
 	// What the kind backend of the scenarios runs in its pods, by name: not for people.
-	for _, c := range []*cobra.Command{newProbeCommand(), newProbeServerCommand(), newProbeFloodCommand(), newProbeKafkaBrokerCommand()} {
+	for _, c := range []*cobra.Command{newProbeCommand(), newProbeServerCommand(), newProbeSCTPArrivedCommand(), newProbeFloodCommand(),
+		newProbeKafkaBrokerCommand()} {
 		c.Hidden = true
 		root.AddCommand(c)
 	}

@@ -30,8 +30,9 @@ func newProbeCommand() *cobra.Command {
 		Short: "Make the probes read as JSON on stdin, concurrently, and print their outcomes as JSON",
 		Long: `probe reads a JSON array of probes ({"id","proto","host","port","http","method","path","dns",
 "name","timeoutMS"}) on stdin, makes them all at once from this pod, and prints a JSON array of
-{"id","outcome","note"}: allow, refused, timeout or http-<status>. The scenario runner's kind
-backend calls it once per source pod and step.`,
+{"id","outcome","note"}: allow, refused, timeout or http-<status>; an SCTP probe is an INIT sent on
+a raw socket, "sctp-sent" with its "tag", which probe-sctp-arrived asks the destination about. The
+scenario runner's cluster backend calls it once per source pod and step.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			raw, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 8<<20))
@@ -47,13 +48,43 @@ backend calls it once per source pod and step.`,
 	}
 }
 
+// newProbeSCTPArrivedCommand asks this pod's probe server which SCTP INITs arrived: the second
+// half of an SCTP probe on a cluster.
+func newProbeSCTPArrivedCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "probe-sctp-arrived",
+		Short: "Say which SCTP INITs (by initiate tag) reached this pod's probe server",
+		Long: `probe-sctp-arrived reads {"tags":[...],"timeoutMS":N} on stdin, asks this pod's probe server
+(which records the INITs its raw SCTP sockets receive) which of the tags arrived, waiting up to
+timeoutMS for the others, and prints {"arrived":[...]}.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Read to the end of stdin before answering, as probe does: the exec's stdin is closed
+			// by the time the command prints and exits.
+			raw, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+			if err != nil {
+				return fmt.Errorf("read the question: %w", err)
+			}
+			var q probeagent.SCTPQuestion
+			if err := json.Unmarshal(raw, &q); err != nil {
+				return fmt.Errorf("read the question: %w", err)
+			}
+			got, err := probeagent.AskSCTPArrivals(probeagent.SCTPSocket, q.Tags, time.Duration(q.TimeoutMS)*time.Millisecond)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(probeagent.SCTPAnswer{Arrived: got})
+		},
+	}
+}
+
 func newProbeServerCommand() *cobra.Command {
 	var ports []string
 	var ready string
 	var logSources bool
 	cmd := &cobra.Command{
 		Use:   "probe-server",
-		Short: "Answer on a scenario pod's ports: TCP echo, HTTP 200 on every path, UDP echo",
+		Short: "Answer on a scenario pod's ports: TCP echo, HTTP 200 on every path, UDP echo, SCTP INITs recorded",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var ps []probeagent.Port
@@ -74,7 +105,7 @@ func newProbeServerCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&logSources, "log", false, `print "from ADDR" the first time each source address reaches a port`)
-	cmd.Flags().StringArrayVar(&ports, "port", nil, "a port to serve, NUMBER/TCP or NUMBER/UDP (repeatable)")
+	cmd.Flags().StringArrayVar(&ports, "port", nil, "a port to serve, NUMBER/TCP, NUMBER/UDP or NUMBER/SCTP (repeatable)")
 	cmd.Flags().StringVar(&ready, "ready-file", "", "file created once every port is bound (a readiness probe reads it)")
 	return cmd
 }

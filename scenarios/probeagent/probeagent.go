@@ -24,7 +24,7 @@ import (
 // Request is one probe.
 type Request struct {
 	ID    int    `json:"id"`
-	Proto string `json:"proto"` // TCP or UDP
+	Proto string `json:"proto"` // TCP, UDP or SCTP (an INIT on a raw socket: SCTPSent)
 	Host  string `json:"host"`
 	Port  uint16 `json:"port"`
 	// HTTP makes a TCP probe an HTTP request with Method (GET when empty) and Path ("/"), the
@@ -69,6 +69,8 @@ type Result struct {
 	Outcome string `json:"outcome"`
 	Note    string `json:"note,omitempty"`
 	RCode   string `json:"rcode,omitempty"`
+	// Tag is an SCTP probe's initiate tag, which the destination's listener reports.
+	Tag uint32 `json:"tag,omitempty"`
 }
 
 // Run makes every probe concurrently (at most 64 at a time) and returns the results in order.
@@ -92,6 +94,10 @@ func Run(reqs []Request) []Result {
 			}
 			if r.Kafka != "" {
 				out[i] = kafka(r)
+				return
+			}
+			if strings.EqualFold(r.Proto, "SCTP") {
+				out[i] = sctpProbe(r)
 				return
 			}
 			o, note := probe(r)
@@ -286,23 +292,26 @@ func ParsePort(s string) (Port, error) {
 	num, proto, _ := strings.Cut(s, "/")
 	n, err := strconv.ParseUint(num, 10, 16)
 	if err != nil || n == 0 {
-		return Port{}, fmt.Errorf("port %q: want NUMBER/TCP or NUMBER/UDP", s)
+		return Port{}, fmt.Errorf("port %q: want NUMBER/TCP, NUMBER/UDP or NUMBER/SCTP", s)
 	}
 	proto = strings.ToUpper(proto)
 	if proto == "" {
 		proto = "TCP"
 	}
-	if proto != "TCP" && proto != "UDP" {
-		return Port{}, fmt.Errorf("port %q: only TCP and UDP are served", s)
+	if proto != "TCP" && proto != "UDP" && proto != "SCTP" {
+		return Port{}, fmt.Errorf("port %q: only TCP, UDP and SCTP are served", s)
 	}
 	return Port{Port: uint16(n), Proto: proto}, nil
 }
 
 // ServeLogging listens on every port (IPv4 and IPv6) and, once all are bound, creates readyFile
 // (when not empty). TCP connections get HTTP 200 to an HTTP request, else an echo; UDP datagrams
-// are echoed. It writes "from ADDR" to log (when not nil) the first time a source address
+// are echoed; with SCTP ports, raw SCTP sockets record the INITs that arrive, and SCTPSocket
+// answers which did (AskSCTPArrivals). It writes "from ADDR" to log (when not nil) the first time a source address
 // reaches it (TCP connection or UDP datagram). It returns when ctx ends or a listener fails.
 func ServeLogging(ctx context.Context, ports []Port, readyFile string, log io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	sources := &sourceLog{w: log, seen: map[string]bool{}}
 	var closers []io.Closer
 	defer func() {
@@ -311,8 +320,18 @@ func ServeLogging(ctx context.Context, ports []Port, readyFile string, log io.Wr
 		}
 	}()
 	errs := make(chan error, len(ports))
+	sctp := false
 	for _, p := range ports {
 		addr := net.JoinHostPort("", strconv.Itoa(int(p.Port)))
+		if p.Proto == "SCTP" {
+			if !sctp {
+				if err := serveSCTP(ctx, SCTPSocket); err != nil {
+					return err
+				}
+				sctp = true
+			}
+			continue
+		}
 		if p.Proto == "UDP" {
 			c, err := net.ListenPacket("udp", addr)
 			if err != nil {

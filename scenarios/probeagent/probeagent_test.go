@@ -86,7 +86,7 @@ func TestServeAndRun(t *testing.T) {
 }
 
 func TestParsePort(t *testing.T) {
-	for in, ok := range map[string]bool{"80/TCP": true, "53/udp": true, "8080": true, "0/TCP": false, "80/SCTP": false, "x": false} {
+	for in, ok := range map[string]bool{"80/TCP": true, "53/udp": true, "8080": true, "0/TCP": false, "80/SCTP": true, "80/ICMP": false, "x": false} {
 		if _, err := ParsePort(in); (err == nil) != ok {
 			t.Errorf("ParsePort(%q): err %v", in, err)
 		}
