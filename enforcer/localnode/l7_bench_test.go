@@ -161,19 +161,29 @@ func (bc clientProc) round(b *testing.B, m benchMode, port string) benchRound {
 	return r
 }
 
-// benchResult is one target's rounds of a mode.
+// benchResult is one target's rounds of a mode, each round's figure in order.
 type benchResult struct {
-	rates, busy, cpuUS []float64
-	// p50 and p99 are each round's percentiles.
-	p50, p99 []time.Duration
+	rates, busy []float64
+	// cpu is the busy time per request, p50 and p99 the latency percentiles, in µs.
+	cpu, p50, p99 []float64
 }
 
 func (res *benchResult) add(r benchRound) {
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	res.rates = append(res.rates, r.rate)
 	res.busy = append(res.busy, r.busy)
-	res.cpuUS = append(res.cpuUS, float64(r.cpu)/float64(time.Microsecond))
-	res.p50 = append(res.p50, testenv.Percentile(r.lat, 50))
-	res.p99 = append(res.p99, testenv.Percentile(r.lat, 99))
+	res.cpu = append(res.cpu, us(r.cpu))
+	res.p50 = append(res.p50, us(testenv.Percentile(r.lat, 50)))
+	res.p99 = append(res.p99, us(testenv.Percentile(r.lat, 99)))
+}
+
+// addedTo is what res adds to base in each round.
+func addedTo(res, base []float64) []float64 {
+	out := make([]float64, len(res))
+	for r := range res {
+		out[r] = res[r] - base[r]
+	}
+	return out
 }
 
 // metricKey makes a mode's or target's name a benchmark metric's unit.
@@ -189,10 +199,10 @@ func reportSaturated(b *testing.B, m benchMode, rounds int, results []benchResul
 	for i, t := range benchTargets {
 		res := results[i]
 		ratio := testenv.Median(res.rates) / testenv.Median(direct.rates)
-		added := testenv.Median(res.cpuUS) - testenv.Median(direct.cpuUS)
+		added := testenv.Median(res.cpu) - testenv.Median(direct.cpu)
 		ratios[i], cpuAdded[i] = ratio, added
 		fmt.Printf("  %-8s %-24s %-7.3f %-20s %-9.1f %.2f\n", t.name, testenv.Spread(res.rates), ratio,
-			testenv.Spread(res.cpuUS), added, testenv.Median(res.busy))
+			testenv.Spread(res.cpu), added, testenv.Median(res.busy))
 		if i > 0 {
 			key := metricKey.Replace(t.name + "-" + m.name)
 			b.ReportMetric(ratio, "ratio-"+key)
@@ -215,31 +225,23 @@ func metOrNot(met bool) string {
 }
 
 // reportPaced prints and reports the rounds at a fixed offered load: the p50 and p99 of each
-// target, and what each proxy adds to direct's in the same round.
+// target, and what each proxy adds to direct's in the same round, to them and to the CPU time per
+// request (the machine not saturated, what others keep busy is about the same in both).
 func reportPaced(b *testing.B, m benchMode, rounds int, results []benchResult) {
 	fmt.Printf("BenchmarkL7Proxy %s: %d rounds of %d ms; min / median / max\n", m.name, rounds, m.ms)
-	fmt.Printf("  %-8s %-24s %-24s %-24s %-24s %s\n", "", "p50 µs", "p99 µs", "p50 added µs", "p99 added µs", "CPU busy")
-	us := func(ds []time.Duration) []float64 {
-		out := make([]float64, len(ds))
-		for i, d := range ds {
-			out[i] = float64(d) / float64(time.Microsecond)
-		}
-		return out
-	}
+	fmt.Printf("  %-8s %-22s %-22s %-22s %-22s %-22s %s\n", "", "p50 µs", "p99 µs", "p50 added µs", "p99 added µs", "CPU µs/request added", "CPU busy")
 	direct := results[0]
 	var p99Added float64 // netpact's, the last
 	for i, t := range benchTargets {
 		res := results[i]
-		added50, added99 := make([]float64, rounds), make([]float64, rounds)
-		for r := range rounds {
-			added50[r] = float64(res.p50[r]-direct.p50[r]) / float64(time.Microsecond)
-			added99[r] = float64(res.p99[r]-direct.p99[r]) / float64(time.Microsecond)
-		}
-		fmt.Printf("  %-8s %-24s %-24s %-24s %-24s %.2f\n", t.name, testenv.Spread(us(res.p50)), testenv.Spread(us(res.p99)),
-			testenv.Spread(added50), testenv.Spread(added99), testenv.Median(res.busy))
+		added99 := addedTo(res.p99, direct.p99)
+		fmt.Printf("  %-8s %-22s %-22s %-22s %-22s %-22s %.2f\n", t.name, testenv.Spread(res.p50), testenv.Spread(res.p99),
+			testenv.Spread(addedTo(res.p50, direct.p50)), testenv.Spread(added99), testenv.Spread(addedTo(res.cpu, direct.cpu)),
+			testenv.Median(res.busy))
 		if i > 0 {
 			key := metricKey.Replace(t.name + "-" + m.name)
 			b.ReportMetric(testenv.Median(added99), "us-p99-added-"+key)
+			b.ReportMetric(testenv.Median(addedTo(res.cpu, direct.cpu)), "us-cpu-added-"+key)
 			p99Added = testenv.Median(added99)
 		}
 	}
