@@ -113,11 +113,13 @@ func (r *clientRound) get() (ok bool) {
 	t0 := time.Now()
 	resp, err := r.cl.Get(r.url)
 	if err == nil {
+		if resp.StatusCode != http.StatusOK {
+			// The body says why: a proxy's own answers (netpact's 503s as Envoy words them).
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+			err = fmt.Errorf("status %d: %q", resp.StatusCode, body)
+		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("status %d", resp.StatusCode)
-		}
 	}
 	lat := time.Since(t0)
 	r.mu.Lock()
