@@ -266,8 +266,8 @@ func (d *Datapath) Flows() (*FlowReader, error) {
 // l7Poll bounds how long an L7 event waits while the reader blocks on the ring buffer.
 const l7Poll = 50 * time.Millisecond
 
-// Read blocks until a flow event arrives, the deadline passes (os.ErrDeadlineExceeded) or the
-// reader is closed (ringbuf.ErrClosed). A record that is not a flow event is an error, and
+// Read blocks until a flow event arrives, the deadline passes (os.ErrDeadlineExceeded, within a
+// millisecond after it) or the reader is closed (ringbuf.ErrClosed). A record that is not a flow event is an error, and
 // counted in Lost.
 func (r *FlowReader) Read(deadline time.Time) (Flow, error) {
 	var rec ringbuf.Record
@@ -280,7 +280,11 @@ func (r *FlowReader) Read(deadline time.Time) (Flow, error) {
 		wait := time.Now().Add(l7Poll)
 		last := !deadline.IsZero() && deadline.Before(wait)
 		if last {
-			wait = deadline
+			// The ring buffer's poller waits whole milliseconds, rounded down: under a
+			// millisecond before the deadline it would not wait at all, and this loop would
+			// poll without sleeping until the deadline (up to 1 ms of CPU time every hub poll).
+			// Rounded up instead, the read returns within a millisecond after the deadline.
+			wait = deadline.Add(time.Millisecond - 1)
 		}
 		r.rd.SetDeadline(wait)
 		err := r.rd.ReadInto(&rec)

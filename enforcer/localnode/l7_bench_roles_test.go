@@ -52,72 +52,106 @@ func benchServer(ports string) {
 	select {}
 }
 
-// benchClient reads rounds from its input, a line "<url> <keep-alive: true|false> <ms> <clients>"
-// each, runs that many clients for that long, each sending GET requests one after another (on
-// its own connection, or a new one per request), and answers a line: the round's duration and
-// every request's latency in ns, or "error <message>" when a request failed.
+// benchClient reads rounds from its input, a line "<url> <keep-alive: true|false> <ms> <clients>
+// <rate>" each. With rate 0 it runs that many clients for that long, each sending GET requests
+// one after another (on its own connection, or a new one per request); with a rate it sends
+// rate requests a second for that long, each at its time whether or not the ones before it have
+// been answered (an open loop: the server's pace does not slow the offered load). It answers a
+// line: the round's duration and every request's latency in ns, or "error <message>" when a
+// request failed.
 func benchClient() {
 	transports := map[bool]*http.Transport{}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		f := strings.Fields(in.Text())
-		if len(f) != 4 {
+		if len(f) != 5 {
 			fmt.Printf("error bad round %q\n", in.Text())
 			continue
 		}
 		url, keepAlive := f[0], f[1] == "true"
 		ms, _ := strconv.Atoi(f[2])
 		clients, _ := strconv.Atoi(f[3])
+		rate, _ := strconv.Atoi(f[4])
 		tr := transports[keepAlive]
 		if tr == nil {
 			tr = &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 64, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
 			transports[keepAlive] = tr
 		}
-		cl := &http.Client{Timeout: 5 * time.Second, Transport: tr}
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		var failed error
-		var lats []time.Duration
+		r := clientRound{cl: &http.Client{Timeout: 5 * time.Second, Transport: tr}, url: url}
 		start := time.Now()
-		for range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var lat []time.Duration
-				for time.Since(start) < time.Duration(ms)*time.Millisecond {
-					t0 := time.Now()
-					resp, err := cl.Get(url)
-					if err == nil {
-						io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						if resp.StatusCode != http.StatusOK {
-							err = fmt.Errorf("status %d", resp.StatusCode)
-						}
-					}
-					if err != nil {
-						mu.Lock()
-						failed = fmt.Errorf("GET %s: %w", url, err)
-						mu.Unlock()
-						return
-					}
-					lat = append(lat, time.Since(t0))
-				}
-				mu.Lock()
-				lats = append(lats, lat...)
-				mu.Unlock()
-			}()
+		if rate > 0 {
+			r.paced(start, time.Duration(ms)*time.Millisecond, rate)
+		} else {
+			r.closed(start, time.Duration(ms)*time.Millisecond, clients)
 		}
-		wg.Wait()
 		elapsed := time.Since(start)
-		if failed != nil {
-			fmt.Printf("error %s\n", strings.ReplaceAll(failed.Error(), "\n", " "))
+		if r.failed != nil {
+			fmt.Printf("error %s\n", strings.ReplaceAll(r.failed.Error(), "\n", " "))
 			continue
 		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "%d", elapsed)
-		for _, l := range lats {
+		for _, l := range r.lats {
 			fmt.Fprintf(&b, " %d", l)
 		}
 		fmt.Println(b.String())
 	}
+}
+
+// clientRound is one round of benchClient: its requests' latencies, or the first failure.
+type clientRound struct {
+	cl  *http.Client
+	url string
+
+	mu     sync.Mutex
+	failed error
+	lats   []time.Duration
+}
+
+// get sends one request and records its latency, from its sending to the end of the response.
+func (r *clientRound) get() (ok bool) {
+	t0 := time.Now()
+	resp, err := r.cl.Get(r.url)
+	if err == nil {
+		if resp.StatusCode != http.StatusOK {
+			// The body says why: a proxy's own answers (netpact's 503s as Envoy words them).
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+			err = fmt.Errorf("status %d: %q", resp.StatusCode, body)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	lat := time.Since(t0)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.failed = fmt.Errorf("GET %s: %w", r.url, err)
+		return false
+	}
+	r.lats = append(r.lats, lat)
+	return true
+}
+
+// closed runs clients that each send requests one after another until d has passed since start.
+func (r *clientRound) closed(start time.Time, d time.Duration, clients int) {
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for time.Since(start) < d && r.get() {
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// paced sends rate requests a second until d has passed since start, the i-th at start + i/rate
+// (those a late wake-up finds due go out at once), and waits for their answers.
+func (r *clientRound) paced(start time.Time, d time.Duration, rate int) {
+	var wg sync.WaitGroup
+	interval := time.Second / time.Duration(rate)
+	for at := start; at.Sub(start) < d; at = at.Add(interval) {
+		time.Sleep(time.Until(at))
+		wg.Go(func() { r.get() })
+	}
+	wg.Wait()
 }

@@ -19,8 +19,9 @@ declare -A NEED=(
 	# IPAM for the CNI plugin's tests, nft for a NodePort's translation on the local node, and
 	# headless Chromium to screenshot netpact plan's HTML page (policy/matrix).
 	[test]="openssh-server openssh-client containernetworking-plugins nftables chromium"
-	# make bench: iperf3 and iptables-restore for the datapath throughput baselines.
-	[bench]="iperf3 iptables"
+	# make bench: iperf3 and iptables-restore for the datapath throughput baselines, HAProxy (and
+	# the demo's nginx) as the reverse proxies the L7 proxy is measured against.
+	[bench]="iperf3 iptables haproxy"
 	# make generate / check-generate: bpf2go with Debian's clang 14 and libbpf headers.
 	[generate]="clang-14 llvm-14 libbpf-dev"
 	# make e2e: the private Docker engine (kind/dockerd.sh), jq for its runc wrapper, debootstrap
@@ -30,7 +31,7 @@ declare -A NEED=(
 declare -A INCLUDES=([test]="demo" [bench]="demo" [ci]="test generate e2e")
 
 # Services a package starts on install; the tests need the binaries, not the host-wide daemons.
-declare -A SERVICE=([nginx-light]=nginx [postgresql]=postgresql [openssh-server]=ssh [docker.io]=docker)
+declare -A SERVICE=([nginx-light]=nginx [postgresql]=postgresql [openssh-server]=ssh [docker.io]=docker [haproxy]=haproxy)
 
 usage() {
 	echo "usage: $0 ${!NEED[*]} ci" >&2

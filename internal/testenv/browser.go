@@ -11,8 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -42,7 +40,7 @@ func Screenshot(t testing.TB, page, shot string, w, h int) image.Image {
 	if cmd.Process != nil {
 		pgid := cmd.Process.Pid
 		_ = syscall.Kill(-pgid, syscall.SIGKILL) // helpers that outlived the browser; ESRCH when none
-		t.Cleanup(func() { noneLeft(t, pgid) })
+		t.Cleanup(func() { NoneLeft(t, pgid, "chromium") })
 	}
 	t.Logf("chromium took %v", time.Since(start).Round(time.Millisecond))
 	if err != nil {
@@ -58,40 +56,6 @@ func Screenshot(t testing.TB, page, shot string, w, h int) image.Image {
 		t.Fatalf("decode screenshot: %v", err)
 	}
 	return img
-}
-
-// noneLeft fails the test when a live process of the group is still there a few seconds on.
-func noneLeft(t testing.TB, pgid int) {
-	var left []string
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		left = liveInGroup(pgid)
-		if len(left) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if len(left) > 0 {
-		t.Errorf("chromium processes left behind: %v", left)
-	}
-}
-
-// liveInGroup lists the processes of a group that are not zombies, from /proc/PID/stat.
-func liveInGroup(pgid int) []string {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	var out []string
-	for _, path := range stats {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			continue // it exited
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
-		s := string(data)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(fields) < 3 || fields[0] == "Z" || fields[2] != strconv.Itoa(pgid) {
-			continue
-		}
-		out = append(out, strings.TrimSpace(s[:strings.LastIndexByte(s, ')')+1]))
-	}
-	return out
 }
 
 // RGBA is the colour of a pixel.

@@ -31,11 +31,11 @@ func num(x float64) string {
 	return fmt.Sprintf("%.3g", x)
 }
 
-// P99 is the 99th percentile of latencies.
-func P99(ds []time.Duration) time.Duration {
+// Percentile is the p-th percentile (0 <= p < 100) of latencies, the nearest rank below.
+func Percentile(ds []time.Duration, p int) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)*99/100]
+	return s[len(s)*p/100]
 }
 
 // CPU is a reading of the machine's CPU time counters (/proc/stat, in USER_HZ ticks): busy is
