@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -183,9 +182,7 @@ func (p *Proxy) nextRequest(c net.Conn, br *bufio.Reader, lr *limitedReader, f f
 		}
 		return nil
 	}
-	if !headerBuffered(br) {
-		c.SetReadDeadline(time.Now().Add(p.opts.HeaderTimeout))
-	}
+	c.SetReadDeadline(time.Now().Add(p.opts.HeaderTimeout))
 	req, err := http.ReadRequest(br)
 	overBudget := errors.Is(lr.err, errOverBudget)
 	lr.release()
@@ -209,16 +206,6 @@ func (p *Proxy) nextRequest(c net.Conn, br *bufio.Reader, lr *limitedReader, f f
 		lr.idle = p.opts.IdleTimeout
 	}
 	return req
-}
-
-// headerBuffered says whether a whole request header is in br already, as a client that sends
-// each request in one write has it: parsing it reads nothing more from the connection, and the
-// idle deadline set for the wait stays (a body's reads set their own), so the header timeout is
-// not set, one deadline less per request. A bare-LF header end is not looked for: its header
-// gets the timeout.
-func headerBuffered(br *bufio.Reader) bool {
-	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 
 // deny answers a request the rules deny with the 403, judged before its body: a client waiting on
@@ -359,11 +346,7 @@ func (p *Proxy) forward(rec *Request, req *http.Request, target, upgrade string,
 		break
 	}
 	up.lr.n = 1 << 62 // the body: its framing bounds it
-	// The body's reads have no deadline; a body of known length that came whole with the header
-	// is read without one, and the deadline stays until the next request sets its own.
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.ContentLength < 0 || int64(up.br.Buffered()) < resp.ContentLength {
-		up.c.SetReadDeadline(time.Time{})
-	}
+	up.c.SetReadDeadline(time.Time{})
 	rec.Status = resp.StatusCode
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if upgrade == "" {
