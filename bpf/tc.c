@@ -35,7 +35,7 @@ struct tc_state {
 	struct endpoint_info *ep;
 	struct config *cfg; // the node's settings, 0 when the map has none
 	__u64 now;
-	__u32 peer_id; // the identity of the other end: the source for ingress, the destination for egress
+	__u32 peer_id; // the identity of the other end (peer_identity): looked up past conntrack
 	__u32 rev;     // the policy revision the flow is checked against
 	__u32 rule;    // the rule that decided, 0 when none did
 	__u32 l7;      // the parser whose proxy the flow goes to, 0 when it goes past the proxy
@@ -45,6 +45,7 @@ struct tc_state {
 	int prev_direct;
 	int from_proxy; // the L7 proxy's own packet towards a pod
 	int had_entry;  // the flow had a conntrack entry in its original direction, revoked or not
+	struct ct_value *ct; // that entry (not looked up for a fragment), for forward() to update
 	__u8 dir;
 	__u8 verdict; // the verdict of the policy entry, 0 when none matched
 	__u8 audit;   // REASON_AUDIT_*: a policy in audit mode would have dropped the flow, 0 when none
@@ -57,7 +58,7 @@ struct tc_state {
 
 // stage_parse: the packet, parsed, comes from or goes to an endpoint that is programmed, is of a
 // kind a pod needs and, from a pod, carries the pod's own address. ARP and link-scoped neighbour
-// discovery pass here. Learns the peer's identity, and a later fragment's ports.
+// discovery pass here. Learns the node's settings, and a later fragment's ports.
 static __always_inline int stage_parse(struct __sk_buff *skb, struct tc_state *s)
 {
 	__u8 dir = s->dir;
@@ -68,7 +69,11 @@ static __always_inline int stage_parse(struct __sk_buff *skb, struct tc_state *s
 	__builtin_memset(p, 0, sizeof(*p));
 	s->p = p;
 	__u32 ifindex = skb->ifindex;
-	__u32 mark = response_mark();
+	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	s->cfg = cfg;
+	if (cfg)
+		s->rev = cfg->policy_rev;
+	__u32 mark = cfg ? cfg->response_mark : 0;
 	if (mark && skb->mark == mark) {
 		skb->mark = 0;
 		return TC_ACT_OK;
@@ -92,7 +97,7 @@ static __always_inline int stage_parse(struct __sk_buff *skb, struct tc_state *s
 		count(REASON_FORWARD_ARP, skb->len);
 		return TC_ACT_OK;
 	}
-	int nd = nd_link_scoped(ep, p, dir);
+	int nd = p->proto == PROTO_ICMPV6 && nd_link_scoped(ep, p, dir);
 	if (dir == DIR_EGRESS && !nd && !source_is_pod(ep, p))
 		return drop(skb, ep, p, dir, REASON_DROP_SPOOF, 0, 0);
 	if (nd) {
@@ -100,12 +105,9 @@ static __always_inline int stage_parse(struct __sk_buff *skb, struct tc_state *s
 		return TC_ACT_OK;
 	}
 
-	const __u8 *peer_addr = dir == DIR_EGRESS ? p->daddr : p->saddr;
-	s->peer_id = ipcache_identity(p->family, peer_addr);
-
 	// Later fragments carry no ports: take them from the first fragment, if it was allowed.
 	if (p->later_frag && !frag_restore(p))
-		return drop(skb, ep, p, dir, REASON_DROP_FRAG_NO_FIRST, s->peer_id, 0);
+		return drop(skb, ep, p, dir, REASON_DROP_FRAG_NO_FIRST, peer_identity(p, dir), 0);
 	return STAGE_NEXT;
 }
 
@@ -136,14 +138,9 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 	struct endpoint_info *ep = s->ep;
 	struct pkt *p = s->p;
 	__u8 dir = s->dir;
-	__u32 peer_id = s->peer_id;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	s->now = now;
-	__u32 zero = 0;
-	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
-	s->cfg = cfg;
-	if (cfg)
-		s->rev = cfg->policy_rev;
+	struct config *cfg = s->cfg;
 	// The L7 proxy's own packets towards a pod carry its mark (SO_MARK; a pod's marks do not
 	// cross its veth).
 	__u32 pmark = cfg ? cfg->proxy_mark : 0;
@@ -155,7 +152,7 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 		// are related to the flow whose header they carry.
 		if (p->icmp_error) {
 			if (parse_inner(skb, p) < 0)
-				return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, peer_id, 0);
+				return drop(skb, ep, p, dir, REASON_DROP_MALFORMED, peer_identity(p, dir), 0);
 			// Related only when it goes back to the quoted packet's source (as Linux conntrack
 			// checks) and, from a pod, which is an end host and not a router, comes from the
 			// quoted packet's destination; and only when small. Anything else is judged by policy.
@@ -175,7 +172,7 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 			ct_fill(k, ep->ep_id, dir ^ 1, p->family, p->proto, p->daddr, p->saddr, p->sport, req);
 			struct ct_value *cv = ct_live(k, now);
 			if (cv && !(cv->flags & CT_REVOKED)) {
-				cv->last_seen = now;
+				ct_touch(cv, now);
 				frag_record(p);
 				count(REASON_FORWARD_REPLY, skb->len);
 				return TC_ACT_OK;
@@ -184,13 +181,14 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 	} else {
 		struct ct_value *cv = ct_live(k, now);
 		if (cv && !(cv->flags & CT_REVOKED)) {
-			cv->last_seen = now;
-			cv->flags |= CT_SEEN_REPLY;
+			ct_touch(cv, now);
+			if (!(cv->flags & CT_SEEN_REPLY))
+				cv->flags |= CT_SEEN_REPLY;
 			if (p->tcp_flags & 0x05) // FIN or RST
 				cv->flags |= CT_CLOSING;
 			int why = proxy_reply(skb, s, cv->flags);
 			if (why)
-				return drop(skb, ep, p, dir, why, peer_id, cv->rule_id);
+				return drop(skb, ep, p, dir, why, peer_identity(p, dir), cv->rule_id);
 			frag_record(p);
 			count(REASON_FORWARD_REPLY, skb->len);
 			return TC_ACT_OK;
@@ -204,15 +202,16 @@ static __always_inline int stage_conntrack(struct __sk_buff *skb, struct tc_stat
 		return STAGE_NEXT;
 	struct ct_value *fast = ct_live(k, now);
 	s->had_entry = fast != 0;
+	s->ct = fast;
 	if (fast && fast->policy_rev == s->rev && !(fast->flags & CT_REVOKED)) {
 		if ((fast->flags & CT_PROXY) && !s->from_proxy)
-			return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_id, fast->rule_id);
+			return drop(skb, ep, p, dir, REASON_DROP_PROXY_BYPASS, peer_identity(p, dir), fast->rule_id);
 		if (fast->flags & CT_REDIRECT) {
 			int why = proxy_redirect(skb, p, fast->l7);
 			if (why)
-				return drop(skb, ep, p, dir, why, peer_id, fast->rule_id);
+				return drop(skb, ep, p, dir, why, peer_identity(p, dir), fast->rule_id);
 		}
-		fast->last_seen = now;
+		ct_touch(fast, now);
 		if (p->tcp_flags & 0x05)
 			fast->flags |= CT_CLOSING;
 		count(fast->flags & CT_REDIRECT ? REASON_FORWARD_PROXY
@@ -360,7 +359,8 @@ static __always_inline int forward(struct __sk_buff *skb, struct tc_state *s, st
 	if (s->audit)
 		reason = s->audit;
 	__u32 ctf = (s->l7 ? CT_REDIRECT : 0) | (s->from_proxy ? CT_PROXY : 0);
-	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, k);
+	// stage_conntrack looked the entry up already, except for a fragment.
+	struct ct_value *cv = p->is_frag ? bpf_map_lookup_elem(&conntrack, k) : s->ct;
 	if (cv) {
 		cv->last_seen = s->now;
 		cv->rule_id = s->rule;
@@ -392,6 +392,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ret = stage_conntrack(skb, &s, &k);
 	if (ret != STAGE_NEXT)
 		return ret;
+	// Only now: a reply, and a flow checked at the current revision (which every ipcache change
+	// bumps), passed on conntrack alone.
+	s.peer_id = peer_identity(s.p, dir);
 	ret = stage_policy(skb, &s, &k);
 	if (ret != STAGE_NEXT)
 		return ret;

@@ -93,17 +93,36 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u32 flags)
 	return 60 * NS_PER_SEC;
 }
 
+// ct_now is conntrack's clock (ct_value.last_seen): CLOCK_MONOTONIC at the kernel tick's
+// resolution, plenty for timeouts of seconds and a fraction of what the precise clock costs a
+// packet (about 30 ns on a KVM guest).
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 // ct_live returns the entry for k if it exists and has not timed out.
 static __always_inline struct ct_value *ct_live(struct ct_key *k, __u64 now)
 {
 	struct ct_value *v = bpf_map_lookup_elem(&conntrack, k);
 	if (!v)
 		return 0;
-	if (now - v->last_seen > ct_timeout(k->proto, v->flags)) {
+	// A signed age: an entry written a tick later by another CPU (or, before an upgrade, with the
+	// precise clock) is live, not ancient.
+	if ((__s64)(now - v->last_seen) > (__s64)ct_timeout(k->proto, v->flags)) {
 		bpf_map_delete_elem(&conntrack, k);
 		return 0;
 	}
 	return v;
+}
+
+// ct_touch marks a flow seen now. The store is skipped when the coarse clock has not moved: the
+// entry is written by the packets of both directions, often on two CPUs, and a write per packet
+// would bounce its cache line between them.
+static __always_inline void ct_touch(struct ct_value *v, __u64 now)
+{
+	if (v->last_seen != now)
+		v->last_seen = now;
 }
 
 // Related ICMP errors are at most this long (IP header included): what RFC 1812 and RFC 4443

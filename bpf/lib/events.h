@@ -129,7 +129,7 @@ static __always_inline void count(__u32 reason, __u32 len)
 	}
 }
 
-static __attribute__((noinline)) int event_allowed(struct endpoint_info *ep)
+static __attribute__((noinline)) int event_allowed(struct endpoint_info *ep, __u64 now)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
@@ -141,7 +141,6 @@ static __attribute__((noinline)) int event_allowed(struct endpoint_info *ep)
 	struct ratelimit_scratch *rs = bpf_map_lookup_elem(&ratelimit_scratch, &zero);
 	if (!rs)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	rs->key = ep ? ep->ep_id : 0;
 	struct ratelimit *rl = bpf_map_lookup_elem(&event_ratelimit, &rs->key);
 	if (!rl) {
@@ -184,7 +183,8 @@ static __attribute__((noinline)) __u32 service_of(__u32 ifindex, struct pkt *p)
 static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep, struct pkt *p, __u8 dir,
 				 __u8 verdict, __u8 reason, __u32 peer_id, __u32 rule_id)
 {
-	if (!event_allowed(ep))
+	__u64 now = bpf_ktime_get_ns();
+	if (!event_allowed(ep, now))
 		return;
 	__u32 ifindex = skb->ifindex;
 	__u32 service = dir == DIR_EGRESS ? service_of(ifindex, p) : 0;
@@ -196,7 +196,7 @@ static __always_inline void emit(struct __sk_buff *skb, struct endpoint_info *ep
 			(*lost)++;
 		return;
 	}
-	e->timestamp = bpf_ktime_get_ns();
+	e->timestamp = now;
 	e->ifindex = ifindex;
 	e->ep_id = ep ? ep->ep_id : 0;
 	__u32 own = ep ? ep->identity : 0;

@@ -40,6 +40,13 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	return family == FAMILY_V4 ? 9 : 10; // world-ipv4, world-ipv6
 }
 
+// peer_identity is the identity of a packet's other end: its destination for egress (what a pod
+// sends), its source for ingress. Looked up only where a packet needs it, past conntrack.
+static __attribute__((noinline)) __u32 peer_identity(struct pkt *p, __u32 dir)
+{
+	return ipcache_identity(p->family, dir == DIR_EGRESS ? p->daddr : p->saddr);
+}
+
 // The kernel's conntrack, read through its kfuncs: only the fields netpact reads, relocated to
 // the running kernel's layout (CO-RE).
 union nf_inet_addr {

@@ -197,7 +197,7 @@ static __attribute__((noinline)) int recover_reply(struct endpoint_info *ep, __u
 	if (best.verdict == VERDICT_ALLOW || (best.verdict == 0 && !enforced)) {
 		struct ct_key k;
 		ct_fill(&k, ep->ep_id, odir, p->family, p->proto, p->saddr, p->daddr, p->sport, p->dport);
-		struct ct_value nv = {.last_seen = bpf_ktime_get_ns(), .rule_id = best.verdict ? best.rule_id : 0,
+		struct ct_value nv = {.last_seen = ct_now(), .rule_id = best.verdict ? best.rule_id : 0,
 				      .flags = CT_SEEN_REPLY, .policy_rev = rev};
 		bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 		return 1;

@@ -97,7 +97,7 @@ static __attribute__((noinline)) int udp_redirected(struct endpoint_info *ep, st
 {
 	struct ct_key k;
 	ct_fill(&k, ep->ep_id, DIR_EGRESS, p->family, p->proto, p->daddr, p->saddr, p->dport, p->sport);
-	struct ct_value *cv = ct_live(&k, bpf_ktime_get_ns());
+	struct ct_value *cv = ct_live(&k, ct_now());
 	return cv && (cv->flags & CT_REDIRECT) && !(cv->flags & CT_REVOKED);
 }
 
