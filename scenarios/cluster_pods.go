@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -341,7 +341,9 @@ func (c *Cluster) ProbeBatch(cells []Cell) []Outcome {
 			var ext []int
 			rest := idx[:0:0]
 			for _, i := range idx {
-				if cells[i].External != "" || cells[i].Kafka != "" {
+				// UDP and SCTP too: the pod's own tools probe TCP only.
+				if cells[i].External != "" || cells[i].Kafka != "" ||
+					(cells[i].Lookup == "" && cells[i].Port.Protocol != policy.ProtoTCP) {
 					ext = append(ext, i)
 				} else {
 					rest = append(rest, i)
@@ -461,7 +463,8 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 		}
 	}
 	var reqs []probeagent.Request
-	owner := map[int]int{} // request id -> cell index
+	owner := map[int]int{}       // request id -> cell index
+	dest := map[int]corev1.Pod{} // SCTP request id -> the pod asked whether its INIT arrived
 	targetsOf := map[int][]target{}
 	for _, i := range idx {
 		cell := cells[i]
@@ -477,6 +480,14 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			c.record(cell, err.Error())
 			continue
 		}
+		if cell.Port.Protocol == policy.ProtoSCTP {
+			if p, ok := c.sctpListenerMissing(cell); !ok {
+				out[i] = "error"
+				c.record(cell, fmt.Sprintf("an SCTP probe goes to pods the scenario run made, whose probe server "+
+					"listens for SCTP: %s/%s is not one", p.Namespace, p.Name))
+				continue
+			}
+		}
 		if cell.Lookup != "" {
 			targets = targets[:1]
 		} else if len(targets) == 1 && cell.Service != "" && cell.Via == "clusterIP" && len(cell.Backends) > 1 {
@@ -486,7 +497,7 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 			}
 		}
 		targetsOf[i] = targets
-		for _, t := range targets {
+		for j, t := range targets {
 			r := probeagent.Request{ID: len(reqs), Proto: cell.Port.Protocol.String(), Host: t.host, Port: t.port,
 				HTTP: cell.HTTP, TimeoutMS: int(c.opts.ProbeTimeout.Milliseconds())}
 			if cell.HTTP {
@@ -506,6 +517,9 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 				r.HTTP, r.DNS, r.Kafka, r.Topic, r.ClientID = false, false, cell.Kafka, cell.Topic, cell.ClientID
 			}
 			owner[r.ID] = i
+			if cell.Port.Protocol == policy.ProtoSCTP {
+				dest[r.ID] = c.pods[cell.To][j]
+			}
 			reqs = append(reqs, r)
 		}
 	}
@@ -517,7 +531,7 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 		fail(err.Error())
 		return
 	}
-	c.sctpArrivals(cells, owner, results)
+	c.sctpArrivals(src, reqs, dest, results)
 	per := map[int][]probeagent.Result{}
 	for _, r := range results {
 		per[owner[r.ID]] = append(per[owner[r.ID]], r)
@@ -545,54 +559,64 @@ func (c *Cluster) batch(src corev1.Pod, container string, cells []Cell, idx []in
 	}
 }
 
-// sctpArrivals turns the results of SCTP probes, INITs sent (probeagent.SCTPSent), into allow or
-// timeout: the probe server of each destination pod, which records the INITs its raw SCTP
-// sockets receive, is asked which arrived, every pod at once, each waiting up to the probe
-// timeout for those that have not.
-func (c *Cluster) sctpArrivals(cells []Cell, owner map[int]int, results []probeagent.Result) {
-	type ask struct {
-		pod  corev1.Pod
-		res  []int // indexes into results
-		tags []uint32
+// sctpListenerMissing finds a destination pod of an SCTP cell that the run did not make, so that
+// no probe server of its listens for SCTP; ok when there is none.
+func (c *Cluster) sctpListenerMissing(cell Cell) (corev1.Pod, bool) {
+	for _, p := range c.pods[cell.To] {
+		if p.Annotations[proberAnnotation] != "true" {
+			return p, false
+		}
 	}
+	return corev1.Pod{}, true
+}
+
+// sctpArrivals turns the results of SCTP probes (reqs), INITs sent (probeagent.SCTPSent), into allow
+// or timeout: the probe server of each destination pod (dest, by request id), which records the
+// INITs its raw SCTP sockets receive, is asked which arrived, every pod at once, each waiting up
+// to the probe timeout for those that have not. An INIT is known by its source address and port,
+// destination port and tag.
+func (c *Cluster) sctpArrivals(src corev1.Pod, reqs []probeagent.Request, dest map[int]corev1.Pod, results []probeagent.Result) {
+	type ask struct {
+		pod   corev1.Pod
+		res   []int // indexes into results
+		inits []probeagent.SCTPInit
+	}
+	srcAddr, _ := netip.ParseAddr(src.Status.PodIP)
 	byPod := map[string]*ask{}
-	nth := map[int]int{} // cell index -> its results so far: the j-th goes to its j-th pod
 	for k, r := range results {
-		i := owner[r.ID]
-		j := nth[i]
-		nth[i]++
 		if r.Outcome != probeagent.SCTPSent {
 			continue
 		}
-		pods := c.pods[cells[i].To]
-		if j >= len(pods) {
+		p, ok := dest[r.ID]
+		if !ok {
 			results[k].Outcome, results[k].Note = "error", r.Note+"; no destination pod to ask whether it arrived"
 			continue
 		}
-		key := pods[j].Namespace + "/" + pods[j].Name
+		key := p.Namespace + "/" + p.Name
 		a := byPod[key]
 		if a == nil {
-			a = &ask{pod: pods[j]}
+			a = &ask{pod: p}
 			byPod[key] = a
 		}
-		a.res, a.tags = append(a.res, k), append(a.tags, r.Tag)
+		a.res = append(a.res, k)
+		a.inits = append(a.inits, probeagent.SCTPInit{Src: srcAddr, SPort: r.SPort, DPort: reqs[r.ID].Port, Tag: r.Tag})
 	}
 	var wg sync.WaitGroup
 	for key, a := range byPod {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			arrived, err := c.askSCTP(a.pod, a.tags)
-			for _, k := range a.res {
+			arrived, err := c.askSCTP(a.pod, a.inits)
+			for n, k := range a.res {
 				r := &results[k]
 				switch {
 				case err != nil:
 					r.Outcome, r.Note = "error", fmt.Sprintf("%s; asking %s whether it arrived: %v", r.Note, key, err)
-				case arrived[r.Tag]:
+				case arrived[n]:
 					r.Outcome, r.Note = string(Allow), fmt.Sprintf("%s; it arrived at %s", r.Note, key)
 				default:
-					r.Outcome, r.Note = string(Timeout), fmt.Sprintf("%s; it did not arrive at %s within %s", r.Note, key,
-						c.opts.ProbeTimeout)
+					r.Outcome, r.Note = string(Timeout), fmt.Sprintf("%s; it had not arrived at %s when asked, %s after "+
+						"the probes of the step were made", r.Note, key, c.opts.ProbeTimeout)
 				}
 			}
 		}()
@@ -601,24 +625,20 @@ func (c *Cluster) sctpArrivals(cells []Cell, owner map[int]int, results []probea
 }
 
 // askSCTP runs `netpact probe-sctp-arrived` in the pod's probe server container.
-func (c *Cluster) askSCTP(pod corev1.Pod, tags []uint32) (map[uint32]bool, error) {
-	if pod.Annotations[proberAnnotation] != "true" {
-		return nil, errors.New("the pod was not made by the scenario run, so no probe server of it listens for SCTP")
-	}
-	in, _ := json.Marshal(probeagent.SCTPQuestion{Tags: tags, TimeoutMS: int(c.opts.ProbeTimeout.Milliseconds())})
+func (c *Cluster) askSCTP(pod corev1.Pod, inits []probeagent.SCTPInit) ([]bool, error) {
+	in, _ := json.Marshal(probeagent.SCTPQuestion{Inits: inits, TimeoutMS: int(c.opts.ProbeTimeout.Milliseconds())})
 	stdout, stderr, code, err := c.execIn(pod, "", bytes.NewReader(in), []string{"netpact", "probe-sctp-arrived"})
-	if err != nil || code != 0 {
-		return nil, fmt.Errorf("netpact probe-sctp-arrived exit %d: %v %s", code, err, strings.TrimSpace(stderr))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("exec netpact probe-sctp-arrived: %w", err)
+	case code != 0:
+		return nil, fmt.Errorf("netpact probe-sctp-arrived exit %d: %s", code, strings.TrimSpace(stderr))
 	}
 	var ans probeagent.SCTPAnswer
-	if err := json.Unmarshal([]byte(stdout), &ans); err != nil {
+	if err := json.Unmarshal([]byte(stdout), &ans); err != nil || len(ans.Arrived) != len(inits) {
 		return nil, fmt.Errorf("netpact probe-sctp-arrived printed %q", stdout)
 	}
-	got := map[uint32]bool{}
-	for _, t := range ans.Arrived {
-		got[t] = true
-	}
-	return got, nil
+	return ans.Arrived, nil
 }
 
 // runProbes runs `netpact probe` in a container of the pod with the requests, and returns one

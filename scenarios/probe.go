@@ -310,9 +310,17 @@ func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr,
 	if s := socketsOf(ctx); s != nil {
 		s.add(policy.ProtoSCTP, sport, netip.AddrPortFrom(to, port))
 	}
-	wait := pr.sctp.expect(tag)
-	defer pr.sctp.forget(tag)
+	src := from.IPv4
+	if to.Is6() && !to.Is4In6() {
+		src = from.IPv6
+	}
+	in := probeagent.SCTPInit{Src: src, SPort: sport, DPort: port, Tag: tag}
+	wait := pr.sctp.expect(in)
+	defer pr.sctp.forget(in)
 	err := from.Do(func() error { return probeagent.SendSCTPInit(to, sport, port, tag) })
+	if errors.Is(err, probeagent.ErrRawSCTPSocket) {
+		return "error"
+	}
 	if err != nil {
 		return classify(err)
 	}
@@ -324,37 +332,38 @@ func (pr *prober) sctpInit(ctx context.Context, from *podnet.Pod, to netip.Addr,
 	}
 }
 
-// sctpListeners are raw SCTP sockets in every pod, reporting INIT chunks by initiate tag.
+// sctpListeners are raw SCTP sockets in every pod, reporting the INITs that arrive (by source
+// address and port, destination port and initiate tag).
 type sctpListeners struct {
 	mu      sync.Mutex
-	waiting map[uint32]chan struct{}
+	waiting map[probeagent.SCTPInit]chan struct{}
 	closed  atomic.Bool
 }
 
 func newSCTPListeners() *sctpListeners {
-	return &sctpListeners{waiting: map[uint32]chan struct{}{}}
+	return &sctpListeners{waiting: map[probeagent.SCTPInit]chan struct{}{}}
 }
 
-func (l *sctpListeners) expect(tag uint32) <-chan struct{} {
+func (l *sctpListeners) expect(in probeagent.SCTPInit) <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ch := make(chan struct{})
-	l.waiting[tag] = ch
+	l.waiting[in] = ch
 	return ch
 }
 
-func (l *sctpListeners) forget(tag uint32) {
+func (l *sctpListeners) forget(in probeagent.SCTPInit) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	delete(l.waiting, tag)
+	delete(l.waiting, in)
 }
 
-func (l *sctpListeners) arrived(tag uint32) {
+func (l *sctpListeners) arrived(in probeagent.SCTPInit) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ch, ok := l.waiting[tag]; ok {
+	if ch, ok := l.waiting[in]; ok {
 		close(ch)
-		delete(l.waiting, tag)
+		delete(l.waiting, in)
 	}
 }
 
@@ -370,7 +379,9 @@ func (l *sctpListeners) listen(p *podnet.Pod) error {
 		if err != nil {
 			return fmt.Errorf("pod %s: %w", p.Name, err)
 		}
-		go probeagent.ReadSCTPInits(fd, family, l.closed.Load, l.arrived)
+		// A reader that stops on an error leaves the pod's SCTP probes to time out: the probe's
+		// note says no drop of theirs was seen, which points here.
+		go func() { _ = probeagent.ReadSCTPInits(fd, family, l.closed.Load, l.arrived) }()
 	}
 	return nil
 }

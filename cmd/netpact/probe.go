@@ -53,10 +53,10 @@ scenario runner's cluster backend calls it once per source pod and step.`,
 func newProbeSCTPArrivedCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "probe-sctp-arrived",
-		Short: "Say which SCTP INITs (by initiate tag) reached this pod's probe server",
-		Long: `probe-sctp-arrived reads {"tags":[...],"timeoutMS":N} on stdin, asks this pod's probe server
-(which records the INITs its raw SCTP sockets receive) which of the tags arrived, waiting up to
-timeoutMS for the others, and prints {"arrived":[...]}.`,
+		Short: "Say which SCTP INITs reached this pod's probe server",
+		Long: `probe-sctp-arrived reads {"inits":[{"src","sport","dport","tag"}...],"timeoutMS":N} on stdin,
+asks this pod's probe server (which records the INITs its raw SCTP sockets receive) which of them
+arrived, waiting up to timeoutMS for the others, and prints {"arrived":[true|false...]} in their order.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// Read to the end of stdin before answering, as probe does: the exec's stdin is closed
@@ -69,7 +69,7 @@ timeoutMS for the others, and prints {"arrived":[...]}.`,
 			if err := json.Unmarshal(raw, &q); err != nil {
 				return fmt.Errorf("read the question: %w", err)
 			}
-			got, err := probeagent.AskSCTPArrivals(probeagent.SCTPSocket, q.Tags, time.Duration(q.TimeoutMS)*time.Millisecond)
+			got, err := probeagent.AskSCTPArrivals(probeagent.SCTPSocket, q.Inits, time.Duration(q.TimeoutMS)*time.Millisecond)
 			if err != nil {
 				return err
 			}

@@ -69,8 +69,10 @@ type Result struct {
 	Outcome string `json:"outcome"`
 	Note    string `json:"note,omitempty"`
 	RCode   string `json:"rcode,omitempty"`
-	// Tag is an SCTP probe's initiate tag, which the destination's listener reports.
-	Tag uint32 `json:"tag,omitempty"`
+	// SPort and Tag are an SCTP probe's source port and initiate tag, by which the destination's
+	// probe server knows its INIT (SCTPInit).
+	SPort uint16 `json:"sport,omitempty"`
+	Tag   uint32 `json:"tag,omitempty"`
 }
 
 // Run makes every probe concurrently (at most 64 at a time) and returns the results in order.

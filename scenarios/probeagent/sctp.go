@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -18,8 +19,8 @@ import (
 // raw SCTP socket says whether it arrived, by the INIT's initiate tag. A raw socket receives the
 // packet whatever its port; the datapath's policy is what decides whether it gets there.
 
-// SCTPSent is the outcome of an SCTP probe in the source pod: the INIT left, with the Result's
-// Tag. Whether it arrived, the destination's listener says (AskSCTPArrivals).
+// SCTPSent is the outcome of an SCTP probe in the source pod: the INIT left, from the Result's
+// SPort with its Tag. Whether it arrived, the destination's probe server says (AskSCTPArrivals).
 const SCTPSent = "sctp-sent"
 
 // SCTPSocket is where a probe server with SCTP ports answers which INITs arrived.
@@ -44,128 +45,193 @@ func SCTPInitPacket(sport, dport uint16, tag uint32) []byte {
 	return b
 }
 
-// sctpArrivals holds the initiate tags of the INITs a pod received, the last maxArrivals of
-// them: whoever sends to the pod cannot grow it.
+// SCTPInit names an INIT: its source address and port, its destination port and its initiate
+// tag. A probe's INIT is known by all four, so that another pod's INITs, with whatever tags, never
+// count for it: forging its source address is what the datapath's anti-spoofing drops.
+type SCTPInit struct {
+	Src   netip.Addr `json:"src"`
+	SPort uint16     `json:"sport"`
+	DPort uint16     `json:"dport"`
+	Tag   uint32     `json:"tag"`
+}
+
+// sctpArrivals holds the INITs a pod received, the last maxArrivals of them (whoever sends to the
+// pod cannot grow it), and who waits for which.
 type sctpArrivals struct {
 	mu      sync.Mutex
-	seen    map[uint32]bool
-	ring    []uint32
+	seen    map[SCTPInit]bool
+	ring    []SCTPInit
 	next    int
-	changed chan struct{} // closed and replaced at each arrival
+	waiting map[SCTPInit][]chan struct{}
+	err     error // why the raw sockets' reader stopped, when it did
 }
 
 const maxArrivals = 1 << 16
 
 func newSCTPArrivals() *sctpArrivals {
-	return &sctpArrivals{seen: map[uint32]bool{}, ring: make([]uint32, 0, maxArrivals), changed: make(chan struct{})}
+	return &sctpArrivals{seen: map[SCTPInit]bool{}, ring: make([]SCTPInit, 0, maxArrivals),
+		waiting: map[SCTPInit][]chan struct{}{}}
 }
 
-func (a *sctpArrivals) arrived(tag uint32) {
+func (a *sctpArrivals) arrived(in SCTPInit) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.seen[tag] {
+	if a.seen[in] {
 		return
 	}
 	if len(a.ring) < maxArrivals {
-		a.ring = append(a.ring, tag)
+		a.ring = append(a.ring, in)
 	} else {
 		delete(a.seen, a.ring[a.next])
-		a.ring[a.next] = tag
+		a.ring[a.next] = in
 		a.next = (a.next + 1) % maxArrivals
 	}
-	a.seen[tag] = true
-	close(a.changed)
-	a.changed = make(chan struct{})
+	a.seen[in] = true
+	for _, ch := range a.waiting[in] {
+		close(ch)
+	}
+	delete(a.waiting, in)
 }
 
-// wait returns the tags that arrived, once all have or when ctx ends.
-func (a *sctpArrivals) wait(ctx context.Context, tags []uint32) []uint32 {
-	for {
-		a.mu.Lock()
-		var got []uint32
-		for _, t := range tags {
-			if a.seen[t] {
-				got = append(got, t)
-			}
-		}
-		changed := a.changed
+// failed records that the reader stopped: from then on questions get the error, not a timeout.
+func (a *sctpArrivals) failed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.err = err
+}
+
+// wait says which of the INITs arrived, once all have or when ctx ends; an error when the reader
+// stopped.
+func (a *sctpArrivals) wait(ctx context.Context, inits []SCTPInit) ([]bool, error) {
+	out := make([]bool, len(inits))
+	type pending struct {
+		i  int
+		ch chan struct{}
+	}
+	var ps []pending
+	a.mu.Lock()
+	if a.err != nil {
 		a.mu.Unlock()
-		if len(got) == len(tags) {
-			return got
+		return nil, a.err
+	}
+	for i, in := range inits {
+		if a.seen[in] {
+			out[i] = true
+			continue
 		}
+		ch := make(chan struct{})
+		a.waiting[in] = append(a.waiting[in], ch)
+		ps = append(ps, pending{i, ch})
+	}
+	a.mu.Unlock()
+	for _, p := range ps {
 		select {
-		case <-changed:
+		case <-p.ch:
+			out[p.i] = true
 		case <-ctx.Done():
-			return got
 		}
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range ps {
+		select {
+		case <-p.ch:
+			out[p.i] = true
+		default:
+			in := inits[p.i]
+			rest := a.waiting[in][:0]
+			for _, ch := range a.waiting[in] {
+				if ch != p.ch {
+					rest = append(rest, ch)
+				}
+			}
+			if len(rest) == 0 {
+				delete(a.waiting, in)
+			} else {
+				a.waiting[in] = rest
+			}
+		}
+	}
+	if a.err != nil {
+		return nil, a.err
+	}
+	return out, nil
 }
 
-// SCTPQuestion asks a probe server which of Tags arrived, waiting up to TimeoutMS for the rest.
+// SCTPQuestion asks a probe server which of Inits arrived, waiting up to TimeoutMS for the rest.
 type SCTPQuestion struct {
-	Tags      []uint32 `json:"tags"`
-	TimeoutMS int      `json:"timeoutMS"`
+	Inits     []SCTPInit `json:"inits"`
+	TimeoutMS int        `json:"timeoutMS"`
 }
 
-// SCTPAnswer is the tags of the question that arrived.
+// SCTPAnswer says, for each INIT of the question in its order, whether it arrived.
 type SCTPAnswer struct {
-	Arrived []uint32 `json:"arrived"`
+	Arrived []bool `json:"arrived"`
+	Error   string `json:"error,omitempty"`
 }
 
-// Bounds on a question: a caller of the socket cannot hold the server up for long or make it
-// read much.
+// Bounds on a question, and on those answered at once: a caller of the socket cannot hold the
+// server up for long, make it read much or start goroutines without end.
 const (
-	maxQuestionTags = 4096
-	maxQuestionWait = time.Minute
+	maxQuestionInits = 4096
+	maxQuestionWait  = time.Minute
+	maxQuestions     = 64
 )
 
 func answerSCTP(ctx context.Context, c net.Conn, a *sctpArrivals) {
 	defer c.Close()
+	reply := func(ans SCTPAnswer) {
+		out, _ := json.Marshal(ans)
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write(append(out, '\n'))
+	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReaderSize(io.LimitReader(c, 64<<10), 64<<10).ReadSlice('\n')
+	line, err := bufio.NewReaderSize(io.LimitReader(c, 1<<20), 1<<20).ReadSlice('\n')
 	if err != nil {
-		fmt.Fprintf(c, "{\"error\":%q}\n", "read question: "+err.Error())
+		reply(SCTPAnswer{Error: "read the question: " + err.Error()})
 		return
 	}
 	var q SCTPQuestion
-	if err := json.Unmarshal(line, &q); err != nil || len(q.Tags) > maxQuestionTags {
-		fmt.Fprintf(c, "{\"error\":%q}\n", fmt.Sprintf("a question is one JSON line of at most %d tags", maxQuestionTags))
+	if err := json.Unmarshal(line, &q); err != nil || len(q.Inits) > maxQuestionInits {
+		reply(SCTPAnswer{Error: fmt.Sprintf("a question is one JSON line of at most %d INITs", maxQuestionInits)})
 		return
 	}
-	wait := min(time.Duration(q.TimeoutMS)*time.Millisecond, maxQuestionWait)
-	wctx, cancel := context.WithTimeout(ctx, wait)
+	wctx, cancel := context.WithTimeout(ctx, min(time.Duration(q.TimeoutMS)*time.Millisecond, maxQuestionWait))
 	defer cancel()
-	out, _ := json.Marshal(SCTPAnswer{Arrived: a.wait(wctx, q.Tags)})
-	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = c.Write(append(out, '\n'))
+	got, err := a.wait(wctx, q.Inits)
+	if err != nil {
+		reply(SCTPAnswer{Error: "the raw SCTP sockets' reader stopped: " + err.Error()})
+		return
+	}
+	reply(SCTPAnswer{Arrived: got})
 }
 
-// AskSCTPArrivals asks the probe server of this pod (at path) which of the tags arrived, waiting
+// AskSCTPArrivals asks the probe server of this pod (at path) which of the INITs arrived, waiting
 // up to timeout for those that have not yet.
-func AskSCTPArrivals(path string, tags []uint32, timeout time.Duration) ([]uint32, error) {
+func AskSCTPArrivals(path string, inits []SCTPInit, timeout time.Duration) ([]bool, error) {
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("ask the pod's sctp listener (is an SCTP port served here?): %w", err)
+		return nil, fmt.Errorf("ask the pod's SCTP probe server (does it serve an SCTP port?): %w", err)
 	}
 	defer c.Close()
-	q, _ := json.Marshal(SCTPQuestion{Tags: tags, TimeoutMS: int(timeout.Milliseconds())})
+	q, _ := json.Marshal(SCTPQuestion{Inits: inits, TimeoutMS: int(timeout.Milliseconds())})
 	if _, err := c.Write(append(q, '\n')); err != nil {
-		return nil, fmt.Errorf("ask the pod's sctp listener: %w", err)
+		return nil, fmt.Errorf("ask the pod's SCTP probe server: %w", err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(timeout + 10*time.Second))
 	line, err := bufio.NewReaderSize(io.LimitReader(c, 1<<20), 1<<20).ReadSlice('\n')
 	if err != nil {
-		return nil, fmt.Errorf("read the sctp listener's answer: %w", err)
+		return nil, fmt.Errorf("read the SCTP probe server's answer: %w", err)
 	}
-	var ans struct {
-		SCTPAnswer
-		Error string `json:"error"`
-	}
+	var ans SCTPAnswer
 	if err := json.Unmarshal(line, &ans); err != nil {
-		return nil, fmt.Errorf("read the sctp listener's answer: %w", err)
+		return nil, fmt.Errorf("read the SCTP probe server's answer: %w", err)
 	}
 	if ans.Error != "" {
-		return nil, fmt.Errorf("sctp listener: %s", ans.Error)
+		return nil, fmt.Errorf("SCTP probe server: %s", ans.Error)
+	}
+	if len(ans.Arrived) != len(inits) {
+		return nil, fmt.Errorf("SCTP probe server: %d answers to %d INITs", len(ans.Arrived), len(inits))
 	}
 	return ans.Arrived, nil
 }
