@@ -49,7 +49,9 @@ func (d *Datapath) LiveAddrs(addrs map[netip.Addr]bool) (map[netip.Addr]bool, er
 	var v bpf.TcCtValue
 	it := d.objs.Conntrack.Iterate()
 	for it.Next(&k, &v) {
-		if v.Flags&ctRevoked != 0 || now-v.LastSeen > uint64(ctTimeout(k.Proto, v.Flags)) {
+		// A signed age, as the programs compare it (ct_live): an entry a program stamped after
+		// this read of the clock is live, not ancient.
+		if v.Flags&ctRevoked != 0 || int64(now-v.LastSeen) > int64(ctTimeout(k.Proto, v.Flags)) {
 			continue
 		}
 		for _, raw := range [][16]uint8{k.Saddr, k.Daddr} {
